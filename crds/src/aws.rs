@@ -1,0 +1,16 @@
+//! AWS SDK settings shared by every binary and test: one TLS stack (rustls with ring, as kube
+//! uses), the default credential chain (IRSA or pod identity in a cluster, the environment
+//! locally), and `AWS_ENDPOINT_URL` honoured by the SDK itself for emulators.
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+
+/// Loads the SDK configuration; `region` overrides the environment's region when given.
+pub async fn sdk_config(region: Option<String>) -> SdkConfig {
+    let http_client = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client);
+    if let Some(region) = region {
+        loader = loader.region(Region::new(region));
+    }
+    loader.load().await
+}

@@ -1,0 +1,59 @@
+//! The CRD manifest generated from the Rust types, and where it is committed.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use serde_json::Value;
+
+use crate::MetricsPipeline;
+
+/// Where the generated CRD is committed, relative to the repository root: inside the Helm
+/// chart (Helm installs `crds/` before anything else) and for `kubectl apply -f`.
+pub const CRD_PATH: &str = "charts/metrics-pipeline-operator/crds/metricspipelines.yaml";
+
+/// The `MetricsPipeline` CRD.
+///
+/// Optional fields lose `nullable: true`: the operator never writes nulls, an API server of
+/// v1.20 or later prunes nulls a user writes, and v1.20 publishes a nullable field without its
+/// type, so `kubectl explain` would show `<>` instead of `<string>`.
+pub fn crd() -> CustomResourceDefinition {
+    let mut json = serde_json::to_value(MetricsPipeline::crd()).expect("a CRD always serializes");
+    strip_nullable(&mut json);
+    serde_json::from_value(json).expect("removing `nullable` keeps a valid CRD")
+}
+
+fn strip_nullable(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.remove("nullable");
+            map.values_mut().for_each(strip_nullable);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nullable),
+        _ => {}
+    }
+}
+
+/// The CRD as YAML, exactly as committed.
+pub fn crd_yaml() -> String {
+    let body = serde_yaml::to_string(&crd()).expect("a CRD always serializes");
+    format!("# Generated from crds/src/pipeline.rs by `cargo run -p metrics-pipeline-crds --bin crdgen`; do not edit.\n{body}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crd_matches_the_types() {
+        let committed_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(CRD_PATH);
+        let committed = std::fs::read_to_string(&committed_path).unwrap_or_default();
+        assert!(
+            committed == crd_yaml(),
+            "{CRD_PATH} is out of date with the Rust types: run `cargo run -p metrics-pipeline-crds --bin crdgen`"
+        );
+    }
+
+    #[test]
+    fn no_field_is_published_without_a_type() {
+        assert!(!crd_yaml().contains("nullable"));
+    }
+}

@@ -1,0 +1,13 @@
+//! The `MetricsPipeline` custom resource, its validation and naming, and the event and aggregate
+//! records shared by the operator, the aggregator and the test harness. No I/O lives here.
+
+#[cfg(feature = "aws")]
+pub mod aws;
+pub mod crd;
+pub mod duration;
+pub mod event;
+pub mod naming;
+pub mod pipeline;
+pub mod validation;
+
+pub use pipeline::{MetricsPipeline, MetricsPipelineSpec, MetricsPipelineStatus};

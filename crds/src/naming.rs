@@ -1,0 +1,162 @@
+//! The one place that names what a pipeline creates, in AWS and in Kubernetes.
+//!
+//! Every name is a pure function of the resource's namespace and name, its spec, and the AWS
+//! account and region, so a restarted operator finds exactly what it made before.
+
+/// Longest name prefix: the longest suffix added to it (`-` plus 12 hex digits for a bucket) must
+/// still fit the tightest AWS limit, 63 characters for bucket names.
+pub const MAX_PREFIX_LEN: usize = 40;
+
+pub const DEFAULT_TABLE: &str = "metric_aggregates";
+
+/// Every name a pipeline uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineNames {
+    /// `<namespace>/<name>` of the custom resource, the value of [`OWNER_TAG`].
+    pub owner: String,
+    pub prefix: String,
+    pub input_stream: String,
+    pub output_stream: String,
+    pub bucket: String,
+    pub firehose_role: String,
+    pub firehose_role_policy: String,
+    pub delivery_stream: String,
+    pub glue_database: String,
+    pub glue_table: String,
+    /// ServiceAccount, ConfigMap and Deployment of the aggregator.
+    pub aggregator: String,
+}
+
+/// What the names are derived from.
+pub struct NameInputs<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub name_prefix: Option<&'a str>,
+    pub bucket_name: Option<&'a str>,
+    pub glue_database: Option<&'a str>,
+    pub glue_table: Option<&'a str>,
+    pub account_id: &'a str,
+    pub region: &'a str,
+}
+
+impl PipelineNames {
+    pub fn derive(inputs: &NameInputs<'_>) -> Self {
+        let owner = format!("{}/{}", inputs.namespace, inputs.name);
+        let prefix = match inputs.name_prefix {
+            Some(prefix) => prefix.to_owned(),
+            None => default_prefix(inputs.namespace, inputs.name),
+        };
+        // Bucket names are global across every AWS account: the hash of account, region and owner
+        // keeps two clusters (or two accounts) with the same namespace and name apart.
+        let bucket = inputs.bucket_name.map(str::to_owned).unwrap_or_else(|| {
+            let digest = fnv1a64(&format!("{}/{}/{owner}", inputs.account_id, inputs.region));
+            format!("{prefix}-{:012x}", digest >> 16)
+        });
+        Self {
+            input_stream: format!("{prefix}-input"),
+            output_stream: format!("{prefix}-output"),
+            firehose_role: format!("{prefix}-firehose"),
+            firehose_role_policy: format!("{prefix}-firehose-delivery"),
+            delivery_stream: format!("{prefix}-delivery"),
+            glue_database: inputs.glue_database.map(str::to_owned).unwrap_or_else(|| prefix.replace('-', "_")),
+            glue_table: inputs.glue_table.unwrap_or(DEFAULT_TABLE).to_owned(),
+            aggregator: format!("{}-aggregator", inputs.name),
+            bucket,
+            prefix,
+            owner,
+        }
+    }
+}
+
+/// `<namespace>-<name>`, made safe for every AWS name; shortened with a hash when too long.
+fn default_prefix(namespace: &str, name: &str) -> String {
+    let joined: String = format!("{namespace}-{name}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    if joined.len() <= MAX_PREFIX_LEN {
+        return joined;
+    }
+    let digest = format!("{:08x}", fnv1a64(&joined) >> 32);
+    let keep = MAX_PREFIX_LEN - digest.len() - 1;
+    format!("{}-{digest}", joined[..keep].trim_end_matches('-'))
+}
+
+/// FNV-1a: stable across Rust versions and platforms, unlike `DefaultHasher`.
+fn fnv1a64(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs<'a>(namespace: &'a str, name: &'a str) -> NameInputs<'a> {
+        NameInputs {
+            namespace,
+            name,
+            name_prefix: None,
+            bucket_name: None,
+            glue_database: None,
+            glue_table: None,
+            account_id: "123456789012",
+            region: "eu-west-1",
+        }
+    }
+
+    #[test]
+    fn default_names_follow_namespace_and_name() {
+        let names = PipelineNames::derive(&inputs("team-a", "metrics"));
+        assert_eq!(names.prefix, "team-a-metrics");
+        assert_eq!(names.input_stream, "team-a-metrics-input");
+        assert_eq!(names.output_stream, "team-a-metrics-output");
+        assert_eq!(names.delivery_stream, "team-a-metrics-delivery");
+        assert_eq!(names.firehose_role, "team-a-metrics-firehose");
+        assert_eq!(names.glue_database, "team_a_metrics");
+        assert_eq!(names.glue_table, "metric_aggregates");
+        assert_eq!(names.aggregator, "metrics-aggregator");
+        assert_eq!(names.owner, "team-a/metrics");
+        assert!(names.bucket.starts_with("team-a-metrics-") && names.bucket.len() == "team-a-metrics-".len() + 12);
+    }
+
+    #[test]
+    fn names_are_deterministic_and_buckets_differ_per_account_and_region() {
+        let first = PipelineNames::derive(&inputs("default", "p"));
+        assert_eq!(first, PipelineNames::derive(&inputs("default", "p")));
+        let other_account = PipelineNames::derive(&NameInputs { account_id: "210987654321", ..inputs("default", "p") });
+        let other_region = PipelineNames::derive(&NameInputs { region: "us-east-1", ..inputs("default", "p") });
+        assert_ne!(first.bucket, other_account.bucket);
+        assert_ne!(first.bucket, other_region.bucket);
+        assert_eq!(first.input_stream, other_account.input_stream);
+    }
+
+    #[test]
+    fn long_names_are_shortened_with_a_hash_and_stay_distinct() {
+        let long = "a".repeat(60);
+        let one = PipelineNames::derive(&inputs("observability", &format!("{long}-one")));
+        let two = PipelineNames::derive(&inputs("observability", &format!("{long}-two")));
+        assert!(one.prefix.len() <= MAX_PREFIX_LEN, "{}", one.prefix);
+        assert_ne!(one.prefix, two.prefix);
+        assert!(one.bucket.len() <= 63 && one.delivery_stream.len() <= 64 && one.firehose_role.len() <= 64);
+    }
+
+    #[test]
+    fn dots_in_kubernetes_names_become_hyphens() {
+        assert_eq!(PipelineNames::derive(&inputs("default", "metrics.v2")).prefix, "default-metrics-v2");
+    }
+
+    #[test]
+    fn explicit_names_win() {
+        let names = PipelineNames::derive(&NameInputs {
+            name_prefix: Some("shop"),
+            bucket_name: Some("shop-metrics-archive"),
+            glue_database: Some("analytics"),
+            glue_table: Some("component_metrics"),
+            ..inputs("default", "p")
+        });
+        assert_eq!(names.input_stream, "shop-input");
+        assert_eq!(names.bucket, "shop-metrics-archive");
+        assert_eq!(names.glue_database, "analytics");
+        assert_eq!(names.glue_table, "component_metrics");
+    }
+}

@@ -1,0 +1,446 @@
+//! The `MetricsPipeline` custom resource (v1alpha1).
+//!
+//! The OpenAPI schema carries every constraint a v1.20 API server can check (ranges, enums,
+//! patterns, defaults); cross-field AWS rules live in [`crate::validation`].
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::DURATION_PATTERN;
+
+pub const API_GROUP: &str = "pipelines.metrics.dev";
+
+/// A complete AWS metrics pipeline: input and output Kinesis streams, the aggregator that turns
+/// metric events into windowed aggregates, a Firehose delivery stream with dynamic partitioning
+/// into S3, and a Glue table so Athena can query the aggregates.
+// Each `printcolumn(...)` names its own `type_`: clippy mistakes them for one repeated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "pipelines.metrics.dev",
+    version = "v1alpha1",
+    kind = "MetricsPipeline",
+    plural = "metricspipelines",
+    shortname = "mp",
+    namespaced,
+    doc = "A complete AWS metrics pipeline from one resource: Kinesis streams, the aggregator, Firehose into S3, and a Glue table for Athena.",
+    status = "MetricsPipelineStatus",
+    derive = "PartialEq",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Input stream", type_ = "string", json_path = ".status.inputStream.name"),
+    printcolumn(name = "Output stream", type_ = "string", json_path = ".status.outputStream.name"),
+    printcolumn(name = "Bucket", type_ = "string", json_path = ".status.bucket.name"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsPipelineSpec {
+    /// AWS region for every resource of this pipeline, e.g. `eu-west-1`. Default: the
+    /// operator's own region (its AWS_REGION).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]$"))]
+    pub region: Option<String>,
+
+    /// Prefix of every AWS resource name (streams, bucket, role, delivery stream). Lowercase
+    /// letters, digits and hyphens, at most 40 characters. Default: `<namespace>-<name>`,
+    /// shortened with a hash when longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
+    pub name_prefix: Option<String>,
+
+    /// What happens to the data when this resource is deleted. `Delete` removes every AWS
+    /// resource, including the bucket and its objects; `Retain` keeps the bucket (with the data)
+    /// and the Glue catalog, and removes the rest.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// The Kinesis data streams: `input` receives metric events from producers, `output`
+    /// receives the aggregates and feeds Firehose.
+    #[serde(default)]
+    pub streams: StreamsSpec,
+
+    /// Event-time windowing of the aggregator.
+    #[serde(default)]
+    pub aggregation: AggregationSpec,
+
+    /// Firehose delivery of aggregates from the output stream into S3.
+    #[serde(default)]
+    pub delivery: DeliverySpec,
+
+    /// Glue Data Catalog table over the bucket, for Athena.
+    #[serde(default)]
+    pub catalog: CatalogSpec,
+
+    /// The aggregator Deployment the operator runs in this namespace.
+    #[serde(default)]
+    pub aggregator: AggregatorSpec,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Delete,
+    Retain,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamsSpec {
+    /// The stream producers write metric events to.
+    #[serde(default)]
+    pub input: StreamSpec,
+    /// The stream the aggregator writes aggregates to; Firehose reads it.
+    #[serde(default)]
+    pub output: StreamSpec,
+}
+
+/// Capacity and retention of one Kinesis data stream.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamSpec {
+    /// `Provisioned` (a fixed number of shards, see `shardCount`) or `OnDemand` (Kinesis scales
+    /// the shards itself).
+    #[serde(default)]
+    pub capacity_mode: CapacityMode,
+
+    /// Number of shards of a `Provisioned` stream (each takes 1 MiB/s or 1000 records/s in).
+    /// Default 1. Leave it out for `OnDemand`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub shard_count: Option<i32>,
+
+    /// How long records stay readable, in hours: 24 (the Kinesis default) to 8760 (365 days).
+    #[serde(default = "default_retention_hours")]
+    #[schemars(range(min = 24, max = 8760))]
+    pub retention_hours: i32,
+}
+
+impl Default for StreamSpec {
+    fn default() -> Self {
+        Self { capacity_mode: CapacityMode::default(), shard_count: None, retention_hours: default_retention_hours() }
+    }
+}
+
+fn default_retention_hours() -> i32 {
+    24
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CapacityMode {
+    #[default]
+    Provisioned,
+    OnDemand,
+}
+
+/// Event-time tumbling windows per (componentName, metricName, unit).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AggregationSpec {
+    /// Length of each tumbling window, aligned to the epoch (`1m`, `5m`, `1h`).
+    #[serde(default = "default_window")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub window: String,
+
+    /// How far out of order events may arrive: the watermark trails the latest event time seen
+    /// by this much, and a window fires once the watermark passes its end.
+    #[serde(default = "default_out_of_orderness")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub out_of_orderness: String,
+
+    /// How long after firing a window still accepts late events; each one re-emits the window
+    /// with `revision + 1`. Events later than that are counted and kept in the dead-letter prefix.
+    #[serde(default = "default_allowed_lateness")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub allowed_lateness: String,
+
+    /// When no record arrives for this long, every open window fires as at end of input, so a
+    /// short burst of events still produces output.
+    #[serde(default = "default_idle_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub idle_timeout: String,
+}
+
+impl Default for AggregationSpec {
+    fn default() -> Self {
+        Self {
+            window: default_window(),
+            out_of_orderness: default_out_of_orderness(),
+            allowed_lateness: default_allowed_lateness(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_window() -> String {
+    "1m".into()
+}
+fn default_out_of_orderness() -> String {
+    "10s".into()
+}
+fn default_allowed_lateness() -> String {
+    "1m".into()
+}
+fn default_idle_timeout() -> String {
+    "30s".into()
+}
+
+/// Firehose delivery from the output stream into S3, partitioned by `componentName`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySpec {
+    /// S3 bucket for the aggregates. Bucket names are global across all AWS accounts: 3–63
+    /// lowercase letters, digits, dots and hyphens. Default: derived from the name prefix plus
+    /// a short hash, so it is unique.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"))]
+    pub bucket_name: Option<String>,
+
+    /// Seconds Firehose buffers before writing an object: 60 to 900. Dynamic partitioning
+    /// requires at least 60.
+    #[serde(default = "default_buffer_interval_seconds")]
+    #[schemars(range(min = 60, max = 900))]
+    pub buffer_interval_seconds: i32,
+
+    /// MiB Firehose buffers before writing an object: 64 to 128. Dynamic partitioning (and
+    /// Parquet conversion) require at least 64.
+    #[serde(default = "default_buffer_size_mib", rename = "bufferSizeMiB")]
+    #[schemars(range(min = 64, max = 128))]
+    pub buffer_size_mib: i32,
+
+    /// File format of the objects: `Json` (newline-delimited) or `Parquet`.
+    #[serde(default)]
+    pub format: DeliveryFormat,
+
+    /// Compression of the objects: `Gzip` (default), `Snappy` or `Uncompressed`. For `Json`
+    /// Snappy means Hadoop-compatible Snappy, which Athena reads; for `Parquet` it is the codec
+    /// inside the Parquet file.
+    #[serde(default)]
+    pub compression: Compression,
+
+    /// Days after which objects are expired from the bucket. Default: kept forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub expire_after_days: Option<i32>,
+}
+
+impl Default for DeliverySpec {
+    fn default() -> Self {
+        Self {
+            bucket_name: None,
+            buffer_interval_seconds: default_buffer_interval_seconds(),
+            buffer_size_mib: default_buffer_size_mib(),
+            format: DeliveryFormat::default(),
+            compression: Compression::default(),
+            expire_after_days: None,
+        }
+    }
+}
+
+fn default_buffer_interval_seconds() -> i32 {
+    60
+}
+fn default_buffer_size_mib() -> i32 {
+    64
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeliveryFormat {
+    #[default]
+    Json,
+    Parquet,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Compression {
+    Uncompressed,
+    #[default]
+    Gzip,
+    Snappy,
+}
+
+/// The Glue Data Catalog database and table over the bucket.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogSpec {
+    /// Glue database: lowercase letters, digits and underscores (Athena cannot query names with
+    /// hyphens without quoting). Default: the name prefix with `-` replaced by `_`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[a-z0-9_]+$"))]
+    pub database: Option<String>,
+
+    /// Glue table: lowercase letters, digits and underscores. Default: `metric_aggregates`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[a-z0-9_]+$"))]
+    pub table: Option<String>,
+
+    /// How the `componentName` partitions become known to Athena.
+    #[serde(default)]
+    pub partitions: PartitionsSpec,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionsSpec {
+    /// `Registered`: the operator adds a Glue partition for every `componentName=` prefix it
+    /// finds in the bucket. `Projected`: Athena partition projection over the `components`
+    /// listed below, with nothing to register.
+    #[serde(default)]
+    pub mode: PartitionMode,
+
+    /// The component names to project; required (and only allowed) with `mode: Projected`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PartitionMode {
+    #[default]
+    Registered,
+    Projected,
+}
+
+/// The aggregator workload: a Deployment, its ServiceAccount and configuration.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AggregatorSpec {
+    /// Container image of the aggregator. Default: the image matching the operator's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+
+    /// 1 runs the aggregator, 0 pauses it. One replica reads every shard; a second would
+    /// aggregate every event twice, so more than one is refused.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1))]
+    pub replicas: i32,
+
+    /// CPU and memory `requests` and `limits` of the aggregator container, as in a Pod spec,
+    /// e.g. `{requests: {cpu: 100m, memory: 64Mi}, limits: {memory: 256Mi}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Annotations of the aggregator's ServiceAccount, e.g.
+    /// `eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/metrics-aggregator` for IRSA.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_account_annotations: BTreeMap<String, String>,
+
+    /// Log level of the aggregator: `error`, `warn`, `info`, `debug` or `trace`.
+    #[serde(default)]
+    pub log_level: LogLevel,
+}
+
+impl Default for AggregatorSpec {
+    fn default() -> Self {
+        Self {
+            image: None,
+            replicas: default_replicas(),
+            resources: None,
+            service_account_annotations: BTreeMap::new(),
+            log_level: LogLevel::default(),
+        }
+    }
+}
+
+/// The requests and limits of `ResourceRequirements`, without the kilobytes of upstream prose per
+/// quantity and without the fields a v1.20 API server does not know.
+fn resources_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let quantities = schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {
+            "pattern": "^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))))?$",
+            "x-kubernetes-int-or-string": true
+        }
+    });
+    schemars::json_schema!({
+        "type": "object",
+        "properties": {"requests": quantities, "limits": quantities}
+    })
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+/// What the operator observed and did, written by the operator only.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsPipelineStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// One word for the whole pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// `Ready`, plus one condition per part: `StreamsReady`, `BucketReady`, `DeliveryReady`,
+    /// `CatalogReady`, `AggregatorReady`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_stream: Option<AwsResourceRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_stream: Option<AwsResourceRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<AwsResourceRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firehose_role: Option<AwsResourceRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_stream: Option<AwsResourceRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glue_database: Option<AwsResourceRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glue_table: Option<AwsResourceRef>,
+    /// The aggregator Deployment and how many of its replicas are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregator: Option<AggregatorStatus>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Resources are being created or changed.
+    Provisioning,
+    /// Every part is in place and the aggregator runs.
+    Ready,
+    /// Something that worked is failing now; the operator keeps retrying.
+    Degraded,
+    /// The spec cannot be carried out as written; see the conditions for what to change.
+    Failed,
+    /// The resource is being deleted and its AWS resources removed.
+    Deleting,
+}
+
+/// Name and ARN of one AWS resource the operator manages.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsResourceRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AggregatorStatus {
+    pub deployment: String,
+    #[serde(default)]
+    pub ready_replicas: i32,
+}

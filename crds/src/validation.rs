@@ -1,0 +1,430 @@
+//! `validate()`: a `MetricsPipeline` in, an already-checked [`PipelineConfig`] out, or every
+//! problem at once, each naming the field and saying how to fix it.
+//!
+//! The CRD schema already refuses much of this, but a v1.20 API server ignores CEL rules, old
+//! CRD versions may be installed, and cross-field AWS rules cannot be written in OpenAPI at all:
+//! the operator checks everything here before it calls AWS.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::duration::parse_duration;
+use crate::naming::{MAX_PREFIX_LEN, NameInputs, PipelineNames};
+use crate::pipeline::{
+    AggregatorSpec, CapacityMode, Compression, DeletionPolicy, DeliveryFormat, MetricsPipeline, PartitionMode,
+    StreamSpec,
+};
+
+/// One problem in the spec: the field (`spec.streams.input.shardCount`) and what to change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found in one spec.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, error) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str("; ")?;
+            }
+            error.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the pipeline lands when its spec does not say: the operator's account and region.
+#[derive(Clone, Debug)]
+pub struct AwsTarget {
+    pub account_id: String,
+    pub default_region: Option<String>,
+}
+
+/// A pipeline whose every setting has been checked and resolved; builders take only this.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineConfig {
+    pub names: PipelineNames,
+    pub region: String,
+    pub deletion_policy: DeletionPolicy,
+    pub input_stream: StreamConfig,
+    pub output_stream: StreamConfig,
+    pub windowing: WindowConfig,
+    pub delivery: DeliveryConfig,
+    pub partitions: PartitionConfig,
+    pub aggregator: AggregatorSpec,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamCapacity {
+    Provisioned { shards: i32 },
+    OnDemand,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamConfig {
+    pub capacity: StreamCapacity,
+    pub retention_hours: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowConfig {
+    pub window: Duration,
+    pub out_of_orderness: Duration,
+    pub allowed_lateness: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeliveryConfig {
+    pub buffer_interval_seconds: i32,
+    pub buffer_size_mib: i32,
+    pub format: DeliveryFormat,
+    pub compression: Compression,
+    pub expire_after_days: Option<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartitionConfig {
+    /// The operator registers a partition per `componentName=` prefix found in the bucket.
+    Registered,
+    /// Athena partition projection over exactly these components.
+    Projected(Vec<String>),
+}
+
+/// Firehose refuses buffering below these when dynamic partitioning (always on here) or record
+/// format conversion is enabled.
+pub const MIN_BUFFER_INTERVAL_SECONDS: i32 = 60;
+pub const MIN_BUFFER_SIZE_MIB: i32 = 64;
+const MAX_BUFFER_INTERVAL_SECONDS: i32 = 900;
+const MAX_BUFFER_SIZE_MIB: i32 = 128;
+
+/// Checks the whole spec and resolves defaults and names.
+pub fn validate(pipeline: &MetricsPipeline, target: &AwsTarget) -> Result<PipelineConfig, ValidationErrors> {
+    let mut errors = Errors::default();
+    let spec = &pipeline.spec;
+    let namespace = pipeline.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pipeline.metadata.name.as_deref().unwrap_or_default();
+
+    let region = match spec.region.clone().or_else(|| target.default_region.clone()) {
+        Some(region) => region,
+        None => {
+            errors.add("spec.region", "the operator has no default region: set spec.region, for example `eu-west-1`");
+            String::new()
+        }
+    };
+    if let Some(prefix) = &spec.name_prefix {
+        check_name_prefix(prefix, &mut errors);
+    }
+    if let Some(bucket) = &spec.delivery.bucket_name {
+        check_bucket_name(bucket, "spec.delivery.bucketName", &mut errors);
+    }
+    for (field, value) in [("spec.catalog.database", &spec.catalog.database), ("spec.catalog.table", &spec.catalog.table)] {
+        if let Some(value) = value {
+            check_catalog_name(value, field, &mut errors);
+        }
+    }
+
+    let input_stream = stream_config(&spec.streams.input, "spec.streams.input", &mut errors);
+    let output_stream = stream_config(&spec.streams.output, "spec.streams.output", &mut errors);
+    let windowing = window_config(pipeline, &mut errors);
+    let delivery = delivery_config(pipeline, &mut errors);
+    let partitions = partition_config(pipeline, &mut errors);
+    check_aggregator(&spec.aggregator, &mut errors);
+
+    if !errors.0.is_empty() {
+        return Err(ValidationErrors(errors.0));
+    }
+    let names = PipelineNames::derive(&NameInputs {
+        namespace,
+        name,
+        name_prefix: spec.name_prefix.as_deref(),
+        bucket_name: spec.delivery.bucket_name.as_deref(),
+        glue_database: spec.catalog.database.as_deref(),
+        glue_table: spec.catalog.table.as_deref(),
+        account_id: &target.account_id,
+        region: &region,
+    });
+    Ok(PipelineConfig {
+        names,
+        region,
+        deletion_policy: spec.deletion_policy,
+        input_stream,
+        output_stream,
+        windowing,
+        delivery,
+        partitions,
+        aggregator: spec.aggregator.clone(),
+    })
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError { field: field.into(), message: message.into() });
+    }
+}
+
+fn check_name_prefix(prefix: &str, errors: &mut Errors) {
+    let charset_ok = prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let edges_ok = !prefix.starts_with('-') && !prefix.ends_with('-');
+    if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN || !charset_ok || !edges_ok {
+        errors.add(
+            "spec.namePrefix",
+            format!(
+                "`{prefix}` cannot prefix AWS names: use 1 to {MAX_PREFIX_LEN} lowercase letters, digits and hyphens, \
+                 starting and ending with a letter or digit (bucket names allow nothing else)"
+            ),
+        );
+    }
+}
+
+/// The S3 bucket naming rules for general purpose buckets.
+fn check_bucket_name(bucket: &str, field: &str, errors: &mut Errors) {
+    let problem = if !(3..=63).contains(&bucket.len()) {
+        Some(format!("is {} characters long; bucket names have 3 to 63", bucket.len()))
+    } else if !bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-') {
+        Some("may contain only lowercase letters, digits, dots and hyphens (no capitals, no underscores)".to_owned())
+    } else if !bucket.starts_with(|c: char| c.is_ascii_alphanumeric()) || !bucket.ends_with(|c: char| c.is_ascii_alphanumeric()) {
+        Some("must start and end with a letter or digit".to_owned())
+    } else if bucket.contains("..") || bucket.contains(".-") || bucket.contains("-.") {
+        Some("must not have two dots in a row or a dot next to a hyphen".to_owned())
+    } else if bucket.parse::<Ipv4Addr>().is_ok() {
+        Some("must not look like an IP address".to_owned())
+    } else if let Some(reserved) = ["xn--", "sthree-", "amzn-s3-demo-"].into_iter().find(|p| bucket.starts_with(p)) {
+        Some(format!("must not start with `{reserved}`, which AWS reserves"))
+    } else {
+        ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"]
+            .into_iter()
+            .find(|s| bucket.ends_with(s))
+            .map(|reserved| format!("must not end with `{reserved}`, which AWS reserves"))
+    };
+    if let Some(problem) = problem {
+        errors.add(field, format!("`{bucket}` {problem}; leave the field out to get a unique name derived from the pipeline"));
+    }
+}
+
+fn check_catalog_name(value: &str, field: &str, errors: &mut Errors) {
+    if value.is_empty() || value.len() > 255 || !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        errors.add(
+            field,
+            format!("`{value}` is not a name Athena can query unquoted: use 1 to 255 lowercase letters, digits and underscores"),
+        );
+    }
+}
+
+fn stream_config(spec: &StreamSpec, field: &str, errors: &mut Errors) -> StreamConfig {
+    let capacity = match (spec.capacity_mode, spec.shard_count) {
+        (CapacityMode::Provisioned, None) => StreamCapacity::Provisioned { shards: 1 },
+        (CapacityMode::Provisioned, Some(shards)) if (1..=10_000).contains(&shards) => StreamCapacity::Provisioned { shards },
+        (CapacityMode::Provisioned, Some(shards)) => {
+            errors.add(format!("{field}.shardCount"), format!("{shards} shards is not possible: a stream has 1 to 10000 shards"));
+            StreamCapacity::Provisioned { shards: 1 }
+        }
+        (CapacityMode::OnDemand, None) => StreamCapacity::OnDemand,
+        (CapacityMode::OnDemand, Some(_)) => {
+            errors.add(
+                format!("{field}.shardCount"),
+                "applies only to capacityMode: Provisioned; remove shardCount, or set capacityMode: Provisioned",
+            );
+            StreamCapacity::OnDemand
+        }
+    };
+    if !(24..=8760).contains(&spec.retention_hours) {
+        errors.add(
+            format!("{field}.retentionHours"),
+            format!("{} hours is outside what Kinesis keeps: use 24 to 8760 hours", spec.retention_hours),
+        );
+    }
+    StreamConfig { capacity, retention_hours: spec.retention_hours }
+}
+
+fn window_config(pipeline: &MetricsPipeline, errors: &mut Errors) -> WindowConfig {
+    let spec = &pipeline.spec.aggregation;
+    let mut parse = |field: &str, value: &str| match parse_duration(value) {
+        Ok(duration) => Some(duration),
+        Err(error) => {
+            errors.add(format!("spec.aggregation.{field}"), error.to_string());
+            None
+        }
+    };
+    let window = parse("window", &spec.window);
+    let out_of_orderness = parse("outOfOrderness", &spec.out_of_orderness);
+    let allowed_lateness = parse("allowedLateness", &spec.allowed_lateness);
+    let idle_timeout = parse("idleTimeout", &spec.idle_timeout);
+
+    const SECOND: Duration = Duration::from_secs(1);
+    const DAY: Duration = Duration::from_secs(86_400);
+    if let Some(window) = window
+        && !(SECOND..=DAY).contains(&window)
+    {
+        errors.add("spec.aggregation.window", format!("`{}` is out of range: use 1s to 1d", spec.window));
+    }
+    if let Some(out_of_orderness) = out_of_orderness
+        && out_of_orderness > DAY
+    {
+        errors.add(
+            "spec.aggregation.outOfOrderness",
+            format!("`{}` is more than 1d: every open window would be held that long; use 1d or less", spec.out_of_orderness),
+        );
+    }
+    if let Some(allowed_lateness) = allowed_lateness
+        && allowed_lateness > 7 * DAY
+    {
+        errors.add(
+            "spec.aggregation.allowedLateness",
+            format!("`{}` is more than 7d: fired windows would be kept that long; use 7d or less", spec.allowed_lateness),
+        );
+    }
+    if let Some(idle_timeout) = idle_timeout {
+        if idle_timeout < SECOND {
+            errors.add("spec.aggregation.idleTimeout", format!("`{}` is too short: use at least 1s", spec.idle_timeout));
+        } else if let Some(out_of_orderness) = out_of_orderness
+            && idle_timeout < out_of_orderness
+        {
+            errors.add(
+                "spec.aggregation.idleTimeout",
+                format!(
+                    "`{}` is shorter than outOfOrderness `{}`: windows would fire before the out-of-order events they wait \
+                     for can arrive; make idleTimeout at least as long as outOfOrderness",
+                    spec.idle_timeout, spec.out_of_orderness
+                ),
+            );
+        }
+    }
+    WindowConfig {
+        window: window.unwrap_or_default(),
+        out_of_orderness: out_of_orderness.unwrap_or_default(),
+        allowed_lateness: allowed_lateness.unwrap_or_default(),
+        idle_timeout: idle_timeout.unwrap_or_default(),
+    }
+}
+
+fn delivery_config(pipeline: &MetricsPipeline, errors: &mut Errors) -> DeliveryConfig {
+    let spec = &pipeline.spec.delivery;
+    // Dynamic partitioning on componentName is always on, so its minimums always apply.
+    let why = match spec.format {
+        DeliveryFormat::Json => "dynamic partitioning is on",
+        DeliveryFormat::Parquet => "dynamic partitioning and Parquet conversion are on",
+    };
+    if !(MIN_BUFFER_INTERVAL_SECONDS..=MAX_BUFFER_INTERVAL_SECONDS).contains(&spec.buffer_interval_seconds) {
+        errors.add(
+            "spec.delivery.bufferIntervalSeconds",
+            format!(
+                "{} is not allowed: Firehose needs {MIN_BUFFER_INTERVAL_SECONDS} to {MAX_BUFFER_INTERVAL_SECONDS} seconds when {why}",
+                spec.buffer_interval_seconds
+            ),
+        );
+    }
+    if !(MIN_BUFFER_SIZE_MIB..=MAX_BUFFER_SIZE_MIB).contains(&spec.buffer_size_mib) {
+        errors.add(
+            "spec.delivery.bufferSizeMiB",
+            format!(
+                "{} is not allowed: Firehose needs {MIN_BUFFER_SIZE_MIB} to {MAX_BUFFER_SIZE_MIB} MiB when {why}",
+                spec.buffer_size_mib
+            ),
+        );
+    }
+    if let Some(days) = spec.expire_after_days
+        && days < 1
+    {
+        errors.add("spec.delivery.expireAfterDays", format!("{days} is not a number of days: use 1 or more, or leave it out to keep objects"));
+    }
+    DeliveryConfig {
+        buffer_interval_seconds: spec.buffer_interval_seconds,
+        buffer_size_mib: spec.buffer_size_mib,
+        format: spec.format,
+        compression: spec.compression,
+        expire_after_days: spec.expire_after_days,
+    }
+}
+
+fn partition_config(pipeline: &MetricsPipeline, errors: &mut Errors) -> PartitionConfig {
+    let spec = &pipeline.spec.catalog.partitions;
+    let field = "spec.catalog.partitions.components";
+    match spec.mode {
+        PartitionMode::Registered => {
+            if !spec.components.is_empty() {
+                errors.add(field, "is used only with mode: Projected; remove it, or set mode: Projected");
+            }
+            PartitionConfig::Registered
+        }
+        PartitionMode::Projected => {
+            if spec.components.is_empty() {
+                errors.add(field, "mode: Projected needs the list of component names to project; list them, or use mode: Registered");
+            }
+            for (index, component) in spec.components.iter().enumerate() {
+                if !is_partition_value(component) {
+                    errors.add(
+                        format!("{field}[{index}]"),
+                        format!("`{component}` cannot be a partition value: use letters, digits, `.`, `_` and `-` (at most 255)"),
+                    );
+                } else if spec.components[..index].contains(component) {
+                    errors.add(format!("{field}[{index}]"), format!("`{component}` is listed twice; list each component once"));
+                }
+            }
+            PartitionConfig::Projected(spec.components.clone())
+        }
+    }
+}
+
+/// Characters that survive as an S3 key segment, a Hive partition value and a projection enum
+/// entry (which is comma-separated) alike.
+pub fn is_partition_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 255
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && value != "."
+        && value != ".."
+}
+
+fn check_aggregator(spec: &AggregatorSpec, errors: &mut Errors) {
+    if !(0..=1).contains(&spec.replicas) {
+        errors.add(
+            "spec.aggregator.replicas",
+            format!("{} replicas would aggregate every event more than once: use 1 (running) or 0 (paused)", spec.replicas),
+        );
+    }
+    if spec.image.as_deref() == Some("") {
+        errors.add("spec.aggregator.image", "is empty: name an image, or leave the field out for the default");
+    }
+    const IRSA_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
+    if let Some(arn) = spec.service_account_annotations.get(IRSA_ANNOTATION)
+        && !is_iam_role_arn(arn)
+    {
+        errors.add(
+            format!("spec.aggregator.serviceAccountAnnotations[{IRSA_ANNOTATION}]"),
+            format!("`{arn}` is not an IAM role ARN: write arn:aws:iam::<12-digit account>:role/<name>"),
+        );
+    }
+}
+
+fn is_iam_role_arn(arn: &str) -> bool {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    partition.starts_with("aws")
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && resource.strip_prefix("role/").is_some_and(|name| !name.is_empty())
+}
+
+#[cfg(test)]
+#[path = "validation_tests.rs"]
+mod tests;

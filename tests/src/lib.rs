@@ -1,0 +1,63 @@
+//! Test harness shared by the integration and end-to-end tests: clients for the local control
+//! plane and the AWS emulator that `scripts/dev-env up` starts, and per-test isolation.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+use metrics_pipeline_crds::crd::crd;
+
+/// Field manager of everything the tests apply.
+pub const FIELD_MANAGER: &str = "metrics-pipeline-tests";
+
+/// A path inside the repository.
+pub fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+}
+
+/// A client for the API server named by `KUBECONFIG` (`. .dev-env/env` after `scripts/dev-env up`).
+pub async fn kube_client() -> anyhow::Result<Client> {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        bail!("KUBECONFIG is not set: run `scripts/dev-env up` and `. .dev-env/env`, or run the tests with `scripts/test`");
+    }
+    Client::try_default().await.context("cannot reach the API server named by KUBECONFIG")
+}
+
+/// Installs the generated CRD with server-side apply and waits until it is Established.
+pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let definition = crd();
+    let name = definition.name_any();
+    crds.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&definition)).await?;
+    let established = await_condition(crds, &name, conditions::is_crd_established());
+    tokio::time::timeout(Duration::from_secs(30), established).await.context("the CRD did not become Established in 30s")??;
+    Ok(())
+}
+
+/// A namespace of its own for one test; `delete` removes it and everything in it.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<pid>-<n>`, unique across parallel tests and repeated runs.
+    pub async fn create(client: &Client, prefix: &str) -> anyhow::Result<Self> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await?;
+        Ok(Self { name, client: client.clone() })
+    }
+
+    pub async fn delete(self) -> anyhow::Result<()> {
+        Api::<Namespace>::all(self.client).delete(&self.name, &DeleteParams::default()).await?;
+        Ok(())
+    }
+}
