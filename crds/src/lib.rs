@@ -8,6 +8,7 @@ pub mod duration;
 pub mod event;
 pub mod naming;
 pub mod pipeline;
+pub mod stable_hash;
 pub mod validation;
 
 pub use pipeline::{MetricsPipeline, MetricsPipelineSpec, MetricsPipelineStatus};

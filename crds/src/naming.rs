@@ -3,6 +3,8 @@
 //! Every name is a pure function of the resource's namespace and name, its spec, and the AWS
 //! account and region, so a restarted operator finds exactly what it made before.
 
+use crate::stable_hash::fnv1a64;
+
 /// Longest name prefix: the longest suffix added to it (`-` plus 12 hex digits for a bucket) must
 /// still fit the tightest AWS limit, 63 characters for bucket names.
 pub const MAX_PREFIX_LEN: usize = 40;
@@ -49,7 +51,7 @@ impl PipelineNames {
         // Bucket names are global across every AWS account: the hash of account, region and owner
         // keeps two clusters (or two accounts) with the same namespace and name apart.
         let bucket = inputs.bucket_name.map(str::to_owned).unwrap_or_else(|| {
-            let digest = fnv1a64(&format!("{}/{}/{owner}", inputs.account_id, inputs.region));
+            let digest = fnv1a64(format!("{}/{}/{owner}", inputs.account_id, inputs.region).as_bytes());
             format!("{prefix}-{:012x}", digest >> 16)
         });
         Self {
@@ -77,14 +79,9 @@ fn default_prefix(namespace: &str, name: &str) -> String {
     if joined.len() <= MAX_PREFIX_LEN {
         return joined;
     }
-    let digest = format!("{:08x}", fnv1a64(&joined) >> 32);
+    let digest = format!("{:08x}", fnv1a64(joined.as_bytes()) >> 32);
     let keep = MAX_PREFIX_LEN - digest.len() - 1;
     format!("{}-{digest}", joined[..keep].trim_end_matches('-'))
-}
-
-/// FNV-1a: stable across Rust versions and platforms, unlike `DefaultHasher`.
-fn fnv1a64(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]

@@ -1,0 +1,318 @@
+//! The window engine: event-time tumbling windows per (componentName, metricName, unit), with
+//! per-shard watermarks, allowed lateness and end-of-input firing. Pure: no I/O, no clocks.
+//!
+//! Each piece is its own type: [`WindowAssigner`] places an event, [`Accumulator`] folds values,
+//! [`Watermarks`] tracks event-time progress per shard, [`WindowEngine`] ties them together.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hashbrown::{Equivalent, HashMap};
+use metrics_pipeline_crds::event::{EventTime, MetricAggregate, MetricEvent};
+use metrics_pipeline_crds::stable_hash::{fnv1a64, fnv1a64_continue};
+
+/// Places event times into epoch-aligned tumbling windows.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowAssigner {
+    length_ms: i64,
+}
+
+impl WindowAssigner {
+    pub fn new(length: Duration) -> Self {
+        let length_ms = i64::try_from(length.as_millis()).unwrap_or(i64::MAX).max(1);
+        Self { length_ms }
+    }
+
+    /// Start of the window holding `time` (floor, so negative times work too).
+    pub fn window_start(&self, time: EventTime) -> i64 {
+        time.0.div_euclid(self.length_ms) * self.length_ms
+    }
+
+    pub fn window_end(&self, start: i64) -> i64 {
+        start + self.length_ms
+    }
+}
+
+/// min / max / count / sum of values and the earliest and latest event time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Accumulator {
+    pub min_value: f64,
+    pub max_value: f64,
+    pub sum: f64,
+    pub count: u64,
+    pub first_time: EventTime,
+    pub last_time: EventTime,
+}
+
+impl Accumulator {
+    pub fn new(value: f64, time: EventTime) -> Self {
+        Self { min_value: value, max_value: value, sum: value, count: 1, first_time: time, last_time: time }
+    }
+
+    pub fn add(&mut self, value: f64, time: EventTime) {
+        self.min_value = self.min_value.min(value);
+        self.max_value = self.max_value.max(value);
+        self.sum += value;
+        self.count += 1;
+        self.first_time = self.first_time.min(time);
+        self.last_time = self.last_time.max(time);
+    }
+}
+
+/// Event-time progress: per shard, the latest event time seen minus the out-of-orderness bound;
+/// overall, the minimum over shards that are not idle, so a slow shard holds windows open and a
+/// quiet one does not.
+#[derive(Clone, Debug, Default)]
+pub struct Watermarks {
+    out_of_orderness_ms: i64,
+    shards: HashMap<String, ShardClock>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ShardClock {
+    /// `None` until the shard's first event: until then it holds the watermark back entirely.
+    max_event_time: Option<i64>,
+    idle: bool,
+}
+
+impl Watermarks {
+    pub fn new(out_of_orderness: Duration) -> Self {
+        Self { out_of_orderness_ms: i64::try_from(out_of_orderness.as_millis()).unwrap_or(i64::MAX), shards: HashMap::new() }
+    }
+
+    /// A shard about to be read: no window fires before it has shown where its event time is.
+    pub fn register(&mut self, shard: &str) {
+        if !self.shards.contains_key(shard) {
+            self.shards.insert(shard.to_owned(), ShardClock { max_event_time: None, idle: false });
+        }
+    }
+
+    pub fn observe(&mut self, shard: &str, time: EventTime) {
+        self.register(shard);
+        let clock = self.shards.get_mut(shard).expect("registered above");
+        clock.max_event_time = Some(clock.max_event_time.map_or(time.0, |max| max.max(time.0)));
+        clock.idle = false;
+    }
+
+    /// A shard with nothing to read no longer holds the watermark back, until it sees data again.
+    pub fn mark_idle(&mut self, shard: &str) {
+        if let Some(clock) = self.shards.get_mut(shard) {
+            clock.idle = true;
+        }
+    }
+
+    /// A shard that is closed for good (resharded, fully read) is forgotten.
+    pub fn remove(&mut self, shard: &str) {
+        self.shards.remove(shard);
+    }
+
+    /// `None` while an active shard has seen no event yet, or when no shard is active.
+    pub fn current(&self) -> Option<i64> {
+        let mut active = self.shards.values().filter(|clock| !clock.idle).peekable();
+        active.peek()?;
+        active.map(|clock| clock.max_event_time.map(|max| max.saturating_sub(self.out_of_orderness_ms))).min().flatten()
+    }
+}
+
+/// What happened to one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Counted in a window that has not fired yet.
+    OnTime,
+    /// Counted in a window that already fired: it is re-emitted with the next revision.
+    Late,
+    /// Later than the allowed lateness: not counted; the caller keeps it in the dead-letter prefix.
+    TooLate,
+}
+
+/// The aggregation key, owned, as stored in the engine's maps.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MetricKey {
+    pub component_name: Box<str>,
+    pub metric_name: Box<str>,
+    pub unit: Box<str>,
+}
+
+/// The key borrowed from an event, to look windows up without allocating. It hashes exactly as
+/// [`MetricKey`] does: the same fields, as `str`, in the same order.
+#[derive(Hash)]
+struct KeyRef<'a> {
+    component_name: &'a str,
+    metric_name: &'a str,
+    unit: &'a str,
+}
+
+impl Equivalent<MetricKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &MetricKey) -> bool {
+        *self.component_name == *key.component_name && *self.metric_name == *key.metric_name && *self.unit == *key.unit
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct FiredWindow {
+    accumulator: Accumulator,
+    revision: u32,
+    /// Changed by a late event since it was last emitted.
+    dirty: bool,
+}
+
+/// Settings of one engine, from the pipeline's `spec.aggregation`.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    pub window: Duration,
+    pub out_of_orderness: Duration,
+    pub allowed_lateness: Duration,
+}
+
+/// Tumbling event-time windows for every key, fired by the watermark.
+pub struct WindowEngine {
+    assigner: WindowAssigner,
+    allowed_lateness_ms: i64,
+    watermarks: Watermarks,
+    /// Open windows by start, then by key; tumbling windows share boundaries across keys, so
+    /// firing pops whole entries off the front.
+    open: BTreeMap<i64, HashMap<MetricKey, Accumulator>>,
+    /// Fired windows kept for late events until the watermark passes end + allowed lateness.
+    fired: BTreeMap<i64, HashMap<MetricKey, FiredWindow>>,
+    dirty: Vec<(i64, MetricKey)>,
+}
+
+impl WindowEngine {
+    pub fn new(config: EngineConfig) -> Self {
+        Self {
+            assigner: WindowAssigner::new(config.window),
+            allowed_lateness_ms: i64::try_from(config.allowed_lateness.as_millis()).unwrap_or(i64::MAX),
+            watermarks: Watermarks::new(config.out_of_orderness),
+            open: BTreeMap::new(),
+            fired: BTreeMap::new(),
+            dirty: Vec::new(),
+        }
+    }
+
+    pub fn watermarks_mut(&mut self) -> &mut Watermarks {
+        &mut self.watermarks
+    }
+
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermarks.current()
+    }
+
+    /// Number of windows (key × window) still open.
+    pub fn open_windows(&self) -> usize {
+        self.open.values().map(HashMap::len).sum()
+    }
+
+    /// Adds one valid event read from `shard` and moves that shard's watermark; windows fire
+    /// only in [`Self::advance`] and [`Self::fire_all`].
+    pub fn add(&mut self, shard: &str, event: &MetricEvent<'_>) -> Admission {
+        let start = self.assigner.window_start(event.timestamp);
+        let end = self.assigner.window_end(start);
+        let key = KeyRef { component_name: &event.component_name, metric_name: &event.metric_name, unit: &event.unit };
+        let admission = if let Some(window) = self.fired.get_mut(&start).and_then(|windows| windows.get_mut(&key)) {
+            window.accumulator.add(event.value, event.timestamp);
+            if !window.dirty {
+                window.dirty = true;
+                self.dirty.push((start, owned_key(&key)));
+            }
+            Admission::Late
+        } else if self.watermark().is_some_and(|watermark| end.saturating_add(self.allowed_lateness_ms) <= watermark) {
+            Admission::TooLate
+        } else {
+            let windows = self.open.entry(start).or_default();
+            match windows.get_mut(&key) {
+                Some(accumulator) => accumulator.add(event.value, event.timestamp),
+                None => {
+                    windows.insert(owned_key(&key), Accumulator::new(event.value, event.timestamp));
+                }
+            }
+            Admission::OnTime
+        };
+        if admission != Admission::TooLate {
+            self.watermarks.observe(shard, event.timestamp);
+        }
+        admission
+    }
+
+    /// Fires every open window whose end the watermark has passed, re-emits fired windows that
+    /// late events changed, and forgets fired windows past their allowed lateness.
+    pub fn advance(&mut self, out: &mut Vec<MetricAggregate>) {
+        let Some(watermark) = self.watermark() else { return };
+        while let Some(entry) = self.open.first_entry() {
+            if self.assigner.window_end(*entry.key()) > watermark {
+                break;
+            }
+            let (start, windows) = entry.remove_entry();
+            self.fire(start, windows, out);
+        }
+        self.emit_dirty(out);
+        while let Some(entry) = self.fired.first_entry() {
+            if self.assigner.window_end(*entry.key()).saturating_add(self.allowed_lateness_ms) > watermark {
+                break;
+            }
+            entry.remove();
+        }
+    }
+
+    /// Fires every open window now, as at end of input (the idle timeout), and re-emits changed
+    /// fired ones. Fired windows stay for late events until the watermark passes them.
+    pub fn fire_all(&mut self, out: &mut Vec<MetricAggregate>) {
+        while let Some((start, windows)) = self.open.pop_first() {
+            self.fire(start, windows, out);
+        }
+        self.emit_dirty(out);
+    }
+
+    fn fire(&mut self, start: i64, windows: HashMap<MetricKey, Accumulator>, out: &mut Vec<MetricAggregate>) {
+        let fired = self.fired.entry(start).or_default();
+        for (key, accumulator) in windows {
+            out.push(aggregate(&key, start, self.assigner.window_end(start), &accumulator, 0));
+            fired.insert(key, FiredWindow { accumulator, revision: 0, dirty: false });
+        }
+    }
+
+    fn emit_dirty(&mut self, out: &mut Vec<MetricAggregate>) {
+        for (start, key) in self.dirty.drain(..) {
+            let Some(window) = self.fired.get_mut(&start).and_then(|windows| windows.get_mut(&key)) else { continue };
+            window.revision += 1;
+            window.dirty = false;
+            out.push(aggregate(&key, start, self.assigner.window_end(start), &window.accumulator, window.revision));
+        }
+    }
+}
+
+fn owned_key(key: &KeyRef<'_>) -> MetricKey {
+    MetricKey { component_name: key.component_name.into(), metric_name: key.metric_name.into(), unit: key.unit.into() }
+}
+
+/// Deterministic id of (key, window start): the same across restarts and re-emissions, so
+/// downstream can drop duplicates and keep the highest revision.
+pub fn window_id(key: &MetricKey, window_start: i64) -> String {
+    let mut hash = fnv1a64(key.component_name.as_bytes());
+    for part in [&[0][..], key.metric_name.as_bytes(), &[0], key.unit.as_bytes(), &[0], &window_start.to_be_bytes()] {
+        hash = fnv1a64_continue(hash, part);
+    }
+    format!("{hash:016x}")
+}
+
+fn aggregate(key: &MetricKey, start: i64, end: i64, accumulator: &Accumulator, revision: u32) -> MetricAggregate {
+    MetricAggregate {
+        component_name: key.component_name.to_string(),
+        metric_name: key.metric_name.to_string(),
+        unit: key.unit.to_string(),
+        min_value: accumulator.min_value,
+        max_value: accumulator.max_value,
+        avg_value: accumulator.sum / accumulator.count as f64,
+        count: accumulator.count,
+        sum: accumulator.sum,
+        from_timestamp: accumulator.first_time,
+        to_timestamp: accumulator.last_time,
+        window_start: EventTime(start),
+        window_end: EventTime(end),
+        window_id: window_id(key, start),
+        revision,
+    }
+}
+
+#[cfg(test)]
+#[path = "window_tests.rs"]
+mod tests;

@@ -1,0 +1,249 @@
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const SECOND: i64 = 1_000;
+const MINUTE: i64 = 60 * SECOND;
+
+fn time(text: &str) -> EventTime {
+    EventTime::parse_rfc3339(text).unwrap()
+}
+
+fn event(component: &str, metric: &str, value: f64, at: EventTime) -> MetricEvent<'static> {
+    MetricEvent {
+        component_name: Cow::Owned(component.into()),
+        metric_name: Cow::Owned(metric.into()),
+        unit: Cow::Borrowed("percent"),
+        value,
+        timestamp: at,
+    }
+}
+
+fn engine(window: u64, out_of_orderness: u64, allowed_lateness: u64) -> WindowEngine {
+    WindowEngine::new(EngineConfig {
+        window: Duration::from_secs(window),
+        out_of_orderness: Duration::from_secs(out_of_orderness),
+        allowed_lateness: Duration::from_secs(allowed_lateness),
+    })
+}
+
+#[test]
+fn windows_align_to_the_epoch_on_both_sides_of_it() {
+    let assigner = WindowAssigner::new(Duration::from_secs(60));
+    assert_eq!(assigner.window_start(time("2021-09-09T12:00:59.999Z")), time("2021-09-09T12:00:00Z").0);
+    assert_eq!(assigner.window_start(time("2021-09-09T12:01:00Z")), time("2021-09-09T12:01:00Z").0);
+    assert_eq!(assigner.window_start(EventTime(-1)), -MINUTE);
+    assert_eq!(assigner.window_end(0), MINUTE);
+}
+
+#[test]
+fn accumulator_tracks_extremes_and_event_time_range() {
+    let mut accumulator = Accumulator::new(50.0, EventTime(2_000));
+    accumulator.add(43.0, EventTime(1_000));
+    accumulator.add(57.0, EventTime(3_000));
+    assert_eq!((accumulator.min_value, accumulator.max_value, accumulator.sum, accumulator.count), (43.0, 57.0, 150.0, 3));
+    assert_eq!((accumulator.first_time, accumulator.last_time), (EventTime(1_000), EventTime(3_000)));
+}
+
+#[test]
+fn watermark_is_the_slowest_active_shard_minus_out_of_orderness() {
+    let mut watermarks = Watermarks::new(Duration::from_secs(10));
+    assert_eq!(watermarks.current(), None);
+    watermarks.register("shard-1");
+    watermarks.observe("shard-0", EventTime(100 * SECOND));
+    assert_eq!(watermarks.current(), None, "shard-1 has not been read yet");
+    watermarks.observe("shard-0", EventTime(100 * SECOND));
+    watermarks.observe("shard-1", EventTime(40 * SECOND));
+    watermarks.observe("shard-1", EventTime(30 * SECOND));
+    assert_eq!(watermarks.current(), Some(30 * SECOND), "shard-1's max is 40s; 40s - 10s");
+    watermarks.mark_idle("shard-1");
+    assert_eq!(watermarks.current(), Some(90 * SECOND), "an idle shard does not hold the watermark back");
+    watermarks.observe("shard-1", EventTime(50 * SECOND));
+    assert_eq!(watermarks.current(), Some(40 * SECOND), "data wakes an idle shard");
+    watermarks.remove("shard-1");
+    assert_eq!(watermarks.current(), Some(90 * SECOND));
+}
+
+#[test]
+fn the_classic_check_out_of_order_events_aggregate_exactly() {
+    let mut engine = engine(86_400, 3_600, 0);
+    let events = [
+        event("user-service", "cpu-usage", 50.0, time("2021-09-09T12:00:00Z")),
+        event("order-service", "ram-usage", 13.0, time("2021-09-09T11:00:00Z")),
+        event("user-service", "cpu-usage", 43.0, time("2021-09-09T11:30:00Z")),
+        event("order-service", "ram-usage", 17.0, time("2021-09-09T11:45:00Z")),
+        event("user-service", "cpu-usage", 57.0, time("2021-09-09T12:30:00Z")),
+    ];
+    for event in &events {
+        assert_eq!(engine.add("shard-0", event), Admission::OnTime);
+    }
+    let mut out = Vec::new();
+    engine.advance(&mut out);
+    assert!(out.is_empty(), "the day window is still open");
+    engine.fire_all(&mut out);
+    out.sort_by(|a, b| a.component_name.cmp(&b.component_name));
+    let rows: Vec<_> = out
+        .iter()
+        .map(|a| (a.component_name.as_str(), a.min_value, a.max_value, a.avg_value, a.from_timestamp.to_string(), a.to_timestamp.to_string()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("order-service", 13.0, 17.0, 15.0, "2021-09-09T11:00:00.000Z".into(), "2021-09-09T11:45:00.000Z".into()),
+            ("user-service", 43.0, 57.0, 50.0, "2021-09-09T11:30:00.000Z".into(), "2021-09-09T12:30:00.000Z".into()),
+        ]
+    );
+    assert_eq!(out[1].window_start.to_string(), "2021-09-09T00:00:00.000Z");
+    assert_eq!(out[1].window_end.to_string(), "2021-09-10T00:00:00.000Z");
+    assert_eq!((out[1].count, out[1].sum, out[1].revision), (3, 150.0, 0));
+}
+
+#[test]
+fn a_window_fires_once_the_watermark_passes_its_end() {
+    let mut engine = engine(60, 10, 0);
+    let noon = time("2021-09-09T12:00:00Z").0;
+    let mut out = Vec::new();
+    engine.add("s", &event("a", "cpu", 1.0, EventTime(noon + 5 * SECOND)));
+    engine.add("s", &event("a", "cpu", 2.0, EventTime(noon + MINUTE + 9 * SECOND)));
+    engine.advance(&mut out);
+    assert!(out.is_empty(), "watermark 12:00:59 has not passed 12:01");
+    assert_eq!(engine.open_windows(), 2);
+    engine.add("s", &event("a", "cpu", 3.0, EventTime(noon + MINUTE + 10 * SECOND)));
+    engine.advance(&mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].window_start, out[0].count, out[0].max_value), (EventTime(noon), 1, 1.0));
+    assert_eq!(engine.open_windows(), 1);
+}
+
+#[test]
+fn late_events_within_allowed_lateness_re_emit_the_window_with_the_same_id() {
+    let mut engine = engine(60, 0, 120);
+    let noon = time("2021-09-09T12:00:00Z").0;
+    let mut out = Vec::new();
+    engine.add("s", &event("a", "cpu", 10.0, EventTime(noon + SECOND)));
+    engine.add("s", &event("a", "cpu", 20.0, EventTime(noon + MINUTE)));
+    engine.advance(&mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(engine.add("s", &event("a", "cpu", 4.0, EventTime(noon + 30 * SECOND))), Admission::Late);
+    assert_eq!(engine.add("s", &event("a", "cpu", 6.0, EventTime(noon + 31 * SECOND))), Admission::Late);
+    engine.advance(&mut out);
+    assert_eq!(out.len(), 2, "two late events re-emit the window once");
+    assert_eq!((out[1].revision, out[1].count, out[1].min_value), (1, 3, 4.0));
+    assert_eq!(out[1].window_id, out[0].window_id);
+}
+
+#[test]
+fn events_later_than_the_allowed_lateness_are_refused_and_not_counted() {
+    let mut engine = engine(60, 0, 60);
+    let noon = time("2021-09-09T12:00:00Z").0;
+    let mut out = Vec::new();
+    engine.add("s", &event("a", "cpu", 10.0, EventTime(noon)));
+    engine.add("s", &event("a", "cpu", 10.0, EventTime(noon + 3 * MINUTE)));
+    engine.advance(&mut out);
+    assert_eq!(engine.add("s", &event("a", "cpu", 99.0, EventTime(noon + 30 * SECOND))), Admission::TooLate);
+    // A key never seen in that window is just as late.
+    assert_eq!(engine.add("s", &event("b", "cpu", 99.0, EventTime(noon + 30 * SECOND))), Admission::TooLate);
+    engine.fire_all(&mut out);
+    assert!(out.iter().all(|a| a.max_value < 99.0), "{out:?}");
+}
+
+#[test]
+fn a_slow_shard_holds_windows_open_until_it_catches_up_or_goes_idle() {
+    let mut engine = engine(60, 0, 0);
+    let noon = time("2021-09-09T12:00:00Z").0;
+    let mut out = Vec::new();
+    engine.watermarks_mut().register("fast");
+    engine.watermarks_mut().register("slow");
+    engine.add("fast", &event("a", "cpu", 1.0, EventTime(noon + 5 * MINUTE)));
+    engine.advance(&mut out);
+    assert!(out.is_empty(), "the slow shard has shown no event time yet");
+    engine.add("slow", &event("a", "cpu", 2.0, EventTime(noon)));
+    engine.advance(&mut out);
+    assert!(out.is_empty());
+    engine.watermarks_mut().mark_idle("slow");
+    engine.advance(&mut out);
+    assert_eq!(out.len(), 1, "the slow shard's window fires once that shard is idle");
+    assert_eq!(out[0].window_start, EventTime(noon));
+}
+
+#[test]
+fn fire_all_emits_every_open_window_and_keeps_them_for_late_events() {
+    let mut engine = engine(60, 10, 60);
+    let mut out = Vec::new();
+    engine.add("s", &event("a", "cpu", 1.0, EventTime(0)));
+    engine.add("s", &event("b", "ram", 2.0, EventTime(MINUTE)));
+    engine.fire_all(&mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(engine.open_windows(), 0);
+    assert_eq!(engine.add("s", &event("a", "cpu", 5.0, EventTime(SECOND))), Admission::Late);
+    engine.fire_all(&mut out);
+    assert_eq!((out[2].revision, out[2].count), (1, 2));
+}
+
+#[test]
+fn window_ids_differ_by_key_and_window_and_are_stable() {
+    let key = MetricKey { component_name: "user-service".into(), metric_name: "cpu".into(), unit: "percent".into() };
+    let other = MetricKey { component_name: "user-servicecpu".into(), metric_name: "".into(), unit: "percent".into() };
+    assert_eq!(window_id(&key, 0), window_id(&key.clone(), 0));
+    assert_ne!(window_id(&key, 0), window_id(&key, MINUTE));
+    assert_ne!(window_id(&key, 0), window_id(&other, 0));
+    assert_eq!(window_id(&key, 0).len(), 16);
+}
+
+/// (min, max, count, sum, first event time, last event time) of one key and window.
+type Summary = (i64, i64, u64, i64, i64, i64);
+
+/// The batch answer: every event grouped by key and window, regardless of arrival order.
+fn batch(events: &[(usize, i64, i64)], window_ms: i64) -> BTreeMap<(String, i64), Summary> {
+    let mut result = BTreeMap::new();
+    for &(component, at, value) in events {
+        let start = at.div_euclid(window_ms) * window_ms;
+        let entry = result.entry((format!("c{component}"), start)).or_insert((i64::MAX, i64::MIN, 0, 0, i64::MAX, i64::MIN));
+        entry.0 = entry.0.min(value);
+        entry.1 = entry.1.max(value);
+        entry.2 += 1;
+        entry.3 += value;
+        entry.4 = entry.4.min(at);
+        entry.5 = entry.5.max(at);
+    }
+    result
+}
+
+proptest! {
+    /// Any arrival order within outOfOrderness gives exactly the batch aggregates.
+    #[test]
+    fn arrival_order_within_out_of_orderness_does_not_change_the_result(
+        events in prop::collection::vec((0usize..4, 0i64..600_000, -1000i64..1000, 0i64..=10_000), 1..300),
+        shards in 1usize..4,
+    ) {
+        // Arrival = event time + a delay of at most outOfOrderness (10 s).
+        let mut arrivals: Vec<_> = events.iter().enumerate().map(|(i, &(c, at, v, delay))| (at + delay, i, c, at, v)).collect();
+        arrivals.sort();
+        let mut engine = engine(60, 10, 0);
+        let mut out = Vec::new();
+        for &(_, index, component, at, value) in &arrivals {
+            let shard = format!("shard-{}", index % shards);
+            let admission = engine.add(&shard, &event(&format!("c{component}"), "m", value as f64, EventTime(at)));
+            prop_assert_eq!(admission, Admission::OnTime);
+            engine.advance(&mut out);
+        }
+        engine.fire_all(&mut out);
+
+        let mut latest: BTreeMap<String, MetricAggregate> = BTreeMap::new();
+        for aggregate in out {
+            let keep = latest.get(&aggregate.window_id).is_none_or(|seen| seen.revision < aggregate.revision);
+            if keep {
+                latest.insert(aggregate.window_id.clone(), aggregate);
+            }
+        }
+        let streamed: BTreeMap<_, _> = latest
+            .into_values()
+            .map(|a| ((a.component_name, a.window_start.0), (a.min_value as i64, a.max_value as i64, a.count, a.sum as i64, a.from_timestamp.0, a.to_timestamp.0)))
+            .collect();
+        let plain: Vec<_> = events.iter().map(|&(c, at, v, _)| (c, at, v)).collect();
+        prop_assert_eq!(streamed, batch(&plain, MINUTE));
+    }
+}
