@@ -1,0 +1,160 @@
+//! Turning a Kinesis record into a [`MetricEvent`], or into the reason it is not one.
+//!
+//! Valid records take one borrowing serde pass. Only an invalid record pays for a second,
+//! diagnostic pass that names what is wrong, so the hot path stays a single parse.
+
+use std::fmt;
+
+use metrics_pipeline_crds::event::{EventTime, MetricEvent};
+use metrics_pipeline_crds::validation::is_partition_value;
+use serde_json::Value;
+
+/// Records larger than this are refused before parsing: no metric event is anywhere near it.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// Why a record is not a metric event; the label of the invalid-records counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InvalidReason {
+    Oversized,
+    NotJson,
+    NotAnObject,
+    MissingField(&'static str),
+    WrongType(&'static str),
+    /// A value that is not a finite number (JSON cannot say NaN; huge exponents overflow).
+    NonFiniteValue,
+    BadTimestamp,
+    /// A componentName Firehose cannot turn into an S3 prefix and Athena into a partition.
+    BadComponentName,
+    EmptyName(&'static str),
+}
+
+impl InvalidReason {
+    /// A short, stable label for metrics and dead-letter keys.
+    pub fn label(self) -> String {
+        match self {
+            Self::Oversized => "oversized".into(),
+            Self::NotJson => "not_json".into(),
+            Self::NotAnObject => "not_an_object".into(),
+            Self::MissingField(field) => format!("missing_{field}"),
+            Self::WrongType(field) => format!("wrong_type_{field}"),
+            Self::NonFiniteValue => "non_finite_value".into(),
+            Self::BadTimestamp => "bad_timestamp".into(),
+            Self::BadComponentName => "bad_component_name".into(),
+            Self::EmptyName(field) => format!("empty_{field}"),
+        }
+    }
+}
+
+impl fmt::Display for InvalidReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
+const FIELDS: [&str; 5] = ["componentName", "metricName", "unit", "value", "timestamp"];
+
+/// Decodes one record.
+pub fn decode(record: &[u8]) -> Result<MetricEvent<'_>, InvalidReason> {
+    if record.len() > MAX_RECORD_BYTES {
+        return Err(InvalidReason::Oversized);
+    }
+    let event: MetricEvent<'_> = serde_json::from_slice(record).map_err(|_| diagnose(record))?;
+    if !event.value.is_finite() {
+        return Err(InvalidReason::NonFiniteValue);
+    }
+    if event.metric_name.is_empty() {
+        return Err(InvalidReason::EmptyName("metricName"));
+    }
+    if event.unit.is_empty() {
+        return Err(InvalidReason::EmptyName("unit"));
+    }
+    if !is_partition_value(&event.component_name) {
+        return Err(InvalidReason::BadComponentName);
+    }
+    Ok(event)
+}
+
+/// Names what is wrong with a record the typed parse refused.
+fn diagnose(record: &[u8]) -> InvalidReason {
+    let value = match serde_json::from_slice::<Value>(record) {
+        Ok(value) => value,
+        // serde_json refuses numbers beyond f64 range outright; say so rather than "not JSON".
+        Err(error) if error.to_string().starts_with("number out of range") => return InvalidReason::NonFiniteValue,
+        Err(_) => return InvalidReason::NotJson,
+    };
+    let Some(object) = value.as_object() else { return InvalidReason::NotAnObject };
+    for field in FIELDS {
+        let Some(value) = object.get(field) else { return InvalidReason::MissingField(field) };
+        let well_typed = match field {
+            "value" => value.is_number(),
+            "timestamp" => value.is_string() || value.is_number(),
+            _ => value.is_string(),
+        };
+        if !well_typed {
+            return InvalidReason::WrongType(field);
+        }
+        if field == "timestamp" && serde_json::from_value::<EventTime>(value.clone()).is_err() {
+            return InvalidReason::BadTimestamp;
+        }
+    }
+    // Every field is present and well typed, yet the parse failed: a duplicate key, say.
+    InvalidReason::NotJson
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"componentName":"user-service","metricName":"cpu-usage","unit":"percent","value":50.0,"timestamp":"2021-09-09T12:00:00.000Z"}"#;
+
+    fn with(field: &str, value: &str) -> String {
+        let mut object: serde_json::Map<String, Value> = serde_json::from_str(GOOD).unwrap();
+        match value {
+            "<absent>" => {
+                object.remove(field);
+            }
+            raw => {
+                object.insert(field.into(), serde_json::from_str(raw).unwrap());
+            }
+        }
+        serde_json::to_string(&object).unwrap()
+    }
+
+    #[test]
+    fn a_valid_record_decodes() {
+        let event = decode(GOOD.as_bytes()).unwrap();
+        assert_eq!((event.component_name.as_ref(), event.value), ("user-service", 50.0));
+        let epoch = with("timestamp", "1631188800000");
+        assert_eq!(decode(epoch.as_bytes()).unwrap().timestamp, EventTime(1_631_188_800_000));
+    }
+
+    #[test]
+    fn every_kind_of_bad_record_gets_its_reason() {
+        let cases: Vec<(String, InvalidReason)> = vec![
+            ("not json at all".into(), InvalidReason::NotJson),
+            (GOOD[..40].into(), InvalidReason::NotJson),
+            ("[1,2,3]".into(), InvalidReason::NotAnObject),
+            (with("metricName", "<absent>"), InvalidReason::MissingField("metricName")),
+            (with("timestamp", "<absent>"), InvalidReason::MissingField("timestamp")),
+            (with("value", "\"50\""), InvalidReason::WrongType("value")),
+            (with("componentName", "7"), InvalidReason::WrongType("componentName")),
+            (with("timestamp", "\"yesterday\""), InvalidReason::BadTimestamp),
+            (with("timestamp", "\"2021-09-09 12:00\""), InvalidReason::BadTimestamp),
+            (with("timestamp", "true"), InvalidReason::WrongType("timestamp")),
+            (GOOD.replace("50.0", "1e999"), InvalidReason::NonFiniteValue),
+            (with("componentName", "\"user service/1\""), InvalidReason::BadComponentName),
+            (with("componentName", "\"\""), InvalidReason::BadComponentName),
+            (with("unit", "\"\""), InvalidReason::EmptyName("unit")),
+            (format!("{{\"pad\":\"{}\"}}", "x".repeat(MAX_RECORD_BYTES)), InvalidReason::Oversized),
+        ];
+        for (record, reason) in cases {
+            assert_eq!(decode(record.as_bytes()).err(), Some(reason), "{record:.80}");
+        }
+    }
+
+    #[test]
+    fn labels_are_metric_friendly() {
+        assert_eq!(InvalidReason::MissingField("timestamp").label(), "missing_timestamp");
+        assert_eq!(InvalidReason::NonFiniteValue.to_string(), "non_finite_value");
+    }
+}
