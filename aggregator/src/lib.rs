@@ -2,4 +2,5 @@
 //! (componentName, metricName, unit) in event-time tumbling windows, to the output stream.
 
 pub mod decode;
+pub mod sink;
 pub mod window;
