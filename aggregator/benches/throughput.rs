@@ -24,7 +24,7 @@ fn main() {
         out_of_orderness: Duration::from_secs(5),
         allowed_lateness: Duration::from_secs(60),
     });
-    let mut records: Vec<Vec<u8>> = vec![Vec::with_capacity(160); BATCH];
+    let mut records: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(160)).collect();
     let mut out = Vec::new();
     let mut busy = Duration::ZERO;
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
