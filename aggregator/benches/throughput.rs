@@ -10,7 +10,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use metrics_aggregator::decode::decode;
-use metrics_aggregator::window::{EngineConfig, WindowEngine};
+use metrics_aggregator::window::WindowEngine;
+use metrics_pipeline_crds::validation::WindowConfig;
 
 const COMPONENTS: usize = 1_000;
 const METRICS: usize = 10;
@@ -19,10 +20,11 @@ const BATCHES: usize = 8_000;
 const SHARDS: [&str; 4] = ["shardId-000000000000", "shardId-000000000001", "shardId-000000000002", "shardId-000000000003"];
 
 fn main() {
-    let mut engine = WindowEngine::new(EngineConfig {
+    let mut engine = WindowEngine::new(&WindowConfig {
         window: Duration::from_secs(60),
         out_of_orderness: Duration::from_secs(5),
         allowed_lateness: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(30),
     });
     let mut records: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(160)).collect();
     let mut out = Vec::new();

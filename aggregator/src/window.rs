@@ -10,6 +10,7 @@ use std::time::Duration;
 use hashbrown::{Equivalent, HashMap};
 use metrics_pipeline_crds::event::{EventTime, MetricAggregate, MetricEvent};
 use metrics_pipeline_crds::stable_hash::{fnv1a64, fnv1a64_continue};
+use metrics_pipeline_crds::validation::WindowConfig;
 
 /// Places event times into epoch-aligned tumbling windows.
 #[derive(Clone, Copy, Debug)]
@@ -156,14 +157,6 @@ struct FiredWindow {
     dirty: bool,
 }
 
-/// Settings of one engine, from the pipeline's `spec.aggregation`.
-#[derive(Clone, Copy, Debug)]
-pub struct EngineConfig {
-    pub window: Duration,
-    pub out_of_orderness: Duration,
-    pub allowed_lateness: Duration,
-}
-
 /// Tumbling event-time windows for every key, fired by the watermark.
 pub struct WindowEngine {
     assigner: WindowAssigner,
@@ -178,7 +171,9 @@ pub struct WindowEngine {
 }
 
 impl WindowEngine {
-    pub fn new(config: EngineConfig) -> Self {
+    /// Takes the pipeline's validated `spec.aggregation`; the idle timeout is the caller's to
+    /// apply, through [`Self::fire_all`].
+    pub fn new(config: &WindowConfig) -> Self {
         Self {
             assigner: WindowAssigner::new(config.window),
             allowed_lateness_ms: i64::try_from(config.allowed_lateness.as_millis()).unwrap_or(i64::MAX),

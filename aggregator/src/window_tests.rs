@@ -23,10 +23,11 @@ fn event(component: &str, metric: &str, value: f64, at: EventTime) -> MetricEven
 }
 
 fn engine(window: u64, out_of_orderness: u64, allowed_lateness: u64) -> WindowEngine {
-    WindowEngine::new(EngineConfig {
+    WindowEngine::new(&WindowConfig {
         window: Duration::from_secs(window),
         out_of_orderness: Duration::from_secs(out_of_orderness),
         allowed_lateness: Duration::from_secs(allowed_lateness),
+        idle_timeout: Duration::from_secs(out_of_orderness.max(1)),
     })
 }
 
