@@ -20,7 +20,7 @@ pub struct WindowAssigner {
 
 impl WindowAssigner {
     pub fn new(length: Duration) -> Self {
-        let length_ms = i64::try_from(length.as_millis()).unwrap_or(i64::MAX).max(1);
+        let length_ms = millis(length).max(1);
         Self { length_ms }
     }
 
@@ -63,7 +63,7 @@ impl Accumulator {
 /// Event-time progress: per shard, the latest event time seen minus the out-of-orderness bound;
 /// overall, the minimum over shards that are not idle, so a slow shard holds windows open and a
 /// quiet one does not.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Watermarks {
     out_of_orderness_ms: i64,
     shards: HashMap<String, ShardClock>,
@@ -78,7 +78,7 @@ struct ShardClock {
 
 impl Watermarks {
     pub fn new(out_of_orderness: Duration) -> Self {
-        Self { out_of_orderness_ms: i64::try_from(out_of_orderness.as_millis()).unwrap_or(i64::MAX), shards: HashMap::new() }
+        Self { out_of_orderness_ms: millis(out_of_orderness), shards: HashMap::new() }
     }
 
     /// A shard about to be read: no window fires before it has shown where its event time is.
@@ -176,7 +176,7 @@ impl WindowEngine {
     pub fn new(config: &WindowConfig) -> Self {
         Self {
             assigner: WindowAssigner::new(config.window),
-            allowed_lateness_ms: i64::try_from(config.allowed_lateness.as_millis()).unwrap_or(i64::MAX),
+            allowed_lateness_ms: millis(config.allowed_lateness),
             watermarks: Watermarks::new(config.out_of_orderness),
             open: BTreeMap::new(),
             fired: BTreeMap::new(),
@@ -273,6 +273,11 @@ impl WindowEngine {
             out.push(aggregate(&key, start, self.assigner.window_end(start), &window.accumulator, window.revision));
         }
     }
+}
+
+/// Event time is counted in milliseconds; durations beyond `i64` saturate.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn owned_key(key: &KeyRef<'_>) -> MetricKey {
