@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hashbrown::{Equivalent, HashMap};
+use serde::{Deserialize, Serialize};
 use metrics_pipeline_crds::event::{EventTime, MetricAggregate, MetricEvent};
 use metrics_pipeline_crds::stable_hash::{fnv1a64, fnv1a64_continue};
 use metrics_pipeline_crds::validation::WindowConfig;
@@ -35,7 +36,8 @@ impl WindowAssigner {
 }
 
 /// min / max / count / sum of values and the earliest and latest event time.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Accumulator {
     pub min_value: f64,
     pub max_value: f64,
@@ -107,6 +109,18 @@ impl Watermarks {
         self.shards.remove(shard);
     }
 
+    /// Every shard's clock, for the checkpoint. Idleness is not kept: after a restart a shard
+    /// holds the watermark until it has shown data or gone idle again.
+    pub fn snapshot(&self) -> BTreeMap<String, Option<i64>> {
+        self.shards.iter().map(|(shard, clock)| (shard.clone(), clock.max_event_time)).collect()
+    }
+
+    fn restore(&mut self, clocks: BTreeMap<String, Option<i64>>) {
+        for (shard, max_event_time) in clocks {
+            self.shards.insert(shard, ShardClock { max_event_time, idle: false });
+        }
+    }
+
     /// `None` while an active shard has seen no event yet, or when no shard is active.
     pub fn current(&self) -> Option<i64> {
         let mut active = self.shards.values().filter(|clock| !clock.idle).peekable();
@@ -127,7 +141,8 @@ pub enum Admission {
 }
 
 /// The aggregation key, owned, as stored in the engine's maps.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MetricKey {
     pub component_name: Box<str>,
     pub metric_name: Box<str>,
@@ -147,6 +162,31 @@ impl Equivalent<MetricKey> for KeyRef<'_> {
     fn equivalent(&self, key: &MetricKey) -> bool {
         *self.component_name == *key.component_name && *self.metric_name == *key.metric_name && *self.unit == *key.unit
     }
+}
+
+/// The engine's state as the checkpoint stores it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineSnapshot {
+    /// The window length the state was built with.
+    pub window_ms: i64,
+    /// Latest event time per shard (`null`: registered, nothing seen yet).
+    pub watermarks: BTreeMap<String, Option<i64>>,
+    pub open: Vec<WindowSnapshot>,
+    pub fired: Vec<WindowSnapshot>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowSnapshot {
+    pub start: EventTime,
+    #[serde(flatten)]
+    pub key: MetricKey,
+    #[serde(flatten)]
+    pub accumulator: Accumulator,
+    pub revision: u32,
+    /// Changed by a late event and not yet re-emitted.
+    pub dirty: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -182,6 +222,56 @@ impl WindowEngine {
             fired: BTreeMap::new(),
             dirty: Vec::new(),
         }
+    }
+
+    /// Everything needed to continue after a restart exactly where this engine is: open and fired
+    /// windows with their revisions, and every shard's clock.
+    pub fn snapshot(&self) -> EngineSnapshot {
+        let window = |start: i64, key: &MetricKey, accumulator: Accumulator, revision: u32, dirty: bool| WindowSnapshot {
+            start: EventTime(start),
+            key: key.clone(),
+            accumulator,
+            revision,
+            dirty,
+        };
+        EngineSnapshot {
+            window_ms: self.assigner.length_ms,
+            watermarks: self.watermarks.snapshot(),
+            open: (self.open.iter())
+                .flat_map(|(start, windows)| windows.iter().map(|(key, acc)| window(*start, key, *acc, 0, false)))
+                .collect(),
+            fired: (self.fired.iter())
+                .flat_map(|(start, windows)| {
+                    windows.iter().map(|(key, fired)| window(*start, key, fired.accumulator, fired.revision, fired.dirty))
+                })
+                .collect(),
+        }
+    }
+
+    /// An engine continuing from `snapshot`. When the window length changed since, the saved
+    /// windows cannot continue under the new length: they fire into `out` as they are (fired
+    /// ones re-emit only if changed) and the new engine keeps just the shard clocks.
+    pub fn restore(config: &WindowConfig, snapshot: EngineSnapshot, out: &mut Vec<MetricAggregate>) -> Self {
+        let mut engine = Self::new(config);
+        if snapshot.window_ms != engine.assigner.length_ms {
+            let previous = WindowConfig { window: Duration::from_millis(snapshot.window_ms.unsigned_abs()), ..*config };
+            let mut previous = Self::restore(&previous, snapshot, out);
+            previous.fire_all(out);
+            engine.watermarks.restore(previous.watermarks.snapshot());
+            return engine;
+        }
+        engine.watermarks.restore(snapshot.watermarks);
+        for window in snapshot.open {
+            engine.open.entry(window.start.0).or_default().insert(window.key, window.accumulator);
+        }
+        for window in snapshot.fired {
+            if window.dirty {
+                engine.dirty.push((window.start.0, window.key.clone()));
+            }
+            let fired = FiredWindow { accumulator: window.accumulator, revision: window.revision, dirty: window.dirty };
+            engine.fired.entry(window.start.0).or_default().insert(window.key, fired);
+        }
+        engine
     }
 
     pub fn watermarks_mut(&mut self) -> &mut Watermarks {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::duration::parse_duration;
 use crate::naming::{MAX_PREFIX_LEN, NameInputs, PipelineNames};
 use crate::pipeline::{
-    AggregatorSpec, CapacityMode, Compression, DeletionPolicy, DeliveryFormat, MetricsPipeline, PartitionMode,
+    AggregationSpec, AggregatorSpec, CapacityMode, Compression, DeletionPolicy, DeliveryFormat, MetricsPipeline, PartitionMode,
     StreamSpec,
 };
 
@@ -138,7 +138,7 @@ pub fn validate(pipeline: &MetricsPipeline, target: &AwsTarget) -> Result<Pipeli
 
     let input_stream = stream_config(&spec.streams.input, "spec.streams.input", &mut errors);
     let output_stream = stream_config(&spec.streams.output, "spec.streams.output", &mut errors);
-    let windowing = window_config(pipeline, &mut errors);
+    let windowing = window_config(&spec.aggregation, &mut errors);
     let delivery = delivery_config(pipeline, &mut errors);
     let partitions = partition_config(pipeline, &mut errors);
     check_aggregator(&spec.aggregator, &mut errors);
@@ -252,8 +252,17 @@ fn stream_config(spec: &StreamSpec, field: &str, errors: &mut Errors) -> StreamC
     StreamConfig { capacity, retention_hours: spec.retention_hours }
 }
 
-fn window_config(pipeline: &MetricsPipeline, errors: &mut Errors) -> WindowConfig {
-    let spec = &pipeline.spec.aggregation;
+impl WindowConfig {
+    /// The `spec.aggregation` rules on their own, for the aggregator's flags (the operator passes
+    /// it the spec's values, so the messages name the spec fields).
+    pub fn from_spec(spec: &AggregationSpec) -> Result<Self, ValidationErrors> {
+        let mut errors = Errors::default();
+        let config = window_config(spec, &mut errors);
+        if errors.0.is_empty() { Ok(config) } else { Err(ValidationErrors(errors.0)) }
+    }
+}
+
+fn window_config(spec: &AggregationSpec, errors: &mut Errors) -> WindowConfig {
     let mut parse = |field: &str, value: &str| match parse_duration(value) {
         Ok(duration) => Some(duration),
         Err(error) => {

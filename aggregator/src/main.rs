@@ -1,0 +1,243 @@
+//! `metrics-aggregator run` consumes the input stream and writes aggregates; `metrics-aggregator
+//! generate` publishes test events. Every flag can also come from the environment, which is how
+//! the operator's Deployment configures it.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use metrics_aggregator::bucket::Bucket;
+use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
+use metrics_aggregator::run::{AggregatorConfig, run};
+use metrics_aggregator::server::{Health, serve};
+use metrics_aggregator::sink::KinesisSink;
+use metrics_aggregator::source::{InitialPosition, MIN_POLL_INTERVAL};
+use metrics_pipeline_crds::aws::{s3_client, sdk_config};
+use metrics_pipeline_crds::duration::parse_duration;
+use metrics_pipeline_crds::event::EventTime;
+use metrics_pipeline_crds::pipeline::AggregationSpec;
+use metrics_pipeline_crds::validation::WindowConfig;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(version, about = "Event-time windowed aggregation of metric events, Kinesis to Kinesis")]
+struct Cli {
+    /// Log filter: a level (`debug`) or tracing directives (`metrics_aggregator=debug,info`).
+    #[arg(long, global = true, env = "AGGREGATOR_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    #[arg(long, global = true, env = "AGGREGATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Aggregate the input stream into the output stream until SIGTERM.
+    Run(RunArgs),
+    /// Publish generated metric events to a stream.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct AwsArgs {
+    /// AWS region (default: the environment's).
+    #[arg(long, env = "AWS_REGION")]
+    region: Option<String>,
+    /// Endpoint override, for an AWS emulator.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    aws: AwsArgs,
+    #[arg(long, env = "AGGREGATOR_INPUT_STREAM")]
+    input_stream: String,
+    #[arg(long, env = "AGGREGATOR_OUTPUT_STREAM")]
+    output_stream: String,
+    /// The pipeline's bucket: checkpoint and dead letters go under `_aggregator/`.
+    #[arg(long, env = "AGGREGATOR_BUCKET")]
+    bucket: String,
+    #[arg(long, env = "AGGREGATOR_WINDOW", default_value_t = AggregationSpec::default().window)]
+    window: String,
+    #[arg(long, env = "AGGREGATOR_OUT_OF_ORDERNESS", default_value_t = AggregationSpec::default().out_of_orderness)]
+    out_of_orderness: String,
+    #[arg(long, env = "AGGREGATOR_ALLOWED_LATENESS", default_value_t = AggregationSpec::default().allowed_lateness)]
+    allowed_lateness: String,
+    #[arg(long, env = "AGGREGATOR_IDLE_TIMEOUT", default_value_t = AggregationSpec::default().idle_timeout)]
+    idle_timeout: String,
+    #[arg(long, env = "AGGREGATOR_CHECKPOINT_KEY", default_value = "_aggregator/checkpoint.json")]
+    checkpoint_key: String,
+    #[arg(long, env = "AGGREGATOR_DEAD_LETTER_PREFIX", default_value = "_aggregator/dead-letters/")]
+    dead_letter_prefix: String,
+    /// How often a caught-up shard is polled; at least 200ms (5 GetRecords a second per shard).
+    #[arg(long, env = "AGGREGATOR_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// Longest time between checkpoints while no window fires.
+    #[arg(long, env = "AGGREGATOR_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    checkpoint_interval: Duration,
+    /// Where to start in shards on a first start (no checkpoint).
+    #[arg(long, env = "AGGREGATOR_INITIAL_POSITION", value_enum, default_value_t = InitialPosition::TrimHorizon)]
+    initial_position: InitialPosition,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "AGGREGATOR_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    aws: AwsArgs,
+    #[arg(long)]
+    stream: String,
+    /// Component names, comma-separated, or a number N for `component-0` .. `component-<N-1>`.
+    #[arg(long, default_value = "user-service,order-service")]
+    components: String,
+    /// Metrics as `name:unit`, comma-separated, or a number N for `metric-0:count` ...
+    #[arg(long, default_value = "cpu-usage:percent,ram-usage:MB")]
+    metrics: String,
+    /// Events to publish (default: until SIGTERM).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Events per second (default: as fast as the stream takes them).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Event time of the first round, RFC 3339 (default: now).
+    #[arg(long, value_parser = parse_event_time)]
+    start: Option<EventTime>,
+    /// Event time between rounds of one event per component and metric.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    step: Duration,
+    /// Out-of-order jitter: each event's time moves back by a random amount up to this.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    jitter: Duration,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, value_enum, default_value_t = PartitionKey::Component)]
+    partition_key: PartitionKey,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match EnvFilter::try_new(&cli.log_level) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("--log-level `{}` is not a log filter ({error}); use a level such as `info` or `debug`", cli.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    let result = match cli.command {
+        Command::Run(args) => run_aggregator(args).await,
+        Command::Generate(args) => generate(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
+    let aggregation = AggregationSpec {
+        window: args.window,
+        out_of_orderness: args.out_of_orderness,
+        allowed_lateness: args.allowed_lateness,
+        idle_timeout: args.idle_timeout,
+    };
+    let windowing = WindowConfig::from_spec(&aggregation)?;
+    anyhow::ensure!(
+        args.poll_interval >= MIN_POLL_INTERVAL,
+        "--poll-interval must be at least 200ms: Kinesis allows 5 GetRecords calls a second per shard"
+    );
+    anyhow::ensure!(args.dead_letter_prefix.ends_with('/'), "--dead-letter-prefix must end with `/`");
+    let sdk = aws(args.aws).await;
+    let health = Arc::new(Health { metrics: Default::default(), ready: Default::default() });
+    let server = tokio::spawn(serve(args.listen, health.clone()));
+    let config = AggregatorConfig {
+        input_stream: args.input_stream,
+        output_stream: args.output_stream,
+        windowing,
+        checkpoint_key: args.checkpoint_key,
+        dead_letter_prefix: args.dead_letter_prefix,
+        poll_interval: args.poll_interval,
+        checkpoint_interval: args.checkpoint_interval,
+        initial_position: args.initial_position,
+    };
+    let bucket = Bucket::new(s3_client(&sdk), args.bucket);
+    tokio::select! {
+        result = run(config, aws_sdk_kinesis::Client::new(&sdk), bucket, health, shutdown_signal()) => result,
+        served = server => Err(anyhow::anyhow!("the health and metrics server stopped: {:?}", served)),
+    }
+}
+
+async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    let components = names(&args.components, "component", |name| Ok(name.to_owned()))?;
+    let metrics = names(&args.metrics, "metric", |item| match item.split_once(':') {
+        Some((name, unit)) if !name.is_empty() && !unit.is_empty() => Ok(Metric { name: name.into(), unit: unit.into() }),
+        _ if !item.contains(':') && item.starts_with("metric-") => Ok(Metric { name: item.into(), unit: "count".into() }),
+        _ => anyhow::bail!("--metrics entry `{item}` is not `name:unit`"),
+    })?;
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number of events per second");
+    }
+    let start = args.start.unwrap_or_else(|| {
+        EventTime(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64))
+    });
+    let generator = Generator::new(GeneratorConfig { components, metrics, start, step: args.step, jitter: args.jitter, seed: args.seed });
+    let sdk = aws(args.aws).await;
+    let sink = KinesisSink::new(aws_sdk_kinesis::Client::new(&sdk), args.stream.clone());
+    tracing::info!(stream = %args.stream, count = ?args.count, rate = ?args.rate, start = %start, "publishing");
+    let published = publish(&sink, generator, args.partition_key, args.count, args.rate, shutdown_signal()).await;
+    tracing::info!(published, stream = %args.stream, "done");
+    Ok(())
+}
+
+/// A comma-separated list, or a number N for `<stem>-0` .. `<stem>-<N-1>`.
+fn names<T>(list: &str, stem: &str, parse: impl Fn(&str) -> anyhow::Result<T>) -> anyhow::Result<Vec<T>> {
+    let items: Vec<String> = match list.parse::<usize>() {
+        Ok(count) => (0..count).map(|i| format!("{stem}-{i}")).collect(),
+        Err(_) => list.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_owned).collect(),
+    };
+    anyhow::ensure!(!items.is_empty(), "give at least one {stem}");
+    items.iter().map(|item| parse(item)).collect()
+}
+
+fn parse_event_time(text: &str) -> Result<EventTime, String> {
+    EventTime::parse_rfc3339(text).ok_or_else(|| format!("`{text}` is not an RFC 3339 time such as 2021-09-09T12:00:00Z"))
+}
+
+async fn aws(args: AwsArgs) -> aws_config::SdkConfig {
+    let sdk = sdk_config(args.region).await;
+    match args.endpoint_url {
+        Some(url) => sdk.to_builder().endpoint_url(url).build(),
+        None => sdk,
+    }
+}
+
+/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+async fn shutdown_signal() {
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+}

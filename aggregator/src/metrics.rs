@@ -1,0 +1,78 @@
+//! Prometheus metrics of the aggregator, served on `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub records_read: Counter,
+    pub records_invalid: Family<Labels, Counter>,
+    pub events_late: Family<Labels, Counter>,
+    pub aggregates_written: Counter,
+    pub dead_letters_written: Counter,
+    pub checkpoints_written: Counter,
+    pub get_records_throttled: Counter,
+    pub open_windows: Gauge,
+    pub shards: Gauge,
+    pub watermark_lag_seconds: Gauge<f64, AtomicU64>,
+    pub millis_behind_latest: Family<Labels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut metrics = Self {
+            registry: Registry::with_prefix("aggregator"),
+            records_read: Counter::default(),
+            records_invalid: Family::default(),
+            events_late: Family::default(),
+            aggregates_written: Counter::default(),
+            dead_letters_written: Counter::default(),
+            checkpoints_written: Counter::default(),
+            get_records_throttled: Counter::default(),
+            open_windows: Gauge::default(),
+            shards: Gauge::default(),
+            watermark_lag_seconds: Gauge::default(),
+            millis_behind_latest: Family::default(),
+        };
+        let registry = &mut metrics.registry;
+        registry.register("records_read", "Records read from the input stream", metrics.records_read.clone());
+        registry.register("records_invalid", "Records that are not metric events, by reason (kept as dead letters)", metrics.records_invalid.clone());
+        registry.register(
+            "events_late",
+            "Events for fired windows: reemitted (within allowedLateness) or dead_lettered (later)",
+            metrics.events_late.clone(),
+        );
+        registry.register("aggregates_written", "Aggregates written to the output stream", metrics.aggregates_written.clone());
+        registry.register("dead_letters_written", "Records written to the dead-letter prefix", metrics.dead_letters_written.clone());
+        registry.register("checkpoints_written", "Checkpoints stored", metrics.checkpoints_written.clone());
+        registry.register("get_records_throttled", "GetRecords calls refused for throughput", metrics.get_records_throttled.clone());
+        registry.register("open_windows", "Windows (key x window) not fired yet", metrics.open_windows.clone());
+        registry.register("shards", "Input shards being read", metrics.shards.clone());
+        registry.register(
+            "watermark_lag_seconds",
+            "Wall clock minus the event-time watermark",
+            metrics.watermark_lag_seconds.clone(),
+        );
+        registry.register("millis_behind_latest", "How far each shard's reading trails its newest record", metrics.millis_behind_latest.clone());
+        metrics
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    pub fn label(name: &'static str, value: impl Into<String>) -> Labels {
+        vec![(name, value.into())]
+    }
+}

@@ -1,0 +1,308 @@
+//! Reading the input stream: every shard, in order, following resharding, within the GetRecords
+//! limits, resuming from checkpointed sequence numbers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
+use aws_sdk_kinesis::operation::get_records::GetRecordsError;
+use aws_sdk_kinesis::types::{Record, Shard, ShardIteratorType};
+use futures::future::join_all;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::sink::Backoff;
+
+/// Kinesis allows 5 GetRecords calls per second per shard.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Most records one GetRecords call may return.
+const MAX_RECORDS_PER_CALL: i32 = 10_000;
+
+/// A shard as ListShards describes it: enough to order parents before children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardInfo {
+    pub id: String,
+    pub parents: Vec<String>,
+}
+
+impl From<&Shard> for ShardInfo {
+    fn from(shard: &Shard) -> Self {
+        let parents = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()].into_iter().flatten().map(str::to_owned);
+        Self { id: shard.shard_id().to_owned(), parents: parents.collect() }
+    }
+}
+
+/// Shards that may be read now: not drained yet, and every parent either drained or gone from
+/// the listing (trimmed past retention), so a key's events are read in order across a reshard.
+pub fn readable_shards<'a>(listed: &'a [ShardInfo], drained: &BTreeSet<String>) -> Vec<&'a str> {
+    let listed_ids: BTreeSet<&str> = listed.iter().map(|shard| shard.id.as_str()).collect();
+    listed
+        .iter()
+        .filter(|shard| !drained.contains(&shard.id))
+        .filter(|shard| shard.parents.iter().all(|parent| drained.contains(parent) || !listed_ids.contains(parent.as_str())))
+        .map(|shard| shard.id.as_str())
+        .collect()
+}
+
+/// Where reading stands, as the checkpoint stores it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPosition {
+    /// Sequence number of the last record taken from each shard.
+    pub shards: BTreeMap<String, String>,
+    /// Shards read to their end (closed by a reshard); their children are readable.
+    pub drained: BTreeSet<String>,
+}
+
+/// Where to start in a shard nothing has been read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitialPosition {
+    /// The oldest record still in the stream: nothing published before the aggregator started
+    /// is missed.
+    TrimHorizon,
+    /// Only records published from now on.
+    Latest,
+}
+
+/// Records of one GetRecords call.
+#[derive(Debug)]
+pub struct ShardBatch {
+    pub shard: String,
+    pub records: Vec<Record>,
+    pub millis_behind_latest: Option<i64>,
+}
+
+/// What one poll brought: record batches, plus shards that appeared or finished.
+#[derive(Debug, Default)]
+pub struct Poll {
+    pub batches: Vec<ShardBatch>,
+    pub started: Vec<String>,
+    pub drained: Vec<String>,
+    pub throttled: u64,
+}
+
+struct ShardReader {
+    iterator: Option<String>,
+    start: ShardIteratorType,
+    next_poll: Instant,
+    backoff: Backoff,
+}
+
+/// The input stream.
+pub struct KinesisSource {
+    client: Client,
+    stream: String,
+    poll_interval: Duration,
+    discovery_interval: Duration,
+    position: StreamPosition,
+    /// Start type for shards open at the very first discovery without a checkpoint.
+    first_start: Option<ShardIteratorType>,
+    readers: BTreeMap<String, ShardReader>,
+    next_discovery: Instant,
+}
+
+enum Fetch {
+    Records { records: Vec<Record>, next_iterator: Option<String>, millis_behind_latest: Option<i64> },
+    Throttled,
+    IteratorExpired,
+    Failed,
+}
+
+impl KinesisSource {
+    /// `position` is the checkpoint's, or `None` on a first start, where `initial` applies.
+    pub fn new(client: Client, stream: String, poll_interval: Duration, position: Option<StreamPosition>, initial: InitialPosition) -> Self {
+        let first_start = match (&position, initial) {
+            (Some(_), _) | (None, InitialPosition::TrimHorizon) => None,
+            (None, InitialPosition::Latest) => Some(ShardIteratorType::Latest),
+        };
+        Self {
+            client,
+            stream,
+            poll_interval: poll_interval.max(MIN_POLL_INTERVAL),
+            discovery_interval: Duration::from_secs(30),
+            position: position.unwrap_or_default(),
+            first_start,
+            readers: BTreeMap::new(),
+            next_discovery: Instant::now(),
+        }
+    }
+
+    pub fn position(&self) -> &StreamPosition {
+        &self.position
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.readers.len()
+    }
+
+    /// Lists the stream's shards and starts reading those that became readable; returns them.
+    pub async fn discover(&mut self) -> Result<Vec<String>, SdkError<aws_sdk_kinesis::operation::list_shards::ListShardsError>> {
+        let mut listed = Vec::new();
+        let mut next_token = None;
+        loop {
+            let request = match next_token.take() {
+                Some(token) => self.client.list_shards().next_token(token),
+                None => self.client.list_shards().stream_name(&self.stream),
+            };
+            let page = request.send().await?;
+            listed.extend(page.shards().iter().map(ShardInfo::from));
+            match page.next_token() {
+                Some(token) => next_token = Some(token.to_owned()),
+                None => break,
+            }
+        }
+        // Forget drained shards that expired from the stream: their children no longer wait.
+        let listed_ids: BTreeSet<&str> = listed.iter().map(|shard| shard.id.as_str()).collect();
+        self.position.drained.retain(|shard| listed_ids.contains(shard.as_str()));
+
+        let start = self.first_start.take();
+        let mut started = Vec::new();
+        for shard in readable_shards(&listed, &self.position.drained) {
+            if self.readers.contains_key(shard) {
+                continue;
+            }
+            let start = start.clone().unwrap_or(ShardIteratorType::TrimHorizon);
+            tracing::debug!(shard, ?start, after = self.position.shards.get(shard).map(String::as_str), "reading shard");
+            let reader = ShardReader { iterator: None, start, next_poll: Instant::now(), backoff: Backoff::default() };
+            self.readers.insert(shard.to_owned(), reader);
+            started.push(shard.to_owned());
+        }
+        self.next_discovery = Instant::now() + self.discovery_interval;
+        Ok(started)
+    }
+
+    /// Waits until a shard may be polled again, then calls GetRecords on every shard that may,
+    /// concurrently. Returns early, with nothing, when `deadline` comes first.
+    pub async fn poll(&mut self, deadline: Instant) -> Poll {
+        let mut poll = Poll::default();
+        if Instant::now() >= self.next_discovery {
+            match self.discover().await {
+                Ok(started) => poll.started = started,
+                Err(error) => tracing::warn!(error = %DisplayErrorContext(&error), stream = %self.stream, "ListShards failed; retrying later"),
+            }
+        }
+        let wake = self.readers.values().map(|reader| reader.next_poll).min().unwrap_or(self.next_discovery).min(self.next_discovery);
+        tokio::time::sleep_until(wake.min(deadline)).await;
+        let now = Instant::now();
+        let due: Vec<(String, Option<String>, ShardIteratorType)> = (self.readers.iter())
+            .filter(|(_, reader)| reader.next_poll <= now)
+            .map(|(shard, reader)| (shard.clone(), reader.iterator.clone(), reader.start.clone()))
+            .collect();
+        let (client, stream, taken) = (&self.client, &self.stream, &self.position.shards);
+        let fetches = due.into_iter().map(|(shard, iterator, start)| {
+            let after = taken.get(&shard).cloned();
+            async move {
+                let fetch = fetch(client, stream, &shard, iterator, after, start).await;
+                (shard, fetch)
+            }
+        });
+        for (shard, fetch) in join_all(fetches).await {
+            let reader = self.readers.get_mut(&shard).expect("polled shards have readers");
+            match fetch {
+                Fetch::Records { records, next_iterator, millis_behind_latest } => {
+                    reader.backoff = Backoff::default();
+                    let caught_up = records.is_empty() || millis_behind_latest == Some(0);
+                    reader.next_poll = Instant::now() + if caught_up { self.poll_interval } else { MIN_POLL_INTERVAL };
+                    if let Some(last) = records.last() {
+                        self.position.shards.insert(shard.clone(), last.sequence_number().to_owned());
+                    }
+                    let drained = next_iterator.is_none();
+                    reader.iterator = next_iterator;
+                    poll.batches.push(ShardBatch { shard: shard.clone(), records, millis_behind_latest });
+                    if drained {
+                        tracing::debug!(shard, "shard closed and read to its end");
+                        self.readers.remove(&shard);
+                        self.position.drained.insert(shard.clone());
+                        self.next_discovery = Instant::now();
+                        poll.drained.push(shard);
+                    }
+                }
+                Fetch::Throttled => {
+                    poll.throttled += 1;
+                    reader.next_poll = Instant::now() + reader.backoff.next_delay();
+                }
+                Fetch::IteratorExpired => {
+                    tracing::debug!(shard, "shard iterator expired; getting a new one");
+                    reader.iterator = None;
+                }
+                Fetch::Failed => reader.next_poll = Instant::now() + reader.backoff.next_delay(),
+            }
+        }
+        poll
+    }
+}
+
+/// One GetRecords call, getting an iterator first when there is none (after the last record
+/// taken, or at `start` when nothing was taken yet).
+async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<String>, after: Option<String>, start: ShardIteratorType) -> Fetch {
+    let iterator = match iterator {
+        Some(iterator) => iterator,
+        None => {
+            let request = client.get_shard_iterator().stream_name(stream).shard_id(shard);
+            let request = match after {
+                Some(sequence) => request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(sequence),
+                None => request.shard_iterator_type(start),
+            };
+            match request.send().await {
+                Ok(output) => match output.shard_iterator {
+                    Some(iterator) => iterator,
+                    None => return Fetch::Records { records: Vec::new(), next_iterator: None, millis_behind_latest: None },
+                },
+                Err(error) if error.as_service_error().is_some_and(|e| e.is_provisioned_throughput_exceeded_exception()) => return Fetch::Throttled,
+                Err(error) => {
+                    tracing::warn!(error = %DisplayErrorContext(&error), shard, "GetShardIterator failed; retrying");
+                    return Fetch::Failed;
+                }
+            }
+        }
+    };
+    match client.get_records().shard_iterator(iterator).limit(MAX_RECORDS_PER_CALL).send().await {
+        Ok(output) => Fetch::Records {
+            millis_behind_latest: output.millis_behind_latest,
+            next_iterator: output.next_shard_iterator,
+            records: output.records,
+        },
+        Err(error) => match error.as_service_error() {
+            Some(GetRecordsError::ProvisionedThroughputExceededException(_)) => Fetch::Throttled,
+            Some(GetRecordsError::ExpiredIteratorException(_)) => Fetch::IteratorExpired,
+            _ => {
+                tracing::warn!(error = %DisplayErrorContext(&error), shard, "GetRecords failed; retrying");
+                Fetch::Failed
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(id: &str, parents: &[&str]) -> ShardInfo {
+        ShardInfo { id: id.into(), parents: parents.iter().map(|p| p.to_string()).collect() }
+    }
+
+    fn drained(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|id| id.to_string()).collect()
+    }
+
+    #[test]
+    fn children_wait_until_their_parent_is_drained() {
+        let listed = [shard("s0", &[]), shard("s1", &["s0"]), shard("s2", &["s0"])];
+        assert_eq!(readable_shards(&listed, &drained(&[])), ["s0"]);
+        assert_eq!(readable_shards(&listed, &drained(&["s0"])), ["s1", "s2"]);
+    }
+
+    #[test]
+    fn a_merged_shard_waits_for_both_parents() {
+        let listed = [shard("a", &[]), shard("b", &[]), shard("ab", &["a", "b"])];
+        assert_eq!(readable_shards(&listed, &drained(&["a"])), ["b"]);
+        assert_eq!(readable_shards(&listed, &drained(&["a", "b"])), ["ab"]);
+    }
+
+    #[test]
+    fn a_parent_trimmed_from_the_stream_no_longer_blocks_its_children() {
+        let listed = [shard("s1", &["s0"]), shard("s2", &["s0"])];
+        assert_eq!(readable_shards(&listed, &drained(&[])), ["s1", "s2"]);
+    }
+}

@@ -1,0 +1,229 @@
+//! Running the aggregator binary against the AWS emulator: streams, bucket, the process, and
+//! reading what it wrote.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
+use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+use metrics_aggregator::window::{Accumulator, WindowAssigner};
+use metrics_pipeline_crds::aws::{s3_client, sdk_config};
+use metrics_pipeline_crds::event::{MetricAggregate, MetricEvent};
+
+/// Streams and a bucket of one test, named uniquely; the emulator is discarded after the run.
+pub struct Emulator {
+    pub kinesis: aws_sdk_kinesis::Client,
+    pub s3: aws_sdk_s3::Client,
+    pub input: String,
+    pub output: String,
+    pub bucket: String,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Emulator {
+    /// Fresh input (with `input_shards`) and output streams and a bucket, named after `test`.
+    pub async fn new(test: &str, input_shards: i32) -> Self {
+        let sdk = sdk_config(None).await;
+        let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+        let s3 = s3_client(&sdk);
+        let unique = format!("{test}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let emulator =
+            Self { kinesis, s3, input: format!("{unique}-in"), output: format!("{unique}-out"), bucket: format!("{unique}-bucket") };
+        for (stream, shards) in [(&emulator.input, input_shards), (&emulator.output, 1)] {
+            emulator.kinesis.create_stream().stream_name(stream).shard_count(shards).send().await.unwrap();
+            for _ in 0..100 {
+                let described = emulator.kinesis.describe_stream_summary().stream_name(stream).send().await.unwrap();
+                if described.stream_description_summary().unwrap().stream_status() == &StreamStatus::Active {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let region = sdk.region().expect("AWS_REGION is set").to_string();
+        let location = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(region.as_str())).build();
+        emulator.s3.create_bucket().bucket(&emulator.bucket).create_bucket_configuration(location).send().await.unwrap();
+        emulator
+    }
+
+    /// Starts `metrics-aggregator run` on these streams and bucket with `extra` flags; its debug
+    /// log goes to a file under the target directory, named in every failure.
+    pub fn start_aggregator(&self, extra: &[&str]) -> Aggregator {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listen = format!("127.0.0.1:{port}");
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{port}.log", self.input));
+        let child = Command::new(env!("CARGO_BIN_EXE_metrics-aggregator"))
+            .args(["run", "--input-stream", &self.input, "--output-stream", &self.output, "--bucket", &self.bucket])
+            .args(["--listen", &listen, "--poll-interval", "200ms", "--log-level", "metrics_aggregator=debug,warn"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("the aggregator binary starts");
+        Aggregator { child, listen, log }
+    }
+
+    /// Every record on every shard of `stream`, shard after shard.
+    pub async fn read_stream(&self, stream: &str) -> Vec<Vec<u8>> {
+        let shards = self.kinesis.list_shards().stream_name(stream).send().await.unwrap();
+        let mut data = Vec::new();
+        for shard in shards.shards() {
+            let mut iterator = (self.kinesis.get_shard_iterator())
+                .stream_name(stream)
+                .shard_id(shard.shard_id())
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await
+                .unwrap()
+                .shard_iterator
+                .unwrap();
+            loop {
+                let page = self.kinesis.get_records().shard_iterator(&iterator).limit(10_000).send().await.unwrap();
+                if page.records().is_empty() {
+                    break;
+                }
+                data.extend(page.records().iter().map(|record| record.data().as_ref().to_vec()));
+                match page.next_shard_iterator() {
+                    Some(next) => iterator = next.to_owned(),
+                    None => break,
+                }
+            }
+        }
+        data
+    }
+
+    /// The output stream's aggregates, duplicates removed: per `windowId` the most complete one,
+    /// the highest count (a window only grows), then the highest revision.
+    pub async fn latest_aggregates(&self) -> BTreeMap<String, MetricAggregate> {
+        let mut latest: BTreeMap<String, MetricAggregate> = BTreeMap::new();
+        for data in self.read_stream(&self.output).await {
+            let aggregate: MetricAggregate = serde_json::from_slice(&data).expect("the output stream holds aggregates");
+            match latest.get(&aggregate.window_id) {
+                Some(kept) if (kept.count, kept.revision) >= (aggregate.count, aggregate.revision) => {}
+                _ => {
+                    latest.insert(aggregate.window_id.clone(), aggregate);
+                }
+            }
+        }
+        latest
+    }
+
+    /// Waits until the deduplicated aggregates count `events` events in all, and returns them.
+    pub async fn wait_for_aggregates(&self, events: u64, aggregator: &mut Aggregator) -> BTreeMap<String, MetricAggregate> {
+        for _ in 0..240 {
+            let latest = self.latest_aggregates().await;
+            if latest.values().map(|aggregate| aggregate.count).sum::<u64>() >= events {
+                return latest;
+            }
+            aggregator.assert_running();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("the aggregates did not count {events} events within 60 s; the aggregator's log: {}", aggregator.log.display());
+    }
+
+    /// Keys and bodies of the objects under `prefix` in the bucket.
+    pub async fn objects(&self, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+        let listed = self.s3.list_objects_v2().bucket(&self.bucket).prefix(prefix).send().await.unwrap();
+        let mut objects = BTreeMap::new();
+        for object in listed.contents() {
+            let key = object.key().unwrap().to_owned();
+            let body = self.s3.get_object().bucket(&self.bucket).key(&key).send().await.unwrap().body.collect().await.unwrap();
+            objects.insert(key, body.to_vec());
+        }
+        objects
+    }
+}
+
+/// A running `metrics-aggregator run` process.
+pub struct Aggregator {
+    child: Child,
+    pub listen: String,
+    pub log: PathBuf,
+}
+
+impl Aggregator {
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("the aggregator exited: {status}; its log: {}", self.log.display());
+        }
+    }
+
+    /// SIGKILL: no chance to flush or checkpoint.
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and the exit status once it stopped.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    /// GET a path of the health and metrics endpoint: (HTTP status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let output = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", &format!("http://{}{path}", self.listen)])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(output.stdout).unwrap();
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        (status.parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&mut self) {
+        for _ in 0..200 {
+            self.assert_running();
+            if self.get("/readyz").0 == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the aggregator did not become ready within 20 s; its log: {}", self.log.display());
+    }
+}
+
+impl Drop for Aggregator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a batch computation over all events gives, keyed like the output: (component, metric,
+/// unit, window start in ms).
+pub fn batch_aggregates(events: &[MetricEvent<'_>], window: Duration) -> BTreeMap<(String, String, String, i64), Accumulator> {
+    let assigner = WindowAssigner::new(window);
+    let mut windows = BTreeMap::new();
+    for event in events {
+        let key = (event.component_name.to_string(), event.metric_name.to_string(), event.unit.to_string(), assigner.window_start(event.timestamp));
+        windows
+            .entry(key)
+            .and_modify(|accumulator: &mut Accumulator| accumulator.add(event.value, event.timestamp))
+            .or_insert_with(|| Accumulator::new(event.value, event.timestamp));
+    }
+    windows
+}
+
+/// Asserts that the deduplicated output equals the batch computation, window by window.
+pub fn assert_matches_batch(latest: &BTreeMap<String, MetricAggregate>, expected: &BTreeMap<(String, String, String, i64), Accumulator>) {
+    let actual: BTreeMap<(String, String, String, i64), &MetricAggregate> = latest
+        .values()
+        .map(|a| ((a.component_name.clone(), a.metric_name.clone(), a.unit.clone(), a.window_start.0), a))
+        .collect();
+    assert_eq!(actual.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "one aggregate per key and window");
+    for (key, accumulator) in expected {
+        let aggregate = actual[key];
+        assert_eq!(aggregate.count, accumulator.count, "count of {key:?}");
+        assert_eq!((aggregate.min_value, aggregate.max_value), (accumulator.min_value, accumulator.max_value), "min/max of {key:?}");
+        assert!((aggregate.sum - accumulator.sum).abs() < 1e-6, "sum of {key:?}: {} vs {}", aggregate.sum, accumulator.sum);
+        assert_eq!((aggregate.from_timestamp, aggregate.to_timestamp), (accumulator.first_time, accumulator.last_time), "times of {key:?}");
+    }
+}
