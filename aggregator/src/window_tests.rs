@@ -190,8 +190,8 @@ fn fire_all_emits_every_open_window_and_keeps_them_for_late_events() {
 
 #[test]
 fn window_ids_differ_by_key_and_window_and_are_stable() {
-    let key = MetricKey { component_name: "user-service".into(), metric_name: "cpu".into(), unit: "percent".into() };
-    let other = MetricKey { component_name: "user-servicecpu".into(), metric_name: "".into(), unit: "percent".into() };
+    let key = MetricKey::new("user-service", "cpu", "percent");
+    let other = MetricKey::new("user-servicecpu", "", "percent");
     assert_eq!(window_id(&key, 0), window_id(&key.clone(), 0));
     assert_ne!(window_id(&key, 0), window_id(&key, MINUTE));
     assert_ne!(window_id(&key, 0), window_id(&other, 0));
@@ -300,4 +300,14 @@ proptest! {
         let plain: Vec<_> = events.iter().map(|&(c, at, v, _)| (c, at, v)).collect();
         prop_assert_eq!(streamed, batch(&plain, MINUTE));
     }
+}
+
+#[test]
+fn keys_keep_their_parts_apart_whatever_they_contain() {
+    let key = MetricKey::new("a\0b", "", "µs");
+    assert_eq!(key.parts(), ("a\0b", "", "µs"));
+    assert_ne!(MetricKey::new("ab", "c", "u"), MetricKey::new("a", "bc", "u"));
+    let json = serde_json::to_value(&key).unwrap();
+    assert_eq!(json, serde_json::json!({"componentName": "a\0b", "metricName": "", "unit": "µs"}));
+    assert_eq!(serde_json::from_value::<MetricKey>(json).unwrap(), key);
 }

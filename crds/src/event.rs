@@ -9,17 +9,134 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// One metric measurement, as producers put it on the input stream (one JSON object a record).
 ///
 /// Strings borrow from the record when they hold no escapes, so decoding allocates nothing.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Unknown fields are ignored; a missing or repeated field is an error.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricEvent<'a> {
-    #[serde(borrow)]
     pub component_name: Cow<'a, str>,
-    #[serde(borrow)]
     pub metric_name: Cow<'a, str>,
-    #[serde(borrow)]
     pub unit: Cow<'a, str>,
     pub value: f64,
     pub timestamp: EventTime,
+}
+
+// Written by hand rather than derived because it is the aggregator's hot path: field names are
+// matched as raw bytes (serde_json then skips UTF-8 validation of the five keys, which only
+// need comparing), and string values borrow from the record.
+impl<'de: 'a, 'a> Deserialize<'de> for MetricEvent<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_struct("MetricEvent", &EVENT_FIELDS, MetricEventVisitor(std::marker::PhantomData))
+    }
+}
+
+const EVENT_FIELDS: [&str; 5] = ["componentName", "metricName", "unit", "value", "timestamp"];
+
+enum EventField {
+    ComponentName,
+    MetricName,
+    Unit,
+    Value,
+    Timestamp,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for EventField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_bytes(EventFieldVisitor)
+    }
+}
+
+struct EventFieldVisitor;
+
+impl Visitor<'_> for EventFieldVisitor {
+    type Value = EventField;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_bytes<E: de::Error>(self, name: &[u8]) -> Result<EventField, E> {
+        Ok(match name {
+            b"componentName" => EventField::ComponentName,
+            b"metricName" => EventField::MetricName,
+            b"unit" => EventField::Unit,
+            b"value" => EventField::Value,
+            b"timestamp" => EventField::Timestamp,
+            _ => EventField::Other,
+        })
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<EventField, E> {
+        self.visit_bytes(name.as_bytes())
+    }
+}
+
+/// A string that borrows from the input when it can.
+struct BorrowedStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(BorrowedStrVisitor(std::marker::PhantomData))
+    }
+}
+
+struct BorrowedStrVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for BorrowedStrVisitor<'a> {
+    type Value = BorrowedStr<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+        Ok(BorrowedStr(Cow::Borrowed(text)))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(BorrowedStr(Cow::Owned(text.to_owned())))
+    }
+}
+
+struct MetricEventVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for MetricEventVisitor<'a> {
+    type Value = MetricEvent<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a metric event object")
+    }
+
+    fn visit_map<M: de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+        fn set<'de, M: de::MapAccess<'de>, T: Deserialize<'de>>(slot: &mut Option<T>, map: &mut M, name: &'static str) -> Result<(), M::Error> {
+            if slot.is_some() {
+                return Err(de::Error::duplicate_field(name));
+            }
+            *slot = Some(map.next_value()?);
+            Ok(())
+        }
+        let (mut component_name, mut metric_name, mut unit) = (None::<BorrowedStr<'a>>, None::<BorrowedStr<'a>>, None::<BorrowedStr<'a>>);
+        let (mut value, mut timestamp) = (None::<f64>, None::<EventTime>);
+        while let Some(field) = map.next_key::<EventField>()? {
+            match field {
+                EventField::ComponentName => set(&mut component_name, &mut map, "componentName")?,
+                EventField::MetricName => set(&mut metric_name, &mut map, "metricName")?,
+                EventField::Unit => set(&mut unit, &mut map, "unit")?,
+                EventField::Value => set(&mut value, &mut map, "value")?,
+                EventField::Timestamp => set(&mut timestamp, &mut map, "timestamp")?,
+                EventField::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(MetricEvent {
+            component_name: component_name.ok_or_else(|| de::Error::missing_field("componentName"))?.0,
+            metric_name: metric_name.ok_or_else(|| de::Error::missing_field("metricName"))?.0,
+            unit: unit.ok_or_else(|| de::Error::missing_field("unit"))?.0,
+            value: value.ok_or_else(|| de::Error::missing_field("value"))?,
+            timestamp: timestamp.ok_or_else(|| de::Error::missing_field("timestamp"))?,
+        })
+    }
 }
 
 /// The aggregate of one (componentName, metricName, unit) over one event-time window, as the
@@ -307,6 +424,20 @@ mod tests {
         assert!(matches!(event.component_name, Cow::Borrowed("user-service")));
         assert_eq!(event.value, 50.0);
         assert_eq!(event.timestamp, EventTime(1_631_188_800_000));
+    }
+
+    #[test]
+    fn event_fields_in_any_order_extra_ones_ignored_escapes_unescaped_duplicates_refused() {
+        let record = br#"{"host":"a","timestamp":1631188800000,"value":1,"unit":"%","metricName":"cpu","componentName":"user\u002dservice"}"#;
+        let event: MetricEvent<'_> = serde_json::from_slice(record).unwrap();
+        assert!(matches!(event.component_name, Cow::Owned(ref name) if name == "user-service"), "an escaped string is unescaped");
+        assert_eq!((event.metric_name.as_ref(), event.unit.as_ref(), event.value), ("cpu", "%", 1.0));
+        let duplicate = br#"{"componentName":"a","componentName":"b","metricName":"m","unit":"u","value":1,"timestamp":0}"#;
+        let error = serde_json::from_slice::<MetricEvent<'_>>(duplicate).unwrap_err();
+        assert!(error.to_string().contains("duplicate field `componentName`"), "{error}");
+        let missing = br#"{"componentName":"a","metricName":"m","value":1,"timestamp":0}"#;
+        let error = serde_json::from_slice::<MetricEvent<'_>>(missing).unwrap_err();
+        assert!(error.to_string().contains("missing field `unit`"), "{error}");
     }
 
     #[test]
