@@ -38,11 +38,25 @@ impl Bucket {
     }
 
     /// The object's bytes, or `None` when there is no such object.
-    pub async fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let failed = |reason: String| StorageError(format!("cannot read s3://{}/{key}: {reason}", self.name));
         match self.client.get_object().bucket(&self.name).key(key).send().await {
-            Ok(output) => Ok(Some(output.body.collect().await?.to_vec())),
-            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
-            Err(error) => Err(anyhow::anyhow!("reading s3://{}/{key}: {}", self.name, DisplayErrorContext(&error))),
+            Ok(output) => Ok(Some(output.body.collect().await.map_err(|error| failed(error.to_string()))?.to_vec())),
+            Err(error) => match error.as_service_error() {
+                Some(service) if service.is_no_such_key() => Ok(None),
+                Some(service) => Err(failed(format!("{} {}", service.meta().code().unwrap_or("error"), service.meta().message().unwrap_or_default()))),
+                None => Err(failed(DisplayErrorContext(&error).to_string())),
+            },
         }
+    }
+}
+
+/// S3 refused or could not be reached; worth retrying (the bucket may still be being created).
+#[derive(Debug)]
+pub struct StorageError(String);
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }

@@ -53,7 +53,20 @@ pub async fn run(
     tokio::pin!(shutdown);
     let checkpoints = CheckpointStore::new(bucket.clone(), config.checkpoint_key.clone());
     let mut output = Vec::new();
-    let (engine, position) = match checkpoints.load(&config.input_stream).await? {
+    let mut backoff = Backoff::default();
+    let stored = loop {
+        match checkpoints.load(&config.input_stream).await {
+            Ok(stored) => break stored?,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the checkpoint yet; retrying");
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    };
+    let (engine, position) = match stored {
         Some(checkpoint) => {
             tracing::info!(
                 location = %checkpoints.location(),
@@ -88,7 +101,6 @@ pub async fn run(
         health,
     };
 
-    let mut backoff = Backoff::default();
     let started = loop {
         match aggregator.source.discover().await {
             Ok(started) => break started,
