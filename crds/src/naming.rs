@@ -11,6 +11,10 @@ pub const MAX_PREFIX_LEN: usize = 40;
 
 pub const DEFAULT_TABLE: &str = "metric_aggregates";
 
+/// Tag (label, for Kubernetes objects) on everything a pipeline creates, valued `<namespace>/<name>`:
+/// the operator adopts what carries its own value and never touches what does not.
+pub const OWNER_TAG: &str = "metrics.dev/pipeline";
+
 /// Every name a pipeline uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PipelineNames {

@@ -1,0 +1,446 @@
+//! The Firehose delivery stream: reads the output stream, partitions records by componentName
+//! with a JQ query, writes them to the bucket (optionally converted to Parquet). The settings are
+//! plain data built from the validated spec, so the exact request is unit-tested; the adapter
+//! compares them with what DescribeDeliveryStream shows and creates, updates or recreates.
+
+use aws_sdk_firehose::types::{
+    BufferingHints, CompressionFormat, DataFormatConversionConfiguration, DeliveryStreamDescription, DeliveryStreamStatus,
+    DeliveryStreamType, Deserializer, DynamicPartitioningConfiguration, ExtendedS3DestinationConfiguration, ExtendedS3DestinationUpdate,
+    InputFormatConfiguration, KinesisStreamSourceConfiguration, OpenXJsonSerDe, OutputFormatConfiguration, ParquetCompression,
+    ParquetSerDe, ProcessingConfiguration, Processor, ProcessorParameter, ProcessorParameterName, ProcessorType,
+    RetryOptions as PartitioningRetryOptions, SchemaConfiguration, Serializer, Tag,
+};
+use metrics_pipeline_crds::pipeline::{AwsResourceRef, Compression, DeliveryFormat};
+use metrics_pipeline_crds::validation::DeliveryConfig;
+
+use super::{AwsClients, Outcome, aws_error, check_owner, error_code, pipeline_tags};
+use crate::error::Error;
+
+/// Extracts the partition key; Firehose runs it with jq 1.6.
+pub const METADATA_EXTRACTION_QUERY: &str = "{componentName:.componentName}";
+pub const JSON_PARSING_ENGINE: &str = "JQ-1.6";
+/// Hive-style, so each component's objects form one partition.
+pub const PREFIX: &str = "componentName=!{partitionKeyFromQuery:componentName}/";
+/// Mandatory with dynamic partitioning; records the query cannot key land here.
+pub const ERROR_PREFIX: &str = "errors/!{firehose:error-output-type}/";
+/// `AppendDelimiterToRecord`'s delimiter, as the API spells a newline.
+pub const DELIMITER: &str = "\\n";
+/// How long Firehose retries delivering a partition before giving up on it.
+const PARTITIONING_RETRY_SECONDS: i32 = 300;
+
+/// Record-format conversion to Parquet, with the schema read from the Glue table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParquetConversion {
+    pub database: String,
+    pub table: String,
+    pub region: String,
+    pub role_arn: String,
+    pub compression: ParquetCompression,
+}
+
+/// Everything about the delivery stream the operator decides, in one comparable value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliverySettings {
+    pub source_stream_arn: String,
+    pub source_role_arn: String,
+    pub role_arn: String,
+    pub bucket_arn: String,
+    pub prefix: String,
+    pub error_prefix: String,
+    pub buffer_interval_seconds: i32,
+    pub buffer_size_mib: i32,
+    pub compression: CompressionFormat,
+    pub dynamic_partitioning: bool,
+    pub processors: Vec<(ProcessorType, Vec<(ProcessorParameterName, String)>)>,
+    pub parquet: Option<ParquetConversion>,
+}
+
+/// The ARNs the delivery stream connects.
+pub struct Connections<'a> {
+    pub output_stream_arn: &'a str,
+    pub role_arn: &'a str,
+    pub bucket_arn: &'a str,
+    pub glue_database: &'a str,
+    pub glue_table: &'a str,
+    pub region: &'a str,
+}
+
+pub fn desired(delivery: &DeliveryConfig, connections: &Connections<'_>) -> DeliverySettings {
+    let parquet = (delivery.format == DeliveryFormat::Parquet).then(|| ParquetConversion {
+        database: connections.glue_database.to_owned(),
+        table: connections.glue_table.to_owned(),
+        region: connections.region.to_owned(),
+        role_arn: connections.role_arn.to_owned(),
+        compression: match delivery.compression {
+            Compression::Uncompressed => ParquetCompression::Uncompressed,
+            Compression::Gzip => ParquetCompression::Gzip,
+            Compression::Snappy => ParquetCompression::Snappy,
+        },
+    });
+    // Parquet compresses inside the file; Firehose refuses S3-level compression on top of it.
+    let compression = match (&parquet, delivery.compression) {
+        (Some(_), _) | (None, Compression::Uncompressed) => CompressionFormat::Uncompressed,
+        (None, Compression::Gzip) => CompressionFormat::Gzip,
+        (None, Compression::Snappy) => CompressionFormat::Snappy,
+    };
+    DeliverySettings {
+        source_stream_arn: connections.output_stream_arn.to_owned(),
+        source_role_arn: connections.role_arn.to_owned(),
+        role_arn: connections.role_arn.to_owned(),
+        bucket_arn: connections.bucket_arn.to_owned(),
+        prefix: PREFIX.to_owned(),
+        error_prefix: ERROR_PREFIX.to_owned(),
+        buffer_interval_seconds: delivery.buffer_interval_seconds,
+        buffer_size_mib: delivery.buffer_size_mib,
+        compression,
+        dynamic_partitioning: true,
+        processors: vec![
+            (
+                ProcessorType::MetadataExtraction,
+                vec![
+                    (ProcessorParameterName::MetadataExtractionQuery, METADATA_EXTRACTION_QUERY.to_owned()),
+                    (ProcessorParameterName::JsonParsingEngine, JSON_PARSING_ENGINE.to_owned()),
+                ],
+            ),
+            (ProcessorType::AppendDelimiterToRecord, vec![(ProcessorParameterName::Delimiter, DELIMITER.to_owned())]),
+        ],
+        parquet,
+    }
+}
+
+/// The settings a described delivery stream has, as far as the operator manages them.
+pub fn observed(description: &DeliveryStreamDescription) -> Option<DeliverySettings> {
+    let source = description.source()?.kinesis_stream_source_description()?;
+    let destination = description.destinations().first()?.extended_s3_destination_description()?;
+    let hints = destination.buffering_hints();
+    let processors = destination
+        .processing_configuration()
+        .map(|configuration| {
+            configuration
+                .processors()
+                .iter()
+                .map(|processor| {
+                    let parameters = processor.parameters().iter().map(|p| (p.parameter_name().clone(), p.parameter_value().to_owned()));
+                    (processor.r#type().clone(), parameters.collect())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let parquet = destination.data_format_conversion_configuration().filter(|c| c.enabled() != Some(false)).and_then(|conversion| {
+        let schema = conversion.schema_configuration()?;
+        let parquet = conversion.output_format_configuration()?.serializer()?.parquet_ser_de()?;
+        Some(ParquetConversion {
+            database: schema.database_name()?.to_owned(),
+            table: schema.table_name()?.to_owned(),
+            region: schema.region()?.to_owned(),
+            role_arn: schema.role_arn()?.to_owned(),
+            compression: parquet.compression().cloned().unwrap_or(ParquetCompression::Snappy),
+        })
+    });
+    Some(DeliverySettings {
+        source_stream_arn: source.kinesis_stream_arn()?.to_owned(),
+        source_role_arn: source.role_arn()?.to_owned(),
+        role_arn: destination.role_arn().to_owned(),
+        bucket_arn: destination.bucket_arn().to_owned(),
+        prefix: destination.prefix().unwrap_or_default().to_owned(),
+        error_prefix: destination.error_output_prefix().unwrap_or_default().to_owned(),
+        buffer_interval_seconds: hints.and_then(BufferingHints::interval_in_seconds).unwrap_or_default(),
+        buffer_size_mib: hints.and_then(BufferingHints::size_in_mbs).unwrap_or_default(),
+        compression: destination.compression_format().clone(),
+        dynamic_partitioning: destination.dynamic_partitioning_configuration().and_then(|c| c.enabled()).unwrap_or(false),
+        processors,
+        parquet,
+    })
+}
+
+/// What it takes to get from what is there to what should be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryPlan {
+    Create,
+    Keep,
+    /// Destination settings differ: UpdateDestination can change them in place.
+    Update,
+    /// The source differs (or cannot be read): AWS cannot change a source, so delete and create.
+    Recreate(String),
+}
+
+pub fn plan(desired: &DeliverySettings, observed: Option<Option<DeliverySettings>>) -> DeliveryPlan {
+    match observed {
+        None => DeliveryPlan::Create,
+        Some(None) => DeliveryPlan::Recreate("it is not a Kinesis-sourced extended S3 delivery stream".into()),
+        Some(Some(observed)) if observed.source_stream_arn != desired.source_stream_arn || observed.source_role_arn != desired.source_role_arn => {
+            DeliveryPlan::Recreate(format!("its source is {} instead of {}", observed.source_stream_arn, desired.source_stream_arn))
+        }
+        Some(Some(observed)) if observed == *desired => DeliveryPlan::Keep,
+        Some(Some(_)) => DeliveryPlan::Update,
+    }
+}
+
+fn processing(settings: &DeliverySettings) -> ProcessingConfiguration {
+    let processors = settings.processors.iter().map(|(kind, parameters)| {
+        let parameters = parameters.iter().map(|(name, value)| {
+            ProcessorParameter::builder().parameter_name(name.clone()).parameter_value(value).build().expect("name and value are set")
+        });
+        Processor::builder().r#type(kind.clone()).set_parameters(Some(parameters.collect())).build().expect("type is set")
+    });
+    ProcessingConfiguration::builder().enabled(true).set_processors(Some(processors.collect())).build()
+}
+
+fn conversion(parquet: &ParquetConversion) -> DataFormatConversionConfiguration {
+    DataFormatConversionConfiguration::builder()
+        .enabled(true)
+        .input_format_configuration(
+            InputFormatConfiguration::builder().deserializer(Deserializer::builder().open_x_json_ser_de(OpenXJsonSerDe::builder().build()).build()).build(),
+        )
+        .output_format_configuration(
+            OutputFormatConfiguration::builder()
+                .serializer(Serializer::builder().parquet_ser_de(ParquetSerDe::builder().compression(parquet.compression.clone()).build()).build())
+                .build(),
+        )
+        .schema_configuration(
+            SchemaConfiguration::builder()
+                .database_name(&parquet.database)
+                .table_name(&parquet.table)
+                .region(&parquet.region)
+                .role_arn(&parquet.role_arn)
+                .version_id("LATEST")
+                .build(),
+        )
+        .build()
+}
+
+fn buffering(settings: &DeliverySettings) -> BufferingHints {
+    BufferingHints::builder().interval_in_seconds(settings.buffer_interval_seconds).size_in_mbs(settings.buffer_size_mib).build()
+}
+
+fn partitioning() -> DynamicPartitioningConfiguration {
+    DynamicPartitioningConfiguration::builder()
+        .enabled(true)
+        .retry_options(PartitioningRetryOptions::builder().duration_in_seconds(PARTITIONING_RETRY_SECONDS).build())
+        .build()
+}
+
+/// The destination of CreateDeliveryStream.
+pub fn destination_configuration(settings: &DeliverySettings) -> ExtendedS3DestinationConfiguration {
+    ExtendedS3DestinationConfiguration::builder()
+        .role_arn(&settings.role_arn)
+        .bucket_arn(&settings.bucket_arn)
+        .prefix(&settings.prefix)
+        .error_output_prefix(&settings.error_prefix)
+        .buffering_hints(buffering(settings))
+        .compression_format(settings.compression.clone())
+        .dynamic_partitioning_configuration(partitioning())
+        .processing_configuration(processing(settings))
+        .set_data_format_conversion_configuration(settings.parquet.as_ref().map(conversion))
+        .build()
+        .expect("role and bucket are set")
+}
+
+/// The same settings as an UpdateDestination.
+fn destination_update(settings: &DeliverySettings) -> ExtendedS3DestinationUpdate {
+    let conversion = match &settings.parquet {
+        Some(parquet) => conversion(parquet),
+        None => DataFormatConversionConfiguration::builder().enabled(false).build(),
+    };
+    ExtendedS3DestinationUpdate::builder()
+        .role_arn(&settings.role_arn)
+        .bucket_arn(&settings.bucket_arn)
+        .prefix(&settings.prefix)
+        .error_output_prefix(&settings.error_prefix)
+        .buffering_hints(buffering(settings))
+        .compression_format(settings.compression.clone())
+        .dynamic_partitioning_configuration(partitioning())
+        .processing_configuration(processing(settings))
+        .data_format_conversion_configuration(conversion)
+        .build()
+}
+
+async fn describe(clients: &AwsClients, name: &str) -> Result<Option<DeliveryStreamDescription>, Error> {
+    match clients.firehose.describe_delivery_stream().delivery_stream_name(name).send().await {
+        Ok(output) => Ok(output.delivery_stream_description),
+        Err(error) if error_code(&error) == Some("ResourceNotFoundException") => Ok(None),
+        Err(error) => Err(aws_error(format!("describing Firehose delivery stream {name}"), error)),
+    }
+}
+
+async fn check_tags(clients: &AwsClients, name: &str, owner: &str) -> Result<(), Error> {
+    let tags = (clients.firehose.list_tags_for_delivery_stream())
+        .delivery_stream_name(name)
+        .send()
+        .await
+        .map_err(|error| aws_error(format!("listing tags of Firehose delivery stream {name}"), error))?;
+    check_owner("Firehose delivery stream", name, owner, tags.tags().iter().map(|tag| (tag.key(), tag.value().unwrap_or_default())))
+}
+
+pub async fn ensure(clients: &AwsClients, name: &str, owner: &str, desired: &DeliverySettings) -> Result<(AwsResourceRef, Outcome), Error> {
+    let mut outcome = Outcome::default();
+    let description = describe(clients, name).await?;
+    if description.is_some() {
+        check_tags(clients, name, owner).await?;
+    }
+    let arn = description.as_ref().map(|d| d.delivery_stream_arn().to_owned());
+    let status = description.as_ref().map(|d| d.delivery_stream_status().clone());
+    if matches!(status, Some(DeliveryStreamStatus::Creating | DeliveryStreamStatus::Deleting)) {
+        outcome.pending = Some(format!("Firehose delivery stream {name} is {}", status.expect("matched").as_str()));
+        return Ok((AwsResourceRef { name: name.to_owned(), arn }, outcome));
+    }
+    match plan(desired, description.as_ref().map(observed)) {
+        DeliveryPlan::Keep => {}
+        DeliveryPlan::Create => {
+            let arn = create(clients, name, owner, desired).await?;
+            outcome.changed(format!("created Firehose delivery stream {name}"));
+            outcome.pending = Some(format!("Firehose delivery stream {name} is being created"));
+            return Ok((AwsResourceRef { name: name.to_owned(), arn: Some(arn) }, outcome));
+        }
+        DeliveryPlan::Update => {
+            let description = description.as_ref().expect("an update has something to update");
+            let destination = description.destinations().first().map(|d| d.destination_id().to_owned()).unwrap_or_default();
+            (clients.firehose.update_destination())
+                .delivery_stream_name(name)
+                .current_delivery_stream_version_id(description.version_id())
+                .destination_id(destination)
+                .extended_s3_destination_update(destination_update(desired))
+                .send()
+                .await
+                .map_err(|error| aws_error(format!("updating Firehose delivery stream {name}"), error))?;
+            outcome.changed(format!("updated the destination of Firehose delivery stream {name}"));
+        }
+        DeliveryPlan::Recreate(reason) => {
+            delete_owned(clients, name).await?;
+            outcome.changed(format!("deleting Firehose delivery stream {name} to recreate it: {reason}"));
+            outcome.pending = Some(format!("Firehose delivery stream {name} is being recreated: {reason}"));
+        }
+    }
+    Ok((AwsResourceRef { name: name.to_owned(), arn }, outcome))
+}
+
+async fn create(clients: &AwsClients, name: &str, owner: &str, settings: &DeliverySettings) -> Result<String, Error> {
+    let source = KinesisStreamSourceConfiguration::builder()
+        .kinesis_stream_arn(&settings.source_stream_arn)
+        .role_arn(&settings.source_role_arn)
+        .build()
+        .expect("stream and role are set");
+    let tags = pipeline_tags(owner).into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key is set"));
+    let created = (clients.firehose.create_delivery_stream())
+        .delivery_stream_name(name)
+        .delivery_stream_type(DeliveryStreamType::KinesisStreamAsSource)
+        .kinesis_stream_source_configuration(source)
+        .extended_s3_destination_configuration(destination_configuration(settings))
+        .set_tags(Some(tags.collect()))
+        .send()
+        .await
+        .map_err(|error| {
+            // A role created seconds ago is not assumable yet: IAM is eventually consistent.
+            let mut error = aws_error(format!("creating Firehose delivery stream {name}"), error);
+            if let Error::Aws { message, retryable, .. } = &mut error
+                && message.contains("assume role")
+            {
+                *retryable = true;
+            }
+            error
+        })?;
+    Ok(created.delivery_stream_arn.unwrap_or_default())
+}
+
+async fn delete_owned(clients: &AwsClients, name: &str) -> Result<(), Error> {
+    match clients.firehose.delete_delivery_stream().delivery_stream_name(name).send().await {
+        Ok(_) => Ok(()),
+        Err(error) if error_code(&error) == Some("ResourceNotFoundException") => Ok(()),
+        Err(error) => Err(aws_error(format!("deleting Firehose delivery stream {name}"), error)),
+    }
+}
+
+/// Deletes the delivery stream if it is this pipeline's; `true` once it is gone.
+pub async fn delete(clients: &AwsClients, name: &str, owner: &str) -> Result<bool, Error> {
+    let Some(description) = describe(clients, name).await? else { return Ok(true) };
+    if check_tags(clients, name, owner).await.is_err() {
+        tracing::info!(delivery_stream = name, "not this pipeline's delivery stream; leaving it");
+        return Ok(true);
+    }
+    if description.delivery_stream_status() != &DeliveryStreamStatus::Deleting {
+        delete_owned(clients, name).await?;
+    }
+    Ok(describe(clients, name).await?.is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(format: DeliveryFormat, compression: Compression) -> DeliveryConfig {
+        DeliveryConfig { buffer_interval_seconds: 60, buffer_size_mib: 64, format, compression, expire_after_days: None }
+    }
+
+    fn connections() -> Connections<'static> {
+        Connections {
+            output_stream_arn: "arn:aws:kinesis:eu-west-1:123456789012:stream/p-output",
+            role_arn: "arn:aws:iam::123456789012:role/p-firehose",
+            bucket_arn: "arn:aws:s3:::p-bucket",
+            glue_database: "p",
+            glue_table: "metric_aggregates",
+            region: "eu-west-1",
+        }
+    }
+
+    #[test]
+    fn the_destination_partitions_by_component_with_jq_and_appends_newlines() {
+        let destination = destination_configuration(&desired(&config(DeliveryFormat::Json, Compression::Gzip), &connections()));
+        assert_eq!(destination.bucket_arn(), "arn:aws:s3:::p-bucket");
+        assert_eq!(destination.role_arn(), "arn:aws:iam::123456789012:role/p-firehose");
+        assert_eq!(destination.prefix(), Some("componentName=!{partitionKeyFromQuery:componentName}/"));
+        assert_eq!(destination.error_output_prefix(), Some("errors/!{firehose:error-output-type}/"));
+        assert!(destination.prefix().unwrap().ends_with('/') && destination.error_output_prefix().unwrap().ends_with('/'));
+        let hints = destination.buffering_hints().unwrap();
+        assert_eq!((hints.interval_in_seconds(), hints.size_in_mbs()), (Some(60), Some(64)));
+        assert_eq!(destination.compression_format(), Some(&CompressionFormat::Gzip), "always explicit");
+        assert_eq!(destination.dynamic_partitioning_configuration().unwrap().enabled(), Some(true));
+        let processors: Vec<(String, Vec<(String, String)>)> = destination
+            .processing_configuration()
+            .unwrap()
+            .processors()
+            .iter()
+            .map(|p| {
+                let parameters = p.parameters().iter().map(|x| (x.parameter_name().as_str().to_owned(), x.parameter_value().to_owned()));
+                (p.r#type().as_str().to_owned(), parameters.collect())
+            })
+            .collect();
+        let pair = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+        assert_eq!(
+            processors,
+            [
+                (
+                    "MetadataExtraction".to_owned(),
+                    vec![pair("MetadataExtractionQuery", "{componentName:.componentName}"), pair("JsonParsingEngine", "JQ-1.6")]
+                ),
+                ("AppendDelimiterToRecord".to_owned(), vec![pair("Delimiter", "\\n")]),
+            ]
+        );
+        assert!(destination.data_format_conversion_configuration().is_none());
+    }
+
+    #[test]
+    fn parquet_converts_with_the_glue_schema_and_no_s3_compression() {
+        let settings = desired(&config(DeliveryFormat::Parquet, Compression::Snappy), &connections());
+        let destination = destination_configuration(&settings);
+        assert_eq!(destination.compression_format(), Some(&CompressionFormat::Uncompressed));
+        let conversion = destination.data_format_conversion_configuration().unwrap();
+        let schema = conversion.schema_configuration().unwrap();
+        assert_eq!((schema.database_name(), schema.table_name(), schema.region()), (Some("p"), Some("metric_aggregates"), Some("eu-west-1")));
+        let serializer = conversion.output_format_configuration().unwrap().serializer().unwrap();
+        assert_eq!(serializer.parquet_ser_de().unwrap().compression(), Some(&ParquetCompression::Snappy));
+        assert!(conversion.input_format_configuration().unwrap().deserializer().unwrap().open_x_json_ser_de().is_some());
+    }
+
+    #[test]
+    fn the_plan_keeps_updates_or_recreates() {
+        let settings = desired(&config(DeliveryFormat::Json, Compression::Gzip), &connections());
+        assert_eq!(plan(&settings, None), DeliveryPlan::Create);
+        assert_eq!(plan(&settings, Some(Some(settings.clone()))), DeliveryPlan::Keep);
+        let mut buffered = settings.clone();
+        buffered.buffer_interval_seconds = 300;
+        assert_eq!(plan(&settings, Some(Some(buffered))), DeliveryPlan::Update);
+        let mut elsewhere = settings.clone();
+        elsewhere.source_stream_arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/other".into();
+        assert!(matches!(plan(&settings, Some(Some(elsewhere))), DeliveryPlan::Recreate(reason) if reason.contains("stream/other")));
+    }
+}

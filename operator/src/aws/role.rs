@@ -1,0 +1,231 @@
+//! The IAM role Firehose assumes: trusted only by firehose.amazonaws.com for this account, with
+//! one inline policy scoped to this pipeline's output stream, bucket and Glue table.
+
+use aws_sdk_iam::types::Tag;
+use metrics_pipeline_crds::pipeline::AwsResourceRef;
+use serde_json::{Value, json};
+
+use super::{AwsClients, Outcome, aws_error, check_owner, error_code, partition, pipeline_tags};
+use crate::error::Error;
+
+/// What the policy is scoped to.
+pub struct PolicyScope<'a> {
+    pub account_id: &'a str,
+    pub region: &'a str,
+    pub output_stream_arn: &'a str,
+    pub bucket_arn: &'a str,
+    pub glue_database: &'a str,
+    pub glue_table: &'a str,
+}
+
+/// Firehose, and only for deliveries in this account (the confused-deputy guard AWS documents).
+pub fn trust_policy(account_id: &str) -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Service": "firehose.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"sts:ExternalId": account_id}}
+        }]
+    })
+}
+
+/// Read the output stream, write the bucket, read the table's schema (for Parquet conversion).
+pub fn delivery_policy(scope: &PolicyScope<'_>) -> Value {
+    let glue = |resource: &str| format!("arn:{}:glue:{}:{}:{resource}", partition(scope.region), scope.region, scope.account_id);
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ReadOutputStream",
+                "Effect": "Allow",
+                "Action": ["kinesis:DescribeStream", "kinesis:DescribeStreamSummary", "kinesis:GetShardIterator", "kinesis:GetRecords", "kinesis:ListShards"],
+                "Resource": [scope.output_stream_arn]
+            },
+            {
+                "Sid": "WriteBucket",
+                "Effect": "Allow",
+                "Action": ["s3:AbortMultipartUpload", "s3:GetBucketLocation", "s3:GetObject", "s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:PutObject"],
+                "Resource": [scope.bucket_arn, format!("{}/*", scope.bucket_arn)]
+            },
+            {
+                "Sid": "ReadTableSchema",
+                "Effect": "Allow",
+                "Action": ["glue:GetTable", "glue:GetTableVersion", "glue:GetTableVersions"],
+                "Resource": [glue("catalog"), glue(&format!("database/{}", scope.glue_database)), glue(&format!("table/{}/{}", scope.glue_database, scope.glue_table))]
+            }
+        ]
+    })
+}
+
+/// IAM returns policy documents URL-encoded; some emulators return them as JSON.
+fn parse_policy(document: &str) -> Option<Value> {
+    serde_json::from_str(document).ok().or_else(|| serde_json::from_str(&percent_decode(document)?).ok())
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(index + 1..index + 3)?).ok()?;
+                decoded.push(u8::from_str_radix(hex, 16).ok()?);
+                index += 3;
+            }
+            b'+' => {
+                decoded.push(b' ');
+                index += 1;
+            }
+            byte => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+pub async fn ensure(clients: &AwsClients, role: &str, policy_name: &str, owner: &str, scope: &PolicyScope<'_>) -> Result<(AwsResourceRef, Outcome), Error> {
+    let mut outcome = Outcome::default();
+    let trust = trust_policy(scope.account_id);
+    let arn = match clients.iam.get_role().role_name(role).send().await {
+        Ok(output) => {
+            let found = output.role.expect("GetRole returns the role");
+            check_owner("IAM role", role, owner, found.tags().iter().map(|tag| (tag.key(), tag.value())))?;
+            if found.assume_role_policy_document().and_then(parse_policy).as_ref() != Some(&trust) {
+                (clients.iam.update_assume_role_policy())
+                    .role_name(role)
+                    .policy_document(trust.to_string())
+                    .send()
+                    .await
+                    .map_err(|error| aws_error(format!("updating the trust policy of IAM role {role}"), error))?;
+                outcome.changed(format!("restored the trust policy of IAM role {role}"));
+            }
+            found.arn
+        }
+        Err(error) if error_code(&error) == Some("NoSuchEntity") => {
+            let tags = pipeline_tags(owner).into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"));
+            let created = (clients.iam.create_role())
+                .role_name(role)
+                .assume_role_policy_document(trust.to_string())
+                .description(format!("Firehose delivery of metrics pipeline {owner}"))
+                .set_tags(Some(tags.collect()))
+                .send()
+                .await
+                .map_err(|error| aws_error(format!("creating IAM role {role}"), error))?;
+            outcome.changed(format!("created IAM role {role}"));
+            created.role.expect("CreateRole returns the role").arn
+        }
+        Err(error) => return Err(aws_error(format!("reading IAM role {role}"), error)),
+    };
+
+    let desired = delivery_policy(scope);
+    let current = match clients.iam.get_role_policy().role_name(role).policy_name(policy_name).send().await {
+        Ok(output) => parse_policy(&output.policy_document),
+        Err(error) if error_code(&error) == Some("NoSuchEntity") => None,
+        Err(error) => return Err(aws_error(format!("reading policy {policy_name} of IAM role {role}"), error)),
+    };
+    if current.as_ref() != Some(&desired) {
+        (clients.iam.put_role_policy())
+            .role_name(role)
+            .policy_name(policy_name)
+            .policy_document(desired.to_string())
+            .send()
+            .await
+            .map_err(|error| aws_error(format!("writing policy {policy_name} of IAM role {role}"), error))?;
+        outcome.changed(format!("wrote policy {policy_name} of IAM role {role}"));
+    }
+    Ok((AwsResourceRef { name: role.to_owned(), arn: Some(arn) }, outcome))
+}
+
+/// Deletes the role and its inline policies if it is this pipeline's; `true` once gone.
+pub async fn delete(clients: &AwsClients, role: &str, owner: &str) -> Result<bool, Error> {
+    let found = match clients.iam.get_role().role_name(role).send().await {
+        Ok(output) => output.role.expect("GetRole returns the role"),
+        Err(error) if error_code(&error) == Some("NoSuchEntity") => return Ok(true),
+        Err(error) => return Err(aws_error(format!("reading IAM role {role}"), error)),
+    };
+    if check_owner("IAM role", role, owner, found.tags().iter().map(|tag| (tag.key(), tag.value()))).is_err() {
+        tracing::info!(role, "not this pipeline's role; leaving it");
+        return Ok(true);
+    }
+    let policies = (clients.iam.list_role_policies())
+        .role_name(role)
+        .send()
+        .await
+        .map_err(|error| aws_error(format!("listing policies of IAM role {role}"), error))?;
+    for policy in policies.policy_names() {
+        (clients.iam.delete_role_policy())
+            .role_name(role)
+            .policy_name(policy)
+            .send()
+            .await
+            .map_err(|error| aws_error(format!("deleting policy {policy} of IAM role {role}"), error))?;
+    }
+    match clients.iam.delete_role().role_name(role).send().await {
+        Ok(_) => Ok(true),
+        Err(error) if error_code(&error) == Some("NoSuchEntity") => Ok(true),
+        Err(error) => Err(aws_error(format!("deleting IAM role {role}"), error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope() -> PolicyScope<'static> {
+        PolicyScope {
+            account_id: "123456789012",
+            region: "eu-west-1",
+            output_stream_arn: "arn:aws:kinesis:eu-west-1:123456789012:stream/p-output",
+            bucket_arn: "arn:aws:s3:::p-bucket",
+            glue_database: "p",
+            glue_table: "metric_aggregates",
+        }
+    }
+
+    #[test]
+    fn the_policy_reaches_only_this_pipelines_stream_bucket_and_table() {
+        let policy = delivery_policy(&scope());
+        let resources: Vec<&str> = policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|statement| statement["Resource"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            resources,
+            [
+                "arn:aws:kinesis:eu-west-1:123456789012:stream/p-output",
+                "arn:aws:s3:::p-bucket",
+                "arn:aws:s3:::p-bucket/*",
+                "arn:aws:glue:eu-west-1:123456789012:catalog",
+                "arn:aws:glue:eu-west-1:123456789012:database/p",
+                "arn:aws:glue:eu-west-1:123456789012:table/p/metric_aggregates",
+            ]
+        );
+        assert!(!policy.to_string().contains('*') || policy.to_string().matches('*').count() == 1, "no wildcard beyond the bucket's objects");
+    }
+
+    #[test]
+    fn only_firehose_in_this_account_may_assume_the_role() {
+        let trust = trust_policy("123456789012");
+        assert_eq!(trust["Statement"][0]["Principal"]["Service"], "firehose.amazonaws.com");
+        assert_eq!(trust["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"], "123456789012");
+    }
+
+    #[test]
+    fn url_encoded_policies_read_back_equal() {
+        let policy = delivery_policy(&scope());
+        let encoded: String = policy
+            .to_string()
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        assert_eq!(parse_policy(&encoded), Some(policy.clone()));
+        assert_eq!(parse_policy(&policy.to_string()), Some(policy));
+    }
+}

@@ -1,0 +1,217 @@
+//! The input and output Kinesis streams: created with the spec's capacity and retention, tagged,
+//! changed in place (shard count, capacity mode, retention) one update at a time.
+
+use aws_sdk_kinesis::types::{StreamMode, StreamModeDetails, StreamStatus};
+use metrics_pipeline_crds::pipeline::AwsResourceRef;
+use metrics_pipeline_crds::validation::{StreamCapacity, StreamConfig};
+
+use super::{AwsClients, Outcome, aws_error, check_owner, error_code, pipeline_tags};
+use crate::error::Error;
+
+/// A stream as DescribeStreamSummary and ListTagsForStream show it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedStream {
+    pub arn: String,
+    pub status: StreamStatus,
+    pub capacity: StreamCapacity,
+    pub retention_hours: i32,
+    pub tags: Vec<(String, String)>,
+}
+
+/// One in-place change; Kinesis takes one at a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamChange {
+    Capacity(StreamCapacity),
+    ShardCount(i32),
+    Retention { from: i32, to: i32 },
+}
+
+/// What to change to make `observed` match `desired`, in the order AWS accepts: capacity mode
+/// first (a shard count only applies to a provisioned stream), then shards, then retention.
+pub fn changes(desired: &StreamConfig, observed: &ObservedStream) -> Vec<StreamChange> {
+    let mut changes = Vec::new();
+    match (desired.capacity, observed.capacity) {
+        (StreamCapacity::OnDemand, StreamCapacity::Provisioned { .. }) => changes.push(StreamChange::Capacity(StreamCapacity::OnDemand)),
+        (StreamCapacity::Provisioned { shards }, StreamCapacity::OnDemand) => {
+            changes.push(StreamChange::Capacity(StreamCapacity::Provisioned { shards }));
+        }
+        (StreamCapacity::Provisioned { shards }, StreamCapacity::Provisioned { shards: current }) if shards != current => {
+            changes.push(StreamChange::ShardCount(shards));
+        }
+        _ => {}
+    }
+    if desired.retention_hours != observed.retention_hours {
+        changes.push(StreamChange::Retention { from: observed.retention_hours, to: desired.retention_hours });
+    }
+    changes
+}
+
+pub async fn observe(clients: &AwsClients, name: &str) -> Result<Option<ObservedStream>, Error> {
+    let summary = match clients.kinesis.describe_stream_summary().stream_name(name).send().await {
+        Ok(output) => output.stream_description_summary.expect("DescribeStreamSummary always describes"),
+        Err(error) if error_code(&error) == Some("ResourceNotFoundException") => return Ok(None),
+        Err(error) => return Err(aws_error(format!("describing Kinesis stream {name}"), error)),
+    };
+    let tags = clients
+        .kinesis
+        .list_tags_for_stream()
+        .stream_name(name)
+        .send()
+        .await
+        .map_err(|error| aws_error(format!("listing tags of Kinesis stream {name}"), error))?
+        .tags
+        .into_iter()
+        .map(|tag| (tag.key, tag.value.unwrap_or_default()))
+        .collect();
+    let capacity = match summary.stream_mode_details.as_ref().map(StreamModeDetails::stream_mode) {
+        Some(StreamMode::OnDemand) => StreamCapacity::OnDemand,
+        _ => StreamCapacity::Provisioned { shards: summary.open_shard_count },
+    };
+    Ok(Some(ObservedStream {
+        arn: summary.stream_arn,
+        status: summary.stream_status,
+        capacity,
+        retention_hours: summary.retention_period_hours,
+        tags,
+    }))
+}
+
+/// Creates the stream or moves it one step towards `desired`; `pending` while AWS works.
+pub async fn ensure(clients: &AwsClients, name: &str, owner: &str, desired: &StreamConfig) -> Result<(AwsResourceRef, Outcome), Error> {
+    let mut outcome = Outcome::default();
+    let Some(observed) = observe(clients, name).await? else {
+        create(clients, name, owner, desired).await?;
+        outcome.changed(format!("created Kinesis stream {name}"));
+        outcome.pending = Some(format!("Kinesis stream {name} is being created"));
+        return Ok((AwsResourceRef { name: name.to_owned(), arn: None }, outcome));
+    };
+    check_owner("Kinesis stream", name, owner, observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    let reference = AwsResourceRef { name: name.to_owned(), arn: Some(observed.arn.clone()) };
+    if observed.status != StreamStatus::Active {
+        outcome.pending = Some(format!("Kinesis stream {name} is {}", observed.status.as_str()));
+        return Ok((reference, outcome));
+    }
+    if let Some(change) = changes(desired, &observed).into_iter().next() {
+        apply(clients, name, &observed, &change).await?;
+        outcome.changed(format!("Kinesis stream {name}: {}", describe(&change)));
+        outcome.pending = Some(format!("Kinesis stream {name} is updating"));
+    }
+    Ok((reference, outcome))
+}
+
+async fn create(clients: &AwsClients, name: &str, owner: &str, desired: &StreamConfig) -> Result<(), Error> {
+    let request = clients.kinesis.create_stream().stream_name(name);
+    let request = match desired.capacity {
+        StreamCapacity::Provisioned { shards } => request.shard_count(shards),
+        StreamCapacity::OnDemand => request.stream_mode_details(mode(StreamMode::OnDemand)),
+    };
+    let tags = pipeline_tags(owner);
+    let request = tags.iter().fold(request, |request, (key, value)| request.tags(key, value));
+    request.send().await.map_err(|error| aws_error(format!("creating Kinesis stream {name}"), error))?;
+    // CreateStream's tags are newer than some emulators; tagging again is idempotent.
+    let request = tags.iter().fold(clients.kinesis.add_tags_to_stream().stream_name(name), |request, (key, value)| request.tags(key, value));
+    // A retention other than the default 24 h follows once the stream is ACTIVE, as a change.
+    request.send().await.map(drop).map_err(|error| aws_error(format!("tagging Kinesis stream {name}"), error))
+}
+
+async fn apply(clients: &AwsClients, name: &str, observed: &ObservedStream, change: &StreamChange) -> Result<(), Error> {
+    let action = format!("updating Kinesis stream {name} ({})", describe(change));
+    let kinesis = &clients.kinesis;
+    let failed = |error| aws_error(action.clone(), error);
+    match *change {
+        StreamChange::Capacity(capacity) => {
+            let target = if capacity == StreamCapacity::OnDemand { StreamMode::OnDemand } else { StreamMode::Provisioned };
+            kinesis.update_stream_mode().stream_arn(&observed.arn).stream_mode_details(mode(target)).send().await.map(drop).map_err(failed)
+        }
+        StreamChange::ShardCount(shards) => (kinesis.update_shard_count())
+            .stream_name(name)
+            .target_shard_count(shards)
+            .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|error| aws_error(action.clone(), error)),
+        StreamChange::Retention { from, to } if to > from => (kinesis.increase_stream_retention_period())
+            .stream_name(name)
+            .retention_period_hours(to)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|error| aws_error(action.clone(), error)),
+        StreamChange::Retention { to, .. } => (kinesis.decrease_stream_retention_period())
+            .stream_name(name)
+            .retention_period_hours(to)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|error| aws_error(action.clone(), error)),
+    }
+}
+
+fn mode(mode: StreamMode) -> StreamModeDetails {
+    StreamModeDetails::builder().stream_mode(mode).build().expect("stream mode is set")
+}
+
+fn describe(change: &StreamChange) -> String {
+    match change {
+        StreamChange::Capacity(StreamCapacity::OnDemand) => "capacity mode to ON_DEMAND".into(),
+        StreamChange::Capacity(StreamCapacity::Provisioned { .. }) => "capacity mode to PROVISIONED".into(),
+        StreamChange::ShardCount(shards) => format!("shard count to {shards}"),
+        StreamChange::Retention { to, .. } => format!("retention to {to} hours"),
+    }
+}
+
+/// Deletes the stream if it is this pipeline's; `true` once it is gone.
+pub async fn delete(clients: &AwsClients, name: &str, owner: &str) -> Result<bool, Error> {
+    let Some(observed) = observe(clients, name).await? else { return Ok(true) };
+    if check_owner("Kinesis stream", name, owner, observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))).is_err() {
+        tracing::info!(stream = name, "not this pipeline's stream; leaving it");
+        return Ok(true);
+    }
+    if observed.status != StreamStatus::Deleting {
+        let request = clients.kinesis.delete_stream().stream_name(name).enforce_consumer_deletion(true);
+        match request.send().await {
+            Ok(_) => {}
+            Err(error) if error_code(&error) == Some("ResourceNotFoundException") => return Ok(true),
+            Err(error) => return Err(aws_error(format!("deleting Kinesis stream {name}"), error)),
+        }
+    }
+    Ok(observe(clients, name).await?.is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed(capacity: StreamCapacity, retention_hours: i32) -> ObservedStream {
+        ObservedStream { arn: "arn".into(), status: StreamStatus::Active, capacity, retention_hours, tags: Vec::new() }
+    }
+
+    #[test]
+    fn a_stream_as_specified_needs_no_change() {
+        let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards: 2 }, retention_hours: 24 };
+        assert_eq!(changes(&desired, &observed(StreamCapacity::Provisioned { shards: 2 }, 24)), []);
+        let on_demand = StreamConfig { capacity: StreamCapacity::OnDemand, retention_hours: 24 };
+        assert_eq!(changes(&on_demand, &observed(StreamCapacity::OnDemand, 24)), []);
+    }
+
+    #[test]
+    fn shard_count_and_retention_changes_are_found_in_order() {
+        let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards: 4 }, retention_hours: 48 };
+        assert_eq!(
+            changes(&desired, &observed(StreamCapacity::Provisioned { shards: 1 }, 24)),
+            [StreamChange::ShardCount(4), StreamChange::Retention { from: 24, to: 48 }]
+        );
+    }
+
+    #[test]
+    fn capacity_mode_changes_before_anything_else() {
+        let desired = StreamConfig { capacity: StreamCapacity::OnDemand, retention_hours: 24 };
+        assert_eq!(changes(&desired, &observed(StreamCapacity::Provisioned { shards: 3 }, 24)), [StreamChange::Capacity(StreamCapacity::OnDemand)]);
+        let back = StreamConfig { capacity: StreamCapacity::Provisioned { shards: 2 }, retention_hours: 24 };
+        assert_eq!(
+            changes(&back, &observed(StreamCapacity::OnDemand, 24)),
+            [StreamChange::Capacity(StreamCapacity::Provisioned { shards: 2 })]
+        );
+    }
+}

@@ -1,0 +1,353 @@
+//! The reconciler: a finalizer around `apply` (validate → ensure each AWS part in dependency
+//! order → write status) and `cleanup` (delete in reverse order, honouring `deletionPolicy`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_config::SdkConfig;
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use metrics_pipeline_crds::naming::{NameInputs, PipelineNames};
+use metrics_pipeline_crds::pipeline::{DeletionPolicy, MetricsPipeline, MetricsPipelineStatus, Phase};
+use metrics_pipeline_crds::validation::{AwsTarget, PipelineConfig, validate};
+
+use crate::aws::{AwsCalls, AwsClients, Outcome, bucket, catalog, delivery, role, streams};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::status::{self, BUCKET_READY, CATALOG_READY, DELIVERY_READY, PartState, Report, STREAMS_READY, Verdict};
+
+/// Field manager of everything the operator writes with server-side apply.
+pub const FIELD_MANAGER: &str = "metrics-pipeline-operator";
+pub const FINALIZER: &str = "pipelines.metrics.dev/cleanup";
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often a Ready pipeline is re-read to repair drift.
+    pub resync: Duration,
+    /// How soon to look again while AWS is creating or updating something.
+    pub pending_requeue: Duration,
+    /// How soon to retry after throttling or an outage.
+    pub error_requeue: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { resync: Duration::from_secs(300), pending_requeue: Duration::from_secs(5), error_requeue: Duration::from_secs(15) }
+    }
+}
+
+/// AWS access: the account's identity and one set of clients per region.
+pub struct Aws {
+    sdk: SdkConfig,
+    pub target: AwsTarget,
+    pub calls: AwsCalls,
+    clients: Mutex<HashMap<String, AwsClients>>,
+}
+
+impl Aws {
+    pub fn new(sdk: SdkConfig, target: AwsTarget, calls: AwsCalls) -> Self {
+        Self { sdk, target, calls, clients: Mutex::default() }
+    }
+
+    fn clients(&self, region: &str) -> AwsClients {
+        let mut clients = self.clients.lock().expect("no panics while holding the lock");
+        clients.entry(region.to_owned()).or_insert_with(|| AwsClients::new(&self.sdk, region, &self.calls)).clone()
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub aws: Aws,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+}
+
+impl Context {
+    pub fn new(client: Client, aws: Aws, metrics: Arc<Metrics>, settings: Settings) -> Self {
+        let instance = std::env::var("POD_NAME").ok();
+        let recorder = Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance });
+        Self { client, aws, recorder, metrics, settings }
+    }
+}
+
+/// Watches `MetricsPipeline`s (in `namespace`, or everywhere) until `shutdown` resolves.
+pub async fn run(context: Arc<Context>, namespace: Option<String>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let api: Api<MetricsPipeline> = match &namespace {
+        Some(namespace) => Api::namespaced(context.client.clone(), namespace),
+        None => Api::all(context.client.clone()),
+    };
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile round ended with an error");
+            }
+        })
+        .await;
+}
+
+async fn reconcile(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = pipeline.namespace().unwrap_or_default();
+    let api: Api<MetricsPipeline> = Api::namespaced(context.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, pipeline, |event| async {
+        match event {
+            Finalizer::Apply(pipeline) => apply(&pipeline, &api, &context).await,
+            Finalizer::Cleanup(pipeline) => cleanup(&pipeline, &api, &context).await,
+        }
+    })
+    .await
+    .map_err(|error| match error {
+        kube::runtime::finalizer::Error::ApplyFailed(error) | kube::runtime::finalizer::Error::CleanupFailed(error) => error,
+        kube::runtime::finalizer::Error::AddFinalizer(error) | kube::runtime::finalizer::Error::RemoveFinalizer(error) => Error::Kube(error),
+        other => Error::Finalizer(other.to_string()),
+    });
+    context.metrics.observe_reconcile(started.elapsed(), result.as_ref().err());
+    result
+}
+
+fn error_policy(pipeline: Arc<MetricsPipeline>, error: &Error, context: Arc<Context>) -> Action {
+    tracing::warn!(pipeline = %pipeline.name_any(), %error, "reconcile failed");
+    if error.is_terminal() { Action::requeue(context.settings.resync) } else { Action::requeue(context.settings.error_requeue) }
+}
+
+async fn apply(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context: &Context) -> Result<Action, Error> {
+    let report = provision(pipeline, context).await;
+    let now = Time(jiff::Timestamp::now());
+    let status = status::build(&report, pipeline.metadata.generation, pipeline.status.as_ref(), now);
+    write_status(api, &pipeline.name_any(), &status).await?;
+
+    for change in &report.changes {
+        publish(context, pipeline, EventType::Normal, "Provisioned", "Reconcile", change).await;
+    }
+    if let Some((reason, message)) = report.first_problem().filter(|_| report.verdict() != Verdict::Pending) {
+        let previous = pipeline.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == status::READY)).map(|c| c.message.as_str());
+        if previous != Some(message.as_str()) {
+            publish(context, pipeline, EventType::Warning, reason, "Reconcile", &message).await;
+        }
+    }
+    let settings = &context.settings;
+    Ok(match report.verdict() {
+        Verdict::Ready | Verdict::Terminal => Action::requeue(settings.resync),
+        Verdict::Pending => Action::requeue(settings.pending_requeue),
+        Verdict::Retryable => Action::requeue(settings.error_requeue),
+    })
+}
+
+/// Ensures every AWS part, in dependency order; a part whose inputs are not ready waits.
+async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
+    let mut report = Report::default();
+    let config = match validate(pipeline, &context.aws.target) {
+        Ok(config) => config,
+        Err(errors) => {
+            report.invalid_spec = Some(Error::InvalidSpec(errors));
+            return report;
+        }
+    };
+    let clients = context.aws.clients(&config.region);
+    let names = &config.names;
+    let owner = names.owner.as_str();
+
+    // Streams.
+    let streams = async {
+        let (input, mut outcome) = streams::ensure(&clients, &names.input_stream, owner, &config.input_stream).await?;
+        let (output, output_outcome) = streams::ensure(&clients, &names.output_stream, owner, &config.output_stream).await?;
+        outcome.merge(output_outcome);
+        Ok::<_, Error>(((input, output), outcome))
+    }
+    .await;
+    let streams_ready = record(&mut report, STREAMS_READY, streams, |(input, output)| {
+        format!("Kinesis streams {} and {} are active", input.name, output.name)
+    })
+    .map(|(input, output)| {
+        report.input_stream = Some(input.clone());
+        report.output_stream = Some(output.clone());
+        output
+    });
+
+    // Bucket.
+    let bucket = bucket::ensure(&clients, &names.bucket, owner, config.delivery.expire_after_days).await;
+    let bucket_ready = record(&mut report, BUCKET_READY, bucket, |bucket| {
+        format!("S3 bucket {} is private and encrypted", bucket.name)
+    });
+    if let Some(bucket) = &bucket_ready {
+        report.bucket = Some(bucket.clone());
+    }
+
+    // Catalog: needs only the bucket's name, so it proceeds while the delivery waits.
+    let catalog = ensure_catalog(&clients, &config, &context.aws.target.account_id).await;
+    if let Some((database, table)) = record(&mut report, CATALOG_READY, catalog, |(database, table)| {
+        format!("Glue table {}.{} is ready for Athena", database.name, table.name)
+    }) {
+        report.glue_database = Some(database);
+        report.glue_table = Some(table);
+    }
+
+    // Delivery: needs the output stream, the bucket and the catalog (for Parquet conversion).
+    match (streams_ready, bucket_ready) {
+        (Some(output), Some(bucket)) => {
+            let delivery = ensure_delivery(&clients, &config, &context.aws.target.account_id, &output, &bucket).await;
+            if let Some((role, stream)) = record(&mut report, DELIVERY_READY, delivery, |(_, stream)| {
+                format!("Firehose delivery stream {} writes to the bucket", stream.name)
+            }) {
+                report.firehose_role = Some(role);
+                report.delivery_stream = Some(stream);
+            }
+        }
+        _ => report.parts.push((DELIVERY_READY, PartState::Pending("waiting for the output stream and the bucket".into()))),
+    }
+    report
+}
+
+/// Files one part's result into the report; returns its value when the part is ready.
+fn record<T>(
+    report: &mut Report,
+    condition: &'static str,
+    result: Result<(T, Outcome), Error>,
+    ready_message: impl FnOnce(&T) -> String,
+) -> Option<T> {
+    match result {
+        Ok((value, outcome)) => {
+            report.changes.extend(outcome.changes);
+            match outcome.pending {
+                Some(pending) => {
+                    report.parts.push((condition, PartState::Pending(pending)));
+                    None
+                }
+                None => {
+                    report.parts.push((condition, PartState::Ready(ready_message(&value))));
+                    Some(value)
+                }
+            }
+        }
+        Err(error) => {
+            tracing::info!(%error, condition, "part not ready");
+            report.parts.push((condition, PartState::Failed(error)));
+            None
+        }
+    }
+}
+
+type Refs = metrics_pipeline_crds::pipeline::AwsResourceRef;
+
+async fn ensure_catalog(clients: &AwsClients, config: &PipelineConfig, account_id: &str) -> Result<((Refs, Refs), Outcome), Error> {
+    let names = &config.names;
+    let (database, mut outcome) = catalog::ensure_database(clients, &names.glue_database, &names.owner, account_id).await?;
+    let spec = catalog::TableSpec {
+        database: &names.glue_database,
+        table: &names.glue_table,
+        bucket: &names.bucket,
+        format: config.delivery.format,
+        partitions: &config.partitions,
+        owner: &names.owner,
+    };
+    let (table, table_outcome) = catalog::ensure_table(clients, &spec, account_id).await?;
+    outcome.merge(table_outcome);
+    Ok(((database, table), outcome))
+}
+
+async fn ensure_delivery(clients: &AwsClients, config: &PipelineConfig, account_id: &str, output: &Refs, bucket: &Refs) -> Result<((Refs, Refs), Outcome), Error> {
+    let names = &config.names;
+    let (output_arn, bucket_arn) = (output.arn.clone().unwrap_or_default(), bucket.arn.clone().unwrap_or_default());
+    let scope = role::PolicyScope {
+        account_id,
+        region: &config.region,
+        output_stream_arn: &output_arn,
+        bucket_arn: &bucket_arn,
+        glue_database: &names.glue_database,
+        glue_table: &names.glue_table,
+    };
+    let (role, mut outcome) = role::ensure(clients, &names.firehose_role, &names.firehose_role_policy, &names.owner, &scope).await?;
+    let connections = delivery::Connections {
+        output_stream_arn: &output_arn,
+        role_arn: role.arn.as_deref().unwrap_or_default(),
+        bucket_arn: &bucket_arn,
+        glue_database: &names.glue_database,
+        glue_table: &names.glue_table,
+        region: &config.region,
+    };
+    let desired = delivery::desired(&config.delivery, &connections);
+    let (stream, stream_outcome) = delivery::ensure(clients, &names.delivery_stream, &names.owner, &desired).await?;
+    outcome.merge(stream_outcome);
+    Ok(((role, stream), outcome))
+}
+
+/// Removes what the pipeline created, newest dependency first; the finalizer stays until all of
+/// it is gone. With `deletionPolicy: Retain` the bucket and the catalog stay.
+async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context: &Context) -> Result<Action, Error> {
+    let spec = &pipeline.spec;
+    let Some(region) = spec.region.clone().or_else(|| context.aws.target.default_region.clone()) else {
+        return Ok(Action::await_change());
+    };
+    let deleting = MetricsPipelineStatus { phase: Some(Phase::Deleting), ..pipeline.status.clone().unwrap_or_default() };
+    write_status(api, &pipeline.name_any(), &deleting).await?;
+
+    let names = PipelineNames::derive(&NameInputs {
+        namespace: &pipeline.namespace().unwrap_or_default(),
+        name: &pipeline.name_any(),
+        name_prefix: spec.name_prefix.as_deref(),
+        bucket_name: spec.delivery.bucket_name.as_deref(),
+        glue_database: spec.catalog.database.as_deref(),
+        glue_table: spec.catalog.table.as_deref(),
+        account_id: &context.aws.target.account_id,
+        region: &region,
+    });
+    let clients = context.aws.clients(&region);
+    let owner = names.owner.as_str();
+    let retain = spec.deletion_policy == DeletionPolicy::Retain;
+
+    let mut waiting = Vec::new();
+    if !delivery::delete(&clients, &names.delivery_stream, owner).await? {
+        waiting.push(format!("Firehose delivery stream {}", names.delivery_stream));
+    }
+    if !retain {
+        catalog::delete(&clients, &names.glue_database, &names.glue_table, owner).await?;
+    }
+    if waiting.is_empty() {
+        // The role goes only once nothing uses it.
+        role::delete(&clients, &names.firehose_role, owner).await?;
+    }
+    if !retain {
+        bucket::delete(&clients, &names.bucket, owner).await?;
+    }
+    for stream in [&names.output_stream, &names.input_stream] {
+        if !streams::delete(&clients, stream, owner).await? {
+            waiting.push(format!("Kinesis stream {stream}"));
+        }
+    }
+    if !waiting.is_empty() {
+        return Err(Error::Deleting(waiting.join(", ")));
+    }
+    let kept = if retain { format!("; kept S3 bucket {} and Glue database {} (deletionPolicy: Retain)", names.bucket, names.glue_database) } else { String::new() };
+    publish(context, pipeline, EventType::Normal, "Deleted", "Cleanup", &format!("deleted the pipeline's AWS resources{kept}")).await;
+    Ok(Action::await_change())
+}
+
+async fn write_status(api: &Api<MetricsPipeline>, name: &str, status: &MetricsPipelineStatus) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "apiVersion": "pipelines.metrics.dev/v1alpha1",
+        "kind": "MetricsPipeline",
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    Ok(())
+}
+
+async fn publish(context: &Context, pipeline: &MetricsPipeline, type_: EventType, reason: &str, action: &str, note: &str) {
+    // The Events API caps notes at 1 KiB.
+    let note: String = note.chars().take(1_000).collect();
+    let event = KubeEvent { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    if let Err(error) = context.recorder.publish(&event, &pipeline.object_ref(&())).await {
+        tracing::warn!(%error, "cannot publish an event");
+    }
+}

@@ -1,0 +1,95 @@
+//! `metrics-pipeline-operator`: watches MetricsPipelines and reconciles their AWS resources.
+//! Credentials come from the default chain (IRSA or pod identity in a cluster);
+//! `AWS_ENDPOINT_URL` points it at an emulator.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use clap::Parser;
+use metrics_pipeline_crds::aws::sdk_config;
+use metrics_pipeline_crds::duration::parse_duration;
+use metrics_pipeline_crds::validation::AwsTarget;
+use metrics_pipeline_operator::aws::AwsCalls;
+use metrics_pipeline_operator::controller::{Aws, Context, Settings, run};
+use metrics_pipeline_operator::metrics::Metrics;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(version, about = "Reconciles MetricsPipeline resources into Kinesis, S3, IAM, Firehose and Glue")]
+struct Cli {
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Region of pipelines whose spec names none (default: the environment's).
+    #[arg(long, env = "AWS_REGION")]
+    region: Option<String>,
+    /// How often a Ready pipeline is re-read to repair drift.
+    #[arg(long, env = "RESYNC_PERIOD", default_value = "5m", value_parser = parse_duration)]
+    resync_period: Duration,
+    /// Address of /healthz and /metrics.
+    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Log filter: a level or tracing directives.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match EnvFilter::try_new(&cli.log_level) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("--log-level `{}` is not a log filter ({error})", cli.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match operate(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn operate(cli: Cli) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await.map_err(|error| anyhow::anyhow!("cannot reach the Kubernetes API: {error}"))?;
+    let sdk = sdk_config(cli.region.clone()).await;
+    let identity = aws_sdk_sts::Client::new(&sdk)
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot tell which AWS account to use (STS GetCallerIdentity): {}", aws_sdk_sts::error::DisplayErrorContext(&error)))?;
+    let target = AwsTarget {
+        account_id: identity.account.unwrap_or_default(),
+        default_region: cli.region.or_else(|| sdk.region().map(ToString::to_string)),
+    };
+    tracing::info!(account = %target.account_id, region = ?target.default_region, namespace = ?cli.namespace, "starting");
+    let calls = AwsCalls::default();
+    let metrics = Arc::new(Metrics::new(&calls));
+    let settings = Settings { resync: cli.resync_period, ..Settings::default() };
+    let context = Arc::new(Context::new(client, Aws::new(sdk, target, calls), metrics.clone(), settings));
+
+    let router = Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", get(move || async move { metrics.encode() }));
+    let listener = tokio::net::TcpListener::bind(cli.listen).await?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    run(context, cli.namespace, shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+async fn shutdown_signal() {
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,229 @@
+//! From what a reconcile found and did to the resource's status: a condition per part, `Ready`,
+//! a phase, and every name and ARN. Pure, so every combination is unit-tested.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use metrics_pipeline_crds::pipeline::{AwsResourceRef, MetricsPipelineStatus, Phase};
+
+use crate::error::Error;
+
+pub const STREAMS_READY: &str = "StreamsReady";
+pub const BUCKET_READY: &str = "BucketReady";
+pub const DELIVERY_READY: &str = "DeliveryReady";
+pub const CATALOG_READY: &str = "CatalogReady";
+pub const READY: &str = "Ready";
+
+/// Where one part of the pipeline stands.
+#[derive(Debug)]
+pub enum PartState {
+    Ready(String),
+    /// AWS is still working on it, or it waits for another part.
+    Pending(String),
+    Failed(Error),
+}
+
+/// Everything one reconcile learnt.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// `(condition type, state)`, in dependency order.
+    pub parts: Vec<(&'static str, PartState)>,
+    /// The spec could not be validated: nothing was attempted.
+    pub invalid_spec: Option<Error>,
+    pub input_stream: Option<AwsResourceRef>,
+    pub output_stream: Option<AwsResourceRef>,
+    pub bucket: Option<AwsResourceRef>,
+    pub firehose_role: Option<AwsResourceRef>,
+    pub delivery_stream: Option<AwsResourceRef>,
+    pub glue_database: Option<AwsResourceRef>,
+    pub glue_table: Option<AwsResourceRef>,
+    /// What was changed in AWS, for events.
+    pub changes: Vec<String>,
+}
+
+/// How the reconcile ended, for the requeue decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ready,
+    Pending,
+    Retryable,
+    Terminal,
+}
+
+impl Report {
+    pub fn verdict(&self) -> Verdict {
+        if self.invalid_spec.is_some() {
+            return Verdict::Terminal;
+        }
+        let failures = self.parts.iter().filter_map(|(_, state)| match state {
+            PartState::Failed(error) => Some(error.is_terminal()),
+            _ => None,
+        });
+        let mut verdict = Verdict::Ready;
+        for terminal in failures {
+            verdict = if terminal { Verdict::Terminal } else if verdict == Verdict::Terminal { verdict } else { Verdict::Retryable };
+        }
+        if verdict == Verdict::Ready && self.parts.iter().any(|(_, state)| matches!(state, PartState::Pending(_))) {
+            verdict = Verdict::Pending;
+        }
+        verdict
+    }
+
+    /// The first problem, as (reason, message), for the Ready condition and events.
+    pub fn first_problem(&self) -> Option<(&'static str, String)> {
+        if let Some(error) = &self.invalid_spec {
+            return Some((error.reason(), error.to_string()));
+        }
+        let failed = self.parts.iter().find_map(|(_, state)| match state {
+            PartState::Failed(error) => Some((error.reason(), error.to_string())),
+            _ => None,
+        });
+        failed.or_else(|| {
+            self.parts.iter().find_map(|(_, state)| match state {
+                PartState::Pending(message) => Some(("Provisioning", message.clone())),
+                _ => None,
+            })
+        })
+    }
+}
+
+/// The status to write: conditions keep their transition time while their status holds.
+pub fn build(report: &Report, generation: Option<i64>, previous: Option<&MetricsPipelineStatus>, now: Time) -> MetricsPipelineStatus {
+    let previous_conditions = previous.map(|status| status.conditions.as_slice()).unwrap_or_default();
+    let condition = |kind: &str, ready: bool, reason: &str, message: String| {
+        let status = if ready { "True" } else { "False" };
+        let since = previous_conditions
+            .iter()
+            .find(|c| c.type_ == kind && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| now.clone());
+        Condition {
+            type_: kind.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            // An empty message fails server-side apply on v1.20; every message says something.
+            message: if message.is_empty() { reason.to_owned() } else { message },
+            last_transition_time: since,
+            observed_generation: generation,
+        }
+    };
+    let mut conditions: Vec<Condition> = report
+        .parts
+        .iter()
+        .map(|(kind, state)| match state {
+            PartState::Ready(message) => condition(kind, true, "Ready", message.clone()),
+            PartState::Pending(message) => condition(kind, false, "Provisioning", message.clone()),
+            PartState::Failed(error) => condition(kind, false, error.reason(), error.to_string()),
+        })
+        .collect();
+    let verdict = report.verdict();
+    conditions.push(match report.first_problem() {
+        None => condition(READY, true, "PipelineReady", "every part of the pipeline is in place".into()),
+        Some((reason, message)) => condition(READY, false, reason, message),
+    });
+    let was_ready = matches!(previous.and_then(|status| status.phase), Some(Phase::Ready | Phase::Degraded));
+    let phase = match verdict {
+        Verdict::Ready => Phase::Ready,
+        Verdict::Pending => Phase::Provisioning,
+        Verdict::Retryable if was_ready => Phase::Degraded,
+        Verdict::Retryable => Phase::Provisioning,
+        Verdict::Terminal => Phase::Failed,
+    };
+    // A part not reached this time keeps the reference found before.
+    let keep = |found: &Option<AwsResourceRef>, before: Option<&Option<AwsResourceRef>>| found.clone().or_else(|| before.cloned().flatten());
+    MetricsPipelineStatus {
+        observed_generation: generation,
+        phase: Some(phase),
+        conditions,
+        input_stream: keep(&report.input_stream, previous.map(|s| &s.input_stream)),
+        output_stream: keep(&report.output_stream, previous.map(|s| &s.output_stream)),
+        bucket: keep(&report.bucket, previous.map(|s| &s.bucket)),
+        firehose_role: keep(&report.firehose_role, previous.map(|s| &s.firehose_role)),
+        delivery_stream: keep(&report.delivery_stream, previous.map(|s| &s.delivery_stream)),
+        glue_database: keep(&report.glue_database, previous.map(|s| &s.glue_database)),
+        glue_table: keep(&report.glue_table, previous.map(|s| &s.glue_table)),
+        aggregator: previous.and_then(|status| status.aggregator.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_pipeline_crds::validation::{FieldError, ValidationErrors};
+
+    use super::*;
+
+    fn at(seconds: i64) -> Time {
+        Time(jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn ready_report() -> Report {
+        Report {
+            parts: vec![
+                (STREAMS_READY, PartState::Ready("streams a and b are active".into())),
+                (BUCKET_READY, PartState::Ready("bucket c".into())),
+            ],
+            bucket: Some(AwsResourceRef { name: "c".into(), arn: Some("arn:aws:s3:::c".into()) }),
+            ..Report::default()
+        }
+    }
+
+    fn condition<'a>(status: &'a MetricsPipelineStatus, kind: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == kind).unwrap()
+    }
+
+    #[test]
+    fn all_parts_ready_make_the_pipeline_ready() {
+        let status = build(&ready_report(), Some(3), None, at(100));
+        assert_eq!(status.phase, Some(Phase::Ready));
+        assert_eq!(status.observed_generation, Some(3));
+        let ready = condition(&status, READY);
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "PipelineReady"));
+        assert_eq!(status.bucket.unwrap().arn.as_deref(), Some("arn:aws:s3:::c"));
+    }
+
+    #[test]
+    fn an_invalid_spec_fails_with_the_field_and_the_fix() {
+        let errors = ValidationErrors(vec![FieldError { field: "spec.delivery.bufferSizeMiB".into(), message: "must be at least 64".into() }]);
+        let report = Report { invalid_spec: Some(Error::InvalidSpec(errors)), ..Report::default() };
+        let status = build(&report, Some(1), None, at(100));
+        assert_eq!(status.phase, Some(Phase::Failed));
+        let ready = condition(&status, READY);
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
+        assert!(ready.message.contains("spec.delivery.bufferSizeMiB: must be at least 64"), "{}", ready.message);
+    }
+
+    #[test]
+    fn an_outage_after_ready_degrades_and_before_ready_still_provisions() {
+        let mut report = ready_report();
+        report.parts.push((DELIVERY_READY, PartState::Failed(Error::Aws { action: "describing x".into(), message: "down".into(), retryable: true })));
+        let before = build(&report, Some(1), None, at(100));
+        assert_eq!(before.phase, Some(Phase::Provisioning));
+        let was_ready = build(&ready_report(), Some(1), None, at(100));
+        let after = build(&report, Some(1), Some(&was_ready), at(200));
+        assert_eq!(after.phase, Some(Phase::Degraded));
+        assert_eq!(condition(&after, READY).reason, "AwsUnavailable");
+        assert_eq!(condition(&after, DELIVERY_READY).message, "describing x: down");
+    }
+
+    #[test]
+    fn transition_times_move_only_when_a_condition_flips() {
+        let first = build(&ready_report(), Some(1), None, at(100));
+        let again = build(&ready_report(), Some(1), Some(&first), at(200));
+        assert_eq!(condition(&again, READY).last_transition_time, at(100));
+        let mut pending = ready_report();
+        pending.parts[0].1 = PartState::Pending("stream a is CREATING".into());
+        let flipped = build(&pending, Some(2), Some(&again), at(300));
+        assert_eq!(condition(&flipped, READY).last_transition_time, at(300));
+        assert_eq!(condition(&flipped, BUCKET_READY).last_transition_time, at(100));
+        assert_eq!(flipped.phase, Some(Phase::Provisioning));
+    }
+
+    #[test]
+    fn a_terminal_failure_outranks_a_retryable_one() {
+        let mut report = ready_report();
+        report.parts.push((DELIVERY_READY, PartState::Failed(Error::Aws { action: "a".into(), message: "b".into(), retryable: true })));
+        report.parts.push((
+            CATALOG_READY,
+            PartState::Failed(Error::NotOwned { kind: "Glue table", name: "d.t".into(), owner: "ns/p".into(), found: None }),
+        ));
+        assert_eq!(report.verdict(), Verdict::Terminal);
+    }
+}

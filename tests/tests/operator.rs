@@ -1,0 +1,291 @@
+//! The operator against the real API server and the AWS emulator: a pipeline from the example
+//! becomes Ready with every AWS object as specified, steady state mutates nothing, drift is
+//! repaired within one resync, deletion leaves nothing, an invalid spec creates nothing, and an
+//! AWS outage gives a retryable condition and then recovery.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use aws_sdk_kinesis::types::StreamStatus;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use metrics_pipeline_crds::aws::{s3_client, sdk_config};
+use metrics_pipeline_crds::pipeline::Phase;
+use metrics_pipeline_crds::validation::AwsTarget;
+use metrics_pipeline_crds::{MetricsPipeline, MetricsPipelineStatus};
+use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client, repo_path};
+use metrics_pipeline_operator::aws::{AwsCalls, delivery};
+use metrics_pipeline_operator::controller::{Aws, Context, FINALIZER, Settings, run};
+use metrics_pipeline_operator::metrics::Metrics;
+use tokio::sync::oneshot;
+
+fn example(file: &str) -> MetricsPipeline {
+    serde_yaml::from_str(&std::fs::read_to_string(repo_path(&format!("examples/{file}"))).unwrap()).unwrap()
+}
+
+/// The operator, in-process, watching one namespace.
+struct Operator {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    calls: AwsCalls,
+}
+
+impl Operator {
+    async fn start(client: &Client, namespace: &str, endpoint: Option<String>, resync: Duration) -> Self {
+        let mut sdk = sdk_config(None).await;
+        let account = aws_sdk_sts::Client::new(&sdk).get_caller_identity().send().await.unwrap().account.unwrap();
+        if let Some(endpoint) = endpoint {
+            sdk = sdk.to_builder().endpoint_url(endpoint).build();
+        }
+        let target = AwsTarget { account_id: account, default_region: sdk.region().map(ToString::to_string) };
+        let calls = AwsCalls::default();
+        let settings = Settings { resync, pending_requeue: Duration::from_millis(500), error_requeue: Duration::from_secs(1) };
+        let context = Arc::new(Context::new(client.clone(), Aws::new(sdk, target, calls.clone()), Arc::new(Metrics::new(&calls)), settings));
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(context, Some(namespace.to_owned()), async move {
+            let _ = stopped.await;
+        }));
+        Self { stop: Some(stop), task, calls }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = self.task.await;
+    }
+
+    /// AWS calls so far whose operation changes something.
+    fn mutating_calls(&self) -> Vec<String> {
+        const MUTATING: [&str; 9] = ["Create", "Put", "Update", "Delete", "Add", "Tag", "Increase", "Decrease", "Batch"];
+        self.calls
+            .snapshot()
+            .into_iter()
+            .filter(|(_, operation, _)| MUTATING.iter().any(|verb| operation.starts_with(verb)))
+            .map(|(service, operation, count)| format!("{service}.{operation} x{count}"))
+            .collect()
+    }
+
+    fn total_calls(&self) -> u64 {
+        self.calls.snapshot().iter().map(|(_, _, count)| count).sum()
+    }
+}
+
+async fn wait_for(pipelines: &Api<MetricsPipeline>, name: &str, what: &str, check: impl Fn(&MetricsPipelineStatus) -> bool) -> MetricsPipelineStatus {
+    let mut last = None;
+    for _ in 0..240 {
+        if let Some(status) = pipelines.get(name).await.unwrap().status {
+            if check(&status) {
+                return status;
+            }
+            last = Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{what} did not happen within 60 s; last status: {last:#?}");
+}
+
+fn ready_condition(status: &MetricsPipelineStatus) -> Option<(&str, &str, &str)> {
+    status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
+}
+
+/// Names of everything in the emulator's account that starts with `prefix` (or, for Glue,
+/// the database named like it).
+async fn everything_named(prefix: &str) -> Vec<String> {
+    let sdk = sdk_config(None).await;
+    let mut found = Vec::new();
+    let streams = aws_sdk_kinesis::Client::new(&sdk).list_streams().send().await.unwrap();
+    found.extend(streams.stream_names().iter().filter(|name| name.starts_with(prefix)).map(|name| format!("stream {name}")));
+    let buckets = s3_client(&sdk).list_buckets().send().await.unwrap();
+    found.extend(buckets.buckets().iter().filter_map(|b| b.name()).filter(|name| name.starts_with(prefix)).map(|name| format!("bucket {name}")));
+    let roles = aws_sdk_iam::Client::new(&sdk).list_roles().send().await.unwrap();
+    found.extend(roles.roles().iter().map(|role| role.role_name()).filter(|name| name.starts_with(prefix)).map(|name| format!("role {name}")));
+    let deliveries = aws_sdk_firehose::Client::new(&sdk).list_delivery_streams().send().await.unwrap();
+    found.extend(deliveries.delivery_stream_names().iter().filter(|name| name.starts_with(prefix)).map(|name| format!("delivery {name}")));
+    let databases = aws_sdk_glue::Client::new(&sdk).get_databases().send().await.unwrap();
+    let glue_prefix = prefix.replace('-', "_");
+    found.extend(databases.database_list().iter().map(|d| d.name()).filter(|name| name.starts_with(&glue_prefix)).map(|name| format!("glue database {name}")));
+    found
+}
+
+#[tokio::test]
+async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_behind() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let namespace = TestNamespace::create(&client, "op-example").await.unwrap();
+    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
+    let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(3)).await;
+
+    pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(example("pipeline.yaml"))).await.unwrap();
+    let status = wait_for(&pipelines, "metrics", "Ready", |s| s.phase == Some(Phase::Ready)).await;
+    let prefix = format!("{}-metrics", namespace.name);
+    assert_eq!(ready_condition(&status).map(|c| c.0), Some("True"));
+    for part in ["StreamsReady", "BucketReady", "DeliveryReady", "CatalogReady"] {
+        let condition = status.conditions.iter().find(|c| c.type_ == part).unwrap_or_else(|| panic!("{part} missing"));
+        assert_eq!(condition.status, "True", "{part}: {}", condition.message);
+    }
+    let refs = [&status.input_stream, &status.output_stream, &status.bucket, &status.firehose_role, &status.delivery_stream, &status.glue_database, &status.glue_table];
+    for reference in refs {
+        let reference = reference.as_ref().expect("every part is named in the status");
+        assert!(reference.arn.as_deref().is_some_and(|arn| arn.starts_with("arn:aws:")), "{reference:?} has an ARN");
+    }
+    assert_eq!(status.input_stream.as_ref().unwrap().name, format!("{prefix}-input"));
+    let pipeline = pipelines.get("metrics").await.unwrap();
+    assert!(pipeline.finalizers().contains(&FINALIZER.to_owned()));
+
+    // Every AWS object reads back as specified.
+    let sdk = sdk_config(None).await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    for stream in [format!("{prefix}-input"), format!("{prefix}-output")] {
+        let summary = kinesis.describe_stream_summary().stream_name(&stream).send().await.unwrap().stream_description_summary.unwrap();
+        assert_eq!((summary.stream_status, summary.open_shard_count, summary.retention_period_hours), (StreamStatus::Active, 1, 24));
+        let tags = kinesis.list_tags_for_stream().stream_name(&stream).send().await.unwrap();
+        let owner = tags.tags().iter().find(|t| t.key() == "metrics.dev/pipeline").and_then(|t| t.value());
+        assert_eq!(owner, Some(format!("{}/metrics", namespace.name).as_str()));
+    }
+    let s3 = s3_client(&sdk);
+    let bucket = &status.bucket.as_ref().unwrap().name;
+    let block = s3.get_public_access_block().bucket(bucket).send().await.unwrap().public_access_block_configuration.unwrap();
+    assert_eq!(
+        (block.block_public_acls(), block.ignore_public_acls(), block.block_public_policy(), block.restrict_public_buckets()),
+        (Some(true), Some(true), Some(true), Some(true))
+    );
+    assert!(s3.get_bucket_encryption().bucket(bucket).send().await.unwrap().server_side_encryption_configuration.is_some());
+    let firehose = aws_sdk_firehose::Client::new(&sdk);
+    let delivery_name = format!("{prefix}-delivery");
+    let description = firehose.describe_delivery_stream().delivery_stream_name(&delivery_name).send().await.unwrap().delivery_stream_description.unwrap();
+    let settings = delivery::observed(&description).expect("a Kinesis-sourced extended S3 delivery stream");
+    assert_eq!(settings.source_stream_arn, status.output_stream.as_ref().unwrap().arn.clone().unwrap());
+    assert_eq!(settings.bucket_arn, status.bucket.as_ref().unwrap().arn.clone().unwrap());
+    assert_eq!(settings.role_arn, status.firehose_role.as_ref().unwrap().arn.clone().unwrap());
+    assert_eq!((settings.prefix.as_str(), settings.error_prefix.as_str()), (delivery::PREFIX, delivery::ERROR_PREFIX));
+    assert_eq!((settings.buffer_interval_seconds, settings.buffer_size_mib), (60, 64));
+    assert_eq!(settings.compression, aws_sdk_firehose::types::CompressionFormat::Gzip);
+    assert!(settings.dynamic_partitioning);
+    let glue = aws_sdk_glue::Client::new(&sdk);
+    let database = &status.glue_database.as_ref().unwrap().name;
+    let table = glue.get_table().database_name(database).name("metric_aggregates").send().await.unwrap().table.unwrap();
+    assert_eq!(table.partition_keys().iter().map(|c| c.name()).collect::<Vec<_>>(), ["componentName"]);
+    assert_eq!(table.storage_descriptor().unwrap().location(), Some(format!("s3://{bucket}/").as_str()));
+    let iam = aws_sdk_iam::Client::new(&sdk);
+    let policy = iam.get_role_policy().role_name(format!("{prefix}-firehose")).policy_name(format!("{prefix}-firehose-delivery")).send().await.unwrap();
+    assert!(policy.policy_document().contains(&format!("{prefix}-output")), "the role's policy names the output stream");
+
+    // Steady state: resyncs read, and change nothing.
+    let (calls_before, mutating_before) = (operator.total_calls(), operator.mutating_calls());
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(operator.total_calls() > calls_before, "resyncs ran");
+    assert_eq!(operator.mutating_calls(), mutating_before, "a steady-state reconcile makes no mutating AWS call");
+
+    // Drift: a delivery stream deleted by hand comes back within one resync.
+    firehose.delete_delivery_stream().delivery_stream_name(&delivery_name).send().await.unwrap();
+    let mut repaired = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if firehose.describe_delivery_stream().delivery_stream_name(&delivery_name).send().await.is_ok() {
+            repaired = true;
+            break;
+        }
+    }
+    assert!(repaired, "the deleted delivery stream was recreated within 10 s (resync 3 s)");
+
+    // Deletion removes every AWS object, then the resource.
+    assert!(!everything_named(&prefix).await.is_empty());
+    pipelines.delete("metrics", &DeleteParams::default()).await.unwrap();
+    for _ in 0..240 {
+        if pipelines.get_opt("metrics").await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(pipelines.get_opt("metrics").await.unwrap().is_none(), "the finalizer let go");
+    assert_eq!(everything_named(&prefix).await, Vec::<String>::new(), "nothing left in any service");
+    operator.stop().await;
+    namespace.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_invalid_spec_gets_a_terminal_condition_naming_the_field_and_creates_nothing() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let namespace = TestNamespace::create(&client, "op-invalid").await.unwrap();
+    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
+    let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(60)).await;
+
+    let mut pipeline = example("minimal.yaml");
+    pipeline.metadata.name = Some("broken".into());
+    pipeline.spec.streams.input.capacity_mode = metrics_pipeline_crds::pipeline::CapacityMode::OnDemand;
+    pipeline.spec.streams.input.shard_count = Some(2);
+    pipelines.patch("broken", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
+    let status = wait_for(&pipelines, "broken", "the Failed phase", |s| s.phase == Some(Phase::Failed)).await;
+    let (ready, reason, message) = ready_condition(&status).unwrap();
+    assert_eq!((ready, reason), ("False", "InvalidSpec"));
+    assert!(message.contains("spec.streams.input.shardCount"), "{message}");
+    assert_eq!(operator.mutating_calls(), Vec::<String>::new(), "nothing was created");
+    assert_eq!(everything_named(&format!("{}-broken", namespace.name)).await, Vec::<String>::new());
+
+    pipelines.delete("broken", &DeleteParams::default()).await.unwrap();
+    operator.stop().await;
+    namespace.delete().await.unwrap();
+}
+
+/// A TCP relay to the emulator that can be cut, to play an AWS outage.
+struct Relay {
+    up: Arc<AtomicBool>,
+    endpoint: String,
+}
+
+impl Relay {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let up = Arc::new(AtomicBool::new(false));
+        let relay_up = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !relay_up.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { up, endpoint }
+    }
+}
+
+#[tokio::test]
+async fn an_aws_outage_is_a_retryable_condition_and_the_pipeline_recovers() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let namespace = TestNamespace::create(&client, "op-outage").await.unwrap();
+    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
+    let emulator = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let relay = Relay::start(emulator.trim_start_matches("http://").to_owned()).await;
+    let operator = Operator::start(&client, &namespace.name, Some(relay.endpoint.clone()), Duration::from_secs(60)).await;
+
+    let mut pipeline = example("minimal.yaml");
+    pipeline.metadata.name = Some("outage".into());
+    pipelines.patch("outage", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
+    let status = wait_for(&pipelines, "outage", "a retryable condition", |s| ready_condition(s).is_some_and(|c| c.1 == "AwsUnavailable")).await;
+    assert_eq!(status.phase, Some(Phase::Provisioning));
+    assert!(ready_condition(&status).unwrap().2.contains("could not be reached"), "{:?}", ready_condition(&status));
+
+    relay.up.store(true, Ordering::SeqCst);
+    wait_for(&pipelines, "outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready)).await;
+
+    pipelines.delete("outage", &DeleteParams::default()).await.unwrap();
+    for _ in 0..240 {
+        if pipelines.get_opt("outage").await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(everything_named(&format!("{}-outage", namespace.name)).await, Vec::<String>::new());
+    operator.stop().await;
+    namespace.delete().await.unwrap();
+}
