@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use metrics_aggregator::bucket::Bucket;
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
 use metrics_aggregator::run::{AggregatorConfig, run};
@@ -18,9 +18,8 @@ use metrics_pipeline_crds::aws::{s3_client, sdk_config};
 use metrics_pipeline_crds::duration::parse_duration;
 use metrics_pipeline_crds::event::EventTime;
 use metrics_pipeline_crds::pipeline::AggregationSpec;
+use metrics_pipeline_crds::process::{LogFormat, init_logging, shutdown_signal};
 use metrics_pipeline_crds::validation::WindowConfig;
-use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(version, about = "Event-time windowed aggregation of metric events, Kinesis to Kinesis")]
@@ -32,12 +31,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -131,17 +124,9 @@ struct GenerateArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match EnvFilter::try_new(&cli.log_level) {
-        Ok(filter) => filter,
-        Err(error) => {
-            eprintln!("--log-level `{}` is not a log filter ({error}); use a level such as `info` or `debug`", cli.log_level);
-            return ExitCode::from(2);
-        }
-    };
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => subscriber.init(),
-        LogFormat::Json => subscriber.json().init(),
+    if let Err(message) = init_logging(&cli.log_level, cli.log_format) {
+        eprintln!("{message}");
+        return ExitCode::from(2);
     }
     let result = match cli.command {
         Command::Run(args) => run_aggregator(args).await,
@@ -230,14 +215,5 @@ async fn aws(args: AwsArgs) -> aws_config::SdkConfig {
     match args.endpoint_url {
         Some(url) => sdk.to_builder().endpoint_url(url).build(),
         None => sdk,
-    }
-}
-
-/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
-    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
     }
 }

@@ -12,12 +12,11 @@ use axum::routing::get;
 use clap::Parser;
 use metrics_pipeline_crds::aws::sdk_config;
 use metrics_pipeline_crds::duration::parse_duration;
+use metrics_pipeline_crds::process::{LogFormat, init_logging, shutdown_signal};
 use metrics_pipeline_crds::validation::AwsTarget;
 use metrics_pipeline_operator::aws::AwsCalls;
 use metrics_pipeline_operator::controller::{Aws, Context, Settings, run};
 use metrics_pipeline_operator::metrics::Metrics;
-use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(version, about = "Reconciles MetricsPipeline resources into Kinesis, S3, IAM, Firehose and Glue")]
@@ -34,22 +33,20 @@ struct Cli {
     /// Address of /healthz and /metrics.
     #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
-    /// Log filter: a level or tracing directives.
+    /// Log filter: a level (`debug`) or tracing directives (`metrics_pipeline_operator=debug,info`).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match EnvFilter::try_new(&cli.log_level) {
-        Ok(filter) => filter,
-        Err(error) => {
-            eprintln!("--log-level `{}` is not a log filter ({error})", cli.log_level);
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if let Err(message) = init_logging(&cli.log_level, cli.log_format) {
+        eprintln!("{message}");
+        return ExitCode::from(2);
+    }
     match operate(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -83,13 +80,4 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
     run(context, cli.namespace, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
-    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

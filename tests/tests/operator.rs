@@ -84,6 +84,18 @@ async fn wait_for(pipelines: &Api<MetricsPipeline>, name: &str, what: &str, chec
     panic!("{what} did not happen within 60 s; last status: {last:#?}");
 }
 
+/// Deletes the pipeline and waits until the operator's cleanup let the finalizer go.
+async fn delete_and_wait(pipelines: &Api<MetricsPipeline>, name: &str) {
+    pipelines.delete(name, &DeleteParams::default()).await.unwrap();
+    for _ in 0..240 {
+        if pipelines.get_opt(name).await.unwrap().is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{name} was not deleted within 60 s: {:#?}", pipelines.get(name).await.unwrap().status);
+}
+
 fn ready_condition(status: &MetricsPipelineStatus) -> Option<(&str, &str, &str)> {
     status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
 }
@@ -190,14 +202,7 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
 
     // Deletion removes every AWS object, then the resource.
     assert!(!everything_named(&prefix).await.is_empty());
-    pipelines.delete("metrics", &DeleteParams::default()).await.unwrap();
-    for _ in 0..240 {
-        if pipelines.get_opt("metrics").await.unwrap().is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(pipelines.get_opt("metrics").await.unwrap().is_none(), "the finalizer let go");
+    delete_and_wait(&pipelines, "metrics").await;
     assert_eq!(everything_named(&prefix).await, Vec::<String>::new(), "nothing left in any service");
     operator.stop().await;
     namespace.delete().await.unwrap();
@@ -278,13 +283,7 @@ async fn an_aws_outage_is_a_retryable_condition_and_the_pipeline_recovers() {
     relay.up.store(true, Ordering::SeqCst);
     wait_for(&pipelines, "outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready)).await;
 
-    pipelines.delete("outage", &DeleteParams::default()).await.unwrap();
-    for _ in 0..240 {
-        if pipelines.get_opt("outage").await.unwrap().is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    delete_and_wait(&pipelines, "outage").await;
     assert_eq!(everything_named(&format!("{}-outage", namespace.name)).await, Vec::<String>::new());
     operator.stop().await;
     namespace.delete().await.unwrap();

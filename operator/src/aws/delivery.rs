@@ -220,39 +220,37 @@ fn partitioning() -> DynamicPartitioningConfiguration {
         .build()
 }
 
+/// The destination fields CreateDeliveryStream and UpdateDestination share, on either builder.
+macro_rules! with_destination {
+    ($builder:expr, $settings:expr) => {
+        $builder
+            .role_arn(&$settings.role_arn)
+            .bucket_arn(&$settings.bucket_arn)
+            .prefix(&$settings.prefix)
+            .error_output_prefix(&$settings.error_prefix)
+            .buffering_hints(buffering($settings))
+            .compression_format($settings.compression.clone())
+            .dynamic_partitioning_configuration(partitioning())
+            .processing_configuration(processing($settings))
+    };
+}
+
 /// The destination of CreateDeliveryStream.
 pub fn destination_configuration(settings: &DeliverySettings) -> ExtendedS3DestinationConfiguration {
-    ExtendedS3DestinationConfiguration::builder()
-        .role_arn(&settings.role_arn)
-        .bucket_arn(&settings.bucket_arn)
-        .prefix(&settings.prefix)
-        .error_output_prefix(&settings.error_prefix)
-        .buffering_hints(buffering(settings))
-        .compression_format(settings.compression.clone())
-        .dynamic_partitioning_configuration(partitioning())
-        .processing_configuration(processing(settings))
+    with_destination!(ExtendedS3DestinationConfiguration::builder(), settings)
         .set_data_format_conversion_configuration(settings.parquet.as_ref().map(conversion))
         .build()
         .expect("role and bucket are set")
 }
 
-/// The same settings as an UpdateDestination.
+/// The same settings as an UpdateDestination; conversion is switched off explicitly, since an
+/// update leaves out what it does not name.
 fn destination_update(settings: &DeliverySettings) -> ExtendedS3DestinationUpdate {
     let conversion = match &settings.parquet {
         Some(parquet) => conversion(parquet),
         None => DataFormatConversionConfiguration::builder().enabled(false).build(),
     };
-    ExtendedS3DestinationUpdate::builder()
-        .role_arn(&settings.role_arn)
-        .bucket_arn(&settings.bucket_arn)
-        .prefix(&settings.prefix)
-        .error_output_prefix(&settings.error_prefix)
-        .buffering_hints(buffering(settings))
-        .compression_format(settings.compression.clone())
-        .dynamic_partitioning_configuration(partitioning())
-        .processing_configuration(processing(settings))
-        .data_format_conversion_configuration(conversion)
-        .build()
+    with_destination!(ExtendedS3DestinationUpdate::builder(), settings).data_format_conversion_configuration(conversion).build()
 }
 
 async fn describe(clients: &AwsClients, name: &str) -> Result<Option<DeliveryStreamDescription>, Error> {
