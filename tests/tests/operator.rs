@@ -182,23 +182,41 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     let policy = iam.get_role_policy().role_name(format!("{prefix}-firehose")).policy_name(format!("{prefix}-firehose-delivery")).send().await.unwrap();
     assert!(policy.policy_document().contains(&format!("{prefix}-output")), "the role's policy names the output stream");
 
+    // Registered partitions: a component's first object gets its Glue partition within a resync.
+    s3.put_object().bucket(bucket).key("componentName=user-service/2021/part-0001.gz").body(Vec::new().into()).send().await.unwrap();
+    let mut partitions = Vec::new();
+    for _ in 0..40 {
+        let page = glue.get_partitions().database_name(database).table_name("metric_aggregates").send().await.unwrap();
+        partitions = page.partitions().iter().map(|p| (p.values().to_vec(), p.storage_descriptor().and_then(|s| s.location()).map(str::to_owned))).collect();
+        if !partitions.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(partitions, [(vec!["user-service".to_owned()], Some(format!("s3://{bucket}/componentName=user-service/")))]);
+
     // Steady state: resyncs read, and change nothing.
     let (calls_before, mutating_before) = (operator.total_calls(), operator.mutating_calls());
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert!(operator.total_calls() > calls_before, "resyncs ran");
     assert_eq!(operator.mutating_calls(), mutating_before, "a steady-state reconcile makes no mutating AWS call");
 
-    // Drift: a delivery stream deleted by hand comes back within one resync.
+    // Drift: what is deleted or changed by hand is put back within a resync or two (3 s each).
     firehose.delete_delivery_stream().delivery_stream_name(&delivery_name).send().await.unwrap();
-    let mut repaired = false;
+    glue.delete_table().database_name(database).name("metric_aggregates").send().await.unwrap();
+    kinesis.increase_stream_retention_period().stream_name(format!("{prefix}-input")).retention_period_hours(48).send().await.unwrap();
+    let mut repaired = Vec::new();
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if firehose.describe_delivery_stream().delivery_stream_name(&delivery_name).send().await.is_ok() {
-            repaired = true;
+        let delivery = firehose.describe_delivery_stream().delivery_stream_name(&delivery_name).send().await.is_ok();
+        let table = glue.get_table().database_name(database).name("metric_aggregates").send().await.is_ok();
+        let input = kinesis.describe_stream_summary().stream_name(format!("{prefix}-input")).send().await.unwrap().stream_description_summary.unwrap();
+        repaired = vec![delivery, table, input.retention_period_hours == 24];
+        if repaired.iter().all(|ok| *ok) {
             break;
         }
     }
-    assert!(repaired, "the deleted delivery stream was recreated within 10 s (resync 3 s)");
+    assert_eq!(repaired, [true, true, true], "delivery stream recreated, table recreated, retention restored within 10 s");
 
     // Deletion removes every AWS object, then the resource.
     assert!(!everything_named(&prefix).await.is_empty());
@@ -285,6 +303,77 @@ async fn an_aws_outage_is_a_retryable_condition_and_the_pipeline_recovers() {
 
     delete_and_wait(&pipelines, "outage").await;
     assert_eq!(everything_named(&format!("{}-outage", namespace.name)).await, Vec::<String>::new());
+    operator.stop().await;
+    namespace.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn retain_keeps_bucket_and_catalog_and_removes_the_rest() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let namespace = TestNamespace::create(&client, "op-retain").await.unwrap();
+    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
+    let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(60)).await;
+
+    // The production-leaning example, with names of its own so that runs never collide.
+    let mut pipeline = example("on-demand-retain.yaml");
+    let prefix = namespace.name.clone();
+    let database = prefix.replace('-', "_");
+    pipeline.spec.name_prefix = Some(prefix.clone());
+    pipeline.spec.catalog.database = Some(database.clone());
+    pipelines.patch("shop-metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
+    let status = wait_for(&pipelines, "shop-metrics", "Ready", |s| s.phase == Some(Phase::Ready)).await;
+
+    let sdk = sdk_config(None).await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let input = kinesis.describe_stream_summary().stream_name(format!("{prefix}-input")).send().await.unwrap().stream_description_summary.unwrap();
+    assert_eq!(input.stream_mode_details.map(|m| m.stream_mode), Some(aws_sdk_kinesis::types::StreamMode::OnDemand));
+    assert_eq!(input.retention_period_hours, 168, "the retention change followed the creation");
+    let bucket = status.bucket.unwrap().name;
+    let s3 = s3_client(&sdk);
+    let lifecycle = s3.get_bucket_lifecycle_configuration().bucket(&bucket).send().await.unwrap();
+    assert_eq!(lifecycle.rules().iter().filter_map(|r| r.expiration().and_then(|e| e.days())).collect::<Vec<_>>(), [400]);
+    let glue = aws_sdk_glue::Client::new(&sdk);
+    let table = glue.get_table().database_name(&database).name("metric_aggregates").send().await.unwrap().table.unwrap();
+    let parameters = table.parameters().unwrap();
+    assert_eq!(parameters["projection.componentName.values"], "user-service,order-service,payment-service");
+
+    delete_and_wait(&pipelines, "shop-metrics").await;
+    let mut left = everything_named(&prefix).await;
+    left.sort();
+    assert_eq!(left, [format!("bucket {bucket}"), format!("glue database {database}")], "Retain keeps exactly the data and the catalog");
+    assert!(glue.get_table().database_name(&database).name("metric_aggregates").send().await.is_ok(), "the table stays too");
+
+    glue.delete_table().database_name(&database).name("metric_aggregates").send().await.unwrap();
+    glue.delete_database().name(&database).send().await.unwrap();
+    s3.delete_bucket().bucket(&bucket).send().await.unwrap();
+    operator.stop().await;
+    namespace.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_resource_someone_else_owns_is_never_taken_over() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let namespace = TestNamespace::create(&client, "op-taken").await.unwrap();
+    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk_config(None).await);
+    let foreign = format!("{}-taken-input", namespace.name);
+    kinesis.create_stream().stream_name(&foreign).shard_count(1).send().await.unwrap();
+    let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(60)).await;
+
+    let mut pipeline = example("minimal.yaml");
+    pipeline.metadata.name = Some("taken".into());
+    pipelines.patch("taken", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
+    let status = wait_for(&pipelines, "taken", "the Failed phase", |s| s.phase == Some(Phase::Failed)).await;
+    let streams = status.conditions.iter().find(|c| c.type_ == "StreamsReady").unwrap();
+    assert_eq!((streams.status.as_str(), streams.reason.as_str()), ("False", "NotOwned"));
+    assert!(streams.message.contains(&format!("Kinesis stream `{foreign}` already exists and is not this pipeline's")), "{}", streams.message);
+
+    delete_and_wait(&pipelines, "taken").await;
+    assert!(kinesis.describe_stream_summary().stream_name(&foreign).send().await.is_ok(), "the foreign stream survives the pipeline's deletion");
+    kinesis.delete_stream().stream_name(&foreign).send().await.unwrap();
+    assert_eq!(everything_named(&format!("{}-taken", namespace.name)).await, Vec::<String>::new());
     operator.stop().await;
     namespace.delete().await.unwrap();
 }
