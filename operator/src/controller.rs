@@ -351,3 +351,7 @@ async fn publish(context: &Context, pipeline: &MetricsPipeline, type_: EventType
         tracing::warn!(%error, "cannot publish an event");
     }
 }
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;

@@ -1,0 +1,118 @@
+//! The reconcile flow against a mocked API server: each test states the exact requests it
+//! expects, in order, and answers them. No AWS is reached: these paths never need it.
+
+use http::{Method, Request, Response};
+use kube::client::Body;
+use metrics_pipeline_crds::pipeline::CapacityMode;
+use metrics_pipeline_crds::{MetricsPipeline, MetricsPipelineSpec};
+use serde_json::{Value, json};
+use tower_test::mock::{Handle, pair};
+
+use super::*;
+
+type ApiServer = Handle<Request<Body>, Response<Body>>;
+
+fn context(default_region: Option<&str>) -> (Arc<Context>, ApiServer) {
+    let (service, handle) = pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let sdk = aws_config::SdkConfig::builder().behavior_version(aws_config::BehaviorVersion::latest()).build();
+    let target = AwsTarget { account_id: "123456789012".into(), default_region: default_region.map(str::to_owned) };
+    let calls = AwsCalls::default();
+    let metrics = Arc::new(Metrics::new(&calls));
+    (Arc::new(Context::new(client, Aws::new(sdk, target, calls), metrics, Settings::default())), handle)
+}
+
+fn pipeline(spec: MetricsPipelineSpec, finalizer: bool, deleting: bool) -> Arc<MetricsPipeline> {
+    let mut pipeline = MetricsPipeline::new("test", spec);
+    pipeline.metadata.namespace = Some("default".into());
+    pipeline.metadata.uid = Some("1b4d2c7e-0000-4000-8000-000000000000".into());
+    pipeline.metadata.generation = Some(1);
+    pipeline.metadata.resource_version = Some("1".into());
+    if finalizer {
+        pipeline.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    }
+    if deleting {
+        pipeline.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+    }
+    Arc::new(pipeline)
+}
+
+/// `spec: {}` with every default filled in, as the API server stores it.
+fn default_spec() -> MetricsPipelineSpec {
+    serde_json::from_value(json!({})).unwrap()
+}
+
+const PIPELINE_PATH: &str = "/apis/pipelines.metrics.dev/v1alpha1/namespaces/default/metricspipelines/test";
+
+/// Takes the next request, checks method and path, answers `response`; returns the JSON body.
+async fn expect(api: &mut ApiServer, method: Method, path: &str, response: Value) -> Value {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), api.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no {method} {path} within 5 s"))
+        .expect("the client is alive");
+    assert_eq!((request.method(), request.uri().path()), (&method, path), "query: {:?}", request.uri().query());
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&response).unwrap())).unwrap());
+    let mut body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if !query.is_empty() {
+        body["__query"] = Value::String(query);
+    }
+    body
+}
+
+#[tokio::test]
+async fn a_new_pipeline_first_gets_the_finalizer() {
+    let (context, mut api) = context(Some("eu-west-1"));
+    let fresh = pipeline(default_spec(), false, false);
+    let mut answer = serde_json::to_value(&*fresh).unwrap();
+    answer["metadata"]["finalizers"] = json!([FINALIZER]);
+    let server = tokio::spawn(async move { expect(&mut api, Method::PATCH, PIPELINE_PATH, answer).await });
+
+    let action = reconcile(fresh, context).await.unwrap();
+    let patch = server.await.unwrap();
+    assert_eq!(action, Action::await_change(), "the finalizer's own watch event brings the next reconcile");
+    let operations = patch.as_array().expect("a JSON patch");
+    assert!(operations.iter().any(|op| op["op"] == "add" && op["path"].as_str().is_some_and(|p| p.starts_with("/metadata/finalizers"))), "{patch}");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_in_status_and_as_an_event_without_touching_aws() {
+    let (context, mut api) = context(Some("eu-west-1"));
+    let mut spec = default_spec();
+    spec.streams.input.capacity_mode = CapacityMode::OnDemand;
+    spec.streams.input.shard_count = Some(2);
+    let invalid = pipeline(spec, true, false);
+    let answer = serde_json::to_value(&*invalid).unwrap();
+    let server = tokio::spawn(async move {
+        let status = expect(&mut api, Method::PATCH, &format!("{PIPELINE_PATH}/status"), answer).await;
+        let event = expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events", json!({})).await;
+        (status, event)
+    });
+
+    let action = reconcile(invalid, context.clone()).await.unwrap();
+    let (status, event) = server.await.unwrap();
+    assert_eq!(action, Action::requeue(context.settings.resync), "terminal: nothing to retry until the spec changes");
+    assert!(status["__query"].as_str().unwrap().contains("fieldManager=metrics-pipeline-operator"), "server-side apply: {status}");
+    assert_eq!(status["status"]["phase"], "Failed");
+    let ready = status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("InvalidSpec")));
+    assert!(ready["message"].as_str().unwrap().contains("spec.streams.input.shardCount"), "{ready}");
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
+    assert_eq!(context.aws.calls.snapshot(), [], "no AWS call");
+}
+
+#[tokio::test]
+async fn deleting_a_pipeline_that_never_had_a_region_releases_the_finalizer() {
+    let (context, mut api) = context(None);
+    let deleting = pipeline(default_spec(), true, true);
+    let mut answer = serde_json::to_value(&*deleting).unwrap();
+    answer["metadata"]["finalizers"] = json!([]);
+    let server = tokio::spawn(async move { expect(&mut api, Method::PATCH, PIPELINE_PATH, answer).await });
+
+    let action = reconcile(deleting, context).await.unwrap();
+    let patch = server.await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let operations = patch.as_array().expect("a JSON patch");
+    assert!(operations.iter().any(|op| op["op"] == "remove"), "the finalizer is removed: {patch}");
+}
