@@ -127,8 +127,12 @@ async fn apply(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context: 
     let status = status::build(&report, pipeline.metadata.generation, pipeline.status.as_ref(), now);
     write_status(api, &pipeline.name_any(), &status).await?;
 
-    for change in &report.changes {
-        publish(context, pipeline, EventType::Normal, "Provisioned", "Reconcile", change).await;
+    if !report.changes.is_empty() {
+        // One event per reconcile: the recorder folds events of one reason and action into a
+        // series that keeps the first note, so separate events per change would hide all but one.
+        let was_ready = pipeline.status.as_ref().and_then(|s| s.phase).is_some_and(|phase| phase != Phase::Provisioning);
+        let (reason, action) = if was_ready { ("Repaired", "Update") } else { ("Provisioned", "Create") };
+        publish(context, pipeline, EventType::Normal, reason, action, &report.changes.join("; ")).await;
     }
     if let Some((reason, message)) = report.first_problem().filter(|_| report.verdict() != Verdict::Pending) {
         let previous = pipeline.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == status::READY)).map(|c| c.message.as_str());
