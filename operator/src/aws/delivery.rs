@@ -328,12 +328,21 @@ async fn create(clients: &AwsClients, name: &str, owner: &str, settings: &Delive
         .send()
         .await
         .map_err(|error| {
-            // A role created seconds ago is not assumable yet: IAM is eventually consistent.
+            let quota = error_code(&error) == Some("LimitExceededException");
             let mut error = aws_error(format!("creating Firehose delivery stream {name}"), error);
-            if let Error::Aws { message, retryable, .. } = &mut error
-                && message.contains("assume role")
-            {
-                *retryable = true;
+            if let Error::Aws { message, retryable, .. } = &mut error {
+                if quota {
+                    // Firehose's LimitExceeded is the account's quota of delivery streams, not a rate.
+                    *retryable = false;
+                    *message = format!(
+                        "the account's quota of Firehose delivery streams in {} is used up (50 by default): request a \
+                         quota increase, delete unused delivery streams, or put this pipeline in another spec.region ({message})",
+                        clients.region
+                    );
+                } else if message.contains("assume role") {
+                    // A role created seconds ago is not assumable yet: IAM is eventually consistent.
+                    *retryable = true;
+                }
             }
             error
         })?;
