@@ -169,7 +169,7 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
     };
     let bucket = Bucket::new(s3_client(&sdk), args.bucket);
     tokio::select! {
-        result = run(config, aws_sdk_kinesis::Client::new(&sdk), bucket, health, shutdown_signal()) => result,
+        result = run(config, kinesis_client(&sdk), bucket, health, shutdown_signal()) => result,
         served = server => Err(anyhow::anyhow!("the health and metrics server stopped: {:?}", served)),
     }
 }
@@ -189,7 +189,7 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     });
     let generator = Generator::new(GeneratorConfig { components, metrics, start, step: args.step, jitter: args.jitter, seed: args.seed });
     let sdk = aws(args.aws).await;
-    let sink = KinesisSink::new(aws_sdk_kinesis::Client::new(&sdk), args.stream.clone());
+    let sink = KinesisSink::new(kinesis_client(&sdk), args.stream.clone());
     tracing::info!(stream = %args.stream, count = ?args.count, rate = ?args.rate, start = %start, "publishing");
     let published = publish(&sink, generator, args.partition_key, args.count, args.rate, shutdown_signal()).await;
     tracing::info!(published, stream = %args.stream, "done");
@@ -216,4 +216,12 @@ async fn aws(args: AwsArgs) -> aws_config::SdkConfig {
         Some(url) => sdk.to_builder().endpoint_url(url).build(),
         None => sdk,
     }
+}
+
+/// A Kinesis client on `sdk`'s endpoint: service configs would otherwise prefer the
+/// environment's `AWS_ENDPOINT_URL` over `--endpoint-url`.
+fn kinesis_client(sdk: &aws_config::SdkConfig) -> aws_sdk_kinesis::Client {
+    let mut builder = aws_sdk_kinesis::config::Builder::from(sdk);
+    builder.set_endpoint_url(sdk.endpoint_url().map(str::to_owned));
+    aws_sdk_kinesis::Client::from_conf(builder.build())
 }

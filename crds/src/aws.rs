@@ -16,8 +16,9 @@ pub async fn sdk_config(region: Option<String>) -> SdkConfig {
 }
 
 /// An S3 client; path-style addressing when an endpoint override (an emulator) is set, since
-/// `<bucket>.127.0.0.1` does not resolve.
+/// `<bucket>.127.0.0.1` does not resolve. The config's endpoint wins over the environment's.
 pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
-    let s3_config = aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some()).build();
-    aws_sdk_s3::Client::from_conf(s3_config)
+    let mut builder = aws_sdk_s3::config::Builder::from(config);
+    builder.set_endpoint_url(config.endpoint_url().map(str::to_owned));
+    aws_sdk_s3::Client::from_conf(builder.force_path_style(config.endpoint_url().is_some()).build())
 }

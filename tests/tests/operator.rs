@@ -291,15 +291,27 @@ async fn an_aws_outage_is_a_retryable_condition_and_the_pipeline_recovers() {
     let relay = Relay::start(emulator.trim_start_matches("http://").to_owned()).await;
     let operator = Operator::start(&client, &namespace.name, Some(relay.endpoint.clone()), Duration::from_secs(60)).await;
 
+    // AWS unreachable from the first call: retryable, still provisioning.
     let mut pipeline = example("minimal.yaml");
     pipeline.metadata.name = Some("outage".into());
     pipelines.patch("outage", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
     let status = wait_for(&pipelines, "outage", "a retryable condition", |s| ready_condition(s).is_some_and(|c| c.1 == "AwsUnavailable")).await;
     assert_eq!(status.phase, Some(Phase::Provisioning));
     assert!(ready_condition(&status).unwrap().2.contains("could not be reached"), "{:?}", ready_condition(&status));
-
     relay.up.store(true, Ordering::SeqCst);
     wait_for(&pipelines, "outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready)).await;
+
+    // AWS gone after the pipeline was Ready: Degraded, and Ready again once it is back.
+    relay.up.store(false, Ordering::SeqCst);
+    pipeline.spec.delivery.buffer_interval_seconds = 120;
+    pipelines.patch("outage", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
+    wait_for(&pipelines, "outage", "the Degraded phase", |s| s.phase == Some(Phase::Degraded)).await;
+    relay.up.store(true, Ordering::SeqCst);
+    wait_for(&pipelines, "outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)).await;
+    let firehose = aws_sdk_firehose::Client::new(&sdk_config(None).await);
+    let delivery = format!("{}-outage-delivery", namespace.name);
+    let description = firehose.describe_delivery_stream().delivery_stream_name(&delivery).send().await.unwrap().delivery_stream_description.unwrap();
+    assert_eq!(delivery::observed(&description).unwrap().buffer_interval_seconds, 120, "the spec change went through UpdateDestination");
 
     delete_and_wait(&pipelines, "outage").await;
     assert_eq!(everything_named(&format!("{}-outage", namespace.name)).await, Vec::<String>::new());
