@@ -81,7 +81,9 @@ pub fn desired(delivery: &DeliveryConfig, connections: &Connections<'_>) -> Deli
     let compression = match (&parquet, delivery.compression) {
         (Some(_), _) | (None, Compression::Uncompressed) => CompressionFormat::Uncompressed,
         (None, Compression::Gzip) => CompressionFormat::Gzip,
-        (None, Compression::Snappy) => CompressionFormat::Snappy,
+        // Firehose's plain SNAPPY is the framing format, which Athena cannot read; the
+        // Hadoop-compatible variant it can.
+        (None, Compression::Snappy) => CompressionFormat::HadoopSnappy,
     };
     DeliverySettings {
         source_stream_arn: connections.output_stream_arn.to_owned(),
@@ -436,6 +438,12 @@ mod tests {
         let serializer = conversion.output_format_configuration().unwrap().serializer().unwrap();
         assert_eq!(serializer.parquet_ser_de().unwrap().compression(), Some(&ParquetCompression::Snappy));
         assert!(conversion.input_format_configuration().unwrap().deserializer().unwrap().open_x_json_ser_de().is_some());
+    }
+
+    #[test]
+    fn snappy_json_is_written_in_the_hadoop_format_athena_reads() {
+        let destination = destination_configuration(&desired(&config(DeliveryFormat::Json, Compression::Snappy), &connections()));
+        assert_eq!(destination.compression_format(), Some(&CompressionFormat::HadoopSnappy));
     }
 
     #[test]
