@@ -1,5 +1,8 @@
 //! Test harness shared by the integration and end-to-end tests: clients for the local control
-//! plane and the AWS emulator that `scripts/dev-env up` starts, and per-test isolation.
+//! plane and the AWS emulator that `scripts/dev-env up` starts, per-test isolation, and the
+//! Firehose delivery stand-in (`delivery`), since the emulator does not run Firehose's data path.
+
+pub mod delivery;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,220 @@
+//! A stand-in for Firehose's data path, which the emulator does not run: it reads a delivery
+//! stream's configuration back from the emulator and applies it — reads the source stream,
+//! runs the MetadataExtraction query with Debian's jq 1.6, evaluates the prefix, appends the
+//! delimiter, compresses, and writes one object per partition and buffer; records the query
+//! cannot key go to the error prefix. A wrong query or prefix in the operator shows here.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+use aws_sdk_firehose::types::{CompressionFormat, ProcessorParameterName, ProcessorType};
+use aws_sdk_kinesis::types::ShardIteratorType;
+use metrics_pipeline_operator::aws::delivery::{DeliverySettings, observed};
+
+/// Firehose's name for the error output type of records dynamic partitioning could not key.
+const PROCESSING_FAILED: &str = "processing-failed";
+
+pub struct DeliveryStandIn {
+    name: String,
+    settings: DeliverySettings,
+    kinesis: aws_sdk_kinesis::Client,
+    s3: aws_sdk_s3::Client,
+    /// Last sequence number delivered, per source shard.
+    positions: BTreeMap<String, String>,
+    buffers_written: u32,
+}
+
+/// What one buffer delivered: object keys written, records per key.
+pub type Delivered = BTreeMap<String, usize>;
+
+impl DeliveryStandIn {
+    /// Reads the delivery stream's configuration from the emulator.
+    pub async fn load(sdk: &aws_config::SdkConfig, name: &str) -> anyhow::Result<Self> {
+        let firehose = aws_sdk_firehose::Client::new(sdk);
+        let description = firehose
+            .describe_delivery_stream()
+            .delivery_stream_name(name)
+            .send()
+            .await
+            .with_context(|| format!("describing delivery stream {name}"))?
+            .delivery_stream_description
+            .context("no description")?;
+        let settings = observed(&description).context("not a Kinesis-sourced extended S3 delivery stream")?;
+        Ok(Self {
+            name: name.to_owned(),
+            settings,
+            kinesis: aws_sdk_kinesis::Client::new(sdk),
+            s3: metrics_pipeline_crds::aws::s3_client(sdk),
+            positions: BTreeMap::new(),
+            buffers_written: 0,
+        })
+    }
+
+    fn parameter(&self, processor: ProcessorType, name: ProcessorParameterName) -> Option<&str> {
+        self.settings
+            .processors
+            .iter()
+            .find(|(kind, _)| *kind == processor)
+            .and_then(|(_, parameters)| parameters.iter().find(|(key, _)| *key == name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Delivers everything published to the source since the last call, as one buffer.
+    pub async fn deliver(&mut self) -> anyhow::Result<Delivered> {
+        let query = self.parameter(ProcessorType::MetadataExtraction, ProcessorParameterName::MetadataExtractionQuery).map(str::to_owned);
+        let engine = self.parameter(ProcessorType::MetadataExtraction, ProcessorParameterName::JsonParsingEngine).unwrap_or_default();
+        if engine != "JQ-1.6" {
+            bail!("delivery stream {}: JsonParsingEngine is `{engine}`, Firehose knows only JQ-1.6", self.name);
+        }
+        let query = query.with_context(|| format!("delivery stream {}: no MetadataExtractionQuery", self.name))?;
+        let delimiter = match self.parameter(ProcessorType::AppendDelimiterToRecord, ProcessorParameterName::Delimiter) {
+            Some(delimiter) => delimiter.replace("\\n", "\n"),
+            None if self.settings.processors.iter().any(|(kind, _)| *kind == ProcessorType::AppendDelimiterToRecord) => "\n".to_owned(),
+            None => String::new(),
+        };
+        let mut objects: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut counts = Delivered::new();
+        for (record, arrival) in self.read_source().await? {
+            let prefix = match partition_keys(&query, &record) {
+                Ok(keys) => evaluate_prefix(&self.settings.prefix, &keys)?,
+                Err(reason) => {
+                    let prefix = self.settings.error_prefix.replace("!{firehose:error-output-type}", PROCESSING_FAILED);
+                    let failed = serde_json::json!({
+                        "attemptsMade": 1,
+                        "arrivalTimestamp": arrival,
+                        "errorCode": "DynamicPartitioning.MetadataExtractionFailed",
+                        "errorMessage": reason,
+                        "rawData": aws_smithy_types::base64::encode(&record),
+                    });
+                    let body = objects.entry(prefix.clone()).or_default();
+                    body.extend(serde_json::to_vec(&failed)?);
+                    body.push(b'\n');
+                    *counts.entry(prefix).or_default() += 1;
+                    continue;
+                }
+            };
+            let body = objects.entry(prefix.clone()).or_default();
+            body.extend(&record);
+            body.extend(delimiter.as_bytes());
+            *counts.entry(prefix).or_default() += 1;
+        }
+        self.buffers_written += 1;
+        let mut delivered = Delivered::new();
+        for (prefix, body) in objects {
+            let (body, extension) = compress(&self.settings.compression, body)?;
+            let key = format!("{prefix}{}-1-{:04}{extension}", self.name, self.buffers_written);
+            let bucket = self.settings.bucket_arn.rsplit(':').next().unwrap_or_default().to_owned();
+            self.s3.put_object().bucket(&bucket).key(&key).body(body.into()).send().await.with_context(|| format!("writing s3://{bucket}/{key}"))?;
+            delivered.insert(key, counts[&prefix]);
+        }
+        Ok(delivered)
+    }
+
+    /// Every record after the last delivered one, with its arrival time in epoch millis.
+    async fn read_source(&mut self) -> anyhow::Result<Vec<(Vec<u8>, i64)>> {
+        let stream = self.settings.source_stream_arn.clone();
+        let shards = self.kinesis.list_shards().stream_arn(&stream).send().await.context("listing source shards")?;
+        let mut records = Vec::new();
+        for shard in shards.shards() {
+            let request = self.kinesis.get_shard_iterator().stream_arn(&stream).shard_id(shard.shard_id());
+            let request = match self.positions.get(shard.shard_id()) {
+                Some(after) => request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(after),
+                None => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            };
+            let mut iterator = request.send().await.context("getting a shard iterator")?.shard_iterator;
+            while let Some(current) = iterator.take() {
+                let page = self.kinesis.get_records().shard_iterator(current).stream_arn(&stream).send().await.context("reading the source")?;
+                if page.records().is_empty() {
+                    break;
+                }
+                for record in page.records() {
+                    let arrival = record.approximate_arrival_timestamp().map_or(0, |t| t.to_millis().unwrap_or(0));
+                    records.push((record.data().as_ref().to_vec(), arrival));
+                    self.positions.insert(shard.shard_id().to_owned(), record.sequence_number().to_owned());
+                }
+                iterator = page.next_shard_iterator;
+            }
+        }
+        Ok(records)
+    }
+}
+
+/// Runs the MetadataExtraction query on one record with jq 1.6, as Firehose does: the result
+/// must be an object whose values are the partition keys, none of them null.
+fn partition_keys(query: &str, record: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let mut jq = Command::new("jq")
+        .args(["-c", query])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("cannot run jq: {error}"))?;
+    jq.stdin.take().expect("piped").write_all(record).map_err(|error| error.to_string())?;
+    let output = jq.wait_with_output().map_err(|error| error.to_string())?;
+    if !output.status.success() {
+        return Err(format!("jq: {}", String::from_utf8_lossy(&output.stderr).trim()));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|error| format!("jq output: {error}"))?;
+    let object = value.as_object().ok_or("the query did not produce an object")?;
+    object
+        .iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::String(text) => Ok((key.clone(), text.clone())),
+            serde_json::Value::Number(number) => Ok((key.clone(), number.to_string())),
+            other => Err(format!("partition key `{key}` is {other}")),
+        })
+        .collect()
+}
+
+/// Replaces `!{partitionKeyFromQuery:<key>}` in the prefix; an unknown key is a configuration error.
+fn evaluate_prefix(prefix: &str, keys: &BTreeMap<String, String>) -> anyhow::Result<String> {
+    let mut evaluated = String::new();
+    let mut rest = prefix;
+    while let Some(start) = rest.find("!{") {
+        evaluated.push_str(&rest[..start]);
+        let end = rest[start..].find('}').with_context(|| format!("unterminated expression in prefix `{prefix}`"))? + start;
+        let expression = &rest[start + 2..end];
+        let key = expression.strip_prefix("partitionKeyFromQuery:").with_context(|| format!("prefix `{prefix}`: unsupported `{expression}`"))?;
+        evaluated.push_str(keys.get(key).with_context(|| format!("prefix `{prefix}` names `{key}`, which the query does not extract"))?);
+        rest = &rest[end + 1..];
+    }
+    evaluated.push_str(rest);
+    Ok(evaluated)
+}
+
+fn compress(format: &CompressionFormat, body: Vec<u8>) -> anyhow::Result<(Vec<u8>, &'static str)> {
+    match format {
+        CompressionFormat::Uncompressed => Ok((body, "")),
+        CompressionFormat::Gzip => {
+            let mut gzip = Command::new("gzip").arg("-c").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+            let mut stdin = gzip.stdin.take().expect("piped");
+            let writer = std::thread::spawn(move || stdin.write_all(&body));
+            let output = gzip.wait_with_output()?;
+            writer.join().expect("the writer does not panic")?;
+            Ok((output.stdout, ".gz"))
+        }
+        other => bail!("the stand-in does not write {other:?} yet"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operators_query_keys_records_by_component_and_refuses_those_without_one() {
+        let query = metrics_pipeline_operator::aws::delivery::METADATA_EXTRACTION_QUERY;
+        let keys = partition_keys(query, br#"{"componentName":"user-service","minValue":1}"#).unwrap();
+        assert_eq!(evaluate_prefix(metrics_pipeline_operator::aws::delivery::PREFIX, &keys).unwrap(), "componentName=user-service/");
+        assert!(partition_keys(query, br#"{"metricName":"cpu"}"#).unwrap_err().contains("is null"));
+        assert!(partition_keys(query, b"not json").unwrap_err().starts_with("jq:"));
+    }
+
+    #[test]
+    fn a_prefix_naming_a_key_the_query_lacks_is_an_error() {
+        let keys = BTreeMap::from([("componentName".to_owned(), "a".to_owned())]);
+        assert!(evaluate_prefix("x=!{partitionKeyFromQuery:other}/", &keys).is_err());
+    }
+}
