@@ -5,9 +5,6 @@
 //! cannot key go to the error prefix. A wrong query or prefix in the operator shows here.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use anyhow::{Context, bail};
 use aws_sdk_firehose::types::{CompressionFormat, ProcessorParameterName, ProcessorType};
 use aws_sdk_kinesis::types::ShardIteratorType;
@@ -144,19 +141,8 @@ impl DeliveryStandIn {
 /// Runs the MetadataExtraction query on one record with jq 1.6, as Firehose does: the result
 /// must be an object whose values are the partition keys, none of them null.
 fn partition_keys(query: &str, record: &[u8]) -> Result<BTreeMap<String, String>, String> {
-    let mut jq = Command::new("jq")
-        .args(["-c", query])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|error| format!("cannot run jq: {error}"))?;
-    jq.stdin.take().expect("piped").write_all(record).map_err(|error| error.to_string())?;
-    let output = jq.wait_with_output().map_err(|error| error.to_string())?;
-    if !output.status.success() {
-        return Err(format!("jq: {}", String::from_utf8_lossy(&output.stderr).trim()));
-    }
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|error| format!("jq output: {error}"))?;
+    let output = crate::pipe_through("jq", &["-c", query], record).map_err(|error| error.to_string())?;
+    let value: serde_json::Value = serde_json::from_slice(&output).map_err(|error| format!("jq output: {error}"))?;
     let object = value.as_object().ok_or("the query did not produce an object")?;
     object
         .iter()
@@ -187,14 +173,7 @@ fn evaluate_prefix(prefix: &str, keys: &BTreeMap<String, String>) -> anyhow::Res
 fn compress(format: &CompressionFormat, body: Vec<u8>) -> anyhow::Result<(Vec<u8>, &'static str)> {
     match format {
         CompressionFormat::Uncompressed => Ok((body, "")),
-        CompressionFormat::Gzip => {
-            let mut gzip = Command::new("gzip").arg("-c").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
-            let mut stdin = gzip.stdin.take().expect("piped");
-            let writer = std::thread::spawn(move || stdin.write_all(&body));
-            let output = gzip.wait_with_output()?;
-            writer.join().expect("the writer does not panic")?;
-            Ok((output.stdout, ".gz"))
-        }
+        CompressionFormat::Gzip => Ok((crate::pipe_through("gzip", &["-c"], &body)?, ".gz")),
         other => bail!("the stand-in does not write {other:?} yet"),
     }
 }

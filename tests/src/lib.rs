@@ -3,6 +3,7 @@
 //! Firehose delivery stand-in (`delivery`), since the emulator does not run Firehose's data path.
 
 pub mod delivery;
+pub mod query;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -63,4 +64,27 @@ impl TestNamespace {
         Api::<Namespace>::all(self.client).delete(&self.name, &DeleteParams::default()).await?;
         Ok(())
     }
+}
+
+/// Runs `program` with `input` on stdin and returns its stdout (gzip, gunzip, jq).
+pub fn pipe_through(program: &str, args: &[&str], input: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {program}"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = input.to_vec();
+    // Written from another thread so a large input cannot deadlock against a full stdout pipe.
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output()?;
+    let _ = writer.join().expect("the writer does not panic");
+    if !output.status.success() {
+        bail!("{program}: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(output.stdout)
 }

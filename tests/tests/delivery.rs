@@ -2,9 +2,6 @@
 //! records land under `componentName=<name>/`, newline-delimited and gzipped; a record the JQ
 //! query cannot key lands under the error prefix.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use aws_sdk_firehose::types::{DeliveryStreamType, KinesisStreamSourceConfiguration};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
@@ -12,13 +9,8 @@ use metrics_pipeline_crds::aws::{s3_client, sdk_config};
 use metrics_pipeline_crds::pipeline::{Compression, DeliveryFormat};
 use metrics_pipeline_crds::validation::DeliveryConfig;
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
+use metrics_pipeline_e2e::query::gunzip;
 use metrics_pipeline_operator::aws::delivery::{Connections, desired, destination_configuration};
-
-fn gunzip(bytes: &[u8]) -> String {
-    let mut gzip = Command::new("gzip").arg("-dc").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    gzip.stdin.take().unwrap().write_all(bytes).unwrap();
-    String::from_utf8(gzip.wait_with_output().unwrap().stdout).unwrap()
-}
 
 #[tokio::test]
 async fn records_land_per_component_and_unkeyable_ones_under_the_error_prefix() {
@@ -65,10 +57,10 @@ async fn records_land_per_component_and_unkeyable_ones_under_the_error_prefix() 
     let user_key = delivered.keys().find(|key| key.starts_with("componentName=user-service/")).unwrap();
     assert!(user_key.ends_with(".gz"));
     let body = s3.get_object().bucket(&unique).key(user_key).send().await.unwrap().body.collect().await.unwrap().to_vec();
-    assert_eq!(gunzip(&body), format!("{}\n{}\n", records[0], records[2]), "newline-delimited, in order");
+    assert_eq!(gunzip(&body).unwrap(), format!("{}\n{}\n", records[0], records[2]), "newline-delimited, in order");
     let error_key = delivered.keys().find(|key| key.starts_with("errors/")).unwrap();
     let body = s3.get_object().bucket(&unique).key(error_key).send().await.unwrap().body.collect().await.unwrap().to_vec();
-    let failed: serde_json::Value = serde_json::from_str(gunzip(&body).trim()).unwrap();
+    let failed: serde_json::Value = serde_json::from_str(gunzip(&body).unwrap().trim()).unwrap();
     assert_eq!(failed["errorCode"], "DynamicPartitioning.MetadataExtractionFailed");
     assert_eq!(aws_smithy_types::base64::decode(failed["rawData"].as_str().unwrap()).unwrap(), records[3].as_bytes());
 

@@ -14,6 +14,8 @@ use metrics_pipeline_crds::aws::{s3_client, sdk_config};
 use metrics_pipeline_crds::pipeline::Phase;
 use metrics_pipeline_crds::validation::AwsTarget;
 use metrics_pipeline_crds::{MetricsPipeline, MetricsPipelineStatus};
+use metrics_pipeline_e2e::delivery::DeliveryStandIn;
+use metrics_pipeline_e2e::query::{QueryCheck, format_rows};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client, repo_path};
 use metrics_pipeline_operator::aws::{AwsCalls, delivery};
 use metrics_pipeline_operator::controller::{Aws, Context, FINALIZER, Settings, run};
@@ -182,18 +184,48 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     let policy = iam.get_role_policy().role_name(format!("{prefix}-firehose")).policy_name(format!("{prefix}-firehose-delivery")).send().await.unwrap();
     assert!(policy.policy_document().contains(&format!("{prefix}-output")), "the role's policy names the output stream");
 
-    // Registered partitions: a component's first object gets its Glue partition within a resync.
-    s3.put_object().bucket(bucket).key("componentName=user-service/2021/part-0001.gz").body(Vec::new().into()).send().await.unwrap();
+    // Data through the delivery stand-in: aggregates on the output stream land per component,
+    // each component's first object gets its Glue partition within a resync, and the query check
+    // reads the rows back through the table's columns.
+    let aggregates = [
+        ("user-service", "cpu-usage", "percent", 43.0, 57.0, 50.0, 3, "2021-09-09T11:30:00.000Z", "2021-09-09T12:30:00.000Z"),
+        ("order-service", "ram-usage", "MB", 8.0, 21.0, 14.0, 3, "2021-09-09T10:50:00.000Z", "2021-09-09T11:45:00.000Z"),
+        ("user-service", "ram-usage", "MB", 512.0, 768.0, 640.0, 2, "2021-09-09T11:50:00.000Z", "2021-09-09T12:10:00.000Z"),
+    ];
+    for (component, metric, unit, min, max, avg, count, from, to) in aggregates {
+        let record = serde_json::json!({
+            "componentName": component, "metricName": metric, "unit": unit, "minValue": min, "maxValue": max, "avgValue": avg,
+            "count": count, "sum": avg * count as f64, "fromTimestamp": from, "toTimestamp": to,
+            "windowStart": "2021-09-09T00:00:00.000Z", "windowEnd": "2021-09-10T00:00:00.000Z", "windowId": "0123456789abcdef", "revision": 0
+        });
+        let data = aws_sdk_kinesis::primitives::Blob::new(serde_json::to_vec(&record).unwrap());
+        kinesis.put_record().stream_name(format!("{prefix}-output")).partition_key(component).data(data).send().await.unwrap();
+    }
+    let mut stand_in = DeliveryStandIn::load(&sdk, &delivery_name).await.unwrap();
+    assert_eq!(stand_in.deliver().await.unwrap().len(), 2, "one object per component");
     let mut partitions = Vec::new();
     for _ in 0..40 {
         let page = glue.get_partitions().database_name(database).table_name("metric_aggregates").send().await.unwrap();
-        partitions = page.partitions().iter().map(|p| (p.values().to_vec(), p.storage_descriptor().and_then(|s| s.location()).map(str::to_owned))).collect();
-        if !partitions.is_empty() {
+        partitions = page.partitions().iter().map(|p| p.values().join(",")).collect();
+        partitions.sort();
+        if partitions.len() == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(partitions, [(vec!["user-service".to_owned()], Some(format!("s3://{bucket}/componentName=user-service/")))]);
+    assert_eq!(partitions, ["order-service", "user-service"]);
+    let rows = QueryCheck::new(&sdk).select_partition(database, "metric_aggregates", "user-service").await.unwrap();
+    let columns = ["componentName", "metricName", "unit", "minValue", "maxValue", "fromTimestamp", "toTimestamp"];
+    let table = format_rows(&rows, &columns);
+    println!("SELECT * FROM {database}.metric_aggregates WHERE componentName = 'user-service'\n{table}");
+    let lines: Vec<&str> = table.lines().skip(2).collect();
+    assert_eq!(
+        lines,
+        [
+            "user-service  | cpu-usage  | percent | 43.0     | 57.0     | 2021-09-09T11:30:00.000Z | 2021-09-09T12:30:00.000Z",
+            "user-service  | ram-usage  | MB      | 512.0    | 768.0    | 2021-09-09T11:50:00.000Z | 2021-09-09T12:10:00.000Z",
+        ]
+    );
 
     // Steady state: resyncs read, and change nothing.
     let (calls_before, mutating_before) = (operator.total_calls(), operator.mutating_calls());
