@@ -117,11 +117,10 @@ async fn create(clients: &AwsClients, name: &str, owner: &str, desired: &StreamC
 async fn apply(clients: &AwsClients, name: &str, observed: &ObservedStream, change: &StreamChange) -> Result<(), Error> {
     let action = format!("updating Kinesis stream {name} ({})", describe(change));
     let kinesis = &clients.kinesis;
-    let failed = |error| aws_error(action.clone(), error);
     match *change {
         StreamChange::Capacity(capacity) => {
             let target = if capacity == StreamCapacity::OnDemand { StreamMode::OnDemand } else { StreamMode::Provisioned };
-            kinesis.update_stream_mode().stream_arn(&observed.arn).stream_mode_details(mode(target)).send().await.map(drop).map_err(failed)
+            kinesis.update_stream_mode().stream_arn(&observed.arn).stream_mode_details(mode(target)).send().await.map(drop).map_err(|error| aws_error(action.clone(), error))
         }
         StreamChange::ShardCount(shards) => (kinesis.update_shard_count())
             .stream_name(name)
