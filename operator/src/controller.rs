@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -22,7 +23,8 @@ use metrics_pipeline_crds::validation::{AwsTarget, PipelineConfig, validate};
 use crate::aws::{AwsCalls, AwsClients, Outcome, bucket, catalog, delivery, role, streams};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::status::{self, BUCKET_READY, CATALOG_READY, DELIVERY_READY, PartState, Report, STREAMS_READY, Verdict};
+use crate::status::{self, AGGREGATOR_READY, BUCKET_READY, CATALOG_READY, DELIVERY_READY, PartState, Report, STREAMS_READY, Verdict};
+use crate::workload::{self, WorkloadSettings};
 
 /// Field manager of everything the operator writes with server-side apply.
 pub const FIELD_MANAGER: &str = "metrics-pipeline-operator";
@@ -36,11 +38,17 @@ pub struct Settings {
     pub pending_requeue: Duration,
     /// How soon to retry after throttling or an outage.
     pub error_requeue: Duration,
+    pub workload: WorkloadSettings,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { resync: Duration::from_secs(300), pending_requeue: Duration::from_secs(5), error_requeue: Duration::from_secs(15) }
+        Self {
+            resync: Duration::from_secs(300),
+            pending_requeue: Duration::from_secs(5),
+            error_requeue: Duration::from_secs(15),
+            workload: WorkloadSettings::default(),
+        }
     }
 }
 
@@ -85,7 +93,15 @@ pub async fn run(context: Arc<Context>, namespace: Option<String>, shutdown: imp
         Some(namespace) => Api::namespaced(context.client.clone(), namespace),
         None => Api::all(context.client.clone()),
     };
+    let deployments: Api<Deployment> = match &namespace {
+        Some(namespace) => Api::namespaced(context.client.clone(), namespace),
+        None => Api::all(context.client.clone()),
+    };
+    // The aggregator's Deployment reports readiness in its status: each change of it reconciles
+    // the pipeline that owns it, so AggregatorReady follows without polling.
+    let aggregators = watcher::Config::default().labels(&format!("{}={}", workload::NAME_LABEL, workload::AGGREGATOR_APP));
     Controller::new(api, watcher::Config::default().any_semantic())
+        .owns(deployments, aggregators)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -210,6 +226,19 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
         }
         _ => report.parts.push((DELIVERY_READY, PartState::Pending("waiting for the output stream and the bucket".into()))),
     }
+
+    // Aggregator: reads the input stream, writes the output stream, checkpoints in the bucket.
+    if report.input_stream.is_some() && report.bucket.is_some() {
+        let aggregator = workload::ensure(&context.client, pipeline, &config, &context.settings.workload).await;
+        // Replica counts are worth showing while the rollout is still pending.
+        report.aggregator = aggregator.as_ref().ok().map(|(aggregator, _)| aggregator.clone());
+        record(&mut report, AGGREGATOR_READY, aggregator, |aggregator| match config.aggregator.replicas {
+            0 => format!("aggregator {} is paused (replicas: 0)", aggregator.deployment),
+            _ => format!("aggregator {} is running", aggregator.deployment),
+        });
+    } else {
+        report.parts.push((AGGREGATOR_READY, PartState::Pending("waiting for the streams and the bucket".into())));
+    }
     report
 }
 
@@ -310,6 +339,10 @@ async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context
     let owner = names.owner.as_str();
     let retain = spec.deletion_policy == DeletionPolicy::Retain;
 
+    // The aggregator stops first: it checkpoints into the bucket and reads and writes the streams.
+    if !workload::delete(&context.client, &pipeline.namespace().unwrap_or_default(), &names.aggregator, owner).await? {
+        return Err(Error::Deleting(format!("aggregator Deployment {} (its pod stops and checkpoints first)", names.aggregator)));
+    }
     let mut waiting = Vec::new();
     if !delivery::delete(&clients, &names.delivery_stream, owner).await? {
         waiting.push(format!("Firehose delivery stream {}", names.delivery_stream));

@@ -1,7 +1,9 @@
-//! The metrics pipeline operator: reconciles a `MetricsPipeline` into its AWS resources.
+//! The metrics pipeline operator: reconciles a `MetricsPipeline` into its AWS resources
+//! and the aggregator workload that runs between them.
 
 pub mod aws;
 pub mod controller;
 pub mod error;
 pub mod metrics;
 pub mod status;
+pub mod workload;

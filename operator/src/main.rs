@@ -17,6 +17,7 @@ use metrics_pipeline_crds::validation::AwsTarget;
 use metrics_pipeline_operator::aws::AwsCalls;
 use metrics_pipeline_operator::controller::{Aws, Context, Settings, run};
 use metrics_pipeline_operator::metrics::Metrics;
+use metrics_pipeline_operator::workload::WorkloadSettings;
 
 #[derive(Parser)]
 #[command(version, about = "Reconciles MetricsPipeline resources into Kinesis, S3, IAM, Firehose and Glue")]
@@ -38,6 +39,12 @@ struct Cli {
     log_level: String,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Aggregator image for pipelines whose spec names none.
+    #[arg(long, env = "AGGREGATOR_IMAGE", default_value_t = WorkloadSettings::default().default_image)]
+    aggregator_image: String,
+    /// AWS endpoint override (an emulator, or a private endpoint); the aggregators get it too.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    aws_endpoint_url: Option<String>,
 }
 
 #[tokio::main]
@@ -71,7 +78,8 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
     tracing::info!(account = %target.account_id, region = ?target.default_region, namespace = ?cli.namespace, "starting");
     let calls = AwsCalls::default();
     let metrics = Arc::new(Metrics::new(&calls));
-    let settings = Settings { resync: cli.resync_period, ..Settings::default() };
+    let workload = WorkloadSettings { default_image: cli.aggregator_image, aws_endpoint_url: cli.aws_endpoint_url };
+    let settings = Settings { resync: cli.resync_period, workload, ..Settings::default() };
     let context = Arc::new(Context::new(client, Aws::new(sdk, target, calls), metrics.clone(), settings));
 
     let router = Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", get(move || async move { metrics.encode() }));

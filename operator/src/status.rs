@@ -2,7 +2,7 @@
 //! a phase, and every name and ARN. Pure, so every combination is unit-tested.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use metrics_pipeline_crds::pipeline::{AwsResourceRef, MetricsPipelineStatus, Phase};
+use metrics_pipeline_crds::pipeline::{AggregatorStatus, AwsResourceRef, MetricsPipelineStatus, Phase};
 
 use crate::error::Error;
 
@@ -10,6 +10,7 @@ pub const STREAMS_READY: &str = "StreamsReady";
 pub const BUCKET_READY: &str = "BucketReady";
 pub const DELIVERY_READY: &str = "DeliveryReady";
 pub const CATALOG_READY: &str = "CatalogReady";
+pub const AGGREGATOR_READY: &str = "AggregatorReady";
 pub const READY: &str = "Ready";
 
 /// Where one part of the pipeline stands.
@@ -35,6 +36,7 @@ pub struct Report {
     pub delivery_stream: Option<AwsResourceRef>,
     pub glue_database: Option<AwsResourceRef>,
     pub glue_table: Option<AwsResourceRef>,
+    pub aggregator: Option<AggregatorStatus>,
     /// What was changed in AWS, for events.
     pub changes: Vec<String>,
 }
@@ -140,7 +142,7 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         delivery_stream: keep(&report.delivery_stream, previous.map(|s| &s.delivery_stream)),
         glue_database: keep(&report.glue_database, previous.map(|s| &s.glue_database)),
         glue_table: keep(&report.glue_table, previous.map(|s| &s.glue_table)),
-        aggregator: previous.and_then(|status| status.aggregator.clone()),
+        aggregator: report.aggregator.clone().or_else(|| previous.and_then(|status| status.aggregator.clone())),
     }
 }
 

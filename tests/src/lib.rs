@@ -3,7 +3,9 @@
 //! Firehose delivery stand-in (`delivery`), since the emulator does not run Firehose's data path.
 
 pub mod delivery;
+pub mod kubelet;
 pub mod query;
+pub mod quickstart;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

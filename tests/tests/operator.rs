@@ -14,12 +14,16 @@ use metrics_pipeline_crds::aws::{s3_client, sdk_config};
 use metrics_pipeline_crds::pipeline::Phase;
 use metrics_pipeline_crds::validation::AwsTarget;
 use metrics_pipeline_crds::{MetricsPipeline, MetricsPipelineStatus};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServiceAccount;
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
+use metrics_pipeline_e2e::kubelet::{LocalKubelet, workspace_bin_dir};
 use metrics_pipeline_e2e::query::{QueryCheck, format_rows};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client, repo_path};
 use metrics_pipeline_operator::aws::{AwsCalls, delivery};
 use metrics_pipeline_operator::controller::{Aws, Context, FINALIZER, Settings, run};
 use metrics_pipeline_operator::metrics::Metrics;
+use metrics_pipeline_operator::workload::WorkloadSettings;
 use tokio::sync::oneshot;
 
 fn example(file: &str) -> MetricsPipeline {
@@ -42,7 +46,9 @@ impl Operator {
         }
         let target = AwsTarget { account_id: account, default_region: sdk.region().map(ToString::to_string) };
         let calls = AwsCalls::default();
-        let settings = Settings { resync, pending_requeue: Duration::from_millis(500), error_requeue: Duration::from_secs(1) };
+        // The aggregators reach the emulator directly, whatever endpoint the operator is given.
+        let workload = WorkloadSettings { aws_endpoint_url: std::env::var("AWS_ENDPOINT_URL").ok(), ..WorkloadSettings::default() };
+        let settings = Settings { resync, pending_requeue: Duration::from_millis(500), error_requeue: Duration::from_secs(1), workload };
         let context = Arc::new(Context::new(client.clone(), Aws::new(sdk, target, calls.clone()), Arc::new(Metrics::new(&calls)), settings));
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(run(context, Some(namespace.to_owned()), async move {
@@ -128,12 +134,14 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     let namespace = TestNamespace::create(&client, "op-example").await.unwrap();
     let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
     let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(3)).await;
+    let log_dir = std::env::temp_dir().join(format!("metrics-pipeline-{}", namespace.name));
+    let kubelet = LocalKubelet::start(&client, &namespace.name, workspace_bin_dir().unwrap(), log_dir).await.unwrap();
 
     pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(example("pipeline.yaml"))).await.unwrap();
     let status = wait_for(&pipelines, "metrics", "Ready", |s| s.phase == Some(Phase::Ready)).await;
     let prefix = format!("{}-metrics", namespace.name);
     assert_eq!(ready_condition(&status).map(|c| c.0), Some("True"));
-    for part in ["StreamsReady", "BucketReady", "DeliveryReady", "CatalogReady"] {
+    for part in ["StreamsReady", "BucketReady", "DeliveryReady", "CatalogReady", "AggregatorReady"] {
         let condition = status.conditions.iter().find(|c| c.type_ == part).unwrap_or_else(|| panic!("{part} missing"));
         assert_eq!(condition.status, "True", "{part}: {}", condition.message);
     }
@@ -145,6 +153,16 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     assert_eq!(status.input_stream.as_ref().unwrap().name, format!("{prefix}-input"));
     let pipeline = pipelines.get("metrics").await.unwrap();
     assert!(pipeline.finalizers().contains(&FINALIZER.to_owned()));
+
+    // The aggregator runs (the local runner reports its pod ready) from objects the pipeline owns.
+    let aggregator = status.aggregator.as_ref().expect("the aggregator in status");
+    assert_eq!((aggregator.deployment.as_str(), aggregator.ready_replicas), ("metrics-aggregator", 1));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace.name);
+    let deployment = deployments.get("metrics-aggregator").await.unwrap();
+    let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("MetricsPipeline", pipeline.uid().unwrap().as_str(), Some(true)));
+    let service_accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace.name);
+    assert!(service_accounts.get_opt("metrics-aggregator").await.unwrap().is_some());
 
     // Every AWS object reads back as specified.
     let sdk = sdk_config(None).await;
@@ -234,6 +252,7 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     assert_eq!(operator.mutating_calls(), mutating_before, "a steady-state reconcile makes no mutating AWS call");
 
     // Drift: what is deleted or changed by hand is put back within a resync or two (3 s each).
+    deployments.delete("metrics-aggregator", &DeleteParams::default()).await.unwrap();
     firehose.delete_delivery_stream().delivery_stream_name(&delivery_name).send().await.unwrap();
     glue.delete_table().database_name(database).name("metric_aggregates").send().await.unwrap();
     kinesis.increase_stream_retention_period().stream_name(format!("{prefix}-input")).retention_period_hours(48).send().await.unwrap();
@@ -243,17 +262,21 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
         let delivery = firehose.describe_delivery_stream().delivery_stream_name(&delivery_name).send().await.is_ok();
         let table = glue.get_table().database_name(database).name("metric_aggregates").send().await.is_ok();
         let input = kinesis.describe_stream_summary().stream_name(format!("{prefix}-input")).send().await.unwrap().stream_description_summary.unwrap();
-        repaired = vec![delivery, table, input.retention_period_hours == 24];
+        let aggregator = deployments.get_opt("metrics-aggregator").await.unwrap().is_some_and(|d| d.metadata.deletion_timestamp.is_none());
+        repaired = vec![delivery, table, input.retention_period_hours == 24, aggregator];
         if repaired.iter().all(|ok| *ok) {
             break;
         }
     }
-    assert_eq!(repaired, [true, true, true], "delivery stream recreated, table recreated, retention restored within 10 s");
+    assert_eq!(repaired, [true, true, true, true], "delivery stream, table and Deployment recreated, retention restored within 10 s");
 
     // Deletion removes every AWS object, then the resource.
     assert!(!everything_named(&prefix).await.is_empty());
     delete_and_wait(&pipelines, "metrics").await;
     assert_eq!(everything_named(&prefix).await, Vec::<String>::new(), "nothing left in any service");
+    assert!(deployments.get_opt("metrics-aggregator").await.unwrap().is_none(), "the aggregator stopped before its streams went");
+    assert!(service_accounts.get_opt("metrics-aggregator").await.unwrap().is_none());
+    kubelet.stop().await;
     operator.stop().await;
     namespace.delete().await.unwrap();
 }
@@ -325,6 +348,8 @@ async fn an_aws_outage_is_a_retryable_condition_and_the_pipeline_recovers() {
 
     // AWS unreachable from the first call: retryable, still provisioning.
     let mut pipeline = example("minimal.yaml");
+    // Paused: the aggregator is not this test's subject (the quickstart test runs it).
+    pipeline.spec.aggregator.replicas = 0;
     pipeline.metadata.name = Some("outage".into());
     pipelines.patch("outage", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
     let status = wait_for(&pipelines, "outage", "a retryable condition", |s| ready_condition(s).is_some_and(|c| c.1 == "AwsUnavailable")).await;
@@ -361,6 +386,7 @@ async fn retain_keeps_bucket_and_catalog_and_removes_the_rest() {
 
     // The production-leaning example, with names of its own so that runs never collide.
     let mut pipeline = example("on-demand-retain.yaml");
+    pipeline.spec.aggregator.replicas = 0;
     let prefix = namespace.name.clone();
     let database = prefix.replace('-', "_");
     pipeline.spec.name_prefix = Some(prefix.clone());

@@ -1,0 +1,330 @@
+//! The aggregator workload in the pipeline's namespace: a ServiceAccount and a Deployment,
+//! built by a pure `desired` and applied with server-side apply. Both carry a controller owner
+//! reference, so Kubernetes' garbage collector removes them with the pipeline, and the
+//! ownership annotation, so an object of the same name made by someone else is never taken over.
+//!
+//! The configuration is the container's environment: any spec change that matters to the
+//! aggregator changes the pod template, and the Deployment rolls.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::core::v1::{ResourceRequirements, ServiceAccount};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use metrics_pipeline_crds::naming::OWNER_TAG;
+use metrics_pipeline_crds::pipeline::{AggregatorStatus, MetricsPipeline};
+use metrics_pipeline_crds::validation::PipelineConfig;
+use serde_json::json;
+
+use crate::aws::{MANAGED_BY, MANAGED_BY_TAG, Outcome, check_owner};
+use crate::controller::FIELD_MANAGER;
+use crate::error::Error;
+
+/// The aggregator's container port for /healthz, /readyz and /metrics.
+pub const METRICS_PORT: i32 = 8080;
+/// The container the pod template runs; the local runner looks it up by this name.
+pub const CONTAINER: &str = "aggregator";
+/// Labels selecting the aggregator's pods: the component, and the pipeline it serves.
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+pub const AGGREGATOR_APP: &str = "metrics-aggregator";
+/// Long enough for the aggregator's shutdown: fire nothing early, flush, checkpoint.
+const TERMINATION_GRACE_SECONDS: i64 = 60;
+/// The distroless `nonroot` user the image runs as.
+const NON_ROOT_UID: i64 = 65532;
+
+/// What the operator decides for every pipeline's aggregator, from its own flags.
+#[derive(Clone, Debug)]
+pub struct WorkloadSettings {
+    /// Image when the spec names none: the aggregator of the operator's own version.
+    pub default_image: String,
+    /// An AWS endpoint override passed on to the aggregator (an emulator, or a VPC endpoint).
+    pub aws_endpoint_url: Option<String>,
+}
+
+impl Default for WorkloadSettings {
+    fn default() -> Self {
+        Self {
+            default_image: format!("ghcr.io/metrics-pipeline/metrics-aggregator:{}", env!("CARGO_PKG_VERSION")),
+            aws_endpoint_url: None,
+        }
+    }
+}
+
+/// The ServiceAccount and Deployment a pipeline should have.
+pub fn desired(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &WorkloadSettings) -> (ServiceAccount, Deployment) {
+    let name = &config.names.aggregator;
+    let spec = &config.aggregator;
+    let aggregation = &pipeline.spec.aggregation;
+    let selector = BTreeMap::from([
+        (NAME_LABEL.to_owned(), AGGREGATOR_APP.to_owned()),
+        (INSTANCE_LABEL.to_owned(), pipeline.name_any()),
+    ]);
+    let mut labels = selector.clone();
+    labels.insert(MANAGED_BY_TAG.to_owned(), MANAGED_BY.to_owned());
+    let metadata = |annotations: BTreeMap<String, String>| ObjectMeta {
+        name: Some(name.clone()),
+        namespace: pipeline.namespace(),
+        labels: Some(labels.clone()),
+        annotations: Some(annotations),
+        owner_references: pipeline.controller_owner_ref(&()).map(|owner| vec![owner]),
+        ..ObjectMeta::default()
+    };
+    let ownership = BTreeMap::from([(OWNER_TAG.to_owned(), config.names.owner.clone())]);
+
+    let mut service_account_annotations = spec.service_account_annotations.clone();
+    service_account_annotations.extend(ownership.clone());
+    let service_account = ServiceAccount { metadata: metadata(service_account_annotations), ..ServiceAccount::default() };
+
+    let mut env = vec![
+        ("AWS_REGION", config.region.clone()),
+        ("AGGREGATOR_INPUT_STREAM", config.names.input_stream.clone()),
+        ("AGGREGATOR_OUTPUT_STREAM", config.names.output_stream.clone()),
+        ("AGGREGATOR_BUCKET", config.names.bucket.clone()),
+        ("AGGREGATOR_WINDOW", aggregation.window.clone()),
+        ("AGGREGATOR_OUT_OF_ORDERNESS", aggregation.out_of_orderness.clone()),
+        ("AGGREGATOR_ALLOWED_LATENESS", aggregation.allowed_lateness.clone()),
+        ("AGGREGATOR_IDLE_TIMEOUT", aggregation.idle_timeout.clone()),
+        ("AGGREGATOR_LOG_LEVEL", serde_json::to_value(spec.log_level).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
+        ("AGGREGATOR_LOG_FORMAT", "json".to_owned()),
+        ("AGGREGATOR_LISTEN", format!("0.0.0.0:{METRICS_PORT}")),
+    ];
+    if let Some(endpoint) = &settings.aws_endpoint_url {
+        env.push(("AWS_ENDPOINT_URL", endpoint.clone()));
+    }
+    let env: Vec<_> = env.into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect();
+    let resources = spec.resources.clone().unwrap_or_else(default_resources);
+    let probe = |path: &str, period: i32| {
+        json!({"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": period, "failureThreshold": 3, "timeoutSeconds": 2})
+    };
+    let deployment = json!({
+        "spec": {
+            "replicas": spec.replicas,
+            // Two aggregators would read the same shards and emit every window twice: the old
+            // pod stops (and checkpoints) before the new one starts.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": name,
+                    // The aggregator never calls the Kubernetes API; IRSA mounts its own token.
+                    "automountServiceAccountToken": false,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": NON_ROOT_UID,
+                        "runAsGroup": NON_ROOT_UID,
+                        // Lets the non-root user read the projected IRSA token.
+                        "fsGroup": NON_ROOT_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"}
+                    },
+                    "containers": [{
+                        "name": CONTAINER,
+                        "image": spec.image.clone().unwrap_or_else(|| settings.default_image.clone()),
+                        "command": ["metrics-aggregator"],
+                        "args": ["run"],
+                        "env": env,
+                        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+                        "readinessProbe": probe("/readyz", 5),
+                        "livenessProbe": probe("/healthz", 10),
+                        "resources": resources,
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]}
+                        }
+                    }]
+                }
+            }
+        }
+    });
+    let mut deployment: Deployment = serde_json::from_value(deployment).expect("a well-formed Deployment");
+    deployment.metadata = metadata(ownership);
+    (service_account, deployment)
+}
+
+/// Enough for one shard's worth of events; the spec overrides it.
+fn default_resources() -> ResourceRequirements {
+    serde_json::from_value(json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}})).expect("valid quantities")
+}
+
+/// Applies the workload and reports how far the Deployment's rollout is.
+pub async fn ensure(client: &Client, pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &WorkloadSettings) -> Result<(AggregatorStatus, Outcome), Error> {
+    let namespace = pipeline.namespace().unwrap_or_default();
+    let (service_account, deployment) = desired(pipeline, config, settings);
+    let owner = &config.names.owner;
+    let service_accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let mut outcome = Outcome::default();
+
+    let existing = service_accounts.get_opt(&service_account.name_any()).await?;
+    check_kubernetes_owner("ServiceAccount", existing.as_ref().map(|sa| &sa.metadata), owner)?;
+    let applied = service_accounts.patch(&service_account.name_any(), &apply, &Patch::Apply(&service_account)).await?;
+    if existing.is_none() {
+        outcome.changed(format!("created ServiceAccount {}", applied.name_any()));
+    }
+
+    let existing = deployments.get_opt(&deployment.name_any()).await?;
+    check_kubernetes_owner("Deployment", existing.as_ref().map(|d| &d.metadata), owner)?;
+    let applied = deployments.patch(&deployment.name_any(), &apply, &Patch::Apply(&deployment)).await?;
+    match &existing {
+        None => outcome.changed(format!("created Deployment {}", applied.name_any())),
+        Some(before) if before.metadata.generation != applied.metadata.generation => {
+            outcome.changed(format!("updated Deployment {}", applied.name_any()));
+        }
+        Some(_) => {}
+    }
+    let ready_replicas = applied.status.as_ref().and_then(|status| status.ready_replicas).unwrap_or(0);
+    outcome.pending = rollout_pending(config.aggregator.replicas, applied.metadata.generation, applied.status.as_ref());
+    Ok((AggregatorStatus { deployment: applied.name_any(), ready_replicas }, outcome))
+}
+
+/// Why the Deployment is not yet running the current spec, or `None` when it is.
+pub fn rollout_pending(replicas: i32, generation: Option<i64>, status: Option<&DeploymentStatus>) -> Option<String> {
+    let observed = status.and_then(|status| status.observed_generation);
+    if observed < generation {
+        return Some("waiting for the Deployment controller to see the new aggregator spec".into());
+    }
+    let count = |field: fn(&DeploymentStatus) -> Option<i32>| status.and_then(field).unwrap_or(0);
+    let (updated, ready, total) = (count(|s| s.updated_replicas), count(|s| s.ready_replicas), count(|s| s.replicas));
+    if updated < replicas || ready < replicas || total > replicas {
+        return Some(format!("aggregator rollout: {ready}/{replicas} ready, {updated} updated, {total} running"));
+    }
+    None
+}
+
+/// Objects under our names must carry our ownership annotation, as AWS resources carry our tag.
+fn check_kubernetes_owner(kind: &'static str, metadata: Option<&ObjectMeta>, owner: &str) -> Result<(), Error> {
+    let Some(metadata) = metadata else { return Ok(()) };
+    let annotations = metadata.annotations.iter().flatten().map(|(key, value)| (key.as_str(), value.as_str()));
+    check_owner(kind, &metadata.name.clone().unwrap_or_default(), owner, annotations)
+}
+
+/// Stops the aggregator before the streams and the bucket it uses go away: deletes the
+/// Deployment in the foreground (it stays until its pods have stopped and checkpointed) and the
+/// ServiceAccount. Returns whether the Deployment is gone.
+pub async fn delete(client: &Client, namespace: &str, name: &str, owner: &str) -> Result<bool, Error> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let service_accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let deployment = deployments.get_opt(name).await?;
+    let ours = deployment.as_ref().filter(|d| check_kubernetes_owner("Deployment", Some(&d.metadata), owner).is_ok());
+    if let Some(deployment) = ours {
+        if deployment.metadata.deletion_timestamp.is_none() {
+            deployments.delete(name, &DeleteParams::foreground()).await?;
+        }
+        return Ok(false);
+    }
+    if let Some(service_account) = service_accounts.get_opt(name).await?
+        && check_kubernetes_owner("ServiceAccount", Some(&service_account.metadata), owner).is_ok()
+    {
+        service_accounts.delete(name, &DeleteParams::default()).await?;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_pipeline_crds::validation::{AwsTarget, validate};
+
+    use super::*;
+
+    fn pipeline(spec: serde_json::Value) -> (MetricsPipeline, PipelineConfig) {
+        let mut pipeline: MetricsPipeline = serde_json::from_value(json!({
+            "apiVersion": "pipelines.metrics.dev/v1alpha1", "kind": "MetricsPipeline",
+            "metadata": {"name": "shop", "namespace": "team-a", "uid": "1b4d2c7e-0000-4000-8000-000000000000"},
+            "spec": spec,
+        }))
+        .unwrap();
+        pipeline.metadata.generation = Some(1);
+        let target = AwsTarget { account_id: "123456789012".into(), default_region: Some("eu-west-1".into()) };
+        let config = validate(&pipeline, &target).unwrap();
+        (pipeline, config)
+    }
+
+    fn env_of(deployment: &Deployment) -> BTreeMap<String, String> {
+        let container = &deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+        container.env.iter().flatten().map(|var| (var.name.clone(), var.value.clone().unwrap_or_default())).collect()
+    }
+
+    #[test]
+    fn the_deployment_runs_the_aggregator_on_the_pipelines_streams_and_bucket() {
+        let (pipeline, config) = pipeline(json!({"aggregation": {"window": "5m", "idleTimeout": "1m"}}));
+        let (_, deployment) = desired(&pipeline, &config, &WorkloadSettings::default());
+        let env = env_of(&deployment);
+        assert_eq!(env["AGGREGATOR_INPUT_STREAM"], config.names.input_stream);
+        assert_eq!(env["AGGREGATOR_OUTPUT_STREAM"], config.names.output_stream);
+        assert_eq!(env["AGGREGATOR_BUCKET"], config.names.bucket);
+        assert_eq!((env["AGGREGATOR_WINDOW"].as_str(), env["AGGREGATOR_IDLE_TIMEOUT"].as_str()), ("5m", "1m"));
+        assert_eq!(env["AWS_REGION"], "eu-west-1");
+        assert!(!env.contains_key("AWS_ENDPOINT_URL"), "no endpoint override unless the operator has one");
+        let spec = deployment.spec.as_ref().unwrap();
+        assert_eq!(spec.strategy.as_ref().unwrap().type_.as_deref(), Some("Recreate"), "two consumers must never overlap");
+        let container = &spec.template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(container.image.as_deref(), Some(WorkloadSettings::default().default_image.as_str()));
+        assert_eq!(container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
+        assert_eq!(container.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0, "256Mi");
+    }
+
+    #[test]
+    fn the_pod_runs_as_non_root_on_a_read_only_filesystem_without_a_kubernetes_token() {
+        let (pipeline, config) = pipeline(json!({}));
+        let (_, deployment) = desired(&pipeline, &config, &WorkloadSettings::default());
+        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let container = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(container.read_only_root_filesystem, Some(true));
+        assert_eq!(container.allow_privilege_escalation, Some(false));
+        assert_eq!(container.capabilities.unwrap().drop, Some(vec!["ALL".to_owned()]));
+    }
+
+    #[test]
+    fn both_objects_are_owned_by_the_pipeline_and_the_service_account_carries_the_irsa_role() {
+        let role = "arn:aws:iam::123456789012:role/metrics-aggregator";
+        let (pipeline, config) = pipeline(json!({"aggregator": {"serviceAccountAnnotations": {"eks.amazonaws.com/role-arn": role}}}));
+        let (service_account, deployment) = desired(&pipeline, &config, &WorkloadSettings::default());
+        for metadata in [&service_account.metadata, &deployment.metadata] {
+            let owner = &metadata.owner_references.as_ref().unwrap()[0];
+            assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("MetricsPipeline", "shop", Some(true)));
+            assert_eq!(metadata.annotations.as_ref().unwrap()[OWNER_TAG], "team-a/shop");
+            assert_eq!(metadata.name.as_deref(), Some("shop-aggregator"));
+        }
+        assert_eq!(service_account.metadata.annotations.unwrap()["eks.amazonaws.com/role-arn"], role);
+        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("shop-aggregator"));
+    }
+
+    #[test]
+    fn a_spec_change_that_matters_changes_the_pod_template_and_one_that_does_not_leaves_it() {
+        let settings = WorkloadSettings { aws_endpoint_url: Some("http://127.0.0.1:5000".into()), ..WorkloadSettings::default() };
+        let deployment = |spec| {
+            let (pipeline, config) = pipeline(spec);
+            desired(&pipeline, &config, &settings).1
+        };
+        let template = |spec| deployment(spec).spec.unwrap().template;
+        let before = template(json!({}));
+        assert_ne!(before, template(json!({"aggregation": {"allowedLateness": "5m"}})), "a new lateness must roll the aggregator");
+        assert_eq!(before, template(json!({"delivery": {"bufferIntervalSeconds": 120}})), "Firehose settings do not concern it");
+        assert_eq!(env_of(&deployment(json!({})))["AWS_ENDPOINT_URL"], "http://127.0.0.1:5000");
+    }
+
+    #[test]
+    fn a_rollout_is_pending_until_every_replica_runs_the_current_generation() {
+        let status = |observed, updated, ready, total| DeploymentStatus {
+            observed_generation: Some(observed),
+            updated_replicas: Some(updated),
+            ready_replicas: Some(ready),
+            replicas: Some(total),
+            ..DeploymentStatus::default()
+        };
+        assert!(rollout_pending(1, Some(2), Some(&status(1, 1, 1, 1))).is_some(), "the controller has not seen generation 2");
+        assert!(rollout_pending(1, Some(2), Some(&status(2, 0, 0, 0))).unwrap().contains("0/1 ready"));
+        assert!(rollout_pending(1, Some(2), Some(&status(2, 1, 1, 2))).is_some(), "an old pod still runs");
+        assert_eq!(rollout_pending(1, Some(2), Some(&status(2, 1, 1, 1))), None);
+        assert_eq!(rollout_pending(0, Some(3), Some(&status(3, 0, 0, 0))), None, "paused is a finished rollout");
+        assert!(rollout_pending(1, Some(1), None).is_some(), "no status yet");
+    }
+}

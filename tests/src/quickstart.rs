@@ -1,0 +1,237 @@
+//! The whole pipeline on one machine: the operator (as its own process) provisions the example
+//! pipeline in the emulator and writes the aggregator's Deployment, the local runner runs it,
+//! generated metrics from two services go into the input stream out of order, the delivery
+//! stand-in carries the aggregates into the bucket, and the query check reads them back through
+//! the Glue table. `quickstart` (the README's run command) prints the result; the end-to-end
+//! test asserts it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
+use metrics_aggregator::sink::KinesisSink;
+use metrics_pipeline_crds::aws::sdk_config;
+use metrics_pipeline_crds::event::{EventTime, MetricAggregate, MetricEvent};
+use metrics_pipeline_crds::pipeline::Phase;
+use metrics_pipeline_crds::{MetricsPipeline, MetricsPipelineStatus};
+use tokio::process::{Child, Command};
+
+use crate::delivery::DeliveryStandIn;
+use crate::kubelet::{LocalKubelet, workspace_bin_dir};
+use crate::query::{QueryCheck, Row};
+use crate::{FIELD_MANAGER, install_crd, repo_path};
+
+pub const COMPONENTS: [&str; 2] = ["user-service", "order-service"];
+/// The columns the quickstart shows, as the Glue table names them.
+pub const SHOWN_COLUMNS: [&str; 7] = ["componentName", "metricName", "unit", "minValue", "maxValue", "fromTimestamp", "toTimestamp"];
+const PIPELINE: &str = "metrics";
+/// Event time covered by the generated metrics: three one-minute windows and a bit.
+const ROUNDS: u64 = 180;
+/// Out-of-order jitter, inside the example's 10 s out-of-orderness, so every event counts.
+const JITTER: Duration = Duration::from_secs(5);
+const DEADLINE: Duration = Duration::from_secs(240);
+
+/// What the quickstart did: the events it published and the rows the table returns.
+pub struct Outcome {
+    pub events: Vec<MetricEvent<'static>>,
+    /// Per component, the table's rows after deduplication, ordered by metric and window.
+    pub rows: BTreeMap<String, Vec<MetricAggregate>>,
+    pub database: String,
+    pub table: String,
+}
+
+/// Runs the example pipeline in `namespace` (which must exist) and deletes it again at the end.
+/// `progress` receives one line per step.
+pub async fn run(client: &Client, namespace: &str, log_dir: &Path, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<Outcome> {
+    let bin_dir = workspace_bin_dir()?;
+    std::fs::create_dir_all(log_dir)?;
+    install_crd(client).await?;
+    progress(format!("starting the operator (log: {})", log_dir.join("operator.log").display()));
+    let mut operator = start_operator(&bin_dir, namespace, log_dir)?;
+    let kubelet = LocalKubelet::start(client, namespace, bin_dir, log_dir.to_path_buf()).await?;
+
+    let result = async {
+        let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), namespace);
+        let example: MetricsPipeline = serde_yaml::from_str(&std::fs::read_to_string(repo_path("examples/pipeline.yaml"))?)?;
+        pipelines.patch(PIPELINE, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&example)).await?;
+        progress(format!("applied examples/pipeline.yaml as {namespace}/{PIPELINE}"));
+        let status = wait_until_ready(&pipelines, &mut operator, progress).await?;
+        let deployment: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+        let aggregator = status.aggregator.as_ref().context("Ready without an aggregator")?;
+        let image = deployment.get(&aggregator.deployment).await?.spec.and_then(|s| s.template.spec).map(|p| p.containers[0].image.clone());
+        progress(format!("aggregator Deployment {} runs locally (its image would be {})", aggregator.deployment, image.flatten().unwrap_or_default()));
+        exchange_data(&status, progress).await
+    }
+    .await;
+
+    progress("deleting the pipeline".into());
+    let cleanup = delete_pipeline(client, namespace).await;
+    kubelet.stop().await;
+    stop(&mut operator).await;
+    let outcome = result?;
+    cleanup?;
+    Ok(outcome)
+}
+
+fn start_operator(bin_dir: &Path, namespace: &str, log_dir: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log_dir.join("operator.log"))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    Command::new(bin_dir.join("metrics-pipeline-operator"))
+        // A short resync registers the first Glue partitions soon after the first objects land.
+        .args(["--namespace", namespace, "--resync-period", "5s", "--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start metrics-pipeline-operator")
+}
+
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+async fn wait_until_ready(pipelines: &Api<MetricsPipeline>, operator: &mut Child, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<MetricsPipelineStatus> {
+    let started = Instant::now();
+    let mut last_message = String::new();
+    while started.elapsed() < DEADLINE {
+        if let Some(exit) = operator.try_wait()? {
+            bail!("the operator exited ({exit}); see operator.log");
+        }
+        let status = pipelines.get(PIPELINE).await?.status.unwrap_or_default();
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        if let Some(ready) = ready.filter(|ready| ready.message != last_message) {
+            progress(format!("{:?}: {}", status.phase.unwrap_or(Phase::Provisioning), ready.message));
+            last_message = ready.message.clone();
+        }
+        match status.phase {
+            Some(Phase::Ready) => return Ok(status),
+            Some(Phase::Failed) => bail!("the pipeline failed: {last_message}"),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    bail!("the pipeline was not Ready within {DEADLINE:?}; last: {last_message}")
+}
+
+/// Publishes the metrics, runs delivery until the table holds every window, and reads it back.
+async fn exchange_data(status: &MetricsPipelineStatus, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<Outcome> {
+    let name = |reference: &Option<metrics_pipeline_crds::pipeline::AwsResourceRef>| reference.as_ref().map(|r| r.name.clone()).context("missing in status");
+    let (input, delivery) = (name(&status.input_stream)?, name(&status.delivery_stream)?);
+    let (database, table) = (name(&status.glue_database)?, name(&status.glue_table)?);
+    let sdk = sdk_config(None).await;
+
+    // Three minutes of event time, ending a minute ago, one event a second per series.
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    let start = EventTime((now_ms / 60_000 - 4) * 60_000);
+    let config = GeneratorConfig {
+        components: COMPONENTS.map(str::to_owned).to_vec(),
+        metrics: vec![Metric { name: "cpu-usage".into(), unit: "percent".into() }, Metric { name: "ram-usage".into(), unit: "MB".into() }],
+        start,
+        step: Duration::from_secs(1),
+        jitter: JITTER,
+        seed: 7,
+    };
+    let count = ROUNDS * (config.components.len() * config.metrics.len()) as u64;
+    let events: Vec<MetricEvent<'static>> = Generator::new(config.clone()).take(count as usize).collect();
+    let sink = KinesisSink::new(aws_sdk_kinesis::Client::new(&sdk), input.clone());
+    let published = publish(&sink, Generator::new(config), PartitionKey::Component, Some(count), None, std::future::pending()).await;
+    progress(format!("published {published} cpu-usage and ram-usage events of {} to {input}, up to {}s out of order", COMPONENTS.join(" and "), JITTER.as_secs()));
+
+    let expected = expected_windows(&events);
+    progress(format!("waiting for {} windows: the last fires after the example's 30s idle timeout", expected.values().sum::<usize>()));
+    let mut stand_in = DeliveryStandIn::load(&sdk, &delivery).await?;
+    let query = QueryCheck::new(&sdk);
+    let started = Instant::now();
+    let mut delivered_objects = 0;
+    loop {
+        let delivered = stand_in.deliver().await?;
+        if !delivered.is_empty() {
+            delivered_objects += delivered.len();
+            progress(format!("delivery stand-in wrote {} object(s) under {}", delivered.len(), delivered.keys().cloned().collect::<Vec<_>>().join(", ")));
+        }
+        if delivered_objects > 0 {
+            let mut tables = BTreeMap::new();
+            for component in COMPONENTS {
+                if let Ok(rows) = query.select_partition(&database, &table, component).await {
+                    tables.insert(component.to_owned(), rows);
+                }
+            }
+            let rows: BTreeMap<String, Vec<MetricAggregate>> = tables.iter().map(|(c, rows)| Ok((c.clone(), latest_revisions(rows)?))).collect::<anyhow::Result<_>>()?;
+            if COMPONENTS.iter().all(|c| rows.get(*c).map(Vec::len) == expected.get(*c).copied()) {
+                return Ok(Outcome { events, rows, database, table });
+            }
+        }
+        if started.elapsed() > DEADLINE {
+            bail!("the table did not hold every window within {DEADLINE:?} (expected per component: {expected:?})");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Windows per component the events fall into, at the example's one-minute windows.
+fn expected_windows(events: &[MetricEvent<'_>]) -> BTreeMap<String, usize> {
+    let mut windows: BTreeMap<String, std::collections::BTreeSet<(String, i64)>> = BTreeMap::new();
+    for event in events {
+        windows.entry(event.component_name.to_string()).or_default().insert((event.metric_name.to_string(), event.timestamp.0.div_euclid(60_000)));
+    }
+    windows.into_iter().map(|(component, set)| (component, set.len())).collect()
+}
+
+/// The README's deduplication rule: per `windowId`, the row with the highest count, then the
+/// highest revision. Ordered by metric and window.
+pub fn latest_revisions(rows: &[Row]) -> anyhow::Result<Vec<MetricAggregate>> {
+    let mut latest: BTreeMap<String, MetricAggregate> = BTreeMap::new();
+    for row in rows {
+        let aggregate: MetricAggregate = serde_json::from_value(serde_json::Value::Object(row.iter().cloned().collect())).context("a row that is not an aggregate")?;
+        match latest.get(&aggregate.window_id) {
+            Some(kept) if (kept.count, kept.revision) >= (aggregate.count, aggregate.revision) => {}
+            _ => {
+                latest.insert(aggregate.window_id.clone(), aggregate);
+            }
+        }
+    }
+    let mut rows: Vec<MetricAggregate> = latest.into_values().collect();
+    rows.sort_by(|a, b| (&a.metric_name, a.window_start).cmp(&(&b.metric_name, b.window_start)));
+    Ok(rows)
+}
+
+/// Aggregates as query result rows, for [`crate::query::format_rows`].
+pub fn as_rows(aggregates: &[MetricAggregate]) -> Vec<Row> {
+    let object = |aggregate| match serde_json::to_value(aggregate) {
+        Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
+        _ => Row::new(),
+    };
+    aggregates.iter().map(object).collect()
+}
+
+async fn delete_pipeline(client: &Client, namespace: &str) -> anyhow::Result<()> {
+    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), namespace);
+    if pipelines.get_opt(PIPELINE).await?.is_none() {
+        return Ok(());
+    }
+    pipelines.delete(PIPELINE, &DeleteParams::default()).await?;
+    let started = Instant::now();
+    while pipelines.get_opt(PIPELINE).await?.is_some_and(|p| !p.finalizers().is_empty()) {
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the operator did not finish deleting {namespace}/{PIPELINE} within 2 min");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// Where the quickstart keeps its logs: beside the dev environment's.
+pub fn default_log_dir() -> PathBuf {
+    std::env::var_os("DEV_ENV_STATE").map_or_else(|| repo_path(".dev-env"), PathBuf::from).join("quickstart")
+}
