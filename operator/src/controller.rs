@@ -99,7 +99,7 @@ pub async fn run(context: Arc<Context>, namespace: Option<String>, shutdown: imp
     };
     // The aggregator's Deployment reports readiness in its status: each change of it reconciles
     // the pipeline that owns it, so AggregatorReady follows without polling.
-    let aggregators = watcher::Config::default().labels(&format!("{}={}", workload::NAME_LABEL, workload::AGGREGATOR_APP));
+    let aggregators = watcher::Config::default().labels(&workload::aggregator_selector());
     Controller::new(api, watcher::Config::default().any_semantic())
         .owns(deployments, aggregators)
         .graceful_shutdown_on(shutdown)

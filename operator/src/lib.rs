@@ -4,6 +4,7 @@
 pub mod aws;
 pub mod controller;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod status;
 pub mod workload;

@@ -10,12 +10,14 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use clap::Parser;
+use tokio::sync::watch;
 use metrics_pipeline_crds::aws::sdk_config;
 use metrics_pipeline_crds::duration::parse_duration;
 use metrics_pipeline_crds::process::{LogFormat, init_logging, shutdown_signal};
 use metrics_pipeline_crds::validation::AwsTarget;
 use metrics_pipeline_operator::aws::AwsCalls;
 use metrics_pipeline_operator::controller::{Aws, Context, Settings, run};
+use metrics_pipeline_operator::leader::{LeaderElector, LeaseSettings};
 use metrics_pipeline_operator::metrics::Metrics;
 use metrics_pipeline_operator::workload::WorkloadSettings;
 
@@ -42,6 +44,13 @@ struct Cli {
     /// Aggregator image for pipelines whose spec names none.
     #[arg(long, env = "AGGREGATOR_IMAGE", default_value_t = WorkloadSettings::default().default_image)]
     aggregator_image: String,
+    /// Elect a leader on this Lease, so of several replicas only one reconciles (default: no
+    /// election, for a single replica).
+    #[arg(long, env = "LEASE_NAME")]
+    lease_name: Option<String>,
+    /// Namespace of the Lease (default: the operator's own, from its ServiceAccount or kubeconfig).
+    #[arg(long, env = "LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
     /// AWS endpoint override (an emulator, or a private endpoint); the aggregators get it too.
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     aws_endpoint_url: Option<String>,
@@ -85,7 +94,52 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
     let router = Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", get(move || async move { metrics.encode() }));
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     tokio::spawn(async move { axum::serve(listener, router).await });
-    run(context, cli.namespace, shutdown_signal()).await;
+
+    let (stop, stopped) = watch::channel(false);
+    let stop = Arc::new(stop);
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.send_replace(true);
+    });
+    let elector = cli.lease_name.map(|name| {
+        let namespace = cli.lease_namespace.unwrap_or_else(|| context.client.default_namespace().to_owned());
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+        LeaderElector::new(context.client.clone(), LeaseSettings::new(namespace, name, identity))
+    });
+    if let Some(elector) = &elector {
+        tracing::info!("waiting for the leader lease");
+        if !elector.acquire(&mut stopped.clone()).await {
+            tracing::info!("stopped before leading");
+            return Ok(());
+        }
+        tracing::info!("leading: this replica reconciles");
+    }
+    // The leader renews its lease beside the controller; losing it stops the controller.
+    let holding = elector.map(|elector| {
+        let (stop, mut stopped) = (stop.clone(), stopped.clone());
+        tokio::spawn(async move {
+            let kept = elector.hold(&mut stopped).await;
+            stop.send_replace(true);
+            (elector, kept)
+        })
+    });
+    let mut until_stopped = stopped.clone();
+    run(context, cli.namespace, async move {
+        let _ = until_stopped.wait_for(|stopped| *stopped).await;
+    })
+    .await;
+    if let Some(holding) = holding {
+        let (elector, kept) = holding.await?;
+        if !kept {
+            anyhow::bail!("lost the leader lease: stopped reconciling so that the new leader reconciles alone");
+        }
+        elector.release().await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|name| name.trim().to_owned()).unwrap_or_else(|_| "operator".into())
 }

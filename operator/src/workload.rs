@@ -29,6 +29,11 @@ pub const CONTAINER: &str = "aggregator";
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 pub const AGGREGATOR_APP: &str = "metrics-aggregator";
+
+/// The label selector of every pipeline's aggregator pods and Deployments.
+pub fn aggregator_selector() -> String {
+    format!("{NAME_LABEL}={AGGREGATOR_APP}")
+}
 /// Long enough for the aggregator's shutdown: fire nothing early, flush, checkpoint.
 const TERMINATION_GRACE_SECONDS: i64 = 60;
 /// The distroless `nonroot` user the image runs as.

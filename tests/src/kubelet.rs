@@ -17,18 +17,19 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::core::v1::{Container, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use metrics_pipeline_operator::workload::{AGGREGATOR_APP, CONTAINER, NAME_LABEL};
 use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
+use crate::{free_port, terminate};
+
 /// The Node every pod run here is bound to.
 pub const NODE: &str = "metrics-pipeline-local-runner";
-/// The container's environment variable for its listen address, pointed at a free local port.
-const LISTEN_ENV: &str = "AGGREGATOR_LISTEN";
+/// The programs' listen-address variables (aggregator, operator), pointed at a free local port.
+const LISTEN_ENVS: [&str; 2] = ["AGGREGATOR_LISTEN", "LISTEN"];
 /// What the runner passes on from its own environment, as a pod identity webhook would.
 const CREDENTIALS: [&str; 3] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
 
@@ -39,14 +40,16 @@ pub struct LocalKubelet {
 }
 
 impl LocalKubelet {
-    /// `bin_dir` holds the programs the containers name; `log_dir` receives one log per pod.
-    pub async fn start(client: &Client, namespace: &str, bin_dir: PathBuf, log_dir: PathBuf) -> anyhow::Result<Self> {
+    /// Runs the pods of `namespace` that match the label `selector`. `bin_dir` holds the programs
+    /// the containers name; `log_dir` receives one log per pod.
+    pub async fn start(client: &Client, namespace: &str, selector: &str, bin_dir: PathBuf, log_dir: PathBuf) -> anyhow::Result<Self> {
         register_node(client).await?;
         std::fs::create_dir_all(&log_dir)?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let (client, selector) = (client.clone(), selector.to_owned());
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
-            let mut node = Runner { pods, bin_dir, log_dir, running: HashMap::new() };
+            let mut node = Runner { pods, client, selector, bin_dir, log_dir, running: HashMap::new() };
             loop {
                 if let Err(error) = node.sync().await {
                     eprintln!("[local-runner] {error:#}");
@@ -97,9 +100,34 @@ async fn register_node(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How to start a pod's container, worked out once when the pod is admitted.
+struct Launch {
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Launch {
+    fn spawn(&self) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        Command::new(&self.program)
+            .args(&self.args)
+            .env_clear()
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.program.display()))
+    }
+}
+
 struct Process {
+    container: String,
     child: Child,
-    container: Container,
+    launch: Launch,
     port: u16,
     readiness_path: Option<String>,
     ready: bool,
@@ -108,6 +136,8 @@ struct Process {
 
 struct Runner {
     pods: Api<Pod>,
+    client: Client,
+    selector: String,
     bin_dir: PathBuf,
     log_dir: PathBuf,
     running: HashMap<String, Process>,
@@ -115,8 +145,7 @@ struct Runner {
 
 impl Runner {
     async fn sync(&mut self) -> anyhow::Result<()> {
-        let selector = format!("{NAME_LABEL}={AGGREGATOR_APP}");
-        let pods = self.pods.list(&ListParams::default().labels(&selector)).await?;
+        let pods = self.pods.list(&ListParams::default().labels(&self.selector)).await?;
         for pod in pods {
             let name = pod.name_any();
             if pod.metadata.deletion_timestamp.is_some() {
@@ -135,46 +164,61 @@ impl Runner {
     /// Binds a new pod to this node and starts its container.
     async fn admit(&mut self, pod: &Pod) -> anyhow::Result<()> {
         let name = pod.name_any();
-        if pod.spec.as_ref().and_then(|spec| spec.node_name.as_ref()).is_none() {
+        let spec = pod.spec.as_ref().context("a pod without spec")?;
+        if spec.node_name.is_none() {
             let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"apiVersion": "v1", "kind": "Node", "name": NODE}});
             self.pods.create_subresource::<_, serde_json::Value>("binding", &name, &PostParams::default(), &binding).await?;
         }
-        let container = pod
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.containers.iter().find(|c| c.name == CONTAINER))
-            .with_context(|| format!("no container named {CONTAINER}"))?;
+        let [container] = spec.containers.as_slice() else { bail!("the local runner runs pods of one container") };
+        let command: Vec<&String> = container.command.iter().flatten().chain(container.args.iter().flatten()).collect();
+        let Some((program, args)) = command.split_first() else { bail!("the container names no command") };
         let port = free_port()?;
-        let child = self.spawn(&name, container, port)?;
+        let mut env = Vec::new();
+        for var in container.env.iter().flatten() {
+            let value = match (&var.value, var.value_from.as_ref().and_then(|from| from.field_ref.as_ref())) {
+                (Some(value), _) => value.clone(),
+                (None, Some(field)) if field.field_path == "metadata.name" => name.clone(),
+                (None, Some(field)) if field.field_path == "metadata.namespace" => pod.namespace().unwrap_or_default(),
+                _ => bail!("env {}: the local runner resolves only values and the pod's name and namespace", var.name),
+            };
+            // The pod's own network namespace would give it the container port: here, a free one.
+            let value = if LISTEN_ENVS.contains(&var.name.as_str()) { format!("127.0.0.1:{port}") } else { value };
+            env.push((var.name.clone(), value));
+        }
+        env.extend(CREDENTIALS.iter().filter_map(|name| std::env::var(name).ok().map(|value| (name.to_string(), value))));
+        if spec.automount_service_account_token != Some(false) {
+            let service_account = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+            let kubeconfig = self.mount_token(&name, &service_account).await?;
+            env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+        }
+        let launch = Launch { program: self.bin_dir.join(program), args: args.iter().map(|a| a.to_string()).collect(), env, log: self.log_dir.join(format!("{name}.log")) };
+        let child = launch.spawn()?;
         let readiness_path = container.readiness_probe.as_ref().and_then(|probe| probe.http_get.as_ref()).and_then(|get| get.path.clone());
-        self.running.insert(name, Process { child, container: container.clone(), port, readiness_path, ready: false, restarts: 0 });
+        self.running.insert(name, Process { container: container.name.clone(), child, launch, port, readiness_path, ready: false, restarts: 0 });
         Ok(())
     }
 
-    fn spawn(&self, pod: &str, container: &Container, port: u16) -> anyhow::Result<Child> {
-        let command: Vec<&String> = container.command.iter().flatten().chain(container.args.iter().flatten()).collect();
-        let Some((program, args)) = command.split_first() else { bail!("the container names no command") };
-        let mut env = Vec::new();
-        for var in container.env.iter().flatten() {
-            let Some(value) = &var.value else { bail!("env {} uses valueFrom, which the local runner does not resolve", var.name) };
-            env.push((var.name.clone(), value.clone()));
-        }
-        env.retain(|(name, _)| name != LISTEN_ENV);
-        env.push((LISTEN_ENV.to_owned(), format!("127.0.0.1:{port}")));
-        env.extend(CREDENTIALS.iter().filter_map(|name| std::env::var(name).ok().map(|value| (name.to_string(), value))));
-        let log_path = self.log_dir.join(format!("{pod}.log"));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let child = Command::new(self.bin_dir.join(program))
-            .args(args)
-            .env_clear()
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.bin_dir.join(program).display()))?;
-        Ok(child)
+    /// What a kubelet mounts for in-cluster access: a token of the pod's ServiceAccount (from
+    /// the TokenRequest API), here written as a kubeconfig for this API server.
+    async fn mount_token(&self, pod: &str, service_account: &str) -> anyhow::Result<PathBuf> {
+        let namespace = self.pods.namespace().unwrap_or("default").to_owned();
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &namespace);
+        let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}});
+        let response: serde_json::Value = accounts.create_subresource("token", service_account, &PostParams::default(), &request).await?;
+        let token = response["status"]["token"].as_str().context("TokenRequest returned no token")?;
+        let own = kube::config::Kubeconfig::read().context("reading the runner's own kubeconfig")?;
+        let context = own.current_context.as_deref().and_then(|current| own.contexts.iter().find(|c| c.name == current)).and_then(|c| c.context.clone());
+        let cluster_name = context.map(|c| c.cluster).unwrap_or_default();
+        let cluster = own.clusters.iter().find(|c| c.name == cluster_name).and_then(|c| c.cluster.clone()).context("no current cluster in the kubeconfig")?;
+        let kubeconfig = json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
+            "clusters": [{"name": "cluster", "cluster": {"server": cluster.server, "certificate-authority": cluster.certificate_authority}}],
+            "users": [{"name": service_account, "user": {"token": token}}],
+            "contexts": [{"name": "pod", "context": {"cluster": "cluster", "user": service_account, "namespace": namespace}}]
+        });
+        let path = self.log_dir.join(format!("{pod}.kubeconfig"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&kubeconfig)?)?;
+        Ok(path)
     }
 
     /// Probes readiness, restarts an exited container, and writes the pod's status on a change.
@@ -184,10 +228,7 @@ impl Runner {
         let ready = !exited && probe(process.port, process.readiness_path.as_deref().unwrap_or("/")).await;
         if exited {
             // restartPolicy Always, without the back-off a kubelet would add.
-            let (container, port) = (process.container.clone(), process.port);
-            let child = self.spawn(name, &container, port)?;
-            let process = self.running.get_mut(name).expect("admitted");
-            process.child = child;
+            process.child = process.launch.spawn()?;
             process.restarts += 1;
         }
         let process = self.running.get_mut(name).expect("admitted");
@@ -209,7 +250,7 @@ impl Runner {
                 {"type": "Ready", "status": flag, "lastTransitionTime": now}
             ],
             "containerStatuses": [{
-                "name": CONTAINER, "ready": ready, "started": true, "restartCount": process.restarts,
+                "name": process.container, "ready": ready, "started": true, "restartCount": process.restarts,
                 "image": "local", "imageID": "", "state": {"running": {"startedAt": now}}
             }]
         }});
@@ -220,12 +261,7 @@ impl Runner {
     /// SIGTERM, then up to the grace period for the aggregator's flush and checkpoint.
     async fn terminate(&mut self, name: &str) {
         let Some(mut process) = self.running.remove(name) else { return };
-        if let Some(pid) = process.child.id() {
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-        }
-        if tokio::time::timeout(Duration::from_secs(60), process.child.wait()).await.is_err() {
-            let _ = process.child.kill().await;
-        }
+        terminate(&mut process.child, Duration::from_secs(60)).await;
     }
 
     async fn stop_all(&mut self) {
@@ -247,8 +283,4 @@ async fn probe(port: u16, path: &str) -> bool {
         Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.") && head[9] == b'2')
     };
     matches!(tokio::time::timeout(Duration::from_secs(2), attempt).await, Ok(Ok(true)))
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -2,6 +2,7 @@
 //! plane and the AWS emulator that `scripts/dev-env up` starts, per-test isolation, and the
 //! Firehose delivery stand-in (`delivery`), since the emulator does not run Firehose's data path.
 
+pub mod chart;
 pub mod delivery;
 pub mod kubelet;
 pub mod query;
@@ -89,4 +90,24 @@ pub fn pipe_through(program: &str, args: &[&str], input: &[u8]) -> anyhow::Resul
         bail!("{program}: {}", String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(output.stdout)
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Stops a process as Kubernetes does: SIGTERM, then SIGKILL after `grace`. Returns its exit
+/// status when it stopped on SIGTERM.
+pub async fn terminate(child: &mut tokio::process::Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            let _ = child.kill().await;
+            None
+        }
+    }
 }

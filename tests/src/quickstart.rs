@@ -22,10 +22,12 @@ use metrics_pipeline_crds::pipeline::Phase;
 use metrics_pipeline_crds::{MetricsPipeline, MetricsPipelineStatus};
 use tokio::process::{Child, Command};
 
+use metrics_pipeline_operator::workload::aggregator_selector;
+
 use crate::delivery::DeliveryStandIn;
 use crate::kubelet::{LocalKubelet, workspace_bin_dir};
 use crate::query::{QueryCheck, Row};
-use crate::{FIELD_MANAGER, install_crd, repo_path};
+use crate::{FIELD_MANAGER, free_port, install_crd, repo_path, terminate};
 
 pub const COMPONENTS: [&str; 2] = ["user-service", "order-service"];
 /// The columns the quickstart shows, as the Glue table names them.
@@ -54,7 +56,7 @@ pub async fn run(client: &Client, namespace: &str, log_dir: &Path, progress: &(d
     install_crd(client).await?;
     progress(format!("starting the operator (log: {})", log_dir.join("operator.log").display()));
     let mut operator = start_operator(&bin_dir, namespace, log_dir)?;
-    let kubelet = LocalKubelet::start(client, namespace, bin_dir, log_dir.to_path_buf()).await?;
+    let kubelet = LocalKubelet::start(client, namespace, &aggregator_selector(), bin_dir, log_dir.to_path_buf()).await?;
 
     let result = async {
         let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), namespace);
@@ -73,7 +75,7 @@ pub async fn run(client: &Client, namespace: &str, log_dir: &Path, progress: &(d
     progress("deleting the pipeline".into());
     let cleanup = delete_pipeline(client, namespace).await;
     kubelet.stop().await;
-    stop(&mut operator).await;
+    terminate(&mut operator, Duration::from_secs(10)).await;
     let outcome = result?;
     cleanup?;
     Ok(outcome)
@@ -81,7 +83,7 @@ pub async fn run(client: &Client, namespace: &str, log_dir: &Path, progress: &(d
 
 fn start_operator(bin_dir: &Path, namespace: &str, log_dir: &Path) -> anyhow::Result<Child> {
     let log = std::fs::File::create(log_dir.join("operator.log"))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     Command::new(bin_dir.join("metrics-pipeline-operator"))
         // A short resync registers the first Glue partitions soon after the first objects land.
         .args(["--namespace", namespace, "--resync-period", "5s", "--listen", &format!("127.0.0.1:{port}")])
@@ -91,15 +93,6 @@ fn start_operator(bin_dir: &Path, namespace: &str, log_dir: &Path) -> anyhow::Re
         .kill_on_drop(true)
         .spawn()
         .context("cannot start metrics-pipeline-operator")
-}
-
-async fn stop(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-    }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-        let _ = child.kill().await;
-    }
 }
 
 async fn wait_until_ready(pipelines: &Api<MetricsPipeline>, operator: &mut Child, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<MetricsPipelineStatus> {

@@ -23,7 +23,7 @@ use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_clien
 use metrics_pipeline_operator::aws::{AwsCalls, delivery};
 use metrics_pipeline_operator::controller::{Aws, Context, FINALIZER, Settings, run};
 use metrics_pipeline_operator::metrics::Metrics;
-use metrics_pipeline_operator::workload::WorkloadSettings;
+use metrics_pipeline_operator::workload::{WorkloadSettings, aggregator_selector};
 use tokio::sync::oneshot;
 
 fn example(file: &str) -> MetricsPipeline {
@@ -135,7 +135,7 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
     let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(3)).await;
     let log_dir = std::env::temp_dir().join(format!("metrics-pipeline-{}", namespace.name));
-    let kubelet = LocalKubelet::start(&client, &namespace.name, workspace_bin_dir().unwrap(), log_dir).await.unwrap();
+    let kubelet = LocalKubelet::start(&client, &namespace.name, &aggregator_selector(), workspace_bin_dir().unwrap(), log_dir).await.unwrap();
 
     pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(example("pipeline.yaml"))).await.unwrap();
     let status = wait_for(&pipelines, "metrics", "Ready", |s| s.phase == Some(Phase::Ready)).await;

@@ -1,0 +1,139 @@
+//! Leader election on a coordination.k8s.io Lease, so that of several operator replicas exactly
+//! one reconciles. The same protocol as client-go's: the holder renews `renewTime` every
+//! `retry` period; another replica takes the lease only once `renewTime + leaseDuration` has
+//! passed, or when the holder released it on shutdown. Every write carries the resourceVersion
+//! read, so two candidates can never both win: the loser gets 409 Conflict.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::Client;
+use tokio::sync::watch;
+
+#[derive(Clone, Debug)]
+pub struct LeaseSettings {
+    pub namespace: String,
+    pub name: String,
+    /// This replica's name in the lease: the pod's name in a cluster.
+    pub identity: String,
+    /// How long a lease stays valid without renewal.
+    pub duration: Duration,
+    /// How often the holder renews and the others try.
+    pub retry: Duration,
+}
+
+impl LeaseSettings {
+    /// client-go's defaults, scaled: a dead leader is replaced within 15 s.
+    pub fn new(namespace: String, name: String, identity: String) -> Self {
+        Self { namespace, name, identity, duration: Duration::from_secs(15), retry: Duration::from_secs(2) }
+    }
+}
+
+pub struct LeaderElector {
+    api: Api<Lease>,
+    settings: LeaseSettings,
+}
+
+impl LeaderElector {
+    pub fn new(client: Client, settings: LeaseSettings) -> Self {
+        Self { api: Api::namespaced(client, &settings.namespace), settings }
+    }
+
+    /// One attempt to take or renew the lease; true when this replica holds it afterwards.
+    pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
+        let now = jiff::Timestamp::now();
+        let settings = &self.settings;
+        let Some(mut lease) = self.api.get_opt(&settings.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta { name: Some(settings.name.clone()), ..ObjectMeta::default() },
+                spec: Some(self.held_since(now, now, 0)),
+            };
+            return self.won(self.api.create(&PostParams::default(), &lease).await);
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.as_deref().filter(|holder| !holder.is_empty());
+        let ours = holder == Some(settings.identity.as_str());
+        let expired = spec.renew_time.as_ref().is_none_or(|renewed| {
+            let valid = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
+            renewed.0 + valid < now
+        });
+        if !ours && holder.is_some() && !expired {
+            return Ok(false);
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
+        let acquired = if ours { spec.acquire_time.map_or(now, |time| time.0) } else { now };
+        lease.spec = Some(self.held_since(acquired, now, transitions));
+        self.won(self.api.replace(&settings.name, &PostParams::default(), &lease).await)
+    }
+
+    fn held_since(&self, acquired: jiff::Timestamp, renewed: jiff::Timestamp, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.settings.identity.clone()),
+            lease_duration_seconds: Some(self.settings.duration.as_secs() as i32),
+            acquire_time: Some(MicroTime(acquired)),
+            renew_time: Some(MicroTime(renewed)),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    /// A conflict means another replica wrote first: it holds the lease, not us.
+    fn won(&self, written: Result<Lease, kube::Error>) -> Result<bool, kube::Error> {
+        match written {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Waits until this replica holds the lease; false when `stop` turned true first.
+    pub async fn acquire(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        loop {
+            match self.try_acquire().await {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, lease = %self.settings.name, "cannot read or write the leader lease"),
+            }
+            tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => return false,
+                () = tokio::time::sleep(self.settings.retry) => {}
+            }
+        }
+    }
+
+    /// Renews the lease until `stop`; returns false if it was lost (not renewed within its
+    /// duration, or taken by another replica), after which this replica must stop reconciling.
+    pub async fn hold(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        let mut last_renewal = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => return true,
+                () = tokio::time::sleep(self.settings.retry) => {}
+            }
+            match self.try_acquire().await {
+                Ok(true) => last_renewal = tokio::time::Instant::now(),
+                Ok(false) => return false,
+                Err(error) => tracing::warn!(%error, "cannot renew the leader lease"),
+            }
+            // Stop before another replica may take the lease over.
+            if last_renewal.elapsed() + self.settings.retry >= self.settings.duration {
+                return false;
+            }
+        }
+    }
+
+    /// Gives the lease up at shutdown, so another replica takes over at once.
+    pub async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.settings.name).await else { return };
+        let Some(spec) = lease.spec.as_mut().filter(|spec| spec.holder_identity.as_deref() == Some(self.settings.identity.as_str())) else {
+            return;
+        };
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        if let Err(error) = self.api.replace(&self.settings.name, &PostParams::default(), &lease).await {
+            tracing::warn!(%error, "cannot release the leader lease; another replica takes it when it expires");
+        }
+    }
+}

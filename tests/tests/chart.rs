@@ -1,0 +1,150 @@
+//! The Helm chart, rendered as Helm would and applied to the real API server: the operator runs
+//! as the chart's Deployment (by the local runner, with a token of the chart's ServiceAccount),
+//! so its RBAC is proven sufficient for a whole pipeline lifecycle; a SubjectAccessReview shows
+//! it is nothing broader. With two replicas, one leads and the other takes over when it goes.
+
+use std::time::Duration;
+
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use metrics_pipeline_crds::MetricsPipeline;
+use metrics_pipeline_crds::pipeline::Phase;
+use metrics_pipeline_e2e::kubelet::{LocalKubelet, workspace_bin_dir};
+use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, chart, kube_client, repo_path};
+use metrics_pipeline_operator::workload::aggregator_selector;
+use serde_json::json;
+
+const OPERATOR_PODS: &str = "app.kubernetes.io/name=metrics-pipeline-operator";
+
+fn values(watch_namespace: &str, replicas: i32) -> serde_json::Value {
+    json!({
+        "replicas": replicas,
+        "region": std::env::var("AWS_REGION").unwrap(),
+        "awsEndpointUrl": std::env::var("AWS_ENDPOINT_URL").unwrap(),
+        "watchNamespace": watch_namespace,
+        "resyncPeriod": "5s",
+        "logFormat": "text",
+    })
+}
+
+#[test]
+fn values_the_schema_refuses_are_named() {
+    let refused = chart::render("ops", "mp", &json!({"replicas": 9, "region": "Europe", "irsaRoleArn": "my-role", "logFormat": "xml"})).unwrap_err().to_string();
+    for field in ["replicas", "region", "irsaRoleArn", "logFormat"] {
+        assert!(refused.contains(field), "{field} is named: {refused}");
+    }
+    let unknown = chart::render("ops", "mp", &json!({"replica": 2})).unwrap_err().to_string();
+    assert!(unknown.contains("replica"), "a misspelt value is refused: {unknown}");
+}
+
+#[test]
+fn the_irsa_role_lands_on_the_service_account_and_the_aggregator_image_follows_the_operators() {
+    let rendered = chart::render("ops", "mp", &json!({"irsaRoleArn": "arn:aws:iam::123456789012:role/operator", "image": {"repository": "registry.example/team/metrics-pipeline-operator", "tag": "1.2.3"}})).unwrap();
+    assert!(rendered.contains("eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/operator"), "{rendered}");
+    assert!(rendered.contains("image: registry.example/team/metrics-pipeline-operator:1.2.3"));
+    assert!(rendered.contains(r#"{name: AGGREGATOR_IMAGE, value: "registry.example/team/metrics-aggregator:1.2.3"}"#), "{rendered}");
+}
+
+async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..240 {
+        if let Some(found) = check().await {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{what} did not happen within 60 s");
+}
+
+async fn lease_holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases.get_opt(name).await.unwrap().and_then(|lease| lease.spec).and_then(|spec| spec.holder_identity).filter(|holder| !holder.is_empty())
+}
+
+async fn allowed(client: &Client, user: &str, namespace: &str, verb: &str, group: &str, resource: &str) -> bool {
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {"user": user, "groups": ["system:serviceaccounts"], "resourceAttributes": {"namespace": namespace, "verb": verb, "group": group, "resource": resource}}
+    }))
+    .unwrap();
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    reviews.create(&PostParams::default(), &review).await.unwrap().status.unwrap().allowed
+}
+
+#[tokio::test]
+async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_replicas_elect_one_leader() {
+    let client = kube_client().await.unwrap();
+    let release_namespace = TestNamespace::create(&client, "chart-ops").await.unwrap();
+    let watched = TestNamespace::create(&client, "chart-team").await.unwrap();
+    let release = release_namespace.name.clone();
+    let manifests = chart::render(&release_namespace.name, &release, &values(&watched.name, 2)).unwrap();
+    let applied = chart::apply(&client, &manifests).await.unwrap();
+    let kinds: Vec<String> = applied.iter().map(|o| o.types.as_ref().unwrap().kind.clone()).collect();
+    assert_eq!(kinds, ["CustomResourceDefinition", "Deployment", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"]);
+
+    // The chart's Deployment runs, both replicas, with the chart's ServiceAccount token.
+    let bin_dir = workspace_bin_dir().unwrap();
+    let logs = std::env::temp_dir().join(format!("metrics-pipeline-{release}"));
+    let operators = LocalKubelet::start(&client, &release_namespace.name, OPERATOR_PODS, bin_dir.clone(), logs.clone()).await.unwrap();
+    let aggregators = LocalKubelet::start(&client, &watched.name, &aggregator_selector(), bin_dir, logs.clone()).await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &release_namespace.name);
+    let lease = format!("{release}-metrics-pipeline-operator");
+    let leader = wait_for("a leader", async || lease_holder(&leases, &lease).await).await;
+
+    // A whole pipeline lifecycle under the chart's RBAC: finalizer, AWS, workload, status, events.
+    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &watched.name);
+    let example: MetricsPipeline = serde_yaml::from_str(&std::fs::read_to_string(repo_path("examples/pipeline.yaml")).unwrap()).unwrap();
+    pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&example)).await.unwrap();
+    let ready = |generation: i64| {
+        let pipelines = pipelines.clone();
+        async move || {
+            let status = pipelines.get("metrics").await.unwrap().status?;
+            (status.phase == Some(Phase::Ready) && status.observed_generation == Some(generation)).then_some(status)
+        }
+    };
+    let status = wait_for("Ready under the chart's RBAC", ready(1)).await;
+    assert_eq!(status.aggregator.unwrap().ready_replicas, 1, "the operator deployed the aggregator and saw it ready");
+    let events: Api<Event> = Api::namespaced(client.clone(), &watched.name);
+    let reasons: Vec<String> = events.list(&ListParams::default()).await.unwrap().iter().filter_map(|e| e.reason.clone()).collect();
+    assert!(reasons.contains(&"Provisioned".to_owned()), "the operator may publish events: {reasons:?}");
+
+    // Only the leader reconciles; when its pod goes, the other replica takes over.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &release_namespace.name);
+    let names: Vec<String> = pods.list(&ListParams::default().labels(OPERATOR_PODS)).await.unwrap().iter().map(|p| p.name_any()).collect();
+    assert_eq!(names.len(), 2);
+    let follower = names.iter().find(|name| **name != leader).unwrap().clone();
+    let follower_log = std::fs::read_to_string(logs.join(format!("{follower}.log"))).unwrap();
+    assert!(follower_log.contains("waiting for the leader lease") && !follower_log.contains("leading"), "{follower_log}");
+    pods.delete(&leader, &DeleteParams::default()).await.unwrap();
+    let new_leader = wait_for("a new leader", async || lease_holder(&leases, &lease).await.filter(|holder| *holder != leader)).await;
+    let running: Vec<String> = pods.list(&ListParams::default().labels(OPERATOR_PODS)).await.unwrap().iter().map(|p| p.name_any()).collect();
+    assert!(running.contains(&new_leader), "a running replica took over (the waiting one, or the one replacing the old leader): {new_leader} of {running:?}");
+    let leader_log = std::fs::read_to_string(logs.join(format!("{leader}.log"))).unwrap();
+    assert!(leader_log.contains("stopped"), "the old leader shut down cleanly: {leader_log}");
+    let mut changed = example.clone();
+    changed.spec.delivery.buffer_interval_seconds = 120;
+    pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&changed)).await.unwrap();
+    wait_for("the new leader reconciles a change", ready(2)).await;
+
+    pipelines.delete("metrics", &DeleteParams::default()).await.unwrap();
+    wait_for("deletion under the chart's RBAC", async || pipelines.get_opt("metrics").await.unwrap().is_none().then_some(())).await;
+
+    // Nothing broader than that.
+    let user = format!("system:serviceaccount:{}:{release}-metrics-pipeline-operator", release_namespace.name);
+    assert!(allowed(&client, &user, &watched.name, "patch", "pipelines.metrics.dev", "metricspipelines").await);
+    for (verb, group, resource) in [("get", "", "secrets"), ("create", "", "pods"), ("delete", "", "namespaces"), ("update", "apiextensions.k8s.io", "customresourcedefinitions"), ("create", "rbac.authorization.k8s.io", "rolebindings")] {
+        assert!(!allowed(&client, &user, &watched.name, verb, group, resource).await, "{verb} {resource} must be denied");
+    }
+    assert!(!allowed(&client, &user, &watched.name, "update", "coordination.k8s.io", "leases").await, "leases only in its own namespace");
+
+    operators.stop().await;
+    aggregators.stop().await;
+    for object in applied.iter().filter(|o| o.namespace().is_none() && o.types.as_ref().unwrap().kind.starts_with("Cluster")) {
+        let kind = &object.types.as_ref().unwrap().kind;
+        let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind));
+        Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource).delete(&object.name_any(), &DeleteParams::default()).await.unwrap();
+    }
+    watched.delete().await.unwrap();
+    release_namespace.delete().await.unwrap();
+}
