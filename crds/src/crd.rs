@@ -44,8 +44,11 @@ mod tests {
 
     #[test]
     fn committed_crd_matches_the_types() {
-        let committed_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(CRD_PATH);
-        let committed = std::fs::read_to_string(&committed_path).unwrap_or_default();
+        // Cargo sets CARGO_MANIFEST_DIR when it runs a test: the checkout under test, even when the
+        // binary came from a build cache shared with another checkout (where `env!` would point).
+        let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+        let committed_path = std::path::Path::new(&manifest_dir).join("..").join(CRD_PATH);
+        let committed = std::fs::read_to_string(&committed_path).unwrap_or_else(|error| panic!("{}: {error}", committed_path.display()));
         assert!(
             committed == crd_yaml(),
             "{CRD_PATH} is out of date with the Rust types: run `cargo run -p metrics-pipeline-crds --bin crdgen`"

@@ -44,6 +44,10 @@ struct Cli {
     /// Aggregator image for pipelines whose spec names none.
     #[arg(long, env = "AGGREGATOR_IMAGE", default_value_t = WorkloadSettings::default().default_image)]
     aggregator_image: String,
+    /// A Secret with static AWS credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) that
+    /// every pipeline's namespace holds, for clusters without IRSA; the aggregators read it.
+    #[arg(long, env = "AGGREGATOR_CREDENTIALS_SECRET")]
+    aggregator_credentials_secret: Option<String>,
     /// Elect a leader on this Lease, so of several replicas only one reconciles (default: no
     /// election, for a single replica).
     #[arg(long, env = "LEASE_NAME")]
@@ -87,7 +91,11 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
     tracing::info!(account = %target.account_id, region = ?target.default_region, namespace = ?cli.namespace, "starting");
     let calls = AwsCalls::default();
     let metrics = Arc::new(Metrics::new(&calls));
-    let workload = WorkloadSettings { default_image: cli.aggregator_image, aws_endpoint_url: cli.aws_endpoint_url };
+    let workload = WorkloadSettings {
+        default_image: cli.aggregator_image,
+        aws_endpoint_url: cli.aws_endpoint_url,
+        credentials_secret: cli.aggregator_credentials_secret,
+    };
     let settings = Settings { resync: cli.resync_period, workload, ..Settings::default() };
     let context = Arc::new(Context::new(client, Aws::new(sdk, target, calls), metrics.clone(), settings));
 

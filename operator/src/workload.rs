@@ -46,6 +46,9 @@ pub struct WorkloadSettings {
     pub default_image: String,
     /// An AWS endpoint override passed on to the aggregator (an emulator, or a VPC endpoint).
     pub aws_endpoint_url: Option<String>,
+    /// A Secret in the pipeline's namespace with static AWS credentials, for clusters without
+    /// IRSA or pod identity (an emulator in kind); its keys become the container's environment.
+    pub credentials_secret: Option<String>,
 }
 
 impl Default for WorkloadSettings {
@@ -53,6 +56,7 @@ impl Default for WorkloadSettings {
         Self {
             default_image: format!("ghcr.io/metrics-pipeline/metrics-aggregator:{}", env!("CARGO_PKG_VERSION")),
             aws_endpoint_url: None,
+            credentials_secret: None,
         }
     }
 }
@@ -146,6 +150,10 @@ pub fn desired(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &W
         }
     });
     let mut deployment: Deployment = serde_json::from_value(deployment).expect("a well-formed Deployment");
+    if let Some(secret) = &settings.credentials_secret {
+        let container = &mut deployment.spec.as_mut().and_then(|spec| spec.template.spec.as_mut()).expect("built above").containers[0];
+        container.env_from = Some(vec![serde_json::from_value(json!({"secretRef": {"name": secret}})).expect("a well-formed envFrom")]);
+    }
     deployment.metadata = metadata(ownership);
     (service_account, deployment)
 }
@@ -314,6 +322,16 @@ mod tests {
         assert_ne!(before, template(json!({"aggregation": {"allowedLateness": "5m"}})), "a new lateness must roll the aggregator");
         assert_eq!(before, template(json!({"delivery": {"bufferIntervalSeconds": 120}})), "Firehose settings do not concern it");
         assert_eq!(env_of(&deployment(json!({})))["AWS_ENDPOINT_URL"], "http://127.0.0.1:5000");
+    }
+
+    #[test]
+    fn static_credentials_come_from_the_named_secret_only_when_one_is_configured() {
+        let (pipeline, config) = pipeline(json!({}));
+        let env_from = |settings: &WorkloadSettings| desired(&pipeline, &config, settings).1.spec.unwrap().template.spec.unwrap().containers[0].env_from.clone();
+        assert_eq!(env_from(&WorkloadSettings::default()), None, "IRSA needs no secret");
+        let settings = WorkloadSettings { credentials_secret: Some("aws-credentials".into()), ..WorkloadSettings::default() };
+        let from = env_from(&settings).unwrap();
+        assert_eq!(from[0].secret_ref.as_ref().map(|s| s.name.as_str()), Some("aws-credentials"));
     }
 
     #[test]

@@ -23,9 +23,11 @@ use metrics_pipeline_crds::crd::crd;
 /// Field manager of everything the tests apply.
 pub const FIELD_MANAGER: &str = "metrics-pipeline-tests";
 
-/// A path inside the repository.
+/// A path inside the repository: the checkout cargo runs this from (CARGO_MANIFEST_DIR at run
+/// time), not the one a shared build cache compiled it in.
 pub fn repo_path(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir.join("..").join(relative)
 }
 
 /// A client for the API server named by `KUBECONFIG` (`. .dev-env/env` after `scripts/dev-env up`).

@@ -48,34 +48,52 @@ pub struct Outcome {
     pub table: String,
 }
 
+/// Set (to anything) when the operator already runs in the cluster and pods run for real (kind):
+/// the quickstart then starts neither the operator nor the local runner.
+pub const IN_CLUSTER_ENV: &str = "METRICS_PIPELINE_E2E_IN_CLUSTER";
+
+/// The operator and the aggregator's pods as local processes, or nothing when the cluster runs them.
+struct LocalPrograms {
+    operator: Child,
+    kubelet: LocalKubelet,
+}
+
 /// Runs the example pipeline in `namespace` (which must exist) and deletes it again at the end.
 /// `progress` receives one line per step.
 pub async fn run(client: &Client, namespace: &str, log_dir: &Path, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<Outcome> {
-    let bin_dir = workspace_bin_dir()?;
     std::fs::create_dir_all(log_dir)?;
-    install_crd(client).await?;
-    progress(format!("starting the operator (log: {})", log_dir.join("operator.log").display()));
-    let mut operator = start_operator(&bin_dir, namespace, log_dir)?;
-    let kubelet = LocalKubelet::start(client, namespace, &aggregator_selector(), bin_dir, log_dir.to_path_buf()).await?;
+    let mut local = match std::env::var_os(IN_CLUSTER_ENV) {
+        Some(_) => None,
+        None => {
+            let bin_dir = workspace_bin_dir()?;
+            install_crd(client).await?;
+            progress(format!("starting the operator (log: {})", log_dir.join("operator.log").display()));
+            let operator = start_operator(&bin_dir, namespace, log_dir)?;
+            let kubelet = LocalKubelet::start(client, namespace, &aggregator_selector(), bin_dir, log_dir.to_path_buf()).await?;
+            Some(LocalPrograms { operator, kubelet })
+        }
+    };
 
     let result = async {
         let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), namespace);
         let example: MetricsPipeline = serde_yaml::from_str(&std::fs::read_to_string(repo_path("examples/pipeline.yaml"))?)?;
         pipelines.patch(PIPELINE, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&example)).await?;
         progress(format!("applied examples/pipeline.yaml as {namespace}/{PIPELINE}"));
-        let status = wait_until_ready(&pipelines, &mut operator, progress).await?;
+        let status = wait_until_ready(&pipelines, local.as_mut().map(|local| &mut local.operator), progress).await?;
         let deployment: Api<Deployment> = Api::namespaced(client.clone(), namespace);
         let aggregator = status.aggregator.as_ref().context("Ready without an aggregator")?;
         let image = deployment.get(&aggregator.deployment).await?.spec.and_then(|s| s.template.spec).map(|p| p.containers[0].image.clone());
-        progress(format!("aggregator Deployment {} runs locally (its image would be {})", aggregator.deployment, image.flatten().unwrap_or_default()));
+        progress(format!("aggregator Deployment {} is ready (image {})", aggregator.deployment, image.flatten().unwrap_or_default()));
         exchange_data(&status, progress).await
     }
     .await;
 
     progress("deleting the pipeline".into());
     let cleanup = delete_pipeline(client, namespace).await;
-    kubelet.stop().await;
-    terminate(&mut operator, Duration::from_secs(10)).await;
+    if let Some(mut local) = local {
+        local.kubelet.stop().await;
+        terminate(&mut local.operator, Duration::from_secs(10)).await;
+    }
     let outcome = result?;
     cleanup?;
     Ok(outcome)
@@ -95,11 +113,11 @@ fn start_operator(bin_dir: &Path, namespace: &str, log_dir: &Path) -> anyhow::Re
         .context("cannot start metrics-pipeline-operator")
 }
 
-async fn wait_until_ready(pipelines: &Api<MetricsPipeline>, operator: &mut Child, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<MetricsPipelineStatus> {
+async fn wait_until_ready(pipelines: &Api<MetricsPipeline>, mut operator: Option<&mut Child>, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<MetricsPipelineStatus> {
     let started = Instant::now();
     let mut last_message = String::new();
     while started.elapsed() < DEADLINE {
-        if let Some(exit) = operator.try_wait()? {
+        if let Some(exit) = operator.as_mut().map(|operator| operator.try_wait()).transpose()?.flatten() {
             bail!("the operator exited ({exit}); see operator.log");
         }
         let status = pipelines.get(PIPELINE).await?.status.unwrap_or_default();
