@@ -6,6 +6,7 @@ use metrics_pipeline_crds::event::EventTime;
 use serde::{Deserialize, Serialize};
 
 use crate::bucket::{Bucket, StorageError};
+use crate::parquet_files::FilesState;
 use crate::source::StreamPosition;
 use crate::window::EngineSnapshot;
 
@@ -20,11 +21,14 @@ pub struct Checkpoint {
     pub written_at: EventTime,
     pub position: StreamPosition,
     pub engine: EngineSnapshot,
+    /// The direct Parquet sink's rows and roll, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesState>,
 }
 
 impl Checkpoint {
-    pub fn new(stream: &str, written_at: EventTime, position: StreamPosition, engine: EngineSnapshot) -> Self {
-        Self { version: FORMAT_VERSION, stream: stream.to_owned(), written_at, position, engine }
+    pub fn new(stream: &str, written_at: EventTime, position: StreamPosition, engine: EngineSnapshot, files: Option<FilesState>) -> Self {
+        Self { version: FORMAT_VERSION, stream: stream.to_owned(), written_at, position, engine, files }
     }
 }
 
@@ -81,7 +85,7 @@ mod tests {
 
     fn stored(stream: &str) -> Vec<u8> {
         let engine = EngineSnapshot { window_ms: 60_000, watermarks: BTreeMap::new(), open: Vec::new(), fired: Vec::new() };
-        serde_json::to_vec(&Checkpoint::new(stream, EventTime(0), StreamPosition::default(), engine)).unwrap()
+        serde_json::to_vec(&Checkpoint::new(stream, EventTime(0), StreamPosition::default(), engine, None)).unwrap()
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod generate;
 pub mod metrics;
+pub mod parquet_files;
 pub mod run;
 pub mod server;
 pub mod sink;

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use metrics_aggregator::bucket::Bucket;
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
+use metrics_aggregator::parquet_files::{ParquetCodec, ParquetSettings};
 use metrics_aggregator::run::{AggregatorConfig, run};
 use metrics_aggregator::server::{Health, serve};
 use metrics_aggregator::sink::KinesisSink;
@@ -86,6 +87,16 @@ struct RunArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "AGGREGATOR_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// Also write the aggregates as Parquet files into the bucket, under `componentName=<name>/`
+    /// (the direct sink, instead of Firehose's conversion); the value is the codec inside them.
+    #[arg(long, env = "AGGREGATOR_PARQUET", value_enum)]
+    parquet: Option<ParquetCodec>,
+    /// Longest time fired aggregates wait for their Parquet file.
+    #[arg(long, env = "AGGREGATOR_PARQUET_ROLL_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    parquet_roll_interval: Duration,
+    /// Most aggregates in one roll of Parquet files; more roll early.
+    #[arg(long, env = "AGGREGATOR_PARQUET_MAX_ROWS", default_value_t = 1_000_000)]
+    parquet_max_rows: usize,
 }
 
 #[derive(Args)]
@@ -166,6 +177,7 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
         poll_interval: args.poll_interval,
         checkpoint_interval: args.checkpoint_interval,
         initial_position: args.initial_position,
+        parquet: args.parquet.map(|codec| ParquetSettings { codec, roll_interval: args.parquet_roll_interval, max_rows: args.parquet_max_rows.max(1) }),
     };
     let bucket = Bucket::new(s3_client(&sdk), args.bucket);
     tokio::select! {

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub events_late: Family<Labels, Counter>,
     pub aggregates_written: Counter,
     pub dead_letters_written: Counter,
+    pub parquet_files_written: Counter,
     pub checkpoints_written: Counter,
     pub get_records_throttled: Counter,
     pub open_windows: Gauge,
@@ -34,6 +35,7 @@ impl Default for Metrics {
             events_late: Family::default(),
             aggregates_written: Counter::default(),
             dead_letters_written: Counter::default(),
+            parquet_files_written: Counter::default(),
             checkpoints_written: Counter::default(),
             get_records_throttled: Counter::default(),
             open_windows: Gauge::default(),
@@ -51,6 +53,7 @@ impl Default for Metrics {
         );
         registry.register("aggregates_written", "Aggregates written to the output stream", metrics.aggregates_written.clone());
         registry.register("dead_letters_written", "Records written to the dead-letter prefix", metrics.dead_letters_written.clone());
+        registry.register("parquet_files_written", "Parquet files written by the direct sink", metrics.parquet_files_written.clone());
         registry.register("checkpoints_written", "Checkpoints stored", metrics.checkpoints_written.clone());
         registry.register("get_records_throttled", "GetRecords calls refused for throughput", metrics.get_records_throttled.clone());
         registry.register("open_windows", "Windows (key x window) not fired yet", metrics.open_windows.clone());

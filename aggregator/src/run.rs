@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::bucket::Bucket;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::parquet_files::{ParquetFiles, ParquetSettings};
 use crate::decode::decode;
 use crate::metrics::Metrics;
 use crate::server::Health;
@@ -39,6 +40,8 @@ pub struct AggregatorConfig {
     /// Longest time between checkpoints while records flow but no window fires.
     pub checkpoint_interval: Duration,
     pub initial_position: InitialPosition,
+    /// Also write the aggregates as Parquet files into the bucket (the direct sink).
+    pub parquet: Option<ParquetSettings>,
 }
 
 /// Runs until `shutdown` resolves, then flushes and checkpoints. Open windows stay open in the
@@ -66,7 +69,7 @@ pub async fn run(
             }
         }
     };
-    let (engine, position) = match stored {
+    let (engine, position, files) = match stored {
         Some(checkpoint) => {
             tracing::info!(
                 location = %checkpoints.location(),
@@ -75,13 +78,19 @@ pub async fn run(
                 open_windows = checkpoint.engine.open.len(),
                 "resuming from checkpoint"
             );
-            (WindowEngine::restore(&config.windowing, checkpoint.engine, &mut output), Some(checkpoint.position))
+            (WindowEngine::restore(&config.windowing, checkpoint.engine, &mut output), Some(checkpoint.position), checkpoint.files)
         }
         None => {
             tracing::info!(location = %checkpoints.location(), initial_position = ?config.initial_position, "no checkpoint: first start");
-            (WindowEngine::new(&config.windowing), None)
+            (WindowEngine::new(&config.windowing), None, None)
         }
     };
+    let mut files = config.parquet.clone().map(|settings| ParquetFiles::restore(settings, files.unwrap_or_default()));
+    if let Some(files) = &mut files {
+        // A roll the last checkpoint recorded may not have been written before the stop.
+        let written = files.commit(&bucket).await;
+        tracing::debug!(files = written, "Parquet files of the last checkpoint's roll written");
+    }
     let source =
         KinesisSource::new(kinesis.clone(), config.input_stream.clone(), config.poll_interval, position, config.initial_position);
     let sink = KinesisSink::new(kinesis, config.output_stream.clone());
@@ -96,6 +105,7 @@ pub async fn run(
         bucket,
         checkpoints,
         dead_letters: DeadLetters::default(),
+        files,
         output,
         shard_last_record: HashMap::new(),
         health,
@@ -144,6 +154,9 @@ pub async fn run(
         }
     }
     tracing::info!("shutting down: flushing and checkpointing");
+    if let Some(files) = &mut aggregator.files {
+        files.roll();
+    }
     aggregator.flush().await;
     Ok(())
 }
@@ -156,6 +169,7 @@ struct Aggregator {
     bucket: Bucket,
     checkpoints: CheckpointStore,
     dead_letters: DeadLetters,
+    files: Option<ParquetFiles>,
     /// Aggregates fired and not yet written.
     output: Vec<MetricAggregate>,
     /// Something the checkpoint does not have yet: records taken, shards started or drained.
@@ -253,12 +267,19 @@ impl Aggregator {
         !self.output.is_empty()
             || self.dead_letters.bytes() > MAX_HELD_DEAD_LETTER_BYTES
             || ((self.changed || !self.dead_letters.is_empty()) && Instant::now() >= self.next_checkpoint)
+            || self.files.as_ref().is_some_and(ParquetFiles::roll_due)
     }
 
     /// Writes fired aggregates and dead letters, then the checkpoint that covers them: a crash
     /// before the checkpoint replays them, with the same window ids.
     async fn flush(&mut self) {
         let metrics = &self.health.metrics;
+        if let Some(files) = &mut self.files {
+            files.add(&self.output);
+            if files.roll_due() {
+                files.roll();
+            }
+        }
         if !self.output.is_empty() {
             let records: Vec<OutputRecord> = self.output.drain(..).map(|aggregate| OutputRecord::from_aggregate(&aggregate)).collect();
             let count = records.len() as u64;
@@ -272,10 +293,15 @@ impl Aggregator {
             metrics.dead_letters_written.inc_by(count);
             tracing::debug!(records = count, prefix = %self.config.dead_letter_prefix, "dead letters written");
         }
-        let checkpoint = Checkpoint::new(&self.config.input_stream, wall_clock(), self.source.position().clone(), self.engine.snapshot());
+        let files = self.files.as_ref().map(|files| files.state().clone());
+        let checkpoint = Checkpoint::new(&self.config.input_stream, wall_clock(), self.source.position().clone(), self.engine.snapshot(), files);
         self.checkpoints.save(&checkpoint).await;
         metrics.checkpoints_written.inc();
         tracing::debug!(location = %self.checkpoints.location(), open_windows = checkpoint.engine.open.len(), "checkpoint written");
+        if let Some(files) = &mut self.files {
+            let written = files.commit(&self.bucket).await;
+            metrics.parquet_files_written.inc_by(written as u64);
+        }
         self.changed = false;
         self.next_checkpoint = Instant::now() + self.config.checkpoint_interval;
     }
