@@ -216,6 +216,13 @@ pub struct DeliverySpec {
     #[serde(default)]
     pub format: DeliveryFormat,
 
+    /// Who writes the objects. `Firehose` (default): a delivery stream reads the output stream,
+    /// partitions by componentName and, for `Parquet`, converts with the Glue table's schema.
+    /// `Aggregator`: the aggregator writes Parquet files itself, committed with its checkpoint
+    /// (exactly once, no Firehose); needs `format: Parquet`. The output stream is fed either way.
+    #[serde(default)]
+    pub writer: DeliveryWriter,
+
     /// Compression of the objects: `Gzip` (default), `Snappy` or `Uncompressed`. For `Json`
     /// Snappy means Hadoop-compatible Snappy, which Athena reads; for `Parquet` it is the codec
     /// inside the Parquet file.
@@ -235,6 +242,7 @@ impl Default for DeliverySpec {
             buffer_interval_seconds: default_buffer_interval_seconds(),
             buffer_size_mib: default_buffer_size_mib(),
             format: DeliveryFormat::default(),
+            writer: DeliveryWriter::default(),
             compression: Compression::default(),
             expire_after_days: None,
         }
@@ -253,6 +261,13 @@ pub enum DeliveryFormat {
     #[default]
     Json,
     Parquet,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeliveryWriter {
+    #[default]
+    Firehose,
+    Aggregator,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

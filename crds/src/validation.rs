@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::duration::parse_duration;
 use crate::naming::{MAX_PREFIX_LEN, NameInputs, PipelineNames};
 use crate::pipeline::{
-    AggregationSpec, AggregatorSpec, CapacityMode, Compression, DeletionPolicy, DeliveryFormat, MetricsPipeline, PartitionMode,
+    AggregationSpec, AggregatorSpec, CapacityMode, Compression, DeletionPolicy, DeliveryFormat, DeliveryWriter, MetricsPipeline, PartitionMode,
     StreamSpec,
 };
 
@@ -91,6 +91,7 @@ pub struct DeliveryConfig {
     pub buffer_interval_seconds: i32,
     pub buffer_size_mib: i32,
     pub format: DeliveryFormat,
+    pub writer: DeliveryWriter,
     pub compression: Compression,
     pub expire_after_days: Option<i32>,
 }
@@ -352,10 +353,17 @@ fn delivery_config(pipeline: &MetricsPipeline, errors: &mut Errors) -> DeliveryC
     {
         errors.add("spec.delivery.expireAfterDays", format!("{days} is not a number of days: use 1 or more, or leave it out to keep objects"));
     }
+    if spec.writer == DeliveryWriter::Aggregator && spec.format != DeliveryFormat::Parquet {
+        errors.add(
+            "spec.delivery.writer",
+            "Aggregator writes Parquet files only: set format: Parquet, or writer: Firehose for newline-delimited JSON",
+        );
+    }
     DeliveryConfig {
         buffer_interval_seconds: spec.buffer_interval_seconds,
         buffer_size_mib: spec.buffer_size_mib,
         format: spec.format,
+        writer: spec.writer,
         compression: spec.compression,
         expire_after_days: spec.expire_after_days,
     }

@@ -174,6 +174,16 @@ fn buffering_meets_the_dynamic_partitioning_minimums() {
 }
 
 #[test]
+fn the_aggregator_writes_parquet_only() {
+    assert_rejected(|s| s.delivery.writer = DeliveryWriter::Aggregator, "spec.delivery.writer", "set format: Parquet, or writer: Firehose");
+    let direct = |s: &mut MetricsPipelineSpec| {
+        s.delivery.writer = DeliveryWriter::Aggregator;
+        s.delivery.format = DeliveryFormat::Parquet;
+    };
+    assert_eq!(validate(&pipeline(direct), &target()).unwrap().delivery.writer, DeliveryWriter::Aggregator);
+}
+
+#[test]
 fn expiry_must_be_a_positive_number_of_days() {
     assert_rejected(|s| s.delivery.expire_after_days = Some(0), "spec.delivery.expireAfterDays", "1 or more");
 }

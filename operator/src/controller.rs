@@ -17,7 +17,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use metrics_pipeline_crds::naming::{NameInputs, PipelineNames};
-use metrics_pipeline_crds::pipeline::{DeletionPolicy, MetricsPipeline, MetricsPipelineStatus, Phase};
+use metrics_pipeline_crds::pipeline::{DeletionPolicy, DeliveryWriter, MetricsPipeline, MetricsPipelineStatus, Phase};
 use metrics_pipeline_crds::validation::{AwsTarget, PipelineConfig, validate};
 
 use crate::aws::{AwsCalls, AwsClients, Outcome, bucket, catalog, delivery, role, streams};
@@ -215,6 +215,10 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
 
     // Delivery: needs the output stream, the bucket and the catalog (for Parquet conversion).
     match (streams_ready, bucket_ready) {
+        _ if config.delivery.writer == DeliveryWriter::Aggregator => {
+            let direct = without_firehose(&clients, names).await;
+            record(&mut report, DELIVERY_READY, direct, |()| "the aggregator writes Parquet files into the bucket itself (no Firehose)".to_owned());
+        }
         (Some(output), Some(bucket)) => {
             let delivery = ensure_delivery(&clients, &config, &context.aws.target.account_id, &output, &bucket).await;
             if let Some((role, stream)) = record(&mut report, DELIVERY_READY, delivery, |(_, stream)| {
@@ -313,6 +317,20 @@ async fn ensure_delivery(clients: &AwsClients, config: &PipelineConfig, account_
     let (stream, stream_outcome) = delivery::ensure(clients, &names.delivery_stream, &names.owner, &desired).await?;
     outcome.merge(stream_outcome);
     Ok(((role, stream), outcome))
+}
+
+/// With the aggregator writing the files, a delivery stream (and its role) left from an earlier
+/// `writer: Firehose` would write JSON or Parquet beside it: both go.
+async fn without_firehose(clients: &AwsClients, names: &PipelineNames) -> Result<((), Outcome), Error> {
+    let mut outcome = Outcome::default();
+    let owner = names.owner.as_str();
+    if !delivery::delete(clients, &names.delivery_stream, owner).await? {
+        outcome.changed(format!("deleting Firehose delivery stream {} (the aggregator writes the files now)", names.delivery_stream));
+        outcome.pending = Some(format!("waiting for the deletion of Firehose delivery stream {}", names.delivery_stream));
+        return Ok(((), outcome));
+    }
+    role::delete(clients, &names.firehose_role, owner).await?;
+    Ok(((), outcome))
 }
 
 /// Removes what the pipeline created, newest dependency first; the finalizer stays until all of

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{ResourceRequirements, ServiceAccount};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use metrics_pipeline_crds::naming::OWNER_TAG;
-use metrics_pipeline_crds::pipeline::{AggregatorStatus, MetricsPipeline};
+use metrics_pipeline_crds::pipeline::{AggregatorStatus, Compression, DeliveryWriter, MetricsPipeline};
 use metrics_pipeline_crds::validation::PipelineConfig;
 use serde_json::json;
 
@@ -101,6 +101,14 @@ pub fn desired(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &W
     ];
     if let Some(endpoint) = &settings.aws_endpoint_url {
         env.push(("AWS_ENDPOINT_URL", endpoint.clone()));
+    }
+    if config.delivery.writer == DeliveryWriter::Aggregator {
+        let codec = match config.delivery.compression {
+            Compression::Snappy => "snappy",
+            Compression::Gzip => "gzip",
+            Compression::Uncompressed => "uncompressed",
+        };
+        env.push(("AGGREGATOR_PARQUET", codec.to_owned()));
     }
     let env: Vec<_> = env.into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect();
     let resources = spec.resources.clone().unwrap_or_else(default_resources);
@@ -273,6 +281,7 @@ mod tests {
         assert_eq!((env["AGGREGATOR_WINDOW"].as_str(), env["AGGREGATOR_IDLE_TIMEOUT"].as_str()), ("5m", "1m"));
         assert_eq!(env["AWS_REGION"], "eu-west-1");
         assert!(!env.contains_key("AWS_ENDPOINT_URL"), "no endpoint override unless the operator has one");
+        assert!(!env.contains_key("AGGREGATOR_PARQUET"), "Firehose writes the files by default");
         let spec = deployment.spec.as_ref().unwrap();
         assert_eq!(spec.strategy.as_ref().unwrap().type_.as_deref(), Some("Recreate"), "two consumers must never overlap");
         let container = &spec.template.spec.as_ref().unwrap().containers[0];
@@ -322,6 +331,13 @@ mod tests {
         assert_ne!(before, template(json!({"aggregation": {"allowedLateness": "5m"}})), "a new lateness must roll the aggregator");
         assert_eq!(before, template(json!({"delivery": {"bufferIntervalSeconds": 120}})), "Firehose settings do not concern it");
         assert_eq!(env_of(&deployment(json!({})))["AWS_ENDPOINT_URL"], "http://127.0.0.1:5000");
+    }
+
+    #[test]
+    fn with_writer_aggregator_the_aggregator_writes_parquet_with_the_specs_codec() {
+        let (pipeline, config) = pipeline(json!({"delivery": {"format": "Parquet", "writer": "Aggregator", "compression": "Gzip"}}));
+        let (_, deployment) = desired(&pipeline, &config, &WorkloadSettings::default());
+        assert_eq!(env_of(&deployment)["AGGREGATOR_PARQUET"], "gzip");
     }
 
     #[test]

@@ -12,6 +12,14 @@ use metrics_pipeline_operator::aws::delivery::{DeliverySettings, observed};
 
 /// Firehose's name for the error output type of records dynamic partitioning could not key.
 const PROCESSING_FAILED: &str = "processing-failed";
+/// ... and of records the Parquet conversion could not convert.
+const FORMAT_CONVERSION_FAILED: &str = "format-conversion-failed";
+
+/// Firehose's record-format conversion: the Glue table's columns and the codec in the files.
+struct Conversion {
+    columns: Vec<aws_sdk_glue::types::Column>,
+    codec: parquet::basic::Compression,
+}
 
 pub struct DeliveryStandIn {
     name: String,
@@ -21,6 +29,7 @@ pub struct DeliveryStandIn {
     /// Last sequence number delivered, per source shard.
     positions: BTreeMap<String, String>,
     buffers_written: u32,
+    conversion: Option<Conversion>,
 }
 
 /// What one buffer delivered: object keys written, records per key.
@@ -39,7 +48,19 @@ impl DeliveryStandIn {
             .delivery_stream_description
             .context("no description")?;
         let settings = observed(&description).context("not a Kinesis-sourced extended S3 delivery stream")?;
+        let conversion = match &settings.parquet {
+            None => None,
+            Some(parquet) => {
+                // As Firehose does: the schema is the Glue table's, read when the stream starts.
+                let glue = aws_sdk_glue::Client::new(sdk);
+                let table = glue.get_table().database_name(&parquet.database).name(&parquet.table).send().await;
+                let table = table.with_context(|| format!("reading the conversion's table {}.{}", parquet.database, parquet.table))?.table.context("no table")?;
+                let columns = table.storage_descriptor().map(|s| s.columns().to_vec()).unwrap_or_default();
+                Some(Conversion { columns, codec: crate::parquet::codec(&parquet.compression)? })
+            }
+        };
         Ok(Self {
+            conversion,
             name: name.to_owned(),
             settings,
             kinesis: aws_sdk_kinesis::Client::new(sdk),
@@ -72,35 +93,59 @@ impl DeliveryStandIn {
             None => String::new(),
         };
         let mut objects: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut converted: BTreeMap<String, Vec<serde_json::Map<String, serde_json::Value>>> = BTreeMap::new();
         let mut counts = Delivered::new();
         for (record, arrival) in self.read_source().await? {
-            let prefix = match partition_keys(&query, &record) {
-                Ok(keys) => evaluate_prefix(&self.settings.prefix, &keys)?,
-                Err(reason) => {
-                    let prefix = self.settings.error_prefix.replace("!{firehose:error-output-type}", PROCESSING_FAILED);
-                    let failed = serde_json::json!({
-                        "attemptsMade": 1,
-                        "arrivalTimestamp": arrival,
-                        "errorCode": "DynamicPartitioning.MetadataExtractionFailed",
-                        "errorMessage": reason,
-                        "rawData": aws_smithy_types::base64::encode(&record),
-                    });
-                    let body = objects.entry(prefix.clone()).or_default();
-                    body.extend(serde_json::to_vec(&failed)?);
-                    body.push(b'\n');
-                    *counts.entry(prefix).or_default() += 1;
-                    continue;
+            let failure = match partition_keys(&query, &record) {
+                Err(reason) => Some((PROCESSING_FAILED, "DynamicPartitioning.MetadataExtractionFailed", reason)),
+                Ok(keys) => {
+                    let prefix = evaluate_prefix(&self.settings.prefix, &keys)?;
+                    let row = self.conversion.as_ref().map(|conversion| convertible(&record, conversion)).transpose();
+                    match row {
+                        Err(reason) => Some((FORMAT_CONVERSION_FAILED, "DataFormatConversion.MalformedData", reason)),
+                        Ok(row) => {
+                            match row {
+                                Some(row) => converted.entry(prefix.clone()).or_default().push(row),
+                                None => {
+                                    let body = objects.entry(prefix.clone()).or_default();
+                                    body.extend(&record);
+                                    body.extend(delimiter.as_bytes());
+                                }
+                            }
+                            *counts.entry(prefix).or_default() += 1;
+                            None
+                        }
+                    }
                 }
             };
-            let body = objects.entry(prefix.clone()).or_default();
-            body.extend(&record);
-            body.extend(delimiter.as_bytes());
-            *counts.entry(prefix).or_default() += 1;
+            if let Some((output_type, code, reason)) = failure {
+                let prefix = self.settings.error_prefix.replace("!{firehose:error-output-type}", output_type);
+                let failed = serde_json::json!({
+                    "attemptsMade": 1,
+                    "arrivalTimestamp": arrival,
+                    "errorCode": code,
+                    "errorMessage": reason,
+                    "rawData": aws_smithy_types::base64::encode(&record),
+                });
+                let body = objects.entry(prefix.clone()).or_default();
+                body.extend(serde_json::to_vec(&failed)?);
+                body.push(b'\n');
+                *counts.entry(prefix).or_default() += 1;
+            }
         }
         self.buffers_written += 1;
         let mut delivered = Delivered::new();
+        let mut files: Vec<(String, Vec<u8>, &str)> = Vec::new();
         for (prefix, body) in objects {
             let (body, extension) = compress(&self.settings.compression, body)?;
+            files.push((prefix, body, extension));
+        }
+        if let Some(conversion) = &self.conversion {
+            for (prefix, rows) in converted {
+                files.push((prefix, crate::parquet::write_rows(&rows, &conversion.columns, conversion.codec)?, ".parquet"));
+            }
+        }
+        for (prefix, body, extension) in files {
             let key = format!("{prefix}{}-1-{:04}{extension}", self.name, self.buffers_written);
             let bucket = self.settings.bucket_arn.rsplit(':').next().unwrap_or_default().to_owned();
             self.s3.put_object().bucket(&bucket).key(&key).body(body.into()).send().await.with_context(|| format!("writing s3://{bucket}/{key}"))?;
@@ -168,6 +213,13 @@ fn evaluate_prefix(prefix: &str, keys: &BTreeMap<String, String>) -> anyhow::Res
     }
     evaluated.push_str(rest);
     Ok(evaluated)
+}
+
+/// A record as the OpenX JSON deserializer reads it, if the table's columns can hold it.
+fn convertible(record: &[u8], conversion: &Conversion) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let row: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(record).map_err(|error| format!("not a JSON object: {error}"))?;
+    crate::parquet::write_rows(std::slice::from_ref(&row), &conversion.columns, parquet::basic::Compression::UNCOMPRESSED).map_err(|error| error.to_string())?;
+    Ok(row)
 }
 
 fn compress(format: &CompressionFormat, body: Vec<u8>) -> anyhow::Result<(Vec<u8>, &'static str)> {

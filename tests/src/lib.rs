@@ -5,6 +5,7 @@
 pub mod chart;
 pub mod delivery;
 pub mod kubelet;
+pub mod parquet;
 pub mod query;
 pub mod quickstart;
 

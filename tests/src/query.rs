@@ -1,12 +1,15 @@
 //! The query check: reads a Glue table and its partitions from the emulator, reads the objects
-//! under each partition's location the way Athena's OpenX JSON SerDe would (keys matched without
-//! regard to case, values converted to the column types), and fails on any row a query engine
-//! could not read. What `SELECT * FROM <table> WHERE componentName = '…'` would return.
+//! under each partition's location the way Athena's OpenX JSON SerDe (keys matched without regard
+//! to case, values converted to the column types) or Parquet SerDe would, and fails on any row a
+//! query engine could not read. What `SELECT * FROM <table> WHERE componentName = '…'` would return.
 
 use anyhow::{Context, bail, ensure};
 use aws_sdk_glue::types::Column;
 use metrics_pipeline_crds::event::EventTime;
 use serde_json::Value;
+
+const JSON_SERDE: &str = "org.openx.data.jsonserde.JsonSerDe";
+const PARQUET_SERDE: &str = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe";
 
 /// One row: column name (as the table spells it) to value, partition column last.
 pub type Row = Vec<(String, Value)>;
@@ -26,7 +29,11 @@ impl QueryCheck {
         let found = self.glue.get_table().database_name(database).name(table).send().await.context("reading the table")?.table.context("no table")?;
         let storage = found.storage_descriptor().context("the table has no storage descriptor")?;
         let serde = storage.serde_info().and_then(|s| s.serialization_library()).unwrap_or_default();
-        ensure!(serde == "org.openx.data.jsonserde.JsonSerDe", "the check reads JSON tables; this one uses {serde}");
+        let parquet = match serde {
+            JSON_SERDE => false,
+            PARQUET_SERDE => true,
+            other => bail!("the check reads JSON and Parquet tables; this one uses {other}"),
+        };
         let columns: Vec<Column> = storage.columns().to_vec();
         let partition_key = found.partition_keys().first().context("the table is not partitioned")?.name().to_owned();
         let location = self.partition_location(&found, database, table, &partition_key, value).await?;
@@ -37,12 +44,18 @@ impl QueryCheck {
         for object in listed.contents() {
             let key = object.key().unwrap_or_default();
             let body = self.s3.get_object().bucket(bucket).key(key).send().await?.body.collect().await?.to_vec();
-            let text = if key.ends_with(".gz") { gunzip(&body)? } else { String::from_utf8(body)? };
-            for (line_number, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
-                let mut row = read_row(line, &columns).with_context(|| format!("s3://{bucket}/{key} line {}: a query engine could not read it", line_number + 1))?;
+            let unreadable = || format!("s3://{bucket}/{key}: a query engine could not read it");
+            let mut found = if parquet {
+                crate::parquet::read_rows(body, &columns).with_context(unreadable)?
+            } else {
+                let text = if key.ends_with(".gz") { gunzip(&body)? } else { String::from_utf8(body)? };
+                let lines = text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty());
+                lines.map(|(number, line)| read_row(line, &columns).with_context(|| format!("{} (line {})", unreadable(), number + 1))).collect::<anyhow::Result<_>>()?
+            };
+            for row in &mut found {
                 row.push((partition_key.clone(), Value::String(value.to_owned())));
-                rows.push(row);
             }
+            rows.extend(found);
         }
         Ok(rows)
     }

@@ -18,7 +18,7 @@ use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, Partition
 use metrics_aggregator::sink::KinesisSink;
 use metrics_pipeline_crds::aws::sdk_config;
 use metrics_pipeline_crds::event::{EventTime, MetricAggregate, MetricEvent};
-use metrics_pipeline_crds::pipeline::Phase;
+use metrics_pipeline_crds::pipeline::{DeliveryWriter, Phase};
 use metrics_pipeline_crds::{MetricsPipeline, MetricsPipelineStatus};
 use tokio::process::{Child, Command};
 
@@ -58,9 +58,14 @@ struct LocalPrograms {
     kubelet: LocalKubelet,
 }
 
-/// Runs the example pipeline in `namespace` (which must exist) and deletes it again at the end.
-/// `progress` receives one line per step.
-pub async fn run(client: &Client, namespace: &str, log_dir: &Path, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<Outcome> {
+/// `examples/pipeline.yaml`, what the quickstart runs.
+pub fn example() -> anyhow::Result<MetricsPipeline> {
+    Ok(serde_yaml::from_str(&std::fs::read_to_string(repo_path("examples/pipeline.yaml"))?)?)
+}
+
+/// Runs `pipeline` (the example, or a variant of it) in `namespace` (which must exist) and deletes
+/// it again at the end. `progress` receives one line per step.
+pub async fn run(client: &Client, namespace: &str, pipeline: &MetricsPipeline, log_dir: &Path, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(log_dir)?;
     let mut local = match std::env::var_os(IN_CLUSTER_ENV) {
         Some(_) => None,
@@ -76,15 +81,15 @@ pub async fn run(client: &Client, namespace: &str, log_dir: &Path, progress: &(d
 
     let result = async {
         let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), namespace);
-        let example: MetricsPipeline = serde_yaml::from_str(&std::fs::read_to_string(repo_path("examples/pipeline.yaml"))?)?;
-        pipelines.patch(PIPELINE, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&example)).await?;
-        progress(format!("applied examples/pipeline.yaml as {namespace}/{PIPELINE}"));
+        pipelines.patch(PIPELINE, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(pipeline)).await?;
+        let delivery = &pipeline.spec.delivery;
+        progress(format!("applied the pipeline as {namespace}/{PIPELINE} ({:?} written by {:?})", delivery.format, delivery.writer));
         let status = wait_until_ready(&pipelines, local.as_mut().map(|local| &mut local.operator), progress).await?;
         let deployment: Api<Deployment> = Api::namespaced(client.clone(), namespace);
         let aggregator = status.aggregator.as_ref().context("Ready without an aggregator")?;
         let image = deployment.get(&aggregator.deployment).await?.spec.and_then(|s| s.template.spec).map(|p| p.containers[0].image.clone());
         progress(format!("aggregator Deployment {} is ready (image {})", aggregator.deployment, image.flatten().unwrap_or_default()));
-        exchange_data(&status, progress).await
+        exchange_data(&status, delivery.writer, progress).await
     }
     .await;
 
@@ -136,9 +141,9 @@ async fn wait_until_ready(pipelines: &Api<MetricsPipeline>, mut operator: Option
 }
 
 /// Publishes the metrics, runs delivery until the table holds every window, and reads it back.
-async fn exchange_data(status: &MetricsPipelineStatus, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<Outcome> {
+async fn exchange_data(status: &MetricsPipelineStatus, writer: DeliveryWriter, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<Outcome> {
     let name = |reference: &Option<metrics_pipeline_crds::pipeline::AwsResourceRef>| reference.as_ref().map(|r| r.name.clone()).context("missing in status");
-    let (input, delivery) = (name(&status.input_stream)?, name(&status.delivery_stream)?);
+    let input = name(&status.input_stream)?;
     let (database, table) = (name(&status.glue_database)?, name(&status.glue_table)?);
     let sdk = sdk_config(None).await;
 
@@ -161,30 +166,37 @@ async fn exchange_data(status: &MetricsPipelineStatus, progress: &(dyn Fn(String
 
     let expected = expected_windows(&events);
     progress(format!("waiting for {} windows: the last fires after the example's 30s idle timeout", expected.values().sum::<usize>()));
-    let mut stand_in = DeliveryStandIn::load(&sdk, &delivery).await?;
+    // With Firehose writing, the stand-in does its data path; the aggregator writes files itself.
+    let mut stand_in = match writer {
+        DeliveryWriter::Firehose => Some(DeliveryStandIn::load(&sdk, &name(&status.delivery_stream)?).await?),
+        DeliveryWriter::Aggregator => None,
+    };
     let query = QueryCheck::new(&sdk);
     let started = Instant::now();
-    let mut delivered_objects = 0;
+    let mut last_error = None;
     loop {
-        let delivered = stand_in.deliver().await?;
-        if !delivered.is_empty() {
-            delivered_objects += delivered.len();
-            progress(format!("delivery stand-in wrote {} object(s) under {}", delivered.len(), delivered.keys().cloned().collect::<Vec<_>>().join(", ")));
+        if let Some(stand_in) = &mut stand_in {
+            let delivered = stand_in.deliver().await?;
+            if !delivered.is_empty() {
+                progress(format!("delivery stand-in wrote {} object(s): {}", delivered.len(), delivered.keys().cloned().collect::<Vec<_>>().join(", ")));
+            }
         }
-        if delivered_objects > 0 {
-            let mut tables = BTreeMap::new();
-            for component in COMPONENTS {
-                if let Ok(rows) = query.select_partition(&database, &table, component).await {
+        let mut tables = BTreeMap::new();
+        for component in COMPONENTS {
+            // A partition is not there (or registered) until its first object is.
+            match query.select_partition(&database, &table, component).await {
+                Ok(rows) => {
                     tables.insert(component.to_owned(), rows);
                 }
-            }
-            let rows: BTreeMap<String, Vec<MetricAggregate>> = tables.iter().map(|(c, rows)| Ok((c.clone(), latest_revisions(rows)?))).collect::<anyhow::Result<_>>()?;
-            if COMPONENTS.iter().all(|c| rows.get(*c).map(Vec::len) == expected.get(*c).copied()) {
-                return Ok(Outcome { events, rows, database, table });
+                Err(error) => last_error = Some(format!("{error:#}")),
             }
         }
+        let rows: BTreeMap<String, Vec<MetricAggregate>> = tables.iter().map(|(c, rows)| Ok((c.clone(), latest_revisions(rows)?))).collect::<anyhow::Result<_>>()?;
+        if COMPONENTS.iter().all(|c| rows.get(*c).map(Vec::len) == expected.get(*c).copied()) {
+            return Ok(Outcome { events, rows, database, table });
+        }
         if started.elapsed() > DEADLINE {
-            bail!("the table did not hold every window within {DEADLINE:?} (expected per component: {expected:?})");
+            bail!("the table did not hold every window within {DEADLINE:?} (expected per component: {expected:?}; last query error: {last_error:?})");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

@@ -1,11 +1,14 @@
 //! The README's quickstart as a test: the operator process provisions the example pipeline,
 //! the local runner runs the aggregator Deployment it wrote, generated out-of-order metrics go
 //! in, and the Glue table returns, per component, exactly the windows a batch computation over
-//! the same events gives.
+//! the same events gives. The same for both Parquet paths: Firehose's conversion, and the
+//! aggregator's own Parquet files.
 
 use std::collections::BTreeMap;
 
+use metrics_pipeline_crds::MetricsPipeline;
 use metrics_pipeline_crds::event::{EventTime, MetricAggregate};
+use metrics_pipeline_crds::pipeline::{Compression, DeliveryFormat, DeliveryWriter};
 use metrics_pipeline_e2e::quickstart::{self, COMPONENTS};
 use metrics_pipeline_e2e::{TestNamespace, kube_client};
 
@@ -14,10 +17,31 @@ type Expected = BTreeMap<(String, String, i64), (f64, f64, u64, i64, i64)>;
 
 #[tokio::test]
 async fn the_quickstart_turns_generated_metrics_into_the_aggregates_athena_reads() {
+    run_and_check(quickstart::example().unwrap()).await;
+}
+
+#[tokio::test]
+async fn parquet_converted_by_firehose_reads_back_the_same_windows() {
+    let mut pipeline = quickstart::example().unwrap();
+    pipeline.spec.delivery.format = DeliveryFormat::Parquet;
+    pipeline.spec.delivery.compression = Compression::Snappy;
+    run_and_check(pipeline).await;
+}
+
+#[tokio::test]
+async fn parquet_written_by_the_aggregator_reads_back_the_same_windows() {
+    let mut pipeline = quickstart::example().unwrap();
+    pipeline.spec.delivery.format = DeliveryFormat::Parquet;
+    pipeline.spec.delivery.writer = DeliveryWriter::Aggregator;
+    run_and_check(pipeline).await;
+}
+
+/// Runs `pipeline` as the quickstart does and checks every window of the table.
+async fn run_and_check(pipeline: MetricsPipeline) {
     let client = kube_client().await.unwrap();
     let namespace = TestNamespace::create(&client, "quickstart").await.unwrap();
     let log_dir = std::env::temp_dir().join(format!("metrics-pipeline-{}", namespace.name));
-    let outcome = quickstart::run(&client, &namespace.name, &log_dir, &|line| println!("{line}")).await.unwrap();
+    let outcome = quickstart::run(&client, &namespace.name, &pipeline, &log_dir, &|line| println!("{line}")).await.unwrap();
 
     let mut expected: BTreeMap<String, Expected> = BTreeMap::new();
     for event in &outcome.events {

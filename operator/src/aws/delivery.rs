@@ -374,10 +374,12 @@ pub async fn delete(clients: &AwsClients, name: &str, owner: &str) -> Result<boo
 
 #[cfg(test)]
 mod tests {
+    use metrics_pipeline_crds::pipeline::DeliveryWriter;
+
     use super::*;
 
     fn config(format: DeliveryFormat, compression: Compression) -> DeliveryConfig {
-        DeliveryConfig { buffer_interval_seconds: 60, buffer_size_mib: 64, format, compression, expire_after_days: None }
+        DeliveryConfig { buffer_interval_seconds: 60, buffer_size_mib: 64, format, writer: DeliveryWriter::Firehose, compression, expire_after_days: None }
     }
 
     fn connections() -> Connections<'static> {

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use metrics_pipeline_e2e::kube_client;
 use metrics_pipeline_e2e::query::format_rows;
-use metrics_pipeline_e2e::quickstart::{COMPONENTS, SHOWN_COLUMNS, as_rows, default_log_dir, run};
+use metrics_pipeline_e2e::quickstart::{COMPONENTS, SHOWN_COLUMNS, as_rows, default_log_dir, example, run};
 
 const NAMESPACE: &str = "quickstart";
 
@@ -34,7 +34,7 @@ async fn quickstart() -> anyhow::Result<()> {
         Err(kube::Error::Api(status)) if status.code == 409 => {}
         Err(error) => return Err(error.into()),
     }
-    let outcome = run(&client, NAMESPACE, &default_log_dir(), &progress).await?;
+    let outcome = run(&client, NAMESPACE, &example()?, &default_log_dir(), &progress).await?;
     for component in COMPONENTS {
         println!("\nSELECT * FROM {}.{} WHERE componentName = '{component}'", outcome.database, outcome.table);
         println!("{}", format_rows(&as_rows(&outcome.rows[component]), &SHOWN_COLUMNS));
