@@ -119,10 +119,7 @@ pub fn codec(compression: &aws_sdk_firehose::types::ParquetCompression) -> anyho
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn column(name: &str, kind: &str) -> Column {
-        Column::builder().name(name).r#type(kind).build().unwrap()
-    }
+    use crate::query::tests::column;
 
     #[test]
     fn records_written_with_the_tables_schema_read_back_as_the_same_rows() {

@@ -120,10 +120,10 @@ pub fn gunzip(bytes: &[u8]) -> anyhow::Result<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn column(name: &str, kind: &str) -> Column {
+    pub(crate) fn column(name: &str, kind: &str) -> Column {
         Column::builder().name(name).r#type(kind).build().unwrap()
     }
 

@@ -6,7 +6,7 @@ use aws_sdk_firehose::types::{DeliveryStreamType, KinesisStreamSourceConfigurati
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use metrics_pipeline_crds::aws::{s3_client, sdk_config};
-use metrics_pipeline_crds::pipeline::{Compression, DeliveryFormat};
+use metrics_pipeline_crds::pipeline::{Compression, DeliveryFormat, DeliveryWriter};
 use metrics_pipeline_crds::validation::DeliveryConfig;
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
 use metrics_pipeline_e2e::query::gunzip;
@@ -24,7 +24,7 @@ async fn records_land_per_component_and_unkeyable_ones_under_the_error_prefix() 
     let location = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(region.as_str())).build();
     s3.create_bucket().bucket(&unique).create_bucket_configuration(location).send().await.unwrap();
 
-    let config = DeliveryConfig { buffer_interval_seconds: 60, buffer_size_mib: 64, format: DeliveryFormat::Json, compression: Compression::Gzip, expire_after_days: None };
+    let config = DeliveryConfig { buffer_interval_seconds: 60, buffer_size_mib: 64, format: DeliveryFormat::Json, writer: DeliveryWriter::Firehose, compression: Compression::Gzip, expire_after_days: None };
     let role = "arn:aws:iam::123456789012:role/standin";
     let bucket_arn = format!("arn:aws:s3:::{unique}");
     let connections = Connections { output_stream_arn: &stream_arn, role_arn: role, bucket_arn: &bucket_arn, glue_database: "d", glue_table: "t", region: &region };
