@@ -216,6 +216,7 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
     // Delivery: needs the output stream, the bucket and the catalog (for Parquet conversion).
     match (streams_ready, bucket_ready) {
         _ if config.delivery.writer == DeliveryWriter::Aggregator => {
+            report.without_firehose = true;
             let direct = without_firehose(&clients, names).await;
             record(&mut report, DELIVERY_READY, direct, |()| "the aggregator writes Parquet files into the bucket itself (no Firehose)".to_owned());
         }

@@ -37,6 +37,8 @@ pub struct Report {
     pub glue_database: Option<AwsResourceRef>,
     pub glue_table: Option<AwsResourceRef>,
     pub aggregator: Option<AggregatorStatus>,
+    /// The aggregator writes the files (`writer: Aggregator`): no delivery stream or role to name.
+    pub without_firehose: bool,
     /// What was changed in AWS, for events.
     pub changes: Vec<String>,
 }
@@ -138,8 +140,8 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         input_stream: keep(&report.input_stream, previous.map(|s| &s.input_stream)),
         output_stream: keep(&report.output_stream, previous.map(|s| &s.output_stream)),
         bucket: keep(&report.bucket, previous.map(|s| &s.bucket)),
-        firehose_role: keep(&report.firehose_role, previous.map(|s| &s.firehose_role)),
-        delivery_stream: keep(&report.delivery_stream, previous.map(|s| &s.delivery_stream)),
+        firehose_role: keep(&report.firehose_role, previous.map(|s| &s.firehose_role)).filter(|_| !report.without_firehose),
+        delivery_stream: keep(&report.delivery_stream, previous.map(|s| &s.delivery_stream)).filter(|_| !report.without_firehose),
         glue_database: keep(&report.glue_database, previous.map(|s| &s.glue_database)),
         glue_table: keep(&report.glue_table, previous.map(|s| &s.glue_table)),
         aggregator: report.aggregator.clone().or_else(|| previous.and_then(|status| status.aggregator.clone())),
@@ -165,6 +167,16 @@ mod tests {
             bucket: Some(AwsResourceRef { name: "c".into(), arn: Some("arn:aws:s3:::c".into()) }),
             ..Report::default()
         }
+    }
+
+    #[test]
+    fn without_firehose_the_status_names_no_delivery_stream_even_one_named_before() {
+        let delivery_stream = Some(AwsResourceRef { name: "p-delivery".into(), arn: None });
+        let before = MetricsPipelineStatus { delivery_stream: delivery_stream.clone(), firehose_role: delivery_stream, ..MetricsPipelineStatus::default() };
+        let kept = build(&ready_report(), Some(2), Some(&before), at(10));
+        assert!(kept.delivery_stream.is_some(), "a part not reached keeps its reference");
+        let switched = build(&Report { without_firehose: true, ..ready_report() }, Some(2), Some(&before), at(10));
+        assert_eq!((switched.delivery_stream, switched.firehose_role), (None, None));
     }
 
     fn condition<'a>(status: &'a MetricsPipelineStatus, kind: &str) -> &'a Condition {

@@ -447,3 +447,40 @@ async fn a_resource_someone_else_owns_is_never_taken_over() {
     operator.stop().await;
     namespace.delete().await.unwrap();
 }
+
+#[tokio::test]
+async fn switching_to_the_aggregator_as_writer_removes_firehose_and_makes_the_table_parquet() {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let namespace = TestNamespace::create(&client, "op-writer").await.unwrap();
+    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
+    let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(3)).await;
+    let mut pipeline = example("minimal.yaml");
+    pipeline.metadata.name = Some("writer".into());
+    pipeline.spec.aggregator.replicas = 0;
+    pipelines.patch("writer", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
+    let status = wait_for(&pipelines, "writer", "Ready with Firehose", |s| s.phase == Some(Phase::Ready)).await;
+    let delivery_name = status.delivery_stream.expect("Firehose by default").name;
+
+    pipeline.spec.delivery.format = metrics_pipeline_crds::pipeline::DeliveryFormat::Parquet;
+    pipeline.spec.delivery.writer = metrics_pipeline_crds::pipeline::DeliveryWriter::Aggregator;
+    pipelines.patch("writer", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
+    let status = wait_for(&pipelines, "writer", "Ready without Firehose", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)).await;
+    assert_eq!((&status.delivery_stream, &status.firehose_role), (&None, &None), "the status names no Firehose parts");
+    let delivery = status.conditions.iter().find(|c| c.type_ == "DeliveryReady").unwrap();
+    assert!(delivery.message.contains("the aggregator writes Parquet files"), "{}", delivery.message);
+    let sdk = sdk_config(None).await;
+    let firehose = aws_sdk_firehose::Client::new(&sdk);
+    assert!(firehose.describe_delivery_stream().delivery_stream_name(&delivery_name).send().await.is_err(), "the delivery stream is gone");
+    let glue = aws_sdk_glue::Client::new(&sdk);
+    let table = glue.get_table().database_name(&status.glue_database.unwrap().name).name("metric_aggregates").send().await.unwrap().table.unwrap();
+    let serde = table.storage_descriptor().and_then(|s| s.serde_info()).and_then(|s| s.serialization_library()).map(str::to_owned);
+    assert_eq!(serde.as_deref(), Some("org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace.name);
+    let container = deployments.get("writer-aggregator").await.unwrap().spec.unwrap().template.spec.unwrap().containers[0].clone();
+    assert!(container.env.unwrap().iter().any(|var| var.name == "AGGREGATOR_PARQUET" && var.value.as_deref() == Some("gzip")), "the aggregator writes the files");
+
+    delete_and_wait(&pipelines, "writer").await;
+    operator.stop().await;
+    namespace.delete().await.unwrap();
+}
