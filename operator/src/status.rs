@@ -89,6 +89,15 @@ impl Report {
     }
 }
 
+/// Whether the pipeline worked at some point: Ready or Degraded before, or, while an update is
+/// pending (phase Provisioning), every part already named, which happens only once each was ready.
+/// A failure then is a degradation, not a pipeline that never came up.
+fn has_been_ready(previous: &MetricsPipelineStatus, without_firehose: bool) -> bool {
+    let named = [&previous.input_stream, &previous.output_stream, &previous.bucket, &previous.glue_database, &previous.glue_table].iter().all(|r| r.is_some())
+        && (without_firehose || previous.delivery_stream.is_some());
+    matches!(previous.phase, Some(Phase::Ready | Phase::Degraded)) || named
+}
+
 /// The status to write: conditions keep their transition time while their status holds.
 pub fn build(report: &Report, generation: Option<i64>, previous: Option<&MetricsPipelineStatus>, now: Time) -> MetricsPipelineStatus {
     let previous_conditions = previous.map(|status| status.conditions.as_slice()).unwrap_or_default();
@@ -123,7 +132,7 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         None => condition(READY, true, "PipelineReady", "every part of the pipeline is in place".into()),
         Some((reason, message)) => condition(READY, false, reason, message),
     });
-    let was_ready = matches!(previous.and_then(|status| status.phase), Some(Phase::Ready | Phase::Degraded));
+    let was_ready = previous.is_some_and(|previous| has_been_ready(previous, report.without_firehose));
     let phase = match verdict {
         Verdict::Ready => Phase::Ready,
         Verdict::Pending => Phase::Provisioning,
@@ -167,6 +176,28 @@ mod tests {
             bucket: Some(AwsResourceRef { name: "c".into(), arn: Some("arn:aws:s3:::c".into()) }),
             ..Report::default()
         }
+    }
+
+    #[test]
+    fn a_failure_during_an_update_of_a_pipeline_that_worked_is_degraded() {
+        let named = |name: &str| Some(AwsResourceRef { name: name.into(), arn: None });
+        let updating = MetricsPipelineStatus {
+            phase: Some(Phase::Provisioning),
+            input_stream: named("in"),
+            output_stream: named("out"),
+            bucket: named("b"),
+            glue_database: named("d"),
+            glue_table: named("t"),
+            delivery_stream: named("s"),
+            ..MetricsPipelineStatus::default()
+        };
+        let outage = Error::Aws { action: "describing stream in".into(), message: "unreachable".into(), retryable: true };
+        let failed = Report { parts: vec![(STREAMS_READY, PartState::Failed(outage))], ..Report::default() };
+        assert_eq!(build(&failed, Some(2), Some(&updating), at(10)).phase, Some(Phase::Degraded));
+        let never_ready = MetricsPipelineStatus { delivery_stream: None, ..updating };
+        let outage = Error::Aws { action: "describing stream in".into(), message: "unreachable".into(), retryable: true };
+        let failed = Report { parts: vec![(STREAMS_READY, PartState::Failed(outage))], ..Report::default() };
+        assert_eq!(build(&failed, Some(1), Some(&never_ready), at(10)).phase, Some(Phase::Provisioning), "still coming up");
     }
 
     #[test]
