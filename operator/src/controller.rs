@@ -139,19 +139,23 @@ fn error_policy(pipeline: Arc<MetricsPipeline>, error: &Error, context: Arc<Cont
 
 async fn apply(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context: &Context) -> Result<Action, Error> {
     let report = provision(pipeline, context).await;
+    // The status as stored now, not as the cache had it: a reconcile triggered by the aggregator's
+    // Deployment can start before the watch has delivered this pipeline's last status write, and
+    // building on that stale status would forget what the last reconcile found.
+    let previous = api.get_status(&pipeline.name_any()).await?.status;
     let now = Time(jiff::Timestamp::now());
-    let status = status::build(&report, pipeline.metadata.generation, pipeline.status.as_ref(), now);
+    let status = status::build(&report, pipeline.metadata.generation, previous.as_ref(), now);
     write_status(api, &pipeline.name_any(), &status).await?;
 
     if !report.changes.is_empty() {
         // One event per reconcile: the recorder folds events of one reason and action into a
         // series that keeps the first note, so separate events per change would hide all but one.
-        let was_ready = pipeline.status.as_ref().and_then(|s| s.phase).is_some_and(|phase| phase != Phase::Provisioning);
+        let was_ready = previous.as_ref().and_then(|s| s.phase).is_some_and(|phase| phase != Phase::Provisioning);
         let (reason, action) = if was_ready { ("Repaired", "Update") } else { ("Provisioned", "Create") };
         publish(context, pipeline, EventType::Normal, reason, action, &report.changes.join("; ")).await;
     }
     if let Some((reason, message)) = report.first_problem().filter(|_| report.verdict() != Verdict::Pending) {
-        let previous = pipeline.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == status::READY)).map(|c| c.message.as_str());
+        let previous = previous.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == status::READY)).map(|c| c.message.as_str());
         if previous != Some(message.as_str()) {
             publish(context, pipeline, EventType::Warning, reason, "Reconcile", &message).await;
         }

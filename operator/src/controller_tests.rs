@@ -85,6 +85,7 @@ async fn an_invalid_spec_is_reported_in_status_and_as_an_event_without_touching_
     let invalid = pipeline(spec, true, false);
     let answer = serde_json::to_value(&*invalid).unwrap();
     let server = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{PIPELINE_PATH}/status"), answer.clone()).await;
         let status = expect(&mut api, Method::PATCH, &format!("{PIPELINE_PATH}/status"), answer).await;
         let event = expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events", json!({})).await;
         (status, event)
