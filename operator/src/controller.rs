@@ -89,14 +89,8 @@ impl Context {
 
 /// Watches `MetricsPipeline`s (in `namespace`, or everywhere) until `shutdown` resolves.
 pub async fn run(context: Arc<Context>, namespace: Option<String>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let api: Api<MetricsPipeline> = match &namespace {
-        Some(namespace) => Api::namespaced(context.client.clone(), namespace),
-        None => Api::all(context.client.clone()),
-    };
-    let deployments: Api<Deployment> = match &namespace {
-        Some(namespace) => Api::namespaced(context.client.clone(), namespace),
-        None => Api::all(context.client.clone()),
-    };
+    let api: Api<MetricsPipeline> = scoped(&context.client, namespace.as_deref());
+    let deployments: Api<Deployment> = scoped(&context.client, namespace.as_deref());
     // The aggregator's Deployment reports readiness in its status: each change of it reconciles
     // the pipeline that owns it, so AggregatorReady follows without polling.
     let aggregators = watcher::Config::default().labels(&workload::aggregator_selector());
@@ -110,6 +104,18 @@ pub async fn run(context: Arc<Context>, namespace: Option<String>, shutdown: imp
             }
         })
         .await;
+}
+
+/// Objects of one namespace, or of all.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
 }
 
 async fn reconcile(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) -> Result<Action, Error> {
