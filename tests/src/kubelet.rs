@@ -33,7 +33,7 @@ const LISTEN_ENVS: [&str; 2] = ["AGGREGATOR_LISTEN", "LISTEN"];
 /// What the runner passes on from its own environment, as a pod identity webhook would.
 const CREDENTIALS: [&str; 3] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
 
-/// Runs the aggregator pods of one namespace until stopped.
+/// Runs the selected pods of one namespace until stopped.
 pub struct LocalKubelet {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -126,6 +126,8 @@ impl Launch {
 
 struct Process {
     container: String,
+    /// The pod's terminationGracePeriodSeconds: how long SIGTERM has before SIGKILL.
+    grace: Duration,
     child: Child,
     launch: Launch,
     port: u16,
@@ -194,7 +196,8 @@ impl Runner {
         let launch = Launch { program: self.bin_dir.join(program), args: args.iter().map(|a| a.to_string()).collect(), env, log: self.log_dir.join(format!("{name}.log")) };
         let child = launch.spawn()?;
         let readiness_path = container.readiness_probe.as_ref().and_then(|probe| probe.http_get.as_ref()).and_then(|get| get.path.clone());
-        self.running.insert(name, Process { container: container.name.clone(), child, launch, port, readiness_path, ready: false, restarts: 0 });
+        let grace = Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
+        self.running.insert(name, Process { container: container.name.clone(), grace, child, launch, port, readiness_path, ready: false, restarts: 0 });
         Ok(())
     }
 
@@ -258,10 +261,10 @@ impl Runner {
         Ok(())
     }
 
-    /// SIGTERM, then up to the grace period for the aggregator's flush and checkpoint.
+    /// SIGTERM, then up to the pod's grace period (the aggregator flushes and checkpoints).
     async fn terminate(&mut self, name: &str) {
         let Some(mut process) = self.running.remove(name) else { return };
-        terminate(&mut process.child, Duration::from_secs(60)).await;
+        terminate(&mut process.child, process.grace).await;
     }
 
     async fn stop_all(&mut self) {
