@@ -106,10 +106,11 @@ impl ParquetFiles {
     pub async fn commit(&mut self, bucket: &Bucket) -> usize {
         let Some(roll) = self.state.committing.take() else { return 0 };
         let files = files_of(&roll, self.settings.codec);
-        for (key, body) in &files {
-            bucket.put(key, body.clone(), "application/vnd.apache.parquet").await;
+        let written = files.len();
+        for (key, body) in files {
+            bucket.put(&key, body, "application/vnd.apache.parquet").await;
         }
-        files.len()
+        written
     }
 }
 

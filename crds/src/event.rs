@@ -166,6 +166,22 @@ pub struct MetricAggregate {
     pub revision: u32,
 }
 
+/// Aggregates without the duplicates of at-least-once delivery, keyed by `windowId`: per window
+/// the most complete one, the highest `count` (a window only grows), then the highest `revision`.
+/// The rule the README gives for queries downstream.
+pub fn deduplicate(aggregates: impl IntoIterator<Item = MetricAggregate>) -> std::collections::BTreeMap<String, MetricAggregate> {
+    let mut latest: std::collections::BTreeMap<String, MetricAggregate> = std::collections::BTreeMap::new();
+    for aggregate in aggregates {
+        match latest.get(&aggregate.window_id) {
+            Some(kept) if (kept.count, kept.revision) >= (aggregate.count, aggregate.revision) => {}
+            _ => {
+                latest.insert(aggregate.window_id.clone(), aggregate);
+            }
+        }
+    }
+    latest
+}
+
 /// A UTC instant with millisecond precision, as milliseconds since the Unix epoch.
 ///
 /// Reads RFC 3339 text (any offset, any fraction; finer than milliseconds is truncated) or a
@@ -470,5 +486,28 @@ mod tests {
             })
         );
         assert_eq!(serde_json::from_value::<MetricAggregate>(json).unwrap(), aggregate);
+    }
+
+    #[test]
+    fn deduplication_keeps_the_most_complete_then_the_latest_revision_of_each_window() {
+        let window = |id: &str, count: u64, revision: u32| MetricAggregate {
+            component_name: "c".into(),
+            metric_name: "m".into(),
+            unit: "u".into(),
+            min_value: 1.0,
+            max_value: 1.0,
+            avg_value: 1.0,
+            count,
+            sum: count as f64,
+            from_timestamp: EventTime(0),
+            to_timestamp: EventTime(0),
+            window_start: EventTime(0),
+            window_end: EventTime(60_000),
+            window_id: id.into(),
+            revision,
+        };
+        let kept = deduplicate([window("a", 3, 0), window("a", 5, 0), window("a", 4, 1), window("b", 2, 0), window("b", 2, 1), window("a", 5, 0)]);
+        let summary: Vec<(&str, u64, u32)> = kept.values().map(|w| (w.window_id.as_str(), w.count, w.revision)).collect();
+        assert_eq!(summary, [("a", 5, 0), ("b", 2, 1)]);
     }
 }

@@ -17,7 +17,7 @@ use kube::{Client, ResourceExt};
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
 use metrics_aggregator::sink::KinesisSink;
 use metrics_pipeline_crds::aws::sdk_config;
-use metrics_pipeline_crds::event::{EventTime, MetricAggregate, MetricEvent};
+use metrics_pipeline_crds::event::{EventTime, MetricAggregate, MetricEvent, deduplicate};
 use metrics_pipeline_crds::pipeline::{DeliveryWriter, Phase};
 use metrics_pipeline_crds::{MetricsPipeline, MetricsPipelineStatus};
 use tokio::process::{Child, Command};
@@ -214,16 +214,10 @@ fn expected_windows(events: &[MetricEvent<'_>]) -> BTreeMap<String, usize> {
 /// The README's deduplication rule: per `windowId`, the row with the highest count, then the
 /// highest revision. Ordered by metric and window.
 pub fn latest_revisions(rows: &[Row]) -> anyhow::Result<Vec<MetricAggregate>> {
-    let mut latest: BTreeMap<String, MetricAggregate> = BTreeMap::new();
-    for row in rows {
-        let aggregate: MetricAggregate = serde_json::from_value(serde_json::Value::Object(row.iter().cloned().collect())).context("a row that is not an aggregate")?;
-        match latest.get(&aggregate.window_id) {
-            Some(kept) if (kept.count, kept.revision) >= (aggregate.count, aggregate.revision) => {}
-            _ => {
-                latest.insert(aggregate.window_id.clone(), aggregate);
-            }
-        }
-    }
+    let aggregates = rows.iter().map(|row| {
+        serde_json::from_value::<MetricAggregate>(serde_json::Value::Object(row.iter().cloned().collect())).context("a row that is not an aggregate")
+    });
+    let latest = deduplicate(aggregates.collect::<anyhow::Result<Vec<_>>>()?);
     let mut rows: Vec<MetricAggregate> = latest.into_values().collect();
     rows.sort_by(|a, b| (&a.metric_name, a.window_start).cmp(&(&b.metric_name, b.window_start)));
     Ok(rows)

@@ -13,7 +13,7 @@ use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use metrics_aggregator::window::{Accumulator, WindowAssigner};
 use metrics_pipeline_crds::aws::{s3_client, sdk_config};
-use metrics_pipeline_crds::event::{MetricAggregate, MetricEvent};
+use metrics_pipeline_crds::event::{MetricAggregate, MetricEvent, deduplicate};
 
 /// Streams and a bucket of one test, named uniquely; the emulator is discarded after the run.
 pub struct Emulator {
@@ -100,17 +100,10 @@ impl Emulator {
     /// The output stream's aggregates, duplicates removed: per `windowId` the most complete one,
     /// the highest count (a window only grows), then the highest revision.
     pub async fn latest_aggregates(&self) -> BTreeMap<String, MetricAggregate> {
-        let mut latest: BTreeMap<String, MetricAggregate> = BTreeMap::new();
-        for data in self.read_stream(&self.output).await {
-            let aggregate: MetricAggregate = serde_json::from_slice(&data).expect("the output stream holds aggregates");
-            match latest.get(&aggregate.window_id) {
-                Some(kept) if (kept.count, kept.revision) >= (aggregate.count, aggregate.revision) => {}
-                _ => {
-                    latest.insert(aggregate.window_id.clone(), aggregate);
-                }
-            }
-        }
-        latest
+        let aggregates = self.read_stream(&self.output).await.into_iter().map(|data| {
+            serde_json::from_slice::<MetricAggregate>(&data).expect("the output stream holds aggregates")
+        });
+        deduplicate(aggregates)
     }
 
     /// Waits until the deduplicated aggregates count `events` events in all, and returns them.
