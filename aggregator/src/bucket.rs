@@ -44,7 +44,9 @@ impl Bucket {
             Ok(output) => Ok(Some(output.body.collect().await.map_err(|error| failed(error.to_string()))?.to_vec())),
             Err(error) => match error.as_service_error() {
                 Some(service) if service.is_no_such_key() => Ok(None),
-                Some(service) => Err(failed(format!("{} {}", service.meta().code().unwrap_or("error"), service.meta().message().unwrap_or_default()))),
+                Some(service) => {
+                    Err(failed(format!("{} {}", service.meta().code().unwrap_or("error"), service.meta().message().unwrap_or_default())))
+                }
                 None => Err(failed(DisplayErrorContext(&error).to_string())),
             },
         }

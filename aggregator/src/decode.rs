@@ -105,7 +105,8 @@ fn diagnose(record: &[u8]) -> InvalidReason {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"{"componentName":"user-service","metricName":"cpu-usage","unit":"percent","value":50.0,"timestamp":"2021-09-09T12:00:00.000Z"}"#;
+    const GOOD: &str =
+        r#"{"componentName":"user-service","metricName":"cpu-usage","unit":"percent","value":50.0,"timestamp":"2021-09-09T12:00:00.000Z"}"#;
 
     fn with(field: &str, value: &str) -> String {
         let mut object: serde_json::Map<String, Value> = serde_json::from_str(GOOD).unwrap();

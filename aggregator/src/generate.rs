@@ -158,8 +158,7 @@ mod tests {
     #[test]
     fn each_round_has_every_component_and_metric_once() {
         let events: Vec<_> = Generator::new(config(Duration::ZERO)).take(8).collect();
-        let keys: Vec<(&str, &str, i64)> =
-            events.iter().map(|e| (&*e.component_name, &*e.metric_name, e.timestamp.0)).collect();
+        let keys: Vec<(&str, &str, i64)> = events.iter().map(|e| (&*e.component_name, &*e.metric_name, e.timestamp.0)).collect();
         assert_eq!(
             keys,
             [

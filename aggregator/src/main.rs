@@ -177,7 +177,11 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
         poll_interval: args.poll_interval,
         checkpoint_interval: args.checkpoint_interval,
         initial_position: args.initial_position,
-        parquet: args.parquet.map(|codec| ParquetSettings { codec, roll_interval: args.parquet_roll_interval, max_rows: args.parquet_max_rows.max(1) }),
+        parquet: args.parquet.map(|codec| ParquetSettings {
+            codec,
+            roll_interval: args.parquet_roll_interval,
+            max_rows: args.parquet_max_rows.max(1),
+        }),
     };
     let bucket = Bucket::new(s3_client(&sdk), args.bucket);
     tokio::select! {
@@ -196,9 +200,8 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     if let Some(rate) = args.rate {
         anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number of events per second");
     }
-    let start = args.start.unwrap_or_else(|| {
-        EventTime(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64))
-    });
+    let start =
+        args.start.unwrap_or_else(|| EventTime(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64)));
     let generator = Generator::new(GeneratorConfig { components, metrics, start, step: args.step, jitter: args.jitter, seed: args.seed });
     let sdk = aws(args.aws).await;
     let sink = KinesisSink::new(kinesis_client(&sdk), args.stream.clone());

@@ -45,7 +45,11 @@ impl Default for Metrics {
         };
         let registry = &mut metrics.registry;
         registry.register("records_read", "Records read from the input stream", metrics.records_read.clone());
-        registry.register("records_invalid", "Records that are not metric events, by reason (kept as dead letters)", metrics.records_invalid.clone());
+        registry.register(
+            "records_invalid",
+            "Records that are not metric events, by reason (kept as dead letters)",
+            metrics.records_invalid.clone(),
+        );
         registry.register(
             "events_late",
             "Events for fired windows: reemitted (within allowedLateness) or dead_lettered (later)",
@@ -58,12 +62,12 @@ impl Default for Metrics {
         registry.register("get_records_throttled", "GetRecords calls refused for throughput", metrics.get_records_throttled.clone());
         registry.register("open_windows", "Windows (key x window) not fired yet", metrics.open_windows.clone());
         registry.register("shards", "Input shards being read", metrics.shards.clone());
+        registry.register("watermark_lag_seconds", "Wall clock minus the event-time watermark", metrics.watermark_lag_seconds.clone());
         registry.register(
-            "watermark_lag_seconds",
-            "Wall clock minus the event-time watermark",
-            metrics.watermark_lag_seconds.clone(),
+            "millis_behind_latest",
+            "How far each shard's reading trails its newest record",
+            metrics.millis_behind_latest.clone(),
         );
-        registry.register("millis_behind_latest", "How far each shard's reading trails its newest record", metrics.millis_behind_latest.clone());
         metrics
     }
 }

@@ -82,7 +82,8 @@ impl ParquetFiles {
     }
 
     pub fn roll_due(&self) -> bool {
-        self.state.in_progress.len() >= self.settings.max_rows || self.oldest.is_some_and(|oldest| oldest.elapsed() >= self.settings.roll_interval)
+        self.state.in_progress.len() >= self.settings.max_rows
+            || self.oldest.is_some_and(|oldest| oldest.elapsed() >= self.settings.roll_interval)
     }
 
     /// Turns the in-progress rows into the roll the next checkpoint commits.
@@ -124,7 +125,9 @@ pub fn files_of(roll: &Roll, codec: ParquetCodec) -> Vec<(String, Vec<u8>)> {
     by_component
         .into_iter()
         .map(|(component, mut rows)| {
-            rows.sort_by(|a, b| (&a.metric_name, &a.unit, a.window_start, a.revision).cmp(&(&b.metric_name, &b.unit, b.window_start, b.revision)));
+            rows.sort_by(|a, b| {
+                (&a.metric_name, &a.unit, a.window_start, a.revision).cmp(&(&b.metric_name, &b.unit, b.window_start, b.revision))
+            });
             (format!("componentName={component}/part-{:010}.parquet", roll.part), encode(&rows, codec))
         })
         .collect()
@@ -152,8 +155,10 @@ pub fn schema() -> Schema {
 }
 
 pub fn encode(rows: &[&MetricAggregate], codec: ParquetCodec) -> Vec<u8> {
-    let strings = |field: fn(&MetricAggregate) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(|row| field(row)))) as ArrayRef;
-    let doubles = |field: fn(&MetricAggregate) -> f64| Arc::new(Float64Array::from_iter_values(rows.iter().map(|row| field(row)))) as ArrayRef;
+    let strings =
+        |field: fn(&MetricAggregate) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(|row| field(row)))) as ArrayRef;
+    let doubles =
+        |field: fn(&MetricAggregate) -> f64| Arc::new(Float64Array::from_iter_values(rows.iter().map(|row| field(row)))) as ArrayRef;
     let times = |field: fn(&MetricAggregate) -> i64| {
         Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|row| field(row))).with_timezone("UTC")) as ArrayRef
     };
@@ -195,7 +200,10 @@ pub fn decode(body: Vec<u8>, component: &str) -> anyhow::Result<Vec<MetricAggreg
     for batch in reader {
         let batch = batch?;
         fn column<'a, T: Array + 'static>(batch: &'a RecordBatch, name: &str) -> anyhow::Result<&'a T> {
-            batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).with_context(|| format!("column {name} is missing or of another type"))
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<T>())
+                .with_context(|| format!("column {name} is missing or of another type"))
         }
         let text = |name| column::<StringArray>(&batch, name);
         let double = |name| column::<Float64Array>(&batch, name);
@@ -268,7 +276,10 @@ mod tests {
         let metrics = batch.column_by_name("metricName").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!((metrics.value(0), metrics.value(1)), ("cpu", "ram"), "ordered by metric");
         assert_eq!(batch.column_by_name("count").unwrap().data_type(), &DataType::Int64);
-        assert_eq!(batch.column_by_name("windowStart").unwrap().data_type(), &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())));
+        assert_eq!(
+            batch.column_by_name("windowStart").unwrap().data_type(),
+            &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+        );
         let column = metadata.row_group(0).column(0);
         assert_eq!(column.compression(), Compression::SNAPPY);
         assert!(batch.column_by_name("componentName").is_none(), "the partition column is the path");
@@ -285,7 +296,10 @@ mod tests {
         assert!(files.roll_due(), "3 rows reach max_rows");
         files.roll();
         let state = files.state().clone();
-        assert_eq!((state.next_part, state.in_progress.len(), state.committing.as_ref().map(|r| (r.part, r.rows.len()))), (1, 0, Some((0, 3))));
+        assert_eq!(
+            (state.next_part, state.in_progress.len(), state.committing.as_ref().map(|r| (r.part, r.rows.len()))),
+            (1, 0, Some((0, 3)))
+        );
         files.add(&[aggregate("a", "cpu", 180_000, 1)]);
         files.roll();
         assert_eq!(files.state().committing.as_ref().map(|r| r.part), Some(0), "a second roll waits until the first is written");

@@ -91,8 +91,7 @@ pub async fn run(
         let written = files.commit(&bucket).await;
         tracing::debug!(files = written, "Parquet files of the last checkpoint's roll written");
     }
-    let source =
-        KinesisSource::new(kinesis.clone(), config.input_stream.clone(), config.poll_interval, position, config.initial_position);
+    let source = KinesisSource::new(kinesis.clone(), config.input_stream.clone(), config.poll_interval, position, config.initial_position);
     let sink = KinesisSink::new(kinesis, config.output_stream.clone());
     let mut aggregator = Aggregator {
         last_record: Instant::now(),
@@ -249,7 +248,11 @@ impl Aggregator {
         }
         let before = self.output.len();
         if now.duration_since(self.last_record) >= idle_timeout && self.engine.open_windows() > 0 {
-            tracing::debug!(open_windows = self.engine.open_windows(), ?idle_timeout, "no records for the idle timeout: firing every open window");
+            tracing::debug!(
+                open_windows = self.engine.open_windows(),
+                ?idle_timeout,
+                "no records for the idle timeout: firing every open window"
+            );
             self.engine.fire_all(&mut self.output);
         }
         self.engine.advance(&mut self.output);
@@ -294,7 +297,8 @@ impl Aggregator {
             tracing::debug!(records = count, prefix = %self.config.dead_letter_prefix, "dead letters written");
         }
         let files = self.files.as_ref().map(|files| files.state().clone());
-        let checkpoint = Checkpoint::new(&self.config.input_stream, wall_clock(), self.source.position().clone(), self.engine.snapshot(), files);
+        let checkpoint =
+            Checkpoint::new(&self.config.input_stream, wall_clock(), self.source.position().clone(), self.engine.snapshot(), files);
         self.checkpoints.save(&checkpoint).await;
         metrics.checkpoints_written.inc();
         tracing::debug!(location = %self.checkpoints.location(), open_windows = checkpoint.engine.open.len(), "checkpoint written");

@@ -111,7 +111,13 @@ enum Fetch {
 
 impl KinesisSource {
     /// `position` is the checkpoint's, or `None` on a first start, where `initial` applies.
-    pub fn new(client: Client, stream: String, poll_interval: Duration, position: Option<StreamPosition>, initial: InitialPosition) -> Self {
+    pub fn new(
+        client: Client,
+        stream: String,
+        poll_interval: Duration,
+        position: Option<StreamPosition>,
+        initial: InitialPosition,
+    ) -> Self {
         let first_start = match (&position, initial) {
             (Some(_), _) | (None, InitialPosition::TrimHorizon) => None,
             (None, InitialPosition::Latest) => Some(ShardIteratorType::Latest),
@@ -179,7 +185,9 @@ impl KinesisSource {
         if Instant::now() >= self.next_discovery {
             match self.discover().await {
                 Ok(started) => poll.started = started,
-                Err(error) => tracing::warn!(error = %DisplayErrorContext(&error), stream = %self.stream, "ListShards failed; retrying later"),
+                Err(error) => {
+                    tracing::warn!(error = %DisplayErrorContext(&error), stream = %self.stream, "ListShards failed; retrying later")
+                }
             }
         }
         let wake = self.readers.values().map(|reader| reader.next_poll).min().unwrap_or(self.next_discovery).min(self.next_discovery);
@@ -235,7 +243,14 @@ impl KinesisSource {
 
 /// One GetRecords call, getting an iterator first when there is none (after the last record
 /// taken, or at `start` when nothing was taken yet).
-async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<String>, after: Option<String>, start: ShardIteratorType) -> Fetch {
+async fn fetch(
+    client: &Client,
+    stream: &str,
+    shard: &str,
+    iterator: Option<String>,
+    after: Option<String>,
+    start: ShardIteratorType,
+) -> Fetch {
     let iterator = match iterator {
         Some(iterator) => iterator,
         None => {
@@ -249,7 +264,9 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
                     Some(iterator) => iterator,
                     None => return Fetch::Records { records: Vec::new(), next_iterator: None, millis_behind_latest: None },
                 },
-                Err(error) if error.as_service_error().is_some_and(|e| e.is_provisioned_throughput_exceeded_exception()) => return Fetch::Throttled,
+                Err(error) if error.as_service_error().is_some_and(|e| e.is_provisioned_throughput_exceeded_exception()) => {
+                    return Fetch::Throttled;
+                }
                 Err(error) => {
                     tracing::warn!(error = %DisplayErrorContext(&error), shard, "GetShardIterator failed; retrying");
                     return Fetch::Failed;

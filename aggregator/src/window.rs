@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hashbrown::HashMap;
-use serde::{Deserialize, Serialize};
 use metrics_pipeline_crds::event::{EventTime, MetricAggregate, MetricEvent};
 use metrics_pipeline_crds::stable_hash::{fnv1a64, fnv1a64_continue};
 use metrics_pipeline_crds::validation::WindowConfig;
+use serde::{Deserialize, Serialize};
 
 /// Places event times into epoch-aligned tumbling windows.
 #[derive(Clone, Copy, Debug)]
@@ -370,9 +370,10 @@ impl WindowEngine {
                 self.dirty.push((start, MetricKey(key.into())));
             }
             Admission::Late
-        } else if self.watermark().is_some_and(|watermark| {
-            self.assigner.window_end(start).saturating_add(self.allowed_lateness_ms) <= watermark
-        }) {
+        } else if self
+            .watermark()
+            .is_some_and(|watermark| self.assigner.window_end(start).saturating_add(self.allowed_lateness_ms) <= watermark)
+        {
             Admission::TooLate
         } else {
             self.open.entry(start).or_default().insert(MetricKey(key.into()), Accumulator::new(event.value, event.timestamp));

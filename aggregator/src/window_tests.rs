@@ -92,7 +92,9 @@ fn the_classic_check_out_of_order_events_aggregate_exactly() {
     out.sort_by(|a, b| a.component_name.cmp(&b.component_name));
     let rows: Vec<_> = out
         .iter()
-        .map(|a| (a.component_name.as_str(), a.min_value, a.max_value, a.avg_value, a.from_timestamp.to_string(), a.to_timestamp.to_string()))
+        .map(|a| {
+            (a.component_name.as_str(), a.min_value, a.max_value, a.avg_value, a.from_timestamp.to_string(), a.to_timestamp.to_string())
+        })
         .collect();
     assert_eq!(
         rows,

@@ -169,9 +169,17 @@ async fn bad_records_never_stop_the_stream_and_all_are_kept_as_dead_letters() {
 
     let mut kept = Vec::new();
     for _ in 0..100 {
-        kept = aws.objects("_aggregator/dead-letters/").await.into_values().flat_map(|body| {
-            body.split(|byte| *byte == b'\n').filter(|line| !line.is_empty()).map(|line| serde_json::from_slice::<serde_json::Value>(line).unwrap()).collect::<Vec<_>>()
-        }).collect();
+        kept = aws
+            .objects("_aggregator/dead-letters/")
+            .await
+            .into_values()
+            .flat_map(|body| {
+                body.split(|byte| *byte == b'\n')
+                    .filter(|line| !line.is_empty())
+                    .map(|line| serde_json::from_slice::<serde_json::Value>(line).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         if kept.len() > bad.len() {
             break;
         }

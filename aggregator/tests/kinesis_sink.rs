@@ -30,7 +30,12 @@ async fn every_record_reaches_the_stream_across_batches() {
     let mut read = Vec::new();
     while let Some(current) = iterator.take() {
         let page = kinesis.get_records().shard_iterator(current).limit(1_000).send().await.unwrap();
-        read.extend(page.records().iter().map(|r| OutputRecord { partition_key: r.partition_key().unwrap_or_default().to_owned(), data: r.data().as_ref().to_vec() }));
+        read.extend(
+            page.records().iter().map(|r| OutputRecord {
+                partition_key: r.partition_key().unwrap_or_default().to_owned(),
+                data: r.data().as_ref().to_vec(),
+            }),
+        );
         if page.records().is_empty() {
             break;
         }

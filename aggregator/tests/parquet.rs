@@ -16,8 +16,18 @@ use support::{Emulator, assert_matches_batch, batch_aggregates};
 async fn a_kill_9_mid_stream_leaves_every_window_in_exactly_one_parquet_row() {
     let aws = Emulator::new("parquet", 2).await;
     let flags = [
-        "--window", "2s", "--out-of-orderness", "1s", "--idle-timeout", "2s", "--checkpoint-interval", "500ms",
-        "--parquet", "snappy", "--parquet-roll-interval", "1s",
+        "--window",
+        "2s",
+        "--out-of-orderness",
+        "1s",
+        "--idle-timeout",
+        "2s",
+        "--checkpoint-interval",
+        "500ms",
+        "--parquet",
+        "snappy",
+        "--parquet-roll-interval",
+        "1s",
     ];
     let mut aggregator = aws.start_aggregator(&flags);
     aggregator.wait_ready().await;

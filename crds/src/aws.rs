@@ -3,7 +3,8 @@
 //! locally), and `AWS_ENDPOINT_URL` honoured by the SDK itself for emulators.
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use aws_smithy_http_client::tls::Provider;
+use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
 
 /// Loads the SDK configuration; `region` overrides the environment's region when given.
 pub async fn sdk_config(region: Option<String>) -> SdkConfig {

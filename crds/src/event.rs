@@ -108,7 +108,11 @@ impl<'de: 'a, 'a> Visitor<'de> for MetricEventVisitor<'a> {
     }
 
     fn visit_map<M: de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-        fn set<'de, M: de::MapAccess<'de>, T: Deserialize<'de>>(slot: &mut Option<T>, map: &mut M, name: &'static str) -> Result<(), M::Error> {
+        fn set<'de, M: de::MapAccess<'de>, T: Deserialize<'de>>(
+            slot: &mut Option<T>,
+            map: &mut M,
+            name: &'static str,
+        ) -> Result<(), M::Error> {
             if slot.is_some() {
                 return Err(de::Error::duplicate_field(name));
             }
@@ -444,7 +448,8 @@ mod tests {
 
     #[test]
     fn event_fields_in_any_order_extra_ones_ignored_escapes_unescaped_duplicates_refused() {
-        let record = br#"{"host":"a","timestamp":1631188800000,"value":1,"unit":"%","metricName":"cpu","componentName":"user\u002dservice"}"#;
+        let record =
+            br#"{"host":"a","timestamp":1631188800000,"value":1,"unit":"%","metricName":"cpu","componentName":"user\u002dservice"}"#;
         let event: MetricEvent<'_> = serde_json::from_slice(record).unwrap();
         assert!(matches!(event.component_name, Cow::Owned(ref name) if name == "user-service"), "an escaped string is unescaped");
         assert_eq!((event.metric_name.as_ref(), event.unit.as_ref(), event.value), ("cpu", "%", 1.0));
@@ -506,7 +511,8 @@ mod tests {
             window_id: id.into(),
             revision,
         };
-        let kept = deduplicate([window("a", 3, 0), window("a", 5, 0), window("a", 4, 1), window("b", 2, 0), window("b", 2, 1), window("a", 5, 0)]);
+        let kept =
+            deduplicate([window("a", 3, 0), window("a", 5, 0), window("a", 4, 1), window("b", 2, 0), window("b", 2, 1), window("a", 5, 0)]);
         let summary: Vec<(&str, u64, u32)> = kept.values().map(|w| (w.window_id.as_str(), w.count, w.revision)).collect();
         assert_eq!(summary, [("a", 5, 0), ("b", 2, 1)]);
     }

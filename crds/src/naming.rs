@@ -76,10 +76,8 @@ impl PipelineNames {
 
 /// `<namespace>-<name>`, made safe for every AWS name; shortened with a hash when too long.
 fn default_prefix(namespace: &str, name: &str) -> String {
-    let joined: String = format!("{namespace}-{name}")
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-        .collect();
+    let joined: String =
+        format!("{namespace}-{name}").chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     if joined.len() <= MAX_PREFIX_LEN {
         return joined;
     }

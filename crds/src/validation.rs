@@ -12,8 +12,8 @@ use std::time::Duration;
 use crate::duration::parse_duration;
 use crate::naming::{MAX_PREFIX_LEN, NameInputs, PipelineNames};
 use crate::pipeline::{
-    AggregationSpec, AggregatorSpec, CapacityMode, Compression, DeletionPolicy, DeliveryFormat, DeliveryWriter, MetricsPipeline, PartitionMode,
-    StreamSpec,
+    AggregationSpec, AggregatorSpec, CapacityMode, Compression, DeletionPolicy, DeliveryFormat, DeliveryWriter, MetricsPipeline,
+    PartitionMode, StreamSpec,
 };
 
 /// One problem in the spec: the field (`spec.streams.input.shardCount`) and what to change.
@@ -351,7 +351,10 @@ fn delivery_config(pipeline: &MetricsPipeline, errors: &mut Errors) -> DeliveryC
     if let Some(days) = spec.expire_after_days
         && days < 1
     {
-        errors.add("spec.delivery.expireAfterDays", format!("{days} is not a number of days: use 1 or more, or leave it out to keep objects"));
+        errors.add(
+            "spec.delivery.expireAfterDays",
+            format!("{days} is not a number of days: use 1 or more, or leave it out to keep objects"),
+        );
     }
     if spec.writer == DeliveryWriter::Aggregator && spec.format != DeliveryFormat::Parquet {
         errors.add(

@@ -131,7 +131,9 @@ async fn reconcile(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) -> Res
     .await
     .map_err(|error| match error {
         kube::runtime::finalizer::Error::ApplyFailed(error) | kube::runtime::finalizer::Error::CleanupFailed(error) => error,
-        kube::runtime::finalizer::Error::AddFinalizer(error) | kube::runtime::finalizer::Error::RemoveFinalizer(error) => Error::Kube(error),
+        kube::runtime::finalizer::Error::AddFinalizer(error) | kube::runtime::finalizer::Error::RemoveFinalizer(error) => {
+            Error::Kube(error)
+        }
         other => Error::Finalizer(other.to_string()),
     });
     context.metrics.observe_reconcile(started.elapsed(), result.as_ref().err());
@@ -207,9 +209,7 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
 
     // Bucket.
     let bucket = bucket::ensure(&clients, &names.bucket, owner, config.delivery.expire_after_days).await;
-    let bucket_ready = record(&mut report, BUCKET_READY, bucket, |bucket| {
-        format!("S3 bucket {} is private and encrypted", bucket.name)
-    });
+    let bucket_ready = record(&mut report, BUCKET_READY, bucket, |bucket| format!("S3 bucket {} is private and encrypted", bucket.name));
     if let Some(bucket) = &bucket_ready {
         report.bucket = Some(bucket.clone());
     }
@@ -228,7 +228,9 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
         _ if config.delivery.writer == DeliveryWriter::Aggregator => {
             report.without_firehose = true;
             let direct = without_firehose(&clients, names).await;
-            record(&mut report, DELIVERY_READY, direct, |()| "the aggregator writes Parquet files into the bucket itself (no Firehose)".to_owned());
+            record(&mut report, DELIVERY_READY, direct, |()| {
+                "the aggregator writes Parquet files into the bucket itself (no Firehose)".to_owned()
+            });
         }
         (Some(output), Some(bucket)) => {
             let delivery = ensure_delivery(&clients, &config, &context.aws.target.account_id, &output, &bucket).await;
@@ -304,7 +306,13 @@ async fn ensure_catalog(clients: &AwsClients, config: &PipelineConfig, account_i
     Ok(((database, table), outcome))
 }
 
-async fn ensure_delivery(clients: &AwsClients, config: &PipelineConfig, account_id: &str, output: &Refs, bucket: &Refs) -> Result<((Refs, Refs), Outcome), Error> {
+async fn ensure_delivery(
+    clients: &AwsClients,
+    config: &PipelineConfig,
+    account_id: &str,
+    output: &Refs,
+    bucket: &Refs,
+) -> Result<((Refs, Refs), Outcome), Error> {
     let names = &config.names;
     let (output_arn, bucket_arn) = (output.arn.clone().unwrap_or_default(), bucket.arn.clone().unwrap_or_default());
     let scope = role::PolicyScope {
@@ -394,7 +402,11 @@ async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context
     if !waiting.is_empty() {
         return Err(Error::Deleting(waiting.join(", ")));
     }
-    let kept = if retain { format!("; kept S3 bucket {} and Glue database {} (deletionPolicy: Retain)", names.bucket, names.glue_database) } else { String::new() };
+    let kept = if retain {
+        format!("; kept S3 bucket {} and Glue database {} (deletionPolicy: Retain)", names.bucket, names.glue_database)
+    } else {
+        String::new()
+    };
     publish(context, pipeline, EventType::Normal, "Deleted", "Cleanup", &format!("deleted the pipeline's AWS resources{kept}")).await;
     Ok(Action::await_change())
 }

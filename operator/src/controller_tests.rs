@@ -73,7 +73,10 @@ async fn a_new_pipeline_first_gets_the_finalizer() {
     let patch = server.await.unwrap();
     assert_eq!(action, Action::await_change(), "the finalizer's own watch event brings the next reconcile");
     let operations = patch.as_array().expect("a JSON patch");
-    assert!(operations.iter().any(|op| op["op"] == "add" && op["path"].as_str().is_some_and(|p| p.starts_with("/metadata/finalizers"))), "{patch}");
+    assert!(
+        operations.iter().any(|op| op["op"] == "add" && op["path"].as_str().is_some_and(|p| p.starts_with("/metadata/finalizers"))),
+        "{patch}"
+    );
 }
 
 #[tokio::test]

@@ -10,7 +10,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use clap::Parser;
-use tokio::sync::watch;
 use metrics_pipeline_crds::aws::sdk_config;
 use metrics_pipeline_crds::duration::parse_duration;
 use metrics_pipeline_crds::process::{LogFormat, init_logging, shutdown_signal};
@@ -20,6 +19,7 @@ use metrics_pipeline_operator::controller::{Aws, Context, Settings, run};
 use metrics_pipeline_operator::leader::{LeaderElector, LeaseSettings};
 use metrics_pipeline_operator::metrics::Metrics;
 use metrics_pipeline_operator::workload::WorkloadSettings;
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(version, about = "Reconciles MetricsPipeline resources into Kinesis, S3, IAM, Firehose and Glue")]
@@ -79,11 +79,9 @@ async fn main() -> ExitCode {
 async fn operate(cli: Cli) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.map_err(|error| anyhow::anyhow!("cannot reach the Kubernetes API: {error}"))?;
     let sdk = sdk_config(cli.region.clone()).await;
-    let identity = aws_sdk_sts::Client::new(&sdk)
-        .get_caller_identity()
-        .send()
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot tell which AWS account to use (STS GetCallerIdentity): {}", aws_sdk_sts::error::DisplayErrorContext(&error)))?;
+    let identity = aws_sdk_sts::Client::new(&sdk).get_caller_identity().send().await.map_err(|error| {
+        anyhow::anyhow!("cannot tell which AWS account to use (STS GetCallerIdentity): {}", aws_sdk_sts::error::DisplayErrorContext(&error))
+    })?;
     let target = AwsTarget {
         account_id: identity.account.unwrap_or_default(),
         default_region: cli.region.or_else(|| sdk.region().map(ToString::to_string)),

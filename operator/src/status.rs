@@ -63,7 +63,13 @@ impl Report {
         });
         let mut verdict = Verdict::Ready;
         for terminal in failures {
-            verdict = if terminal { Verdict::Terminal } else if verdict == Verdict::Terminal { verdict } else { Verdict::Retryable };
+            verdict = if terminal {
+                Verdict::Terminal
+            } else if verdict == Verdict::Terminal {
+                verdict
+            } else {
+                Verdict::Retryable
+            };
         }
         if verdict == Verdict::Ready && self.parts.iter().any(|(_, state)| matches!(state, PartState::Pending(_))) {
             verdict = Verdict::Pending;
@@ -93,7 +99,9 @@ impl Report {
 /// pending (phase Provisioning), every part already named, which happens only once each was ready.
 /// A failure then is a degradation, not a pipeline that never came up.
 fn has_been_ready(previous: &MetricsPipelineStatus, without_firehose: bool) -> bool {
-    let named = [&previous.input_stream, &previous.output_stream, &previous.bucket, &previous.glue_database, &previous.glue_table].iter().all(|r| r.is_some())
+    let named = [&previous.input_stream, &previous.output_stream, &previous.bucket, &previous.glue_database, &previous.glue_table]
+        .iter()
+        .all(|r| r.is_some())
         && (without_firehose || previous.delivery_stream.is_some());
     matches!(previous.phase, Some(Phase::Ready | Phase::Degraded)) || named
 }
@@ -141,7 +149,8 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         Verdict::Terminal => Phase::Failed,
     };
     // A part not reached this time keeps the reference found before.
-    let keep = |found: &Option<AwsResourceRef>, before: Option<&Option<AwsResourceRef>>| found.clone().or_else(|| before.cloned().flatten());
+    let keep =
+        |found: &Option<AwsResourceRef>, before: Option<&Option<AwsResourceRef>>| found.clone().or_else(|| before.cloned().flatten());
     MetricsPipelineStatus {
         observed_generation: generation,
         phase: Some(phase),
@@ -203,7 +212,11 @@ mod tests {
     #[test]
     fn without_firehose_the_status_names_no_delivery_stream_even_one_named_before() {
         let delivery_stream = Some(AwsResourceRef { name: "p-delivery".into(), arn: None });
-        let before = MetricsPipelineStatus { delivery_stream: delivery_stream.clone(), firehose_role: delivery_stream, ..MetricsPipelineStatus::default() };
+        let before = MetricsPipelineStatus {
+            delivery_stream: delivery_stream.clone(),
+            firehose_role: delivery_stream,
+            ..MetricsPipelineStatus::default()
+        };
         let kept = build(&ready_report(), Some(2), Some(&before), at(10));
         assert!(kept.delivery_stream.is_some(), "a part not reached keeps its reference");
         let switched = build(&Report { without_firehose: true, ..ready_report() }, Some(2), Some(&before), at(10));
@@ -226,7 +239,8 @@ mod tests {
 
     #[test]
     fn an_invalid_spec_fails_with_the_field_and_the_fix() {
-        let errors = ValidationErrors(vec![FieldError { field: "spec.delivery.bufferSizeMiB".into(), message: "must be at least 64".into() }]);
+        let errors =
+            ValidationErrors(vec![FieldError { field: "spec.delivery.bufferSizeMiB".into(), message: "must be at least 64".into() }]);
         let report = Report { invalid_spec: Some(Error::InvalidSpec(errors)), ..Report::default() };
         let status = build(&report, Some(1), None, at(100));
         assert_eq!(status.phase, Some(Phase::Failed));
@@ -238,7 +252,10 @@ mod tests {
     #[test]
     fn an_outage_after_ready_degrades_and_before_ready_still_provisions() {
         let mut report = ready_report();
-        report.parts.push((DELIVERY_READY, PartState::Failed(Error::Aws { action: "describing x".into(), message: "down".into(), retryable: true })));
+        report.parts.push((
+            DELIVERY_READY,
+            PartState::Failed(Error::Aws { action: "describing x".into(), message: "down".into(), retryable: true }),
+        ));
         let before = build(&report, Some(1), None, at(100));
         assert_eq!(before.phase, Some(Phase::Provisioning));
         let was_ready = build(&ready_report(), Some(1), None, at(100));

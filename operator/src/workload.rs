@@ -66,10 +66,7 @@ pub fn desired(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &W
     let name = &config.names.aggregator;
     let spec = &config.aggregator;
     let aggregation = &pipeline.spec.aggregation;
-    let selector = BTreeMap::from([
-        (NAME_LABEL.to_owned(), AGGREGATOR_APP.to_owned()),
-        (INSTANCE_LABEL.to_owned(), pipeline.name_any()),
-    ]);
+    let selector = BTreeMap::from([(NAME_LABEL.to_owned(), AGGREGATOR_APP.to_owned()), (INSTANCE_LABEL.to_owned(), pipeline.name_any())]);
     let mut labels = selector.clone();
     labels.insert(MANAGED_BY_TAG.to_owned(), MANAGED_BY.to_owned());
     let metadata = |annotations: BTreeMap<String, String>| ObjectMeta {
@@ -112,9 +109,7 @@ pub fn desired(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &W
     }
     let env: Vec<_> = env.into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect();
     let resources = spec.resources.clone().unwrap_or_else(default_resources);
-    let probe = |path: &str, period: i32| {
-        json!({"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": period, "failureThreshold": 3, "timeoutSeconds": 2})
-    };
+    let probe = |path: &str, period: i32| json!({"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": period, "failureThreshold": 3, "timeoutSeconds": 2});
     let deployment = json!({
         "spec": {
             "replicas": spec.replicas,
@@ -172,7 +167,12 @@ fn default_resources() -> ResourceRequirements {
 }
 
 /// Applies the workload and reports how far the Deployment's rollout is.
-pub async fn ensure(client: &Client, pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &WorkloadSettings) -> Result<(AggregatorStatus, Outcome), Error> {
+pub async fn ensure(
+    client: &Client,
+    pipeline: &MetricsPipeline,
+    config: &PipelineConfig,
+    settings: &WorkloadSettings,
+) -> Result<(AggregatorStatus, Outcome), Error> {
     let namespace = pipeline.namespace().unwrap_or_default();
     let (service_account, deployment) = desired(pipeline, config, settings);
     let owner = &config.names.owner;
@@ -343,7 +343,9 @@ mod tests {
     #[test]
     fn static_credentials_come_from_the_named_secret_only_when_one_is_configured() {
         let (pipeline, config) = pipeline(json!({}));
-        let env_from = |settings: &WorkloadSettings| desired(&pipeline, &config, settings).1.spec.unwrap().template.spec.unwrap().containers[0].env_from.clone();
+        let env_from = |settings: &WorkloadSettings| {
+            desired(&pipeline, &config, settings).1.spec.unwrap().template.spec.unwrap().containers[0].env_from.clone()
+        };
         assert_eq!(env_from(&WorkloadSettings::default()), None, "IRSA needs no secret");
         let settings = WorkloadSettings { credentials_secret: Some("aws-credentials".into()), ..WorkloadSettings::default() };
         let from = env_from(&settings).unwrap();

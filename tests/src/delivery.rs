@@ -5,6 +5,7 @@
 //! cannot key go to the error prefix. A wrong query or prefix in the operator shows here.
 
 use std::collections::BTreeMap;
+
 use anyhow::{Context, bail};
 use aws_sdk_firehose::types::{CompressionFormat, ProcessorParameterName, ProcessorType};
 use aws_sdk_kinesis::types::ShardIteratorType;
@@ -54,7 +55,10 @@ impl DeliveryStandIn {
                 // As Firehose does: the schema is the Glue table's, read when the stream starts.
                 let glue = aws_sdk_glue::Client::new(sdk);
                 let table = glue.get_table().database_name(&parquet.database).name(&parquet.table).send().await;
-                let table = table.with_context(|| format!("reading the conversion's table {}.{}", parquet.database, parquet.table))?.table.context("no table")?;
+                let table = table
+                    .with_context(|| format!("reading the conversion's table {}.{}", parquet.database, parquet.table))?
+                    .table
+                    .context("no table")?;
                 let columns = table.storage_descriptor().map(|s| s.columns().to_vec()).unwrap_or_default();
                 Some(Conversion { columns, codec: crate::parquet::codec(&parquet.compression)? })
             }
@@ -148,7 +152,14 @@ impl DeliveryStandIn {
         for (prefix, body, extension) in files {
             let key = format!("{prefix}{}-1-{:04}{extension}", self.name, self.buffers_written);
             let bucket = self.settings.bucket_arn.rsplit(':').next().unwrap_or_default().to_owned();
-            self.s3.put_object().bucket(&bucket).key(&key).body(body.into()).send().await.with_context(|| format!("writing s3://{bucket}/{key}"))?;
+            self.s3
+                .put_object()
+                .bucket(&bucket)
+                .key(&key)
+                .body(body.into())
+                .send()
+                .await
+                .with_context(|| format!("writing s3://{bucket}/{key}"))?;
             delivered.insert(key, counts[&prefix]);
         }
         Ok(delivered)
@@ -167,7 +178,8 @@ impl DeliveryStandIn {
             };
             let mut iterator = request.send().await.context("getting a shard iterator")?.shard_iterator;
             while let Some(current) = iterator.take() {
-                let page = self.kinesis.get_records().shard_iterator(current).stream_arn(&stream).send().await.context("reading the source")?;
+                let page =
+                    self.kinesis.get_records().shard_iterator(current).stream_arn(&stream).send().await.context("reading the source")?;
                 if page.records().is_empty() {
                     break;
                 }
@@ -207,7 +219,8 @@ fn evaluate_prefix(prefix: &str, keys: &BTreeMap<String, String>) -> anyhow::Res
         evaluated.push_str(&rest[..start]);
         let end = rest[start..].find('}').with_context(|| format!("unterminated expression in prefix `{prefix}`"))? + start;
         let expression = &rest[start + 2..end];
-        let key = expression.strip_prefix("partitionKeyFromQuery:").with_context(|| format!("prefix `{prefix}`: unsupported `{expression}`"))?;
+        let key =
+            expression.strip_prefix("partitionKeyFromQuery:").with_context(|| format!("prefix `{prefix}`: unsupported `{expression}`"))?;
         evaluated.push_str(keys.get(key).with_context(|| format!("prefix `{prefix}` names `{key}`, which the query does not extract"))?);
         rest = &rest[end + 1..];
     }
@@ -217,8 +230,10 @@ fn evaluate_prefix(prefix: &str, keys: &BTreeMap<String, String>) -> anyhow::Res
 
 /// A record as the OpenX JSON deserializer reads it, if the table's columns can hold it.
 fn convertible(record: &[u8], conversion: &Conversion) -> Result<serde_json::Map<String, serde_json::Value>, String> {
-    let row: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(record).map_err(|error| format!("not a JSON object: {error}"))?;
-    crate::parquet::write_rows(std::slice::from_ref(&row), &conversion.columns, parquet::basic::Compression::UNCOMPRESSED).map_err(|error| error.to_string())?;
+    let row: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(record).map_err(|error| format!("not a JSON object: {error}"))?;
+    crate::parquet::write_rows(std::slice::from_ref(&row), &conversion.columns, parquet::basic::Compression::UNCOMPRESSED)
+        .map_err(|error| error.to_string())?;
     Ok(row)
 }
 

@@ -193,11 +193,19 @@ impl Runner {
             let kubeconfig = self.mount_token(&name, &service_account).await?;
             env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
         }
-        let launch = Launch { program: self.bin_dir.join(program), args: args.iter().map(|a| a.to_string()).collect(), env, log: self.log_dir.join(format!("{name}.log")) };
+        let launch = Launch {
+            program: self.bin_dir.join(program),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env,
+            log: self.log_dir.join(format!("{name}.log")),
+        };
         let child = launch.spawn()?;
         let readiness_path = container.readiness_probe.as_ref().and_then(|probe| probe.http_get.as_ref()).and_then(|get| get.path.clone());
         let grace = Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
-        self.running.insert(name, Process { container: container.name.clone(), grace, child, launch, port, readiness_path, ready: false, restarts: 0 });
+        self.running.insert(
+            name,
+            Process { container: container.name.clone(), grace, child, launch, port, readiness_path, ready: false, restarts: 0 },
+        );
         Ok(())
     }
 
@@ -210,9 +218,18 @@ impl Runner {
         let response: serde_json::Value = accounts.create_subresource("token", service_account, &PostParams::default(), &request).await?;
         let token = response["status"]["token"].as_str().context("TokenRequest returned no token")?;
         let own = kube::config::Kubeconfig::read().context("reading the runner's own kubeconfig")?;
-        let context = own.current_context.as_deref().and_then(|current| own.contexts.iter().find(|c| c.name == current)).and_then(|c| c.context.clone());
+        let context = own
+            .current_context
+            .as_deref()
+            .and_then(|current| own.contexts.iter().find(|c| c.name == current))
+            .and_then(|c| c.context.clone());
         let cluster_name = context.map(|c| c.cluster).unwrap_or_default();
-        let cluster = own.clusters.iter().find(|c| c.name == cluster_name).and_then(|c| c.cluster.clone()).context("no current cluster in the kubeconfig")?;
+        let cluster = own
+            .clusters
+            .iter()
+            .find(|c| c.name == cluster_name)
+            .and_then(|c| c.cluster.clone())
+            .context("no current cluster in the kubeconfig")?;
         let kubeconfig = json!({
             "apiVersion": "v1", "kind": "Config", "current-context": "pod",
             "clusters": [{"name": "cluster", "cluster": {"server": cluster.server, "certificate-authority": cluster.certificate_authority}}],

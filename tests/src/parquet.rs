@@ -27,14 +27,20 @@ pub fn read_rows(body: Vec<u8>, columns: &[Column]) -> anyhow::Result<Vec<Row>> 
         let schema = batch.schema();
         let stored: Vec<Option<&ArrayRef>> = columns
             .iter()
-            .map(|column| schema.fields().iter().position(|field| field.name().eq_ignore_ascii_case(column.name())).map(|i| batch.column(i)))
+            .map(|column| {
+                schema.fields().iter().position(|field| field.name().eq_ignore_ascii_case(column.name())).map(|i| batch.column(i))
+            })
             .collect();
         for (column, array) in columns.iter().zip(&stored) {
             if let Some(array) = array {
                 let kind = column.r#type().unwrap_or_default();
                 let fits = matches!(
                     (kind, array.data_type()),
-                    ("string", DataType::Utf8) | ("double", DataType::Float64) | ("bigint", DataType::Int64) | ("int", DataType::Int32) | ("timestamp", DataType::Timestamp(_, _))
+                    ("string", DataType::Utf8)
+                        | ("double", DataType::Float64)
+                        | ("bigint", DataType::Int64)
+                        | ("int", DataType::Int32)
+                        | ("timestamp", DataType::Timestamp(_, _))
                 );
                 if !fits {
                     bail!("column {} ({kind}) is stored as {}", column.name(), array.data_type());
@@ -42,7 +48,10 @@ pub fn read_rows(body: Vec<u8>, columns: &[Column]) -> anyhow::Result<Vec<Row>> 
             }
         }
         for i in 0..batch.num_rows() {
-            let row = columns.iter().zip(&stored).map(|(column, array)| (column.name().to_owned(), array.map_or(Value::Null, |array| value_at(array, i))));
+            let row = columns
+                .iter()
+                .zip(&stored)
+                .map(|(column, array)| (column.name().to_owned(), array.map_or(Value::Null, |array| value_at(array, i))));
             rows.push(row.collect());
         }
     }
@@ -73,7 +82,9 @@ fn value_at(array: &ArrayRef, i: usize) -> Value {
 /// JSON records as one Parquet file with the table's columns; keys match without regard to
 /// case. A value that does not fit its column fails, as Firehose's conversion does.
 pub fn write_rows(records: &[Map<String, Value>], columns: &[Column], compression: Compression) -> anyhow::Result<Vec<u8>> {
-    let field = |record: &Map<String, Value>, name: &str| record.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.clone()).unwrap_or(Value::Null);
+    let field = |record: &Map<String, Value>, name: &str| {
+        record.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.clone()).unwrap_or(Value::Null)
+    };
     let mut fields = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
     for column in columns {
@@ -84,9 +95,14 @@ pub fn write_rows(records: &[Map<String, Value>], columns: &[Column], compressio
             "string" => (DataType::Utf8, Arc::new(values.iter().map(|v| v.as_str().map(str::to_owned)).collect::<StringArray>())),
             "double" => (DataType::Float64, Arc::new(values.iter().map(Value::as_f64).collect::<Float64Array>())),
             "bigint" => (DataType::Int64, Arc::new(values.iter().map(Value::as_i64).collect::<Int64Array>())),
-            "int" => (DataType::Int32, Arc::new(values.iter().map(|v| v.as_i64().and_then(|n| i32::try_from(n).ok())).collect::<Int32Array>())),
+            "int" => {
+                (DataType::Int32, Arc::new(values.iter().map(|v| v.as_i64().and_then(|n| i32::try_from(n).ok())).collect::<Int32Array>()))
+            }
             "timestamp" => {
-                let times = values.iter().map(|v| v.as_str().and_then(EventTime::parse_rfc3339).map(|t| t.0)).collect::<TimestampMillisecondArray>();
+                let times = values
+                    .iter()
+                    .map(|v| v.as_str().and_then(EventTime::parse_rfc3339).map(|t| t.0))
+                    .collect::<TimestampMillisecondArray>();
                 (DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), Arc::new(times.with_timezone("UTC")))
             }
             other => bail!("column {name}: the stand-in does not convert {other}"),
@@ -99,7 +115,8 @@ pub fn write_rows(records: &[Map<String, Value>], columns: &[Column], compressio
     }
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
     let mut body = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut body, batch.schema(), Some(WriterProperties::builder().set_compression(compression).build()))?;
+    let mut writer =
+        ArrowWriter::try_new(&mut body, batch.schema(), Some(WriterProperties::builder().set_compression(compression).build()))?;
     writer.write(&batch)?;
     writer.close()?;
     Ok(body)
@@ -123,7 +140,13 @@ mod tests {
 
     #[test]
     fn records_written_with_the_tables_schema_read_back_as_the_same_rows() {
-        let columns = [column("metricname", "string"), column("minValue", "double"), column("count", "bigint"), column("fromTimestamp", "timestamp"), column("revision", "int")];
+        let columns = [
+            column("metricname", "string"),
+            column("minValue", "double"),
+            column("count", "bigint"),
+            column("fromTimestamp", "timestamp"),
+            column("revision", "int"),
+        ];
         let record = serde_json::json!({"metricName": "cpu", "minValue": 1.5, "count": 3, "fromTimestamp": "2021-09-09T11:30:00.000Z", "revision": 0});
         let body = write_rows(&[record.as_object().unwrap().clone()], &columns, Compression::SNAPPY).unwrap();
         let rows = read_rows(body, &columns).unwrap();
@@ -140,9 +163,11 @@ mod tests {
     #[test]
     fn a_value_that_does_not_fit_its_column_fails_and_so_does_a_stored_type_that_does_not() {
         let columns = [column("count", "bigint")];
-        let error = write_rows(&[serde_json::json!({"count": "many"}).as_object().unwrap().clone()], &columns, Compression::UNCOMPRESSED).unwrap_err();
+        let error = write_rows(&[serde_json::json!({"count": "many"}).as_object().unwrap().clone()], &columns, Compression::UNCOMPRESSED)
+            .unwrap_err();
         assert!(error.to_string().contains("column count (bigint) cannot hold \"many\""), "{error}");
-        let stored = write_rows(&[serde_json::json!({"count": 2}).as_object().unwrap().clone()], &columns, Compression::UNCOMPRESSED).unwrap();
+        let stored =
+            write_rows(&[serde_json::json!({"count": 2}).as_object().unwrap().clone()], &columns, Compression::UNCOMPRESSED).unwrap();
         let error = read_rows(stored, &[column("count", "string")]).unwrap_err();
         assert!(error.to_string().contains("column count (string) is stored as Int64"), "{error}");
     }

@@ -26,7 +26,16 @@ impl QueryCheck {
 
     /// `SELECT * FROM database.table WHERE <partition key> = value`, every row checked.
     pub async fn select_partition(&self, database: &str, table: &str, value: &str) -> anyhow::Result<Vec<Row>> {
-        let found = self.glue.get_table().database_name(database).name(table).send().await.context("reading the table")?.table.context("no table")?;
+        let found = self
+            .glue
+            .get_table()
+            .database_name(database)
+            .name(table)
+            .send()
+            .await
+            .context("reading the table")?
+            .table
+            .context("no table")?;
         let storage = found.storage_descriptor().context("the table has no storage descriptor")?;
         let serde = storage.serde_info().and_then(|s| s.serialization_library()).unwrap_or_default();
         let parquet = match serde {
@@ -50,7 +59,9 @@ impl QueryCheck {
             } else {
                 let text = if key.ends_with(".gz") { gunzip(&body)? } else { String::from_utf8(body)? };
                 let lines = text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty());
-                lines.map(|(number, line)| read_row(line, &columns).with_context(|| format!("{} (line {})", unreadable(), number + 1))).collect::<anyhow::Result<_>>()?
+                lines
+                    .map(|(number, line)| read_row(line, &columns).with_context(|| format!("{} (line {})", unreadable(), number + 1)))
+                    .collect::<anyhow::Result<_>>()?
             };
             for row in &mut found {
                 row.push((partition_key.clone(), Value::String(value.to_owned())));
@@ -61,7 +72,14 @@ impl QueryCheck {
     }
 
     /// The partition's location: registered in Glue, or from the projection template.
-    async fn partition_location(&self, table: &aws_sdk_glue::types::Table, database: &str, name: &str, key: &str, value: &str) -> anyhow::Result<String> {
+    async fn partition_location(
+        &self,
+        table: &aws_sdk_glue::types::Table,
+        database: &str,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> anyhow::Result<String> {
         let parameters = table.parameters().cloned().unwrap_or_default();
         if parameters.get("projection.enabled").map(String::as_str) == Some("true") {
             let values = parameters.get(&format!("projection.{key}.values")).cloned().unwrap_or_default();
@@ -70,7 +88,8 @@ impl QueryCheck {
             return Ok(template.replace(&format!("${{{key}}}"), value));
         }
         let partition = self.glue.get_partition().database_name(database).table_name(name).partition_values(value).send().await;
-        let partition = partition.with_context(|| format!("no partition {key}={value} is registered"))?.partition.context("no partition")?;
+        let partition =
+            partition.with_context(|| format!("no partition {key}={value} is registered"))?.partition.context("no partition")?;
         Ok(partition.storage_descriptor().and_then(|s| s.location()).context("a partition without location")?.to_owned())
     }
 }
@@ -81,7 +100,8 @@ fn read_row(line: &str, columns: &[Column]) -> anyhow::Result<Row> {
     columns
         .iter()
         .map(|column| {
-            let value = object.iter().find(|(key, _)| key.eq_ignore_ascii_case(column.name())).map(|(_, v)| v.clone()).unwrap_or(Value::Null);
+            let value =
+                object.iter().find(|(key, _)| key.eq_ignore_ascii_case(column.name())).map(|(_, v)| v.clone()).unwrap_or(Value::Null);
             let kind = column.r#type().unwrap_or_default();
             let ok = match (&value, kind) {
                 (Value::Null, _) => true,

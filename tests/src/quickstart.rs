@@ -20,9 +20,8 @@ use metrics_pipeline_crds::aws::sdk_config;
 use metrics_pipeline_crds::event::{EventTime, MetricAggregate, MetricEvent, deduplicate};
 use metrics_pipeline_crds::pipeline::{DeliveryWriter, Phase};
 use metrics_pipeline_crds::{MetricsPipeline, MetricsPipelineStatus};
-use tokio::process::{Child, Command};
-
 use metrics_pipeline_operator::workload::aggregator_selector;
+use tokio::process::{Child, Command};
 
 use crate::delivery::DeliveryStandIn;
 use crate::kubelet::{LocalKubelet, workspace_bin_dir};
@@ -65,7 +64,13 @@ pub fn example() -> anyhow::Result<MetricsPipeline> {
 
 /// Runs `pipeline` (the example, or a variant of it) in `namespace` (which must exist) and deletes
 /// it again at the end. `progress` receives one line per step.
-pub async fn run(client: &Client, namespace: &str, pipeline: &MetricsPipeline, log_dir: &Path, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<Outcome> {
+pub async fn run(
+    client: &Client,
+    namespace: &str,
+    pipeline: &MetricsPipeline,
+    log_dir: &Path,
+    progress: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(log_dir)?;
     let mut local = match std::env::var_os(IN_CLUSTER_ENV) {
         Some(_) => None,
@@ -118,7 +123,11 @@ fn start_operator(bin_dir: &Path, namespace: &str, log_dir: &Path) -> anyhow::Re
         .context("cannot start metrics-pipeline-operator")
 }
 
-async fn wait_until_ready(pipelines: &Api<MetricsPipeline>, mut operator: Option<&mut Child>, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<MetricsPipelineStatus> {
+async fn wait_until_ready(
+    pipelines: &Api<MetricsPipeline>,
+    mut operator: Option<&mut Child>,
+    progress: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<MetricsPipelineStatus> {
     let started = Instant::now();
     let mut last_message = String::new();
     while started.elapsed() < DEADLINE {
@@ -141,8 +150,14 @@ async fn wait_until_ready(pipelines: &Api<MetricsPipeline>, mut operator: Option
 }
 
 /// Publishes the metrics, runs delivery until the table holds every window, and reads it back.
-async fn exchange_data(status: &MetricsPipelineStatus, writer: DeliveryWriter, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<Outcome> {
-    let name = |reference: &Option<metrics_pipeline_crds::pipeline::AwsResourceRef>| reference.as_ref().map(|r| r.name.clone()).context("missing in status");
+async fn exchange_data(
+    status: &MetricsPipelineStatus,
+    writer: DeliveryWriter,
+    progress: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<Outcome> {
+    let name = |reference: &Option<metrics_pipeline_crds::pipeline::AwsResourceRef>| {
+        reference.as_ref().map(|r| r.name.clone()).context("missing in status")
+    };
     let input = name(&status.input_stream)?;
     let (database, table) = (name(&status.glue_database)?, name(&status.glue_table)?);
     let sdk = sdk_config(None).await;
@@ -162,7 +177,11 @@ async fn exchange_data(status: &MetricsPipelineStatus, writer: DeliveryWriter, p
     let events: Vec<MetricEvent<'static>> = Generator::new(config.clone()).take(count as usize).collect();
     let sink = KinesisSink::new(aws_sdk_kinesis::Client::new(&sdk), input.clone());
     let published = publish(&sink, Generator::new(config), PartitionKey::Component, Some(count), None, std::future::pending()).await;
-    progress(format!("published {published} cpu-usage and ram-usage events of {} to {input}, up to {}s out of order", COMPONENTS.join(" and "), JITTER.as_secs()));
+    progress(format!(
+        "published {published} cpu-usage and ram-usage events of {} to {input}, up to {}s out of order",
+        COMPONENTS.join(" and "),
+        JITTER.as_secs()
+    ));
 
     let expected = expected_windows(&events);
     progress(format!("waiting for {} windows: the last fires after the example's 30s idle timeout", expected.values().sum::<usize>()));
@@ -178,7 +197,11 @@ async fn exchange_data(status: &MetricsPipelineStatus, writer: DeliveryWriter, p
         if let Some(stand_in) = &mut stand_in {
             let delivered = stand_in.deliver().await?;
             if !delivered.is_empty() {
-                progress(format!("delivery stand-in wrote {} object(s): {}", delivered.len(), delivered.keys().cloned().collect::<Vec<_>>().join(", ")));
+                progress(format!(
+                    "delivery stand-in wrote {} object(s): {}",
+                    delivered.len(),
+                    delivered.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
             }
         }
         let mut tables = BTreeMap::new();
@@ -191,12 +214,15 @@ async fn exchange_data(status: &MetricsPipelineStatus, writer: DeliveryWriter, p
                 Err(error) => last_error = Some(format!("{error:#}")),
             }
         }
-        let rows: BTreeMap<String, Vec<MetricAggregate>> = tables.iter().map(|(c, rows)| Ok((c.clone(), latest_revisions(rows)?))).collect::<anyhow::Result<_>>()?;
+        let rows: BTreeMap<String, Vec<MetricAggregate>> =
+            tables.iter().map(|(c, rows)| Ok((c.clone(), latest_revisions(rows)?))).collect::<anyhow::Result<_>>()?;
         if COMPONENTS.iter().all(|c| rows.get(*c).map(Vec::len) == expected.get(*c).copied()) {
             return Ok(Outcome { events, rows, database, table });
         }
         if started.elapsed() > DEADLINE {
-            bail!("the table did not hold every window within {DEADLINE:?} (expected per component: {expected:?}; last query error: {last_error:?})");
+            bail!(
+                "the table did not hold every window within {DEADLINE:?} (expected per component: {expected:?}; last query error: {last_error:?})"
+            );
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -206,7 +232,10 @@ async fn exchange_data(status: &MetricsPipelineStatus, writer: DeliveryWriter, p
 fn expected_windows(events: &[MetricEvent<'_>]) -> BTreeMap<String, usize> {
     let mut windows: BTreeMap<String, std::collections::BTreeSet<(String, i64)>> = BTreeMap::new();
     for event in events {
-        windows.entry(event.component_name.to_string()).or_default().insert((event.metric_name.to_string(), event.timestamp.0.div_euclid(60_000)));
+        windows
+            .entry(event.component_name.to_string())
+            .or_default()
+            .insert((event.metric_name.to_string(), event.timestamp.0.div_euclid(60_000)));
     }
     windows.into_iter().map(|(component, set)| (component, set.len())).collect()
 }
@@ -215,7 +244,8 @@ fn expected_windows(events: &[MetricEvent<'_>]) -> BTreeMap<String, usize> {
 /// highest revision. Ordered by metric and window.
 pub fn latest_revisions(rows: &[Row]) -> anyhow::Result<Vec<MetricAggregate>> {
     let aggregates = rows.iter().map(|row| {
-        serde_json::from_value::<MetricAggregate>(serde_json::Value::Object(row.iter().cloned().collect())).context("a row that is not an aggregate")
+        serde_json::from_value::<MetricAggregate>(serde_json::Value::Object(row.iter().cloned().collect()))
+            .context("a row that is not an aggregate")
     });
     let latest = deduplicate(aggregates.collect::<anyhow::Result<Vec<_>>>()?);
     let mut rows: Vec<MetricAggregate> = latest.into_values().collect();

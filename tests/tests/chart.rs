@@ -33,7 +33,9 @@ fn values(watch_namespace: &str, replicas: i32) -> serde_json::Value {
 
 #[test]
 fn values_the_schema_refuses_are_named() {
-    let refused = chart::render("ops", "mp", &json!({"replicas": 9, "region": "Europe", "irsaRoleArn": "my-role", "logFormat": "xml"})).unwrap_err().to_string();
+    let refused = chart::render("ops", "mp", &json!({"replicas": 9, "region": "Europe", "irsaRoleArn": "my-role", "logFormat": "xml"}))
+        .unwrap_err()
+        .to_string();
     for field in ["replicas", "region", "irsaRoleArn", "logFormat"] {
         assert!(refused.contains(field), "{field} is named: {refused}");
     }
@@ -60,7 +62,13 @@ async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T
 }
 
 async fn lease_holder(leases: &Api<Lease>, name: &str) -> Option<String> {
-    leases.get_opt(name).await.unwrap().and_then(|lease| lease.spec).and_then(|spec| spec.holder_identity).filter(|holder| !holder.is_empty())
+    leases
+        .get_opt(name)
+        .await
+        .unwrap()
+        .and_then(|lease| lease.spec)
+        .and_then(|spec| spec.holder_identity)
+        .filter(|holder| !holder.is_empty())
 }
 
 async fn allowed(client: &Client, user: &str, namespace: &str, verb: &str, group: &str, resource: &str) -> bool {
@@ -81,7 +89,10 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     let manifests = chart::render(&release_namespace.name, &release, &values(&watched.name, 2)).unwrap();
     let applied = chart::apply(&client, &manifests).await.unwrap();
     let kinds: Vec<String> = applied.iter().map(|o| o.types.as_ref().unwrap().kind.clone()).collect();
-    assert_eq!(kinds, ["CustomResourceDefinition", "Deployment", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"]);
+    assert_eq!(
+        kinds,
+        ["CustomResourceDefinition", "Deployment", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"]
+    );
 
     // The chart's Deployment runs, both replicas, with the chart's ServiceAccount token.
     let bin_dir = workspace_bin_dir().unwrap();
@@ -118,8 +129,12 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     assert!(follower_log.contains("waiting for the leader lease") && !follower_log.contains("leading"), "{follower_log}");
     pods.delete(&leader, &DeleteParams::default()).await.unwrap();
     let new_leader = wait_for("a new leader", async || lease_holder(&leases, &lease).await.filter(|holder| *holder != leader)).await;
-    let running: Vec<String> = pods.list(&ListParams::default().labels(OPERATOR_PODS)).await.unwrap().iter().map(|p| p.name_any()).collect();
-    assert!(running.contains(&new_leader), "a running replica took over (the waiting one, or the one replacing the old leader): {new_leader} of {running:?}");
+    let running: Vec<String> =
+        pods.list(&ListParams::default().labels(OPERATOR_PODS)).await.unwrap().iter().map(|p| p.name_any()).collect();
+    assert!(
+        running.contains(&new_leader),
+        "a running replica took over (the waiting one, or the one replacing the old leader): {new_leader} of {running:?}"
+    );
     let leader_log = std::fs::read_to_string(logs.join(format!("{leader}.log"))).unwrap();
     assert!(leader_log.contains("stopped"), "the old leader shut down cleanly: {leader_log}");
     let mut changed = example.clone();
@@ -133,7 +148,13 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     // Nothing broader than that.
     let user = format!("system:serviceaccount:{}:{release}-metrics-pipeline-operator", release_namespace.name);
     assert!(allowed(&client, &user, &watched.name, "patch", "pipelines.metrics.dev", "metricspipelines").await);
-    for (verb, group, resource) in [("get", "", "secrets"), ("create", "", "pods"), ("delete", "", "namespaces"), ("update", "apiextensions.k8s.io", "customresourcedefinitions"), ("create", "rbac.authorization.k8s.io", "rolebindings")] {
+    for (verb, group, resource) in [
+        ("get", "", "secrets"),
+        ("create", "", "pods"),
+        ("delete", "", "namespaces"),
+        ("update", "apiextensions.k8s.io", "customresourcedefinitions"),
+        ("create", "rbac.authorization.k8s.io", "rolebindings"),
+    ] {
         assert!(!allowed(&client, &user, &watched.name, verb, group, resource).await, "{verb} {resource} must be denied");
     }
     assert!(!allowed(&client, &user, &watched.name, "update", "coordination.k8s.io", "leases").await, "leases only in its own namespace");
@@ -143,7 +164,10 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     for object in applied.iter().filter(|o| o.namespace().is_none() && o.types.as_ref().unwrap().kind.starts_with("Cluster")) {
         let kind = &object.types.as_ref().unwrap().kind;
         let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind));
-        Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource).delete(&object.name_any(), &DeleteParams::default()).await.unwrap();
+        Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource)
+            .delete(&object.name_any(), &DeleteParams::default())
+            .await
+            .unwrap();
     }
     watched.delete().await.unwrap();
     release_namespace.delete().await.unwrap();

@@ -18,16 +18,31 @@ async fn records_land_per_component_and_unkeyable_ones_under_the_error_prefix() 
     let unique = format!("standin-{}", std::process::id());
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     kinesis.create_stream().stream_name(&unique).shard_count(1).send().await.unwrap();
-    let stream_arn = kinesis.describe_stream_summary().stream_name(&unique).send().await.unwrap().stream_description_summary.unwrap().stream_arn;
+    let stream_arn =
+        kinesis.describe_stream_summary().stream_name(&unique).send().await.unwrap().stream_description_summary.unwrap().stream_arn;
     let s3 = s3_client(&sdk);
     let region = sdk.region().unwrap().to_string();
     let location = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(region.as_str())).build();
     s3.create_bucket().bucket(&unique).create_bucket_configuration(location).send().await.unwrap();
 
-    let config = DeliveryConfig { buffer_interval_seconds: 60, buffer_size_mib: 64, format: DeliveryFormat::Json, writer: DeliveryWriter::Firehose, compression: Compression::Gzip, expire_after_days: None };
+    let config = DeliveryConfig {
+        buffer_interval_seconds: 60,
+        buffer_size_mib: 64,
+        format: DeliveryFormat::Json,
+        writer: DeliveryWriter::Firehose,
+        compression: Compression::Gzip,
+        expire_after_days: None,
+    };
     let role = "arn:aws:iam::123456789012:role/standin";
     let bucket_arn = format!("arn:aws:s3:::{unique}");
-    let connections = Connections { output_stream_arn: &stream_arn, role_arn: role, bucket_arn: &bucket_arn, glue_database: "d", glue_table: "t", region: &region };
+    let connections = Connections {
+        output_stream_arn: &stream_arn,
+        role_arn: role,
+        bucket_arn: &bucket_arn,
+        glue_database: "d",
+        glue_table: "t",
+        region: &region,
+    };
     let settings = desired(&config, &connections);
     let source = KinesisStreamSourceConfiguration::builder().kinesis_stream_arn(&stream_arn).role_arn(role).build().unwrap();
     aws_sdk_firehose::Client::new(&sdk)

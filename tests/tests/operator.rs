@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_kinesis::types::StreamStatus;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use metrics_pipeline_crds::aws::{s3_client, sdk_config};
 use metrics_pipeline_crds::pipeline::Phase;
 use metrics_pipeline_crds::validation::AwsTarget;
 use metrics_pipeline_crds::{MetricsPipeline, MetricsPipelineStatus};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ServiceAccount;
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
 use metrics_pipeline_e2e::kubelet::{LocalKubelet, workspace_bin_dir};
 use metrics_pipeline_e2e::query::{QueryCheck, format_rows};
@@ -49,7 +49,8 @@ impl Operator {
         // The aggregators reach the emulator directly, whatever endpoint the operator is given.
         let workload = WorkloadSettings { aws_endpoint_url: std::env::var("AWS_ENDPOINT_URL").ok(), ..WorkloadSettings::default() };
         let settings = Settings { resync, pending_requeue: Duration::from_millis(500), error_requeue: Duration::from_secs(1), workload };
-        let context = Arc::new(Context::new(client.clone(), Aws::new(sdk, target, calls.clone()), Arc::new(Metrics::new(&calls)), settings));
+        let context =
+            Arc::new(Context::new(client.clone(), Aws::new(sdk, target, calls.clone()), Arc::new(Metrics::new(&calls)), settings));
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(run(context, Some(namespace.to_owned()), async move {
             let _ = stopped.await;
@@ -78,7 +79,12 @@ impl Operator {
     }
 }
 
-async fn wait_for(pipelines: &Api<MetricsPipeline>, name: &str, what: &str, check: impl Fn(&MetricsPipelineStatus) -> bool) -> MetricsPipelineStatus {
+async fn wait_for(
+    pipelines: &Api<MetricsPipeline>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&MetricsPipelineStatus) -> bool,
+) -> MetricsPipelineStatus {
     let mut last = None;
     for _ in 0..240 {
         if let Some(status) = pipelines.get(name).await.unwrap().status {
@@ -116,14 +122,25 @@ async fn everything_named(prefix: &str) -> Vec<String> {
     let streams = aws_sdk_kinesis::Client::new(&sdk).list_streams().send().await.unwrap();
     found.extend(streams.stream_names().iter().filter(|name| name.starts_with(prefix)).map(|name| format!("stream {name}")));
     let buckets = s3_client(&sdk).list_buckets().send().await.unwrap();
-    found.extend(buckets.buckets().iter().filter_map(|b| b.name()).filter(|name| name.starts_with(prefix)).map(|name| format!("bucket {name}")));
+    found.extend(
+        buckets.buckets().iter().filter_map(|b| b.name()).filter(|name| name.starts_with(prefix)).map(|name| format!("bucket {name}")),
+    );
     let roles = aws_sdk_iam::Client::new(&sdk).list_roles().send().await.unwrap();
-    found.extend(roles.roles().iter().map(|role| role.role_name()).filter(|name| name.starts_with(prefix)).map(|name| format!("role {name}")));
+    found.extend(
+        roles.roles().iter().map(|role| role.role_name()).filter(|name| name.starts_with(prefix)).map(|name| format!("role {name}")),
+    );
     let deliveries = aws_sdk_firehose::Client::new(&sdk).list_delivery_streams().send().await.unwrap();
     found.extend(deliveries.delivery_stream_names().iter().filter(|name| name.starts_with(prefix)).map(|name| format!("delivery {name}")));
     let databases = aws_sdk_glue::Client::new(&sdk).get_databases().send().await.unwrap();
     let glue_prefix = prefix.replace('-', "_");
-    found.extend(databases.database_list().iter().map(|d| d.name()).filter(|name| name.starts_with(&glue_prefix)).map(|name| format!("glue database {name}")));
+    found.extend(
+        databases
+            .database_list()
+            .iter()
+            .map(|d| d.name())
+            .filter(|name| name.starts_with(&glue_prefix))
+            .map(|name| format!("glue database {name}")),
+    );
     found
 }
 
@@ -135,7 +152,8 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
     let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(3)).await;
     let log_dir = std::env::temp_dir().join(format!("metrics-pipeline-{}", namespace.name));
-    let kubelet = LocalKubelet::start(&client, &namespace.name, &aggregator_selector(), workspace_bin_dir().unwrap(), log_dir).await.unwrap();
+    let kubelet =
+        LocalKubelet::start(&client, &namespace.name, &aggregator_selector(), workspace_bin_dir().unwrap(), log_dir).await.unwrap();
 
     pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(example("pipeline.yaml"))).await.unwrap();
     let status = wait_for(&pipelines, "metrics", "Ready", |s| s.phase == Some(Phase::Ready)).await;
@@ -145,7 +163,15 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
         let condition = status.conditions.iter().find(|c| c.type_ == part).unwrap_or_else(|| panic!("{part} missing"));
         assert_eq!(condition.status, "True", "{part}: {}", condition.message);
     }
-    let refs = [&status.input_stream, &status.output_stream, &status.bucket, &status.firehose_role, &status.delivery_stream, &status.glue_database, &status.glue_table];
+    let refs = [
+        &status.input_stream,
+        &status.output_stream,
+        &status.bucket,
+        &status.firehose_role,
+        &status.delivery_stream,
+        &status.glue_database,
+        &status.glue_table,
+    ];
     for reference in refs {
         let reference = reference.as_ref().expect("every part is named in the status");
         assert!(reference.arn.as_deref().is_some_and(|arn| arn.starts_with("arn:aws:")), "{reference:?} has an ARN");
@@ -160,7 +186,10 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace.name);
     let deployment = deployments.get("metrics-aggregator").await.unwrap();
     let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("MetricsPipeline", pipeline.uid().unwrap().as_str(), Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("MetricsPipeline", pipeline.uid().unwrap().as_str(), Some(true))
+    );
     let service_accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace.name);
     assert!(service_accounts.get_opt("metrics-aggregator").await.unwrap().is_some());
 
@@ -184,7 +213,8 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     assert!(s3.get_bucket_encryption().bucket(bucket).send().await.unwrap().server_side_encryption_configuration.is_some());
     let firehose = aws_sdk_firehose::Client::new(&sdk);
     let delivery_name = format!("{prefix}-delivery");
-    let description = firehose.describe_delivery_stream().delivery_stream_name(&delivery_name).send().await.unwrap().delivery_stream_description.unwrap();
+    let description =
+        firehose.describe_delivery_stream().delivery_stream_name(&delivery_name).send().await.unwrap().delivery_stream_description.unwrap();
     let settings = delivery::observed(&description).expect("a Kinesis-sourced extended S3 delivery stream");
     assert_eq!(settings.source_stream_arn, status.output_stream.as_ref().unwrap().arn.clone().unwrap());
     assert_eq!(settings.bucket_arn, status.bucket.as_ref().unwrap().arn.clone().unwrap());
@@ -199,7 +229,13 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     assert_eq!(table.partition_keys().iter().map(|c| c.name()).collect::<Vec<_>>(), ["componentName"]);
     assert_eq!(table.storage_descriptor().unwrap().location(), Some(format!("s3://{bucket}/").as_str()));
     let iam = aws_sdk_iam::Client::new(&sdk);
-    let policy = iam.get_role_policy().role_name(format!("{prefix}-firehose")).policy_name(format!("{prefix}-firehose-delivery")).send().await.unwrap();
+    let policy = iam
+        .get_role_policy()
+        .role_name(format!("{prefix}-firehose"))
+        .policy_name(format!("{prefix}-firehose-delivery"))
+        .send()
+        .await
+        .unwrap();
     assert!(policy.policy_document().contains(&format!("{prefix}-output")), "the role's policy names the output stream");
 
     // Data through the delivery stand-in: aggregates on the output stream land per component,
@@ -261,7 +297,14 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
         tokio::time::sleep(Duration::from_millis(250)).await;
         let delivery = firehose.describe_delivery_stream().delivery_stream_name(&delivery_name).send().await.is_ok();
         let table = glue.get_table().database_name(database).name("metric_aggregates").send().await.is_ok();
-        let input = kinesis.describe_stream_summary().stream_name(format!("{prefix}-input")).send().await.unwrap().stream_description_summary.unwrap();
+        let input = kinesis
+            .describe_stream_summary()
+            .stream_name(format!("{prefix}-input"))
+            .send()
+            .await
+            .unwrap()
+            .stream_description_summary
+            .unwrap();
         let aggregator = deployments.get_opt("metrics-aggregator").await.unwrap().is_some_and(|d| d.metadata.deletion_timestamp.is_none());
         repaired = vec![delivery, table, input.retention_period_hours == 24, aggregator];
         if repaired.iter().all(|ok| *ok) {
@@ -352,7 +395,8 @@ async fn an_aws_outage_is_a_retryable_condition_and_the_pipeline_recovers() {
     pipeline.spec.aggregator.replicas = 0;
     pipeline.metadata.name = Some("outage".into());
     pipelines.patch("outage", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    let status = wait_for(&pipelines, "outage", "a retryable condition", |s| ready_condition(s).is_some_and(|c| c.1 == "AwsUnavailable")).await;
+    let status =
+        wait_for(&pipelines, "outage", "a retryable condition", |s| ready_condition(s).is_some_and(|c| c.1 == "AwsUnavailable")).await;
     assert_eq!(status.phase, Some(Phase::Provisioning));
     assert!(ready_condition(&status).unwrap().2.contains("could not be reached"), "{:?}", ready_condition(&status));
     relay.up.store(true, Ordering::SeqCst);
@@ -367,7 +411,8 @@ async fn an_aws_outage_is_a_retryable_condition_and_the_pipeline_recovers() {
     wait_for(&pipelines, "outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)).await;
     let firehose = aws_sdk_firehose::Client::new(&sdk_config(None).await);
     let delivery = format!("{}-outage-delivery", namespace.name);
-    let description = firehose.describe_delivery_stream().delivery_stream_name(&delivery).send().await.unwrap().delivery_stream_description.unwrap();
+    let description =
+        firehose.describe_delivery_stream().delivery_stream_name(&delivery).send().await.unwrap().delivery_stream_description.unwrap();
     assert_eq!(delivery::observed(&description).unwrap().buffer_interval_seconds, 120, "the spec change went through UpdateDestination");
 
     delete_and_wait(&pipelines, "outage").await;
@@ -396,7 +441,8 @@ async fn retain_keeps_bucket_and_catalog_and_removes_the_rest() {
 
     let sdk = sdk_config(None).await;
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
-    let input = kinesis.describe_stream_summary().stream_name(format!("{prefix}-input")).send().await.unwrap().stream_description_summary.unwrap();
+    let input =
+        kinesis.describe_stream_summary().stream_name(format!("{prefix}-input")).send().await.unwrap().stream_description_summary.unwrap();
     assert_eq!(input.stream_mode_details.map(|m| m.stream_mode), Some(aws_sdk_kinesis::types::StreamMode::OnDemand));
     assert_eq!(input.retention_period_hours, 168, "the retention change followed the creation");
     let bucket = status.bucket.unwrap().name;
@@ -438,10 +484,17 @@ async fn a_resource_someone_else_owns_is_never_taken_over() {
     let status = wait_for(&pipelines, "taken", "the Failed phase", |s| s.phase == Some(Phase::Failed)).await;
     let streams = status.conditions.iter().find(|c| c.type_ == "StreamsReady").unwrap();
     assert_eq!((streams.status.as_str(), streams.reason.as_str()), ("False", "NotOwned"));
-    assert!(streams.message.contains(&format!("Kinesis stream `{foreign}` already exists and is not this pipeline's")), "{}", streams.message);
+    assert!(
+        streams.message.contains(&format!("Kinesis stream `{foreign}` already exists and is not this pipeline's")),
+        "{}",
+        streams.message
+    );
 
     delete_and_wait(&pipelines, "taken").await;
-    assert!(kinesis.describe_stream_summary().stream_name(&foreign).send().await.is_ok(), "the foreign stream survives the pipeline's deletion");
+    assert!(
+        kinesis.describe_stream_summary().stream_name(&foreign).send().await.is_ok(),
+        "the foreign stream survives the pipeline's deletion"
+    );
     kinesis.delete_stream().stream_name(&foreign).send().await.unwrap();
     assert_eq!(everything_named(&format!("{}-taken", namespace.name)).await, Vec::<String>::new());
     operator.stop().await;
@@ -465,7 +518,9 @@ async fn switching_to_the_aggregator_as_writer_removes_firehose_and_makes_the_ta
     pipeline.spec.delivery.format = metrics_pipeline_crds::pipeline::DeliveryFormat::Parquet;
     pipeline.spec.delivery.writer = metrics_pipeline_crds::pipeline::DeliveryWriter::Aggregator;
     pipelines.patch("writer", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    let status = wait_for(&pipelines, "writer", "Ready without Firehose", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)).await;
+    let status =
+        wait_for(&pipelines, "writer", "Ready without Firehose", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2))
+            .await;
     assert_eq!((&status.delivery_stream, &status.firehose_role), (&None, &None), "the status names no Firehose parts");
     let delivery = status.conditions.iter().find(|c| c.type_ == "DeliveryReady").unwrap();
     assert!(delivery.message.contains("the aggregator writes Parquet files"), "{}", delivery.message);
@@ -473,12 +528,16 @@ async fn switching_to_the_aggregator_as_writer_removes_firehose_and_makes_the_ta
     let firehose = aws_sdk_firehose::Client::new(&sdk);
     assert!(firehose.describe_delivery_stream().delivery_stream_name(&delivery_name).send().await.is_err(), "the delivery stream is gone");
     let glue = aws_sdk_glue::Client::new(&sdk);
-    let table = glue.get_table().database_name(&status.glue_database.unwrap().name).name("metric_aggregates").send().await.unwrap().table.unwrap();
+    let table =
+        glue.get_table().database_name(&status.glue_database.unwrap().name).name("metric_aggregates").send().await.unwrap().table.unwrap();
     let serde = table.storage_descriptor().and_then(|s| s.serde_info()).and_then(|s| s.serialization_library()).map(str::to_owned);
     assert_eq!(serde.as_deref(), Some("org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"));
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace.name);
     let container = deployments.get("writer-aggregator").await.unwrap().spec.unwrap().template.spec.unwrap().containers[0].clone();
-    assert!(container.env.unwrap().iter().any(|var| var.name == "AGGREGATOR_PARQUET" && var.value.as_deref() == Some("gzip")), "the aggregator writes the files");
+    assert!(
+        container.env.unwrap().iter().any(|var| var.name == "AGGREGATOR_PARQUET" && var.value.as_deref() == Some("gzip")),
+        "the aggregator writes the files"
+    );
 
     delete_and_wait(&pipelines, "writer").await;
     operator.stop().await;

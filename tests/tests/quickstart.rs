@@ -63,7 +63,12 @@ async fn run_and_check(pipeline: MetricsPipeline) {
     }
     let actual = |rows: &[MetricAggregate]| -> Expected {
         rows.iter()
-            .map(|r| ((r.metric_name.clone(), r.unit.clone(), r.window_start.0), (r.min_value, r.max_value, r.count, r.from_timestamp.0, r.to_timestamp.0)))
+            .map(|r| {
+                (
+                    (r.metric_name.clone(), r.unit.clone(), r.window_start.0),
+                    (r.min_value, r.max_value, r.count, r.from_timestamp.0, r.to_timestamp.0),
+                )
+            })
             .collect()
     };
     for component in COMPONENTS {

@@ -100,9 +100,11 @@ impl Emulator {
     /// The output stream's aggregates, duplicates removed: per `windowId` the most complete one,
     /// the highest count (a window only grows), then the highest revision.
     pub async fn latest_aggregates(&self) -> BTreeMap<String, MetricAggregate> {
-        let aggregates = self.read_stream(&self.output).await.into_iter().map(|data| {
-            serde_json::from_slice::<MetricAggregate>(&data).expect("the output stream holds aggregates")
-        });
+        let aggregates = self
+            .read_stream(&self.output)
+            .await
+            .into_iter()
+            .map(|data| serde_json::from_slice::<MetricAggregate>(&data).expect("the output stream holds aggregates"));
         deduplicate(aggregates)
     }
 
@@ -161,10 +163,7 @@ impl Aggregator {
 
     /// GET a path of the health and metrics endpoint: (HTTP status, body).
     pub fn get(&self, path: &str) -> (u16, String) {
-        let output = Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", &format!("http://{}{path}", self.listen)])
-            .output()
-            .unwrap();
+        let output = Command::new("curl").args(["-s", "-w", "\n%{http_code}", &format!("http://{}{path}", self.listen)]).output().unwrap();
         let text = String::from_utf8(output.stdout).unwrap();
         let (body, status) = text.rsplit_once('\n').unwrap();
         (status.parse().unwrap_or(0), body.to_owned())
@@ -196,7 +195,12 @@ pub fn batch_aggregates(events: &[MetricEvent<'_>], window: Duration) -> BTreeMa
     let assigner = WindowAssigner::new(window);
     let mut windows = BTreeMap::new();
     for event in events {
-        let key = (event.component_name.to_string(), event.metric_name.to_string(), event.unit.to_string(), assigner.window_start(event.timestamp));
+        let key = (
+            event.component_name.to_string(),
+            event.metric_name.to_string(),
+            event.unit.to_string(),
+            assigner.window_start(event.timestamp),
+        );
         windows
             .entry(key)
             .and_modify(|accumulator: &mut Accumulator| accumulator.add(event.value, event.timestamp))
@@ -207,10 +211,8 @@ pub fn batch_aggregates(events: &[MetricEvent<'_>], window: Duration) -> BTreeMa
 
 /// Asserts that the deduplicated output equals the batch computation, window by window.
 pub fn assert_matches_batch(latest: &BTreeMap<String, MetricAggregate>, expected: &BTreeMap<(String, String, String, i64), Accumulator>) {
-    let actual: BTreeMap<(String, String, String, i64), &MetricAggregate> = latest
-        .values()
-        .map(|a| ((a.component_name.clone(), a.metric_name.clone(), a.unit.clone(), a.window_start.0), a))
-        .collect();
+    let actual: BTreeMap<(String, String, String, i64), &MetricAggregate> =
+        latest.values().map(|a| ((a.component_name.clone(), a.metric_name.clone(), a.unit.clone(), a.window_start.0), a)).collect();
     assert_eq!(actual.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "one aggregate per key and window");
     for (key, accumulator) in expected {
         let aggregate = actual[key];

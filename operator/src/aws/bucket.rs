@@ -24,7 +24,12 @@ async fn observe_tags(clients: &AwsClients, bucket: &str) -> Result<Option<Vec<(
         Ok(_) => {}
         Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 404) => return Ok(None),
         Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 403) => {
-            return Err(Error::NotOwned { kind: "S3 bucket", name: bucket.to_owned(), owner: String::new(), found: Some("another account".into()) });
+            return Err(Error::NotOwned {
+                kind: "S3 bucket",
+                name: bucket.to_owned(),
+                owner: String::new(),
+                found: Some("another account".into()),
+            });
         }
         Err(error) => return Err(aws_error(format!("looking up S3 bucket {bucket}"), error)),
     }
@@ -35,19 +40,35 @@ async fn observe_tags(clients: &AwsClients, bucket: &str) -> Result<Option<Vec<(
     }
 }
 
-pub async fn ensure(clients: &AwsClients, bucket: &str, owner: &str, expire_after_days: Option<i32>) -> Result<(AwsResourceRef, Outcome), Error> {
+pub async fn ensure(
+    clients: &AwsClients,
+    bucket: &str,
+    owner: &str,
+    expire_after_days: Option<i32>,
+) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
     match observe_tags(clients, bucket).await? {
         None => {
             let mut request = clients.s3.create_bucket().bucket(bucket);
             if clients.region != "us-east-1" {
-                let location = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(clients.region.as_str())).build();
+                let location = CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(clients.region.as_str()))
+                    .build();
                 request = request.create_bucket_configuration(location);
             }
             request.send().await.map_err(|error| aws_error(format!("creating S3 bucket {bucket}"), error))?;
-            let tags = pipeline_tags(owner).into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"));
+            let tags = pipeline_tags(owner)
+                .into_iter()
+                .map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"));
             let tagging = Tagging::builder().set_tag_set(Some(tags.collect())).build().expect("tags are set");
-            clients.s3.put_bucket_tagging().bucket(bucket).tagging(tagging).send().await.map_err(|error| aws_error(format!("tagging S3 bucket {bucket}"), error))?;
+            clients
+                .s3
+                .put_bucket_tagging()
+                .bucket(bucket)
+                .tagging(tagging)
+                .send()
+                .await
+                .map_err(|error| aws_error(format!("tagging S3 bucket {bucket}"), error))?;
             outcome.changed(format!("created S3 bucket {bucket}"));
         }
         Some(tags) => check_owner("S3 bucket", bucket, owner, tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))?,
@@ -88,9 +109,9 @@ async fn ensure_public_access_blocked(clients: &AwsClients, bucket: &str, outcom
 
 async fn ensure_encrypted(clients: &AwsClients, bucket: &str, outcome: &mut Outcome) -> Result<(), Error> {
     let encrypted = match clients.s3.get_bucket_encryption().bucket(bucket).send().await {
-        Ok(output) => output.server_side_encryption_configuration.is_some_and(|configuration| {
-            configuration.rules().iter().any(|rule| rule.apply_server_side_encryption_by_default().is_some())
-        }),
+        Ok(output) => output
+            .server_side_encryption_configuration
+            .is_some_and(|configuration| configuration.rules().iter().any(|rule| rule.apply_server_side_encryption_by_default().is_some())),
         Err(error) if error_code(&error) == Some("ServerSideEncryptionConfigurationNotFoundError") => false,
         Err(error) => return Err(aws_error(format!("reading the encryption of S3 bucket {bucket}"), error)),
     };

@@ -45,7 +45,11 @@ pub struct TableSpec<'a> {
 }
 
 fn columns() -> Vec<Column> {
-    COLUMNS.iter().chain([&REVISION_COLUMN]).map(|(name, kind)| Column::builder().name(*name).r#type(*kind).build().expect("name is set")).collect()
+    COLUMNS
+        .iter()
+        .chain([&REVISION_COLUMN])
+        .map(|(name, kind)| Column::builder().name(*name).r#type(*kind).build().expect("name is set"))
+        .collect()
 }
 
 /// Storage of the table, or of one partition at `location`.
@@ -120,7 +124,8 @@ fn table_matches(found: &Table, desired: &TableInput) -> bool {
         && same_columns(found_storage.columns(), desired_storage.columns())
         && found_storage.location() == desired_storage.location()
         && found_storage.input_format() == desired_storage.input_format()
-        && found_storage.serde_info().and_then(|s| s.serialization_library()) == desired_storage.serde_info().and_then(|s| s.serialization_library())
+        && found_storage.serde_info().and_then(|s| s.serialization_library())
+            == desired_storage.serde_info().and_then(|s| s.serialization_library())
 }
 
 pub fn database_arn(region: &str, account_id: &str, database: &str) -> String {
@@ -131,7 +136,12 @@ pub fn table_arn(region: &str, account_id: &str, database: &str, table: &str) ->
     format!("arn:{}:glue:{region}:{account_id}:table/{database}/{table}", partition(region))
 }
 
-pub async fn ensure_database(clients: &AwsClients, database: &str, owner: &str, account_id: &str) -> Result<(AwsResourceRef, Outcome), Error> {
+pub async fn ensure_database(
+    clients: &AwsClients,
+    database: &str,
+    owner: &str,
+    account_id: &str,
+) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
     match clients.glue.get_database().name(database).send().await {
         Ok(output) => {
@@ -146,7 +156,13 @@ pub async fn ensure_database(clients: &AwsClients, database: &str, owner: &str, 
                 .parameters(OWNER_TAG, owner)
                 .build()
                 .expect("name is set");
-            clients.glue.create_database().database_input(input).send().await.map_err(|error| aws_error(format!("creating Glue database {database}"), error))?;
+            clients
+                .glue
+                .create_database()
+                .database_input(input)
+                .send()
+                .await
+                .map_err(|error| aws_error(format!("creating Glue database {database}"), error))?;
             outcome.changed(format!("created Glue database {database}"));
         }
         Err(error) => return Err(aws_error(format!("reading Glue database {database}"), error)),
@@ -162,7 +178,12 @@ pub async fn ensure_table(clients: &AwsClients, spec: &TableSpec<'_>, account_id
         Ok(output) => {
             let found = output.table.expect("GetTable returns the table");
             let parameters = found.parameters().cloned().unwrap_or_default();
-            check_owner("Glue table", &format!("{database}.{table}"), spec.owner, parameters.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+            check_owner(
+                "Glue table",
+                &format!("{database}.{table}"),
+                spec.owner,
+                parameters.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            )?;
             if !table_matches(&found, &desired) {
                 (clients.glue.update_table())
                     .database_name(database)
@@ -334,8 +355,19 @@ mod tests {
         assert_eq!(
             names,
             [
-                "metricName", "unit", "minValue", "maxValue", "avgValue", "count", "sum", "fromTimestamp", "toTimestamp", "windowStart",
-                "windowEnd", "windowId", "revision"
+                "metricName",
+                "unit",
+                "minValue",
+                "maxValue",
+                "avgValue",
+                "count",
+                "sum",
+                "fromTimestamp",
+                "toTimestamp",
+                "windowStart",
+                "windowEnd",
+                "windowId",
+                "revision"
             ]
         );
         assert_eq!(table.partition_keys().iter().map(Column::name).collect::<Vec<_>>(), ["componentName"]);
@@ -357,7 +389,10 @@ mod tests {
     fn parquet_tables_use_the_parquet_serde() {
         let table = desired_table(&spec(&PartitionConfig::Registered, DeliveryFormat::Parquet));
         let storage = table.storage_descriptor().unwrap();
-        assert_eq!(storage.serde_info().unwrap().serialization_library(), Some("org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"));
+        assert_eq!(
+            storage.serde_info().unwrap().serialization_library(),
+            Some("org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe")
+        );
         assert_eq!(table.parameters().unwrap()["classification"], "parquet");
     }
 }

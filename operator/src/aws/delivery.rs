@@ -170,7 +170,9 @@ pub fn plan(desired: &DeliverySettings, observed: Option<Option<DeliverySettings
     match observed {
         None => DeliveryPlan::Create,
         Some(None) => DeliveryPlan::Recreate("it is not a Kinesis-sourced extended S3 delivery stream".into()),
-        Some(Some(observed)) if observed.source_stream_arn != desired.source_stream_arn || observed.source_role_arn != desired.source_role_arn => {
+        Some(Some(observed))
+            if observed.source_stream_arn != desired.source_stream_arn || observed.source_role_arn != desired.source_role_arn =>
+        {
             DeliveryPlan::Recreate(format!("its source is {} instead of {}", observed.source_stream_arn, desired.source_stream_arn))
         }
         Some(Some(observed)) if observed == *desired => DeliveryPlan::Keep,
@@ -192,11 +194,15 @@ fn conversion(parquet: &ParquetConversion) -> DataFormatConversionConfiguration 
     DataFormatConversionConfiguration::builder()
         .enabled(true)
         .input_format_configuration(
-            InputFormatConfiguration::builder().deserializer(Deserializer::builder().open_x_json_ser_de(OpenXJsonSerDe::builder().build()).build()).build(),
+            InputFormatConfiguration::builder()
+                .deserializer(Deserializer::builder().open_x_json_ser_de(OpenXJsonSerDe::builder().build()).build())
+                .build(),
         )
         .output_format_configuration(
             OutputFormatConfiguration::builder()
-                .serializer(Serializer::builder().parquet_ser_de(ParquetSerDe::builder().compression(parquet.compression.clone()).build()).build())
+                .serializer(
+                    Serializer::builder().parquet_ser_de(ParquetSerDe::builder().compression(parquet.compression.clone()).build()).build(),
+                )
                 .build(),
         )
         .schema_configuration(
@@ -379,7 +385,14 @@ mod tests {
     use super::*;
 
     fn config(format: DeliveryFormat, compression: Compression) -> DeliveryConfig {
-        DeliveryConfig { buffer_interval_seconds: 60, buffer_size_mib: 64, format, writer: DeliveryWriter::Firehose, compression, expire_after_days: None }
+        DeliveryConfig {
+            buffer_interval_seconds: 60,
+            buffer_size_mib: 64,
+            format,
+            writer: DeliveryWriter::Firehose,
+            compression,
+            expire_after_days: None,
+        }
     }
 
     fn connections() -> Connections<'static> {
@@ -436,7 +449,10 @@ mod tests {
         assert_eq!(destination.compression_format(), Some(&CompressionFormat::Uncompressed));
         let conversion = destination.data_format_conversion_configuration().unwrap();
         let schema = conversion.schema_configuration().unwrap();
-        assert_eq!((schema.database_name(), schema.table_name(), schema.region()), (Some("p"), Some("metric_aggregates"), Some("eu-west-1")));
+        assert_eq!(
+            (schema.database_name(), schema.table_name(), schema.region()),
+            (Some("p"), Some("metric_aggregates"), Some("eu-west-1"))
+        );
         let serializer = conversion.output_format_configuration().unwrap().serializer().unwrap();
         assert_eq!(serializer.parquet_ser_de().unwrap().compression(), Some(&ParquetCompression::Snappy));
         assert!(conversion.input_format_configuration().unwrap().deserializer().unwrap().open_x_json_ser_de().is_some());

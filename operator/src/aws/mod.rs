@@ -37,7 +37,12 @@ pub fn pipeline_tags(owner: &str) -> Vec<(String, String)> {
 
 /// Whether a resource found under one of our names may be managed: it must carry our ownership
 /// tag with this pipeline's value; anything else is somebody else's and is never touched.
-pub fn check_owner<'a>(kind: &'static str, name: &str, owner: &str, tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<(), Error> {
+pub fn check_owner<'a>(
+    kind: &'static str,
+    name: &str,
+    owner: &str,
+    tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), Error> {
     let found = tags.into_iter().find(|(key, _)| *key == OWNER_TAG).map(|(_, value)| value.to_owned());
     if found.as_deref() == Some(owner) {
         return Ok(());
@@ -79,7 +84,9 @@ impl AwsCalls {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoding to a String");
         for line in text.lines().filter(|line| line.starts_with("calls_total{")) {
-            let label = |name: &str| line.split(&format!("{name}=\"")).nth(1).and_then(|rest| rest.split('"').next()).unwrap_or_default().to_owned();
+            let label = |name: &str| {
+                line.split(&format!("{name}=\"")).nth(1).and_then(|rest| rest.split('"').next()).unwrap_or_default().to_owned()
+            };
             let count = line.rsplit(' ').next().and_then(|count| count.parse().ok()).unwrap_or(0);
             calls.push((label("service"), label("operation"), count));
         }
@@ -215,7 +222,9 @@ mod tests {
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("eu-west-1"))
             .endpoint_url("http://127.0.0.1:1")
-            .credentials_provider(aws_sdk_kinesis::config::SharedCredentialsProvider::new(aws_sdk_kinesis::config::Credentials::for_tests()))
+            .credentials_provider(
+                aws_sdk_kinesis::config::SharedCredentialsProvider::new(aws_sdk_kinesis::config::Credentials::for_tests()),
+            )
             .build();
         let calls = AwsCalls::default();
         let clients = AwsClients::new(&sdk, "eu-west-1", &calls);
@@ -224,6 +233,11 @@ mod tests {
         let _ = clients.glue.get_databases().send().await;
         let mut counted = calls.snapshot();
         counted.sort();
-        assert_eq!(counted, [("Glue".into(), "GetDatabases".into(), 2), ("Kinesis".into(), "ListStreams".into(), 1)], "{:?}", calls.snapshot());
+        assert_eq!(
+            counted,
+            [("Glue".into(), "GetDatabases".into(), 2), ("Kinesis".into(), "ListStreams".into(), 1)],
+            "{:?}",
+            calls.snapshot()
+        );
     }
 }

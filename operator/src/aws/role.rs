@@ -88,7 +88,13 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(decoded).ok()
 }
 
-pub async fn ensure(clients: &AwsClients, role: &str, policy_name: &str, owner: &str, scope: &PolicyScope<'_>) -> Result<(AwsResourceRef, Outcome), Error> {
+pub async fn ensure(
+    clients: &AwsClients,
+    role: &str,
+    policy_name: &str,
+    owner: &str,
+    scope: &PolicyScope<'_>,
+) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
     let trust = trust_policy(scope.account_id);
     let arn = match clients.iam.get_role().role_name(role).send().await {
@@ -107,7 +113,9 @@ pub async fn ensure(clients: &AwsClients, role: &str, policy_name: &str, owner: 
             found.arn
         }
         Err(error) if error_code(&error) == Some("NoSuchEntity") => {
-            let tags = pipeline_tags(owner).into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"));
+            let tags = pipeline_tags(owner)
+                .into_iter()
+                .map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"));
             let created = (clients.iam.create_role())
                 .role_name(role)
                 .assume_role_policy_document(trust.to_string())
@@ -207,7 +215,10 @@ mod tests {
                 "arn:aws:glue:eu-west-1:123456789012:table/p/metric_aggregates",
             ]
         );
-        assert!(!policy.to_string().contains('*') || policy.to_string().matches('*').count() == 1, "no wildcard beyond the bucket's objects");
+        assert!(
+            !policy.to_string().contains('*') || policy.to_string().matches('*').count() == 1,
+            "no wildcard beyond the bucket's objects"
+        );
     }
 
     #[test]

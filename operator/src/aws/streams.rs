@@ -109,7 +109,8 @@ async fn create(clients: &AwsClients, name: &str, owner: &str, desired: &StreamC
     let request = tags.iter().fold(request, |request, (key, value)| request.tags(key, value));
     request.send().await.map_err(|error| aws_error(format!("creating Kinesis stream {name}"), error))?;
     // CreateStream's tags are newer than some emulators; tagging again is idempotent.
-    let request = tags.iter().fold(clients.kinesis.add_tags_to_stream().stream_name(name), |request, (key, value)| request.tags(key, value));
+    let request =
+        tags.iter().fold(clients.kinesis.add_tags_to_stream().stream_name(name), |request, (key, value)| request.tags(key, value));
     // A retention other than the default 24 h follows once the stream is ACTIVE, as a change.
     request.send().await.map(drop).map_err(|error| aws_error(format!("tagging Kinesis stream {name}"), error))
 }
@@ -120,7 +121,14 @@ async fn apply(clients: &AwsClients, name: &str, observed: &ObservedStream, chan
     match *change {
         StreamChange::Capacity(capacity) => {
             let target = if capacity == StreamCapacity::OnDemand { StreamMode::OnDemand } else { StreamMode::Provisioned };
-            kinesis.update_stream_mode().stream_arn(&observed.arn).stream_mode_details(mode(target)).send().await.map(drop).map_err(|error| aws_error(action.clone(), error))
+            kinesis
+                .update_stream_mode()
+                .stream_arn(&observed.arn)
+                .stream_mode_details(mode(target))
+                .send()
+                .await
+                .map(drop)
+                .map_err(|error| aws_error(action.clone(), error))
         }
         StreamChange::ShardCount(shards) => (kinesis.update_shard_count())
             .stream_name(name)
@@ -206,7 +214,10 @@ mod tests {
     #[test]
     fn capacity_mode_changes_before_anything_else() {
         let desired = StreamConfig { capacity: StreamCapacity::OnDemand, retention_hours: 24 };
-        assert_eq!(changes(&desired, &observed(StreamCapacity::Provisioned { shards: 3 }, 24)), [StreamChange::Capacity(StreamCapacity::OnDemand)]);
+        assert_eq!(
+            changes(&desired, &observed(StreamCapacity::Provisioned { shards: 3 }, 24)),
+            [StreamChange::Capacity(StreamCapacity::OnDemand)]
+        );
         let back = StreamConfig { capacity: StreamCapacity::Provisioned { shards: 2 }, retention_hours: 24 };
         assert_eq!(
             changes(&back, &observed(StreamCapacity::OnDemand, 24)),

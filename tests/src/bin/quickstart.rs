@@ -39,6 +39,11 @@ async fn quickstart() -> anyhow::Result<()> {
         println!("\nSELECT * FROM {}.{} WHERE componentName = '{component}'", outcome.database, outcome.table);
         println!("{}", format_rows(&as_rows(&outcome.rows[component]), &SHOWN_COLUMNS));
     }
-    println!("\n{} events in, {} aggregate rows out, in {:.0}s", outcome.events.len(), outcome.rows.values().map(Vec::len).sum::<usize>(), started.elapsed().as_secs_f64());
+    println!(
+        "\n{} events in, {} aggregate rows out, in {:.0}s",
+        outcome.events.len(),
+        outcome.rows.values().map(Vec::len).sum::<usize>(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
