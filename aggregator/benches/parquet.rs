@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use metrics_aggregator::parquet_files::{ParquetCodec, Roll, files_of};
-use metrics_pipeline_crds::event::{EventTime, MetricAggregate};
+use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 
 const COMPONENTS: usize = 100;
 const METRICS: usize = 10;

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use metrics_aggregator::decode::decode;
 use metrics_aggregator::window::WindowEngine;
-use metrics_pipeline_crds::event::EventTime;
-use metrics_pipeline_crds::validation::WindowConfig;
+use metrics_pipeline_model::aggregation::WindowConfig;
+use metrics_pipeline_model::event::EventTime;
 
 const COMPONENTS: usize = 1_000;
 const METRICS: usize = 10;

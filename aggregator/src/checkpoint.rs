@@ -2,7 +2,7 @@
 //! in the pipeline's bucket, overwritten after each flush (an S3 PUT replaces atomically).
 
 use anyhow::Context;
-use metrics_pipeline_crds::event::EventTime;
+use metrics_pipeline_model::event::EventTime;
 use serde::{Deserialize, Serialize};
 
 use crate::bucket::{Bucket, StorageError};

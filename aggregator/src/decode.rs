@@ -5,8 +5,7 @@
 
 use std::fmt;
 
-use metrics_pipeline_crds::event::{EventTime, MetricEvent};
-use metrics_pipeline_crds::validation::is_partition_value;
+use metrics_pipeline_model::event::{EventTime, MetricEvent, is_partition_value};
 use serde_json::Value;
 
 /// Records larger than this are refused before parsing: no metric event is anywhere near it.

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::time::Duration;
 
-use metrics_pipeline_crds::event::{EventTime, MetricEvent};
+use metrics_pipeline_model::event::{EventTime, MetricEvent};
 use tokio::time::Instant;
 
 use crate::sink::{KinesisSink, MAX_BATCH_RECORDS, OutputRecord};

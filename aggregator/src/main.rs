@@ -15,12 +15,13 @@ use metrics_aggregator::run::{AggregatorConfig, run};
 use metrics_aggregator::server::{Health, serve};
 use metrics_aggregator::sink::KinesisSink;
 use metrics_aggregator::source::{InitialPosition, MIN_POLL_INTERVAL};
-use metrics_pipeline_crds::aws::{s3_client, sdk_config};
-use metrics_pipeline_crds::duration::parse_duration;
-use metrics_pipeline_crds::event::EventTime;
-use metrics_pipeline_crds::pipeline::AggregationSpec;
-use metrics_pipeline_crds::process::{LogFormat, init_logging, shutdown_signal};
-use metrics_pipeline_crds::validation::WindowConfig;
+use metrics_pipeline_model::aggregation::{
+    AggregationSettings, DEFAULT_ALLOWED_LATENESS, DEFAULT_IDLE_TIMEOUT, DEFAULT_OUT_OF_ORDERNESS, DEFAULT_WINDOW, WindowConfig,
+};
+use metrics_pipeline_model::duration::parse_duration;
+use metrics_pipeline_model::event::EventTime;
+use metrics_pipeline_runtime::process::{LogFormat, init_logging, shutdown_signal};
+use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
 
 #[derive(Parser)]
 #[command(version, about = "Event-time windowed aggregation of metric events, Kinesis to Kinesis")]
@@ -63,13 +64,13 @@ struct RunArgs {
     /// The pipeline's bucket: checkpoint and dead letters go under `_aggregator/`.
     #[arg(long, env = "AGGREGATOR_BUCKET")]
     bucket: String,
-    #[arg(long, env = "AGGREGATOR_WINDOW", default_value_t = AggregationSpec::default().window)]
+    #[arg(long, env = "AGGREGATOR_WINDOW", default_value = DEFAULT_WINDOW)]
     window: String,
-    #[arg(long, env = "AGGREGATOR_OUT_OF_ORDERNESS", default_value_t = AggregationSpec::default().out_of_orderness)]
+    #[arg(long, env = "AGGREGATOR_OUT_OF_ORDERNESS", default_value = DEFAULT_OUT_OF_ORDERNESS)]
     out_of_orderness: String,
-    #[arg(long, env = "AGGREGATOR_ALLOWED_LATENESS", default_value_t = AggregationSpec::default().allowed_lateness)]
+    #[arg(long, env = "AGGREGATOR_ALLOWED_LATENESS", default_value = DEFAULT_ALLOWED_LATENESS)]
     allowed_lateness: String,
-    #[arg(long, env = "AGGREGATOR_IDLE_TIMEOUT", default_value_t = AggregationSpec::default().idle_timeout)]
+    #[arg(long, env = "AGGREGATOR_IDLE_TIMEOUT", default_value = DEFAULT_IDLE_TIMEOUT)]
     idle_timeout: String,
     #[arg(long, env = "AGGREGATOR_CHECKPOINT_KEY", default_value = "_aggregator/checkpoint.json")]
     checkpoint_key: String,
@@ -153,13 +154,16 @@ async fn main() -> ExitCode {
 }
 
 async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
-    let aggregation = AggregationSpec {
-        window: args.window,
-        out_of_orderness: args.out_of_orderness,
-        allowed_lateness: args.allowed_lateness,
-        idle_timeout: args.idle_timeout,
+    let settings = AggregationSettings {
+        window: &args.window,
+        out_of_orderness: &args.out_of_orderness,
+        allowed_lateness: &args.allowed_lateness,
+        idle_timeout: &args.idle_timeout,
     };
-    let windowing = WindowConfig::from_spec(&aggregation)?;
+    let windowing = WindowConfig::parse(&settings).map_err(|problems| {
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("the aggregation settings cannot be used: {}", problems.join("; "))
+    })?;
     anyhow::ensure!(
         args.poll_interval >= MIN_POLL_INTERVAL,
         "--poll-interval must be at least 200ms: Kinesis allows 5 GetRecords calls a second per shard"

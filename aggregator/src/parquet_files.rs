@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use arrow_array::{ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
-use metrics_pipeline_crds::event::{EventTime, MetricAggregate};
+use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, GzipLevel};
 use parquet::file::properties::WriterProperties;

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kinesis::types::Record;
-use metrics_pipeline_crds::event::{EventTime, MetricAggregate};
-use metrics_pipeline_crds::validation::WindowConfig;
+use metrics_pipeline_model::aggregation::WindowConfig;
+use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use tokio::time::Instant;
 
 use crate::bucket::Bucket;
@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::parquet_files::{ParquetFiles, ParquetSettings};
 use crate::server::Health;
 use crate::sink::{Backoff, KinesisSink, OutputRecord};
-use crate::source::{InitialPosition, KinesisSource, ShardBatch};
+use crate::source::{InitialPosition, KinesisSource, Poll, ShardBatch};
 use crate::window::{Admission, WindowEngine};
 
 /// Dead letters held in memory before a flush is forced.
@@ -55,77 +55,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let checkpoints = CheckpointStore::new(bucket.clone(), config.checkpoint_key.clone());
-    let mut output = Vec::new();
-    let mut backoff = Backoff::default();
-    let stored = loop {
-        match checkpoints.load(&config.input_stream).await {
-            Ok(stored) => break stored?,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the checkpoint yet; retrying");
-                tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    () = tokio::time::sleep(backoff.next_delay()) => {}
-                }
-            }
-        }
-    };
-    let (engine, position, files) = match stored {
-        Some(checkpoint) => {
-            tracing::info!(
-                location = %checkpoints.location(),
-                written_at = %checkpoint.written_at,
-                shards = checkpoint.position.shards.len(),
-                open_windows = checkpoint.engine.open.len(),
-                "resuming from checkpoint"
-            );
-            (WindowEngine::restore(&config.windowing, checkpoint.engine, &mut output), Some(checkpoint.position), checkpoint.files)
-        }
-        None => {
-            tracing::info!(location = %checkpoints.location(), initial_position = ?config.initial_position, "no checkpoint: first start");
-            (WindowEngine::new(&config.windowing), None, None)
-        }
-    };
-    let mut files = config.parquet.clone().map(|settings| ParquetFiles::restore(settings, files.unwrap_or_default()));
-    if let Some(files) = &mut files {
-        // A roll the last checkpoint recorded may not have been written before the stop.
-        let written = files.commit(&bucket).await;
-        tracing::debug!(files = written, "Parquet files of the last checkpoint's roll written");
-    }
-    let source = KinesisSource::new(kinesis.clone(), config.input_stream.clone(), config.poll_interval, position, config.initial_position);
-    let sink = KinesisSink::new(kinesis, config.output_stream.clone());
-    let mut aggregator = Aggregator {
-        last_record: Instant::now(),
-        next_checkpoint: Instant::now() + config.checkpoint_interval,
-        changed: !output.is_empty(),
-        config,
-        engine,
-        source,
-        sink,
-        bucket,
-        checkpoints,
-        dead_letters: DeadLetters::default(),
-        files,
-        output,
-        shard_last_record: HashMap::new(),
-        health,
-    };
-
-    let started = loop {
-        match aggregator.source.discover().await {
-            Ok(started) => break started,
-            Err(error) => {
-                tracing::warn!(
-                    error = %aws_sdk_kinesis::error::DisplayErrorContext(&error),
-                    stream = %aggregator.config.input_stream,
-                    "cannot list the input stream's shards yet; retrying"
-                );
-                tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    () = tokio::time::sleep(backoff.next_delay()) => {}
-                }
-            }
-        }
-    };
+    let loaded = until_stopped("read the checkpoint", &mut shutdown, async || checkpoints.load(&config.input_stream).await).await;
+    let Some(stored) = loaded else { return Ok(()) };
+    let mut aggregator = Aggregator::resume(config, kinesis, bucket, checkpoints, health, stored?).await;
+    let listed = until_stopped("list the input stream's shards", &mut shutdown, async || {
+        aggregator.source.discover().await.map_err(|error| aws_sdk_kinesis::error::DisplayErrorContext(error).to_string())
+    })
+    .await;
+    let Some(started) = listed else { return Ok(()) };
     aggregator.start_shards(&started);
     aggregator.forget_unread_shards();
     aggregator.health.ready.store(true, Ordering::Relaxed);
@@ -137,16 +74,7 @@ pub async fn run(
             () = &mut shutdown => break,
             poll = aggregator.source.poll(aggregator.next_checkpoint) => poll,
         };
-        aggregator.start_shards(&poll.started);
-        for shard in &poll.drained {
-            aggregator.engine.watermarks_mut().remove(shard);
-            aggregator.shard_last_record.remove(shard);
-            aggregator.changed = true;
-        }
-        aggregator.health.metrics.get_records_throttled.inc_by(poll.throttled);
-        for batch in &poll.batches {
-            aggregator.take_batch(batch);
-        }
+        aggregator.take_poll(&poll);
         aggregator.fire_due_windows();
         if aggregator.flush_due() {
             aggregator.flush().await;
@@ -158,6 +86,25 @@ pub async fn run(
     }
     aggregator.flush().await;
     Ok(())
+}
+
+/// Retries `attempt` with backoff until it succeeds; `None` when `shutdown` came first.
+async fn until_stopped<T, E: std::fmt::Display>(
+    what: &str,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    mut attempt: impl AsyncFnMut() -> Result<T, E>,
+) -> Option<T> {
+    let mut backoff = Backoff::default();
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(value),
+            Err(error) => tracing::warn!(%error, "cannot {what} yet; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.as_mut() => return None,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
 }
 
 struct Aggregator {
@@ -180,6 +127,72 @@ struct Aggregator {
 }
 
 impl Aggregator {
+    /// The aggregator as the checkpoint left it, or fresh on a first start.
+    async fn resume(
+        config: AggregatorConfig,
+        kinesis: aws_sdk_kinesis::Client,
+        bucket: Bucket,
+        checkpoints: CheckpointStore,
+        health: Arc<Health>,
+        stored: Option<Checkpoint>,
+    ) -> Self {
+        let mut output = Vec::new();
+        let (engine, position, files) = match stored {
+            Some(checkpoint) => {
+                tracing::info!(
+                    location = %checkpoints.location(),
+                    written_at = %checkpoint.written_at,
+                    shards = checkpoint.position.shards.len(),
+                    open_windows = checkpoint.engine.open.len(),
+                    "resuming from checkpoint"
+                );
+                (WindowEngine::restore(&config.windowing, checkpoint.engine, &mut output), Some(checkpoint.position), checkpoint.files)
+            }
+            None => {
+                tracing::info!(location = %checkpoints.location(), initial_position = ?config.initial_position, "no checkpoint: first start");
+                (WindowEngine::new(&config.windowing), None, None)
+            }
+        };
+        let mut files = config.parquet.clone().map(|settings| ParquetFiles::restore(settings, files.unwrap_or_default()));
+        if let Some(files) = &mut files {
+            // A roll the last checkpoint recorded may not have been written before the stop.
+            let written = files.commit(&bucket).await;
+            tracing::debug!(files = written, "Parquet files of the last checkpoint's roll written");
+        }
+        let source =
+            KinesisSource::new(kinesis.clone(), config.input_stream.clone(), config.poll_interval, position, config.initial_position);
+        Self {
+            last_record: Instant::now(),
+            next_checkpoint: Instant::now() + config.checkpoint_interval,
+            changed: !output.is_empty(),
+            sink: KinesisSink::new(kinesis, config.output_stream.clone()),
+            config,
+            engine,
+            source,
+            bucket,
+            checkpoints,
+            dead_letters: DeadLetters::default(),
+            files,
+            output,
+            shard_last_record: HashMap::new(),
+            health,
+        }
+    }
+
+    /// Shards that appeared or finished, and the records one poll brought.
+    fn take_poll(&mut self, poll: &Poll) {
+        self.start_shards(&poll.started);
+        for shard in &poll.drained {
+            self.engine.watermarks_mut().remove(shard);
+            self.shard_last_record.remove(shard);
+            self.changed = true;
+        }
+        self.health.metrics.get_records_throttled.inc_by(poll.throttled);
+        for batch in &poll.batches {
+            self.take_batch(batch);
+        }
+    }
+
     fn start_shards(&mut self, shards: &[String]) {
         for shard in shards {
             self.engine.watermarks_mut().register(shard);

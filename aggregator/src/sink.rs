@@ -6,7 +6,7 @@ use std::time::Duration;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use metrics_pipeline_crds::event::MetricAggregate;
+use metrics_pipeline_model::event::MetricAggregate;
 
 /// PutRecords takes at most 500 records and 5 MiB (data plus partition keys) per call.
 pub const MAX_BATCH_RECORDS: usize = 500;

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hashbrown::HashMap;
-use metrics_pipeline_crds::event::{EventTime, MetricAggregate, MetricEvent};
-use metrics_pipeline_crds::stable_hash::{fnv1a64, fnv1a64_continue};
-use metrics_pipeline_crds::validation::WindowConfig;
+use metrics_pipeline_model::aggregation::WindowConfig;
+use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent};
+use metrics_pipeline_model::stable_hash::{fnv1a64, fnv1a64_continue};
 use serde::{Deserialize, Serialize};
 
 /// Places event times into epoch-aligned tumbling windows.

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
 use metrics_aggregator::sink::{KinesisSink, OutputRecord};
-use metrics_pipeline_crds::event::{EventTime, MetricAggregate, MetricEvent};
+use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent};
+use metrics_pipeline_test_support::wait_for;
 use support::{Emulator, assert_matches_batch, batch_aggregates};
 
 fn at(text: &str) -> EventTime {
@@ -167,9 +168,8 @@ async fn bad_records_never_stop_the_stream_and_all_are_kept_as_dead_letters() {
     summary.sort_by_key(|row| row.0);
     assert_eq!(summary, [(at("2021-09-09T12:00:00Z").0, 2, 10.0, 20.0), (at("2021-09-09T12:00:40Z").0, 1, 30.0, 30.0)]);
 
-    let mut kept = Vec::new();
-    for _ in 0..100 {
-        kept = aws
+    let kept = wait_for("every bad record kept as a dead letter", Duration::from_secs(20), async || {
+        let kept: Vec<serde_json::Value> = aws
             .objects("_aggregator/dead-letters/")
             .await
             .into_values()
@@ -180,11 +180,10 @@ async fn bad_records_never_stop_the_stream_and_all_are_kept_as_dead_letters() {
                     .collect::<Vec<_>>()
             })
             .collect();
-        if kept.len() > bad.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        if kept.len() > bad.len() { Ok(kept) } else { Err(format!("{} kept", kept.len())) }
+    })
+    .await
+    .unwrap();
     let mut expected: Vec<(String, Vec<u8>)> = bad.iter().map(|(reason, data)| (reason.to_string(), data.clone())).collect();
     expected.push(("too_late".into(), too_late));
     let actual: Vec<(String, Vec<u8>)> = kept

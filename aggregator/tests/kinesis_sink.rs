@@ -3,7 +3,7 @@
 
 use aws_sdk_kinesis::types::ShardIteratorType;
 use metrics_aggregator::sink::{KinesisSink, OutputRecord};
-use metrics_pipeline_crds::aws::sdk_config;
+use metrics_pipeline_runtime::sdk::sdk_config;
 
 #[tokio::test]
 async fn every_record_reaches_the_stream_across_batches() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
 use metrics_aggregator::parquet_files::decode;
 use metrics_aggregator::sink::KinesisSink;
-use metrics_pipeline_crds::event::{EventTime, MetricAggregate, MetricEvent};
+use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent};
 use support::{Emulator, assert_matches_batch, batch_aggregates};
 
 #[tokio::test]

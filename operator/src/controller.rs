@@ -16,25 +16,25 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use metrics_pipeline_crds::naming::{NameInputs, PipelineNames};
-use metrics_pipeline_crds::pipeline::{DeletionPolicy, DeliveryWriter, MetricsPipeline, MetricsPipelineStatus, Phase};
-use metrics_pipeline_crds::validation::{AwsTarget, PipelineConfig, validate};
+use metrics_pipeline_api::config::{AwsTarget, PipelineConfig};
+use metrics_pipeline_api::naming::PipelineNames;
+use metrics_pipeline_api::pipeline::{AwsResourceRef, DeletionPolicy, DeliveryWriter, MetricsPipeline, MetricsPipelineStatus, Phase};
+use metrics_pipeline_api::validation::validate;
 
-use crate::aws::{AwsCalls, AwsClients, Outcome, bucket, catalog, delivery, role, streams};
+use crate::aws::{AwsCalls, AwsClients, bucket, catalog, delivery, role, streams};
 use crate::error::Error;
-use crate::metrics::Metrics;
+use crate::managed::{FIELD_MANAGER, Outcome};
+use crate::metrics::{Metrics, ReconcileResult};
 use crate::status::{self, AGGREGATOR_READY, BUCKET_READY, CATALOG_READY, DELIVERY_READY, PartState, Report, STREAMS_READY, Verdict};
 use crate::workload::{self, WorkloadSettings};
 
-/// Field manager of everything the operator writes with server-side apply.
-pub const FIELD_MANAGER: &str = "metrics-pipeline-operator";
 pub const FINALIZER: &str = "pipelines.metrics.dev/cleanup";
 
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// How often a Ready pipeline is re-read to repair drift.
     pub resync: Duration,
-    /// How soon to look again while AWS is creating or updating something.
+    /// How soon to look again while AWS is creating, updating or deleting something.
     pub pending_requeue: Duration,
     /// How soon to retry after throttling or an outage.
     pub error_requeue: Duration,
@@ -52,15 +52,15 @@ impl Default for Settings {
     }
 }
 
-/// AWS access: the account's identity and one set of clients per region.
-pub struct Aws {
+/// The AWS account the operator works in: its identity, and one set of clients per region.
+pub struct AwsAccount {
     sdk: SdkConfig,
     pub target: AwsTarget,
     pub calls: AwsCalls,
     clients: Mutex<HashMap<String, AwsClients>>,
 }
 
-impl Aws {
+impl AwsAccount {
     pub fn new(sdk: SdkConfig, target: AwsTarget, calls: AwsCalls) -> Self {
         Self { sdk, target, calls, clients: Mutex::default() }
     }
@@ -73,17 +73,17 @@ impl Aws {
 
 pub struct Context {
     pub client: Client,
-    pub aws: Aws,
+    pub account: AwsAccount,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
 }
 
 impl Context {
-    pub fn new(client: Client, aws: Aws, metrics: Arc<Metrics>, settings: Settings) -> Self {
+    pub fn new(client: Client, account: AwsAccount, metrics: Arc<Metrics>, settings: Settings) -> Self {
         let instance = std::env::var("POD_NAME").ok();
         let recorder = Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance });
-        Self { client, aws, recorder, metrics, settings }
+        Self { client, account, recorder, metrics, settings }
     }
 }
 
@@ -122,9 +122,15 @@ async fn reconcile(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) -> Res
     let started = Instant::now();
     let namespace = pipeline.namespace().unwrap_or_default();
     let api: Api<MetricsPipeline> = Api::namespaced(context.client.clone(), &namespace);
+    // What the status says when `apply` wrote one: that, not the closure's `Ok`, is the result.
+    let written = Mutex::new(None);
     let result = finalizer(&api, FINALIZER, pipeline, |event| async {
         match event {
-            Finalizer::Apply(pipeline) => apply(&pipeline, &api, &context).await,
+            Finalizer::Apply(pipeline) => {
+                let (action, phase, reason) = apply(&pipeline, &api, &context).await?;
+                *written.lock().expect("no panics while holding the lock") = Some((phase, reason));
+                Ok(action)
+            }
             Finalizer::Cleanup(pipeline) => cleanup(&pipeline, &api, &context).await,
         }
     })
@@ -134,18 +140,45 @@ async fn reconcile(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) -> Res
         kube::runtime::finalizer::Error::AddFinalizer(error) | kube::runtime::finalizer::Error::RemoveFinalizer(error) => {
             Error::Kube(error)
         }
-        other => Error::Finalizer(other.to_string()),
+        other => Error::Finalizer(Box::new(other)),
     });
-    context.metrics.observe_reconcile(started.elapsed(), result.as_ref().err());
+    let written = written.into_inner().expect("no panics while holding the lock");
+    let counted = match (&result, written) {
+        (Ok(_), Some((phase, reason))) => ReconcileResult::Status(phase, reason),
+        (Ok(_), None) => ReconcileResult::Deleted,
+        (Err(Error::Deleting(_)), _) => ReconcileResult::Deleting,
+        (Err(error), _) => ReconcileResult::Error(error.reason()),
+    };
+    context.metrics.observe_reconcile(started.elapsed(), counted);
     result
 }
 
 fn error_policy(pipeline: Arc<MetricsPipeline>, error: &Error, context: Arc<Context>) -> Action {
-    tracing::warn!(pipeline = %pipeline.name_any(), %error, "reconcile failed");
-    if error.is_terminal() { Action::requeue(context.settings.resync) } else { Action::requeue(context.settings.error_requeue) }
+    let settings = &context.settings;
+    match error {
+        // Deletion waits on AWS and Kubernetes: expected, and looked at again soon.
+        Error::Deleting(_) => {
+            tracing::debug!(pipeline = %pipeline.name_any(), %error, "deletion in progress");
+            Action::requeue(settings.pending_requeue)
+        }
+        error if error.is_terminal() => {
+            tracing::warn!(pipeline = %pipeline.name_any(), %error, "reconcile failed; the spec or the account must change");
+            Action::requeue(settings.resync)
+        }
+        error => {
+            tracing::warn!(pipeline = %pipeline.name_any(), %error, "reconcile failed; retrying");
+            Action::requeue(settings.error_requeue)
+        }
+    }
 }
 
-async fn apply(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context: &Context) -> Result<Action, Error> {
+/// Provisions every part and writes the status; returns the next look and what the status says
+/// (phase, and the reason of its first problem).
+async fn apply(
+    pipeline: &MetricsPipeline,
+    api: &Api<MetricsPipeline>,
+    context: &Context,
+) -> Result<(Action, Phase, Option<&'static str>), Error> {
     let report = provision(pipeline, context).await;
     // The status as stored now, not as the cache had it: a reconcile triggered by the aggregator's
     // Deployment can start before the watch has delivered this pipeline's last status write, and
@@ -162,60 +195,50 @@ async fn apply(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context: 
         let (reason, action) = if was_ready { ("Repaired", "Update") } else { ("Provisioned", "Create") };
         publish(context, pipeline, EventType::Normal, reason, action, &report.changes.join("; ")).await;
     }
-    if let Some((reason, message)) = report.first_problem().filter(|_| report.verdict() != Verdict::Pending) {
+    let problem = report.first_problem();
+    if let Some((reason, message)) = problem.as_ref().filter(|_| report.verdict() != Verdict::Pending) {
         let previous = previous.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == status::READY)).map(|c| c.message.as_str());
         if previous != Some(message.as_str()) {
-            publish(context, pipeline, EventType::Warning, reason, "Reconcile", &message).await;
+            publish(context, pipeline, EventType::Warning, reason, "Reconcile", message).await;
         }
     }
     let settings = &context.settings;
-    Ok(match report.verdict() {
+    let action = match report.verdict() {
         Verdict::Ready | Verdict::Terminal => Action::requeue(settings.resync),
         Verdict::Pending => Action::requeue(settings.pending_requeue),
         Verdict::Retryable => Action::requeue(settings.error_requeue),
-    })
+    };
+    Ok((action, status.phase.unwrap_or(Phase::Provisioning), problem.map(|(reason, _)| reason)))
 }
 
-/// Ensures every AWS part, in dependency order; a part whose inputs are not ready waits.
+/// Ensures every part in dependency order; a part whose inputs are not ready waits, and the
+/// others go on.
 async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
     let mut report = Report::default();
-    let config = match validate(pipeline, &context.aws.target) {
+    let config = match validate(pipeline, &context.account.target) {
         Ok(config) => config,
         Err(errors) => {
             report.invalid_spec = Some(Error::InvalidSpec(errors));
             return report;
         }
     };
-    let clients = context.aws.clients(&config.region);
+    let clients = context.account.clients(&config.region);
+    let account_id = &context.account.target.account_id;
     let names = &config.names;
-    let owner = names.owner.as_str();
 
-    // Streams.
-    let streams = async {
-        let (input, mut outcome) = streams::ensure(&clients, &names.input_stream, owner, &config.input_stream).await?;
-        let (output, output_outcome) = streams::ensure(&clients, &names.output_stream, owner, &config.output_stream).await?;
-        outcome.merge(output_outcome);
-        Ok::<_, Error>(((input, output), outcome))
-    }
-    .await;
-    let streams_ready = record(&mut report, STREAMS_READY, streams, |(input, output)| {
+    let streams = ensure_streams(&clients, &config).await;
+    if let Some((input, output)) = record(&mut report, STREAMS_READY, streams, |(input, output)| {
         format!("Kinesis streams {} and {} are active", input.name, output.name)
-    })
-    .map(|(input, output)| {
-        report.input_stream = Some(input.clone());
-        report.output_stream = Some(output.clone());
-        output
-    });
-
-    // Bucket.
-    let bucket = bucket::ensure(&clients, &names.bucket, owner, config.delivery.expire_after_days).await;
-    let bucket_ready = record(&mut report, BUCKET_READY, bucket, |bucket| format!("S3 bucket {} is private and encrypted", bucket.name));
-    if let Some(bucket) = &bucket_ready {
-        report.bucket = Some(bucket.clone());
+    }) {
+        report.input_stream = Some(input);
+        report.output_stream = Some(output);
     }
 
-    // Catalog: needs only the bucket's name, so it proceeds while the delivery waits.
-    let catalog = ensure_catalog(&clients, &config, &context.aws.target.account_id).await;
+    let bucket = bucket::ensure(&clients, &names.bucket, &names.owner, config.delivery.expire_after_days).await;
+    report.bucket = record(&mut report, BUCKET_READY, bucket, |bucket| format!("S3 bucket {} is private and encrypted", bucket.name));
+
+    // The catalog needs only the bucket's name, so it proceeds while the delivery waits.
+    let catalog = ensure_catalog(&clients, &config, account_id).await;
     if let Some((database, table)) = record(&mut report, CATALOG_READY, catalog, |(database, table)| {
         format!("Glue table {}.{} is ready for Athena", database.name, table.name)
     }) {
@@ -223,40 +246,54 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
         report.glue_table = Some(table);
     }
 
-    // Delivery: needs the output stream, the bucket and the catalog (for Parquet conversion).
-    match (streams_ready, bucket_ready) {
-        _ if config.delivery.writer == DeliveryWriter::Aggregator => {
-            report.without_firehose = true;
-            let direct = without_firehose(&clients, names).await;
-            record(&mut report, DELIVERY_READY, direct, |()| {
-                "the aggregator writes Parquet files into the bucket itself (no Firehose)".to_owned()
-            });
-        }
-        (Some(output), Some(bucket)) => {
-            let delivery = ensure_delivery(&clients, &config, &context.aws.target.account_id, &output, &bucket).await;
-            if let Some((role, stream)) = record(&mut report, DELIVERY_READY, delivery, |(_, stream)| {
-                format!("Firehose delivery stream {} writes to the bucket", stream.name)
-            }) {
-                report.firehose_role = Some(role);
-                report.delivery_stream = Some(stream);
-            }
-        }
-        _ => report.parts.push((DELIVERY_READY, PartState::Pending("waiting for the output stream and the bucket".into()))),
-    }
-
-    // Aggregator: reads the input stream, writes the output stream, checkpoints in the bucket.
-    if report.input_stream.is_some() && report.bucket.is_some() {
-        let aggregator = workload::ensure(&context.client, pipeline, &config, &context.settings.workload).await;
-        // Replica counts are worth showing while the rollout is still pending.
-        report.aggregator = aggregator.as_ref().ok().map(|(aggregator, _)| aggregator.clone());
-        record(&mut report, AGGREGATOR_READY, aggregator, |aggregator| match config.aggregator.replicas {
-            0 => format!("aggregator {} is paused (replicas: 0)", aggregator.deployment),
-            _ => format!("aggregator {} is running", aggregator.deployment),
-        });
-    } else {
-        report.parts.push((AGGREGATOR_READY, PartState::Pending("waiting for the streams and the bucket".into())));
-    }
+    provision_delivery(&mut report, &clients, &config, account_id).await;
+    provision_aggregator(&mut report, pipeline, &config, context).await;
     report
+}
+
+async fn ensure_streams(clients: &AwsClients, config: &PipelineConfig) -> Result<((AwsResourceRef, AwsResourceRef), Outcome), Error> {
+    let (names, owner) = (&config.names, config.names.owner.as_str());
+    let (input, mut outcome) = streams::ensure(clients, &names.input_stream, owner, &config.input_stream).await?;
+    let (output, output_outcome) = streams::ensure(clients, &names.output_stream, owner, &config.output_stream).await?;
+    outcome.merge(output_outcome);
+    Ok(((input, output), outcome))
+}
+
+/// The delivery needs the output stream, the bucket and the catalog (for Parquet conversion);
+/// with the aggregator writing the files there is none.
+async fn provision_delivery(report: &mut Report, clients: &AwsClients, config: &PipelineConfig, account_id: &str) {
+    if config.delivery.writer == DeliveryWriter::Aggregator {
+        report.without_firehose = true;
+        let direct = without_firehose(clients, &config.names).await;
+        record(report, DELIVERY_READY, direct, |()| "the aggregator writes Parquet files into the bucket itself (no Firehose)".to_owned());
+        return;
+    }
+    let (Some(output), Some(bucket)) = (report.output_stream.clone(), report.bucket.clone()) else {
+        report.parts.push((DELIVERY_READY, PartState::Pending("waiting for the output stream and the bucket".into())));
+        return;
+    };
+    let delivery = ensure_delivery(clients, config, account_id, &output, &bucket).await;
+    if let Some((role, stream)) =
+        record(report, DELIVERY_READY, delivery, |(_, stream)| format!("Firehose delivery stream {} writes to the bucket", stream.name))
+    {
+        report.firehose_role = Some(role);
+        report.delivery_stream = Some(stream);
+    }
+}
+
+/// The aggregator reads the input stream, writes the output stream and checkpoints in the bucket.
+async fn provision_aggregator(report: &mut Report, pipeline: &MetricsPipeline, config: &PipelineConfig, context: &Context) {
+    if report.input_stream.is_none() || report.bucket.is_none() {
+        report.parts.push((AGGREGATOR_READY, PartState::Pending("waiting for the streams and the bucket".into())));
+        return;
+    }
+    let aggregator = workload::ensure(&context.client, pipeline, config, &context.settings.workload).await;
+    // Replica counts are worth showing while the rollout is still pending.
+    report.aggregator = aggregator.as_ref().ok().map(|(aggregator, _)| aggregator.clone());
+    record(report, AGGREGATOR_READY, aggregator, |aggregator| match config.aggregator.replicas {
+        0 => format!("aggregator {} is paused (replicas: 0)", aggregator.deployment),
+        _ => format!("aggregator {} is running", aggregator.deployment),
+    });
 }
 
 /// Files one part's result into the report; returns its value when the part is ready.
@@ -288,9 +325,11 @@ fn record<T>(
     }
 }
 
-type Refs = metrics_pipeline_crds::pipeline::AwsResourceRef;
-
-async fn ensure_catalog(clients: &AwsClients, config: &PipelineConfig, account_id: &str) -> Result<((Refs, Refs), Outcome), Error> {
+async fn ensure_catalog(
+    clients: &AwsClients,
+    config: &PipelineConfig,
+    account_id: &str,
+) -> Result<((AwsResourceRef, AwsResourceRef), Outcome), Error> {
     let names = &config.names;
     let (database, mut outcome) = catalog::ensure_database(clients, &names.glue_database, &names.owner, account_id).await?;
     let spec = catalog::TableSpec {
@@ -310,9 +349,9 @@ async fn ensure_delivery(
     clients: &AwsClients,
     config: &PipelineConfig,
     account_id: &str,
-    output: &Refs,
-    bucket: &Refs,
-) -> Result<((Refs, Refs), Outcome), Error> {
+    output: &AwsResourceRef,
+    bucket: &AwsResourceRef,
+) -> Result<((AwsResourceRef, AwsResourceRef), Outcome), Error> {
     let names = &config.names;
     let (output_arn, bucket_arn) = (output.arn.clone().unwrap_or_default(), bucket.arn.clone().unwrap_or_default());
     let scope = role::PolicyScope {
@@ -356,23 +395,14 @@ async fn without_firehose(clients: &AwsClients, names: &PipelineNames) -> Result
 /// it is gone. With `deletionPolicy: Retain` the bucket and the catalog stay.
 async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context: &Context) -> Result<Action, Error> {
     let spec = &pipeline.spec;
-    let Some(region) = spec.region.clone().or_else(|| context.aws.target.default_region.clone()) else {
+    let Some(region) = spec.region.clone().or_else(|| context.account.target.default_region.clone()) else {
         return Ok(Action::await_change());
     };
     let deleting = MetricsPipelineStatus { phase: Some(Phase::Deleting), ..pipeline.status.clone().unwrap_or_default() };
     write_status(api, &pipeline.name_any(), &deleting).await?;
 
-    let names = PipelineNames::derive(&NameInputs {
-        namespace: &pipeline.namespace().unwrap_or_default(),
-        name: &pipeline.name_any(),
-        name_prefix: spec.name_prefix.as_deref(),
-        bucket_name: spec.delivery.bucket_name.as_deref(),
-        glue_database: spec.catalog.database.as_deref(),
-        glue_table: spec.catalog.table.as_deref(),
-        account_id: &context.aws.target.account_id,
-        region: &region,
-    });
-    let clients = context.aws.clients(&region);
+    let names = PipelineNames::of(pipeline, &context.account.target.account_id, &region);
+    let clients = context.account.clients(&region);
     let owner = names.owner.as_str();
     let retain = spec.deletion_policy == DeletionPolicy::Retain;
 

@@ -1,9 +1,17 @@
 //! What can go wrong in a reconcile, sorted by who must act: the user (terminal: the spec or
 //! something outside the operator must change) or time (retryable: throttling, outages, AWS
-//! still creating something).
+//! still creating something). AWS failures keep the SDK's error as their source and say what
+//! kind of failure it was.
 
-use metrics_pipeline_crds::naming::OWNER_TAG;
-use metrics_pipeline_crds::validation::ValidationErrors;
+use std::fmt;
+
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use metrics_pipeline_api::naming::OWNER_TAG;
+use metrics_pipeline_api::validation::ValidationErrors;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -11,25 +19,179 @@ pub enum Error {
     InvalidSpec(ValidationErrors),
 
     #[error(
-        "{kind} `{name}` already exists and is not this pipeline's (its {OWNER_TAG} tag is {}, not `{owner}`); \
-         the operator never takes over what it did not create: choose other names (spec.namePrefix, \
-         spec.delivery.bucketName, spec.catalog) or remove that {kind}",
-        found.as_deref().map_or("missing".to_owned(), |found| format!("`{found}`"))
+        "{kind} `{name}` already exists and is not this pipeline's ({holder}); the operator never takes over what it did not \
+         create: choose other names (spec.namePrefix, spec.delivery.bucketName, spec.catalog) or remove that {kind}"
     )]
-    NotOwned { kind: &'static str, name: String, owner: String, found: Option<String> },
+    NotOwned { kind: &'static str, name: String, holder: Holder },
 
-    #[error("{action}: {message}")]
-    Aws { action: String, message: String, retryable: bool },
+    #[error(transparent)]
+    Aws(Box<AwsError>),
 
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 
+    /// The finalizer helper refused the object itself (no name, a malformed finalizer).
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 
-    /// Deletion started and AWS is still removing these.
+    /// Deletion started and AWS or Kubernetes is still removing these: expected, not a failure.
     #[error("waiting for the deletion of {0}")]
     Deleting(String),
+}
+
+/// Who holds a resource found under one of this pipeline's names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// Another pipeline's value of the ownership tag.
+    Pipeline(String),
+    /// No ownership tag: made by hand, or by another tool.
+    Untagged,
+    /// Another AWS account (S3 bucket names are global).
+    OtherAccount,
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pipeline(owner) => write!(f, "its {OWNER_TAG} tag names pipeline `{owner}`"),
+            Self::Untagged => write!(f, "it has no {OWNER_TAG} tag, so something else made it"),
+            Self::OtherAccount => f.write_str("another AWS account owns it: S3 answers 403 Forbidden for it"),
+        }
+    }
+}
+
+/// What kind of refusal or failure an AWS call met; decides whether waiting can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AwsErrorKind {
+    /// A request rate was exceeded: retry later.
+    Throttled,
+    /// An account or resource quota is used up: someone must raise it or free capacity.
+    QuotaExceeded,
+    /// What was asked for does not exist (where its absence is unexpected).
+    NotFound,
+    /// The resource is being changed by another operation: retry when it is done.
+    Busy,
+    /// The credentials may not do this: a policy must change.
+    AccessDenied,
+    /// AWS refused the request as written.
+    InvalidRequest,
+    /// The service could not be reached, timed out or failed on its side.
+    Unavailable,
+}
+
+impl AwsErrorKind {
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Throttled | Self::NotFound | Self::Busy | Self::Unavailable)
+    }
+
+    /// The kind of a service's error code (the codes of Kinesis, S3, IAM, Firehose, Glue and STS).
+    pub fn of_code(code: &str) -> Self {
+        match code {
+            "Throttling"
+            | "ThrottlingException"
+            | "TooManyRequestsException"
+            | "RequestLimitExceeded"
+            | "SlowDown"
+            | "ProvisionedThroughputExceededException"
+            | "LimitExceededException" => Self::Throttled,
+            "LimitExceeded" | "ServiceQuotaExceededException" | "ResourceNumberLimitExceededException" | "TooManyBuckets" => {
+                Self::QuotaExceeded
+            }
+            "ResourceInUseException"
+            | "ConcurrentModificationException"
+            | "ConcurrentModification"
+            | "OperationAbortedException"
+            | "OperationAborted"
+            | "ConflictException" => Self::Busy,
+            "AccessDenied"
+            | "AccessDeniedException"
+            | "UnauthorizedOperation"
+            | "InvalidClientTokenId"
+            | "ExpiredToken"
+            | "ExpiredTokenException"
+            | "SignatureDoesNotMatch" => Self::AccessDenied,
+            "ServiceUnavailable"
+            | "ServiceUnavailableException"
+            | "InternalFailure"
+            | "InternalError"
+            | "InternalServiceError"
+            | "InternalServiceException"
+            | "KMSThrottlingException" => Self::Unavailable,
+            code if code.starts_with("NoSuch") || code.contains("NotFound") => Self::NotFound,
+            _ => Self::InvalidRequest,
+        }
+    }
+}
+
+/// One failed AWS call: what the operator was doing, what AWS said, and the SDK's error.
+#[derive(Debug)]
+pub struct AwsError {
+    pub action: String,
+    pub kind: AwsErrorKind,
+    /// The service's error code, when the service answered.
+    pub code: Option<String>,
+    pub message: String,
+    pub source: Option<BoxError>,
+}
+
+impl fmt::Display for AwsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.code {
+            Some(code) => write!(f, "{}: {code}: {}", self.action, self.message),
+            None => write!(f, "{}: {}", self.action, self.message),
+        }
+    }
+}
+
+impl std::error::Error for AwsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl AwsError {
+    /// A failure AWS reported without an SDK error to keep (a per-entry error of a batch call).
+    pub fn new(action: impl Into<String>, kind: AwsErrorKind, code: Option<String>, message: impl Into<String>) -> Self {
+        Self { action: action.into(), kind, code, message: message.into(), source: None }
+    }
+
+    /// Classifies a failed call made while doing `action`.
+    pub fn from_sdk<E>(action: impl Into<String>, error: SdkError<E, HttpResponse>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let action = action.into();
+        let (kind, code, message) = match &error {
+            SdkError::ServiceError(service) => {
+                let code = service.err().code().map(str::to_owned);
+                let status = service.raw().status().as_u16();
+                let kind = match code.as_deref() {
+                    Some(code) => AwsErrorKind::of_code(code),
+                    // S3's HEAD answers carry no body, so no code: the status says it.
+                    None if status == 404 => AwsErrorKind::NotFound,
+                    None if status == 403 => AwsErrorKind::AccessDenied,
+                    None if status == 503 || status == 429 => AwsErrorKind::Throttled,
+                    None if status >= 500 => AwsErrorKind::Unavailable,
+                    None => AwsErrorKind::InvalidRequest,
+                };
+                let message = service.err().message().map_or_else(|| format!("HTTP {status}"), str::to_owned);
+                (kind, code, message)
+            }
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => (
+                AwsErrorKind::Unavailable,
+                None,
+                format!("the service could not be reached: {}", aws_smithy_types::error::display::DisplayErrorContext(&error)),
+            ),
+            _ => (AwsErrorKind::InvalidRequest, None, aws_smithy_types::error::display::DisplayErrorContext(&error).to_string()),
+        };
+        Self { action, kind, code, message, source: Some(Box::new(error)) }
+    }
+}
+
+impl From<AwsError> for Error {
+    fn from(error: AwsError) -> Self {
+        Self::Aws(Box::new(error))
+    }
 }
 
 impl Error {
@@ -37,21 +199,95 @@ impl Error {
     pub fn is_terminal(&self) -> bool {
         match self {
             Self::InvalidSpec(_) | Self::NotOwned { .. } => true,
-            Self::Aws { retryable, .. } => !retryable,
+            Self::Aws(error) => !error.kind.is_retryable(),
             Self::Kube(_) | Self::Finalizer(_) | Self::Deleting(_) => false,
         }
     }
 
-    /// A CamelCase reason for conditions, events and the error metric.
+    /// The AWS failure's kind, if this is one.
+    pub fn aws_kind(&self) -> Option<AwsErrorKind> {
+        match self {
+            Self::Aws(error) => Some(error.kind),
+            _ => None,
+        }
+    }
+
+    /// A CamelCase reason for conditions, events and the reconcile metric.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::InvalidSpec(_) => "InvalidSpec",
             Self::NotOwned { .. } => "NotOwned",
-            Self::Aws { retryable: true, .. } => "AwsUnavailable",
-            Self::Aws { retryable: false, .. } => "AwsRefused",
+            Self::Aws(error) if error.kind.is_retryable() => "AwsUnavailable",
+            Self::Aws(_) => "AwsRefused",
             Self::Kube(_) => "KubernetesError",
             Self::Finalizer(_) => "FinalizerError",
             Self::Deleting(_) => "Deleting",
         }
+    }
+}
+
+/// Turns an SDK call's result into the operator's, naming what was being done.
+pub trait AwsResultExt<T> {
+    /// Any failure is an [`Error::Aws`].
+    fn or_aws(self, action: impl FnOnce() -> String) -> Result<T, Error>;
+    /// `None` when AWS answers one of `absent` (the codes meaning "there is no such thing").
+    fn absent_on(self, absent: &[&str], action: impl FnOnce() -> String) -> Result<Option<T>, Error>;
+}
+
+impl<T, E> AwsResultExt<T> for Result<T, SdkError<E, HttpResponse>>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    fn or_aws(self, action: impl FnOnce() -> String) -> Result<T, Error> {
+        self.map_err(|error| AwsError::from_sdk(action(), error).into())
+    }
+
+    fn absent_on(self, absent: &[&str], action: impl FnOnce() -> String) -> Result<Option<T>, Error> {
+        match self {
+            Ok(value) => Ok(Some(value)),
+            Err(error) if error_code(&error).is_some_and(|code| absent.contains(&code)) => Ok(None),
+            Err(error) => Err(AwsError::from_sdk(action(), error).into()),
+        }
+    }
+}
+
+/// The service error code of a failed call.
+pub fn error_code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> Option<&str> {
+    match error {
+        SdkError::ServiceError(service) => service.err().code(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_sorted_into_kinds() {
+        let kinds = ["ThrottlingException", "LimitExceeded", "ResourceInUseException", "AccessDeniedException", "ValidationException"]
+            .map(AwsErrorKind::of_code);
+        use AwsErrorKind::*;
+        assert_eq!(kinds, [Throttled, QuotaExceeded, Busy, AccessDenied, InvalidRequest]);
+        assert_eq!(AwsErrorKind::of_code("NoSuchBucket"), NotFound);
+        assert_eq!(AwsErrorKind::of_code("EntityNotFoundException"), NotFound);
+    }
+
+    #[test]
+    fn an_aws_error_keeps_its_cause_and_says_what_was_being_done() {
+        let cause = std::io::Error::other("connection reset");
+        let error =
+            AwsError { source: Some(Box::new(cause)), ..AwsError::new("describing stream in", AwsErrorKind::Unavailable, None, "down") };
+        assert_eq!(error.to_string(), "describing stream in: down");
+        assert_eq!(std::error::Error::source(&error).map(ToString::to_string).as_deref(), Some("connection reset"));
+        assert!(!Error::from(error).is_terminal());
+    }
+
+    #[test]
+    fn a_foreign_resource_says_who_holds_it() {
+        let error = Error::NotOwned { kind: "S3 bucket", name: "b".into(), holder: Holder::OtherAccount };
+        let message = error.to_string();
+        assert!(message.starts_with("S3 bucket `b` already exists and is not this pipeline's (another AWS account owns it"), "{message}");
+        assert!(!message.contains("``"), "no empty name in the message: {message}");
     }
 }

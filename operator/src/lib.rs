@@ -5,6 +5,7 @@ pub mod aws;
 pub mod controller;
 pub mod error;
 pub mod leader;
+pub mod managed;
 pub mod metrics;
 pub mod status;
 pub mod workload;

@@ -10,15 +10,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use clap::Parser;
-use metrics_pipeline_crds::aws::sdk_config;
-use metrics_pipeline_crds::duration::parse_duration;
-use metrics_pipeline_crds::process::{LogFormat, init_logging, shutdown_signal};
-use metrics_pipeline_crds::validation::AwsTarget;
+use metrics_pipeline_api::config::AwsTarget;
+use metrics_pipeline_model::duration::parse_duration;
 use metrics_pipeline_operator::aws::AwsCalls;
-use metrics_pipeline_operator::controller::{Aws, Context, Settings, run};
+use metrics_pipeline_operator::controller::{AwsAccount, Context, Settings, run};
 use metrics_pipeline_operator::leader::{LeaderElector, LeaseSettings};
 use metrics_pipeline_operator::metrics::Metrics;
 use metrics_pipeline_operator::workload::WorkloadSettings;
+use metrics_pipeline_runtime::process::{LogFormat, init_logging, shutdown_signal};
+use metrics_pipeline_runtime::sdk::sdk_config;
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -95,7 +95,7 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
         credentials_secret: cli.aggregator_credentials_secret,
     };
     let settings = Settings { resync: cli.resync_period, workload, ..Settings::default() };
-    let context = Arc::new(Context::new(client, Aws::new(sdk, target, calls), metrics.clone(), settings));
+    let context = Arc::new(Context::new(client, AwsAccount::new(sdk, target, calls), metrics.clone(), settings));
 
     let router = Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", get(move || async move { metrics.encode() }));
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;

@@ -2,7 +2,7 @@
 //! a phase, and every name and ARN. Pure, so every combination is unit-tested.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use metrics_pipeline_crds::pipeline::{AggregatorStatus, AwsResourceRef, MetricsPipelineStatus, Phase};
+use metrics_pipeline_api::pipeline::{AggregatorStatus, AwsResourceRef, MetricsPipelineStatus, Phase};
 
 use crate::error::Error;
 
@@ -168,9 +168,14 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
 
 #[cfg(test)]
 mod tests {
-    use metrics_pipeline_crds::validation::{FieldError, ValidationErrors};
+    use metrics_pipeline_api::validation::{FieldError, ValidationErrors};
 
     use super::*;
+    use crate::error::{AwsError, AwsErrorKind, Holder};
+
+    fn outage(action: &str, message: &str) -> Error {
+        AwsError::new(action, AwsErrorKind::Unavailable, None, message).into()
+    }
 
     fn at(seconds: i64) -> Time {
         Time(jiff::Timestamp::from_second(seconds).unwrap())
@@ -200,12 +205,13 @@ mod tests {
             delivery_stream: named("s"),
             ..MetricsPipelineStatus::default()
         };
-        let outage = Error::Aws { action: "describing stream in".into(), message: "unreachable".into(), retryable: true };
-        let failed = Report { parts: vec![(STREAMS_READY, PartState::Failed(outage))], ..Report::default() };
-        assert_eq!(build(&failed, Some(2), Some(&updating), at(10)).phase, Some(Phase::Degraded));
+        let failed = || Report {
+            parts: vec![(STREAMS_READY, PartState::Failed(outage("describing stream in", "unreachable")))],
+            ..Report::default()
+        };
+        assert_eq!(build(&failed(), Some(2), Some(&updating), at(10)).phase, Some(Phase::Degraded));
         let never_ready = MetricsPipelineStatus { delivery_stream: None, ..updating };
-        let outage = Error::Aws { action: "describing stream in".into(), message: "unreachable".into(), retryable: true };
-        let failed = Report { parts: vec![(STREAMS_READY, PartState::Failed(outage))], ..Report::default() };
+        let failed = failed();
         assert_eq!(build(&failed, Some(1), Some(&never_ready), at(10)).phase, Some(Phase::Provisioning), "still coming up");
     }
 
@@ -252,10 +258,7 @@ mod tests {
     #[test]
     fn an_outage_after_ready_degrades_and_before_ready_still_provisions() {
         let mut report = ready_report();
-        report.parts.push((
-            DELIVERY_READY,
-            PartState::Failed(Error::Aws { action: "describing x".into(), message: "down".into(), retryable: true }),
-        ));
+        report.parts.push((DELIVERY_READY, PartState::Failed(outage("describing x", "down"))));
         let before = build(&report, Some(1), None, at(100));
         assert_eq!(before.phase, Some(Phase::Provisioning));
         let was_ready = build(&ready_report(), Some(1), None, at(100));
@@ -281,11 +284,10 @@ mod tests {
     #[test]
     fn a_terminal_failure_outranks_a_retryable_one() {
         let mut report = ready_report();
-        report.parts.push((DELIVERY_READY, PartState::Failed(Error::Aws { action: "a".into(), message: "b".into(), retryable: true })));
-        report.parts.push((
-            CATALOG_READY,
-            PartState::Failed(Error::NotOwned { kind: "Glue table", name: "d.t".into(), owner: "ns/p".into(), found: None }),
-        ));
+        report.parts.push((DELIVERY_READY, PartState::Failed(outage("a", "b"))));
+        report
+            .parts
+            .push((CATALOG_READY, PartState::Failed(Error::NotOwned { kind: "Glue table", name: "d.t".into(), holder: Holder::Untagged })));
         assert_eq!(report.verdict(), Verdict::Terminal);
     }
 }

@@ -8,22 +8,27 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
-use k8s_openapi::api::core::v1::{ResourceRequirements, ServiceAccount};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext, ServiceAccount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
-use metrics_pipeline_crds::naming::OWNER_TAG;
-use metrics_pipeline_crds::pipeline::{AggregatorStatus, Compression, DeliveryWriter, MetricsPipeline};
-use metrics_pipeline_crds::validation::PipelineConfig;
-use serde_json::json;
+use metrics_pipeline_api::MetricsPipeline;
+use metrics_pipeline_api::config::PipelineConfig;
+use metrics_pipeline_api::naming::OWNER_TAG;
+use metrics_pipeline_api::pipeline::{AggregatorStatus, Compression, DeliveryWriter, LogLevel};
 
-use crate::aws::{MANAGED_BY, MANAGED_BY_TAG, Outcome, check_owner};
-use crate::controller::FIELD_MANAGER;
 use crate::error::Error;
+use crate::managed::{FIELD_MANAGER, MANAGED_BY_KEY, Outcome, check_owner, holder};
 
 /// The aggregator's container port for /healthz, /readyz and /metrics.
 pub const METRICS_PORT: i32 = 8080;
-/// The container the pod template runs; the local runner looks it up by this name.
+/// The one container of the aggregator's pod.
 pub const CONTAINER: &str = "aggregator";
 /// Labels selecting the aggregator's pods: the component, and the pipeline it serves.
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
@@ -63,14 +68,13 @@ impl Default for WorkloadSettings {
 
 /// The ServiceAccount and Deployment a pipeline should have.
 pub fn desired(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &WorkloadSettings) -> (ServiceAccount, Deployment) {
-    let name = &config.names.aggregator;
-    let spec = &config.aggregator;
-    let aggregation = &pipeline.spec.aggregation;
     let selector = BTreeMap::from([(NAME_LABEL.to_owned(), AGGREGATOR_APP.to_owned()), (INSTANCE_LABEL.to_owned(), pipeline.name_any())]);
     let mut labels = selector.clone();
-    labels.insert(MANAGED_BY_TAG.to_owned(), MANAGED_BY.to_owned());
+    labels.insert(MANAGED_BY_KEY.to_owned(), FIELD_MANAGER.to_owned());
+    // Owned by the pipeline (garbage-collected with it), and marked with the ownership annotation
+    // (an object of the same name made by someone else is never taken over).
     let metadata = |annotations: BTreeMap<String, String>| ObjectMeta {
-        name: Some(name.clone()),
+        name: Some(config.names.aggregator.clone()),
         namespace: pipeline.namespace(),
         labels: Some(labels.clone()),
         annotations: Some(annotations),
@@ -78,11 +82,97 @@ pub fn desired(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &W
         ..ObjectMeta::default()
     };
     let ownership = BTreeMap::from([(OWNER_TAG.to_owned(), config.names.owner.clone())]);
-
-    let mut service_account_annotations = spec.service_account_annotations.clone();
+    let mut service_account_annotations = config.aggregator.service_account_annotations.clone();
     service_account_annotations.extend(ownership.clone());
     let service_account = ServiceAccount { metadata: metadata(service_account_annotations), ..ServiceAccount::default() };
+    let deployment = Deployment {
+        metadata: metadata(ownership),
+        spec: Some(DeploymentSpec {
+            replicas: Some(config.aggregator.replicas),
+            // Two aggregators would read the same shards and emit every window twice: the old
+            // pod stops (and checkpoints) before the new one starts.
+            strategy: Some(DeploymentStrategy { type_: Some("Recreate".into()), ..DeploymentStrategy::default() }),
+            selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels.clone()), ..ObjectMeta::default() }),
+                spec: Some(pod(pipeline, config, settings)),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    (service_account, deployment)
+}
 
+/// The aggregator's pod: non-root on a read-only filesystem, no Kubernetes token, probes.
+fn pod(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &WorkloadSettings) -> PodSpec {
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String("metrics".into()), ..HTTPGetAction::default() }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(config.aggregator.image.clone().unwrap_or_else(|| settings.default_image.clone())),
+        command: Some(vec!["metrics-aggregator".into()]),
+        args: Some(vec!["run".into()]),
+        env: Some(aggregator_env(pipeline, config, settings)),
+        env_from: settings.credentials_secret.as_ref().map(|secret| {
+            vec![EnvFromSource {
+                secret_ref: Some(SecretEnvSource { name: secret.clone(), ..SecretEnvSource::default() }),
+                ..EnvFromSource::default()
+            }]
+        }),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".into()),
+            container_port: METRICS_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(probe("/readyz", 5)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        resources: Some(config.aggregator.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    PodSpec {
+        service_account_name: Some(config.names.aggregator.clone()),
+        // The aggregator never calls the Kubernetes API; IRSA mounts its own token.
+        automount_service_account_token: Some(false),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(NON_ROOT_UID),
+            run_as_group: Some(NON_ROOT_UID),
+            // Lets the non-root user read the projected IRSA token.
+            fs_group: Some(NON_ROOT_UID),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+            ..PodSecurityContext::default()
+        }),
+        containers: vec![container],
+        ..PodSpec::default()
+    }
+}
+
+/// The aggregator's configuration, as its flags' environment variables: a change of any of them
+/// changes the pod template, so the Deployment rolls.
+fn aggregator_env(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &WorkloadSettings) -> Vec<EnvVar> {
+    // As the user wrote them (`1m`, not a number of milliseconds), for `kubectl describe`.
+    let aggregation = &pipeline.spec.aggregation;
+    let log_level = match config.aggregator.log_level {
+        LogLevel::Error => "error",
+        LogLevel::Warn => "warn",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+        LogLevel::Trace => "trace",
+    };
     let mut env = vec![
         ("AWS_REGION", config.region.clone()),
         ("AGGREGATOR_INPUT_STREAM", config.names.input_stream.clone()),
@@ -92,7 +182,7 @@ pub fn desired(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &W
         ("AGGREGATOR_OUT_OF_ORDERNESS", aggregation.out_of_orderness.clone()),
         ("AGGREGATOR_ALLOWED_LATENESS", aggregation.allowed_lateness.clone()),
         ("AGGREGATOR_IDLE_TIMEOUT", aggregation.idle_timeout.clone()),
-        ("AGGREGATOR_LOG_LEVEL", serde_json::to_value(spec.log_level).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
+        ("AGGREGATOR_LOG_LEVEL", log_level.to_owned()),
         ("AGGREGATOR_LOG_FORMAT", "json".to_owned()),
         ("AGGREGATOR_LISTEN", format!("0.0.0.0:{METRICS_PORT}")),
     ];
@@ -107,63 +197,18 @@ pub fn desired(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &W
         };
         env.push(("AGGREGATOR_PARQUET", codec.to_owned()));
     }
-    let env: Vec<_> = env.into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect();
-    let resources = spec.resources.clone().unwrap_or_else(default_resources);
-    let probe = |path: &str, period: i32| json!({"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": period, "failureThreshold": 3, "timeoutSeconds": 2});
-    let deployment = json!({
-        "spec": {
-            "replicas": spec.replicas,
-            // Two aggregators would read the same shards and emit every window twice: the old
-            // pod stops (and checkpoints) before the new one starts.
-            "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "serviceAccountName": name,
-                    // The aggregator never calls the Kubernetes API; IRSA mounts its own token.
-                    "automountServiceAccountToken": false,
-                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": NON_ROOT_UID,
-                        "runAsGroup": NON_ROOT_UID,
-                        // Lets the non-root user read the projected IRSA token.
-                        "fsGroup": NON_ROOT_UID,
-                        "seccompProfile": {"type": "RuntimeDefault"}
-                    },
-                    "containers": [{
-                        "name": CONTAINER,
-                        "image": spec.image.clone().unwrap_or_else(|| settings.default_image.clone()),
-                        "command": ["metrics-aggregator"],
-                        "args": ["run"],
-                        "env": env,
-                        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-                        "readinessProbe": probe("/readyz", 5),
-                        "livenessProbe": probe("/healthz", 10),
-                        "resources": resources,
-                        "securityContext": {
-                            "allowPrivilegeEscalation": false,
-                            "readOnlyRootFilesystem": true,
-                            "capabilities": {"drop": ["ALL"]}
-                        }
-                    }]
-                }
-            }
-        }
-    });
-    let mut deployment: Deployment = serde_json::from_value(deployment).expect("a well-formed Deployment");
-    if let Some(secret) = &settings.credentials_secret {
-        let container = &mut deployment.spec.as_mut().and_then(|spec| spec.template.spec.as_mut()).expect("built above").containers[0];
-        container.env_from = Some(vec![serde_json::from_value(json!({"secretRef": {"name": secret}})).expect("a well-formed envFrom")]);
-    }
-    deployment.metadata = metadata(ownership);
-    (service_account, deployment)
+    env.into_iter().map(|(name, value)| EnvVar { name: name.into(), value: Some(value), ..EnvVar::default() }).collect()
 }
 
 /// Enough for one shard's worth of events; the spec overrides it.
 fn default_resources() -> ResourceRequirements {
-    serde_json::from_value(json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}})).expect("valid quantities")
+    let quantities =
+        |pairs: &[(&str, &str)]| pairs.iter().map(|(name, quantity)| (name.to_string(), Quantity(quantity.to_string()))).collect();
+    ResourceRequirements {
+        requests: Some(quantities(&[("cpu", "100m"), ("memory", "64Mi")])),
+        limits: Some(quantities(&[("memory", "256Mi")])),
+        ..ResourceRequirements::default()
+    }
 }
 
 /// Applies the workload and reports how far the Deployment's rollout is.
@@ -220,8 +265,11 @@ pub fn rollout_pending(replicas: i32, generation: Option<i64>, status: Option<&D
 /// Objects under our names must carry our ownership annotation, as AWS resources carry our tag.
 fn check_kubernetes_owner(kind: &'static str, metadata: Option<&ObjectMeta>, owner: &str) -> Result<(), Error> {
     let Some(metadata) = metadata else { return Ok(()) };
-    let annotations = metadata.annotations.iter().flatten().map(|(key, value)| (key.as_str(), value.as_str()));
-    check_owner(kind, &metadata.name.clone().unwrap_or_default(), owner, annotations)
+    check_owner(kind, &metadata.name.clone().unwrap_or_default(), owner, annotations(metadata))
+}
+
+fn annotations(metadata: &ObjectMeta) -> impl Iterator<Item = (&str, &str)> {
+    metadata.annotations.iter().flatten().map(|(key, value)| (key.as_str(), value.as_str()))
 }
 
 /// Stops the aggregator before the streams and the bucket it uses go away: deletes the
@@ -231,7 +279,7 @@ pub async fn delete(client: &Client, namespace: &str, name: &str, owner: &str) -
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let service_accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let deployment = deployments.get_opt(name).await?;
-    let ours = deployment.as_ref().filter(|d| check_kubernetes_owner("Deployment", Some(&d.metadata), owner).is_ok());
+    let ours = deployment.as_ref().filter(|d| holder(owner, annotations(&d.metadata)).is_none());
     if let Some(deployment) = ours {
         if deployment.metadata.deletion_timestamp.is_none() {
             deployments.delete(name, &DeleteParams::foreground()).await?;
@@ -239,7 +287,7 @@ pub async fn delete(client: &Client, namespace: &str, name: &str, owner: &str) -
         return Ok(false);
     }
     if let Some(service_account) = service_accounts.get_opt(name).await?
-        && check_kubernetes_owner("ServiceAccount", Some(&service_account.metadata), owner).is_ok()
+        && holder(owner, annotations(&service_account.metadata)).is_none()
     {
         service_accounts.delete(name, &DeleteParams::default()).await?;
     }
@@ -248,7 +296,9 @@ pub async fn delete(client: &Client, namespace: &str, name: &str, owner: &str) -
 
 #[cfg(test)]
 mod tests {
-    use metrics_pipeline_crds::validation::{AwsTarget, validate};
+    use metrics_pipeline_api::config::AwsTarget;
+    use metrics_pipeline_api::validation::validate;
+    use serde_json::json;
 
     use super::*;
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, bail};
 use aws_sdk_firehose::types::{CompressionFormat, ProcessorParameterName, ProcessorType};
 use aws_sdk_kinesis::types::ShardIteratorType;
-use metrics_pipeline_operator::aws::delivery::{DeliverySettings, observed};
+use metrics_pipeline_operator::aws::delivery::{DeliverySettings, settings_of};
 
 /// Firehose's name for the error output type of records dynamic partitioning could not key.
 const PROCESSING_FAILED: &str = "processing-failed";
@@ -48,7 +48,7 @@ impl DeliveryStandIn {
             .with_context(|| format!("describing delivery stream {name}"))?
             .delivery_stream_description
             .context("no description")?;
-        let settings = observed(&description).context("not a Kinesis-sourced extended S3 delivery stream")?;
+        let settings = settings_of(&description).context("not a Kinesis-sourced extended S3 delivery stream")?;
         let conversion = match &settings.parquet {
             None => None,
             Some(parquet) => {
@@ -68,7 +68,7 @@ impl DeliveryStandIn {
             name: name.to_owned(),
             settings,
             kinesis: aws_sdk_kinesis::Client::new(sdk),
-            s3: metrics_pipeline_crds::aws::s3_client(sdk),
+            s3: metrics_pipeline_runtime::sdk::s3_client(sdk),
             positions: BTreeMap::new(),
             buffers_written: 0,
         })

@@ -4,7 +4,7 @@
 
 pub mod chart;
 pub mod delivery;
-pub mod kubelet;
+pub mod local_runner;
 pub mod parquet;
 pub mod query;
 pub mod quickstart;
@@ -19,7 +19,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
-use metrics_pipeline_crds::crd::crd;
+use metrics_pipeline_api::crd::crd;
 
 /// Field manager of everything the tests apply.
 pub const FIELD_MANAGER: &str = "metrics-pipeline-tests";
@@ -93,24 +93,4 @@ pub fn pipe_through(program: &str, args: &[&str], input: &[u8]) -> anyhow::Resul
         bail!("{program}: {}", String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(output.stdout)
-}
-
-/// A TCP port free on 127.0.0.1 right now.
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Stops a process as Kubernetes does: SIGTERM, then SIGKILL after `grace`. Returns its exit
-/// status when it stopped on SIGTERM.
-pub async fn terminate(child: &mut tokio::process::Child, grace: Duration) -> Option<std::process::ExitStatus> {
-    if let Some(pid) = child.id() {
-        let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-    }
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => status.ok(),
-        Err(_) => {
-            let _ = child.kill().await;
-            None
-        }
-    }
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use arrow_array::{Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use aws_sdk_glue::types::Column;
-use metrics_pipeline_crds::event::EventTime;
+use metrics_pipeline_model::event::EventTime;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, GzipLevel};

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, bail, ensure};
 use aws_sdk_glue::types::Column;
-use metrics_pipeline_crds::event::EventTime;
+use metrics_pipeline_model::event::EventTime;
 use serde_json::Value;
 
 const JSON_SERDE: &str = "org.openx.data.jsonserde.JsonSerDe";
@@ -21,7 +21,7 @@ pub struct QueryCheck {
 
 impl QueryCheck {
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
-        Self { glue: aws_sdk_glue::Client::new(sdk), s3: metrics_pipeline_crds::aws::s3_client(sdk) }
+        Self { glue: aws_sdk_glue::Client::new(sdk), s3: metrics_pipeline_runtime::sdk::s3_client(sdk) }
     }
 
     /// `SELECT * FROM database.table WHERE <partition key> = value`, every row checked.

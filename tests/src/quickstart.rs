@@ -16,17 +16,18 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
 use metrics_aggregator::sink::KinesisSink;
-use metrics_pipeline_crds::aws::sdk_config;
-use metrics_pipeline_crds::event::{EventTime, MetricAggregate, MetricEvent, deduplicate};
-use metrics_pipeline_crds::pipeline::{DeliveryWriter, Phase};
-use metrics_pipeline_crds::{MetricsPipeline, MetricsPipelineStatus};
+use metrics_pipeline_api::pipeline::{DeliveryWriter, Phase};
+use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
+use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent, deduplicate};
 use metrics_pipeline_operator::workload::aggregator_selector;
+use metrics_pipeline_runtime::sdk::sdk_config;
+use metrics_pipeline_test_support::{free_port, terminate, wait_for};
 use tokio::process::{Child, Command};
 
 use crate::delivery::DeliveryStandIn;
-use crate::kubelet::{LocalKubelet, workspace_bin_dir};
+use crate::local_runner::{LocalRunner, workspace_bin_dir};
 use crate::query::{QueryCheck, Row};
-use crate::{FIELD_MANAGER, free_port, install_crd, repo_path, terminate};
+use crate::{FIELD_MANAGER, install_crd, repo_path};
 
 pub const COMPONENTS: [&str; 2] = ["user-service", "order-service"];
 /// The columns the quickstart shows, as the Glue table names them.
@@ -54,7 +55,7 @@ pub const IN_CLUSTER_ENV: &str = "METRICS_PIPELINE_E2E_IN_CLUSTER";
 /// The operator and the aggregator's pods as local processes, or nothing when the cluster runs them.
 struct LocalPrograms {
     operator: Child,
-    kubelet: LocalKubelet,
+    runner: LocalRunner,
 }
 
 /// `examples/pipeline.yaml`, what the quickstart runs.
@@ -79,8 +80,8 @@ pub async fn run(
             install_crd(client).await?;
             progress(format!("starting the operator (log: {})", log_dir.join("operator.log").display()));
             let operator = start_operator(&bin_dir, namespace, log_dir)?;
-            let kubelet = LocalKubelet::start(client, namespace, &aggregator_selector(), bin_dir, log_dir.to_path_buf()).await?;
-            Some(LocalPrograms { operator, kubelet })
+            let runner = LocalRunner::start(client, namespace, &aggregator_selector(), bin_dir, log_dir.to_path_buf()).await?;
+            Some(LocalPrograms { operator, runner })
         }
     };
 
@@ -101,7 +102,7 @@ pub async fn run(
     progress("deleting the pipeline".into());
     let cleanup = delete_pipeline(client, namespace).await;
     if let Some(mut local) = local {
-        local.kubelet.stop().await;
+        local.runner.stop().await;
         terminate(&mut local.operator, Duration::from_secs(10)).await;
     }
     let outcome = result?;
@@ -155,7 +156,7 @@ async fn exchange_data(
     writer: DeliveryWriter,
     progress: &(dyn Fn(String) + Sync),
 ) -> anyhow::Result<Outcome> {
-    let name = |reference: &Option<metrics_pipeline_crds::pipeline::AwsResourceRef>| {
+    let name = |reference: &Option<metrics_pipeline_api::pipeline::AwsResourceRef>| {
         reference.as_ref().map(|r| r.name.clone()).context("missing in status")
     };
     let input = name(&status.input_stream)?;
@@ -268,14 +269,13 @@ async fn delete_pipeline(client: &Client, namespace: &str) -> anyhow::Result<()>
         return Ok(());
     }
     pipelines.delete(PIPELINE, &DeleteParams::default()).await?;
-    let started = Instant::now();
-    while pipelines.get_opt(PIPELINE).await?.is_some_and(|p| !p.finalizers().is_empty()) {
-        if started.elapsed() > Duration::from_secs(120) {
-            bail!("the operator did not finish deleting {namespace}/{PIPELINE} within 2 min");
+    wait_for(&format!("the operator's cleanup of {namespace}/{PIPELINE}"), Duration::from_secs(120), async || {
+        match pipelines.get_opt(PIPELINE).await.map_err(|error| error.to_string())? {
+            Some(pipeline) if !pipeline.finalizers().is_empty() => Err(format!("{:?}", pipeline.status.and_then(|s| s.phase))),
+            _ => Ok(()),
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Ok(())
+    })
+    .await
 }
 
 /// Where the quickstart keeps its logs: beside the dev environment's.

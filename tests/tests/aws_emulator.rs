@@ -1,7 +1,7 @@
 //! The shared AWS SDK settings (one TLS stack, default credential chain, `AWS_ENDPOINT_URL`)
 //! reach the emulator that `scripts/dev-env up` starts.
 
-use metrics_pipeline_crds::aws::sdk_config;
+use metrics_pipeline_runtime::sdk::sdk_config;
 
 #[tokio::test]
 async fn the_sdk_reaches_the_emulator_with_the_test_credentials() {

@@ -11,11 +11,12 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use metrics_pipeline_crds::MetricsPipeline;
-use metrics_pipeline_crds::pipeline::Phase;
-use metrics_pipeline_e2e::kubelet::{LocalKubelet, workspace_bin_dir};
+use metrics_pipeline_api::MetricsPipeline;
+use metrics_pipeline_api::pipeline::Phase;
+use metrics_pipeline_e2e::local_runner::{LocalRunner, workspace_bin_dir};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, chart, kube_client, repo_path};
 use metrics_pipeline_operator::workload::aggregator_selector;
+use metrics_pipeline_test_support::wait_for;
 use serde_json::json;
 
 const OPERATOR_PODS: &str = "app.kubernetes.io/name=metrics-pipeline-operator";
@@ -51,14 +52,9 @@ fn the_irsa_role_lands_on_the_service_account_and_the_aggregator_image_follows_t
     assert!(rendered.contains(r#"{name: AGGREGATOR_IMAGE, value: "registry.example/team/metrics-aggregator:1.2.3"}"#), "{rendered}");
 }
 
-async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..240 {
-        if let Some(found) = check().await {
-            return found;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("{what} did not happen within 60 s");
+/// The shared poll, for checks with nothing to report until they succeed.
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    wait_for(what, Duration::from_secs(60), async || check().await.ok_or_else(|| "not yet".to_owned())).await.unwrap()
 }
 
 async fn lease_holder(leases: &Api<Lease>, name: &str) -> Option<String> {
@@ -97,11 +93,11 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     // The chart's Deployment runs, both replicas, with the chart's ServiceAccount token.
     let bin_dir = workspace_bin_dir().unwrap();
     let logs = std::env::temp_dir().join(format!("metrics-pipeline-{release}"));
-    let operators = LocalKubelet::start(&client, &release_namespace.name, OPERATOR_PODS, bin_dir.clone(), logs.clone()).await.unwrap();
-    let aggregators = LocalKubelet::start(&client, &watched.name, &aggregator_selector(), bin_dir, logs.clone()).await.unwrap();
+    let operators = LocalRunner::start(&client, &release_namespace.name, OPERATOR_PODS, bin_dir.clone(), logs.clone()).await.unwrap();
+    let aggregators = LocalRunner::start(&client, &watched.name, &aggregator_selector(), bin_dir, logs.clone()).await.unwrap();
     let leases: Api<Lease> = Api::namespaced(client.clone(), &release_namespace.name);
     let lease = format!("{release}-metrics-pipeline-operator");
-    let leader = wait_for("a leader", async || lease_holder(&leases, &lease).await).await;
+    let leader = eventually("a leader", async || lease_holder(&leases, &lease).await).await;
 
     // A whole pipeline lifecycle under the chart's RBAC: finalizer, AWS, workload, status, events.
     let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &watched.name);
@@ -114,7 +110,7 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
             (status.phase == Some(Phase::Ready) && status.observed_generation == Some(generation)).then_some(status)
         }
     };
-    let status = wait_for("Ready under the chart's RBAC", ready(1)).await;
+    let status = eventually("Ready under the chart's RBAC", ready(1)).await;
     assert_eq!(status.aggregator.unwrap().ready_replicas, 1, "the operator deployed the aggregator and saw it ready");
     let events: Api<Event> = Api::namespaced(client.clone(), &watched.name);
     let reasons: Vec<String> = events.list(&ListParams::default()).await.unwrap().iter().filter_map(|e| e.reason.clone()).collect();
@@ -128,7 +124,7 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     let follower_log = std::fs::read_to_string(logs.join(format!("{follower}.log"))).unwrap();
     assert!(follower_log.contains("waiting for the leader lease") && !follower_log.contains("leading"), "{follower_log}");
     pods.delete(&leader, &DeleteParams::default()).await.unwrap();
-    let new_leader = wait_for("a new leader", async || lease_holder(&leases, &lease).await.filter(|holder| *holder != leader)).await;
+    let new_leader = eventually("a new leader", async || lease_holder(&leases, &lease).await.filter(|holder| *holder != leader)).await;
     let running: Vec<String> =
         pods.list(&ListParams::default().labels(OPERATOR_PODS)).await.unwrap().iter().map(|p| p.name_any()).collect();
     assert!(
@@ -140,10 +136,10 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     let mut changed = example.clone();
     changed.spec.delivery.buffer_interval_seconds = 120;
     pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&changed)).await.unwrap();
-    wait_for("the new leader reconciles a change", ready(2)).await;
+    eventually("the new leader reconciles a change", ready(2)).await;
 
     pipelines.delete("metrics", &DeleteParams::default()).await.unwrap();
-    wait_for("deletion under the chart's RBAC", async || pipelines.get_opt("metrics").await.unwrap().is_none().then_some(())).await;
+    eventually("deletion under the chart's RBAC", async || pipelines.get_opt("metrics").await.unwrap().is_none().then_some(())).await;
 
     // Nothing broader than that.
     let user = format!("system:serviceaccount:{}:{release}-metrics-pipeline-operator", release_namespace.name);

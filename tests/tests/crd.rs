@@ -4,8 +4,9 @@
 use std::process::Command;
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use metrics_pipeline_crds::validation::{AwsTarget, validate};
-use metrics_pipeline_crds::{MetricsPipeline, MetricsPipelineSpec};
+use metrics_pipeline_api::config::AwsTarget;
+use metrics_pipeline_api::validation::validate;
+use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineSpec};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client, repo_path};
 use serde_json::json;
 
@@ -134,7 +135,7 @@ async fn cross_field_rules_the_schema_cannot_express_are_reported_by_validate() 
     let (pipelines, namespace) = setup("crd-crossfield").await;
     let mut pipeline = example("minimal.yaml");
     let spec: &mut MetricsPipelineSpec = &mut pipeline.spec;
-    spec.streams.input.capacity_mode = metrics_pipeline_crds::pipeline::CapacityMode::OnDemand;
+    spec.streams.input.capacity_mode = metrics_pipeline_api::pipeline::CapacityMode::OnDemand;
     spec.streams.input.shard_count = Some(2);
     spec.aggregation.out_of_orderness = "2m".into();
     // The API server takes it: each field is fine on its own.

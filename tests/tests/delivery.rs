@@ -5,12 +5,12 @@
 use aws_sdk_firehose::types::{DeliveryStreamType, KinesisStreamSourceConfiguration};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
-use metrics_pipeline_crds::aws::{s3_client, sdk_config};
-use metrics_pipeline_crds::pipeline::{Compression, DeliveryFormat, DeliveryWriter};
-use metrics_pipeline_crds::validation::DeliveryConfig;
+use metrics_pipeline_api::config::DeliveryConfig;
+use metrics_pipeline_api::pipeline::{Compression, DeliveryFormat, DeliveryWriter};
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
 use metrics_pipeline_e2e::query::gunzip;
 use metrics_pipeline_operator::aws::delivery::{Connections, desired, destination_configuration};
+use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
 
 #[tokio::test]
 async fn records_land_per_component_and_unkeyable_ones_under_the_error_prefix() {

@@ -12,18 +12,19 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use metrics_pipeline_crds::aws::{s3_client, sdk_config};
-use metrics_pipeline_crds::pipeline::Phase;
-use metrics_pipeline_crds::validation::AwsTarget;
-use metrics_pipeline_crds::{MetricsPipeline, MetricsPipelineStatus};
+use metrics_pipeline_api::config::AwsTarget;
+use metrics_pipeline_api::pipeline::Phase;
+use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
-use metrics_pipeline_e2e::kubelet::{LocalKubelet, workspace_bin_dir};
+use metrics_pipeline_e2e::local_runner::{LocalRunner, workspace_bin_dir};
 use metrics_pipeline_e2e::query::{QueryCheck, format_rows};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client, repo_path};
 use metrics_pipeline_operator::aws::{AwsCalls, delivery};
-use metrics_pipeline_operator::controller::{Aws, Context, FINALIZER, Settings, run};
+use metrics_pipeline_operator::controller::{AwsAccount, Context, FINALIZER, Settings, run};
 use metrics_pipeline_operator::metrics::Metrics;
 use metrics_pipeline_operator::workload::{WorkloadSettings, aggregator_selector};
+use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
+use metrics_pipeline_test_support::{counter_series, wait_for};
 use tokio::sync::oneshot;
 
 fn example(file: &str) -> MetricsPipeline {
@@ -34,7 +35,7 @@ fn example(file: &str) -> MetricsPipeline {
 struct Operator {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
-    calls: AwsCalls,
+    metrics: Arc<Metrics>,
 }
 
 impl Operator {
@@ -49,13 +50,13 @@ impl Operator {
         // The aggregators reach the emulator directly, whatever endpoint the operator is given.
         let workload = WorkloadSettings { aws_endpoint_url: std::env::var("AWS_ENDPOINT_URL").ok(), ..WorkloadSettings::default() };
         let settings = Settings { resync, pending_requeue: Duration::from_millis(500), error_requeue: Duration::from_secs(1), workload };
-        let context =
-            Arc::new(Context::new(client.clone(), Aws::new(sdk, target, calls.clone()), Arc::new(Metrics::new(&calls)), settings));
+        let metrics = Arc::new(Metrics::new(&calls));
+        let context = Arc::new(Context::new(client.clone(), AwsAccount::new(sdk, target, calls), metrics.clone(), settings));
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(run(context, Some(namespace.to_owned()), async move {
             let _ = stopped.await;
         }));
-        Self { stop: Some(stop), task, calls }
+        Self { stop: Some(stop), task, metrics }
     }
 
     async fn stop(mut self) {
@@ -63,51 +64,52 @@ impl Operator {
         let _ = self.task.await;
     }
 
+    /// AWS calls so far, as the operator's `/metrics` counts them: (service, operation, count).
+    fn calls(&self) -> Vec<(String, String, f64)> {
+        let series = counter_series(&self.metrics.encode(), "operator_aws_calls_total");
+        series.into_iter().map(|(labels, count)| (labels["service"].clone(), labels["operation"].clone(), count)).collect()
+    }
+
     /// AWS calls so far whose operation changes something.
     fn mutating_calls(&self) -> Vec<String> {
         const MUTATING: [&str; 9] = ["Create", "Put", "Update", "Delete", "Add", "Tag", "Increase", "Decrease", "Batch"];
-        self.calls
-            .snapshot()
+        self.calls()
             .into_iter()
             .filter(|(_, operation, _)| MUTATING.iter().any(|verb| operation.starts_with(verb)))
             .map(|(service, operation, count)| format!("{service}.{operation} x{count}"))
             .collect()
     }
 
-    fn total_calls(&self) -> u64 {
-        self.calls.snapshot().iter().map(|(_, _, count)| count).sum()
+    fn total_calls(&self) -> f64 {
+        self.calls().iter().map(|(_, _, count)| count).sum()
     }
 }
 
-async fn wait_for(
+async fn wait_for_status(
     pipelines: &Api<MetricsPipeline>,
     name: &str,
     what: &str,
     check: impl Fn(&MetricsPipelineStatus) -> bool,
 ) -> MetricsPipelineStatus {
-    let mut last = None;
-    for _ in 0..240 {
-        if let Some(status) = pipelines.get(name).await.unwrap().status {
-            if check(&status) {
-                return status;
-            }
-            last = Some(status);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("{what} did not happen within 60 s; last status: {last:#?}");
+    wait_for(what, Duration::from_secs(60), async || match pipelines.get(name).await.map_err(|error| error.to_string())?.status {
+        Some(status) if check(&status) => Ok(status),
+        last => Err(format!("{last:#?}")),
+    })
+    .await
+    .unwrap()
 }
 
 /// Deletes the pipeline and waits until the operator's cleanup let the finalizer go.
 async fn delete_and_wait(pipelines: &Api<MetricsPipeline>, name: &str) {
     pipelines.delete(name, &DeleteParams::default()).await.unwrap();
-    for _ in 0..240 {
-        if pipelines.get_opt(name).await.unwrap().is_none() {
-            return;
+    wait_for(&format!("the deletion of {name}"), Duration::from_secs(60), async || {
+        match pipelines.get_opt(name).await.map_err(|error| error.to_string())? {
+            None => Ok(()),
+            Some(pipeline) => Err(format!("{:#?}", pipeline.status)),
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("{name} was not deleted within 60 s: {:#?}", pipelines.get(name).await.unwrap().status);
+    })
+    .await
+    .unwrap();
 }
 
 fn ready_condition(status: &MetricsPipelineStatus) -> Option<(&str, &str, &str)> {
@@ -152,11 +154,10 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
     let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(3)).await;
     let log_dir = std::env::temp_dir().join(format!("metrics-pipeline-{}", namespace.name));
-    let kubelet =
-        LocalKubelet::start(&client, &namespace.name, &aggregator_selector(), workspace_bin_dir().unwrap(), log_dir).await.unwrap();
+    let runner = LocalRunner::start(&client, &namespace.name, &aggregator_selector(), workspace_bin_dir().unwrap(), log_dir).await.unwrap();
 
     pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(example("pipeline.yaml"))).await.unwrap();
-    let status = wait_for(&pipelines, "metrics", "Ready", |s| s.phase == Some(Phase::Ready)).await;
+    let status = wait_for_status(&pipelines, "metrics", "Ready", |s| s.phase == Some(Phase::Ready)).await;
     let prefix = format!("{}-metrics", namespace.name);
     assert_eq!(ready_condition(&status).map(|c| c.0), Some("True"));
     for part in ["StreamsReady", "BucketReady", "DeliveryReady", "CatalogReady", "AggregatorReady"] {
@@ -215,7 +216,7 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     let delivery_name = format!("{prefix}-delivery");
     let description =
         firehose.describe_delivery_stream().delivery_stream_name(&delivery_name).send().await.unwrap().delivery_stream_description.unwrap();
-    let settings = delivery::observed(&description).expect("a Kinesis-sourced extended S3 delivery stream");
+    let settings = delivery::settings_of(&description).expect("a Kinesis-sourced extended S3 delivery stream");
     assert_eq!(settings.source_stream_arn, status.output_stream.as_ref().unwrap().arn.clone().unwrap());
     assert_eq!(settings.bucket_arn, status.bucket.as_ref().unwrap().arn.clone().unwrap());
     assert_eq!(settings.role_arn, status.firehose_role.as_ref().unwrap().arn.clone().unwrap());
@@ -257,17 +258,14 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     }
     let mut stand_in = DeliveryStandIn::load(&sdk, &delivery_name).await.unwrap();
     assert_eq!(stand_in.deliver().await.unwrap().len(), 2, "one object per component");
-    let mut partitions = Vec::new();
-    for _ in 0..40 {
+    wait_for("both partitions registered", Duration::from_secs(10), async || {
         let page = glue.get_partitions().database_name(database).table_name("metric_aggregates").send().await.unwrap();
-        partitions = page.partitions().iter().map(|p| p.values().join(",")).collect();
+        let mut partitions: Vec<String> = page.partitions().iter().map(|p| p.values().join(",")).collect();
         partitions.sort();
-        if partitions.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert_eq!(partitions, ["order-service", "user-service"]);
+        if partitions == ["order-service", "user-service"] { Ok(()) } else { Err(format!("{partitions:?}")) }
+    })
+    .await
+    .unwrap();
     let rows = QueryCheck::new(&sdk).select_partition(database, "metric_aggregates", "user-service").await.unwrap();
     let columns = ["componentName", "metricName", "unit", "minValue", "maxValue", "fromTimestamp", "toTimestamp"];
     let table = format_rows(&rows, &columns);
@@ -292,9 +290,7 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     firehose.delete_delivery_stream().delivery_stream_name(&delivery_name).send().await.unwrap();
     glue.delete_table().database_name(database).name("metric_aggregates").send().await.unwrap();
     kinesis.increase_stream_retention_period().stream_name(format!("{prefix}-input")).retention_period_hours(48).send().await.unwrap();
-    let mut repaired = Vec::new();
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    wait_for("the delivery stream, table and Deployment recreated and the retention restored", Duration::from_secs(10), async || {
         let delivery = firehose.describe_delivery_stream().delivery_stream_name(&delivery_name).send().await.is_ok();
         let table = glue.get_table().database_name(database).name("metric_aggregates").send().await.is_ok();
         let input = kinesis
@@ -306,12 +302,11 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
             .stream_description_summary
             .unwrap();
         let aggregator = deployments.get_opt("metrics-aggregator").await.unwrap().is_some_and(|d| d.metadata.deletion_timestamp.is_none());
-        repaired = vec![delivery, table, input.retention_period_hours == 24, aggregator];
-        if repaired.iter().all(|ok| *ok) {
-            break;
-        }
-    }
-    assert_eq!(repaired, [true, true, true, true], "delivery stream, table and Deployment recreated, retention restored within 10 s");
+        let repaired = [delivery, table, input.retention_period_hours == 24, aggregator];
+        if repaired.iter().all(|ok| *ok) { Ok(()) } else { Err(format!("{repaired:?}")) }
+    })
+    .await
+    .unwrap();
 
     // Deletion removes every AWS object, then the resource.
     assert!(!everything_named(&prefix).await.is_empty());
@@ -319,7 +314,7 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     assert_eq!(everything_named(&prefix).await, Vec::<String>::new(), "nothing left in any service");
     assert!(deployments.get_opt("metrics-aggregator").await.unwrap().is_none(), "the aggregator stopped before its streams went");
     assert!(service_accounts.get_opt("metrics-aggregator").await.unwrap().is_none());
-    kubelet.stop().await;
+    runner.stop().await;
     operator.stop().await;
     namespace.delete().await.unwrap();
 }
@@ -334,10 +329,10 @@ async fn an_invalid_spec_gets_a_terminal_condition_naming_the_field_and_creates_
 
     let mut pipeline = example("minimal.yaml");
     pipeline.metadata.name = Some("broken".into());
-    pipeline.spec.streams.input.capacity_mode = metrics_pipeline_crds::pipeline::CapacityMode::OnDemand;
+    pipeline.spec.streams.input.capacity_mode = metrics_pipeline_api::pipeline::CapacityMode::OnDemand;
     pipeline.spec.streams.input.shard_count = Some(2);
     pipelines.patch("broken", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    let status = wait_for(&pipelines, "broken", "the Failed phase", |s| s.phase == Some(Phase::Failed)).await;
+    let status = wait_for_status(&pipelines, "broken", "the Failed phase", |s| s.phase == Some(Phase::Failed)).await;
     let (ready, reason, message) = ready_condition(&status).unwrap();
     assert_eq!((ready, reason), ("False", "InvalidSpec"));
     assert!(message.contains("spec.streams.input.shardCount"), "{message}");
@@ -396,24 +391,25 @@ async fn an_aws_outage_is_a_retryable_condition_and_the_pipeline_recovers() {
     pipeline.metadata.name = Some("outage".into());
     pipelines.patch("outage", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
     let status =
-        wait_for(&pipelines, "outage", "a retryable condition", |s| ready_condition(s).is_some_and(|c| c.1 == "AwsUnavailable")).await;
+        wait_for_status(&pipelines, "outage", "a retryable condition", |s| ready_condition(s).is_some_and(|c| c.1 == "AwsUnavailable"))
+            .await;
     assert_eq!(status.phase, Some(Phase::Provisioning));
     assert!(ready_condition(&status).unwrap().2.contains("could not be reached"), "{:?}", ready_condition(&status));
     relay.up.store(true, Ordering::SeqCst);
-    wait_for(&pipelines, "outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready)).await;
+    wait_for_status(&pipelines, "outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready)).await;
 
     // AWS gone after the pipeline was Ready: Degraded, and Ready again once it is back.
     relay.up.store(false, Ordering::SeqCst);
     pipeline.spec.delivery.buffer_interval_seconds = 120;
     pipelines.patch("outage", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    wait_for(&pipelines, "outage", "the Degraded phase", |s| s.phase == Some(Phase::Degraded)).await;
+    wait_for_status(&pipelines, "outage", "the Degraded phase", |s| s.phase == Some(Phase::Degraded)).await;
     relay.up.store(true, Ordering::SeqCst);
-    wait_for(&pipelines, "outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)).await;
+    wait_for_status(&pipelines, "outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)).await;
     let firehose = aws_sdk_firehose::Client::new(&sdk_config(None).await);
     let delivery = format!("{}-outage-delivery", namespace.name);
     let description =
         firehose.describe_delivery_stream().delivery_stream_name(&delivery).send().await.unwrap().delivery_stream_description.unwrap();
-    assert_eq!(delivery::observed(&description).unwrap().buffer_interval_seconds, 120, "the spec change went through UpdateDestination");
+    assert_eq!(delivery::settings_of(&description).unwrap().buffer_interval_seconds, 120, "the spec change went through UpdateDestination");
 
     delete_and_wait(&pipelines, "outage").await;
     assert_eq!(everything_named(&format!("{}-outage", namespace.name)).await, Vec::<String>::new());
@@ -437,7 +433,7 @@ async fn retain_keeps_bucket_and_catalog_and_removes_the_rest() {
     pipeline.spec.name_prefix = Some(prefix.clone());
     pipeline.spec.catalog.database = Some(database.clone());
     pipelines.patch("shop-metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    let status = wait_for(&pipelines, "shop-metrics", "Ready", |s| s.phase == Some(Phase::Ready)).await;
+    let status = wait_for_status(&pipelines, "shop-metrics", "Ready", |s| s.phase == Some(Phase::Ready)).await;
 
     let sdk = sdk_config(None).await;
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
@@ -481,7 +477,7 @@ async fn a_resource_someone_else_owns_is_never_taken_over() {
     let mut pipeline = example("minimal.yaml");
     pipeline.metadata.name = Some("taken".into());
     pipelines.patch("taken", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    let status = wait_for(&pipelines, "taken", "the Failed phase", |s| s.phase == Some(Phase::Failed)).await;
+    let status = wait_for_status(&pipelines, "taken", "the Failed phase", |s| s.phase == Some(Phase::Failed)).await;
     let streams = status.conditions.iter().find(|c| c.type_ == "StreamsReady").unwrap();
     assert_eq!((streams.status.as_str(), streams.reason.as_str()), ("False", "NotOwned"));
     assert!(
@@ -512,15 +508,16 @@ async fn switching_to_the_aggregator_as_writer_removes_firehose_and_makes_the_ta
     pipeline.metadata.name = Some("writer".into());
     pipeline.spec.aggregator.replicas = 0;
     pipelines.patch("writer", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    let status = wait_for(&pipelines, "writer", "Ready with Firehose", |s| s.phase == Some(Phase::Ready)).await;
+    let status = wait_for_status(&pipelines, "writer", "Ready with Firehose", |s| s.phase == Some(Phase::Ready)).await;
     let delivery_name = status.delivery_stream.expect("Firehose by default").name;
 
-    pipeline.spec.delivery.format = metrics_pipeline_crds::pipeline::DeliveryFormat::Parquet;
-    pipeline.spec.delivery.writer = metrics_pipeline_crds::pipeline::DeliveryWriter::Aggregator;
+    pipeline.spec.delivery.format = metrics_pipeline_api::pipeline::DeliveryFormat::Parquet;
+    pipeline.spec.delivery.writer = metrics_pipeline_api::pipeline::DeliveryWriter::Aggregator;
     pipelines.patch("writer", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    let status =
-        wait_for(&pipelines, "writer", "Ready without Firehose", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2))
-            .await;
+    let status = wait_for_status(&pipelines, "writer", "Ready without Firehose", |s| {
+        s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)
+    })
+    .await;
     assert_eq!((&status.delivery_stream, &status.firehose_role), (&None, &None), "the status names no Firehose parts");
     let delivery = status.conditions.iter().find(|c| c.type_ == "DeliveryReady").unwrap();
     assert!(delivery.message.contains("the aggregator writes Parquet files"), "{}", delivery.message);

@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use metrics_pipeline_crds::MetricsPipeline;
-use metrics_pipeline_crds::event::{EventTime, MetricAggregate};
-use metrics_pipeline_crds::pipeline::{Compression, DeliveryFormat, DeliveryWriter};
+use metrics_pipeline_api::MetricsPipeline;
+use metrics_pipeline_api::pipeline::{Compression, DeliveryFormat, DeliveryWriter};
 use metrics_pipeline_e2e::quickstart::{self, COMPONENTS};
 use metrics_pipeline_e2e::{TestNamespace, kube_client};
+use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 
 /// (metric, unit, window start) → (min, max, count, first time, last time), over one-minute windows.
 type Expected = BTreeMap<(String, String, i64), (f64, f64, u64, i64, i64)>;

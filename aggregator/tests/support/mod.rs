@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,8 +11,9 @@ use std::time::Duration;
 use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use metrics_aggregator::window::{Accumulator, WindowAssigner};
-use metrics_pipeline_crds::aws::{s3_client, sdk_config};
-use metrics_pipeline_crds::event::{MetricAggregate, MetricEvent, deduplicate};
+use metrics_pipeline_model::event::{MetricAggregate, MetricEvent, deduplicate};
+use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
+use metrics_pipeline_test_support::{free_port, wait_for};
 
 /// Streams and a bucket of one test, named uniquely; the emulator is discarded after the run.
 pub struct Emulator {
@@ -37,13 +37,13 @@ impl Emulator {
             Self { kinesis, s3, input: format!("{unique}-in"), output: format!("{unique}-out"), bucket: format!("{unique}-bucket") };
         for (stream, shards) in [(&emulator.input, input_shards), (&emulator.output, 1)] {
             emulator.kinesis.create_stream().stream_name(stream).shard_count(shards).send().await.unwrap();
-            for _ in 0..100 {
+            wait_for(&format!("stream {stream} ACTIVE"), Duration::from_secs(10), async || {
                 let described = emulator.kinesis.describe_stream_summary().stream_name(stream).send().await.unwrap();
-                if described.stream_description_summary().unwrap().stream_status() == &StreamStatus::Active {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+                let status = described.stream_description_summary().unwrap().stream_status().clone();
+                if status == StreamStatus::Active { Ok(()) } else { Err(status.as_str().to_owned()) }
+            })
+            .await
+            .unwrap();
         }
         let region = sdk.region().expect("AWS_REGION is set").to_string();
         let location = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(region.as_str())).build();
@@ -54,7 +54,7 @@ impl Emulator {
     /// Starts `metrics-aggregator run` on these streams and bucket with `extra` flags; its debug
     /// log goes to a file under the target directory, named in every failure.
     pub fn start_aggregator(&self, extra: &[&str]) -> Aggregator {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port().unwrap();
         let listen = format!("127.0.0.1:{port}");
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{port}.log", self.input));
         let child = Command::new(env!("CARGO_BIN_EXE_metrics-aggregator"))
@@ -110,15 +110,15 @@ impl Emulator {
 
     /// Waits until the deduplicated aggregates count `events` events in all, and returns them.
     pub async fn wait_for_aggregates(&self, events: u64, aggregator: &mut Aggregator) -> BTreeMap<String, MetricAggregate> {
-        for _ in 0..240 {
-            let latest = self.latest_aggregates().await;
-            if latest.values().map(|aggregate| aggregate.count).sum::<u64>() >= events {
-                return latest;
-            }
+        let what = format!("aggregates counting {events} events (the aggregator's log: {})", aggregator.log.display());
+        wait_for(&what, Duration::from_secs(60), async || {
             aggregator.assert_running();
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        panic!("the aggregates did not count {events} events within 60 s; the aggregator's log: {}", aggregator.log.display());
+            let latest = self.latest_aggregates().await;
+            let counted = latest.values().map(|aggregate| aggregate.count).sum::<u64>();
+            if counted >= events { Ok(latest) } else { Err(format!("{counted} events counted")) }
+        })
+        .await
+        .unwrap()
     }
 
     /// Keys and bodies of the objects under `prefix` in the bucket.
@@ -171,14 +171,14 @@ impl Aggregator {
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&mut self) {
-        for _ in 0..200 {
+        let what = format!("the aggregator ready (its log: {})", self.log.display());
+        wait_for(&what, Duration::from_secs(20), async || {
             self.assert_running();
-            if self.get("/readyz").0 == 200 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the aggregator did not become ready within 20 s; its log: {}", self.log.display());
+            let (status, body) = self.get("/readyz");
+            if status == 200 { Ok(()) } else { Err(format!("{status} {body}")) }
+        })
+        .await
+        .unwrap();
     }
 }
 

@@ -6,10 +6,11 @@ use aws_sdk_s3::types::{
     LifecycleRule, LifecycleRuleFilter, ObjectIdentifier, PublicAccessBlockConfiguration, ServerSideEncryption,
     ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging,
 };
-use metrics_pipeline_crds::pipeline::AwsResourceRef;
+use metrics_pipeline_api::pipeline::AwsResourceRef;
 
-use super::{AwsClients, Outcome, aws_error, check_owner, error_code, partition, pipeline_tags};
-use crate::error::Error;
+use super::{AwsClients, partition};
+use crate::error::{AwsError, AwsResultExt, Error, Holder};
+use crate::managed::{Outcome, check_owner, holder, pipeline_tags};
 
 /// Id of the expiry rule the operator owns in the bucket's lifecycle configuration.
 const EXPIRY_RULE: &str = "metrics-pipeline-expiry";
@@ -18,26 +19,24 @@ pub fn arn(region: &str, bucket: &str) -> String {
     format!("arn:{}:s3:::{bucket}", partition(region))
 }
 
-/// The bucket's tags, or `None` when there is no such bucket (in any account we can see).
-async fn observe_tags(clients: &AwsClients, bucket: &str) -> Result<Option<Vec<(String, String)>>, Error> {
+/// A bucket name as S3 answers for it.
+enum Observed {
+    Missing,
+    /// It exists in another account: S3 answers 403 to a bucket we may not see.
+    Foreign,
+    Tagged(Vec<(String, String)>),
+}
+
+async fn observe(clients: &AwsClients, bucket: &str) -> Result<Observed, Error> {
     match clients.s3.head_bucket().bucket(bucket).send().await {
         Ok(_) => {}
-        Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 404) => return Ok(None),
-        Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 403) => {
-            return Err(Error::NotOwned {
-                kind: "S3 bucket",
-                name: bucket.to_owned(),
-                owner: String::new(),
-                found: Some("another account".into()),
-            });
-        }
-        Err(error) => return Err(aws_error(format!("looking up S3 bucket {bucket}"), error)),
+        Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 404) => return Ok(Observed::Missing),
+        Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 403) => return Ok(Observed::Foreign),
+        Err(error) => return Err(AwsError::from_sdk(format!("looking up S3 bucket {bucket}"), error).into()),
     }
-    match clients.s3.get_bucket_tagging().bucket(bucket).send().await {
-        Ok(output) => Ok(Some(output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect())),
-        Err(error) if error_code(&error) == Some("NoSuchTagSet") => Ok(Some(Vec::new())),
-        Err(error) => Err(aws_error(format!("reading tags of S3 bucket {bucket}"), error)),
-    }
+    let tagging = clients.s3.get_bucket_tagging().bucket(bucket).send().await;
+    let tags = tagging.absent_on(&["NoSuchTagSet"], || format!("reading tags of S3 bucket {bucket}"))?;
+    Ok(Observed::Tagged(tags.map(|output| output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect()).unwrap_or_default()))
 }
 
 pub async fn ensure(
@@ -47,8 +46,8 @@ pub async fn ensure(
     expire_after_days: Option<i32>,
 ) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
-    match observe_tags(clients, bucket).await? {
-        None => {
+    match observe(clients, bucket).await? {
+        Observed::Missing => {
             let mut request = clients.s3.create_bucket().bucket(bucket);
             if clients.region != "us-east-1" {
                 let location = CreateBucketConfiguration::builder()
@@ -56,7 +55,7 @@ pub async fn ensure(
                     .build();
                 request = request.create_bucket_configuration(location);
             }
-            request.send().await.map_err(|error| aws_error(format!("creating S3 bucket {bucket}"), error))?;
+            request.send().await.or_aws(|| format!("creating S3 bucket {bucket}"))?;
             let tags = pipeline_tags(owner)
                 .into_iter()
                 .map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"));
@@ -68,10 +67,11 @@ pub async fn ensure(
                 .tagging(tagging)
                 .send()
                 .await
-                .map_err(|error| aws_error(format!("tagging S3 bucket {bucket}"), error))?;
+                .or_aws(|| format!("tagging S3 bucket {bucket}"))?;
             outcome.changed(format!("created S3 bucket {bucket}"));
         }
-        Some(tags) => check_owner("S3 bucket", bucket, owner, tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))?,
+        Observed::Foreign => return Err(Error::NotOwned { kind: "S3 bucket", name: bucket.to_owned(), holder: Holder::OtherAccount }),
+        Observed::Tagged(tags) => check_owner("S3 bucket", bucket, owner, tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))?,
     }
     ensure_public_access_blocked(clients, bucket, &mut outcome).await?;
     ensure_encrypted(clients, bucket, &mut outcome).await?;
@@ -89,11 +89,9 @@ fn all_public_access_blocked() -> PublicAccessBlockConfiguration {
 }
 
 async fn ensure_public_access_blocked(clients: &AwsClients, bucket: &str, outcome: &mut Outcome) -> Result<(), Error> {
-    let current = match clients.s3.get_public_access_block().bucket(bucket).send().await {
-        Ok(output) => output.public_access_block_configuration,
-        Err(error) if error_code(&error) == Some("NoSuchPublicAccessBlockConfiguration") => None,
-        Err(error) => return Err(aws_error(format!("reading the public access block of S3 bucket {bucket}"), error)),
-    };
+    let current = (clients.s3.get_public_access_block().bucket(bucket).send().await)
+        .absent_on(&["NoSuchPublicAccessBlockConfiguration"], || format!("reading the public access block of S3 bucket {bucket}"))?
+        .and_then(|output| output.public_access_block_configuration);
     if current.as_ref() == Some(&all_public_access_blocked()) {
         return Ok(());
     }
@@ -102,19 +100,16 @@ async fn ensure_public_access_blocked(clients: &AwsClients, bucket: &str, outcom
         .public_access_block_configuration(all_public_access_blocked())
         .send()
         .await
-        .map_err(|error| aws_error(format!("blocking public access to S3 bucket {bucket}"), error))?;
+        .or_aws(|| format!("blocking public access to S3 bucket {bucket}"))?;
     outcome.changed(format!("blocked all public access to S3 bucket {bucket}"));
     Ok(())
 }
 
 async fn ensure_encrypted(clients: &AwsClients, bucket: &str, outcome: &mut Outcome) -> Result<(), Error> {
-    let encrypted = match clients.s3.get_bucket_encryption().bucket(bucket).send().await {
-        Ok(output) => output
-            .server_side_encryption_configuration
-            .is_some_and(|configuration| configuration.rules().iter().any(|rule| rule.apply_server_side_encryption_by_default().is_some())),
-        Err(error) if error_code(&error) == Some("ServerSideEncryptionConfigurationNotFoundError") => false,
-        Err(error) => return Err(aws_error(format!("reading the encryption of S3 bucket {bucket}"), error)),
-    };
+    let encrypted = (clients.s3.get_bucket_encryption().bucket(bucket).send().await)
+        .absent_on(&["ServerSideEncryptionConfigurationNotFoundError"], || format!("reading the encryption of S3 bucket {bucket}"))?
+        .and_then(|output| output.server_side_encryption_configuration)
+        .is_some_and(|configuration| configuration.rules().iter().any(|rule| rule.apply_server_side_encryption_by_default().is_some()));
     if encrypted {
         return Ok(());
     }
@@ -126,7 +121,7 @@ async fn ensure_encrypted(clients: &AwsClients, bucket: &str, outcome: &mut Outc
         .server_side_encryption_configuration(configuration)
         .send()
         .await
-        .map_err(|error| aws_error(format!("enabling default encryption of S3 bucket {bucket}"), error))?;
+        .or_aws(|| format!("enabling default encryption of S3 bucket {bucket}"))?;
     outcome.changed(format!("enabled default encryption (SSE-S3) of S3 bucket {bucket}"));
     Ok(())
 }
@@ -146,11 +141,10 @@ pub fn desired_expiry(expire_after_days: Option<i32>) -> Option<LifecycleRule> {
 }
 
 async fn ensure_expiry(clients: &AwsClients, bucket: &str, expire_after_days: Option<i32>, outcome: &mut Outcome) -> Result<(), Error> {
-    let rules = match clients.s3.get_bucket_lifecycle_configuration().bucket(bucket).send().await {
-        Ok(output) => output.rules.unwrap_or_default(),
-        Err(error) if error_code(&error) == Some("NoSuchLifecycleConfiguration") => Vec::new(),
-        Err(error) => return Err(aws_error(format!("reading the lifecycle of S3 bucket {bucket}"), error)),
-    };
+    let rules = (clients.s3.get_bucket_lifecycle_configuration().bucket(bucket).send().await)
+        .absent_on(&["NoSuchLifecycleConfiguration"], || format!("reading the lifecycle of S3 bucket {bucket}"))?
+        .and_then(|output| output.rules)
+        .unwrap_or_default();
     let current_days = rules.iter().find(|rule| rule.id() == Some(EXPIRY_RULE)).and_then(|rule| rule.expiration()).and_then(|e| e.days());
     if current_days == expire_after_days {
         return Ok(());
@@ -160,7 +154,7 @@ async fn ensure_expiry(clients: &AwsClients, bucket: &str, expire_after_days: Op
     kept.extend(desired_expiry(expire_after_days));
     let action = format!("setting the expiry of S3 bucket {bucket}");
     if kept.is_empty() {
-        clients.s3.delete_bucket_lifecycle().bucket(bucket).send().await.map_err(|error| aws_error(action, error))?;
+        clients.s3.delete_bucket_lifecycle().bucket(bucket).send().await.or_aws(|| action)?;
     } else {
         let configuration = BucketLifecycleConfiguration::builder().set_rules(Some(kept)).build().expect("rules are set");
         (clients.s3.put_bucket_lifecycle_configuration())
@@ -168,7 +162,7 @@ async fn ensure_expiry(clients: &AwsClients, bucket: &str, expire_after_days: Op
             .lifecycle_configuration(configuration)
             .send()
             .await
-            .map_err(|error| aws_error(action, error))?;
+            .or_aws(|| action)?;
     }
     outcome.changed(match expire_after_days {
         Some(days) => format!("objects in S3 bucket {bucket} expire after {days} days"),
@@ -179,22 +173,21 @@ async fn ensure_expiry(clients: &AwsClients, bucket: &str, expire_after_days: Op
 
 /// Empties and deletes the bucket if it is this pipeline's; `true` once it is gone.
 pub async fn delete(clients: &AwsClients, bucket: &str, owner: &str) -> Result<bool, Error> {
-    let tags = match observe_tags(clients, bucket).await {
-        Ok(Some(tags)) => tags,
-        Ok(None) => return Ok(true),
-        Err(Error::NotOwned { .. }) => return Ok(true),
-        Err(error) => return Err(error),
+    let tags = match observe(clients, bucket).await? {
+        Observed::Missing => return Ok(true),
+        Observed::Foreign => {
+            tracing::info!(bucket, holder = %Holder::OtherAccount, "not this pipeline's bucket; leaving it");
+            return Ok(true);
+        }
+        Observed::Tagged(tags) => tags,
     };
-    if check_owner("S3 bucket", bucket, owner, tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))).is_err() {
-        tracing::info!(bucket, "not this pipeline's bucket; leaving it");
+    if let Some(holder) = holder(owner, tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        tracing::info!(bucket, %holder, "not this pipeline's bucket; leaving it");
         return Ok(true);
     }
     loop {
-        let listed = (clients.s3.list_objects_v2())
-            .bucket(bucket)
-            .send()
-            .await
-            .map_err(|error| aws_error(format!("listing S3 bucket {bucket} to empty it"), error))?;
+        let listed =
+            (clients.s3.list_objects_v2()).bucket(bucket).send().await.or_aws(|| format!("listing S3 bucket {bucket} to empty it"))?;
         let objects: Vec<ObjectIdentifier> = listed
             .contents()
             .iter()
@@ -205,16 +198,8 @@ pub async fn delete(clients: &AwsClients, bucket: &str, owner: &str) -> Result<b
             break;
         }
         let batch = Delete::builder().set_objects(Some(objects)).quiet(true).build().expect("objects are set");
-        (clients.s3.delete_objects())
-            .bucket(bucket)
-            .delete(batch)
-            .send()
-            .await
-            .map_err(|error| aws_error(format!("emptying S3 bucket {bucket}"), error))?;
+        (clients.s3.delete_objects()).bucket(bucket).delete(batch).send().await.or_aws(|| format!("emptying S3 bucket {bucket}"))?;
     }
-    match clients.s3.delete_bucket().bucket(bucket).send().await {
-        Ok(_) => Ok(true),
-        Err(error) if error_code(&error) == Some("NoSuchBucket") => Ok(true),
-        Err(error) => Err(aws_error(format!("deleting S3 bucket {bucket}"), error)),
-    }
+    clients.s3.delete_bucket().bucket(bucket).send().await.absent_on(&["NoSuchBucket"], || format!("deleting S3 bucket {bucket}"))?;
+    Ok(true)
 }

@@ -4,13 +4,17 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use aws_sdk_glue::types::{Column, DatabaseInput, PartitionInput, SerDeInfo, StorageDescriptor, Table, TableInput};
-use metrics_pipeline_crds::naming::OWNER_TAG;
-use metrics_pipeline_crds::pipeline::{AwsResourceRef, DeliveryFormat};
-use metrics_pipeline_crds::validation::PartitionConfig;
+use aws_sdk_glue::types::{Column, Database, DatabaseInput, PartitionInput, SerDeInfo, StorageDescriptor, Table, TableInput};
+use metrics_pipeline_api::config::PartitionConfig;
+use metrics_pipeline_api::naming::OWNER_TAG;
+use metrics_pipeline_api::pipeline::{AwsResourceRef, DeliveryFormat};
 
-use super::{AwsClients, Outcome, aws_error, check_owner, error_code, partition};
-use crate::error::Error;
+use super::{AwsClients, partition};
+use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error};
+use crate::managed::{Outcome, check_owner, holder};
+
+/// Glue's answer for a database or table that does not exist.
+const NOT_FOUND: &str = "EntityNotFoundException";
 
 /// The partition column: Firehose's prefix writes `componentName=<value>/`.
 pub const PARTITION_KEY: &str = "componentName";
@@ -136,6 +140,21 @@ pub fn table_arn(region: &str, account_id: &str, database: &str, table: &str) ->
     format!("arn:{}:glue:{region}:{account_id}:table/{database}/{table}", partition(region))
 }
 
+async fn observe_database(clients: &AwsClients, database: &str) -> Result<Option<Database>, Error> {
+    let found = clients.glue.get_database().name(database).send().await;
+    Ok(found.absent_on(&[NOT_FOUND], || format!("reading Glue database {database}"))?.and_then(|output| output.database))
+}
+
+async fn observe_table(clients: &AwsClients, database: &str, table: &str) -> Result<Option<Table>, Error> {
+    let found = clients.glue.get_table().database_name(database).name(table).send().await;
+    Ok(found.absent_on(&[NOT_FOUND], || format!("reading Glue table {database}.{table}"))?.and_then(|output| output.table))
+}
+
+/// Glue objects carry ownership as parameters, as AWS resources carry it as tags.
+fn parameters(parameters: Option<&HashMap<String, String>>) -> impl Iterator<Item = (&str, &str)> {
+    parameters.into_iter().flatten().map(|(key, value)| (key.as_str(), value.as_str()))
+}
+
 pub async fn ensure_database(
     clients: &AwsClients,
     database: &str,
@@ -143,29 +162,18 @@ pub async fn ensure_database(
     account_id: &str,
 ) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
-    match clients.glue.get_database().name(database).send().await {
-        Ok(output) => {
-            let found = output.database.expect("GetDatabase returns the database");
-            let parameters = found.parameters().cloned().unwrap_or_default();
-            check_owner("Glue database", database, owner, parameters.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-        }
-        Err(error) if error_code(&error) == Some("EntityNotFoundException") => {
+    match observe_database(clients, database).await? {
+        Some(found) => check_owner("Glue database", database, owner, parameters(found.parameters()))?,
+        None => {
             let input = DatabaseInput::builder()
                 .name(database)
                 .description(format!("Metrics pipeline {owner}"))
                 .parameters(OWNER_TAG, owner)
                 .build()
                 .expect("name is set");
-            clients
-                .glue
-                .create_database()
-                .database_input(input)
-                .send()
-                .await
-                .map_err(|error| aws_error(format!("creating Glue database {database}"), error))?;
+            clients.glue.create_database().database_input(input).send().await.or_aws(|| format!("creating Glue database {database}"))?;
             outcome.changed(format!("created Glue database {database}"));
         }
-        Err(error) => return Err(aws_error(format!("reading Glue database {database}"), error)),
     }
     Ok((AwsResourceRef { name: database.to_owned(), arn: Some(database_arn(&clients.region, account_id, database)) }, outcome))
 }
@@ -174,36 +182,28 @@ pub async fn ensure_table(clients: &AwsClients, spec: &TableSpec<'_>, account_id
     let mut outcome = Outcome::default();
     let (database, table) = (spec.database, spec.table);
     let desired = desired_table(spec);
-    match clients.glue.get_table().database_name(database).name(table).send().await {
-        Ok(output) => {
-            let found = output.table.expect("GetTable returns the table");
-            let parameters = found.parameters().cloned().unwrap_or_default();
-            check_owner(
-                "Glue table",
-                &format!("{database}.{table}"),
-                spec.owner,
-                parameters.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            )?;
+    match observe_table(clients, database, table).await? {
+        Some(found) => {
+            check_owner("Glue table", &format!("{database}.{table}"), spec.owner, parameters(found.parameters()))?;
             if !table_matches(&found, &desired) {
                 (clients.glue.update_table())
                     .database_name(database)
                     .table_input(desired)
                     .send()
                     .await
-                    .map_err(|error| aws_error(format!("updating Glue table {database}.{table}"), error))?;
+                    .or_aws(|| format!("updating Glue table {database}.{table}"))?;
                 outcome.changed(format!("updated Glue table {database}.{table}"));
             }
         }
-        Err(error) if error_code(&error) == Some("EntityNotFoundException") => {
+        None => {
             (clients.glue.create_table())
                 .database_name(database)
                 .table_input(desired)
                 .send()
                 .await
-                .map_err(|error| aws_error(format!("creating Glue table {database}.{table}"), error))?;
+                .or_aws(|| format!("creating Glue table {database}.{table}"))?;
             outcome.changed(format!("created Glue table {database}.{table}"));
         }
-        Err(error) => return Err(aws_error(format!("reading Glue table {database}.{table}"), error)),
     }
     if matches!(spec.partitions, PartitionConfig::Registered) {
         outcome.merge(register_partitions(clients, spec).await?);
@@ -223,7 +223,7 @@ async fn components_in_bucket(clients: &AwsClients, bucket: &str) -> Result<BTre
             .set_continuation_token(token)
             .send()
             .await
-            .map_err(|error| aws_error(format!("listing partitions in S3 bucket {bucket}"), error))?;
+            .or_aws(|| format!("listing partitions in S3 bucket {bucket}"))?;
         for prefix in listed.common_prefixes().iter().filter_map(|p| p.prefix()) {
             if let Some(value) = prefix.strip_prefix(&format!("{PARTITION_KEY}=")).and_then(|rest| rest.strip_suffix('/')) {
                 components.insert(value.to_owned());
@@ -246,7 +246,7 @@ async fn registered_partitions(clients: &AwsClients, database: &str, table: &str
             .set_next_token(token)
             .send()
             .await
-            .map_err(|error| aws_error(format!("listing partitions of Glue table {database}.{table}"), error))?;
+            .or_aws(|| format!("listing partitions of Glue table {database}.{table}"))?;
         registered.extend(page.partitions().iter().filter_map(|p| p.values().first().cloned()));
         token = page.next_token;
         if token.is_none() {
@@ -277,7 +277,7 @@ async fn register_partitions(clients: &AwsClients, spec: &TableSpec<'_>) -> Resu
             .set_partition_input_list(Some(inputs.collect()))
             .send()
             .await
-            .map_err(|error| aws_error(format!("registering partitions of Glue table {}.{}", spec.database, spec.table), error))?;
+            .or_aws(|| format!("registering partitions of Glue table {}.{}", spec.database, spec.table))?;
         // Registered meanwhile by someone else: fine, the partition is there.
         let failed: Vec<String> = created
             .errors()
@@ -286,11 +286,8 @@ async fn register_partitions(clients: &AwsClients, spec: &TableSpec<'_>) -> Resu
             .map(|e| format!("{:?}", e.partition_values()))
             .collect();
         if !failed.is_empty() {
-            return Err(Error::Aws {
-                action: format!("registering partitions of Glue table {}.{}", spec.database, spec.table),
-                message: format!("refused for {}", failed.join(", ")),
-                retryable: true,
-            });
+            let action = format!("registering partitions of Glue table {}.{}", spec.database, spec.table);
+            return Err(AwsError::new(action, AwsErrorKind::Unavailable, None, format!("refused for {}", failed.join(", "))).into());
         }
         outcome.changed(format!(
             "registered partitions {} of Glue table {}.{}",
@@ -305,34 +302,23 @@ async fn register_partitions(clients: &AwsClients, spec: &TableSpec<'_>) -> Resu
 /// Deletes the table (with its partitions) and the database if they are this pipeline's;
 /// `true` once both are gone.
 pub async fn delete(clients: &AwsClients, database: &str, table: &str, owner: &str) -> Result<bool, Error> {
-    match clients.glue.get_table().database_name(database).name(table).send().await {
-        Ok(output) => {
-            let parameters = output.table.and_then(|t| t.parameters).unwrap_or_default();
-            if parameters.get(OWNER_TAG).map(String::as_str) == Some(owner) {
-                (clients.glue.delete_table())
-                    .database_name(database)
-                    .name(table)
-                    .send()
-                    .await
-                    .map_err(|error| aws_error(format!("deleting Glue table {database}.{table}"), error))?;
+    if let Some(found) = observe_table(clients, database, table).await? {
+        match holder(owner, parameters(found.parameters())) {
+            None => {
+                let deleted = clients.glue.delete_table().database_name(database).name(table).send().await;
+                deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue table {database}.{table}"))?;
             }
+            Some(holder) => tracing::info!(database, table, %holder, "not this pipeline's table; leaving it"),
         }
-        Err(error) if error_code(&error) == Some("EntityNotFoundException") => {}
-        Err(error) => return Err(aws_error(format!("reading Glue table {database}.{table}"), error)),
     }
-    match clients.glue.get_database().name(database).send().await {
-        Ok(output) => {
-            let parameters = output.database.and_then(|d| d.parameters).unwrap_or_default();
-            if parameters.get(OWNER_TAG).map(String::as_str) == Some(owner) {
-                (clients.glue.delete_database())
-                    .name(database)
-                    .send()
-                    .await
-                    .map_err(|error| aws_error(format!("deleting Glue database {database}"), error))?;
+    if let Some(found) = observe_database(clients, database).await? {
+        match holder(owner, parameters(found.parameters())) {
+            None => {
+                let deleted = clients.glue.delete_database().name(database).send().await;
+                deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue database {database}"))?;
             }
+            Some(holder) => tracing::info!(database, %holder, "not this pipeline's database; leaving it"),
         }
-        Err(error) if error_code(&error) == Some("EntityNotFoundException") => {}
-        Err(error) => return Err(aws_error(format!("reading Glue database {database}"), error)),
     }
     Ok(true)
 }

@@ -10,11 +10,15 @@ use aws_sdk_firehose::types::{
     ParquetSerDe, ProcessingConfiguration, Processor, ProcessorParameter, ProcessorParameterName, ProcessorType,
     RetryOptions as PartitioningRetryOptions, SchemaConfiguration, Serializer, Tag,
 };
-use metrics_pipeline_crds::pipeline::{AwsResourceRef, Compression, DeliveryFormat};
-use metrics_pipeline_crds::validation::DeliveryConfig;
+use metrics_pipeline_api::config::DeliveryConfig;
+use metrics_pipeline_api::pipeline::{AwsResourceRef, Compression, DeliveryFormat};
 
-use super::{AwsClients, Outcome, aws_error, check_owner, error_code, pipeline_tags};
-use crate::error::Error;
+use super::AwsClients;
+use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error, Holder, error_code};
+use crate::managed::{Outcome, holder, pipeline_tags};
+
+/// Firehose's answer for a delivery stream that does not exist.
+const NOT_FOUND: &str = "ResourceNotFoundException";
 
 /// Extracts the partition key; Firehose runs it with jq 1.6.
 pub const METADATA_EXTRACTION_QUERY: &str = "{componentName:.componentName}";
@@ -111,7 +115,7 @@ pub fn desired(delivery: &DeliveryConfig, connections: &Connections<'_>) -> Deli
 }
 
 /// The settings a described delivery stream has, as far as the operator manages them.
-pub fn observed(description: &DeliveryStreamDescription) -> Option<DeliverySettings> {
+pub fn settings_of(description: &DeliveryStreamDescription) -> Option<DeliverySettings> {
     let source = description.source()?.kinesis_stream_source_description()?;
     let destination = description.destinations().first()?.extended_s3_destination_description()?;
     let hints = destination.buffering_hints();
@@ -261,28 +265,32 @@ fn destination_update(settings: &DeliverySettings) -> ExtendedS3DestinationUpdat
     with_destination!(ExtendedS3DestinationUpdate::builder(), settings).data_format_conversion_configuration(conversion).build()
 }
 
-async fn describe(clients: &AwsClients, name: &str) -> Result<Option<DeliveryStreamDescription>, Error> {
-    match clients.firehose.describe_delivery_stream().delivery_stream_name(name).send().await {
-        Ok(output) => Ok(output.delivery_stream_description),
-        Err(error) if error_code(&error) == Some("ResourceNotFoundException") => Ok(None),
-        Err(error) => Err(aws_error(format!("describing Firehose delivery stream {name}"), error)),
-    }
+pub async fn observe(clients: &AwsClients, name: &str) -> Result<Option<DeliveryStreamDescription>, Error> {
+    let described = clients.firehose.describe_delivery_stream().delivery_stream_name(name).send().await;
+    Ok(described
+        .absent_on(&[NOT_FOUND], || format!("describing Firehose delivery stream {name}"))?
+        .and_then(|output| output.delivery_stream_description))
 }
 
-async fn check_tags(clients: &AwsClients, name: &str, owner: &str) -> Result<(), Error> {
+/// Who holds the delivery stream, by its tags; `None` when it is this pipeline's. Tags that
+/// cannot be read are an error, never "not ours": cleanup must not take a throttled answer for
+/// a stream that is somebody else's and report it gone.
+async fn holder_of(clients: &AwsClients, name: &str, owner: &str) -> Result<Option<Holder>, Error> {
     let tags = (clients.firehose.list_tags_for_delivery_stream())
         .delivery_stream_name(name)
         .send()
         .await
-        .map_err(|error| aws_error(format!("listing tags of Firehose delivery stream {name}"), error))?;
-    check_owner("Firehose delivery stream", name, owner, tags.tags().iter().map(|tag| (tag.key(), tag.value().unwrap_or_default())))
+        .or_aws(|| format!("listing tags of Firehose delivery stream {name}"))?;
+    Ok(holder(owner, tags.tags().iter().map(|tag| (tag.key(), tag.value().unwrap_or_default()))))
 }
 
 pub async fn ensure(clients: &AwsClients, name: &str, owner: &str, desired: &DeliverySettings) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
-    let description = describe(clients, name).await?;
-    if description.is_some() {
-        check_tags(clients, name, owner).await?;
+    let description = observe(clients, name).await?;
+    if description.is_some()
+        && let Some(holder) = holder_of(clients, name, owner).await?
+    {
+        return Err(Error::NotOwned { kind: "Firehose delivery stream", name: name.to_owned(), holder });
     }
     let arn = description.as_ref().map(|d| d.delivery_stream_arn().to_owned());
     let status = description.as_ref().map(|d| d.delivery_stream_status().clone());
@@ -290,7 +298,7 @@ pub async fn ensure(clients: &AwsClients, name: &str, owner: &str, desired: &Del
         outcome.pending = Some(format!("Firehose delivery stream {name} is {}", status.expect("matched").as_str()));
         return Ok((AwsResourceRef { name: name.to_owned(), arn }, outcome));
     }
-    match plan(desired, description.as_ref().map(observed)) {
+    match plan(desired, description.as_ref().map(settings_of)) {
         DeliveryPlan::Keep => {}
         DeliveryPlan::Create => {
             let arn = create(clients, name, owner, desired).await?;
@@ -308,7 +316,7 @@ pub async fn ensure(clients: &AwsClients, name: &str, owner: &str, desired: &Del
                 .extended_s3_destination_update(destination_update(desired))
                 .send()
                 .await
-                .map_err(|error| aws_error(format!("updating Firehose delivery stream {name}"), error))?;
+                .or_aws(|| format!("updating Firehose delivery stream {name}"))?;
             outcome.changed(format!("updated the destination of Firehose delivery stream {name}"));
         }
         DeliveryPlan::Recreate(reason) => {
@@ -337,52 +345,64 @@ async fn create(clients: &AwsClients, name: &str, owner: &str, settings: &Delive
         .await
         .map_err(|error| {
             let quota = error_code(&error) == Some("LimitExceededException");
-            let mut error = aws_error(format!("creating Firehose delivery stream {name}"), error);
-            if let Error::Aws { message, retryable, .. } = &mut error {
-                if quota {
-                    // Firehose's LimitExceeded is the account's quota of delivery streams, not a rate.
-                    *retryable = false;
-                    *message = format!(
-                        "the account's quota of Firehose delivery streams in {} is used up (50 by default): request a \
-                         quota increase, delete unused delivery streams, or put this pipeline in another spec.region ({message})",
-                        clients.region
-                    );
-                } else if message.contains("assume role") {
-                    // A role created seconds ago is not assumable yet: IAM is eventually consistent.
-                    *retryable = true;
-                }
+            let mut error = AwsError::from_sdk(format!("creating Firehose delivery stream {name}"), error);
+            if quota {
+                // Firehose's LimitExceeded is the account's quota of delivery streams, not a rate.
+                error.kind = AwsErrorKind::QuotaExceeded;
+                error.message = format!(
+                    "the account's quota of Firehose delivery streams in {} is used up (50 by default): request a quota \
+                     increase, delete unused delivery streams, or put this pipeline in another spec.region ({})",
+                    clients.region, error.message
+                );
+            } else if error.message.contains("assume role") {
+                // A role created seconds ago is not assumable yet: IAM is eventually consistent.
+                error.kind = AwsErrorKind::Unavailable;
             }
-            error
+            Error::from(error)
         })?;
     Ok(created.delivery_stream_arn.unwrap_or_default())
 }
 
 async fn delete_owned(clients: &AwsClients, name: &str) -> Result<(), Error> {
-    match clients.firehose.delete_delivery_stream().delivery_stream_name(name).send().await {
-        Ok(_) => Ok(()),
-        Err(error) if error_code(&error) == Some("ResourceNotFoundException") => Ok(()),
-        Err(error) => Err(aws_error(format!("deleting Firehose delivery stream {name}"), error)),
-    }
+    let deleted = clients.firehose.delete_delivery_stream().delivery_stream_name(name).send().await;
+    deleted.absent_on(&[NOT_FOUND], || format!("deleting Firehose delivery stream {name}"))?;
+    Ok(())
 }
 
 /// Deletes the delivery stream if it is this pipeline's; `true` once it is gone.
 pub async fn delete(clients: &AwsClients, name: &str, owner: &str) -> Result<bool, Error> {
-    let Some(description) = describe(clients, name).await? else { return Ok(true) };
-    if check_tags(clients, name, owner).await.is_err() {
-        tracing::info!(delivery_stream = name, "not this pipeline's delivery stream; leaving it");
+    let Some(description) = observe(clients, name).await? else { return Ok(true) };
+    if let Some(holder) = holder_of(clients, name, owner).await? {
+        tracing::info!(delivery_stream = name, %holder, "not this pipeline's delivery stream; leaving it");
         return Ok(true);
     }
     if description.delivery_stream_status() != &DeliveryStreamStatus::Deleting {
         delete_owned(clients, name).await?;
     }
-    Ok(describe(clients, name).await?.is_none())
+    Ok(observe(clients, name).await?.is_none())
 }
 
 #[cfg(test)]
 mod tests {
-    use metrics_pipeline_crds::pipeline::DeliveryWriter;
+    use std::collections::BTreeMap;
+
+    use metrics_pipeline_api::pipeline::DeliveryWriter;
 
     use super::*;
+    use crate::aws::fake::FakeAws;
+
+    #[tokio::test]
+    async fn cleanup_never_takes_tags_it_could_not_read_for_a_stream_that_is_not_ours() {
+        let described = r#"{"DeliveryStreamDescription":{"DeliveryStreamName":"p-delivery","DeliveryStreamARN":"arn:aws:firehose:eu-west-1:123456789012:deliverystream/p-delivery","DeliveryStreamStatus":"ACTIVE","DeliveryStreamType":"KinesisStreamAsSource","VersionId":"1","Destinations":[],"HasMoreDestinations":false}}"#;
+        let throttled = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
+        let aws =
+            FakeAws::start(BTreeMap::from([("DescribeDeliveryStream", (200, described)), ("ListTagsForDeliveryStream", (400, throttled))]))
+                .await;
+        let error = delete(&aws.clients, "p-delivery", "team-a/p").await.expect_err("a throttled tag read is not an answer");
+        assert_eq!(error.aws_kind(), Some(AwsErrorKind::Throttled), "{error}");
+        assert!(!error.is_terminal(), "retried later: {error}");
+        assert!(!aws.called().iter().any(|operation| operation == "DeleteDeliveryStream"), "{:?}", aws.called());
+    }
 
     fn config(format: DeliveryFormat, compression: Compression) -> DeliveryConfig {
         DeliveryConfig {

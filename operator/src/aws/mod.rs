@@ -1,54 +1,26 @@
 //! The AWS side of a pipeline: one module per resource, each the same shape — `observe` reads
-//! what exists, a pure `desired_*`/`changes` says what should, `ensure` creates or updates it,
-//! `delete` removes it — plus what they share: clients, ownership tags, error classification.
+//! what exists, a pure `desired_*`/`changes`/`plan` says what should, `ensure` creates or updates
+//! it, `delete` removes it — plus the clients they share. Ownership and outcomes live in
+//! [`crate::managed`], error classification in [`crate::error`].
 
 pub mod bucket;
 pub mod catalog;
 pub mod delivery;
+#[cfg(test)]
+mod fake;
 pub mod role;
 pub mod streams;
-
-use std::fmt;
 
 use aws_config::SdkConfig;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
-use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use metrics_pipeline_crds::aws::s3_client;
-use metrics_pipeline_crds::naming::OWNER_TAG;
+use metrics_pipeline_runtime::sdk::s3_client;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-
-use crate::error::Error;
-
-/// Tag telling people which tool manages a resource.
-pub const MANAGED_BY_TAG: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "metrics-pipeline-operator";
-
-/// The tags every resource of a pipeline carries.
-pub fn pipeline_tags(owner: &str) -> Vec<(String, String)> {
-    vec![(OWNER_TAG.to_owned(), owner.to_owned()), (MANAGED_BY_TAG.to_owned(), MANAGED_BY.to_owned())]
-}
-
-/// Whether a resource found under one of our names may be managed: it must carry our ownership
-/// tag with this pipeline's value; anything else is somebody else's and is never touched.
-pub fn check_owner<'a>(
-    kind: &'static str,
-    name: &str,
-    owner: &str,
-    tags: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Result<(), Error> {
-    let found = tags.into_iter().find(|(key, _)| *key == OWNER_TAG).map(|(_, value)| value.to_owned());
-    if found.as_deref() == Some(owner) {
-        return Ok(());
-    }
-    Err(Error::NotOwned { kind, name: name.to_owned(), owner: owner.to_owned(), found })
-}
 
 /// Counts AWS calls by service and operation, so steady state can be shown to mutate nothing.
 #[derive(Clone, Debug, Default)]
@@ -71,26 +43,6 @@ impl Intercept for AwsCalls {
             self.0.get_or_create(&vec![("service", metadata.service().to_owned()), ("operation", metadata.name().to_owned())]).inc();
         }
         Ok(())
-    }
-}
-
-impl AwsCalls {
-    /// Calls so far, `(service, operation, count)`.
-    pub fn snapshot(&self) -> Vec<(String, String, u64)> {
-        let mut calls = Vec::new();
-        // Family offers no iteration; its encoding lists every series.
-        let mut registry = prometheus_client::registry::Registry::default();
-        registry.register("calls", "", self.0.clone());
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoding to a String");
-        for line in text.lines().filter(|line| line.starts_with("calls_total{")) {
-            let label = |name: &str| {
-                line.split(&format!("{name}=\"")).nth(1).and_then(|rest| rest.split('"').next()).unwrap_or_default().to_owned()
-            };
-            let count = line.rsplit(' ').next().and_then(|count| count.parse().ok()).unwrap_or(0);
-            calls.push((label("service"), label("operation"), count));
-        }
-        calls
     }
 }
 
@@ -129,78 +81,6 @@ impl AwsClients {
     }
 }
 
-/// Error codes that mean "not now": throttling, contention, the service's own trouble.
-const RETRYABLE_CODES: [&str; 14] = [
-    "Throttling",
-    "ThrottlingException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "LimitExceededException",
-    "ProvisionedThroughputExceededException",
-    "SlowDown",
-    "ServiceUnavailable",
-    "ServiceUnavailableException",
-    "InternalFailure",
-    "InternalError",
-    "InternalServiceError",
-    "ResourceInUseException",
-    "ConcurrentModificationException",
-];
-
-/// An AWS call failed while doing `action`: retryable when the service was unreachable, slow,
-/// throttling or busy; otherwise the message is the service's, for the user to act on.
-pub fn aws_error<E, R>(action: impl Into<String>, error: SdkError<E, R>) -> Error
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: fmt::Debug + Send + Sync + 'static,
-{
-    let action = action.into();
-    match &error {
-        SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or("Unknown").to_owned();
-            let message = service.err().message().unwrap_or_default().to_owned();
-            let retryable = RETRYABLE_CODES.contains(&code.as_str());
-            Error::Aws { action, message: format!("{code}: {message}"), retryable }
-        }
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Error::Aws {
-            action,
-            message: format!("the service could not be reached: {}", aws_smithy_types::error::display::DisplayErrorContext(&error)),
-            retryable: true,
-        },
-        _ => Error::Aws { action, message: format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&error)), retryable: false },
-    }
-}
-
-/// The service error code of a failed call, to tell "not found" from real failures.
-pub fn error_code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> Option<&str> {
-    match error {
-        SdkError::ServiceError(service) => service.err().code(),
-        _ => None,
-    }
-}
-
-/// What one `ensure` did, for events and conditions.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Outcome {
-    /// Human-readable changes made, e.g. "created stream x".
-    pub changes: Vec<String>,
-    /// `Some(reason)` while the resource is not usable yet (creating, updating).
-    pub pending: Option<String>,
-}
-
-impl Outcome {
-    pub fn changed(&mut self, change: impl Into<String>) {
-        self.changes.push(change.into());
-    }
-
-    pub fn merge(&mut self, other: Outcome) {
-        self.changes.extend(other.changes);
-        if self.pending.is_none() {
-            self.pending = other.pending;
-        }
-    }
-}
-
 /// ARNs in one partition (`aws`, `aws-cn`, `aws-us-gov`) from the region.
 pub fn partition(region: &str) -> &'static str {
     if region.starts_with("cn-") {
@@ -231,13 +111,9 @@ mod tests {
         let _ = clients.kinesis.list_streams().send().await;
         let _ = clients.glue.get_databases().send().await;
         let _ = clients.glue.get_databases().send().await;
-        let mut counted = calls.snapshot();
-        counted.sort();
-        assert_eq!(
-            counted,
-            [("Glue".into(), "GetDatabases".into(), 2), ("Kinesis".into(), "ListStreams".into(), 1)],
-            "{:?}",
-            calls.snapshot()
-        );
+        let count = |service: &str, operation: &str| {
+            calls.0.get_or_create(&vec![("service", service.to_owned()), ("operation", operation.to_owned())]).get()
+        };
+        assert_eq!((count("Glue", "GetDatabases"), count("Kinesis", "ListStreams"), count("Kinesis", "CreateStream")), (2, 1, 0));
     }
 }

@@ -1,12 +1,16 @@
 //! The IAM role Firehose assumes: trusted only by firehose.amazonaws.com for this account, with
 //! one inline policy scoped to this pipeline's output stream, bucket and Glue table.
 
-use aws_sdk_iam::types::Tag;
-use metrics_pipeline_crds::pipeline::AwsResourceRef;
+use aws_sdk_iam::types::{Role, Tag};
+use metrics_pipeline_api::pipeline::AwsResourceRef;
 use serde_json::{Value, json};
 
-use super::{AwsClients, Outcome, aws_error, check_owner, error_code, partition, pipeline_tags};
-use crate::error::Error;
+use super::{AwsClients, partition};
+use crate::error::{AwsResultExt, Error};
+use crate::managed::{Outcome, check_owner, holder, pipeline_tags};
+
+/// IAM's answer for a role or policy that does not exist.
+const NO_SUCH_ENTITY: &str = "NoSuchEntity";
 
 /// What the policy is scoped to.
 pub struct PolicyScope<'a> {
@@ -88,6 +92,12 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(decoded).ok()
 }
 
+/// The role with its tags, or `None` when there is none.
+async fn observe(clients: &AwsClients, role: &str) -> Result<Option<Role>, Error> {
+    let found = clients.iam.get_role().role_name(role).send().await.absent_on(&[NO_SUCH_ENTITY], || format!("reading IAM role {role}"))?;
+    Ok(found.map(|output| output.role.expect("GetRole returns the role")))
+}
+
 pub async fn ensure(
     clients: &AwsClients,
     role: &str,
@@ -97,9 +107,8 @@ pub async fn ensure(
 ) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
     let trust = trust_policy(scope.account_id);
-    let arn = match clients.iam.get_role().role_name(role).send().await {
-        Ok(output) => {
-            let found = output.role.expect("GetRole returns the role");
+    let arn = match observe(clients, role).await? {
+        Some(found) => {
             check_owner("IAM role", role, owner, found.tags().iter().map(|tag| (tag.key(), tag.value())))?;
             if found.assume_role_policy_document().and_then(parse_policy).as_ref() != Some(&trust) {
                 (clients.iam.update_assume_role_policy())
@@ -107,12 +116,12 @@ pub async fn ensure(
                     .policy_document(trust.to_string())
                     .send()
                     .await
-                    .map_err(|error| aws_error(format!("updating the trust policy of IAM role {role}"), error))?;
+                    .or_aws(|| format!("updating the trust policy of IAM role {role}"))?;
                 outcome.changed(format!("restored the trust policy of IAM role {role}"));
             }
             found.arn
         }
-        Err(error) if error_code(&error) == Some("NoSuchEntity") => {
+        None => {
             let tags = pipeline_tags(owner)
                 .into_iter()
                 .map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"));
@@ -123,19 +132,16 @@ pub async fn ensure(
                 .set_tags(Some(tags.collect()))
                 .send()
                 .await
-                .map_err(|error| aws_error(format!("creating IAM role {role}"), error))?;
+                .or_aws(|| format!("creating IAM role {role}"))?;
             outcome.changed(format!("created IAM role {role}"));
             created.role.expect("CreateRole returns the role").arn
         }
-        Err(error) => return Err(aws_error(format!("reading IAM role {role}"), error)),
     };
 
     let desired = delivery_policy(scope);
-    let current = match clients.iam.get_role_policy().role_name(role).policy_name(policy_name).send().await {
-        Ok(output) => parse_policy(&output.policy_document),
-        Err(error) if error_code(&error) == Some("NoSuchEntity") => None,
-        Err(error) => return Err(aws_error(format!("reading policy {policy_name} of IAM role {role}"), error)),
-    };
+    let current = (clients.iam.get_role_policy().role_name(role).policy_name(policy_name).send().await)
+        .absent_on(&[NO_SUCH_ENTITY], || format!("reading policy {policy_name} of IAM role {role}"))?
+        .and_then(|output| parse_policy(&output.policy_document));
     if current.as_ref() != Some(&desired) {
         (clients.iam.put_role_policy())
             .role_name(role)
@@ -143,7 +149,7 @@ pub async fn ensure(
             .policy_document(desired.to_string())
             .send()
             .await
-            .map_err(|error| aws_error(format!("writing policy {policy_name} of IAM role {role}"), error))?;
+            .or_aws(|| format!("writing policy {policy_name} of IAM role {role}"))?;
         outcome.changed(format!("wrote policy {policy_name} of IAM role {role}"));
     }
     Ok((AwsResourceRef { name: role.to_owned(), arn: Some(arn) }, outcome))
@@ -151,33 +157,23 @@ pub async fn ensure(
 
 /// Deletes the role and its inline policies if it is this pipeline's; `true` once gone.
 pub async fn delete(clients: &AwsClients, role: &str, owner: &str) -> Result<bool, Error> {
-    let found = match clients.iam.get_role().role_name(role).send().await {
-        Ok(output) => output.role.expect("GetRole returns the role"),
-        Err(error) if error_code(&error) == Some("NoSuchEntity") => return Ok(true),
-        Err(error) => return Err(aws_error(format!("reading IAM role {role}"), error)),
-    };
-    if check_owner("IAM role", role, owner, found.tags().iter().map(|tag| (tag.key(), tag.value()))).is_err() {
-        tracing::info!(role, "not this pipeline's role; leaving it");
+    let Some(found) = observe(clients, role).await? else { return Ok(true) };
+    if let Some(holder) = holder(owner, found.tags().iter().map(|tag| (tag.key(), tag.value()))) {
+        tracing::info!(role, %holder, "not this pipeline's role; leaving it");
         return Ok(true);
     }
-    let policies = (clients.iam.list_role_policies())
-        .role_name(role)
-        .send()
-        .await
-        .map_err(|error| aws_error(format!("listing policies of IAM role {role}"), error))?;
+    let policies =
+        (clients.iam.list_role_policies()).role_name(role).send().await.or_aws(|| format!("listing policies of IAM role {role}"))?;
     for policy in policies.policy_names() {
         (clients.iam.delete_role_policy())
             .role_name(role)
             .policy_name(policy)
             .send()
             .await
-            .map_err(|error| aws_error(format!("deleting policy {policy} of IAM role {role}"), error))?;
+            .or_aws(|| format!("deleting policy {policy} of IAM role {role}"))?;
     }
-    match clients.iam.delete_role().role_name(role).send().await {
-        Ok(_) => Ok(true),
-        Err(error) if error_code(&error) == Some("NoSuchEntity") => Ok(true),
-        Err(error) => Err(aws_error(format!("deleting IAM role {role}"), error)),
-    }
+    clients.iam.delete_role().role_name(role).send().await.absent_on(&[NO_SUCH_ENTITY], || format!("deleting IAM role {role}"))?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -2,11 +2,15 @@
 //! changed in place (shard count, capacity mode, retention) one update at a time.
 
 use aws_sdk_kinesis::types::{StreamMode, StreamModeDetails, StreamStatus};
-use metrics_pipeline_crds::pipeline::AwsResourceRef;
-use metrics_pipeline_crds::validation::{StreamCapacity, StreamConfig};
+use metrics_pipeline_api::config::{StreamCapacity, StreamConfig};
+use metrics_pipeline_api::pipeline::AwsResourceRef;
 
-use super::{AwsClients, Outcome, aws_error, check_owner, error_code, pipeline_tags};
-use crate::error::Error;
+use super::AwsClients;
+use crate::error::{AwsResultExt, Error};
+use crate::managed::{Outcome, check_owner, holder, pipeline_tags};
+
+/// Kinesis's answer for a stream that does not exist.
+const NOT_FOUND: &str = "ResourceNotFoundException";
 
 /// A stream as DescribeStreamSummary and ListTagsForStream show it.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,18 +51,16 @@ pub fn changes(desired: &StreamConfig, observed: &ObservedStream) -> Vec<StreamC
 }
 
 pub async fn observe(clients: &AwsClients, name: &str) -> Result<Option<ObservedStream>, Error> {
-    let summary = match clients.kinesis.describe_stream_summary().stream_name(name).send().await {
-        Ok(output) => output.stream_description_summary.expect("DescribeStreamSummary always describes"),
-        Err(error) if error_code(&error) == Some("ResourceNotFoundException") => return Ok(None),
-        Err(error) => return Err(aws_error(format!("describing Kinesis stream {name}"), error)),
-    };
+    let described = clients.kinesis.describe_stream_summary().stream_name(name).send().await;
+    let Some(described) = described.absent_on(&[NOT_FOUND], || format!("describing Kinesis stream {name}"))? else { return Ok(None) };
+    let summary = described.stream_description_summary.expect("DescribeStreamSummary always describes");
     let tags = clients
         .kinesis
         .list_tags_for_stream()
         .stream_name(name)
         .send()
         .await
-        .map_err(|error| aws_error(format!("listing tags of Kinesis stream {name}"), error))?
+        .or_aws(|| format!("listing tags of Kinesis stream {name}"))?
         .tags
         .into_iter()
         .map(|tag| (tag.key, tag.value.unwrap_or_default()))
@@ -93,7 +95,7 @@ pub async fn ensure(clients: &AwsClients, name: &str, owner: &str, desired: &Str
     }
     if let Some(change) = changes(desired, &observed).into_iter().next() {
         apply(clients, name, &observed, &change).await?;
-        outcome.changed(format!("Kinesis stream {name}: {}", describe(&change)));
+        outcome.changed(format!("Kinesis stream {name}: {change}"));
         outcome.pending = Some(format!("Kinesis stream {name} is updating"));
     }
     Ok((reference, outcome))
@@ -107,28 +109,22 @@ async fn create(clients: &AwsClients, name: &str, owner: &str, desired: &StreamC
     };
     let tags = pipeline_tags(owner);
     let request = tags.iter().fold(request, |request, (key, value)| request.tags(key, value));
-    request.send().await.map_err(|error| aws_error(format!("creating Kinesis stream {name}"), error))?;
+    request.send().await.or_aws(|| format!("creating Kinesis stream {name}"))?;
     // CreateStream's tags are newer than some emulators; tagging again is idempotent.
     let request =
         tags.iter().fold(clients.kinesis.add_tags_to_stream().stream_name(name), |request, (key, value)| request.tags(key, value));
     // A retention other than the default 24 h follows once the stream is ACTIVE, as a change.
-    request.send().await.map(drop).map_err(|error| aws_error(format!("tagging Kinesis stream {name}"), error))
+    request.send().await.or_aws(|| format!("tagging Kinesis stream {name}"))?;
+    Ok(())
 }
 
 async fn apply(clients: &AwsClients, name: &str, observed: &ObservedStream, change: &StreamChange) -> Result<(), Error> {
-    let action = format!("updating Kinesis stream {name} ({})", describe(change));
+    let action = || format!("updating Kinesis stream {name} ({change})");
     let kinesis = &clients.kinesis;
     match *change {
         StreamChange::Capacity(capacity) => {
             let target = if capacity == StreamCapacity::OnDemand { StreamMode::OnDemand } else { StreamMode::Provisioned };
-            kinesis
-                .update_stream_mode()
-                .stream_arn(&observed.arn)
-                .stream_mode_details(mode(target))
-                .send()
-                .await
-                .map(drop)
-                .map_err(|error| aws_error(action.clone(), error))
+            kinesis.update_stream_mode().stream_arn(&observed.arn).stream_mode_details(mode(target)).send().await.map(drop).or_aws(action)
         }
         StreamChange::ShardCount(shards) => (kinesis.update_shard_count())
             .stream_name(name)
@@ -137,21 +133,13 @@ async fn apply(clients: &AwsClients, name: &str, observed: &ObservedStream, chan
             .send()
             .await
             .map(drop)
-            .map_err(|error| aws_error(action.clone(), error)),
-        StreamChange::Retention { from, to } if to > from => (kinesis.increase_stream_retention_period())
-            .stream_name(name)
-            .retention_period_hours(to)
-            .send()
-            .await
-            .map(drop)
-            .map_err(|error| aws_error(action.clone(), error)),
-        StreamChange::Retention { to, .. } => (kinesis.decrease_stream_retention_period())
-            .stream_name(name)
-            .retention_period_hours(to)
-            .send()
-            .await
-            .map(drop)
-            .map_err(|error| aws_error(action.clone(), error)),
+            .or_aws(action),
+        StreamChange::Retention { from, to } if to > from => {
+            (kinesis.increase_stream_retention_period()).stream_name(name).retention_period_hours(to).send().await.map(drop).or_aws(action)
+        }
+        StreamChange::Retention { to, .. } => {
+            (kinesis.decrease_stream_retention_period()).stream_name(name).retention_period_hours(to).send().await.map(drop).or_aws(action)
+        }
     }
 }
 
@@ -159,28 +147,28 @@ fn mode(mode: StreamMode) -> StreamModeDetails {
     StreamModeDetails::builder().stream_mode(mode).build().expect("stream mode is set")
 }
 
-fn describe(change: &StreamChange) -> String {
-    match change {
-        StreamChange::Capacity(StreamCapacity::OnDemand) => "capacity mode to ON_DEMAND".into(),
-        StreamChange::Capacity(StreamCapacity::Provisioned { .. }) => "capacity mode to PROVISIONED".into(),
-        StreamChange::ShardCount(shards) => format!("shard count to {shards}"),
-        StreamChange::Retention { to, .. } => format!("retention to {to} hours"),
+impl std::fmt::Display for StreamChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Capacity(StreamCapacity::OnDemand) => f.write_str("capacity mode to ON_DEMAND"),
+            Self::Capacity(StreamCapacity::Provisioned { .. }) => f.write_str("capacity mode to PROVISIONED"),
+            Self::ShardCount(shards) => write!(f, "shard count to {shards}"),
+            Self::Retention { to, .. } => write!(f, "retention to {to} hours"),
+        }
     }
 }
 
 /// Deletes the stream if it is this pipeline's; `true` once it is gone.
 pub async fn delete(clients: &AwsClients, name: &str, owner: &str) -> Result<bool, Error> {
     let Some(observed) = observe(clients, name).await? else { return Ok(true) };
-    if check_owner("Kinesis stream", name, owner, observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))).is_err() {
-        tracing::info!(stream = name, "not this pipeline's stream; leaving it");
+    if let Some(holder) = holder(owner, observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        tracing::info!(stream = name, %holder, "not this pipeline's stream; leaving it");
         return Ok(true);
     }
     if observed.status != StreamStatus::Deleting {
         let request = clients.kinesis.delete_stream().stream_name(name).enforce_consumer_deletion(true);
-        match request.send().await {
-            Ok(_) => {}
-            Err(error) if error_code(&error) == Some("ResourceNotFoundException") => return Ok(true),
-            Err(error) => return Err(aws_error(format!("deleting Kinesis stream {name}"), error)),
+        if request.send().await.absent_on(&[NOT_FOUND], || format!("deleting Kinesis stream {name}"))?.is_none() {
+            return Ok(true);
         }
     }
     Ok(observe(clients, name).await?.is_none())

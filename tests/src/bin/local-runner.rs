@@ -1,5 +1,5 @@
 //! `local-runner`: runs the aggregator pods of a namespace on this machine, as a kubelet would
-//! (see `metrics_pipeline_e2e::kubelet`), until Ctrl-C. With it, a pipeline applied by hand on
+//! (see `metrics_pipeline_e2e::local_runner`), until Ctrl-C. With it, a pipeline applied by hand on
 //! the local control plane becomes Ready and aggregates for real.
 //!
 //!     cargo run -p metrics-pipeline-e2e --bin local-runner -- [NAMESPACE]
@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use metrics_pipeline_e2e::kube_client;
-use metrics_pipeline_e2e::kubelet::{LocalKubelet, workspace_bin_dir};
+use metrics_pipeline_e2e::local_runner::{LocalRunner, workspace_bin_dir};
 use metrics_pipeline_e2e::quickstart::default_log_dir;
 use metrics_pipeline_operator::workload::aggregator_selector;
 
@@ -17,14 +17,14 @@ async fn main() -> ExitCode {
     let started = async {
         let client = kube_client().await?;
         let log_dir = default_log_dir();
-        let kubelet = LocalKubelet::start(&client, &namespace, &aggregator_selector(), workspace_bin_dir()?, log_dir.clone()).await?;
+        let runner = LocalRunner::start(&client, &namespace, &aggregator_selector(), workspace_bin_dir()?, log_dir.clone()).await?;
         println!("running the aggregator pods of namespace {namespace}; their logs are in {}; Ctrl-C stops them", log_dir.display());
-        anyhow::Ok(kubelet)
+        anyhow::Ok(runner)
     };
     match started.await {
-        Ok(kubelet) => {
+        Ok(runner) => {
             let _ = tokio::signal::ctrl_c().await;
-            kubelet.stop().await;
+            runner.stop().await;
             ExitCode::SUCCESS
         }
         Err(error) => {

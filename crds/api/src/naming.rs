@@ -3,7 +3,10 @@
 //! Every name is a pure function of the resource's namespace and name, its spec, and the AWS
 //! account and region, so a restarted operator finds exactly what it made before.
 
-use crate::stable_hash::fnv1a64;
+use kube::ResourceExt;
+use metrics_pipeline_model::stable_hash::fnv1a64;
+
+use crate::MetricsPipeline;
 
 /// Longest name prefix: the longest suffix added to it (`-` plus 12 hex digits for a bucket) must
 /// still fit the tightest AWS limit, 63 characters for bucket names.
@@ -11,7 +14,8 @@ pub const MAX_PREFIX_LEN: usize = 40;
 
 pub const DEFAULT_TABLE: &str = "metric_aggregates";
 
-/// Tag (label, for Kubernetes objects) on everything a pipeline creates, valued `<namespace>/<name>`:
+/// Tag on every AWS resource a pipeline creates (a parameter on Glue objects, an annotation on
+/// Kubernetes objects), valued `<namespace>/<name>`:
 /// the operator adopts what carries its own value and never touches what does not.
 pub const OWNER_TAG: &str = "metrics.dev/pipeline";
 
@@ -29,12 +33,12 @@ pub struct PipelineNames {
     pub delivery_stream: String,
     pub glue_database: String,
     pub glue_table: String,
-    /// ServiceAccount, ConfigMap and Deployment of the aggregator.
+    /// ServiceAccount and Deployment of the aggregator.
     pub aggregator: String,
 }
 
 /// What the names are derived from.
-pub struct NameInputs<'a> {
+struct NameInputs<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub name_prefix: Option<&'a str>,
@@ -46,7 +50,23 @@ pub struct NameInputs<'a> {
 }
 
 impl PipelineNames {
-    pub fn derive(inputs: &NameInputs<'_>) -> Self {
+    /// The names of `pipeline` in `account_id` and `region` (its resolved region).
+    pub fn of(pipeline: &MetricsPipeline, account_id: &str, region: &str) -> Self {
+        let spec = &pipeline.spec;
+        Self::derive(&NameInputs {
+            // The API server always sets it; a resource read from a file may not have one.
+            namespace: pipeline.metadata.namespace.as_deref().unwrap_or("default"),
+            name: &pipeline.name_any(),
+            name_prefix: spec.name_prefix.as_deref(),
+            bucket_name: spec.delivery.bucket_name.as_deref(),
+            glue_database: spec.catalog.database.as_deref(),
+            glue_table: spec.catalog.table.as_deref(),
+            account_id,
+            region,
+        })
+    }
+
+    fn derive(inputs: &NameInputs<'_>) -> Self {
         let owner = format!("{}/{}", inputs.namespace, inputs.name);
         let prefix = match inputs.name_prefix {
             Some(prefix) => prefix.to_owned(),

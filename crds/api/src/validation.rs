@@ -7,13 +7,14 @@
 
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
-use crate::duration::parse_duration;
-use crate::naming::{MAX_PREFIX_LEN, NameInputs, PipelineNames};
+use metrics_pipeline_model::aggregation::{AggregationSettings, WindowConfig};
+use metrics_pipeline_model::event::is_partition_value;
+
+use crate::config::{AwsTarget, DeliveryConfig, PartitionConfig, PipelineConfig, StreamCapacity, StreamConfig};
+use crate::naming::{MAX_PREFIX_LEN, PipelineNames};
 use crate::pipeline::{
-    AggregationSpec, AggregatorSpec, CapacityMode, Compression, DeletionPolicy, DeliveryFormat, DeliveryWriter, MetricsPipeline,
-    PartitionMode, StreamSpec,
+    AggregationSpec, AggregatorSpec, CapacityMode, DeliveryFormat, DeliveryWriter, MetricsPipeline, PartitionMode, StreamSpec,
 };
 
 /// One problem in the spec: the field (`spec.streams.input.shardCount`) and what to change.
@@ -45,65 +46,6 @@ impl fmt::Display for ValidationErrors {
     }
 }
 
-/// Where the pipeline lands when its spec does not say: the operator's account and region.
-#[derive(Clone, Debug)]
-pub struct AwsTarget {
-    pub account_id: String,
-    pub default_region: Option<String>,
-}
-
-/// A pipeline whose every setting has been checked and resolved; builders take only this.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PipelineConfig {
-    pub names: PipelineNames,
-    pub region: String,
-    pub deletion_policy: DeletionPolicy,
-    pub input_stream: StreamConfig,
-    pub output_stream: StreamConfig,
-    pub windowing: WindowConfig,
-    pub delivery: DeliveryConfig,
-    pub partitions: PartitionConfig,
-    pub aggregator: AggregatorSpec,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StreamCapacity {
-    Provisioned { shards: i32 },
-    OnDemand,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StreamConfig {
-    pub capacity: StreamCapacity,
-    pub retention_hours: i32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WindowConfig {
-    pub window: Duration,
-    pub out_of_orderness: Duration,
-    pub allowed_lateness: Duration,
-    pub idle_timeout: Duration,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DeliveryConfig {
-    pub buffer_interval_seconds: i32,
-    pub buffer_size_mib: i32,
-    pub format: DeliveryFormat,
-    pub writer: DeliveryWriter,
-    pub compression: Compression,
-    pub expire_after_days: Option<i32>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PartitionConfig {
-    /// The operator registers a partition per `componentName=` prefix found in the bucket.
-    Registered,
-    /// Athena partition projection over exactly these components.
-    Projected(Vec<String>),
-}
-
 /// Firehose refuses buffering below these when dynamic partitioning (always on here) or record
 /// format conversion is enabled.
 pub const MIN_BUFFER_INTERVAL_SECONDS: i32 = 60;
@@ -115,8 +57,6 @@ const MAX_BUFFER_SIZE_MIB: i32 = 128;
 pub fn validate(pipeline: &MetricsPipeline, target: &AwsTarget) -> Result<PipelineConfig, ValidationErrors> {
     let mut errors = Errors::default();
     let spec = &pipeline.spec;
-    let namespace = pipeline.metadata.namespace.as_deref().unwrap_or("default");
-    let name = pipeline.metadata.name.as_deref().unwrap_or_default();
 
     let region = match spec.region.clone().or_else(|| target.default_region.clone()) {
         Some(region) => region,
@@ -147,23 +87,14 @@ pub fn validate(pipeline: &MetricsPipeline, target: &AwsTarget) -> Result<Pipeli
     if !errors.0.is_empty() {
         return Err(ValidationErrors(errors.0));
     }
-    let names = PipelineNames::derive(&NameInputs {
-        namespace,
-        name,
-        name_prefix: spec.name_prefix.as_deref(),
-        bucket_name: spec.delivery.bucket_name.as_deref(),
-        glue_database: spec.catalog.database.as_deref(),
-        glue_table: spec.catalog.table.as_deref(),
-        account_id: &target.account_id,
-        region: &region,
-    });
+    let names = PipelineNames::of(pipeline, &target.account_id, &region);
     Ok(PipelineConfig {
         names,
         region,
         deletion_policy: spec.deletion_policy,
         input_stream,
         output_stream,
-        windowing,
+        windowing: windowing.expect("no errors, so the windowing parsed"),
         delivery,
         partitions,
         aggregator: spec.aggregator.clone(),
@@ -253,74 +184,20 @@ fn stream_config(spec: &StreamSpec, field: &str, errors: &mut Errors) -> StreamC
     StreamConfig { capacity, retention_hours: spec.retention_hours }
 }
 
-impl WindowConfig {
-    /// The `spec.aggregation` rules on their own, for the aggregator's flags (the operator passes
-    /// it the spec's values, so the messages name the spec fields).
-    pub fn from_spec(spec: &AggregationSpec) -> Result<Self, ValidationErrors> {
-        let mut errors = Errors::default();
-        let config = window_config(spec, &mut errors);
-        if errors.0.is_empty() { Ok(config) } else { Err(ValidationErrors(errors.0)) }
-    }
-}
-
-fn window_config(spec: &AggregationSpec, errors: &mut Errors) -> WindowConfig {
-    let mut parse = |field: &str, value: &str| match parse_duration(value) {
-        Ok(duration) => Some(duration),
-        Err(error) => {
-            errors.add(format!("spec.aggregation.{field}"), error.to_string());
-            None
-        }
+fn window_config(spec: &AggregationSpec, errors: &mut Errors) -> Option<WindowConfig> {
+    let settings = AggregationSettings {
+        window: &spec.window,
+        out_of_orderness: &spec.out_of_orderness,
+        allowed_lateness: &spec.allowed_lateness,
+        idle_timeout: &spec.idle_timeout,
     };
-    let window = parse("window", &spec.window);
-    let out_of_orderness = parse("outOfOrderness", &spec.out_of_orderness);
-    let allowed_lateness = parse("allowedLateness", &spec.allowed_lateness);
-    let idle_timeout = parse("idleTimeout", &spec.idle_timeout);
-
-    const SECOND: Duration = Duration::from_secs(1);
-    const DAY: Duration = Duration::from_secs(86_400);
-    if let Some(window) = window
-        && !(SECOND..=DAY).contains(&window)
-    {
-        errors.add("spec.aggregation.window", format!("`{}` is out of range: use 1s to 1d", spec.window));
-    }
-    if let Some(out_of_orderness) = out_of_orderness
-        && out_of_orderness > DAY
-    {
-        errors.add(
-            "spec.aggregation.outOfOrderness",
-            format!("`{}` is more than 1d: every open window would be held that long; use 1d or less", spec.out_of_orderness),
-        );
-    }
-    if let Some(allowed_lateness) = allowed_lateness
-        && allowed_lateness > 7 * DAY
-    {
-        errors.add(
-            "spec.aggregation.allowedLateness",
-            format!("`{}` is more than 7d: fired windows would be kept that long; use 7d or less", spec.allowed_lateness),
-        );
-    }
-    if let Some(idle_timeout) = idle_timeout {
-        if idle_timeout < SECOND {
-            errors.add("spec.aggregation.idleTimeout", format!("`{}` is too short: use at least 1s", spec.idle_timeout));
-        } else if let Some(out_of_orderness) = out_of_orderness
-            && idle_timeout < out_of_orderness
-        {
-            errors.add(
-                "spec.aggregation.idleTimeout",
-                format!(
-                    "`{}` is shorter than outOfOrderness `{}`: windows would fire before the out-of-order events they wait \
-                     for can arrive; make idleTimeout at least as long as outOfOrderness",
-                    spec.idle_timeout, spec.out_of_orderness
-                ),
-            );
-        }
-    }
-    WindowConfig {
-        window: window.unwrap_or_default(),
-        out_of_orderness: out_of_orderness.unwrap_or_default(),
-        allowed_lateness: allowed_lateness.unwrap_or_default(),
-        idle_timeout: idle_timeout.unwrap_or_default(),
-    }
+    WindowConfig::parse(&settings)
+        .map_err(|problems| {
+            for problem in problems {
+                errors.add(format!("spec.aggregation.{}", problem.setting), problem.message);
+            }
+        })
+        .ok()
 }
 
 fn delivery_config(pipeline: &MetricsPipeline, errors: &mut Errors) -> DeliveryConfig {
@@ -399,16 +276,6 @@ fn partition_config(pipeline: &MetricsPipeline, errors: &mut Errors) -> Partitio
             PartitionConfig::Projected(spec.components.clone())
         }
     }
-}
-
-/// Characters that survive as an S3 key segment, a Hive partition value and a projection enum
-/// entry (which is comma-separated) alike.
-pub fn is_partition_value(value: &str) -> bool {
-    !value.is_empty()
-        && value.len() <= 255
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && value != "."
-        && value != ".."
 }
 
 fn check_aggregator(spec: &AggregatorSpec, errors: &mut Errors) {

@@ -5,11 +5,16 @@
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_http_client::tls::Provider;
 use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+
+/// The HTTP client every AWS client uses: rustls with ring, for https and plain http endpoints.
+pub fn http_client() -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
+}
 
 /// Loads the SDK configuration; `region` overrides the environment's region when given.
 pub async fn sdk_config(region: Option<String>) -> SdkConfig {
-    let http_client = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client);
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
     if let Some(region) = region {
         loader = loader.region(Region::new(region));
     }

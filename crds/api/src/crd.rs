@@ -32,10 +32,18 @@ fn strip_nullable(value: &mut Value) {
     }
 }
 
+/// The repository root, for this package's own programs and tests: the checkout cargo runs them
+/// from (`CARGO_MANIFEST_DIR` at run time), not the one `env!` saw when a shared build cache
+/// compiled them.
+pub fn repository_root() -> std::path::PathBuf {
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    std::path::Path::new(&manifest_dir).join("../..")
+}
+
 /// The CRD as YAML, exactly as committed.
 pub fn crd_yaml() -> String {
     let body = serde_yaml::to_string(&crd()).expect("a CRD always serializes");
-    format!("# Generated from crds/src/pipeline.rs by `cargo run -p metrics-pipeline-crds --bin crdgen`; do not edit.\n{body}")
+    format!("# Generated from crds/api/src/pipeline.rs by `cargo run -p metrics-pipeline-api --bin crdgen`; do not edit.\n{body}")
 }
 
 #[cfg(test)]
@@ -44,14 +52,11 @@ mod tests {
 
     #[test]
     fn committed_crd_matches_the_types() {
-        // Cargo sets CARGO_MANIFEST_DIR when it runs a test: the checkout under test, even when the
-        // binary came from a build cache shared with another checkout (where `env!` would point).
-        let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
-        let committed_path = std::path::Path::new(&manifest_dir).join("..").join(CRD_PATH);
+        let committed_path = repository_root().join(CRD_PATH);
         let committed = std::fs::read_to_string(&committed_path).unwrap_or_else(|error| panic!("{}: {error}", committed_path.display()));
         assert!(
             committed == crd_yaml(),
-            "{CRD_PATH} is out of date with the Rust types: run `cargo run -p metrics-pipeline-crds --bin crdgen`"
+            "{CRD_PATH} is out of date with the Rust types: run `cargo run -p metrics-pipeline-api --bin crdgen`"
         );
     }
 

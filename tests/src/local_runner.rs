@@ -20,11 +20,10 @@ use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use metrics_pipeline_test_support::{free_port, terminate};
 use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
-
-use crate::{free_port, terminate};
 
 /// The Node every pod run here is bound to.
 pub const NODE: &str = "metrics-pipeline-local-runner";
@@ -34,12 +33,12 @@ const LISTEN_ENVS: [&str; 2] = ["AGGREGATOR_LISTEN", "LISTEN"];
 const CREDENTIALS: [&str; 3] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
 
 /// Runs the selected pods of one namespace until stopped.
-pub struct LocalKubelet {
+pub struct LocalRunner {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl LocalKubelet {
+impl LocalRunner {
     /// Runs the pods of `namespace` that match the label `selector`. `bin_dir` holds the programs
     /// the containers name; `log_dir` receives one log per pod.
     pub async fn start(client: &Client, namespace: &str, selector: &str, bin_dir: PathBuf, log_dir: PathBuf) -> anyhow::Result<Self> {
@@ -49,7 +48,7 @@ impl LocalKubelet {
         let (client, selector) = (client.clone(), selector.to_owned());
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
-            let mut node = Runner { pods, client, selector, bin_dir, log_dir, running: HashMap::new() };
+            let mut node = LocalNode { pods, client, selector, bin_dir, log_dir, running: HashMap::new() };
             loop {
                 if let Err(error) = node.sync().await {
                     eprintln!("[local-runner] {error:#}");
@@ -136,7 +135,7 @@ struct Process {
     restarts: i32,
 }
 
-struct Runner {
+struct LocalNode {
     pods: Api<Pod>,
     client: Client,
     selector: String,
@@ -145,7 +144,7 @@ struct Runner {
     running: HashMap<String, Process>,
 }
 
-impl Runner {
+impl LocalNode {
     async fn sync(&mut self) -> anyhow::Result<()> {
         let pods = self.pods.list(&ListParams::default().labels(&self.selector)).await?;
         for pod in pods {

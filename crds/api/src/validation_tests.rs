@@ -1,7 +1,8 @@
 use std::time::Duration;
 
 use super::*;
-use crate::pipeline::{MetricsPipelineSpec, PartitionMode};
+use crate::config::WindowConfig;
+use crate::pipeline::{Compression, MetricsPipelineSpec, PartitionMode};
 
 fn target() -> AwsTarget {
     AwsTarget { account_id: "123456789012".into(), default_region: Some("eu-west-1".into()) }

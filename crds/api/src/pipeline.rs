@@ -8,12 +8,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
+use metrics_pipeline_model::aggregation::{DEFAULT_ALLOWED_LATENESS, DEFAULT_IDLE_TIMEOUT, DEFAULT_OUT_OF_ORDERNESS, DEFAULT_WINDOW};
+use metrics_pipeline_model::duration::DURATION_PATTERN;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-
-use crate::duration::DURATION_PATTERN;
-
-pub const API_GROUP: &str = "pipelines.metrics.dev";
 
 /// A complete AWS metrics pipeline: input and output Kinesis streams, the aggregator that turns
 /// metric events into windowed aggregates, a Firehose delivery stream with dynamic partitioning
@@ -177,16 +175,16 @@ impl Default for AggregationSpec {
 }
 
 fn default_window() -> String {
-    "1m".into()
+    DEFAULT_WINDOW.into()
 }
 fn default_out_of_orderness() -> String {
-    "10s".into()
+    DEFAULT_OUT_OF_ORDERNESS.into()
 }
 fn default_allowed_lateness() -> String {
-    "1m".into()
+    DEFAULT_ALLOWED_LATENESS.into()
 }
 fn default_idle_timeout() -> String {
-    "30s".into()
+    DEFAULT_IDLE_TIMEOUT.into()
 }
 
 /// Firehose delivery from the output stream into S3, partitioned by `componentName`.

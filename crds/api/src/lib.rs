@@ -1,0 +1,11 @@
+//! The `MetricsPipeline` custom resource: its types and CRD, `validate()` from a resource to an
+//! already-checked [`config::PipelineConfig`], and the one place that names what a pipeline
+//! creates. Pure: no I/O, no clients.
+
+pub mod config;
+pub mod crd;
+pub mod naming;
+pub mod pipeline;
+pub mod validation;
+
+pub use pipeline::{MetricsPipeline, MetricsPipelineSpec, MetricsPipelineStatus};

@@ -1,0 +1,74 @@
+//! A stand-in AWS endpoint for unit tests: answers each call by its operation with a canned
+//! response and records which operations were called, so a test can make AWS answer what the
+//! emulator never does (throttling, a refusal) at one exact step.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::{AwsCalls, AwsClients};
+
+/// An HTTP status and a JSON body.
+pub type Answer = (u16, &'static str);
+
+pub struct FakeAws {
+    pub clients: AwsClients,
+    called: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeAws {
+    /// Serves the JSON protocols (Kinesis, Firehose, Glue): `answers` maps an operation, as the
+    /// `X-Amz-Target` header names it after the dot, to its answer; others get a 500.
+    pub async fn start(answers: BTreeMap<&'static str, Answer>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let called = Arc::new(Mutex::new(Vec::new()));
+        let record = called.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 8192];
+                // One request per connection: read until the headers and the body they announce are in.
+                loop {
+                    let read = stream.read(&mut buffer).await.unwrap_or(0);
+                    request.extend_from_slice(&buffer[..read]);
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else { if read == 0 { break } else { continue } };
+                    let length = header(head, "content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+                    if body.len() >= length || read == 0 {
+                        let operation = header(head, "x-amz-target").and_then(|t| t.split('.').nth(1)).unwrap_or("?").to_owned();
+                        record.lock().unwrap().push(operation.clone());
+                        let (status, body) = answers.get(operation.as_str()).copied().unwrap_or((500, r#"{"__type":"InternalFailure"}"#));
+                        let response = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = stream.write_all(response.as_bytes()).await;
+                        break;
+                    }
+                }
+            }
+        });
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .endpoint_url(endpoint)
+            .http_client(metrics_pipeline_runtime::sdk::http_client())
+            .credentials_provider(
+                aws_sdk_kinesis::config::SharedCredentialsProvider::new(aws_sdk_kinesis::config::Credentials::for_tests()),
+            )
+            .build();
+        Self { clients: AwsClients::new(&sdk, "eu-west-1", &AwsCalls::default()), called }
+    }
+
+    /// The operations called so far, in order.
+    pub fn called(&self) -> Vec<String> {
+        self.called.lock().unwrap().clone()
+    }
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().filter_map(|line| line.split_once(':')).find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.trim())
+}

@@ -1,0 +1,95 @@
+//! What every test of the workspace shares, the aggregator's own tests and the end-to-end
+//! harness alike: polling with a deadline, free ports, stopping processes as Kubernetes does,
+//! and reading counters back from a Prometheus text exposition.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How often [`wait_for`] looks again.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// Calls `check` until it returns `Ok`, at most for `timeout`. `Err` means "not yet" and says
+/// what was seen; the last one is in the error if the time runs out.
+pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Result<T, String>) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(value) => return Ok(value),
+            Err(last) => last,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("{what} did not happen within {timeout:?}; last seen: {last}");
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Stops a process as Kubernetes does: SIGTERM, then SIGKILL after `grace`. Returns its exit
+/// status when it stopped on SIGTERM.
+pub async fn terminate(child: &mut tokio::process::Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            let _ = child.kill().await;
+            None
+        }
+    }
+}
+
+/// The series of one counter in a Prometheus text exposition: labels and value, e.g. for
+/// `operator_aws_calls_total{service="Kinesis",operation="ListShards"} 3`.
+pub fn counter_series(exposition: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix(name))
+        .filter_map(|rest| {
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|pair| !pair.is_empty())
+                .filter_map(|pair| pair.split_once("=\""))
+                .map(|(key, value)| (key.to_owned(), value.trim_end_matches('"').to_owned()))
+                .collect();
+            Some((labels, value.split(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_read_back_with_their_labels() {
+        let text = "# HELP x_total calls\n# TYPE x_total counter\nx_total{service=\"Glue\",operation=\"GetTable\"} 2\nx_total{service=\"S3\",operation=\"HeadBucket\"} 1\nx_totally 9\ny_total 4\n";
+        let series = counter_series(text, "x_total");
+        assert_eq!(series.len(), 2);
+        assert_eq!((series[0].0["service"].as_str(), series[0].0["operation"].as_str(), series[0].1), ("Glue", "GetTable", 2.0));
+        assert_eq!(counter_series(text, "y_total"), [(BTreeMap::new(), 4.0)]);
+    }
+
+    #[tokio::test]
+    async fn waiting_gives_up_with_what_was_seen_last() {
+        let mut tries = 0;
+        let error = wait_for("the impossible", Duration::from_millis(300), async || {
+            tries += 1;
+            Err::<(), _>(format!("try {tries}"))
+        })
+        .await
+        .unwrap_err();
+        assert!(error.to_string().starts_with("the impossible did not happen within 300ms; last seen: try "), "{error}");
+        assert!(tries >= 2);
+        assert_eq!(wait_for("at once", Duration::ZERO, async || Ok::<_, String>(7)).await.unwrap(), 7);
+    }
+}
