@@ -68,7 +68,7 @@ fn gzip(body: &[u8]) -> usize {
 }
 
 fn main() {
-    let roll = Roll { part: 0, rows: rows() };
+    let roll = Roll { run: "bench".into(), part: 0, rows: rows() };
     let count = roll.rows.len() as f64;
     println!("{} aggregate rows, {COMPONENTS} components (files per roll)", roll.rows.len());
     for codec in [ParquetCodec::Snappy, ParquetCodec::Gzip] {

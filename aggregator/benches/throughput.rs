@@ -69,6 +69,7 @@ fn engine_pass() -> (Duration, usize) {
         out_of_orderness: Duration::from_secs(5),
         allowed_lateness: Duration::from_secs(60),
         idle_timeout: Duration::from_secs(30),
+        max_future_skew: Duration::from_secs(300),
     });
     let mut records = Records::new();
     let (mut out, mut busy, mut emitted) = (Vec::new(), Duration::ZERO, 0);

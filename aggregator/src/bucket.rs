@@ -1,5 +1,6 @@
 //! The pipeline's bucket as the aggregator uses it: small objects under `_aggregator/`, written
-//! with retries, because a checkpoint or dead letter that is not stored must hold the stream.
+//! with retries, because a checkpoint or dead letter that is not stored must hold the stream; and
+//! S3's conditional writes (If-None-Match, If-Match) so that nothing is overwritten by mistake.
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::DisplayErrorContext;
@@ -22,13 +23,22 @@ impl Bucket {
         &self.name
     }
 
-    /// Stores the object, retrying with backoff until S3 has it.
-    pub async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) {
+    /// Stores the object if `condition` holds, retrying anything else with backoff until S3 has
+    /// it: `Some(etag)` once written, `None` when the condition does not hold.
+    pub async fn put(&self, key: &str, body: Vec<u8>, content_type: &str, condition: Condition<'_>) -> Option<String> {
         let mut backoff = Backoff::default();
         loop {
             let request = self.client.put_object().bucket(&self.name).key(key).content_type(content_type);
+            let request = match condition {
+                Condition::None => request,
+                Condition::Absent => request.if_none_match("*"),
+                Condition::Matches(etag) => request.if_match(etag),
+            };
             match request.body(ByteStream::from(body.clone())).send().await {
-                Ok(_) => return,
+                Ok(output) => return Some(output.e_tag.unwrap_or_default()),
+                // 412: the condition does not hold; 404: an If-Match object is gone.
+                Err(error) if matches!(error.raw_response().map(|r| r.status().as_u16()), Some(412 | 404)) => return None,
+                // 409 (ConditionalRequestConflict, a concurrent write to the key) is retried too.
                 Err(error) => {
                     tracing::warn!(error = %DisplayErrorContext(&error), bucket = %self.name, key, "PutObject failed; retrying");
                 }
@@ -37,11 +47,14 @@ impl Bucket {
         }
     }
 
-    /// The object's bytes, or `None` when there is no such object.
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    /// The object's bytes and ETag, or `None` when there is no such object.
+    pub async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, String)>, StorageError> {
         let failed = |reason: String| StorageError(format!("cannot read s3://{}/{key}: {reason}", self.name));
         match self.client.get_object().bucket(&self.name).key(key).send().await {
-            Ok(output) => Ok(Some(output.body.collect().await.map_err(|error| failed(error.to_string()))?.to_vec())),
+            Ok(output) => {
+                let etag = output.e_tag.unwrap_or_default();
+                Ok(Some((output.body.collect().await.map_err(|error| failed(error.to_string()))?.to_vec(), etag)))
+            }
             Err(error) => match error.as_service_error() {
                 Some(service) if service.is_no_such_key() => Ok(None),
                 Some(service) => {
@@ -51,6 +64,17 @@ impl Bucket {
             },
         }
     }
+}
+
+/// When a PUT may replace what is stored under its key.
+#[derive(Clone, Copy, Debug)]
+pub enum Condition<'a> {
+    /// Always.
+    None,
+    /// Only when nothing is (If-None-Match: *).
+    Absent,
+    /// Only when the stored object has this ETag (If-Match).
+    Matches(&'a str),
 }
 
 /// S3 refused or could not be reached; worth retrying (the bucket may still be being created).

@@ -1,16 +1,24 @@
 //! The checkpoint: where each shard was read to plus the open-window state, as one JSON object
 //! in the pipeline's bucket, overwritten after each flush (an S3 PUT replaces atomically).
+//!
+//! It is also the lease that makes one copy the writer. Each write is conditional on the ETag
+//! of this copy's last write (If-Match), so a copy that another has taken the checkpoint from
+//! cannot overwrite it: it learns so on its next write and stops. A copy starts writing only once
+//! the checkpoint is free: none yet, released by a clean stop, its own (the same pod restarted),
+//! or not written by its holder for the lease's duration (a copy on a lost node).
+
+use std::time::Duration;
 
 use anyhow::Context;
 use metrics_pipeline_model::event::EventTime;
 use serde::{Deserialize, Serialize};
 
-use crate::bucket::{Bucket, StorageError};
+use crate::bucket::{Bucket, Condition, StorageError};
 use crate::parquet_files::FilesState;
 use crate::source::StreamPosition;
 use crate::window::EngineSnapshot;
 
-const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -18,7 +26,13 @@ pub struct Checkpoint {
     pub version: u32,
     /// The input stream the positions belong to.
     pub stream: String,
+    /// Which stream of that name: one deleted and created again is another stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_identity: Option<StreamIdentity>,
     pub written_at: EventTime,
+    /// The copy that may write it; `None` once released by a clean stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
     pub position: StreamPosition,
     pub engine: EngineSnapshot,
     /// The direct Parquet sink's rows and roll, when it is on.
@@ -26,9 +40,28 @@ pub struct Checkpoint {
     pub files: Option<FilesState>,
 }
 
-impl Checkpoint {
-    pub fn new(stream: &str, written_at: EventTime, position: StreamPosition, engine: EngineSnapshot, files: Option<FilesState>) -> Self {
-        Self { version: FORMAT_VERSION, stream: stream.to_owned(), written_at, position, engine, files }
+/// A Kinesis stream as DescribeStreamSummary names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamIdentity {
+    pub arn: String,
+    pub created: EventTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    /// Who holds it: the pod's name.
+    pub holder: String,
+    /// How long the holder may go without writing before another copy may take over.
+    pub duration_ms: u64,
+}
+
+impl Lease {
+    /// Whether `holder` may take the checkpoint under this lease, given how long the stored
+    /// checkpoint has stayed unchanged as `holder` saw it.
+    pub fn lets(&self, holder: &str, unchanged_for: Duration) -> bool {
+        self.holder == holder || unchanged_for >= Duration::from_millis(self.duration_ms)
     }
 }
 
@@ -49,31 +82,70 @@ fn parse(bytes: &[u8], stream: &str, location: &str) -> anyhow::Result<Checkpoin
     Ok(checkpoint)
 }
 
+/// Another copy wrote the checkpoint since this one last did: it holds it now.
+#[derive(Debug)]
+pub struct Fenced {
+    location: String,
+    holder: Option<String>,
+}
+
+impl std::fmt::Display for Fenced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let holder = self.holder.as_deref().map_or_else(|| "it was removed".to_owned(), |holder| format!("`{holder}` holds it now"));
+        write!(f, "another copy wrote {} since this one last did ({holder}): stopping without writing more", self.location)
+    }
+}
+
+impl std::error::Error for Fenced {}
+
 pub struct CheckpointStore {
     bucket: Bucket,
     key: String,
+    /// ETag of the stored checkpoint as this copy last wrote or took it; `None`: there is none.
+    etag: Option<String>,
 }
 
 impl CheckpointStore {
     pub fn new(bucket: Bucket, key: String) -> Self {
-        Self { bucket, key }
+        Self { bucket, key, etag: None }
     }
 
     pub fn location(&self) -> String {
         format!("s3://{}/{}", self.bucket.name(), self.key)
     }
 
-    /// The stored checkpoint for `stream`, `None` on a first start. `Err(Unreachable)` is worth
+    /// The stored checkpoint for `stream` and its ETag, `None` on a first start. `Err` is worth
     /// retrying; a checkpoint that cannot be understood, or belongs to another stream, stops the
-    /// start (`Ok(Err(..))`): resuming from it would be wrong.
-    pub async fn load(&self, stream: &str) -> Result<anyhow::Result<Option<Checkpoint>>, StorageError> {
-        let Some(bytes) = self.bucket.get(&self.key).await? else { return Ok(Ok(None)) };
-        Ok(parse(&bytes, stream, &self.location()).map(Some))
+    /// start (`Ok(Some((Err(..), _)))`): resuming from it would be wrong.
+    pub async fn read(&self, stream: &str) -> Result<Option<(anyhow::Result<Checkpoint>, String)>, StorageError> {
+        let stored = self.bucket.get(&self.key).await?;
+        Ok(stored.map(|(bytes, etag)| (parse(&bytes, stream, &self.location()), etag)))
     }
 
-    pub async fn save(&self, checkpoint: &Checkpoint) {
+    /// From now on this copy writes over the checkpoint with `etag` (`None`: over none).
+    pub fn take(&mut self, etag: Option<String>) {
+        self.etag = etag;
+    }
+
+    /// Writes the checkpoint over the one this copy last wrote or took, and only over it.
+    pub async fn save(&mut self, checkpoint: &Checkpoint) -> Result<(), Fenced> {
         let body = serde_json::to_vec(checkpoint).expect("a checkpoint always serializes");
-        self.bucket.put(&self.key, body, "application/json").await;
+        let condition = self.etag.as_deref().map_or(Condition::Absent, Condition::Matches);
+        match self.bucket.put(&self.key, body, "application/json", condition).await {
+            Some(etag) => {
+                self.etag = Some(etag);
+                Ok(())
+            }
+            None => {
+                let holder = match self.bucket.get(&self.key).await {
+                    Ok(Some((bytes, _))) => {
+                        serde_json::from_slice::<Checkpoint>(&bytes).ok().and_then(|c| c.lease).map(|lease| lease.holder)
+                    }
+                    _ => None,
+                };
+                Err(Fenced { location: self.location(), holder })
+            }
+        }
     }
 }
 
@@ -84,8 +156,19 @@ mod tests {
     use super::*;
 
     fn stored(stream: &str) -> Vec<u8> {
-        let engine = EngineSnapshot { window_ms: 60_000, watermarks: BTreeMap::new(), open: Vec::new(), fired: Vec::new() };
-        serde_json::to_vec(&Checkpoint::new(stream, EventTime(0), StreamPosition::default(), engine, None)).unwrap()
+        let engine =
+            EngineSnapshot { window_ms: 60_000, watermarks: BTreeMap::new(), watermark: None, open: Vec::new(), fired: Vec::new() };
+        let checkpoint = Checkpoint {
+            version: FORMAT_VERSION,
+            stream: stream.into(),
+            stream_identity: None,
+            written_at: EventTime(0),
+            lease: None,
+            position: StreamPosition::default(),
+            engine,
+            files: None,
+        };
+        serde_json::to_vec(&checkpoint).unwrap()
     }
 
     #[test]
@@ -99,5 +182,13 @@ mod tests {
     fn an_unreadable_checkpoint_says_how_to_start_over() {
         let error = format!("{:#}", parse(b"{not json", "in", "s3://b/k").unwrap_err());
         assert!(error.starts_with("s3://b/k is not a checkpoint this aggregator can read; move it away"), "{error}");
+    }
+
+    #[test]
+    fn a_lease_lets_its_holder_at_once_and_another_copy_only_once_it_lapsed() {
+        let lease = Lease { holder: "pod-a".into(), duration_ms: 60_000 };
+        assert!(lease.lets("pod-a", Duration::ZERO), "the same pod, restarted");
+        assert!(!lease.lets("pod-b", Duration::from_secs(59)));
+        assert!(lease.lets("pod-b", Duration::from_secs(60)), "the holder stopped writing");
     }
 }

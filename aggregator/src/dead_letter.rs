@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::bucket::Bucket;
+use crate::bucket::{Bucket, Condition};
 
 /// One kept record, one JSON line in a dead-letter object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -61,14 +61,16 @@ impl DeadLetters {
         self.bytes
     }
 
-    /// The objects to write: `<prefix><shardId>/<first sequence number>.jsonl`, newline-delimited
-    /// JSON. Named by the first record, so a replay after a crash overwrites rather than adds.
-    pub fn take_objects(&mut self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    /// The objects to write: `<prefix><shardId>/<first sequence number>-<run>.jsonl`,
+    /// newline-delimited JSON. The run (random per process start) keeps names from repeating: a
+    /// replay after a crash, or a copy that was fenced, adds an object and never overwrites one
+    /// (which could drop letters another batch held); duplicates share shard and sequence number.
+    pub fn take_objects(&mut self, prefix: &str, run: &str) -> Vec<(String, Vec<u8>)> {
         self.bytes = 0;
         std::mem::take(&mut self.by_shard)
             .into_iter()
             .map(|(shard, letters)| {
-                let key = format!("{prefix}{shard}/{}.jsonl", letters[0].sequence_number);
+                let key = format!("{prefix}{shard}/{}-{run}.jsonl", letters[0].sequence_number);
                 let mut body = Vec::new();
                 for letter in &letters {
                     serde_json::to_writer(&mut body, letter).expect("a dead letter always serializes");
@@ -79,9 +81,9 @@ impl DeadLetters {
             .collect()
     }
 
-    pub async fn write(&mut self, bucket: &Bucket, prefix: &str) {
-        for (key, body) in self.take_objects(prefix) {
-            bucket.put(&key, body, "application/x-ndjson").await;
+    pub async fn write(&mut self, bucket: &Bucket, prefix: &str, run: &str) {
+        for (key, body) in self.take_objects(prefix, run) {
+            bucket.put(&key, body, "application/x-ndjson", Condition::Absent).await;
         }
     }
 }
@@ -96,10 +98,10 @@ mod tests {
         letters.push(DeadLetter::new("not_json".into(), "shardId-000", "100", "user-service", b"{oops"));
         letters.push(DeadLetter::new("too_late".into(), "shardId-001", "7", "order-service", b"{\"x\":1}"));
         letters.push(DeadLetter::new("not_json".into(), "shardId-000", "101", "k", &[0xff, 0x00]));
-        let objects = letters.take_objects("_aggregator/dead-letters/");
+        let objects = letters.take_objects("_aggregator/dead-letters/", "5eed");
         assert!(letters.is_empty());
         let keys: Vec<&str> = objects.iter().map(|(key, _)| key.as_str()).collect();
-        assert_eq!(keys, ["_aggregator/dead-letters/shardId-000/100.jsonl", "_aggregator/dead-letters/shardId-001/7.jsonl"]);
+        assert_eq!(keys, ["_aggregator/dead-letters/shardId-000/100-5eed.jsonl", "_aggregator/dead-letters/shardId-001/7-5eed.jsonl"]);
         let lines: Vec<serde_json::Value> =
             objects[0].1.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
         assert_eq!(lines[0]["data"], "{oops");

@@ -16,7 +16,8 @@ use metrics_aggregator::server::{Health, serve};
 use metrics_aggregator::sink::KinesisSink;
 use metrics_aggregator::source::{InitialPosition, MIN_POLL_INTERVAL};
 use metrics_pipeline_model::aggregation::{
-    AggregationSettings, DEFAULT_ALLOWED_LATENESS, DEFAULT_IDLE_TIMEOUT, DEFAULT_OUT_OF_ORDERNESS, DEFAULT_WINDOW, WindowConfig,
+    AggregationSettings, DEFAULT_ALLOWED_LATENESS, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FUTURE_SKEW, DEFAULT_OUT_OF_ORDERNESS, DEFAULT_WINDOW,
+    WindowConfig,
 };
 use metrics_pipeline_model::duration::parse_duration;
 use metrics_pipeline_model::event::EventTime;
@@ -38,9 +39,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Aggregate the input stream into the output stream until SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Publish generated metric events to a stream.
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
 }
 
 #[derive(Args)]
@@ -72,6 +73,9 @@ struct RunArgs {
     allowed_lateness: String,
     #[arg(long, env = "AGGREGATOR_IDLE_TIMEOUT", default_value = DEFAULT_IDLE_TIMEOUT)]
     idle_timeout: String,
+    /// Events stamped further ahead of the wall clock than this are kept as dead letters.
+    #[arg(long, env = "AGGREGATOR_MAX_FUTURE_SKEW", default_value = DEFAULT_MAX_FUTURE_SKEW)]
+    max_future_skew: String,
     #[arg(long, env = "AGGREGATOR_CHECKPOINT_KEY", default_value = "_aggregator/checkpoint.json")]
     checkpoint_key: String,
     #[arg(long, env = "AGGREGATOR_DEAD_LETTER_PREFIX", default_value = "_aggregator/dead-letters/")]
@@ -98,6 +102,13 @@ struct RunArgs {
     /// Most aggregates in one roll of Parquet files; more roll early.
     #[arg(long, env = "AGGREGATOR_PARQUET_MAX_ROWS", default_value_t = 1_000_000)]
     parquet_max_rows: usize,
+    /// Who this copy is in the checkpoint's lease (default: the host name, which is the pod's name).
+    #[arg(long, env = "AGGREGATOR_HOLDER_IDENTITY")]
+    holder_identity: Option<String>,
+    /// How long the checkpoint stays this copy's without a write: another copy (a new pod while
+    /// this one's node is unreachable) waits that long after its last write before taking over.
+    #[arg(long, env = "AGGREGATOR_LEASE_DURATION", default_value = "60s", value_parser = parse_duration)]
+    lease_duration: Duration,
 }
 
 #[derive(Args)]
@@ -141,8 +152,8 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Run(args) => run_aggregator(args).await,
-        Command::Generate(args) => generate(args).await,
+        Command::Run(args) => run_aggregator(*args).await,
+        Command::Generate(args) => generate(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -159,6 +170,7 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
         out_of_orderness: &args.out_of_orderness,
         allowed_lateness: &args.allowed_lateness,
         idle_timeout: &args.idle_timeout,
+        max_future_skew: &args.max_future_skew,
     };
     let windowing = WindowConfig::parse(&settings).map_err(|problems| {
         let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -169,6 +181,7 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
         "--poll-interval must be at least 200ms: Kinesis allows 5 GetRecords calls a second per shard"
     );
     anyhow::ensure!(args.dead_letter_prefix.ends_with('/'), "--dead-letter-prefix must end with `/`");
+    anyhow::ensure!(args.lease_duration >= Duration::from_secs(1), "--lease-duration must be at least 1s");
     let sdk = aws(args.aws).await;
     let health = Arc::new(Health { metrics: Default::default(), ready: Default::default() });
     let server = tokio::spawn(serve(args.listen, health.clone()));
@@ -186,6 +199,8 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
             roll_interval: args.parquet_roll_interval,
             max_rows: args.parquet_max_rows.max(1),
         }),
+        holder: args.holder_identity.unwrap_or_else(host_name),
+        lease_duration: args.lease_duration,
     };
     let bucket = Bucket::new(s3_client(&sdk), args.bucket);
     tokio::select! {
@@ -223,6 +238,13 @@ fn names<T>(list: &str, stem: &str, parse: impl Fn(&str) -> anyhow::Result<T>) -
     };
     anyhow::ensure!(!items.is_empty(), "give at least one {stem}");
     items.iter().map(|item| parse(item)).collect()
+}
+
+/// The host name: in a pod, the pod's name.
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
+    if name.is_empty() { "aggregator".to_owned() } else { name.to_owned() }
 }
 
 fn parse_event_time(text: &str) -> Result<EventTime, String> {

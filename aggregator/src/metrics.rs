@@ -19,6 +19,7 @@ pub struct Metrics {
     pub dead_letters_written: Counter,
     pub parquet_files_written: Counter,
     pub checkpoints_written: Counter,
+    pub checkpoints_discarded: Family<Labels, Counter>,
     pub get_records_throttled: Counter,
     pub open_windows: Gauge,
     pub shards: Gauge,
@@ -37,6 +38,7 @@ impl Default for Metrics {
             dead_letters_written: Counter::default(),
             parquet_files_written: Counter::default(),
             checkpoints_written: Counter::default(),
+            checkpoints_discarded: Family::default(),
             get_records_throttled: Counter::default(),
             open_windows: Gauge::default(),
             shards: Gauge::default(),
@@ -47,7 +49,7 @@ impl Default for Metrics {
         registry.register("records_read", "Records read from the input stream", metrics.records_read.clone());
         registry.register(
             "records_invalid",
-            "Records that are not metric events, by reason (kept as dead letters)",
+            "Records not counted, by reason: not metric events, stamped beyond the future skew, overflowing their window's sum (kept as dead letters)",
             metrics.records_invalid.clone(),
         );
         registry.register(
@@ -59,6 +61,11 @@ impl Default for Metrics {
         registry.register("dead_letters_written", "Records written to the dead-letter prefix", metrics.dead_letters_written.clone());
         registry.register("parquet_files_written", "Parquet files written by the direct sink", metrics.parquet_files_written.clone());
         registry.register("checkpoints_written", "Checkpoints stored", metrics.checkpoints_written.clone());
+        registry.register(
+            "checkpoints_discarded",
+            "Stored checkpoints not resumed, by reason (stream_recreated: of an earlier stream of the same name)",
+            metrics.checkpoints_discarded.clone(),
+        );
         registry.register("get_records_throttled", "GetRecords calls refused for throughput", metrics.get_records_throttled.clone());
         registry.register("open_windows", "Windows (key x window) not fired yet", metrics.open_windows.clone());
         registry.register("shards", "Input shards being read", metrics.shards.clone());

@@ -7,7 +7,9 @@
 //! number and its rows, and only then written, one S3 PUT per component, so each file is visible
 //! only when complete. A crash before the checkpoint replays the rows into a later roll; a crash
 //! after it writes the same roll again on restart: same names, same contents. Nothing is lost and
-//! no file is duplicated.
+//! no file is duplicated. A name carries the run that made the roll (random per process start)
+//! and the roll's number, so names never repeat, not even after the checkpoint was started over;
+//! and each PUT is conditional (If-None-Match), so no file is ever overwritten.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::bucket::Bucket;
+use crate::bucket::{Bucket, Condition};
 
 /// The codec inside the files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -57,6 +59,9 @@ pub struct FilesState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Roll {
+    /// The run that made the roll: its files are named after it.
+    #[serde(default)]
+    pub run: String,
     pub part: u64,
     pub rows: Vec<MetricAggregate>,
 }
@@ -64,14 +69,16 @@ pub struct Roll {
 pub struct ParquetFiles {
     settings: ParquetSettings,
     state: FilesState,
+    /// This process's run id, for the names of the rolls it makes.
+    run: String,
     /// When the oldest in-progress row arrived.
     oldest: Option<Instant>,
 }
 
 impl ParquetFiles {
-    pub fn restore(settings: ParquetSettings, state: FilesState) -> Self {
+    pub fn restore(settings: ParquetSettings, state: FilesState, run: &str) -> Self {
         let oldest = (!state.in_progress.is_empty()).then(Instant::now);
-        Self { settings, state, oldest }
+        Self { settings, state, run: run.to_owned(), oldest }
     }
 
     pub fn add(&mut self, rows: &[MetricAggregate]) {
@@ -82,8 +89,12 @@ impl ParquetFiles {
     }
 
     pub fn roll_due(&self) -> bool {
-        self.state.in_progress.len() >= self.settings.max_rows
-            || self.oldest.is_some_and(|oldest| oldest.elapsed() >= self.settings.roll_interval)
+        self.state.in_progress.len() >= self.settings.max_rows || self.roll_at().is_some_and(|at| at <= Instant::now())
+    }
+
+    /// When the rows waiting now roll on time.
+    pub fn roll_at(&self) -> Option<Instant> {
+        self.oldest.map(|oldest| oldest + self.settings.roll_interval)
     }
 
     /// Turns the in-progress rows into the roll the next checkpoint commits.
@@ -92,7 +103,7 @@ impl ParquetFiles {
             return;
         }
         let rows = std::mem::take(&mut self.state.in_progress);
-        self.state.committing = Some(Roll { part: self.state.next_part, rows });
+        self.state.committing = Some(Roll { run: self.run.clone(), part: self.state.next_part, rows });
         self.state.next_part += 1;
         self.oldest = None;
     }
@@ -103,20 +114,21 @@ impl ParquetFiles {
     }
 
     /// Writes the committed roll's files, once the checkpoint recording it is stored. Returns how
-    /// many files were written.
+    /// many files were written; one already there (written before a restart) is left as it is.
     pub async fn commit(&mut self, bucket: &Bucket) -> usize {
         let Some(roll) = self.state.committing.take() else { return 0 };
-        let files = files_of(&roll, self.settings.codec);
-        let written = files.len();
-        for (key, body) in files {
-            bucket.put(&key, body, "application/vnd.apache.parquet").await;
+        let mut written = 0;
+        for (key, body) in files_of(&roll, self.settings.codec) {
+            if bucket.put(&key, body, "application/vnd.apache.parquet", Condition::Absent).await.is_some() {
+                written += 1;
+            }
         }
         written
     }
 }
 
-/// One file per component: `componentName=<name>/part-<roll>.parquet`, rows ordered by metric,
-/// unit and window.
+/// One file per component: `componentName=<name>/part-<run>-<roll>.parquet`, rows ordered by
+/// metric, unit and window.
 pub fn files_of(roll: &Roll, codec: ParquetCodec) -> Vec<(String, Vec<u8>)> {
     let mut by_component: BTreeMap<&str, Vec<&MetricAggregate>> = BTreeMap::new();
     for row in &roll.rows {
@@ -128,7 +140,7 @@ pub fn files_of(roll: &Roll, codec: ParquetCodec) -> Vec<(String, Vec<u8>)> {
             rows.sort_by(|a, b| {
                 (&a.metric_name, &a.unit, a.window_start, a.revision).cmp(&(&b.metric_name, &b.unit, b.window_start, b.revision))
             });
-            (format!("componentName={component}/part-{:010}.parquet", roll.part), encode(&rows, codec))
+            (format!("componentName={component}/part-{}-{:010}.parquet", roll.run, roll.part), encode(&rows, codec))
         })
         .collect()
 }
@@ -265,10 +277,11 @@ mod tests {
 
     #[test]
     fn a_roll_writes_one_file_per_component_with_typed_columns() {
-        let roll = Roll { part: 7, rows: vec![aggregate("b", "cpu", 60_000, 2), aggregate("a", "ram", 0, 3), aggregate("a", "cpu", 0, 1)] };
+        let rows = vec![aggregate("b", "cpu", 60_000, 2), aggregate("a", "ram", 0, 3), aggregate("a", "cpu", 0, 1)];
+        let roll = Roll { run: "5eed".into(), part: 7, rows };
         let files = files_of(&roll, ParquetCodec::Snappy);
         let keys: Vec<&str> = files.iter().map(|(key, _)| key.as_str()).collect();
-        assert_eq!(keys, ["componentName=a/part-0000000007.parquet", "componentName=b/part-0000000007.parquet"]);
+        assert_eq!(keys, ["componentName=a/part-5eed-0000000007.parquet", "componentName=b/part-5eed-0000000007.parquet"]);
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(files[0].1.clone())).unwrap();
         let metadata = reader.metadata().clone();
         let batch = reader.build().unwrap().next().unwrap().unwrap();
@@ -289,7 +302,7 @@ mod tests {
 
     #[test]
     fn rows_roll_on_size_and_a_roll_waits_for_its_commit() {
-        let mut files = ParquetFiles::restore(settings(), FilesState::default());
+        let mut files = ParquetFiles::restore(settings(), FilesState::default(), "run-1");
         files.add(&[aggregate("a", "cpu", 0, 1), aggregate("a", "cpu", 60_000, 1)]);
         assert!(!files.roll_due());
         files.add(&[aggregate("a", "cpu", 120_000, 1)]);
@@ -307,19 +320,31 @@ mod tests {
 
     #[test]
     fn a_restart_after_the_checkpoint_writes_the_same_files_again() {
-        let mut before_crash = ParquetFiles::restore(settings(), FilesState::default());
+        let mut before_crash = ParquetFiles::restore(settings(), FilesState::default(), "run-1");
         before_crash.add(&[aggregate("a", "cpu", 0, 1), aggregate("b", "ram", 0, 2)]);
         before_crash.roll();
         let checkpoint: FilesState = serde_json::from_slice(&serde_json::to_vec(before_crash.state()).unwrap()).unwrap();
         let first = files_of(before_crash.state().committing.as_ref().unwrap(), ParquetCodec::Gzip);
-        let restarted = ParquetFiles::restore(settings(), checkpoint);
+        let restarted = ParquetFiles::restore(settings(), checkpoint, "run-2");
         let again = files_of(restarted.state().committing.as_ref().unwrap(), ParquetCodec::Gzip);
         assert_eq!(first, again, "same names, same bytes: the rewrite replaces, never adds");
     }
 
     #[test]
+    fn a_run_that_started_over_names_its_files_apart_from_every_earlier_run() {
+        let names = |run: &str| {
+            let mut files = ParquetFiles::restore(settings(), FilesState::default(), run);
+            files.add(&[aggregate("a", "cpu", 0, 1)]);
+            files.roll();
+            files_of(files.state().committing.as_ref().unwrap(), ParquetCodec::Snappy).into_iter().map(|(key, _)| key).collect::<Vec<_>>()
+        };
+        assert_ne!(names("run-1"), names("run-2"), "both runs start at roll 0");
+    }
+
+    #[test]
     fn rows_roll_on_time() {
-        let mut files = ParquetFiles::restore(ParquetSettings { roll_interval: Duration::ZERO, ..settings() }, FilesState::default());
+        let mut files =
+            ParquetFiles::restore(ParquetSettings { roll_interval: Duration::ZERO, ..settings() }, FilesState::default(), "run-1");
         assert!(!files.roll_due(), "nothing to roll");
         files.add(&[aggregate("a", "cpu", 0, 1)]);
         assert!(files.roll_due());

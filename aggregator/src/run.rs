@@ -1,27 +1,25 @@
-//! The aggregator's loop: poll the input shards, decode, window, fire, and flush — aggregates to
-//! the output stream, dead letters and then the checkpoint to the bucket.
+//! The aggregator's loop: take the checkpoint, poll the input shards, decode, window, fire, and
+//! flush — aggregates to the output stream, dead letters and then the checkpoint to the bucket.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_kinesis::types::Record;
+use aws_sdk_kinesis::error::DisplayErrorContext;
 use metrics_pipeline_model::aggregation::WindowConfig;
-use metrics_pipeline_model::event::{EventTime, MetricAggregate};
+use metrics_pipeline_model::event::EventTime;
 use tokio::time::Instant;
 
 use crate::bucket::Bucket;
-use crate::checkpoint::{Checkpoint, CheckpointStore};
-use crate::dead_letter::{DeadLetter, DeadLetters};
-use crate::decode::decode;
+use crate::checkpoint::{Checkpoint, CheckpointStore, Fenced, Lease, StreamIdentity};
+use crate::intake::Intake;
 use crate::metrics::Metrics;
-use crate::parquet_files::{ParquetFiles, ParquetSettings};
+use crate::parquet_files::{FilesState, ParquetFiles, ParquetSettings};
 use crate::server::Health;
 use crate::sink::{Backoff, KinesisSink, OutputRecord};
-use crate::source::{InitialPosition, KinesisSource, Poll, ShardBatch};
-use crate::window::{Admission, WindowEngine};
+use crate::source::{InitialPosition, KinesisSource, StreamPosition};
+use crate::window::WindowEngine;
 
 /// Dead letters held in memory before a flush is forced.
 const MAX_HELD_DEAD_LETTER_BYTES: usize = 4 * 1024 * 1024;
@@ -42,10 +40,15 @@ pub struct AggregatorConfig {
     pub initial_position: InitialPosition,
     /// Also write the aggregates as Parquet files into the bucket (the direct sink).
     pub parquet: Option<ParquetSettings>,
+    /// Who this copy is in the checkpoint's lease: the pod's name.
+    pub holder: String,
+    /// How long the checkpoint stays this copy's without a write; it writes at least every third.
+    pub lease_duration: Duration,
 }
 
-/// Runs until `shutdown` resolves, then flushes and checkpoints. Open windows stay open in the
-/// checkpoint: the next start continues them rather than firing them early.
+/// Runs until `shutdown` resolves, then flushes, checkpoints and releases the checkpoint. Open
+/// windows stay open in the checkpoint: the next start continues them rather than firing them
+/// early. Fails when another copy took the checkpoint over.
 pub async fn run(
     config: AggregatorConfig,
     kinesis: aws_sdk_kinesis::Client,
@@ -54,17 +57,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
-    let checkpoints = CheckpointStore::new(bucket.clone(), config.checkpoint_key.clone());
-    let loaded = until_stopped("read the checkpoint", &mut shutdown, async || checkpoints.load(&config.input_stream).await).await;
-    let Some(stored) = loaded else { return Ok(()) };
-    let mut aggregator = Aggregator::resume(config, kinesis, bucket, checkpoints, health, stored?).await;
+    let stream = config.input_stream.clone();
+    let described = until_stopped("describe the input stream", &mut shutdown, async || stream_identity(&kinesis, &stream).await).await;
+    let Some(identity) = described else { return Ok(()) };
+    let mut checkpoints = CheckpointStore::new(bucket.clone(), config.checkpoint_key.clone());
+    let Some(stored) = take_checkpoint(&mut checkpoints, &config, &mut shutdown).await else { return Ok(()) };
+    let mut aggregator = Aggregator::resume(config, kinesis, bucket, checkpoints, health, identity, stored?).await;
+    // This copy's first write takes the checkpoint, and makes a first start's position durable
+    // before anything is read.
+    aggregator.flush().await?;
     let listed = until_stopped("list the input stream's shards", &mut shutdown, async || {
-        aggregator.source.discover().await.map_err(|error| aws_sdk_kinesis::error::DisplayErrorContext(error).to_string())
+        aggregator.source.discover().await.map_err(|error| DisplayErrorContext(error).to_string())
     })
     .await;
-    let Some(started) = listed else { return Ok(()) };
-    aggregator.start_shards(&started);
-    aggregator.forget_unread_shards();
+    let Some(started) = listed else { return Ok(aggregator.release().await?) };
+    aggregator.intake.start_shards(&started, Instant::now());
+    aggregator.intake.forget_unread_shards();
+    aggregator.health.metrics.shards.set(started.len() as i64);
     aggregator.health.ready.store(true, Ordering::Relaxed);
     tracing::info!(stream = %aggregator.config.input_stream, shards = started.len(), "consuming");
 
@@ -72,20 +81,21 @@ pub async fn run(
         let poll = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            poll = aggregator.source.poll(aggregator.next_checkpoint) => poll,
+            poll = aggregator.source.poll(aggregator.next_due()) => poll,
         };
-        aggregator.take_poll(&poll);
-        aggregator.fire_due_windows();
+        let (now, wall_clock, metrics) = (Instant::now(), wall_clock(), &aggregator.health.metrics);
+        aggregator.intake.take_poll(&poll, now, wall_clock, metrics);
+        aggregator.intake.fire_due_windows(now, wall_clock, metrics);
+        aggregator.health.ready.store(aggregator.intake.reading(now), Ordering::Relaxed);
         if aggregator.flush_due() {
-            aggregator.flush().await;
+            aggregator.flush().await?;
         }
     }
-    tracing::info!("shutting down: flushing and checkpointing");
+    tracing::info!("shutting down: flushing, checkpointing and releasing the checkpoint");
     if let Some(files) = &mut aggregator.files {
         files.roll();
     }
-    aggregator.flush().await;
-    Ok(())
+    Ok(aggregator.release().await?)
 }
 
 /// Retries `attempt` with backoff until it succeeds; `None` when `shutdown` came first.
@@ -107,22 +117,59 @@ async fn until_stopped<T, E: std::fmt::Display>(
     }
 }
 
+async fn stream_identity(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> Result<StreamIdentity, String> {
+    let described = kinesis.describe_stream_summary().stream_name(stream).send().await.map_err(|e| DisplayErrorContext(e).to_string())?;
+    let summary = described.stream_description_summary.ok_or("DescribeStreamSummary described nothing")?;
+    let created = summary.stream_creation_timestamp.to_millis().map_err(|e| e.to_string())?;
+    Ok(StreamIdentity { arn: summary.stream_arn, created: EventTime(created) })
+}
+
+/// Waits until this copy may take the checkpoint (see [`crate::checkpoint`]) and returns it,
+/// `None` on a first start; `None` overall when `shutdown` came first. While another copy holds
+/// it, this one writes nothing and is not ready.
+async fn take_checkpoint(
+    checkpoints: &mut CheckpointStore,
+    config: &AggregatorConfig,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<anyhow::Result<Option<Checkpoint>>> {
+    let mut last_seen: Option<(String, Instant)> = None;
+    loop {
+        let read = until_stopped("read the checkpoint", shutdown, async || checkpoints.read(&config.input_stream).await).await?;
+        let Some((checkpoint, etag)) = read else { return Some(Ok(None)) };
+        let checkpoint = match checkpoint {
+            Ok(checkpoint) => checkpoint,
+            Err(error) => return Some(Err(error)),
+        };
+        let unchanged_since = last_seen.as_ref().filter(|(seen, _)| *seen == etag).map_or_else(Instant::now, |(_, since)| *since);
+        let Some(lease) = checkpoint.lease.clone().filter(|lease| !lease.lets(&config.holder, unchanged_since.elapsed())) else {
+            checkpoints.take(Some(etag));
+            return Some(Ok(Some(checkpoint)));
+        };
+        if last_seen.is_none() {
+            tracing::info!(location = %checkpoints.location(), holder = %lease.holder, "another copy holds the checkpoint: waiting until it stops");
+        }
+        last_seen = Some((etag, unchanged_since));
+        tokio::select! {
+            () = shutdown.as_mut() => return None,
+            () = tokio::time::sleep(Duration::from_millis(lease.duration_ms / 4).max(Duration::from_millis(200))) => {}
+        }
+    }
+}
+
 struct Aggregator {
     config: AggregatorConfig,
-    engine: WindowEngine,
+    /// Random per process start: names the files and dead letters this run writes.
+    run: String,
+    identity: StreamIdentity,
+    intake: Intake,
     source: KinesisSource,
     sink: KinesisSink,
     bucket: Bucket,
     checkpoints: CheckpointStore,
-    dead_letters: DeadLetters,
     files: Option<ParquetFiles>,
-    /// Aggregates fired and not yet written.
-    output: Vec<MetricAggregate>,
-    /// Something the checkpoint does not have yet: records taken, shards started or drained.
-    changed: bool,
-    last_record: Instant,
-    shard_last_record: HashMap<String, Instant>,
     next_checkpoint: Instant,
+    /// When the lease must be written again, changed or not.
+    renew_lease: Instant,
     health: Arc<Health>,
 }
 
@@ -134,198 +181,143 @@ impl Aggregator {
         bucket: Bucket,
         checkpoints: CheckpointStore,
         health: Arc<Health>,
+        identity: StreamIdentity,
         stored: Option<Checkpoint>,
     ) -> Self {
+        let run = format!("{:016x}", rand::random::<u64>());
         let mut output = Vec::new();
-        let (engine, position, files) = match stored {
-            Some(checkpoint) => {
-                tracing::info!(
-                    location = %checkpoints.location(),
-                    written_at = %checkpoint.written_at,
-                    shards = checkpoint.position.shards.len(),
-                    open_windows = checkpoint.engine.open.len(),
-                    "resuming from checkpoint"
-                );
-                (WindowEngine::restore(&config.windowing, checkpoint.engine, &mut output), Some(checkpoint.position), checkpoint.files)
-            }
-            None => {
-                tracing::info!(location = %checkpoints.location(), initial_position = ?config.initial_position, "no checkpoint: first start");
-                (WindowEngine::new(&config.windowing), None, None)
-            }
-        };
-        let mut files = config.parquet.clone().map(|settings| ParquetFiles::restore(settings, files.unwrap_or_default()));
+        let (engine, position, files) = resumed_state(&config, &checkpoints, &identity, &health.metrics, stored, &mut output);
+        let mut files = config.parquet.clone().map(|settings| ParquetFiles::restore(settings, files.unwrap_or_default(), &run));
         if let Some(files) = &mut files {
             // A roll the last checkpoint recorded may not have been written before the stop.
             let written = files.commit(&bucket).await;
             tracing::debug!(files = written, "Parquet files of the last checkpoint's roll written");
         }
-        let source =
-            KinesisSource::new(kinesis.clone(), config.input_stream.clone(), config.poll_interval, position, config.initial_position);
+        let source = KinesisSource::new(kinesis.clone(), config.input_stream.clone(), config.poll_interval, position);
+        let mut intake = Intake::new(engine, config.windowing.idle_timeout);
+        intake.changed = !output.is_empty();
+        intake.output = output;
         Self {
-            last_record: Instant::now(),
             next_checkpoint: Instant::now() + config.checkpoint_interval,
-            changed: !output.is_empty(),
+            renew_lease: Instant::now(),
             sink: KinesisSink::new(kinesis, config.output_stream.clone()),
             config,
-            engine,
+            run,
+            identity,
+            intake,
             source,
             bucket,
             checkpoints,
-            dead_letters: DeadLetters::default(),
             files,
-            output,
-            shard_last_record: HashMap::new(),
             health,
         }
     }
 
-    /// Shards that appeared or finished, and the records one poll brought.
-    fn take_poll(&mut self, poll: &Poll) {
-        self.start_shards(&poll.started);
-        for shard in &poll.drained {
-            self.engine.watermarks_mut().remove(shard);
-            self.shard_last_record.remove(shard);
-            self.changed = true;
-        }
-        self.health.metrics.get_records_throttled.inc_by(poll.throttled);
-        for batch in &poll.batches {
-            self.take_batch(batch);
-        }
-    }
-
-    fn start_shards(&mut self, shards: &[String]) {
-        for shard in shards {
-            self.engine.watermarks_mut().register(shard);
-            self.shard_last_record.insert(shard.clone(), Instant::now());
-            self.changed = true;
-        }
-        self.health.metrics.shards.set(self.source.shard_count() as i64);
-    }
-
-    /// Shard clocks restored from a checkpoint for shards no longer read (trimmed from the
-    /// stream) would hold the watermark forever.
-    fn forget_unread_shards(&mut self) {
-        let unread: Vec<String> =
-            self.engine.watermarks_mut().snapshot().into_keys().filter(|shard| !self.shard_last_record.contains_key(shard)).collect();
-        for shard in unread {
-            self.engine.watermarks_mut().remove(&shard);
-        }
-    }
-
-    fn take_batch(&mut self, batch: &ShardBatch) {
-        let metrics = &self.health.metrics;
-        if let Some(behind) = batch.millis_behind_latest {
-            metrics.millis_behind_latest.get_or_create(&Metrics::label("shard", batch.shard.clone())).set(behind);
-        }
-        if batch.records.is_empty() {
-            return;
-        }
-        tracing::debug!(shard = %batch.shard, records = batch.records.len(), millis_behind_latest = ?batch.millis_behind_latest, "read records");
-        let now = Instant::now();
-        self.last_record = now;
-        self.shard_last_record.insert(batch.shard.clone(), now);
-        self.changed = true;
-        metrics.records_read.inc_by(batch.records.len() as u64);
-        for record in &batch.records {
-            let reason = match decode(record.data.as_ref()) {
-                Ok(event) => match self.engine.add(&batch.shard, &event) {
-                    Admission::OnTime => continue,
-                    Admission::Late => {
-                        metrics.events_late.get_or_create(&Metrics::label("outcome", "reemitted")).inc();
-                        continue;
-                    }
-                    Admission::TooLate => {
-                        metrics.events_late.get_or_create(&Metrics::label("outcome", "dead_lettered")).inc();
-                        "too_late".to_owned()
-                    }
-                },
-                Err(reason) => {
-                    metrics.records_invalid.get_or_create(&Metrics::label("reason", reason.label())).inc();
-                    reason.label()
-                }
-            };
-            tracing::debug!(shard = %batch.shard, sequence_number = record.sequence_number(), %reason, "record kept as a dead letter");
-            self.dead_letters.push(dead_letter(reason, &batch.shard, record));
-        }
-    }
-
-    /// Idle shards stop holding the watermark; after `idleTimeout` without any record every open
-    /// window fires; then whatever the watermark has passed fires.
-    fn fire_due_windows(&mut self) {
-        let now = Instant::now();
-        let idle_timeout = self.config.windowing.idle_timeout;
-        for (shard, last) in &self.shard_last_record {
-            if now.duration_since(*last) >= idle_timeout {
-                self.engine.watermarks_mut().mark_idle(shard);
-            }
-        }
-        let before = self.output.len();
-        if now.duration_since(self.last_record) >= idle_timeout && self.engine.open_windows() > 0 {
-            tracing::debug!(
-                open_windows = self.engine.open_windows(),
-                ?idle_timeout,
-                "no records for the idle timeout: firing every open window"
-            );
-            self.engine.fire_all(&mut self.output);
-        }
-        self.engine.advance(&mut self.output);
-        if self.output.len() > before {
-            tracing::debug!(aggregates = self.output.len() - before, watermark = ?self.engine.watermark().map(EventTime), "windows fired");
-        }
-        let metrics = &self.health.metrics;
-        metrics.open_windows.set(self.engine.open_windows() as i64);
-        if let Some(watermark) = self.engine.watermark() {
-            metrics.watermark_lag_seconds.set((wall_clock().0 - watermark) as f64 / 1000.0);
-        }
+    /// The next time something is due without new records: a checkpoint of what changed, the
+    /// lease's renewal, a Parquet roll. Never in the past unless it is due now, so a quiet stream
+    /// sleeps between polls.
+    fn next_due(&self) -> Instant {
+        let checkpoint = (self.intake.changed || !self.intake.dead_letters.is_empty()).then_some(self.next_checkpoint);
+        let roll = self.files.as_ref().and_then(ParquetFiles::roll_at);
+        [checkpoint, roll].into_iter().flatten().fold(self.renew_lease, Instant::min)
     }
 
     fn flush_due(&self) -> bool {
-        !self.output.is_empty()
-            || self.dead_letters.bytes() > MAX_HELD_DEAD_LETTER_BYTES
-            || ((self.changed || !self.dead_letters.is_empty()) && Instant::now() >= self.next_checkpoint)
-            || self.files.as_ref().is_some_and(ParquetFiles::roll_due)
+        let now = Instant::now();
+        !self.intake.output.is_empty() || self.intake.dead_letters.bytes() > MAX_HELD_DEAD_LETTER_BYTES || now >= self.next_due()
     }
 
-    /// Writes fired aggregates and dead letters, then the checkpoint that covers them: a crash
-    /// before the checkpoint replays them, with the same window ids.
-    async fn flush(&mut self) {
+    /// Writes fired aggregates and dead letters, then the checkpoint that covers them (which
+    /// renews the lease): a crash before the checkpoint replays them, with the same window ids.
+    async fn flush(&mut self) -> Result<(), Fenced> {
+        let lease = Lease { holder: self.config.holder.clone(), duration_ms: self.config.lease_duration.as_millis() as u64 };
+        self.write(Some(lease)).await
+    }
+
+    /// The last flush: the checkpoint is left free for the next copy to take at once.
+    async fn release(&mut self) -> Result<(), Fenced> {
+        self.write(None).await
+    }
+
+    async fn write(&mut self, lease: Option<Lease>) -> Result<(), Fenced> {
         let metrics = &self.health.metrics;
+        let output = std::mem::take(&mut self.intake.output);
         if let Some(files) = &mut self.files {
-            files.add(&self.output);
+            files.add(&output);
             if files.roll_due() {
                 files.roll();
             }
         }
-        if !self.output.is_empty() {
-            let records: Vec<OutputRecord> = self.output.drain(..).map(|aggregate| OutputRecord::from_aggregate(&aggregate)).collect();
-            let count = records.len() as u64;
-            self.sink.put_all(records).await;
+        if !output.is_empty() {
+            let count = output.len() as u64;
+            self.sink.put_all(output.iter().map(OutputRecord::from_aggregate).collect()).await;
             metrics.aggregates_written.inc_by(count);
             tracing::debug!(aggregates = count, stream = %self.config.output_stream, "aggregates written");
         }
-        if !self.dead_letters.is_empty() {
-            let count = self.dead_letters.len() as u64;
-            self.dead_letters.write(&self.bucket, &self.config.dead_letter_prefix).await;
+        if !self.intake.dead_letters.is_empty() {
+            let count = self.intake.dead_letters.len() as u64;
+            self.intake.dead_letters.write(&self.bucket, &self.config.dead_letter_prefix, &self.run).await;
             metrics.dead_letters_written.inc_by(count);
             tracing::debug!(records = count, prefix = %self.config.dead_letter_prefix, "dead letters written");
         }
-        let files = self.files.as_ref().map(|files| files.state().clone());
-        let checkpoint =
-            Checkpoint::new(&self.config.input_stream, wall_clock(), self.source.position().clone(), self.engine.snapshot(), files);
-        self.checkpoints.save(&checkpoint).await;
+        let checkpoint = Checkpoint {
+            version: crate::checkpoint::FORMAT_VERSION,
+            stream: self.config.input_stream.clone(),
+            stream_identity: Some(self.identity.clone()),
+            written_at: wall_clock(),
+            lease,
+            position: self.source.position().clone(),
+            engine: self.intake.engine.snapshot(),
+            files: self.files.as_ref().map(|files| files.state().clone()),
+        };
+        self.checkpoints.save(&checkpoint).await?;
         metrics.checkpoints_written.inc();
         tracing::debug!(location = %self.checkpoints.location(), open_windows = checkpoint.engine.open.len(), "checkpoint written");
         if let Some(files) = &mut self.files {
             let written = files.commit(&self.bucket).await;
             metrics.parquet_files_written.inc_by(written as u64);
         }
-        self.changed = false;
+        self.intake.changed = false;
         self.next_checkpoint = Instant::now() + self.config.checkpoint_interval;
+        self.renew_lease = Instant::now() + self.config.lease_duration / 3;
+        Ok(())
     }
 }
 
-fn dead_letter(reason: String, shard: &str, record: &Record) -> DeadLetter {
-    DeadLetter::new(reason, shard, record.sequence_number(), record.partition_key().unwrap_or_default(), record.data.as_ref())
+/// The engine, position and Parquet state to continue from: the checkpoint's, unless there is
+/// none or it belongs to an earlier stream of the same name (deleted and created again), whose
+/// sequence numbers mean nothing here; fired windows of a changed window length go to `output`.
+fn resumed_state(
+    config: &AggregatorConfig,
+    checkpoints: &CheckpointStore,
+    identity: &StreamIdentity,
+    metrics: &Metrics,
+    stored: Option<Checkpoint>,
+    output: &mut Vec<metrics_pipeline_model::event::MetricAggregate>,
+) -> (WindowEngine, StreamPosition, Option<FilesState>) {
+    let first_start = || StreamPosition::first_start(config.initial_position, wall_clock());
+    let location = checkpoints.location();
+    match stored {
+        Some(checkpoint) if checkpoint.stream_identity.as_ref().is_none_or(|stored| stored == identity) => {
+            let (shards, open_windows) = (checkpoint.position.shards.len(), checkpoint.engine.open.len());
+            tracing::info!(%location, written_at = %checkpoint.written_at, shards, open_windows, "resuming from checkpoint");
+            (WindowEngine::restore(&config.windowing, checkpoint.engine, output), checkpoint.position, checkpoint.files)
+        }
+        Some(checkpoint) => {
+            let created = checkpoint.stream_identity.map(|stored| stored.created.to_string()).unwrap_or_default();
+            tracing::warn!(
+                %location, checkpoint_stream_created = %created, stream_created = %identity.created,
+                "the checkpoint belongs to an earlier stream of this name (deleted and created again): starting over from {:?}",
+                config.initial_position
+            );
+            metrics.checkpoints_discarded.get_or_create(&Metrics::label("reason", "stream_recreated")).inc();
+            (WindowEngine::new(&config.windowing), first_start(), checkpoint.files)
+        }
+        None => {
+            tracing::info!(%location, initial_position = ?config.initial_position, "no checkpoint: first start");
+            (WindowEngine::new(&config.windowing), first_start(), None)
+        }
+    }
 }
 
 fn wall_clock() -> EventTime {

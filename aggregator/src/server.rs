@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 /// What the probes and the scrape read.
 pub struct Health {
     pub metrics: Metrics,
-    /// Set once the checkpoint is loaded and the shards are known: the aggregator is consuming.
+    /// Set while this copy holds the checkpoint and every shard answers GetRecords.
     pub ready: AtomicBool,
 }
 
@@ -34,7 +34,10 @@ async fn ready(State(health): State<Arc<Health>>) -> impl IntoResponse {
     if health.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting: loading the checkpoint and listing shards")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not consuming: taking the checkpoint (another copy may hold it), listing shards, or a shard does not answer",
+        )
     }
 }
 

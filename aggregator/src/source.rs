@@ -8,7 +8,9 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
 use aws_sdk_kinesis::operation::get_records::GetRecordsError;
 use aws_sdk_kinesis::types::{Record, Shard, ShardIteratorType};
+use aws_smithy_types::DateTime;
 use futures::future::join_all;
+use metrics_pipeline_model::event::EventTime;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -18,6 +20,10 @@ use crate::sink::Backoff;
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Most records one GetRecords call may return.
 const MAX_RECORDS_PER_CALL: i32 = 10_000;
+/// Most GetRecords answers one poll holds. An answer holds at most 10 MiB of records, so however
+/// many shards are behind, a poll holds at most 40 MiB of them (plus their parse), well inside
+/// the Deployment's default 256 MiB limit; the shards left over are read by the next poll.
+pub const MAX_READS_PER_POLL: usize = 4;
 
 /// A shard as ListShards describes it: enough to order parents before children.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,10 +55,52 @@ pub fn readable_shards<'a>(listed: &'a [ShardInfo], drained: &BTreeSet<String>) 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamPosition {
-    /// Sequence number of the last record taken from each shard.
+    /// Sequence number of the last record taken from each shard being read.
     pub shards: BTreeMap<String, String>,
     /// Shards read to their end (closed by a reshard); their children are readable.
     pub drained: BTreeSet<String>,
+    /// With `--initial-position latest`: when the aggregator first started. A shard nothing was
+    /// taken from yet is read from there (AT_TIMESTAMP), so the start survives restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_since: Option<EventTime>,
+}
+
+impl StreamPosition {
+    /// A first start: from the oldest record, or from `now` on.
+    pub fn first_start(initial: InitialPosition, now: EventTime) -> Self {
+        let latest_since = (initial == InitialPosition::Latest).then_some(now);
+        Self { latest_since, ..Self::default() }
+    }
+
+    /// A shard read to its end: its children become readable, and it needs no sequence number.
+    fn drain(&mut self, shard: &str) {
+        self.shards.remove(shard);
+        self.drained.insert(shard.to_owned());
+    }
+
+    /// Forgets shards gone from the listing (expired past retention): their children no longer
+    /// wait for them, and their sequence numbers are of no use.
+    fn forget_unlisted(&mut self, listed: &[ShardInfo]) {
+        let listed: BTreeSet<&str> = listed.iter().map(|shard| shard.id.as_str()).collect();
+        self.drained.retain(|shard| listed.contains(shard.as_str()));
+        self.shards.retain(|shard, _| listed.contains(shard.as_str()));
+    }
+
+    /// Where to start reading `shard` when there is no iterator.
+    fn start_of(&self, shard: &str) -> ShardStart {
+        match (self.shards.get(shard), self.latest_since) {
+            (Some(sequence), _) => ShardStart::After(sequence.clone()),
+            (None, Some(since)) => ShardStart::At(since),
+            (None, None) => ShardStart::TrimHorizon,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ShardStart {
+    After(String),
+    At(EventTime),
+    TrimHorizon,
 }
 
 /// Where to start in a shard nothing has been read from.
@@ -76,7 +124,10 @@ pub struct ShardBatch {
 /// What one poll brought: record batches, plus shards that appeared or finished.
 #[derive(Debug, Default)]
 pub struct Poll {
+    /// One per GetRecords answer, empty ones included.
     pub batches: Vec<ShardBatch>,
+    /// Shards whose call was throttled or failed: how far behind they are is unknown.
+    pub unanswered: Vec<String>,
     pub started: Vec<String>,
     pub drained: Vec<String>,
     pub throttled: u64,
@@ -84,7 +135,6 @@ pub struct Poll {
 
 struct ShardReader {
     iterator: Option<String>,
-    start: ShardIteratorType,
     next_poll: Instant,
     backoff: Backoff,
 }
@@ -96,8 +146,6 @@ pub struct KinesisSource {
     poll_interval: Duration,
     discovery_interval: Duration,
     position: StreamPosition,
-    /// Start type for shards open at the very first discovery without a checkpoint.
-    first_start: Option<ShardIteratorType>,
     readers: BTreeMap<String, ShardReader>,
     next_discovery: Instant,
 }
@@ -110,25 +158,14 @@ enum Fetch {
 }
 
 impl KinesisSource {
-    /// `position` is the checkpoint's, or `None` on a first start, where `initial` applies.
-    pub fn new(
-        client: Client,
-        stream: String,
-        poll_interval: Duration,
-        position: Option<StreamPosition>,
-        initial: InitialPosition,
-    ) -> Self {
-        let first_start = match (&position, initial) {
-            (Some(_), _) | (None, InitialPosition::TrimHorizon) => None,
-            (None, InitialPosition::Latest) => Some(ShardIteratorType::Latest),
-        };
+    /// `position` is the checkpoint's, or [`StreamPosition::first_start`].
+    pub fn new(client: Client, stream: String, poll_interval: Duration, position: StreamPosition) -> Self {
         Self {
             client,
             stream,
             poll_interval: poll_interval.max(MIN_POLL_INTERVAL),
             discovery_interval: Duration::from_secs(30),
-            position: position.unwrap_or_default(),
-            first_start,
+            position,
             readers: BTreeMap::new(),
             next_discovery: Instant::now(),
         }
@@ -158,19 +195,14 @@ impl KinesisSource {
                 None => break,
             }
         }
-        // Forget drained shards that expired from the stream: their children no longer wait.
-        let listed_ids: BTreeSet<&str> = listed.iter().map(|shard| shard.id.as_str()).collect();
-        self.position.drained.retain(|shard| listed_ids.contains(shard.as_str()));
-
-        let start = self.first_start.take();
+        self.position.forget_unlisted(&listed);
         let mut started = Vec::new();
         for shard in readable_shards(&listed, &self.position.drained) {
             if self.readers.contains_key(shard) {
                 continue;
             }
-            let start = start.clone().unwrap_or(ShardIteratorType::TrimHorizon);
-            tracing::debug!(shard, ?start, after = self.position.shards.get(shard).map(String::as_str), "reading shard");
-            let reader = ShardReader { iterator: None, start, next_poll: Instant::now(), backoff: Backoff::default() };
+            tracing::debug!(shard, start = ?self.position.start_of(shard), "reading shard");
+            let reader = ShardReader { iterator: None, next_poll: Instant::now(), backoff: Backoff::default() };
             self.readers.insert(shard.to_owned(), reader);
             started.push(shard.to_owned());
         }
@@ -178,8 +210,9 @@ impl KinesisSource {
         Ok(started)
     }
 
-    /// Waits until a shard may be polled again, then calls GetRecords on every shard that may,
-    /// concurrently. Returns early, with nothing, when `deadline` comes first.
+    /// Waits until a shard may be polled again, then calls GetRecords on the shards that may,
+    /// concurrently, at most [`MAX_READS_PER_POLL`] of them, those waiting longest first. Returns
+    /// early, with nothing, when `deadline` comes first.
     pub async fn poll(&mut self, deadline: Instant) -> Poll {
         let mut poll = Poll::default();
         if Instant::now() >= self.next_discovery {
@@ -193,15 +226,18 @@ impl KinesisSource {
         let wake = self.readers.values().map(|reader| reader.next_poll).min().unwrap_or(self.next_discovery).min(self.next_discovery);
         tokio::time::sleep_until(wake.min(deadline)).await;
         let now = Instant::now();
-        let due: Vec<(String, Option<String>, ShardIteratorType)> = (self.readers.iter())
+        let mut due: Vec<(Instant, &String, &ShardReader)> = self
+            .readers
+            .iter()
             .filter(|(_, reader)| reader.next_poll <= now)
-            .map(|(shard, reader)| (shard.clone(), reader.iterator.clone(), reader.start.clone()))
+            .map(|(shard, reader)| (reader.next_poll, shard, reader))
             .collect();
-        let (client, stream, taken) = (&self.client, &self.stream, &self.position.shards);
-        let fetches = due.into_iter().map(|(shard, iterator, start)| {
-            let after = taken.get(&shard).cloned();
+        due.sort_by_key(|(next_poll, _, _)| *next_poll);
+        let (client, stream, position) = (&self.client, &self.stream, &self.position);
+        let fetches = due.into_iter().take(MAX_READS_PER_POLL).map(|(_, shard, reader)| {
+            let (shard, iterator, start) = (shard.clone(), reader.iterator.clone(), position.start_of(shard));
             async move {
-                let fetch = fetch(client, stream, &shard, iterator, after, start).await;
+                let fetch = fetch(client, stream, &shard, iterator, start).await;
                 (shard, fetch)
             }
         });
@@ -221,7 +257,7 @@ impl KinesisSource {
                     if drained {
                         tracing::debug!(shard, "shard closed and read to its end");
                         self.readers.remove(&shard);
-                        self.position.drained.insert(shard.clone());
+                        self.position.drain(&shard);
                         self.next_discovery = Instant::now();
                         poll.drained.push(shard);
                     }
@@ -229,35 +265,37 @@ impl KinesisSource {
                 Fetch::Throttled => {
                     poll.throttled += 1;
                     reader.next_poll = Instant::now() + reader.backoff.next_delay();
+                    poll.unanswered.push(shard);
                 }
                 Fetch::IteratorExpired => {
                     tracing::debug!(shard, "shard iterator expired; getting a new one");
                     reader.iterator = None;
+                    poll.unanswered.push(shard);
                 }
-                Fetch::Failed => reader.next_poll = Instant::now() + reader.backoff.next_delay(),
+                Fetch::Failed => {
+                    reader.next_poll = Instant::now() + reader.backoff.next_delay();
+                    poll.unanswered.push(shard);
+                }
             }
         }
         poll
     }
 }
 
-/// One GetRecords call, getting an iterator first when there is none (after the last record
-/// taken, or at `start` when nothing was taken yet).
-async fn fetch(
-    client: &Client,
-    stream: &str,
-    shard: &str,
-    iterator: Option<String>,
-    after: Option<String>,
-    start: ShardIteratorType,
-) -> Fetch {
+/// One GetRecords call, getting an iterator at `start` first when there is none.
+async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<String>, start: ShardStart) -> Fetch {
     let iterator = match iterator {
         Some(iterator) => iterator,
         None => {
             let request = client.get_shard_iterator().stream_name(stream).shard_id(shard);
-            let request = match after {
-                Some(sequence) => request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(sequence),
-                None => request.shard_iterator_type(start),
+            let request = match start {
+                ShardStart::After(sequence) => {
+                    request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(sequence)
+                }
+                ShardStart::At(since) => {
+                    request.shard_iterator_type(ShardIteratorType::AtTimestamp).timestamp(DateTime::from_millis(since.0))
+                }
+                ShardStart::TrimHorizon => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
             };
             match request.send().await {
                 Ok(output) => match output.shard_iterator {
@@ -321,5 +359,28 @@ mod tests {
     fn a_parent_trimmed_from_the_stream_no_longer_blocks_its_children() {
         let listed = [shard("s1", &["s0"]), shard("s2", &["s0"])];
         assert_eq!(readable_shards(&listed, &drained(&[])), ["s1", "s2"]);
+    }
+
+    #[test]
+    fn drained_and_expired_shards_leave_the_position() {
+        let mut position = StreamPosition::default();
+        position.shards.extend([("s0".to_owned(), "10".to_owned()), ("s1".to_owned(), "20".to_owned())]);
+        position.drain("s0");
+        assert_eq!(position.shards.keys().map(String::as_str).collect::<Vec<_>>(), ["s1"]);
+        assert_eq!(position.drained.iter().map(String::as_str).collect::<Vec<_>>(), ["s0"]);
+        position.forget_unlisted(&[shard("s2", &["s0"])]);
+        assert!(position.shards.is_empty() && position.drained.is_empty(), "{position:?}");
+    }
+
+    #[test]
+    fn with_latest_a_shard_never_read_starts_at_the_first_start_and_one_read_after_its_last_record() {
+        let since = EventTime(1_631_188_800_000);
+        let mut position = StreamPosition::first_start(InitialPosition::Latest, since);
+        position.shards.insert("s0".into(), "42".into());
+        assert_eq!(position.start_of("s0"), ShardStart::After("42".into()));
+        assert_eq!(position.start_of("s1"), ShardStart::At(since), "a quiet shard too, after any restart");
+        let stored: StreamPosition = serde_json::from_slice(&serde_json::to_vec(&position).unwrap()).unwrap();
+        assert_eq!(stored, position);
+        assert_eq!(StreamPosition::first_start(InitialPosition::TrimHorizon, since).start_of("s1"), ShardStart::TrimHorizon);
     }
 }

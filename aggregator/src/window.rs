@@ -1,5 +1,6 @@
 //! The window engine: event-time tumbling windows per (componentName, metricName, unit), with
-//! per-shard watermarks, allowed lateness and end-of-input firing. Pure: no I/O, no clocks.
+//! per-shard watermarks, allowed lateness and end-of-input firing. Pure: no I/O, no clocks (the
+//! caller hands in the wall clock of each page).
 //!
 //! Each piece is its own type: [`WindowAssigner`] places an event, [`Accumulator`] folds values,
 //! [`Watermarks`] tracks event-time progress per shard, [`WindowEngine`] ties them together.
@@ -9,8 +10,7 @@ use std::time::Duration;
 
 use hashbrown::HashMap;
 use metrics_pipeline_model::aggregation::WindowConfig;
-use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent};
-use metrics_pipeline_model::stable_hash::{fnv1a64, fnv1a64_continue};
+use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent, window_id};
 use serde::{Deserialize, Serialize};
 
 /// Places event times into epoch-aligned tumbling windows.
@@ -39,8 +39,11 @@ impl WindowAssigner {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Accumulator {
+    #[serde(with = "exact_number")]
     pub min_value: f64,
+    #[serde(with = "exact_number")]
     pub max_value: f64,
+    #[serde(with = "exact_number")]
     pub sum: f64,
     pub count: u64,
     pub first_time: EventTime,
@@ -52,13 +55,66 @@ impl Accumulator {
         Self { min_value: value, max_value: value, sum: value, count: 1, first_time: time, last_time: time }
     }
 
-    pub fn add(&mut self, value: f64, time: EventTime) {
+    /// Adds one value, unless the sum would no longer be a finite number: then nothing changes
+    /// and it returns `false`, so every stored and emitted number stays finite.
+    #[must_use]
+    pub fn add(&mut self, value: f64, time: EventTime) -> bool {
+        let sum = self.sum + value;
+        if !sum.is_finite() {
+            return false;
+        }
+        self.sum = sum;
         self.min_value = self.min_value.min(value);
         self.max_value = self.max_value.max(value);
-        self.sum += value;
         self.count += 1;
         self.first_time = self.first_time.min(time);
         self.last_time = self.last_time.max(time);
+        true
+    }
+}
+
+/// Numbers in the checkpoint as their shortest exact text (`"917.0110808952484"`, `"1e308"`):
+/// serde_json reads some plain numbers back a unit in the last place off (exact reading is its
+/// `float_roundtrip` feature, which would slow down the parse of every record), and a restored
+/// state must be the state that was stored. Plain numbers, as older checkpoints hold, are read too.
+mod exact_number {
+    use std::fmt;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{value:?}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        deserializer.deserialize_any(ExactNumber)
+    }
+
+    struct ExactNumber;
+
+    impl Visitor<'_> for ExactNumber {
+        type Value = f64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a finite number, or one as text")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<f64, E> {
+            text.parse::<f64>().ok().filter(|value| value.is_finite()).ok_or_else(|| E::invalid_value(de::Unexpected::Str(text), &self))
+        }
+
+        fn visit_f64<E: de::Error>(self, value: f64) -> Result<f64, E> {
+            Ok(value)
+        }
+
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<f64, E> {
+            Ok(value as f64)
+        }
+
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<f64, E> {
+            Ok(value as f64)
+        }
     }
 }
 
@@ -114,6 +170,13 @@ impl Watermarks {
         }
     }
 
+    /// A shard found behind, or not known to be caught up, holds the watermark again.
+    pub fn mark_active(&mut self, shard: &str) {
+        if let Some(index) = self.position(shard) {
+            self.shards[index].1.idle = false;
+        }
+    }
+
     /// A shard that is closed for good (resharded, fully read) is forgotten.
     pub fn remove(&mut self, shard: &str) {
         self.shards.retain(|(name, _)| **name != *shard);
@@ -158,12 +221,16 @@ pub enum Admission {
     Late,
     /// Later than the allowed lateness: not counted; the caller keeps it in the dead-letter prefix.
     TooLate,
+    /// Stamped later than the page's wall clock plus the maximum future skew: not counted, kept.
+    AheadOfClock,
+    /// Would take its window's sum beyond what a 64-bit float holds (±1.8e308): not counted, kept.
+    SumOverflow,
 }
 
 /// The aggregation key (componentName, metricName, unit) in one allocation: each part prefixed
 /// by its length, so no two keys encode alike, and a lookup hashes and compares one byte string
 /// behind one pointer instead of three.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(from = "KeyFields", into = "KeyFields")]
 pub struct MetricKey(Box<[u8]>);
 
@@ -234,6 +301,9 @@ pub struct EngineSnapshot {
     pub window_ms: i64,
     /// Latest event time per shard (`null`: registered, nothing seen yet).
     pub watermarks: BTreeMap<String, Option<i64>>,
+    /// The watermark as far as it ever got (`null`: never known); it never goes back.
+    #[serde(default)]
+    pub watermark: Option<i64>,
     pub open: Vec<WindowSnapshot>,
     pub fired: Vec<WindowSnapshot>,
 }
@@ -263,7 +333,15 @@ struct FiredWindow {
 pub struct WindowEngine {
     assigner: WindowAssigner,
     allowed_lateness_ms: i64,
+    max_future_skew_ms: i64,
     watermarks: Watermarks,
+    /// The watermark as far as it ever got. Lateness and forgetting are judged against it, so
+    /// neither idle shards, new shards nor a restart can reopen a window that was forgotten.
+    settled: Option<i64>,
+    /// `settled` as the previous page left it: the events of one page are judged together.
+    judged_against: Option<i64>,
+    /// The current page's wall clock; `None` before the first page (no bound).
+    wall_clock: Option<i64>,
     /// Open windows by start, then by key; tumbling windows share boundaries across keys, so
     /// firing pops whole entries off the front.
     open: BTreeMap<i64, HashMap<MetricKey, Accumulator>>,
@@ -281,7 +359,11 @@ impl WindowEngine {
         Self {
             assigner: WindowAssigner::new(config.window),
             allowed_lateness_ms: millis(config.allowed_lateness),
+            max_future_skew_ms: millis(config.max_future_skew),
             watermarks: Watermarks::new(config.out_of_orderness),
+            settled: None,
+            judged_against: None,
+            wall_clock: None,
             open: BTreeMap::new(),
             fired: BTreeMap::new(),
             dirty: Vec::new(),
@@ -290,7 +372,7 @@ impl WindowEngine {
     }
 
     /// Everything needed to continue after a restart exactly where this engine is: open and fired
-    /// windows with their revisions, and every shard's clock.
+    /// windows with their revisions, every shard's clock and the watermark; in a stable order.
     pub fn snapshot(&self) -> EngineSnapshot {
         let window = |start: i64, key: &MetricKey, accumulator: Accumulator, revision: u32, dirty: bool| WindowSnapshot {
             start: EventTime(start),
@@ -299,17 +381,26 @@ impl WindowEngine {
             revision,
             dirty,
         };
+        let by_key = |mut windows: Vec<WindowSnapshot>| {
+            windows.sort_by(|a, b| (a.start, &a.key).cmp(&(b.start, &b.key)));
+            windows
+        };
         EngineSnapshot {
             window_ms: self.assigner.length_ms,
             watermarks: self.watermarks.snapshot(),
-            open: (self.open.iter())
-                .flat_map(|(start, windows)| windows.iter().map(|(key, acc)| window(*start, key, *acc, 0, false)))
-                .collect(),
-            fired: (self.fired.iter())
-                .flat_map(|(start, windows)| {
-                    windows.iter().map(|(key, fired)| window(*start, key, fired.accumulator, fired.revision, fired.dirty))
-                })
-                .collect(),
+            watermark: self.settled,
+            open: by_key(
+                (self.open.iter())
+                    .flat_map(|(start, windows)| windows.iter().map(|(key, acc)| window(*start, key, *acc, 0, false)))
+                    .collect(),
+            ),
+            fired: by_key(
+                (self.fired.iter())
+                    .flat_map(|(start, windows)| {
+                        windows.iter().map(|(key, fired)| window(*start, key, fired.accumulator, fired.revision, fired.dirty))
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -323,9 +414,11 @@ impl WindowEngine {
             let mut previous = Self::restore(&previous, snapshot, out);
             previous.fire_all(out);
             engine.watermarks.restore(previous.watermarks.snapshot());
+            (engine.settled, engine.judged_against) = (previous.settled, previous.settled);
             return engine;
         }
         engine.watermarks.restore(snapshot.watermarks);
+        (engine.settled, engine.judged_against) = (snapshot.watermark, snapshot.watermark);
         for window in snapshot.open {
             engine.open.entry(window.start.0).or_default().insert(window.key, window.accumulator);
         }
@@ -343,8 +436,26 @@ impl WindowEngine {
         &mut self.watermarks
     }
 
+    /// The watermark: never behind where it once was.
     pub fn watermark(&self) -> Option<i64> {
-        self.watermarks.current()
+        match (self.settled, self.watermarks.current()) {
+            (Some(settled), Some(current)) => Some(settled.max(current)),
+            (settled, current) => settled.or(current),
+        }
+    }
+
+    fn settle(&mut self) -> Option<i64> {
+        self.settled = self.watermark();
+        self.settled
+    }
+
+    /// Starts a page of events (one GetRecords answer) read at `wall_clock`: they are judged
+    /// together, against the watermark as the pages before left it, as Flink's periodic
+    /// watermarks do; an event stamped beyond `wall_clock` plus the maximum future skew is refused,
+    /// and no shard's clock moves past `wall_clock`.
+    pub fn start_page(&mut self, wall_clock: EventTime) {
+        self.judged_against = self.settle();
+        self.wall_clock = Some(wall_clock.0);
     }
 
     /// Number of windows (key × window) still open.
@@ -352,26 +463,32 @@ impl WindowEngine {
         self.open.values().map(HashMap::len).sum()
     }
 
-    /// Adds one valid event read from `shard` and moves that shard's watermark; windows fire
-    /// only in [`Self::advance`] and [`Self::fire_all`].
+    /// Adds one valid event read from `shard` and moves that shard's clock; windows fire only in
+    /// [`Self::advance`] and [`Self::fire_all`].
     pub fn add(&mut self, shard: &str, event: &MetricEvent<'_>) -> Admission {
+        let time = event.timestamp.0;
+        if self.wall_clock.is_some_and(|now| time > now.saturating_add(self.max_future_skew_ms)) {
+            return Admission::AheadOfClock;
+        }
         let start = self.assigner.window_start(event.timestamp);
         MetricKey::encode(&mut self.key_buffer, &event.component_name, &event.metric_name, &event.unit);
         let key: &[u8] = &self.key_buffer;
         // Most events land in a window that is open already: probe that first. A key is never
         // both open and fired in one window, so the order of the probes does not matter.
         let admission = if let Some(accumulator) = self.open.get_mut(&start).and_then(|windows| windows.get_mut(key)) {
-            accumulator.add(event.value, event.timestamp);
-            Admission::OnTime
+            if accumulator.add(event.value, event.timestamp) { Admission::OnTime } else { Admission::SumOverflow }
         } else if let Some(window) = self.fired.get_mut(&start).and_then(|windows| windows.get_mut(key)) {
-            window.accumulator.add(event.value, event.timestamp);
-            if !window.dirty {
-                window.dirty = true;
-                self.dirty.push((start, MetricKey(key.into())));
+            if !window.accumulator.add(event.value, event.timestamp) {
+                Admission::SumOverflow
+            } else {
+                if !window.dirty {
+                    window.dirty = true;
+                    self.dirty.push((start, MetricKey(key.into())));
+                }
+                Admission::Late
             }
-            Admission::Late
         } else if self
-            .watermark()
+            .judged_against
             .is_some_and(|watermark| self.assigner.window_end(start).saturating_add(self.allowed_lateness_ms) <= watermark)
         {
             Admission::TooLate
@@ -379,8 +496,8 @@ impl WindowEngine {
             self.open.entry(start).or_default().insert(MetricKey(key.into()), Accumulator::new(event.value, event.timestamp));
             Admission::OnTime
         };
-        if admission != Admission::TooLate {
-            self.watermarks.observe(shard, event.timestamp);
+        if matches!(admission, Admission::OnTime | Admission::Late) {
+            self.watermarks.observe(shard, EventTime(self.wall_clock.map_or(time, |now| time.min(now))));
         }
         admission
     }
@@ -388,7 +505,8 @@ impl WindowEngine {
     /// Fires every open window whose end the watermark has passed, re-emits fired windows that
     /// late events changed, and forgets fired windows past their allowed lateness.
     pub fn advance(&mut self, out: &mut Vec<MetricAggregate>) {
-        let Some(watermark) = self.watermark() else { return };
+        let Some(watermark) = self.settle() else { return };
+        self.judged_against = Some(watermark);
         while let Some(entry) = self.open.first_entry() {
             if self.assigner.window_end(*entry.key()) > watermark {
                 break;
@@ -437,17 +555,6 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Deterministic id of (key, window start): the same across restarts and re-emissions, so
-/// downstream can drop duplicates and keep the highest revision.
-pub fn window_id(key: &MetricKey, window_start: i64) -> String {
-    let (component_name, metric_name, unit) = key.parts();
-    let mut hash = fnv1a64(component_name.as_bytes());
-    for part in [&[0][..], metric_name.as_bytes(), &[0], unit.as_bytes(), &[0], &window_start.to_be_bytes()] {
-        hash = fnv1a64_continue(hash, part);
-    }
-    format!("{hash:016x}")
-}
-
 fn aggregate(key: &MetricKey, start: i64, end: i64, accumulator: &Accumulator, revision: u32) -> MetricAggregate {
     let (component_name, metric_name, unit) = key.parts();
     MetricAggregate {
@@ -463,7 +570,7 @@ fn aggregate(key: &MetricKey, start: i64, end: i64, accumulator: &Accumulator, r
         to_timestamp: accumulator.last_time,
         window_start: EventTime(start),
         window_end: EventTime(end),
-        window_id: window_id(key, start),
+        window_id: window_id(component_name, metric_name, unit, EventTime(start), EventTime(end)),
         revision,
     }
 }

@@ -182,6 +182,7 @@ fn aggregator_env(pipeline: &MetricsPipeline, config: &PipelineConfig, settings:
         ("AGGREGATOR_OUT_OF_ORDERNESS", aggregation.out_of_orderness.clone()),
         ("AGGREGATOR_ALLOWED_LATENESS", aggregation.allowed_lateness.clone()),
         ("AGGREGATOR_IDLE_TIMEOUT", aggregation.idle_timeout.clone()),
+        ("AGGREGATOR_MAX_FUTURE_SKEW", aggregation.max_future_skew.clone()),
         ("AGGREGATOR_LOG_LEVEL", log_level.to_owned()),
         ("AGGREGATOR_LOG_FORMAT", "json".to_owned()),
         ("AGGREGATOR_LISTEN", format!("0.0.0.0:{METRICS_PORT}")),
@@ -322,9 +323,10 @@ mod tests {
 
     #[test]
     fn the_deployment_runs_the_aggregator_on_the_pipelines_streams_and_bucket() {
-        let (pipeline, config) = pipeline(json!({"aggregation": {"window": "5m", "idleTimeout": "1m"}}));
+        let (pipeline, config) = pipeline(json!({"aggregation": {"window": "5m", "idleTimeout": "1m", "maxFutureSkew": "2m"}}));
         let (_, deployment) = desired(&pipeline, &config, &WorkloadSettings::default());
         let env = env_of(&deployment);
+        assert_eq!(env["AGGREGATOR_MAX_FUTURE_SKEW"], "2m");
         assert_eq!(env["AGGREGATOR_INPUT_STREAM"], config.names.input_stream);
         assert_eq!(env["AGGREGATOR_OUTPUT_STREAM"], config.names.output_stream);
         assert_eq!(env["AGGREGATOR_BUCKET"], config.names.bucket);

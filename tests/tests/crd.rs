@@ -35,7 +35,10 @@ async fn example_applies_and_reads_back_with_defaults_filled_in() {
 
     let minimal = pipelines.create(&PostParams::default(), &example("minimal.yaml")).await.unwrap();
     let raw = serde_json::to_value(&minimal.spec).unwrap();
-    assert_eq!(raw["aggregation"], json!({"window": "1m", "outOfOrderness": "10s", "allowedLateness": "1m", "idleTimeout": "30s"}));
+    assert_eq!(
+        raw["aggregation"],
+        json!({"window": "1m", "outOfOrderness": "10s", "allowedLateness": "1m", "idleTimeout": "30s", "maxFutureSkew": "5m"})
+    );
     assert_eq!(
         raw["delivery"],
         json!({"bufferIntervalSeconds": 60, "bufferSizeMiB": 64, "format": "Json", "writer": "Firehose", "compression": "Gzip"})

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // Each test crate uses a part of it.
 //! Running the aggregator binary against the AWS emulator: streams, bucket, the process, and
 //! reading what it wrote.
 
@@ -54,6 +55,11 @@ impl Emulator {
     /// Starts `metrics-aggregator run` on these streams and bucket with `extra` flags; its debug
     /// log goes to a file under the target directory, named in every failure.
     pub fn start_aggregator(&self, extra: &[&str]) -> Aggregator {
+        self.start_aggregator_with_env(extra, &[])
+    }
+
+    /// [`Self::start_aggregator`] with extra environment variables, as the Deployment sets them.
+    pub fn start_aggregator_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Aggregator {
         let port = free_port().unwrap();
         let listen = format!("127.0.0.1:{port}");
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{port}.log", self.input));
@@ -61,6 +67,7 @@ impl Emulator {
             .args(["run", "--input-stream", &self.input, "--output-stream", &self.output, "--bucket", &self.bucket])
             .args(["--listen", &listen, "--poll-interval", "200ms", "--log-level", "metrics_aggregator=debug,warn"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stderr(File::create(&log).unwrap())
             .spawn()
@@ -148,6 +155,43 @@ impl Aggregator {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        assert!(Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap().success());
+    }
+
+    /// The exit status once the process has exited on its own, waiting at most `timeout`.
+    pub async fn exited_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let what = format!("the aggregator to exit (its log: {})", self.log.display());
+        wait_for(&what, timeout, async || self.child.try_wait().unwrap().ok_or_else(|| "still running".to_owned())).await.ok()
+    }
+
+    /// CPU time (user + system) the process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which may hold spaces) start at the state, field 3;
+        // utime and stime are fields 14 and 15, in clock ticks.
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let per_second: u64 =
+            String::from_utf8(Command::new("getconf").arg("CLK_TCK").output().unwrap().stdout).unwrap().trim().parse().unwrap();
+        Duration::from_millis(ticks * 1000 / per_second)
+    }
+
+    /// Peak resident memory of the process so far (`VmHWM`).
+    pub fn peak_resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok());
+        kib.unwrap() * 1024
+    }
+
     /// SIGKILL: no chance to flush or checkpoint.
     pub fn kill_9(mut self) {
         self.child.kill().unwrap();
@@ -203,7 +247,7 @@ pub fn batch_aggregates(events: &[MetricEvent<'_>], window: Duration) -> BTreeMa
         );
         windows
             .entry(key)
-            .and_modify(|accumulator: &mut Accumulator| accumulator.add(event.value, event.timestamp))
+            .and_modify(|accumulator: &mut Accumulator| assert!(accumulator.add(event.value, event.timestamp), "small values"))
             .or_insert_with(|| Accumulator::new(event.value, event.timestamp));
     }
     windows

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
-use metrics_pipeline_model::aggregation::{DEFAULT_ALLOWED_LATENESS, DEFAULT_IDLE_TIMEOUT, DEFAULT_OUT_OF_ORDERNESS, DEFAULT_WINDOW};
+use metrics_pipeline_model::aggregation::{
+    DEFAULT_ALLOWED_LATENESS, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FUTURE_SKEW, DEFAULT_OUT_OF_ORDERNESS, DEFAULT_WINDOW,
+};
 use metrics_pipeline_model::duration::DURATION_PATTERN;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -161,6 +163,13 @@ pub struct AggregationSpec {
     #[serde(default = "default_idle_timeout")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub idle_timeout: String,
+
+    /// How far ahead of the wall clock a producer's clock may be. Events stamped later than that
+    /// are not counted and are kept in the dead-letter prefix (reason `future_timestamp`); within
+    /// it they count in their window, but never move the watermark past the wall clock.
+    #[serde(default = "default_max_future_skew")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_future_skew: String,
 }
 
 impl Default for AggregationSpec {
@@ -170,6 +179,7 @@ impl Default for AggregationSpec {
             out_of_orderness: default_out_of_orderness(),
             allowed_lateness: default_allowed_lateness(),
             idle_timeout: default_idle_timeout(),
+            max_future_skew: default_max_future_skew(),
         }
     }
 }
@@ -185,6 +195,9 @@ fn default_allowed_lateness() -> String {
 }
 fn default_idle_timeout() -> String {
     DEFAULT_IDLE_TIMEOUT.into()
+}
+fn default_max_future_skew() -> String {
+    DEFAULT_MAX_FUTURE_SKEW.into()
 }
 
 /// Firehose delivery from the output stream into S3, partitioned by `componentName`.

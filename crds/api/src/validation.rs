@@ -190,6 +190,7 @@ fn window_config(spec: &AggregationSpec, errors: &mut Errors) -> Option<WindowCo
         out_of_orderness: &spec.out_of_orderness,
         allowed_lateness: &spec.allowed_lateness,
         idle_timeout: &spec.idle_timeout,
+        max_future_skew: &spec.max_future_skew,
     };
     WindowConfig::parse(&settings)
         .map_err(|problems| {

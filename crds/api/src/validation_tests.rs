@@ -36,6 +36,7 @@ fn defaults_make_a_valid_pipeline() {
             out_of_orderness: Duration::from_secs(10),
             allowed_lateness: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(30),
+            max_future_skew: Duration::from_secs(300),
         }
     );
     assert_eq!(config.delivery.buffer_interval_seconds, 60);
@@ -145,6 +146,13 @@ fn state_holding_durations_are_bounded() {
         "1d or less",
     );
     assert_rejected(|s| s.aggregation.allowed_lateness = "8d".into(), "spec.aggregation.allowedLateness", "7d or less");
+}
+
+#[test]
+fn the_future_skew_is_a_duration_between_a_second_and_a_day() {
+    assert_rejected(|s| s.aggregation.max_future_skew = "soon".into(), "spec.aggregation.maxFutureSkew", "not a duration");
+    assert_rejected(|s| s.aggregation.max_future_skew = "0s".into(), "spec.aggregation.maxFutureSkew", "use 1s to 1d");
+    assert_rejected(|s| s.aggregation.max_future_skew = "2d".into(), "spec.aggregation.maxFutureSkew", "use 1s to 1d");
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub const DEFAULT_WINDOW: &str = "1m";
 pub const DEFAULT_OUT_OF_ORDERNESS: &str = "10s";
 pub const DEFAULT_ALLOWED_LATENESS: &str = "1m";
 pub const DEFAULT_IDLE_TIMEOUT: &str = "30s";
+pub const DEFAULT_MAX_FUTURE_SKEW: &str = "5m";
 
 /// The aggregation settings as written, each a duration such as `1m` or `1h30m`.
 #[derive(Clone, Copy, Debug)]
@@ -19,6 +20,7 @@ pub struct AggregationSettings<'a> {
     pub out_of_orderness: &'a str,
     pub allowed_lateness: &'a str,
     pub idle_timeout: &'a str,
+    pub max_future_skew: &'a str,
 }
 
 /// One setting that cannot be used: its name as `spec.aggregation` spells it, and what to change.
@@ -41,6 +43,9 @@ pub struct WindowConfig {
     pub out_of_orderness: Duration,
     pub allowed_lateness: Duration,
     pub idle_timeout: Duration,
+    /// Events stamped later than the wall clock plus this are refused (dead-lettered); within
+    /// it they count in their window, but a shard's clock never runs ahead of the wall clock.
+    pub max_future_skew: Duration,
 }
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -62,6 +67,7 @@ impl WindowConfig {
         let out_of_orderness = parse("outOfOrderness", settings.out_of_orderness);
         let allowed_lateness = parse("allowedLateness", settings.allowed_lateness);
         let idle_timeout = parse("idleTimeout", settings.idle_timeout);
+        let max_future_skew = parse("maxFutureSkew", settings.max_future_skew);
 
         let mut problem = |setting: &'static str, message: String| errors.push(SettingError { setting, message });
         if let Some(window) = window
@@ -101,9 +107,23 @@ impl WindowConfig {
                 );
             }
         }
-        match (window, out_of_orderness, allowed_lateness, idle_timeout) {
-            (Some(window), Some(out_of_orderness), Some(allowed_lateness), Some(idle_timeout)) if errors.is_empty() => {
-                Ok(Self { window, out_of_orderness, allowed_lateness, idle_timeout })
+        if let Some(max_future_skew) = max_future_skew
+            && !(SECOND..=DAY).contains(&max_future_skew)
+        {
+            problem(
+                "maxFutureSkew",
+                format!(
+                    "`{}` is out of range: use 1s to 1d (how far ahead of the wall clock a producer's clock may be; events later \
+                     than that are kept as dead letters)",
+                    settings.max_future_skew
+                ),
+            );
+        }
+        match (window, out_of_orderness, allowed_lateness, idle_timeout, max_future_skew) {
+            (Some(window), Some(out_of_orderness), Some(allowed_lateness), Some(idle_timeout), Some(max_future_skew))
+                if errors.is_empty() =>
+            {
+                Ok(Self { window, out_of_orderness, allowed_lateness, idle_timeout, max_future_skew })
             }
             _ => Err(errors),
         }
@@ -115,7 +135,13 @@ mod tests {
     use super::*;
 
     fn settings<'a>(window: &'a str, idle_timeout: &'a str) -> AggregationSettings<'a> {
-        AggregationSettings { window, out_of_orderness: DEFAULT_OUT_OF_ORDERNESS, allowed_lateness: DEFAULT_ALLOWED_LATENESS, idle_timeout }
+        AggregationSettings {
+            window,
+            out_of_orderness: DEFAULT_OUT_OF_ORDERNESS,
+            allowed_lateness: DEFAULT_ALLOWED_LATENESS,
+            idle_timeout,
+            max_future_skew: DEFAULT_MAX_FUTURE_SKEW,
+        }
     }
 
     #[test]
@@ -131,5 +157,16 @@ mod tests {
         let named: Vec<&str> = errors.iter().map(|error| error.setting).collect();
         assert_eq!(named, ["idleTimeout", "window"]);
         assert!(errors[1].to_string().starts_with("window: `0s` is out of range"), "{}", errors[1]);
+    }
+
+    #[test]
+    fn the_future_skew_is_bounded_and_says_what_it_is_for() {
+        let defaults = settings(DEFAULT_WINDOW, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(WindowConfig::parse(&defaults).unwrap().max_future_skew, Duration::from_secs(300));
+        for (value, problem) in [("0s", "out of range: use 1s to 1d"), ("2d", "out of range"), ("soon", "not a duration")] {
+            let errors = WindowConfig::parse(&AggregationSettings { max_future_skew: value, ..defaults }).unwrap_err();
+            assert_eq!(errors[0].setting, "maxFutureSkew");
+            assert!(errors[0].message.contains(problem), "{}", errors[0]);
+        }
     }
 }

@@ -173,11 +173,31 @@ pub struct MetricAggregate {
     pub to_timestamp: EventTime,
     pub window_start: EventTime,
     pub window_end: EventTime,
-    /// Deterministic for (key, windowStart): duplicates from at-least-once delivery share it.
+    /// [`window_id`] of (componentName, metricName, unit, windowStart, windowEnd): duplicates from
+    /// at-least-once delivery and re-emissions share it; no two distinct windows do.
     pub window_id: String,
     /// 0 when the window first fires; each late event within the allowed lateness re-emits the
     /// window with the next revision, so the highest revision of a `windowId` is the truth.
     pub revision: u32,
+}
+
+/// The id of one key's window: 32 hex digits, the first 128 bits of SHA-256 over
+/// `metrics-pipeline/window/v2`, then componentName, metricName and unit each as its length in
+/// bytes (8, little-endian) followed by its UTF-8 bytes, then windowStart and windowEnd as epoch
+/// milliseconds (8 bytes each, little-endian). Length prefixes keep the parts apart whatever
+/// bytes names hold, the end makes windows of different lengths distinct, and SHA-256 makes a
+/// collision, even a crafted one, practically impossible.
+pub fn window_id(component_name: &str, metric_name: &str, unit: &str, window_start: EventTime, window_end: EventTime) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(b"metrics-pipeline/window/v2");
+    for part in [component_name, metric_name, unit] {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part.as_bytes());
+    }
+    hash.update(window_start.0.to_le_bytes());
+    hash.update(window_end.0.to_le_bytes());
+    hash.finalize()[..16].iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Aggregates without the duplicates of at-least-once delivery, keyed by `windowId`: per window
@@ -502,6 +522,28 @@ mod tests {
             })
         );
         assert_eq!(serde_json::from_value::<MetricAggregate>(json).unwrap(), aggregate);
+    }
+
+    #[test]
+    fn window_ids_are_stable_and_keep_every_part_apart() {
+        let (noon, minute) = (EventTime(1_631_188_800_000), 60_000);
+        let id = |c: &str, m: &str, u: &str, start: i64, end: i64| window_id(c, m, u, EventTime(start), EventTime(end));
+        let base = id("user-service", "cpu-usage", "percent", noon.0, noon.0 + minute);
+        assert_eq!(
+            base, "13c3887f66b5d743e2c55837426ff56d",
+            "the documented derivation (checked with Python's hashlib): ids must not change across versions"
+        );
+        assert_eq!(base.len(), 32);
+        let others = [
+            id("user-service", "cpu-usage", "percent", noon.0, noon.0 + 5 * minute),
+            id("user-service", "cpu-usage", "percent", noon.0 + minute, noon.0 + 2 * minute),
+            id("user-servicecpu-usage", "", "percent", noon.0, noon.0 + minute),
+            id("user-service\0cpu-usage", "", "percent", noon.0, noon.0 + minute),
+            id("user-service", "cpu-usage\0percent", "", noon.0, noon.0 + minute),
+        ];
+        for other in others {
+            assert_ne!(other, base);
+        }
     }
 
     #[test]
