@@ -131,20 +131,29 @@ impl CheckpointStore {
     pub async fn save(&mut self, checkpoint: &Checkpoint) -> Result<(), Fenced> {
         let body = serde_json::to_vec(checkpoint).expect("a checkpoint always serializes");
         let condition = self.etag.as_deref().map_or(Condition::Absent, Condition::Matches);
-        match self.bucket.put(&self.key, body, "application/json", condition).await {
-            Some(etag) => {
+        if let Some(etag) = self.bucket.put(&self.key, body.clone(), "application/json", condition).await {
+            self.etag = Some(etag);
+            return Ok(());
+        }
+        // The condition failed. When a write went through but its answer was lost, the SDK's
+        // retry finds this very checkpoint stored: that is no other copy.
+        let stored = loop {
+            match self.bucket.get(&self.key).await {
+                Ok(stored) => break stored,
+                Err(error) => tracing::warn!(%error, "cannot read the checkpoint back yet; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        match stored {
+            Some((stored, etag)) if stored == body => {
                 self.etag = Some(etag);
                 Ok(())
             }
-            None => {
-                let holder = match self.bucket.get(&self.key).await {
-                    Ok(Some((bytes, _))) => {
-                        serde_json::from_slice::<Checkpoint>(&bytes).ok().and_then(|c| c.lease).map(|lease| lease.holder)
-                    }
-                    _ => None,
-                };
+            Some((stored, _)) => {
+                let holder = serde_json::from_slice::<Checkpoint>(&stored).ok().and_then(|c| c.lease).map(|lease| lease.holder);
                 Err(Fenced { location: self.location(), holder })
             }
+            None => Err(Fenced { location: self.location(), holder: None }),
         }
     }
 }
