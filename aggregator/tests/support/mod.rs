@@ -182,14 +182,16 @@ impl Aggregator {
         Duration::from_millis(ticks * 1000 / per_second)
     }
 
-    /// Peak resident memory of the process so far (`VmHWM`).
-    pub fn peak_resident_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kib = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok());
-        kib.unwrap() * 1024
+    /// Peak resident memory of the process so far (`VmHWM`), while it runs.
+    pub fn peak_resident_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let kib = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?.split_whitespace().next()?.parse::<u64>().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn exited_now(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     /// SIGKILL: no chance to flush or checkpoint.
