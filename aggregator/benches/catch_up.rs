@@ -54,7 +54,9 @@ fn full_page() -> Bytes {
             })
         })
         .collect();
-    Bytes::from(serde_json::to_vec(&serde_json::json!({"Records": records, "MillisBehindLatest": 3_600_000, "NextShardIterator": "NEXT"})).unwrap())
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({"Records": records, "MillisBehindLatest": 3_600_000, "NextShardIterator": "NEXT"})).unwrap(),
+    )
 }
 
 fn json(body: serde_json::Value) -> Response {
@@ -88,7 +90,9 @@ async fn kinesis(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes)
         }
         "PutRecords" => {
             let count = request["Records"].as_array().map_or(0, Vec::len);
-            json(serde_json::json!({"FailedRecordCount": 0, "Records": vec![serde_json::json!({"SequenceNumber": "1", "ShardId": "shardId-000000000000"}); count]}))
+            json(
+                serde_json::json!({"FailedRecordCount": 0, "Records": vec![serde_json::json!({"SequenceNumber": "1", "ShardId": "shardId-000000000000"}); count]}),
+            )
         }
         other => (StatusCode::BAD_REQUEST, format!("{{\"__type\":\"UnknownOperationException\",\"message\":\"{other}\"}}")).into_response(),
     }
@@ -150,6 +154,10 @@ async fn main() {
     let _ = aggregator.wait();
     let mib = (SHARDS * PAGES * fake.page.len()) as f64 / 1_048_576.0;
     println!("shards behind:     {SHARDS}, {PAGES} full pages each ({mib:.0} MiB of answers)");
-    println!("caught up in:      {:.1} s ({:.0} records/s)", elapsed.as_secs_f64(), (SHARDS * PAGES * RECORDS_PER_PAGE) as f64 / elapsed.as_secs_f64());
+    println!(
+        "caught up in:      {:.1} s ({:.0} records/s)",
+        elapsed.as_secs_f64(),
+        (SHARDS * PAGES * RECORDS_PER_PAGE) as f64 / elapsed.as_secs_f64()
+    );
     println!("peak resident:     {peak} MiB (resident at the end: {now} MiB; the Deployment's default limit: 256 MiB)");
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_config::timeout::TimeoutConfig;
 use clap::{Args, Parser, Subcommand};
 use metrics_aggregator::bucket::Bucket;
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
@@ -251,11 +252,15 @@ fn parse_event_time(text: &str) -> Result<EventTime, String> {
     EventTime::parse_rfc3339(text).ok_or_else(|| format!("`{text}` is not an RFC 3339 time such as 2021-09-09T12:00:00Z"))
 }
 
+/// The SDK settings, with a time limit on every attempt: without one an answer that never
+/// comes (a half-open connection) would stall the aggregator for good; the attempt is retried.
 async fn aws(args: AwsArgs) -> aws_config::SdkConfig {
-    let sdk = sdk_config(args.region).await;
+    let timeouts =
+        TimeoutConfig::builder().connect_timeout(Duration::from_secs(5)).operation_attempt_timeout(Duration::from_secs(30)).build();
+    let sdk = sdk_config(args.region).await.into_builder().timeout_config(timeouts);
     match args.endpoint_url {
-        Some(url) => sdk.to_builder().endpoint_url(url).build(),
-        None => sdk,
+        Some(url) => sdk.endpoint_url(url).build(),
+        None => sdk.build(),
     }
 }
 

@@ -84,7 +84,10 @@ fn record(kind: Kind, n: u64, random: &mut Random, hostile: bool) -> OutputRecor
         Kind::FarPast => (component.clone(), json(&component, 1.0.into(), at(978_307_200_000))),
         Kind::ControlCharacterName => ("bad".into(), json("service\u{7}1", 1.0.into(), at(normal_time))),
         Kind::NonFinite => {
-            let text = format!(r#"{{"componentName":"{component}","metricName":"m","unit":"ms","value":1e999,"timestamp":"{}","n":{n}}}"#, at(normal_time));
+            let text = format!(
+                r#"{{"componentName":"{component}","metricName":"m","unit":"ms","value":1e999,"timestamp":"{}","n":{n}}}"#,
+                at(normal_time)
+            );
             (component.clone(), text.into_bytes())
         }
         Kind::Oversized => (component.clone(), format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(70 * 1024)).into_bytes()),
@@ -122,7 +125,8 @@ async fn read_input(aws: &Emulator) -> Vec<(String, String, Vec<u8>)> {
             if page.records().is_empty() {
                 break;
             }
-            let records = page.records().iter().map(|r| (shard.shard_id().to_owned(), r.sequence_number().to_owned(), r.data().as_ref().to_vec()));
+            let records =
+                page.records().iter().map(|r| (shard.shard_id().to_owned(), r.sequence_number().to_owned(), r.data().as_ref().to_vec()));
             read.extend(records);
             iterator = page.next_shard_iterator().unwrap().to_owned();
         }
@@ -145,13 +149,19 @@ fn expected(read: &[(String, String, Vec<u8>)], kinds: &HashMap<Vec<u8>, Kind>) 
                 let event: serde_json::Value = serde_json::from_slice(data).unwrap();
                 let time = EventTime::parse_rfc3339(event["timestamp"].as_str().unwrap()).unwrap().0;
                 let value = event["value"].as_f64().unwrap();
-                let key = (event["componentName"].as_str().unwrap().to_owned(), event["metricName"].as_str().unwrap().to_owned(), "ms".to_owned(), time.div_euclid(WINDOW_MS) * WINDOW_MS);
+                let key = (
+                    event["componentName"].as_str().unwrap().to_owned(),
+                    event["metricName"].as_str().unwrap().to_owned(),
+                    "ms".to_owned(),
+                    time.div_euclid(WINDOW_MS) * WINDOW_MS,
+                );
                 let window = windows.entry(key).or_insert((0, f64::MAX, f64::MIN, 0.0, i64::MAX, i64::MIN));
                 if !(window.3 + value).is_finite() {
                     refused.insert((shard.clone(), sequence.clone()), "sum_overflow".to_owned());
                     continue;
                 }
-                *window = (window.0 + 1, window.1.min(value), window.2.max(value), window.3 + value, window.4.min(time), window.5.max(time));
+                *window =
+                    (window.0 + 1, window.1.min(value), window.2.max(value), window.3 + value, window.4.min(time), window.5.max(time));
                 continue;
             }
             Kind::FarFuture => "future_timestamp",
@@ -204,10 +214,23 @@ impl Copies<'_> {
     fn start(&mut self, identity: &str) {
         self.reap();
         let flags = [
-            "--window", "5s", "--out-of-orderness", "2s", "--allowed-lateness", "10m", "--idle-timeout", "3s",
-            "--checkpoint-interval", "1s", "--parquet", "snappy", "--parquet-roll-interval", "2s",
+            "--window",
+            "5s",
+            "--out-of-orderness",
+            "2s",
+            "--allowed-lateness",
+            "10m",
+            "--idle-timeout",
+            "3s",
+            "--checkpoint-interval",
+            "1s",
+            "--parquet",
+            "snappy",
+            "--parquet-roll-interval",
+            "2s",
         ];
-        let env = [("AWS_ENDPOINT_URL", self.proxy.endpoint()), ("AGGREGATOR_HOLDER_IDENTITY", identity), ("AGGREGATOR_LEASE_DURATION", "3s")];
+        let env =
+            [("AWS_ENDPOINT_URL", self.proxy.endpoint()), ("AGGREGATOR_HOLDER_IDENTITY", identity), ("AGGREGATOR_LEASE_DURATION", "3s")];
         self.running.push((identity.to_owned(), self.aws.start_aggregator_with_env(&flags, &env)));
         self.started += 1;
     }
@@ -243,7 +266,8 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
     let aws = Emulator::new("chaos", SHARDS).await;
     let versioning = VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build();
     aws.s3.put_bucket_versioning().bucket(&aws.bucket).versioning_configuration(versioning).send().await.unwrap();
-    let faults = FaultSettings { seed, throttle_rate: 0.04, error_rate: 0.03, drop_rate: 0.01, lost_answer_rate: 0.01, ..FaultSettings::none() };
+    let faults =
+        FaultSettings { seed, throttle_rate: 0.04, error_rate: 0.03, drop_rate: 0.01, lost_answer_rate: 0.01, ..FaultSettings::none() };
     let moto = std::env::var("AWS_ENDPOINT_URL").expect("run `scripts/dev-env up` and `. .dev-env/env`");
     let proxy = AwsProxy::start(&moto, ProxySettings { faults, ..ProxySettings::default() }).await.unwrap();
     let mut copies = Copies { aws: &aws, proxy: &proxy, running: Vec::new(), peak_memory: 0, started: 0 };
@@ -269,17 +293,23 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
     wait_for("a checkpoint with a watermark", Duration::from_secs(60), async || {
         publish(&mut random, false, &mut kinds).await;
         let checkpoint = aws.objects("_aggregator/checkpoint.json").await;
-        let watermark = checkpoint.values().next().and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok()).map(|c| c["engine"]["watermark"].clone());
+        let watermark = checkpoint
+            .values()
+            .next()
+            .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
+            .map(|c| c["engine"]["watermark"].clone());
         if watermark.as_ref().is_some_and(|w| !w.is_null()) { Ok(()) } else { Err(format!("{watermark:?}")) }
     })
     .await
     .unwrap();
 
-    let (second_copy_at, stall_at) = (2 + random.below(3), 5 + random.below(3));
+    // The schedule has its own random sequence: how many records go out between steps varies.
+    let mut schedule = Random(seed.wrapping_mul(0xbf58_476d_1ce4_e5b9) | 1);
+    let (second_copy_at, stall_at) = (2 + schedule.below(3), 5 + schedule.below(3));
     let started = tokio::time::Instant::now();
     let mut step = 0;
     while started.elapsed() < PRODUCE_FOR {
-        let next_action = tokio::time::Instant::now() + Duration::from_millis(4_000 + random.below(5_000));
+        let next_action = tokio::time::Instant::now() + Duration::from_millis(4_000 + schedule.below(5_000));
         while tokio::time::Instant::now() < next_action {
             publish(&mut random, true, &mut kinds).await;
             copies.note_memory();
@@ -321,12 +351,31 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
         }
         let output = summary(aws.read_stream(&aws.output).await.into_iter().map(|data| serde_json::from_slice(&data).unwrap()));
         let counted: u64 = output.values().map(|window| window.0).sum();
-        if output == windows { Ok(output) } else { Err(format!("{counted} of {} events counted", windows.values().map(|w| w.0).sum::<u64>())) }
+        if output == windows {
+            return Ok(output);
+        }
+        let differing: Vec<_> = windows
+            .iter()
+            .filter(|(key, window)| output.get(*key) != Some(window))
+            .map(|(key, window)| (key, window, output.get(key)))
+            .take(3)
+            .collect();
+        let extra: Vec<_> = output.keys().filter(|key| !windows.contains_key(*key)).take(3).collect();
+        Err(format!(
+            "{counted} of {} events counted; differing (expected, output): {differing:?}; not expected: {extra:?}",
+            windows.values().map(|w| w.0).sum::<u64>()
+        ))
     })
     .await
     .unwrap();
-    for (_, copy) in copies.running.drain(..) {
-        let _ = copy.terminate();
+    for (identity, mut copy) in copies.running.drain(..) {
+        copy.signal("TERM");
+        let stopped = copy.exited_within(Duration::from_secs(60)).await;
+        assert!(
+            stopped.is_some_and(|status| status.success()),
+            "{identity} did not stop cleanly on SIGTERM: {stopped:?}; its log: {}",
+            copy.log.display()
+        );
     }
 
     let letters = dead_letters(&aws).await;
