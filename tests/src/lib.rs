@@ -72,7 +72,7 @@ impl TestNamespace {
     }
 }
 
-/// Runs `program` with `input` on stdin and returns its stdout (gzip, gunzip, jq).
+/// Runs `program` with `input` on stdin and returns its stdout (gzip, jq).
 pub fn pipe_through(program: &str, args: &[&str], input: &[u8]) -> anyhow::Result<Vec<u8>> {
     use std::io::Write;
     use std::process::{Command, Stdio};

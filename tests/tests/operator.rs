@@ -17,7 +17,7 @@ use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
 use metrics_pipeline_e2e::local_runner::{LocalRunner, workspace_bin_dir};
-use metrics_pipeline_e2e::query::{QueryCheck, format_rows};
+use metrics_pipeline_e2e::query::{Format, query};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client, repo_path};
 use metrics_pipeline_operator::aws::{AwsCalls, delivery};
 use metrics_pipeline_operator::controller::{AwsAccount, Context, FINALIZER, Settings, run};
@@ -240,8 +240,8 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     assert!(policy.policy_document().contains(&format!("{prefix}-output")), "the role's policy names the output stream");
 
     // Data through the delivery stand-in: aggregates on the output stream land per component,
-    // each component's first object gets its Glue partition within a resync, and the query check
-    // reads the rows back through the table's columns.
+    // each component's first object gets its Glue partition within a resync, and scripts/query
+    // reads the rows back through the table.
     let aggregates = [
         ("user-service", "cpu-usage", "percent", 43.0, 57.0, 50.0, 3, "2021-09-09T11:30:00.000Z", "2021-09-09T12:30:00.000Z"),
         ("order-service", "ram-usage", "MB", 8.0, 21.0, 14.0, 3, "2021-09-09T10:50:00.000Z", "2021-09-09T11:45:00.000Z"),
@@ -266,16 +266,18 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     })
     .await
     .unwrap();
-    let rows = QueryCheck::new(&sdk).select_partition(database, "metric_aggregates", "user-service").await.unwrap();
-    let columns = ["componentName", "metricName", "unit", "minValue", "maxValue", "fromTimestamp", "toTimestamp"];
-    let table = format_rows(&rows, &columns);
-    println!("SELECT * FROM {database}.metric_aggregates WHERE componentName = 'user-service'\n{table}");
+    let sql = format!(
+        "SELECT componentName, metricName, unit, minValue, maxValue, fromTimestamp, toTimestamp FROM {database}.metric_aggregates \
+         WHERE componentName = 'user-service' ORDER BY metricName"
+    );
+    let table = query(&sql, Format::Table).await.unwrap();
+    println!("{sql}\n{table}");
     let lines: Vec<&str> = table.lines().skip(2).collect();
     assert_eq!(
         lines,
         [
-            "user-service  | cpu-usage  | percent | 43.0     | 57.0     | 2021-09-09T11:30:00.000Z | 2021-09-09T12:30:00.000Z",
-            "user-service  | ram-usage  | MB      | 512.0    | 768.0    | 2021-09-09T11:50:00.000Z | 2021-09-09T12:10:00.000Z",
+            "user-service  | cpu-usage  | percent | 43.0     | 57.0     | 2021-09-09 11:30:00.000 | 2021-09-09 12:30:00.000",
+            "user-service  | ram-usage  | MB      | 512.0    | 768.0    | 2021-09-09 11:50:00.000 | 2021-09-09 12:10:00.000",
         ]
     );
 
