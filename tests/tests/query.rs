@@ -196,3 +196,25 @@ async fn a_parquet_column_stored_with_another_type_fails_the_query() {
     let object = format!("s3://{}/componentName=user-service/part-0.parquet", pipeline.bucket);
     assert_eq!(error, format!("scripts/query: {object}: column minvalue (double) is stored as VARCHAR"));
 }
+
+#[tokio::test]
+async fn a_line_the_openx_serde_refuses_fails_the_query_naming_the_object() {
+    let pipeline = Pipeline::create("refused", DeliveryFormat::Json, &PartitionConfig::Registered).await;
+    pipeline.register("user-service", DeliveryFormat::Json).await;
+    let object = format!("s3://{}/componentName=user-service/delivery-1-0001", pipeline.bucket);
+    let refused = [
+        (
+            r#"{"metricName":"cpu-usage","minValue":1.0,"MINVALUE":2.0}"#,
+            r#"a key twice, in the same or another case (the OpenX SerDe's `Duplicate key`): {"metricName":"cpu-usage","minValue":1.0,"MINVALUE":2.0}"#,
+        ),
+        (r#"{"metricName":"cpu-usage","count":1.5}"#, "column count (bigint) cannot hold 1.5"),
+        (r#"{"metricName":"cpu-usage","minValue":true}"#, "column minvalue (double) cannot hold true"),
+        (r#"{"metricName":"cpu-usage","fromTimestamp":"yesterday"}"#, r#"column fromtimestamp (timestamp) cannot hold "yesterday""#),
+        (r#"["cpu-usage",1.0]"#, r#"a line that is not a JSON object: ["cpu-usage",1.0]"#),
+    ];
+    for (line, reason) in refused {
+        pipeline.put("componentName=user-service/delivery-1-0001", format!("{line}\n").into_bytes()).await;
+        let error = query(&format!("SELECT * FROM {}.metric_aggregates", pipeline.database), Format::Table).await.unwrap_err();
+        assert_eq!(error.to_string(), format!("scripts/query: {object}: {reason}"));
+    }
+}
