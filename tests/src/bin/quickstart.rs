@@ -5,8 +5,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
+use metrics_pipeline_e2e::cluster::prepare_namespace;
 use metrics_pipeline_e2e::kube_client;
 use metrics_pipeline_e2e::query::format_rows;
 use metrics_pipeline_e2e::quickstart::{COMPONENTS, SHOWN_COLUMNS, as_rows, default_log_dir, example, run};
@@ -28,12 +27,7 @@ async fn quickstart() -> anyhow::Result<()> {
     let started = Instant::now();
     let progress = move |line: String| println!("[{:>5.1}s] {line}", started.elapsed().as_secs_f64());
     let client = kube_client().await?;
-    let namespace: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}}))?;
-    match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 409 => {}
-        Err(error) => return Err(error.into()),
-    }
+    prepare_namespace(&client, NAMESPACE).await?;
     let outcome = run(&client, NAMESPACE, &example()?, &default_log_dir(), &progress).await?;
     for component in COMPONENTS {
         println!("\nSELECT * FROM {}.{} WHERE componentName = '{component}'", outcome.database, outcome.table);
