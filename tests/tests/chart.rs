@@ -145,7 +145,12 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     eventually("the new leader reconciles a change", ready(2)).await;
 
     pipelines.delete("metrics", &DeleteParams::default()).await.unwrap();
-    eventually("deletion under the chart's RBAC", async || pipelines.get_opt("metrics").await.unwrap().is_none().then_some(())).await;
+    // The aggregator's pod gets its grace period (60 s) to checkpoint before the AWS parts go.
+    wait_for("deletion under the chart's RBAC", Duration::from_secs(150), async || {
+        pipelines.get_opt("metrics").await.unwrap().map_or(Ok(()), |p| Err(format!("{:?}", p.status.and_then(|s| s.phase))))
+    })
+    .await
+    .unwrap();
 
     // Nothing broader than that.
     let user = format!("system:serviceaccount:{}:{release}-metrics-pipeline-operator", release_namespace.name);

@@ -138,7 +138,7 @@ async fn the_aggregator_pod_is_ready_by_its_probe_logs_runs_confined_and_an_oom_
 
     // Less memory than the aggregator needs: the kubelet kills it, and the operator says why.
     let mut starved = pipeline.clone();
-    let limits = [("memory".to_owned(), Quantity("20Mi".into()))].into();
+    let limits = [("memory".to_owned(), Quantity("4Mi".into()))].into();
     starved.spec.aggregator.resources =
         Some(k8s_openapi::api::core::v1::ResourceRequirements { limits: Some(limits), ..Default::default() });
     pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&starved)).await.unwrap();
@@ -147,7 +147,7 @@ async fn the_aggregator_pod_is_ready_by_its_probe_logs_runs_confined_and_an_oom_
     })
     .await;
     let message = &condition(&status, "AggregatorReady").unwrap().message;
-    assert!(message.contains("20Mi") && message.contains("spec.aggregator.resources.limits.memory"), "{message}");
+    assert!(message.contains("4Mi") && message.contains("spec.aggregator.resources.limits.memory"), "{message}");
     assert_eq!(status.phase, Some(Phase::Failed), "the user must raise the limit");
     let (described, description) = kubectl(&["describe", "metricspipeline", "metrics", "-n", &ns]);
     assert!(
