@@ -102,10 +102,11 @@ async fn wait_for_status(
     .unwrap()
 }
 
-/// Deletes the pipeline and waits until the operator's cleanup let the finalizer go.
+/// Deletes the pipeline and waits until the operator's cleanup let the finalizer go; the
+/// aggregator's pod first gets its grace period (60 s) to checkpoint.
 async fn delete_and_wait(pipelines: &Api<MetricsPipeline>, name: &str) {
     pipelines.delete(name, &DeleteParams::default()).await.unwrap();
-    wait_for(&format!("the deletion of {name}"), Duration::from_secs(60), async || {
+    wait_for(&format!("the deletion of {name}"), Duration::from_secs(150), async || {
         match pipelines.get_opt(name).await.map_err(|error| error.to_string())? {
             None => Ok(()),
             Some(pipeline) => Err(format!("{:#?}", pipeline.status)),
