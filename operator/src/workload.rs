@@ -256,7 +256,9 @@ pub async fn ensure(
         // waits for the user, not for time: say so, and which field to change.
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         let selector = format!("{NAME_LABEL}={AGGREGATOR_APP},{INSTANCE_LABEL}={}", pipeline.name_any());
-        if pods.list(&ListParams::default().labels(&selector)).await?.items.iter().any(killed_for_memory) {
+        let pods = pods.list(&ListParams::default().labels(&selector)).await?.items;
+        // A pod on its way out (the old limit's, during a Recreate rollout) no longer counts.
+        if pods.iter().filter(|pod| pod.metadata.deletion_timestamp.is_none()).any(killed_for_memory) {
             let limit = resources(config).limits.and_then(|limits| limits.get("memory").map(|q| q.0.clone()));
             return Err(Error::AggregatorOutOfMemory { limit: limit.unwrap_or_else(|| "none".into()) });
         }
