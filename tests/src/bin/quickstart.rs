@@ -8,12 +8,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
 use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::config::AwsTarget;
 use metrics_pipeline_api::pipeline::DeletionPolicy;
 use metrics_pipeline_api::validation::validate;
+use metrics_pipeline_e2e::cluster::prepare_namespace;
 use metrics_pipeline_e2e::kube_client;
 use metrics_pipeline_e2e::query::{Format, query};
 use metrics_pipeline_e2e::quickstart::{default_log_dir, example, run};
@@ -37,12 +36,7 @@ async fn quickstart() -> anyhow::Result<()> {
     let started = Instant::now();
     let progress = move |line: String| println!("[{:>5.1}s] {line}", started.elapsed().as_secs_f64());
     let client = kube_client().await?;
-    let namespace: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}}))?;
-    match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 409 => {}
-        Err(error) => return Err(error.into()),
-    }
+    prepare_namespace(&client, NAMESPACE).await?;
     let mut pipeline = example()?;
     pipeline.spec.deletion_policy = DeletionPolicy::Retain;
     remove_what_the_last_run_kept(&pipeline).await?;
@@ -52,7 +46,9 @@ async fn quickstart() -> anyhow::Result<()> {
         "SELECT componentName, metricName, unit, minValue, maxValue, fromTimestamp, toTimestamp\nFROM {}.{}\nORDER BY componentName, metricName, windowStart",
         outcome.database, outcome.table
     );
-    println!("\n{sql}\n{}", query(&sql, Format::Table).await?);
+    println!("
+{sql}
+{}", query(&sql, Format::Table).await?);
     println!(
         "{} events in, {} aggregate rows out, in {:.0}s",
         outcome.events.len(),
