@@ -16,7 +16,7 @@ use hyper::{Method, Response, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 
 /// The AWS services the pipeline calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Service {
     Kinesis,
     Firehose,
@@ -25,6 +25,7 @@ pub enum Service {
     Iam,
     Sts,
     /// Anything else the emulator serves (its own `/moto-api`, other services).
+    #[default]
     Other,
 }
 

@@ -104,7 +104,7 @@ impl Recorder {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OperationSummary {
-    pub service: Option<Service>,
+    pub service: Service,
     pub operation: String,
     pub calls: usize,
     pub forwarded: usize,
@@ -167,7 +167,7 @@ impl Stats {
         let mut by_operation: BTreeMap<(Service, &str), OperationSummary> = BTreeMap::new();
         for call in &self.calls {
             let summary = by_operation.entry((call.service, &call.operation)).or_insert_with(|| OperationSummary {
-                service: Some(call.service),
+                service: call.service,
                 operation: call.operation.clone(),
                 ..OperationSummary::default()
             });
