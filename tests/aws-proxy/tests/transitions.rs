@@ -6,17 +6,16 @@ mod common;
 
 use std::time::Duration;
 
-use aws_sdk_firehose::types::{CompressionFormat, DeliveryStreamType, ExtendedS3DestinationConfiguration, ExtendedS3DestinationUpdate};
+use aws_sdk_firehose::types::{CompressionFormat, DeliveryStreamType, ExtendedS3DestinationUpdate};
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::types::ScalingType;
 
 use metrics_pipeline_aws_proxy::{ProxySettings, RuleSettings};
 use metrics_pipeline_test_support::wait_for;
 
-use common::{create_bucket, proxy, unique};
+use common::{FIREHOSE_TRUST, create_bucket, proxy, s3_destination, unique};
 
 const TRANSITION: Duration = Duration::from_millis(1500);
-const TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"firehose.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
 
 fn slow_transitions() -> ProxySettings {
     ProxySettings { rules: RuleSettings { transition: TRANSITION, ..RuleSettings::default() }, ..ProxySettings::default() }
@@ -61,13 +60,8 @@ async fn a_new_delivery_stream_is_creating_for_a_while() {
     let (iam, firehose) = (aws_sdk_iam::Client::new(&config), aws_sdk_firehose::Client::new(&config));
     let (name, bucket) = (unique("transition"), unique("transition-bucket"));
     create_bucket(&config, &bucket).await;
-    let role = iam.create_role().role_name(&name).assume_role_policy_document(TRUST).send().await.unwrap().role.unwrap();
-    let destination = ExtendedS3DestinationConfiguration::builder()
-        .role_arn(role.arn())
-        .bucket_arn(format!("arn:aws:s3:::{bucket}"))
-        .compression_format(CompressionFormat::Gzip)
-        .build()
-        .unwrap();
+    let role = iam.create_role().role_name(&name).assume_role_policy_document(FIREHOSE_TRUST).send().await.unwrap().role.unwrap();
+    let destination = s3_destination(role.arn(), &bucket);
     firehose
         .create_delivery_stream()
         .delivery_stream_name(&name)
