@@ -46,9 +46,7 @@ async fn quickstart() -> anyhow::Result<()> {
         "SELECT componentName, metricName, unit, minValue, maxValue, fromTimestamp, toTimestamp\nFROM {}.{}\nORDER BY componentName, metricName, windowStart",
         outcome.database, outcome.table
     );
-    println!("
-{sql}
-{}", query(&sql, Format::Table).await?);
+    println!("\n{sql}\n{}", query(&sql, Format::Table).await?);
     println!(
         "{} events in, {} aggregate rows out, in {:.0}s",
         outcome.events.len(),
