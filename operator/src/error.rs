@@ -34,6 +34,13 @@ pub enum Error {
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 
+    /// The aggregator's container was killed for exceeding its memory limit: only a higher limit helps.
+    #[error(
+        "the aggregator was killed for using more memory than its limit of {limit} (OOMKilled): raise \
+         spec.aggregator.resources.limits.memory"
+    )]
+    AggregatorOutOfMemory { limit: String },
+
     /// Deletion started and AWS or Kubernetes is still removing these: expected, not a failure.
     #[error("waiting for the deletion of {0}")]
     Deleting(String),
@@ -198,7 +205,7 @@ impl Error {
     /// The user must change something before a retry can succeed.
     pub fn is_terminal(&self) -> bool {
         match self {
-            Self::InvalidSpec(_) | Self::NotOwned { .. } => true,
+            Self::InvalidSpec(_) | Self::NotOwned { .. } | Self::AggregatorOutOfMemory { .. } => true,
             Self::Aws(error) => !error.kind.is_retryable(),
             Self::Kube(_) | Self::Finalizer(_) | Self::Deleting(_) => false,
         }
@@ -219,6 +226,7 @@ impl Error {
             Self::NotOwned { .. } => "NotOwned",
             Self::Aws(error) if error.kind.is_retryable() => "AwsUnavailable",
             Self::Aws(_) => "AwsRefused",
+            Self::AggregatorOutOfMemory { .. } => "OOMKilled",
             Self::Kube(_) => "KubernetesError",
             Self::Finalizer(_) => "FinalizerError",
             Self::Deleting(_) => "Deleting",

@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, HTTPGetAction, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::config::PipelineConfig;
@@ -39,6 +39,8 @@ pub const AGGREGATOR_APP: &str = "metrics-aggregator";
 pub fn aggregator_selector() -> String {
     format!("{NAME_LABEL}={AGGREGATOR_APP}")
 }
+/// The reason a kubelet gives for a container killed at its memory limit.
+const OOM_KILLED: &str = "OOMKilled";
 /// Long enough for the aggregator's shutdown: fire nothing early, flush, checkpoint.
 const TERMINATION_GRACE_SECONDS: i64 = 60;
 /// The distroless `nonroot` user the image runs as.
@@ -133,7 +135,7 @@ fn pod(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &WorkloadS
         }]),
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/healthz", 10)),
-        resources: Some(config.aggregator.resources.clone().unwrap_or_else(default_resources)),
+        resources: Some(resources(config)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -201,6 +203,10 @@ fn aggregator_env(pipeline: &MetricsPipeline, config: &PipelineConfig, settings:
     env.into_iter().map(|(name, value)| EnvVar { name: name.into(), value: Some(value), ..EnvVar::default() }).collect()
 }
 
+fn resources(config: &PipelineConfig) -> ResourceRequirements {
+    config.aggregator.resources.clone().unwrap_or_else(default_resources)
+}
+
 /// Enough for one shard's worth of events; the spec overrides it.
 fn default_resources() -> ResourceRequirements {
     let quantities =
@@ -246,7 +252,29 @@ pub async fn ensure(
     }
     let ready_replicas = applied.status.as_ref().and_then(|status| status.ready_replicas).unwrap_or(0);
     outcome.pending = rollout_pending(config.aggregator.replicas, applied.metadata.generation, applied.status.as_ref());
+    if outcome.pending.is_some() {
+        // A rollout that cannot finish because the container keeps exceeding its memory limit
+        // waits for the user, not for time: say so, and which field to change.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let selector = format!("{NAME_LABEL}={AGGREGATOR_APP},{INSTANCE_LABEL}={}", pipeline.name_any());
+        let pods = pods.list(&ListParams::default().labels(&selector)).await?.items;
+        // A pod on its way out (the old limit's, during a Recreate rollout) no longer counts.
+        if pods.iter().filter(|pod| pod.metadata.deletion_timestamp.is_none()).any(killed_for_memory) {
+            let limit = resources(config).limits.and_then(|limits| limits.get("memory").map(|q| q.0.clone()));
+            return Err(Error::AggregatorOutOfMemory { limit: limit.unwrap_or_else(|| "none".into()) });
+        }
+    }
     Ok((AggregatorStatus { deployment: applied.name_any(), ready_replicas }, outcome))
+}
+
+/// Whether the pod's aggregator is not ready because the kubelet killed it at its memory limit,
+/// now or the last time it ended (while it waits to be restarted).
+fn killed_for_memory(pod: &Pod) -> bool {
+    let statuses = pod.status.iter().flat_map(|status| status.container_statuses.iter().flatten());
+    statuses.filter(|status| status.name == CONTAINER && !status.ready).any(|status| {
+        let mut terminated = [&status.state, &status.last_state].into_iter().flatten().filter_map(|state| state.terminated.as_ref());
+        terminated.any(|terminated| terminated.reason.as_deref() == Some(OOM_KILLED))
+    })
 }
 
 /// Why the Deployment is not yet running the current spec, or `None` when it is.
@@ -402,6 +430,28 @@ mod tests {
         let settings = WorkloadSettings { credentials_secret: Some("aws-credentials".into()), ..WorkloadSettings::default() };
         let from = env_from(&settings).unwrap();
         assert_eq!(from[0].secret_ref.as_ref().map(|s| s.name.as_str()), Some("aws-credentials"));
+    }
+
+    #[test]
+    fn an_aggregator_not_ready_after_an_oom_kill_is_told_apart_from_one_still_starting() {
+        let pod = |ready: bool, state: serde_json::Value, last_state: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"status": {"containerStatuses": [{
+                "name": CONTAINER, "ready": ready, "restartCount": 1, "image": "i", "imageID": "",
+                "state": state, "lastState": last_state
+            }]}}))
+            .unwrap()
+        };
+        let oom = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
+        let waiting = json!({"waiting": {"reason": "CrashLoopBackOff"}});
+        let running = json!({"running": {}});
+        assert!(killed_for_memory(&pod(false, waiting.clone(), oom.clone())), "restarting after an OOM kill");
+        assert!(killed_for_memory(&pod(false, oom.clone(), json!({}))), "just killed");
+        assert!(!killed_for_memory(&pod(true, running.clone(), oom)), "killed once, ready again");
+        let error = json!({"terminated": {"exitCode": 1, "reason": "Error"}});
+        assert!(!killed_for_memory(&pod(false, waiting, error)), "another crash");
+        assert!(!killed_for_memory(&pod(false, running, json!({}))), "still starting");
+        let message = Error::AggregatorOutOfMemory { limit: "16Mi".into() }.to_string();
+        assert!(message.contains("16Mi") && message.contains("spec.aggregator.resources.limits.memory"), "{message}");
     }
 
     #[test]

@@ -237,12 +237,27 @@ fn convertible(record: &[u8], conversion: &Conversion) -> Result<serde_json::Map
     Ok(row)
 }
 
-fn compress(format: &CompressionFormat, body: Vec<u8>) -> anyhow::Result<(Vec<u8>, &'static str)> {
+/// An object's body as Firehose compresses it, with the file extension it gives the object.
+pub fn compress(format: &CompressionFormat, body: Vec<u8>) -> anyhow::Result<(Vec<u8>, &'static str)> {
     match format {
         CompressionFormat::Uncompressed => Ok((body, "")),
         CompressionFormat::Gzip => Ok((crate::pipe_through("gzip", &["-c"], &body)?, ".gz")),
+        CompressionFormat::HadoopSnappy => Ok((hadoop_snappy(&body)?, ".snappy")),
         other => bail!("the stand-in does not write {other:?} yet"),
     }
+}
+
+/// Hadoop's block framing of Snappy, which Athena reads: per block of at most 256 KiB its length,
+/// then the compressed block prefixed with its length, both big-endian.
+fn hadoop_snappy(body: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut framed = Vec::new();
+    for block in body.chunks(256 * 1024) {
+        let compressed = snap::raw::Encoder::new().compress_vec(block)?;
+        framed.extend(u32::try_from(block.len())?.to_be_bytes());
+        framed.extend(u32::try_from(compressed.len())?.to_be_bytes());
+        framed.extend(compressed);
+    }
+    Ok(framed)
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
 //! Test harness shared by the integration and end-to-end tests: clients for the local control
-//! plane and the AWS emulator that `scripts/dev-env up` starts, per-test isolation, and the
+//! plane, node and AWS emulator that `scripts/dev-env up` starts, per-test isolation, and the
 //! Firehose delivery stand-in (`delivery`), since the emulator does not run Firehose's data path.
 
 pub mod chart;
+pub mod cluster;
 pub mod delivery;
-pub mod local_runner;
 pub mod parquet;
 pub mod query;
 pub mod quickstart;
+pub mod relay;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 use metrics_pipeline_api::crd::crd;
@@ -29,6 +30,18 @@ pub const FIELD_MANAGER: &str = "metrics-pipeline-tests";
 pub fn repo_path(relative: &str) -> PathBuf {
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     manifest_dir.join("..").join(relative)
+}
+
+/// The directory holding this workspace's programs: the one the running executable was built into.
+pub fn workspace_bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // Test executables live in target/<profile>/deps, binaries in target/<profile>.
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .find(|dir| dir.join("metrics-pipeline-operator").is_file())
+        .map(std::path::Path::to_path_buf)
+        .context("metrics-pipeline-operator is not built next to this program: run `cargo build --workspace --bins` first")
 }
 
 /// A client for the API server named by `KUBECONFIG` (`. .dev-env/env` after `scripts/dev-env up`).
@@ -50,7 +63,8 @@ pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A namespace of its own for one test; `delete` removes it and everything in it.
+/// A namespace of its own for one test, with the AWS credentials its pods read; `delete` removes
+/// it and everything in it.
 pub struct TestNamespace {
     pub name: String,
     client: Client,
@@ -61,8 +75,7 @@ impl TestNamespace {
     pub async fn create(client: &Client, prefix: &str) -> anyhow::Result<Self> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let name = format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        let namespace: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await?;
+        cluster::prepare_namespace(client, &name).await?;
         Ok(Self { name, client: client.clone() })
     }
 
@@ -72,7 +85,7 @@ impl TestNamespace {
     }
 }
 
-/// Runs `program` with `input` on stdin and returns its stdout (gzip, gunzip, jq).
+/// Runs `program` with `input` on stdin and returns its stdout (gzip, jq).
 pub fn pipe_through(program: &str, args: &[&str], input: &[u8]) -> anyhow::Result<Vec<u8>> {
     use std::io::Write;
     use std::process::{Command, Stdio};

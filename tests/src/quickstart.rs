@@ -1,7 +1,8 @@
 //! The whole pipeline on one machine: the operator (as its own process) provisions the example
-//! pipeline in the emulator and writes the aggregator's Deployment, the local runner runs it,
-//! generated metrics from two services go into the input stream out of order, the delivery
-//! stand-in carries the aggregates into the bucket, and the query check reads them back through
+//! pipeline in the emulator and writes the aggregator's Deployment, the node runs it as a pod
+//! from this checkout's image, generated metrics from two services go into the input stream out
+//! of order, the delivery stand-in carries the aggregates into the bucket, and `scripts/query`
+//! reads them back through
 //! the Glue table. `quickstart` (the README's run command) prints the result; the end-to-end
 //! test asserts it.
 
@@ -12,26 +13,26 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
 use metrics_aggregator::sink::KinesisSink;
 use metrics_pipeline_api::pipeline::{DeliveryWriter, Phase};
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent, deduplicate};
-use metrics_pipeline_operator::workload::aggregator_selector;
+use metrics_pipeline_operator::workload::{INSTANCE_LABEL, aggregator_selector};
 use metrics_pipeline_runtime::sdk::sdk_config;
 use metrics_pipeline_test_support::{free_port, terminate, wait_for};
+use serde_json::{Map, Value};
 use tokio::process::{Child, Command};
 
+use crate::cluster::{CREDENTIALS_SECRET, image, pod_aws_endpoint};
 use crate::delivery::DeliveryStandIn;
-use crate::local_runner::{LocalRunner, workspace_bin_dir};
-use crate::query::{QueryCheck, Row};
-use crate::{FIELD_MANAGER, install_crd, repo_path};
+use crate::query;
+use crate::{FIELD_MANAGER, install_crd, repo_path, workspace_bin_dir};
 
 pub const COMPONENTS: [&str; 2] = ["user-service", "order-service"];
-/// The columns the quickstart shows, as the Glue table names them.
-pub const SHOWN_COLUMNS: [&str; 7] = ["componentName", "metricName", "unit", "minValue", "maxValue", "fromTimestamp", "toTimestamp"];
 const PIPELINE: &str = "metrics";
 /// Event time covered by the generated metrics: three one-minute windows and a bit.
 const ROUNDS: u64 = 180;
@@ -46,17 +47,13 @@ pub struct Outcome {
     pub rows: BTreeMap<String, Vec<MetricAggregate>>,
     pub database: String,
     pub table: String,
+    /// The aggregator pod's log, as `kubectl logs` shows it.
+    pub aggregator_log: String,
 }
 
-/// Set (to anything) when the operator already runs in the cluster and pods run for real (kind):
-/// the quickstart then starts neither the operator nor the local runner.
+/// Set (to anything) when the operator already runs in the cluster (kind, installed by Helm):
+/// the quickstart then does not start it.
 pub const IN_CLUSTER_ENV: &str = "METRICS_PIPELINE_E2E_IN_CLUSTER";
-
-/// The operator and the aggregator's pods as local processes, or nothing when the cluster runs them.
-struct LocalPrograms {
-    operator: Child,
-    runner: LocalRunner,
-}
 
 /// `examples/pipeline.yaml`, what the quickstart runs.
 pub fn example() -> anyhow::Result<MetricsPipeline> {
@@ -73,15 +70,12 @@ pub async fn run(
     progress: &(dyn Fn(String) + Sync),
 ) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(log_dir)?;
-    let mut local = match std::env::var_os(IN_CLUSTER_ENV) {
+    let mut operator = match std::env::var_os(IN_CLUSTER_ENV) {
         Some(_) => None,
         None => {
-            let bin_dir = workspace_bin_dir()?;
             install_crd(client).await?;
             progress(format!("starting the operator (log: {})", log_dir.join("operator.log").display()));
-            let operator = start_operator(&bin_dir, namespace, log_dir)?;
-            let runner = LocalRunner::start(client, namespace, &aggregator_selector(), bin_dir, log_dir.to_path_buf()).await?;
-            Some(LocalPrograms { operator, runner })
+            Some(start_operator(&workspace_bin_dir()?, namespace, log_dir, pod_aws_endpoint().as_deref())?)
         }
     };
 
@@ -90,32 +84,42 @@ pub async fn run(
         pipelines.patch(PIPELINE, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(pipeline)).await?;
         let delivery = &pipeline.spec.delivery;
         progress(format!("applied the pipeline as {namespace}/{PIPELINE} ({:?} written by {:?})", delivery.format, delivery.writer));
-        let status = wait_until_ready(&pipelines, local.as_mut().map(|local| &mut local.operator), progress).await?;
+        let status = wait_until_ready(&pipelines, operator.as_mut(), progress).await?;
         let deployment: Api<Deployment> = Api::namespaced(client.clone(), namespace);
         let aggregator = status.aggregator.as_ref().context("Ready without an aggregator")?;
         let image = deployment.get(&aggregator.deployment).await?.spec.and_then(|s| s.template.spec).map(|p| p.containers[0].image.clone());
         progress(format!("aggregator Deployment {} is ready (image {})", aggregator.deployment, image.flatten().unwrap_or_default()));
-        exchange_data(&status, delivery.writer, progress).await
+        let mut outcome = exchange_data(&status, delivery.writer, progress).await?;
+        outcome.aggregator_log = aggregator_log(client, namespace).await?;
+        std::fs::write(log_dir.join("aggregator.log"), &outcome.aggregator_log)?;
+        anyhow::Ok(outcome)
     }
     .await;
 
     progress("deleting the pipeline".into());
     let cleanup = delete_pipeline(client, namespace).await;
-    if let Some(mut local) = local {
-        local.runner.stop().await;
-        terminate(&mut local.operator, Duration::from_secs(10)).await;
+    if let Some(mut operator) = operator {
+        terminate(&mut operator, Duration::from_secs(10)).await;
     }
     let outcome = result?;
     cleanup?;
     Ok(outcome)
 }
 
-fn start_operator(bin_dir: &Path, namespace: &str, log_dir: &Path) -> anyhow::Result<Child> {
+/// The operator as a process of this machine (as `cargo run` would start it), watching `namespace`;
+/// its aggregators run this checkout's image, reach AWS at `pod_aws_endpoint` and read their
+/// credentials from the namespace's Secret.
+pub fn start_operator(bin_dir: &Path, namespace: &str, log_dir: &Path, pod_aws_endpoint: Option<&str>) -> anyhow::Result<Child> {
     let log = std::fs::File::create(log_dir.join("operator.log"))?;
     let port = free_port()?;
-    Command::new(bin_dir.join("metrics-pipeline-operator"))
+    let mut command = Command::new(bin_dir.join("metrics-pipeline-operator"));
+    if let Some(endpoint) = pod_aws_endpoint {
+        command.args(["--aws-endpoint-url", endpoint]);
+    }
+    command
         // A short resync registers the first Glue partitions soon after the first objects land.
         .args(["--namespace", namespace, "--resync-period", "5s", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--aggregator-image", &image("metrics-aggregator"), "--aggregator-credentials-secret", CREDENTIALS_SECRET])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -191,9 +195,8 @@ async fn exchange_data(
         DeliveryWriter::Firehose => Some(DeliveryStandIn::load(&sdk, &name(&status.delivery_stream)?).await?),
         DeliveryWriter::Aggregator => None,
     };
-    let query = QueryCheck::new(&sdk);
+    let everything = format!("SELECT * FROM {database}.{table}");
     let started = Instant::now();
-    let mut last_error = None;
     loop {
         if let Some(stand_in) = &mut stand_in {
             let delivered = stand_in.deliver().await?;
@@ -205,25 +208,15 @@ async fn exchange_data(
                 ));
             }
         }
-        let mut tables = BTreeMap::new();
-        for component in COMPONENTS {
-            // A partition is not there (or registered) until its first object is.
-            match query.select_partition(&database, &table, component).await {
-                Ok(rows) => {
-                    tables.insert(component.to_owned(), rows);
-                }
-                Err(error) => last_error = Some(format!("{error:#}")),
-            }
-        }
-        let rows: BTreeMap<String, Vec<MetricAggregate>> =
-            tables.iter().map(|(c, rows)| Ok((c.clone(), latest_revisions(rows)?))).collect::<anyhow::Result<_>>()?;
+        // A component's rows appear once its first object is there (and its partition registered).
+        // A record a query engine could not read fails the query, and the quickstart with it.
+        let rows = latest_revisions(&query::select(&everything).await?)?;
         if COMPONENTS.iter().all(|c| rows.get(*c).map(Vec::len) == expected.get(*c).copied()) {
-            return Ok(Outcome { events, rows, database, table });
+            return Ok(Outcome { events, rows, database, table, aggregator_log: String::new() });
         }
         if started.elapsed() > DEADLINE {
-            bail!(
-                "the table did not hold every window within {DEADLINE:?} (expected per component: {expected:?}; last query error: {last_error:?})"
-            );
+            let found: BTreeMap<&String, usize> = rows.iter().map(|(component, rows)| (component, rows.len())).collect();
+            bail!("the table did not hold every window within {DEADLINE:?} (expected per component: {expected:?}; found: {found:?})");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -241,26 +234,54 @@ fn expected_windows(events: &[MetricEvent<'_>]) -> BTreeMap<String, usize> {
     windows.into_iter().map(|(component, set)| (component, set.len())).collect()
 }
 
-/// The README's deduplication rule: per `windowId`, the row with the highest count, then the
-/// highest revision. Ordered by metric and window.
-pub fn latest_revisions(rows: &[Row]) -> anyhow::Result<Vec<MetricAggregate>> {
-    let aggregates = rows.iter().map(|row| {
-        serde_json::from_value::<MetricAggregate>(serde_json::Value::Object(row.iter().cloned().collect()))
-            .context("a row that is not an aggregate")
-    });
-    let latest = deduplicate(aggregates.collect::<anyhow::Result<Vec<_>>>()?);
-    let mut rows: Vec<MetricAggregate> = latest.into_values().collect();
-    rows.sort_by(|a, b| (&a.metric_name, a.window_start).cmp(&(&b.metric_name, b.window_start)));
-    Ok(rows)
+/// The README's deduplication rule over the table's rows: per `windowId`, the row with the
+/// highest count, then the highest revision. Per component, ordered by metric and window.
+pub fn latest_revisions(rows: &[Map<String, Value>]) -> anyhow::Result<BTreeMap<String, Vec<MetricAggregate>>> {
+    let aggregates = rows.iter().map(aggregate_of).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut per_component: BTreeMap<String, Vec<MetricAggregate>> = BTreeMap::new();
+    for aggregate in deduplicate(aggregates).into_values() {
+        per_component.entry(aggregate.component_name.clone()).or_default().push(aggregate);
+    }
+    for rows in per_component.values_mut() {
+        rows.sort_by(|a, b| (&a.metric_name, a.window_start).cmp(&(&b.metric_name, b.window_start)));
+    }
+    Ok(per_component)
 }
 
-/// Aggregates as query result rows, for [`crate::query::format_rows`].
-pub fn as_rows(aggregates: &[MetricAggregate]) -> Vec<Row> {
-    let object = |aggregate| match serde_json::to_value(aggregate) {
-        Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
-        _ => Row::new(),
+/// One row of the table as an aggregate: columns by the lower-case names Athena gives them,
+/// timestamps as Athena prints them (UTC wall-clock time, `2021-09-09 11:30:00.000`).
+fn aggregate_of(row: &Map<String, Value>) -> anyhow::Result<MetricAggregate> {
+    let column = |name: &str| row.get(name).with_context(|| format!("no column {name} in the row {row:?}"));
+    let text = |name: &str| column(name).and_then(|v| v.as_str().map(str::to_owned).with_context(|| format!("{name} is not text")));
+    let number = |name: &str| column(name).and_then(|v| v.as_f64().with_context(|| format!("{name} is not a number")));
+    let whole = |name: &str| column(name).and_then(|v| v.as_u64().with_context(|| format!("{name} is not a whole number")));
+    let time = |name: &str| {
+        text(name).and_then(|t| EventTime::parse_rfc3339(&format!("{t}Z")).with_context(|| format!("{name} `{t}` is not a timestamp")))
     };
-    aggregates.iter().map(object).collect()
+    Ok(MetricAggregate {
+        component_name: text("componentname")?,
+        metric_name: text("metricname")?,
+        unit: text("unit")?,
+        min_value: number("minvalue")?,
+        max_value: number("maxvalue")?,
+        avg_value: number("avgvalue")?,
+        count: whole("count")?,
+        sum: number("sum")?,
+        from_timestamp: time("fromtimestamp")?,
+        to_timestamp: time("totimestamp")?,
+        window_start: time("windowstart")?,
+        window_end: time("windowend")?,
+        window_id: text("windowid")?,
+        revision: u32::try_from(whole("revision")?)?,
+    })
+}
+
+/// The log of the pipeline's aggregator pod, read through the API server from the node.
+async fn aggregator_log(client: &Client, namespace: &str) -> anyhow::Result<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let selector = format!("{},{INSTANCE_LABEL}={PIPELINE}", aggregator_selector());
+    let pod = pods.list(&ListParams::default().labels(&selector)).await?.items.into_iter().next().context("no aggregator pod")?;
+    Ok(pods.logs(&pod.name_any(), &LogParams::default()).await?)
 }
 
 async fn delete_pipeline(client: &Client, namespace: &str) -> anyhow::Result<()> {

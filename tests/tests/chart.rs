@@ -1,31 +1,35 @@
 //! The Helm chart, rendered as Helm would and applied to the real API server: the operator runs
-//! as the chart's Deployment (by the local runner, with a token of the chart's ServiceAccount),
-//! so its RBAC is proven sufficient for a whole pipeline lifecycle; a SubjectAccessReview shows
-//! it is nothing broader. With two replicas, one leads and the other takes over when it goes.
+//! as the chart's Deployment, real pods of this checkout's image on the node, each with the token
+//! the kubelet mounts for the chart's ServiceAccount, so its RBAC is proven sufficient for a whole
+//! pipeline lifecycle; a SubjectAccessReview shows it is nothing broader. With two replicas, one
+//! leads and the other takes over when its pod is deleted.
 
 use std::time::Duration;
 
+use futures::AsyncReadExt;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::pipeline::Phase;
-use metrics_pipeline_e2e::local_runner::{LocalRunner, workspace_bin_dir};
+use metrics_pipeline_e2e::cluster::{CREDENTIALS_SECRET, image_registry, image_tag, pod_aws_endpoint};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, chart, kube_client, repo_path};
-use metrics_pipeline_operator::workload::aggregator_selector;
 use metrics_pipeline_test_support::wait_for;
 use serde_json::json;
 
 const OPERATOR_PODS: &str = "app.kubernetes.io/name=metrics-pipeline-operator";
 
+/// The chart's values for this checkout's image, imported into the node, and the emulator.
 fn values(watch_namespace: &str, replicas: i32) -> serde_json::Value {
     json!({
         "replicas": replicas,
+        "image": {"repository": format!("{}/metrics-pipeline-operator", image_registry()), "tag": image_tag(), "pullPolicy": "Never"},
         "region": std::env::var("AWS_REGION").unwrap(),
-        "awsEndpointUrl": std::env::var("AWS_ENDPOINT_URL").unwrap(),
+        "awsEndpointUrl": pod_aws_endpoint().unwrap(),
+        "awsCredentialsSecret": CREDENTIALS_SECRET,
         "watchNamespace": watch_namespace,
         "resyncPeriod": "5s",
         "logFormat": "text",
@@ -91,10 +95,6 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     );
 
     // The chart's Deployment runs, both replicas, with the chart's ServiceAccount token.
-    let bin_dir = workspace_bin_dir().unwrap();
-    let logs = std::env::temp_dir().join(format!("metrics-pipeline-{release}"));
-    let operators = LocalRunner::start(&client, &release_namespace.name, OPERATOR_PODS, bin_dir.clone(), logs.clone()).await.unwrap();
-    let aggregators = LocalRunner::start(&client, &watched.name, &aggregator_selector(), bin_dir, logs.clone()).await.unwrap();
     let leases: Api<Lease> = Api::namespaced(client.clone(), &release_namespace.name);
     let lease = format!("{release}-metrics-pipeline-operator");
     let leader = eventually("a leader", async || lease_holder(&leases, &lease).await).await;
@@ -121,8 +121,14 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     let names: Vec<String> = pods.list(&ListParams::default().labels(OPERATOR_PODS)).await.unwrap().iter().map(|p| p.name_any()).collect();
     assert_eq!(names.len(), 2);
     let follower = names.iter().find(|name| **name != leader).unwrap().clone();
-    let follower_log = std::fs::read_to_string(logs.join(format!("{follower}.log"))).unwrap();
+    let follower_log = pods.logs(&follower, &LogParams::default()).await.unwrap();
     assert!(follower_log.contains("waiting for the leader lease") && !follower_log.contains("leading"), "{follower_log}");
+    // The leader's log to its end: the kubelet's SIGTERM, the shutdown, the released lease.
+    let mut leader_stream = pods.log_stream(&leader, &LogParams { follow: true, ..LogParams::default() }).await.unwrap();
+    let leader_log = tokio::spawn(async move {
+        let mut log = String::new();
+        leader_stream.read_to_string(&mut log).await.map(|_| log)
+    });
     pods.delete(&leader, &DeleteParams::default()).await.unwrap();
     let new_leader = eventually("a new leader", async || lease_holder(&leases, &lease).await.filter(|holder| *holder != leader)).await;
     let running: Vec<String> =
@@ -131,7 +137,7 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
         running.contains(&new_leader),
         "a running replica took over (the waiting one, or the one replacing the old leader): {new_leader} of {running:?}"
     );
-    let leader_log = std::fs::read_to_string(logs.join(format!("{leader}.log"))).unwrap();
+    let leader_log = leader_log.await.unwrap().unwrap();
     assert!(leader_log.contains("stopped"), "the old leader shut down cleanly: {leader_log}");
     let mut changed = example.clone();
     changed.spec.delivery.buffer_interval_seconds = 120;
@@ -139,7 +145,12 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     eventually("the new leader reconciles a change", ready(2)).await;
 
     pipelines.delete("metrics", &DeleteParams::default()).await.unwrap();
-    eventually("deletion under the chart's RBAC", async || pipelines.get_opt("metrics").await.unwrap().is_none().then_some(())).await;
+    // The aggregator's pod gets its grace period (60 s) to checkpoint before the AWS parts go.
+    wait_for("deletion under the chart's RBAC", Duration::from_secs(150), async || {
+        pipelines.get_opt("metrics").await.unwrap().map_or(Ok(()), |p| Err(format!("{:?}", p.status.and_then(|s| s.phase))))
+    })
+    .await
+    .unwrap();
 
     // Nothing broader than that.
     let user = format!("system:serviceaccount:{}:{release}-metrics-pipeline-operator", release_namespace.name);
@@ -155,8 +166,6 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     }
     assert!(!allowed(&client, &user, &watched.name, "update", "coordination.k8s.io", "leases").await, "leases only in its own namespace");
 
-    operators.stop().await;
-    aggregators.stop().await;
     for object in applied.iter().filter(|o| o.namespace().is_none() && o.types.as_ref().unwrap().kind.starts_with("Cluster")) {
         let kind = &object.types.as_ref().unwrap().kind;
         let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind));

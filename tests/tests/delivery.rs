@@ -1,14 +1,17 @@
 //! The delivery stand-in against a delivery stream configured exactly as the operator builds it:
-//! records land under `componentName=<name>/`, newline-delimited and gzipped; a record the JQ
-//! query cannot key lands under the error prefix.
+//! records land under `componentName=<name>/`, newline-delimited and gzipped, and read back
+//! through the operator's Glue table with `scripts/query`; a record the JQ query cannot key lands
+//! under the error prefix.
 
 use aws_sdk_firehose::types::{DeliveryStreamType, KinesisStreamSourceConfiguration};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
-use metrics_pipeline_api::config::DeliveryConfig;
+use metrics_pipeline_api::config::{DeliveryConfig, PartitionConfig};
 use metrics_pipeline_api::pipeline::{Compression, DeliveryFormat, DeliveryWriter};
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
-use metrics_pipeline_e2e::query::gunzip;
+use metrics_pipeline_e2e::pipe_through;
+use metrics_pipeline_e2e::query::{Format, query};
+use metrics_pipeline_operator::aws::catalog::{TableSpec, desired_table};
 use metrics_pipeline_operator::aws::delivery::{Connections, desired, destination_configuration};
 use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
 
@@ -33,13 +36,32 @@ async fn records_land_per_component_and_unkeyable_ones_under_the_error_prefix() 
         compression: Compression::Gzip,
         expire_after_days: None,
     };
+    // The operator's table over the bucket, its partitions projected over the two components.
+    let database = unique.replace('-', "_");
+    let partitions = PartitionConfig::Projected(vec!["user-service".into(), "order-service".into()]);
+    let spec = TableSpec {
+        database: &database,
+        table: "t",
+        bucket: &unique,
+        format: config.format,
+        partitions: &partitions,
+        owner: "test/standin",
+    };
+    let glue = aws_sdk_glue::Client::new(&sdk);
+    glue.create_database()
+        .database_input(aws_sdk_glue::types::DatabaseInput::builder().name(&database).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    glue.create_table().database_name(&database).table_input(desired_table(&spec)).send().await.unwrap();
+
     let role = "arn:aws:iam::123456789012:role/standin";
     let bucket_arn = format!("arn:aws:s3:::{unique}");
     let connections = Connections {
         output_stream_arn: &stream_arn,
         role_arn: role,
         bucket_arn: &bucket_arn,
-        glue_database: "d",
+        glue_database: &database,
         glue_table: "t",
         region: &region,
     };
@@ -69,13 +91,18 @@ async fn records_land_per_component_and_unkeyable_ones_under_the_error_prefix() 
     let prefixes: Vec<(&str, usize)> = delivered.iter().map(|(key, count)| (key.rsplit_once('/').unwrap().0, *count)).collect();
     assert_eq!(prefixes, [("componentName=order-service", 1), ("componentName=user-service", 2), ("errors/processing-failed", 1)]);
 
-    let user_key = delivered.keys().find(|key| key.starts_with("componentName=user-service/")).unwrap();
-    assert!(user_key.ends_with(".gz"));
-    let body = s3.get_object().bucket(&unique).key(user_key).send().await.unwrap().body.collect().await.unwrap().to_vec();
-    assert_eq!(gunzip(&body).unwrap(), format!("{}\n{}\n", records[0], records[2]), "newline-delimited, in order");
+    assert!(delivered.keys().all(|key| key.ends_with(".gz")), "{delivered:?}");
+    let sql = format!("SELECT componentName, metricName, minValue FROM {database}.t ORDER BY componentName, metricName");
+    let table = query(&sql, Format::Table).await.unwrap();
+    assert_eq!(
+        table.lines().skip(2).collect::<Vec<_>>(),
+        ["order-service | ram-usage  | 8.0", "user-service  | cpu-usage  | 43.0", "user-service  | ram-usage  | 512.0"],
+        "{sql}\n{table}"
+    );
+    // The error output is no table's: its record is read here, as a user reads it to replay it.
     let error_key = delivered.keys().find(|key| key.starts_with("errors/")).unwrap();
     let body = s3.get_object().bucket(&unique).key(error_key).send().await.unwrap().body.collect().await.unwrap().to_vec();
-    let failed: serde_json::Value = serde_json::from_str(gunzip(&body).unwrap().trim()).unwrap();
+    let failed: serde_json::Value = serde_json::from_slice(&pipe_through("gzip", &["-dc"], &body).unwrap()).unwrap();
     assert_eq!(failed["errorCode"], "DynamicPartitioning.MetadataExtractionFailed");
     assert_eq!(aws_smithy_types::base64::decode(failed["rawData"].as_str().unwrap()).unwrap(), records[3].as_bytes());
 

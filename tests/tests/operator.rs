@@ -4,7 +4,6 @@
 //! AWS outage gives a retryable condition and then recovery.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_kinesis::types::StreamStatus;
@@ -15,14 +14,14 @@ use kube::{Client, ResourceExt};
 use metrics_pipeline_api::config::AwsTarget;
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
+use metrics_pipeline_e2e::cluster::workload_settings;
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
-use metrics_pipeline_e2e::local_runner::{LocalRunner, workspace_bin_dir};
-use metrics_pipeline_e2e::query::{QueryCheck, format_rows};
+use metrics_pipeline_e2e::query::{Format, query};
+use metrics_pipeline_e2e::relay::Relay;
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client, repo_path};
 use metrics_pipeline_operator::aws::{AwsCalls, delivery};
 use metrics_pipeline_operator::controller::{AwsAccount, Context, FINALIZER, Settings, run};
 use metrics_pipeline_operator::metrics::Metrics;
-use metrics_pipeline_operator::workload::{WorkloadSettings, aggregator_selector};
 use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
 use metrics_pipeline_test_support::{counter_series, wait_for};
 use tokio::sync::oneshot;
@@ -48,8 +47,12 @@ impl Operator {
         let target = AwsTarget { account_id: account, default_region: sdk.region().map(ToString::to_string) };
         let calls = AwsCalls::default();
         // The aggregators reach the emulator directly, whatever endpoint the operator is given.
-        let workload = WorkloadSettings { aws_endpoint_url: std::env::var("AWS_ENDPOINT_URL").ok(), ..WorkloadSettings::default() };
-        let settings = Settings { resync, pending_requeue: Duration::from_millis(500), error_requeue: Duration::from_secs(1), workload };
+        let settings = Settings {
+            resync,
+            pending_requeue: Duration::from_millis(500),
+            error_requeue: Duration::from_secs(1),
+            workload: workload_settings(),
+        };
         let metrics = Arc::new(Metrics::new(&calls));
         let context = Arc::new(Context::new(client.clone(), AwsAccount::new(sdk, target, calls), metrics.clone(), settings));
         let (stop, stopped) = oneshot::channel();
@@ -99,10 +102,11 @@ async fn wait_for_status(
     .unwrap()
 }
 
-/// Deletes the pipeline and waits until the operator's cleanup let the finalizer go.
+/// Deletes the pipeline and waits until the operator's cleanup let the finalizer go; the
+/// aggregator's pod first gets its grace period (60 s) to checkpoint.
 async fn delete_and_wait(pipelines: &Api<MetricsPipeline>, name: &str) {
     pipelines.delete(name, &DeleteParams::default()).await.unwrap();
-    wait_for(&format!("the deletion of {name}"), Duration::from_secs(60), async || {
+    wait_for(&format!("the deletion of {name}"), Duration::from_secs(150), async || {
         match pipelines.get_opt(name).await.map_err(|error| error.to_string())? {
             None => Ok(()),
             Some(pipeline) => Err(format!("{:#?}", pipeline.status)),
@@ -153,8 +157,6 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     let namespace = TestNamespace::create(&client, "op-example").await.unwrap();
     let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
     let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(3)).await;
-    let log_dir = std::env::temp_dir().join(format!("metrics-pipeline-{}", namespace.name));
-    let runner = LocalRunner::start(&client, &namespace.name, &aggregator_selector(), workspace_bin_dir().unwrap(), log_dir).await.unwrap();
 
     pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(example("pipeline.yaml"))).await.unwrap();
     let status = wait_for_status(&pipelines, "metrics", "Ready", |s| s.phase == Some(Phase::Ready)).await;
@@ -181,7 +183,7 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     let pipeline = pipelines.get("metrics").await.unwrap();
     assert!(pipeline.finalizers().contains(&FINALIZER.to_owned()));
 
-    // The aggregator runs (the local runner reports its pod ready) from objects the pipeline owns.
+    // The aggregator runs (the node reports its pod ready) from objects the pipeline owns.
     let aggregator = status.aggregator.as_ref().expect("the aggregator in status");
     assert_eq!((aggregator.deployment.as_str(), aggregator.ready_replicas), ("metrics-aggregator", 1));
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace.name);
@@ -240,8 +242,8 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     assert!(policy.policy_document().contains(&format!("{prefix}-output")), "the role's policy names the output stream");
 
     // Data through the delivery stand-in: aggregates on the output stream land per component,
-    // each component's first object gets its Glue partition within a resync, and the query check
-    // reads the rows back through the table's columns.
+    // each component's first object gets its Glue partition within a resync, and scripts/query
+    // reads the rows back through the table.
     let aggregates = [
         ("user-service", "cpu-usage", "percent", 43.0, 57.0, 50.0, 3, "2021-09-09T11:30:00.000Z", "2021-09-09T12:30:00.000Z"),
         ("order-service", "ram-usage", "MB", 8.0, 21.0, 14.0, 3, "2021-09-09T10:50:00.000Z", "2021-09-09T11:45:00.000Z"),
@@ -266,16 +268,18 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     })
     .await
     .unwrap();
-    let rows = QueryCheck::new(&sdk).select_partition(database, "metric_aggregates", "user-service").await.unwrap();
-    let columns = ["componentName", "metricName", "unit", "minValue", "maxValue", "fromTimestamp", "toTimestamp"];
-    let table = format_rows(&rows, &columns);
-    println!("SELECT * FROM {database}.metric_aggregates WHERE componentName = 'user-service'\n{table}");
+    let sql = format!(
+        "SELECT componentName, metricName, unit, minValue, maxValue, fromTimestamp, toTimestamp FROM {database}.metric_aggregates \
+         WHERE componentName = 'user-service' ORDER BY metricName"
+    );
+    let table = query(&sql, Format::Table).await.unwrap();
+    println!("{sql}\n{table}");
     let lines: Vec<&str> = table.lines().skip(2).collect();
     assert_eq!(
         lines,
         [
-            "user-service  | cpu-usage  | percent | 43.0     | 57.0     | 2021-09-09T11:30:00.000Z | 2021-09-09T12:30:00.000Z",
-            "user-service  | ram-usage  | MB      | 512.0    | 768.0    | 2021-09-09T11:50:00.000Z | 2021-09-09T12:10:00.000Z",
+            "user-service  | cpu-usage  | percent | 43.0     | 57.0     | 2021-09-09 11:30:00.000 | 2021-09-09 12:30:00.000",
+            "user-service  | ram-usage  | MB      | 512.0    | 768.0    | 2021-09-09 11:50:00.000 | 2021-09-09 12:10:00.000",
         ]
     );
 
@@ -314,7 +318,6 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     assert_eq!(everything_named(&prefix).await, Vec::<String>::new(), "nothing left in any service");
     assert!(deployments.get_opt("metrics-aggregator").await.unwrap().is_none(), "the aggregator stopped before its streams went");
     assert!(service_accounts.get_opt("metrics-aggregator").await.unwrap().is_none());
-    runner.stop().await;
     operator.stop().await;
     namespace.delete().await.unwrap();
 }
@@ -344,36 +347,6 @@ async fn an_invalid_spec_gets_a_terminal_condition_naming_the_field_and_creates_
     namespace.delete().await.unwrap();
 }
 
-/// A TCP relay to the emulator that can be cut, to play an AWS outage.
-struct Relay {
-    up: Arc<AtomicBool>,
-    endpoint: String,
-}
-
-impl Relay {
-    async fn start(target: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let up = Arc::new(AtomicBool::new(false));
-        let relay_up = up.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !relay_up.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let target = target.clone();
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Self { up, endpoint }
-    }
-}
-
 #[tokio::test]
 async fn an_aws_outage_is_a_retryable_condition_and_the_pipeline_recovers() {
     let client = kube_client().await.unwrap();
@@ -381,7 +354,7 @@ async fn an_aws_outage_is_a_retryable_condition_and_the_pipeline_recovers() {
     let namespace = TestNamespace::create(&client, "op-outage").await.unwrap();
     let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
     let emulator = std::env::var("AWS_ENDPOINT_URL").unwrap();
-    let relay = Relay::start(emulator.trim_start_matches("http://").to_owned()).await;
+    let relay = Relay::start(&emulator).await.unwrap();
     let operator = Operator::start(&client, &namespace.name, Some(relay.endpoint.clone()), Duration::from_secs(60)).await;
 
     // AWS unreachable from the first call: retryable, still provisioning.
@@ -395,15 +368,15 @@ async fn an_aws_outage_is_a_retryable_condition_and_the_pipeline_recovers() {
             .await;
     assert_eq!(status.phase, Some(Phase::Provisioning));
     assert!(ready_condition(&status).unwrap().2.contains("could not be reached"), "{:?}", ready_condition(&status));
-    relay.up.store(true, Ordering::SeqCst);
+    relay.set_up(true);
     wait_for_status(&pipelines, "outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready)).await;
 
     // AWS gone after the pipeline was Ready: Degraded, and Ready again once it is back.
-    relay.up.store(false, Ordering::SeqCst);
+    relay.set_up(false);
     pipeline.spec.delivery.buffer_interval_seconds = 120;
     pipelines.patch("outage", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
     wait_for_status(&pipelines, "outage", "the Degraded phase", |s| s.phase == Some(Phase::Degraded)).await;
-    relay.up.store(true, Ordering::SeqCst);
+    relay.set_up(true);
     wait_for_status(&pipelines, "outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)).await;
     let firehose = aws_sdk_firehose::Client::new(&sdk_config(None).await);
     let delivery = format!("{}-outage-delivery", namespace.name);

@@ -1,7 +1,7 @@
 //! The README's quickstart as a test: the operator process provisions the example pipeline,
-//! the local runner runs the aggregator Deployment it wrote, generated out-of-order metrics go
-//! in, and the Glue table returns, per component, exactly the windows a batch computation over
-//! the same events gives. The same for both Parquet paths: Firehose's conversion, and the
+//! the node runs the aggregator Deployment it wrote as a pod of this checkout's image, generated
+//! out-of-order metrics go in, and the Glue table returns, per component, exactly the windows a
+//! batch computation over the same events gives; the pod's log is readable through the API. The same for both Parquet paths: Firehose's conversion, and the
 //! aggregator's own Parquet files.
 
 use std::collections::BTreeMap;
@@ -78,5 +78,6 @@ async fn run_and_check(pipeline: MetricsPipeline) {
         assert_eq!(actual(rows), expected[component], "{component}: every window as a batch computation gives it");
     }
     assert_eq!(outcome.events.len(), 720);
+    assert!(outcome.aggregator_log.contains("consuming"), "the aggregator's log through the API server: {}", outcome.aggregator_log);
     namespace.delete().await.unwrap();
 }

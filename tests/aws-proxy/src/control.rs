@@ -29,21 +29,20 @@ pub const PREFIX: &str = "/_proxy/";
 pub(crate) fn handle(shared: &Shared, parts: &Parts, body: &[u8]) -> Response<Bytes> {
     let resource = parts.uri.path().trim_start_matches(PREFIX);
     let outcome = match (&parts.method, resource) {
-        (&Method::GET, "faults") => Ok(ok(&shared.settings().0)),
+        (&Method::GET, "faults") => Ok(ok(&shared.in_force().faults)),
         (&Method::PUT, "faults") => {
-            parse::<FaultSettings>(body).and_then(|faults| shared.set_faults(faults)).map(|()| ok(&shared.settings().0))
+            parse::<FaultSettings>(body).and_then(|faults| shared.set_faults(faults)).map(|()| ok(&shared.in_force().faults))
         }
-        (&Method::GET, "rules") => Ok(ok(&shared.settings().1)),
-        (&Method::PUT, "rules") => parse::<RuleSettings>(body).map(|rules| shared.lock().rules = rules).map(|()| ok(&shared.settings().1)),
-        (&Method::GET, "holds") => Ok(ok(&shared.settings().2)),
-        (&Method::PUT, "holds") => parse::<Vec<Hold>>(body).map(|holds| shared.lock().holds = holds).map(|()| ok(&shared.settings().2)),
+        (&Method::GET, "rules") => Ok(ok(&shared.in_force().rules)),
+        (&Method::PUT, "rules") => {
+            parse::<RuleSettings>(body).map(|rules| shared.lock().rules = rules).map(|()| ok(&shared.in_force().rules))
+        }
+        (&Method::GET, "holds") => Ok(ok(&shared.in_force().holds)),
+        (&Method::PUT, "holds") => parse::<Vec<Hold>>(body).map(|holds| shared.lock().holds = holds).map(|()| ok(&shared.in_force().holds)),
         (&Method::PUT, "settings") => std::str::from_utf8(body)
             .map_err(|_| "the one-line form is text".to_owned())
             .and_then(|spec| shared.apply_spec(spec))
-            .map(|()| {
-                let (faults, rules, holds) = shared.settings();
-                ok(&serde_json::json!({ "faults": faults, "rules": rules, "holds": holds }))
-            }),
+            .map(|()| ok(&shared.in_force())),
         (&Method::GET, "stats") => {
             let stats = shared.stats();
             let per_minute: BTreeMap<u64, usize> = stats.per_minute(|_| true);

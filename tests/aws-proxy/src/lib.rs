@@ -15,6 +15,9 @@
 //! - Held keys ([`Hold`]: bucket and key prefix, as object lock or a legal hold would keep them):
 //!   `DeleteObjects` answers 200 with an `<Error><Code>AccessDenied</Code>` per held key (and
 //!   only errors in `Quiet` mode), `DeleteObject` answers 403; versions included. [`rules::object_hold`]
+//! - Creating and scaling take time: for [`RuleSettings::transition`] a new or scaled stream and a
+//!   new delivery stream report `CREATING` or `UPDATING`, and UpdateShardCount / UpdateDestination
+//!   meanwhile get `ResourceInUseException`. [`rules::transitions`]
 //!
 //! **Faults** on every service ([`FaultSettings`]): throttling with each service's own error
 //! (Kinesis `LimitExceededException` or `ProvisionedThroughputExceededException`, Firehose
@@ -141,7 +144,7 @@ impl AwsProxy {
     }
 
     pub fn faults(&self) -> FaultSettings {
-        self.shared.settings().0
+        self.shared.in_force().faults
     }
 
     pub fn set_rules(&self, rules: RuleSettings) {
@@ -149,7 +152,7 @@ impl AwsProxy {
     }
 
     pub fn rules(&self) -> RuleSettings {
-        self.shared.settings().1
+        self.shared.in_force().rules
     }
 
     /// Keys of `bucket` starting with `prefix` are no longer deleted.
@@ -163,7 +166,7 @@ impl AwsProxy {
     }
 
     pub fn holds(&self) -> Vec<Hold> {
-        self.shared.settings().2
+        self.shared.in_force().holds
     }
 
     /// Applies the one-line form (`throttle=0.1,error=0.02,seed=7`, see [`ProxySettings::apply_spec`]).

@@ -54,6 +54,9 @@ struct Cli {
     /// UpdateShardCount calls per stream per rolling 24 hours (AWS: 10).
     #[arg(long)]
     scalings_per_day: Option<u32>,
+    /// How long new or scaled streams and new delivery streams stay CREATING or UPDATING (`5s`).
+    #[arg(long, value_parser = duration_arg)]
+    transition: Option<Duration>,
     /// Keys not deleted: `<bucket>/<key prefix>`; repeatable.
     #[arg(long = "hold", value_parser = hold_arg)]
     holds: Vec<Hold>,
@@ -87,6 +90,7 @@ impl Cli {
         }
         settings.rules.iam_propagation = self.iam_propagation.unwrap_or(settings.rules.iam_propagation);
         settings.rules.scalings_per_day = self.scalings_per_day.unwrap_or(settings.rules.scalings_per_day);
+        settings.rules.transition = self.transition.unwrap_or(settings.rules.transition);
         settings.holds.extend(self.holds.iter().cloned());
         settings.faults.validate()?;
         Ok(settings)

@@ -16,7 +16,7 @@ use hyper::{Method, Response, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 
 /// The AWS services the pipeline calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Service {
     Kinesis,
     Firehose,
@@ -25,6 +25,7 @@ pub enum Service {
     Iam,
     Sts,
     /// Anything else the emulator serves (its own `/moto-api`, other services).
+    #[default]
     Other,
 }
 
@@ -157,6 +158,7 @@ fn json_resource(body: &[u8]) -> Option<String> {
         database_name: Option<String>,
         database_input: Option<NameOnly>,
         name: Option<String>,
+        shard_iterator: Option<String>,
     }
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
@@ -168,10 +170,19 @@ fn json_resource(body: &[u8]) -> Option<String> {
     named
         .stream_name
         .or(arn_name)
+        .or_else(|| named.shard_iterator.as_deref().and_then(iterator_stream))
         .or(named.delivery_stream_name)
         .or(named.database_name)
         .or(named.database_input.and_then(|d| d.name))
         .or(named.name)
+}
+
+/// The stream a GetRecords reads, so that the aggregator's busiest call counts for its pipeline:
+/// the emulator's shard iterators are base64 of `<stream>:<shard>:<sequence>` (AWS's are opaque).
+fn iterator_stream(iterator: &str) -> Option<String> {
+    let compact: String = iterator.chars().filter(|c| !c.is_whitespace()).collect();
+    let decoded = String::from_utf8(aws_smithy_types::base64::decode(compact).ok()?).ok()?;
+    decoded.split(':').next().filter(|stream| !stream.is_empty()).map(str::to_owned)
 }
 
 /// Bucket and key of a path-style S3 URI: `/<bucket>/<key>`.
@@ -363,6 +374,9 @@ mod tests {
             (firehose.service, firehose.operation.as_str(), firehose.resource.as_deref()),
             (Service::Firehose, "CreateDeliveryStream", Some("d"))
         );
+        let iterator = aws_smithy_types::base64::encode("in-stream:shardId-000000000000:0");
+        let body = format!(r#"{{"ShardIterator":"{iterator}\n"}}"#);
+        assert_eq!(request("POST", "/", &[("x-amz-target", "Kinesis_20131202.GetRecords")], &body).resource.as_deref(), Some("in-stream"));
         let glue = request("POST", "/", &[("x-amz-target", "AWSGlue.CreateDatabase")], r#"{"DatabaseInput":{"Name":"db"}}"#);
         assert_eq!((glue.service, glue.operation.as_str(), glue.resource.as_deref()), (Service::Glue, "CreateDatabase", Some("db")));
     }

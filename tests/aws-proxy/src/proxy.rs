@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_config::Region;
 use aws_sdk_kinesis::types::StreamMode;
@@ -28,6 +28,7 @@ use crate::rules::RuleSettings;
 use crate::rules::iam_propagation::{self, Propagation};
 use crate::rules::object_hold::{self, Hold, ResultEntry};
 use crate::rules::shard_count::{self, ScalingHistory, UpdateShardCount};
+use crate::rules::transitions::{self, Transitions};
 use crate::settings::ProxySettings;
 use crate::stats::{CallRecord, Outcome, Recorder, Rule, Stats};
 
@@ -42,6 +43,7 @@ pub(crate) struct State {
     pub recorder: Recorder,
     scalings: ScalingHistory,
     propagation: Propagation,
+    transitions: Transitions,
 }
 
 pub(crate) struct Shared {
@@ -52,6 +54,14 @@ pub(crate) struct Shared {
     account_id: String,
     state: Mutex<State>,
     next_request_id: AtomicU64,
+}
+
+/// What can change while the proxy runs.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct InForce {
+    pub faults: FaultSettings,
+    pub rules: RuleSettings,
+    pub holds: Vec<Hold>,
 }
 
 /// The answer to a call, and what to record about it.
@@ -87,6 +97,7 @@ impl Shared {
             holds: settings.holds,
             recorder: Recorder::default(),
             scalings: ScalingHistory::default(),
+            transitions: Transitions::default(),
             propagation: Propagation::default(),
         };
         Shared {
@@ -113,15 +124,15 @@ impl Shared {
         Ok(())
     }
 
-    /// The settings in force, to change and set again.
-    pub fn settings(&self) -> (FaultSettings, RuleSettings, Vec<Hold>) {
+    /// The settings in force.
+    pub fn in_force(&self) -> InForce {
         let state = self.lock();
-        (state.faults.settings().clone(), state.rules.clone(), state.holds.clone())
+        InForce { faults: state.faults.settings().clone(), rules: state.rules.clone(), holds: state.holds.clone() }
     }
 
     /// Applies the one-line form (`throttle=0.1,seed=3`) to the settings in force.
     pub fn apply_spec(&self, spec: &str) -> Result<(), String> {
-        let (faults, rules, holds) = self.settings();
+        let InForce { faults, rules, holds } = self.in_force();
         let mut settings = ProxySettings { faults, rules, holds, ..ProxySettings::default() };
         settings.apply_spec(spec)?;
         let mut state = self.lock();
@@ -177,8 +188,32 @@ impl Shared {
         answer.map(|response| response.map(Full::new)).ok_or(CloseWithoutAnswer)
     }
 
-    /// Applies the rule that governs `call`, if any, and forwards what it lets through.
+    /// Answers a call no fault took: AWS's rules, then the emulator, then the transition the
+    /// call starts or the transitional status it reads.
     async fn answer(&self, call: &Call, parts: &Parts, body: Bytes) -> Handled {
+        if transitions::needs_active(call)
+            && let Some(status) = self.lock().transitions.status(call, Instant::now())
+        {
+            return self.refuse(call, &transitions::not_active(call, status, &self.account_id), Rule::Transition);
+        }
+        let mut handled = self.apply_rules(call, parts, body).await;
+        if !handled.succeeded() {
+            return handled;
+        }
+        let mut state = self.lock();
+        let duration = state.rules.transition;
+        if let Some(status) = transitions::begins(call).filter(|_| !duration.is_zero()) {
+            state.transitions.begin(call, status, Instant::now(), duration);
+        }
+        let reported = transitions::status_field(call).zip(state.transitions.status(call, Instant::now()));
+        if let Some(body) = reported.and_then(|(field, status)| transitions::with_status(handled.response.body(), field, status)) {
+            set_body(&mut handled.response, body.into());
+        }
+        handled
+    }
+
+    /// Applies the rule that governs `call`, if any, and forwards what it lets through.
+    async fn apply_rules(&self, call: &Call, parts: &Parts, body: Bytes) -> Handled {
         let operation = call.operation.as_str();
         match call.service {
             Service::Kinesis if operation == "UpdateShardCount" => self.update_shard_count(call, parts, body).await,
@@ -264,9 +299,8 @@ impl Shared {
     /// Forwards DeleteObjects without the held keys and answers with an `<Error>` for each of
     /// them next to moto's results (only errors in quiet mode, as S3 answers).
     async fn delete_objects(&self, call: &Call, parts: &Parts, body: Bytes) -> Handled {
-        let Some(request) = std::str::from_utf8(&body).ok().and_then(object_hold::parse_delete_request) else {
-            return self.forward(call, parts, body).await;
-        };
+        let parsed = std::str::from_utf8(&body).ok().and_then(|text| Some((text, object_hold::parse_delete_request(text)?)));
+        let Some((text, request)) = parsed else { return self.forward(call, parts, body.clone()).await };
         let bucket = bucket_and_key(&parts.uri).0.unwrap_or_default();
         let (held, free): (Vec<_>, Vec<_>) = {
             let state = self.lock();
@@ -280,11 +314,7 @@ impl Shared {
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
             Handled { response, outcome: Outcome::Refused { rule: Rule::ObjectHold }, held_keys: 0 }
         } else {
-            let forwarded = if held.is_empty() {
-                body
-            } else {
-                Bytes::from(object_hold::without_objects(std::str::from_utf8(&body).unwrap_or_default(), &held))
-            };
+            let forwarded = if held.is_empty() { body.clone() } else { Bytes::from(object_hold::without_objects(text, &held)) };
             let mut handled = self.forward(call, parts, forwarded).await;
             let results = std::str::from_utf8(handled.response.body()).ok().and_then(object_hold::parse_delete_result);
             if let (true, Some(mut entries)) = (handled.response.status().is_success(), results) {
@@ -363,7 +393,9 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
+                // Out of file descriptors, say: give the open connections time to end.
                 tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };

@@ -42,11 +42,12 @@ impl Default for ProxySettings {
 }
 
 /// The keys of the one-line form, for error messages.
-pub const SPEC_KEYS: &str = "seed, throttle, error, drop, lost, latency, latency-rate, scope, iam-propagation, scalings-per-day, hold";
+pub const SPEC_KEYS: &str =
+    "seed, throttle, error, drop, lost, latency, latency-rate, scope, iam-propagation, scalings-per-day, transition, hold";
 
 impl ProxySettings {
     /// Applies `key=value` pairs separated by commas, e.g.
-    /// `throttle=0.1,error=0.02,latency=50ms,seed=7,scope=kinesis+s3:DeleteObjects,iam-propagation=10s,hold=bucket/prefix`.
+    /// `throttle=0.1,error=0.02,latency=50ms,seed=7,scope=kinesis+s3:DeleteObjects,iam-propagation=10s,transition=5s,hold=bucket/prefix`.
     /// Keys not given keep their value; `scope=all` clears the scope; `hold` adds a hold.
     pub fn apply_spec(&mut self, spec: &str) -> Result<(), String> {
         for pair in spec.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
@@ -64,6 +65,7 @@ impl ProxySettings {
                 "scope" if value == "all" => self.faults.scope.clear(),
                 "scope" => self.faults.scope = value.split('+').map(str::parse).collect::<Result<_, _>>()?,
                 "iam-propagation" => self.rules.iam_propagation = duration()?,
+                "transition" => self.rules.transition = duration()?,
                 "scalings-per-day" => {
                     self.rules.scalings_per_day = value.parse().map_err(|_| format!("scalings-per-day={value}: not a whole number"))?;
                 }
@@ -94,7 +96,7 @@ mod tests {
     fn the_one_line_form_sets_faults_rules_and_holds() {
         let mut settings = ProxySettings::default();
         settings
-            .apply_spec("throttle=0.1, error=0.02,seed=7,latency=50ms,latency-rate=0.5,scope=kinesis+s3:DeleteObjects,iam-propagation=10s,scalings-per-day=3,hold=b/held/")
+            .apply_spec("throttle=0.1, error=0.02,seed=7,latency=50ms,latency-rate=0.5,scope=kinesis+s3:DeleteObjects,iam-propagation=10s,scalings-per-day=3,transition=5s,hold=b/held/")
             .unwrap();
         let faults = &settings.faults;
         assert_eq!((faults.throttle_rate, faults.error_rate, faults.seed, faults.latency_rate), (0.1, 0.02, 7, 0.5));
@@ -106,7 +108,8 @@ mod tests {
                 Selector { service: Service::S3, operation: Some("DeleteObjects".into()) }
             ]
         );
-        assert_eq!((settings.rules.iam_propagation, settings.rules.scalings_per_day), (Duration::from_secs(10), 3));
+        let rules = &settings.rules;
+        assert_eq!((rules.iam_propagation, rules.scalings_per_day, rules.transition), (Duration::from_secs(10), 3, Duration::from_secs(5)));
         assert_eq!(settings.holds, [Hold::new("b", "held/")]);
 
         settings.apply_spec("throttle=0,scope=all").unwrap();

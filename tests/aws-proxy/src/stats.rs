@@ -3,12 +3,14 @@
 //! minute while a fault persists.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::faults::Fault;
 use crate::protocol::{Call, Service};
+
+const MINUTE_MS: u64 = 60_000;
 
 /// How many calls are kept; older ones are forgotten (a day of a busy dev-env).
 const KEPT_CALLS: usize = 500_000;
@@ -22,6 +24,8 @@ pub enum Rule {
     IamPropagation,
     /// DeleteObject of a held key, or a DeleteObjects of held keys only.
     ObjectHold,
+    /// A change to a resource still CREATING or UPDATING.
+    Transition,
 }
 
 /// What became of a call.
@@ -100,7 +104,7 @@ impl Recorder {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OperationSummary {
-    pub service: Option<Service>,
+    pub service: Service,
     pub operation: String,
     pub calls: usize,
     pub forwarded: usize,
@@ -138,7 +142,7 @@ impl Stats {
     pub fn per_minute(&self, filter: impl Fn(&CallRecord) -> bool) -> BTreeMap<u64, usize> {
         let mut minutes = BTreeMap::new();
         for call in self.calls.iter().filter(|call| filter(call)) {
-            *minutes.entry(call.at_ms / 60_000).or_default() += 1;
+            *minutes.entry(call.at_ms / MINUTE_MS).or_default() += 1;
         }
         minutes
     }
@@ -147,11 +151,10 @@ impl Stats {
     /// alignment of minute boundaries can split.
     pub fn busiest_minute(&self, filter: impl Fn(&CallRecord) -> bool) -> usize {
         let times: Vec<u64> = self.calls.iter().filter(|call| filter(call)).map(|call| call.at_ms).collect();
-        let window = u64::try_from(Duration::from_secs(60).as_millis()).unwrap_or(u64::MAX);
         let mut start = 0;
         let mut busiest = 0;
         for (end, &at) in times.iter().enumerate() {
-            while at - times[start] >= window {
+            while at - times[start] >= MINUTE_MS {
                 start += 1;
             }
             busiest = busiest.max(end + 1 - start);
@@ -164,7 +167,7 @@ impl Stats {
         let mut by_operation: BTreeMap<(Service, &str), OperationSummary> = BTreeMap::new();
         for call in &self.calls {
             let summary = by_operation.entry((call.service, &call.operation)).or_insert_with(|| OperationSummary {
-                service: Some(call.service),
+                service: call.service,
                 operation: call.operation.clone(),
                 ..OperationSummary::default()
             });
@@ -186,6 +189,8 @@ impl Stats {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn at(ms: u64, operation: &str, outcome: Outcome) -> CallRecord {

@@ -6,17 +6,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use aws_sdk_firehose::error::ProvideErrorMetadata;
-use aws_sdk_firehose::types::{
-    CompressionFormat, DeliveryStreamType, ExtendedS3DestinationConfiguration, ExtendedS3DestinationUpdate,
-    KinesisStreamSourceConfiguration,
-};
+use aws_sdk_firehose::types::{DeliveryStreamType, ExtendedS3DestinationUpdate, KinesisStreamSourceConfiguration};
 
 use metrics_pipeline_aws_proxy::{Outcome, ProxySettings, Rule, RuleSettings, Service};
 use metrics_pipeline_test_support::wait_for;
 
-use common::{create_bucket, proxy, unique};
+use common::{FIREHOSE_TRUST, create_bucket, proxy, s3_destination, unique};
 
-const TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"firehose.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
 const POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:PutObject","Resource":"*"}]}"#;
 
 #[tokio::test]
@@ -35,15 +31,10 @@ async fn firehose_refuses_a_new_role_until_iam_has_propagated_it() {
         kinesis.describe_stream_summary().stream_name(&name).send().await.unwrap().stream_description_summary.unwrap().stream_arn;
 
     let role_created = Instant::now();
-    let role = iam.create_role().role_name(&name).assume_role_policy_document(TRUST).send().await.unwrap().role.unwrap();
+    let role = iam.create_role().role_name(&name).assume_role_policy_document(FIREHOSE_TRUST).send().await.unwrap().role.unwrap();
     let create = || {
         let source = KinesisStreamSourceConfiguration::builder().kinesis_stream_arn(&stream_arn).role_arn(role.arn()).build().unwrap();
-        let destination = ExtendedS3DestinationConfiguration::builder()
-            .role_arn(role.arn())
-            .bucket_arn(format!("arn:aws:s3:::{bucket}"))
-            .compression_format(CompressionFormat::Gzip)
-            .build()
-            .unwrap();
+        let destination = s3_destination(role.arn(), &bucket);
         firehose
             .create_delivery_stream()
             .delivery_stream_name(&name)

@@ -3,6 +3,7 @@
 pub mod iam_propagation;
 pub mod object_hold;
 pub mod shard_count;
+pub mod transitions;
 
 use std::time::Duration;
 
@@ -18,10 +19,14 @@ pub struct RuleSettings {
     pub iam_propagation: Duration,
     /// UpdateShardCount calls a stream may make per rolling 24 hours (AWS: 10).
     pub scalings_per_day: u32,
+    /// How long a new or scaled stream and a new delivery stream stay CREATING or UPDATING
+    /// (AWS: seconds to minutes; moto: not at all). Zero turns the rule off.
+    #[serde(rename = "transitionMs", with = "crate::faults::millis")]
+    pub transition: Duration,
 }
 
 impl Default for RuleSettings {
     fn default() -> Self {
-        RuleSettings { iam_propagation: Duration::ZERO, scalings_per_day: shard_count::SCALINGS_PER_DAY }
+        RuleSettings { iam_propagation: Duration::ZERO, scalings_per_day: shard_count::SCALINGS_PER_DAY, transition: Duration::ZERO }
     }
 }

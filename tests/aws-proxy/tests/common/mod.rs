@@ -37,3 +37,17 @@ pub async fn create_bucket(config: &SdkConfig, bucket: &str) {
     let s3 = metrics_pipeline_runtime::sdk::s3_client(config);
     s3.create_bucket().bucket(bucket).create_bucket_configuration(location).send().await.expect("creating a bucket");
 }
+
+/// A trust policy only Firehose may assume.
+pub const FIREHOSE_TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"firehose.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+
+/// A delivery stream's destination: `bucket` written as `role`, compression explicit (moto
+/// answers a describe without it that the SDK cannot read).
+pub fn s3_destination(role_arn: &str, bucket: &str) -> aws_sdk_firehose::types::ExtendedS3DestinationConfiguration {
+    aws_sdk_firehose::types::ExtendedS3DestinationConfiguration::builder()
+        .role_arn(role_arn)
+        .bucket_arn(format!("arn:aws:s3:::{bucket}"))
+        .compression_format(aws_sdk_firehose::types::CompressionFormat::Gzip)
+        .build()
+        .expect("role and bucket are set")
+}
