@@ -226,15 +226,8 @@ impl KinesisSource {
         let wake = self.readers.values().map(|reader| reader.next_poll).min().unwrap_or(self.next_discovery).min(self.next_discovery);
         tokio::time::sleep_until(wake.min(deadline)).await;
         let now = Instant::now();
-        let mut due: Vec<(Instant, &String, &ShardReader)> = self
-            .readers
-            .iter()
-            .filter(|(_, reader)| reader.next_poll <= now)
-            .map(|(shard, reader)| (reader.next_poll, shard, reader))
-            .collect();
-        due.sort_by_key(|(next_poll, _, _)| *next_poll);
         let (client, stream, position) = (&self.client, &self.stream, &self.position);
-        let fetches = due.into_iter().take(MAX_READS_PER_POLL).map(|(_, shard, reader)| {
+        let fetches = reads_due(&self.readers, now).into_iter().map(|(shard, reader)| {
             let (shard, iterator, start) = (shard.clone(), reader.iterator.clone(), position.start_of(shard));
             async move {
                 let fetch = fetch(client, stream, &shard, iterator, start).await;
@@ -280,6 +273,14 @@ impl KinesisSource {
         }
         poll
     }
+}
+
+/// The shards to read now: those due, waiting longest first, at most [`MAX_READS_PER_POLL`].
+fn reads_due(readers: &BTreeMap<String, ShardReader>, now: Instant) -> Vec<(&String, &ShardReader)> {
+    let mut due: Vec<(&String, &ShardReader)> = readers.iter().filter(|(_, reader)| reader.next_poll <= now).collect();
+    due.sort_by_key(|(_, reader)| reader.next_poll);
+    due.truncate(MAX_READS_PER_POLL);
+    due
 }
 
 /// One GetRecords call, getting an iterator at `start` first when there is none.
@@ -359,6 +360,17 @@ mod tests {
     fn a_parent_trimmed_from_the_stream_no_longer_blocks_its_children() {
         let listed = [shard("s1", &["s0"]), shard("s2", &["s0"])];
         assert_eq!(readable_shards(&listed, &drained(&[])), ["s1", "s2"]);
+    }
+
+    #[test]
+    fn a_poll_reads_at_most_four_shards_however_many_are_behind_longest_waiting_first() {
+        let now = Instant::now();
+        let reader =
+            |waiting: u64| ShardReader { iterator: None, next_poll: now - Duration::from_millis(waiting), backoff: Backoff::default() };
+        let mut readers: BTreeMap<String, ShardReader> = (0..20).map(|i| (format!("shard-{i:02}"), reader(i))).collect();
+        readers.insert("not-due".into(), ShardReader { next_poll: now + Duration::from_secs(1), ..reader(0) });
+        let due: Vec<&str> = reads_due(&readers, now).into_iter().map(|(shard, _)| shard.as_str()).collect();
+        assert_eq!(due, ["shard-19", "shard-18", "shard-17", "shard-16"], "20 shards behind: one poll holds 4 answers (40 MiB)");
     }
 
     #[test]
