@@ -132,7 +132,7 @@ async fn main() {
     let began = Instant::now();
     let mut aggregator = Command::new(env!("CARGO_BIN_EXE_metrics-aggregator"))
         .args(["run", "--input-stream", "in", "--output-stream", "out", "--bucket", "b", "--listen", "127.0.0.1:0"])
-        .args(["--log-level", "warn", "--idle-timeout", "5s", "--max-future-skew", "1d"])
+        .args(["--log-level", "warn", "--out-of-orderness", "1s", "--idle-timeout", "5s", "--max-future-skew", "1d"])
         .env("AWS_ENDPOINT_URL", &endpoint)
         .env("AWS_REGION", "eu-west-1")
         .env("AWS_ACCESS_KEY_ID", "bench")
