@@ -39,8 +39,11 @@ impl WindowAssigner {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Accumulator {
+    #[serde(with = "exact_number")]
     pub min_value: f64,
+    #[serde(with = "exact_number")]
     pub max_value: f64,
+    #[serde(with = "exact_number")]
     pub sum: f64,
     pub count: u64,
     pub first_time: EventTime,
@@ -67,6 +70,51 @@ impl Accumulator {
         self.first_time = self.first_time.min(time);
         self.last_time = self.last_time.max(time);
         true
+    }
+}
+
+/// Numbers in the checkpoint as their shortest exact text (`"917.0110808952484"`, `"1e308"`):
+/// serde_json reads some plain numbers back a unit in the last place off (exact reading is its
+/// `float_roundtrip` feature, which would slow down the parse of every record), and a restored
+/// state must be the state that was stored. Plain numbers, as older checkpoints hold, are read too.
+mod exact_number {
+    use std::fmt;
+
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{value:?}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        deserializer.deserialize_any(ExactNumber)
+    }
+
+    struct ExactNumber;
+
+    impl Visitor<'_> for ExactNumber {
+        type Value = f64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a finite number, or one as text")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<f64, E> {
+            text.parse::<f64>().ok().filter(|value| value.is_finite()).ok_or_else(|| E::invalid_value(de::Unexpected::Str(text), &self))
+        }
+
+        fn visit_f64<E: de::Error>(self, value: f64) -> Result<f64, E> {
+            Ok(value)
+        }
+
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<f64, E> {
+            Ok(value as f64)
+        }
+
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<f64, E> {
+            Ok(value as f64)
+        }
     }
 }
 

@@ -186,6 +186,18 @@ fn summary(aggregates: impl IntoIterator<Item = MetricAggregate>) -> Batch {
         .collect()
 }
 
+/// Equal windows: count, extremes and times exactly; the sums exactly as written, which
+/// serde_json's default number parse (the output stream's JSON here, the Parquet rows waiting in
+/// the checkpoint there) may read back a unit in the last place off.
+fn same_window(a: &(u64, f64, f64, f64, i64, i64), b: &(u64, f64, f64, f64, i64, i64)) -> bool {
+    let sums = (a.3 - b.3).abs() <= 2.0 * f64::EPSILON * a.3.abs().max(b.3.abs());
+    (a.0, a.1, a.2, a.4, a.5) == (b.0, b.1, b.2, b.4, b.5) && sums
+}
+
+fn same_windows(a: &Batch, b: &Batch) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|((key_a, a), (key_b, b))| key_a == key_b && same_window(a, b))
+}
+
 /// Every dead letter kept, once per (shard, sequence number), with its reason.
 async fn dead_letters(aws: &Emulator) -> BTreeMap<(String, String), String> {
     let mut letters = BTreeMap::new();
@@ -351,12 +363,12 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
         }
         let output = summary(aws.read_stream(&aws.output).await.into_iter().map(|data| serde_json::from_slice(&data).unwrap()));
         let counted: u64 = output.values().map(|window| window.0).sum();
-        if output == windows {
+        if same_windows(&output, &windows) {
             return Ok(output);
         }
         let differing: Vec<_> = windows
             .iter()
-            .filter(|(key, window)| output.get(*key) != Some(window))
+            .filter(|(key, window)| !output.get(*key).is_some_and(|seen| same_window(seen, window)))
             .map(|(key, window)| (key, window, output.get(key)))
             .take(3)
             .collect();
@@ -391,7 +403,7 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
         let component = key.strip_prefix("componentName=").and_then(|rest| rest.split_once('/')).unwrap().0.to_owned();
         rows.extend(decode(body, &component).unwrap());
     }
-    assert_eq!(summary(rows), windows, "the Parquet files after dedup equal the batch computation");
+    assert!(same_windows(&summary(rows), &windows), "the Parquet files after dedup equal the batch computation");
     assert!(copies.peak_memory < MEMORY_LIMIT, "a copy peaked at {} MiB", copies.peak_memory >> 20);
 
     let counts = |kind: Kind| kinds.values().filter(|k| **k == kind).count();
