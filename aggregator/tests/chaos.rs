@@ -5,7 +5,8 @@
 //! (SIGSTOP) past its lease so that the other takes over and it is fenced.
 //!
 //! At the end: the output stream and the Parquet files, each after the documented dedup, equal a
-//! batch computation over the valid, in-time records exactly; every refused record is a dead
+//! batch computation over the valid, in-time records exactly (sums as exactly as serde_json reads
+//! them back: within 2 units in the last place); every refused record is a dead
 //! letter with its reason, and nothing else is; no Parquet file was overwritten (the bucket keeps
 //! versions: each file has one); every copy's peak memory stayed within the Deployment's limit.
 //!
