@@ -61,7 +61,8 @@ async fn the_aggregator_pod_is_ready_by_its_probe_logs_runs_confined_and_an_oom_
     install_crd(&client).await.unwrap();
     let namespace = TestNamespace::create(&client, "node").await.unwrap();
     let ns = namespace.name.clone();
-    // The aggregator reaches AWS through a relay that starts cut: it runs, but cannot load its checkpoint.
+    // The aggregator reaches AWS through a relay that starts cut: it runs, but cannot describe its
+    // input stream (the first thing it does: the checkpoint is bound to the stream's identity).
     let relay = Relay::start(&std::env::var("AWS_ENDPOINT_URL").unwrap()).await.unwrap();
     let log_dir = std::env::temp_dir().join(format!("metrics-pipeline-{ns}"));
     std::fs::create_dir_all(&log_dir).unwrap();
@@ -72,7 +73,7 @@ async fn the_aggregator_pod_is_ready_by_its_probe_logs_runs_confined_and_an_oom_
     pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
 
     // Running, and alive by its liveness probe, but not ready: the readiness probe fails until
-    // the checkpoint is read, and the operator waits on it.
+    // the input stream is described and the checkpoint read, and the operator waits on it.
     let running_unready = wait_for("the aggregator running but not ready", Duration::from_secs(90), async || {
         let pod = aggregator_pod(&pods).await.ok_or("no pod yet")?;
         let status = pod.status.clone().and_then(|s| s.container_statuses).and_then(|s| s.into_iter().next()).ok_or("no container yet")?;
@@ -93,7 +94,7 @@ async fn the_aggregator_pod_is_ready_by_its_probe_logs_runs_confined_and_an_oom_
     .await;
     assert_ne!(status.phase, Some(Phase::Ready));
     let log = pods.logs(&pod.name_any(), &LogParams::default()).await.unwrap();
-    assert!(log.contains("cannot read the checkpoint yet"), "the aggregator's own log, through the API server: {log}");
+    assert!(log.contains("cannot describe the input stream yet; retrying"), "the aggregator's own log, through the API server: {log}");
 
     relay.set_up(true);
     status_where(&pipelines, "Ready once the probe passes", |s| s.phase == Some(Phase::Ready)).await;
