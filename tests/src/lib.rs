@@ -5,6 +5,7 @@
 pub mod chart;
 pub mod cluster;
 pub mod delivery;
+pub mod in_process;
 pub mod parquet;
 pub mod query;
 pub mod quickstart;

@@ -1,0 +1,145 @@
+//! The operator run in-process by a test, watching one namespace, with AWS reached directly or
+//! through an endpoint the test controls (a relay that can be cut, the AWS proxy that enforces
+//! AWS's rules); and the waits and lookups the operator's tests share.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube::api::{Api, DeleteParams};
+use metrics_pipeline_api::config::AwsTarget;
+use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
+use metrics_pipeline_operator::aws::AwsCalls;
+use metrics_pipeline_operator::controller::{AwsAccount, Context, Settings, run};
+use metrics_pipeline_operator::metrics::Metrics;
+use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
+use metrics_pipeline_test_support::{counter_series, wait_for};
+use tokio::sync::oneshot;
+
+use crate::cluster::workload_settings;
+use crate::repo_path;
+
+pub fn example(file: &str) -> MetricsPipeline {
+    serde_yaml::from_str(&std::fs::read_to_string(repo_path(&format!("examples/{file}"))).unwrap()).unwrap()
+}
+
+/// The operator, in-process, watching one namespace.
+pub struct Operator {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl Operator {
+    pub async fn start(client: &Client, namespace: &str, endpoint: Option<String>, resync: Duration) -> Self {
+        let mut sdk = sdk_config(None).await;
+        let account = aws_sdk_sts::Client::new(&sdk).get_caller_identity().send().await.unwrap().account.unwrap();
+        if let Some(endpoint) = endpoint {
+            sdk = sdk.to_builder().endpoint_url(endpoint).build();
+        }
+        let target = AwsTarget { account_id: account, default_region: sdk.region().map(ToString::to_string) };
+        let calls = AwsCalls::default();
+        // The aggregators reach the emulator directly, whatever endpoint the operator is given.
+        let settings = Settings {
+            resync,
+            pending_requeue: Duration::from_millis(500),
+            error_requeue: Duration::from_secs(1),
+            workload: workload_settings(),
+        };
+        let metrics = Arc::new(Metrics::new(&calls));
+        let context = Arc::new(Context::new(client.clone(), AwsAccount::new(sdk, target, calls), metrics.clone(), settings));
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(context, Some(namespace.to_owned()), async move {
+            let _ = stopped.await;
+        }));
+        Self { stop: Some(stop), task, metrics }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = self.task.await;
+    }
+
+    /// AWS calls so far, as the operator's `/metrics` counts them: (service, operation, count).
+    pub fn calls(&self) -> Vec<(String, String, f64)> {
+        let series = counter_series(&self.metrics.encode(), "operator_aws_calls_total");
+        series.into_iter().map(|(labels, count)| (labels["service"].clone(), labels["operation"].clone(), count)).collect()
+    }
+
+    /// AWS calls so far whose operation changes something.
+    pub fn mutating_calls(&self) -> Vec<String> {
+        const MUTATING: [&str; 9] = ["Create", "Put", "Update", "Delete", "Add", "Tag", "Increase", "Decrease", "Batch"];
+        self.calls()
+            .into_iter()
+            .filter(|(_, operation, _)| MUTATING.iter().any(|verb| operation.starts_with(verb)))
+            .map(|(service, operation, count)| format!("{service}.{operation} x{count}"))
+            .collect()
+    }
+
+    pub fn total_calls(&self) -> f64 {
+        self.calls().iter().map(|(_, _, count)| count).sum()
+    }
+}
+
+pub async fn wait_for_status(
+    pipelines: &Api<MetricsPipeline>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&MetricsPipelineStatus) -> bool,
+) -> MetricsPipelineStatus {
+    wait_for(what, Duration::from_secs(60), async || match pipelines.get(name).await.map_err(|error| error.to_string())?.status {
+        Some(status) if check(&status) => Ok(status),
+        last => Err(format!("{last:#?}")),
+    })
+    .await
+    .unwrap()
+}
+
+/// Deletes the pipeline and waits until the operator's cleanup let the finalizer go; the
+/// aggregator's pod first gets its grace period (60 s) to checkpoint.
+pub async fn delete_and_wait(pipelines: &Api<MetricsPipeline>, name: &str) {
+    pipelines.delete(name, &DeleteParams::default()).await.unwrap();
+    wait_for(&format!("the deletion of {name}"), Duration::from_secs(150), async || {
+        match pipelines.get_opt(name).await.map_err(|error| error.to_string())? {
+            None => Ok(()),
+            Some(pipeline) => Err(format!("{:#?}", pipeline.status)),
+        }
+    })
+    .await
+    .unwrap();
+}
+
+pub fn ready_condition(status: &MetricsPipelineStatus) -> Option<(&str, &str, &str)> {
+    status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
+}
+
+/// Names of everything in the emulator's account that starts with `prefix` (or, for Glue,
+/// the database named like it).
+pub async fn everything_named(prefix: &str) -> Vec<String> {
+    let sdk = sdk_config(None).await;
+    let mut found = Vec::new();
+    let streams = aws_sdk_kinesis::Client::new(&sdk).list_streams().send().await.unwrap();
+    found.extend(streams.stream_names().iter().filter(|name| name.starts_with(prefix)).map(|name| format!("stream {name}")));
+    let buckets = s3_client(&sdk).list_buckets().send().await.unwrap();
+    found.extend(
+        buckets.buckets().iter().filter_map(|b| b.name()).filter(|name| name.starts_with(prefix)).map(|name| format!("bucket {name}")),
+    );
+    let roles = aws_sdk_iam::Client::new(&sdk).list_roles().send().await.unwrap();
+    found.extend(
+        roles.roles().iter().map(|role| role.role_name()).filter(|name| name.starts_with(prefix)).map(|name| format!("role {name}")),
+    );
+    let deliveries = aws_sdk_firehose::Client::new(&sdk).list_delivery_streams().send().await.unwrap();
+    found.extend(deliveries.delivery_stream_names().iter().filter(|name| name.starts_with(prefix)).map(|name| format!("delivery {name}")));
+    let databases = aws_sdk_glue::Client::new(&sdk).get_databases().send().await.unwrap();
+    let glue_prefix = prefix.replace('-', "_");
+    found.extend(
+        databases
+            .database_list()
+            .iter()
+            .map(|d| d.name())
+            .filter(|name| name.starts_with(&glue_prefix))
+            .map(|name| format!("glue database {name}")),
+    );
+    found
+}
+
