@@ -22,6 +22,7 @@ use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::config::PipelineConfig;
 use metrics_pipeline_api::naming::OWNER_TAG;
 use metrics_pipeline_api::pipeline::{AggregatorStatus, Compression, DeliveryWriter, LogLevel};
+use metrics_pipeline_model::stable_hash::{fnv1a64, fnv1a64_continue};
 
 use crate::error::Error;
 use crate::managed::{FIELD_MANAGER, MANAGED_BY_KEY, Outcome, check_owner, holder};
@@ -45,6 +46,9 @@ const OOM_KILLED: &str = "OOMKilled";
 const TERMINATION_GRACE_SECONDS: i64 = 60;
 /// The distroless `nonroot` user the image runs as.
 const NON_ROOT_UID: i64 = 65532;
+/// Pod-template annotation carrying a hash of the ServiceAccount's annotations. IRSA's webhook
+/// reads them only when a pod is created, so a corrected role ARN must roll the pods.
+pub const SERVICE_ACCOUNT_ANNOTATIONS_HASH: &str = "metrics.dev/service-account-annotations";
 
 /// What the operator decides for every pipeline's aggregator, from its own flags.
 #[derive(Clone, Debug)]
@@ -96,7 +100,14 @@ pub fn desired(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &W
             strategy: Some(DeploymentStrategy { type_: Some("Recreate".into()), ..DeploymentStrategy::default() }),
             selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels.clone()), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    annotations: Some(BTreeMap::from([(
+                        SERVICE_ACCOUNT_ANNOTATIONS_HASH.to_owned(),
+                        annotations_hash(&config.aggregator.service_account_annotations),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
                 spec: Some(pod(pipeline, config, settings)),
             },
             ..DeploymentSpec::default()
@@ -104,6 +115,15 @@ pub fn desired(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &W
         ..Deployment::default()
     };
     (service_account, deployment)
+}
+
+/// A stable hash of annotations (sorted by key; each key and value length-prefixed, so no two
+/// different maps share a text).
+fn annotations_hash(annotations: &BTreeMap<String, String>) -> String {
+    let hash = annotations.iter().fold(fnv1a64(b""), |hash, (key, value)| {
+        [key, value].iter().fold(hash, |hash, text| fnv1a64_continue(fnv1a64_continue(hash, &text.len().to_le_bytes()), text.as_bytes()))
+    });
+    format!("{hash:016x}")
 }
 
 /// The aggregator's pod: non-root on a read-only filesystem, no Kubernetes token, probes.
@@ -411,6 +431,21 @@ mod tests {
         assert_ne!(before, template(json!({"aggregation": {"allowedLateness": "5m"}})), "a new lateness must roll the aggregator");
         assert_eq!(before, template(json!({"delivery": {"bufferIntervalSeconds": 120}})), "Firehose settings do not concern it");
         assert_eq!(env_of(&deployment(json!({})))["AWS_ENDPOINT_URL"], "http://127.0.0.1:5000");
+    }
+
+    #[test]
+    fn a_changed_service_account_annotation_rolls_the_pods_and_an_unchanged_one_does_not() {
+        let template = |spec| {
+            let (pipeline, config) = pipeline(spec);
+            desired(&pipeline, &config, &WorkloadSettings::default()).1.spec.unwrap().template
+        };
+        let annotated = |arn: &str| json!({"aggregator": {"serviceAccountAnnotations": {"eks.amazonaws.com/role-arn": arn}}});
+        let wrong = template(annotated("arn:aws:iam::123456789012:role/wrong"));
+        assert_eq!(wrong, template(annotated("arn:aws:iam::123456789012:role/wrong")), "the same annotations keep the pods");
+        assert_ne!(wrong, template(annotated("arn:aws:iam::123456789012:role/right")), "a corrected role ARN must roll the pods");
+        assert_ne!(template(json!({})), wrong, "adding the annotation rolls too");
+        let split = |a: &str, b: &str| template(json!({"aggregator": {"serviceAccountAnnotations": {a: b}}}));
+        assert_ne!(split("ab", "c"), split("a", "bc"), "keys and values do not run into each other");
     }
 
     #[test]

@@ -142,4 +142,3 @@ pub async fn everything_named(prefix: &str) -> Vec<String> {
     );
     found
 }
-

@@ -12,7 +12,7 @@ use metrics_pipeline_model::aggregation::{AggregationSettings, WindowConfig};
 use metrics_pipeline_model::event::is_partition_value;
 
 use crate::config::{AwsTarget, DeliveryConfig, PartitionConfig, PipelineConfig, StreamCapacity, StreamConfig};
-use crate::naming::{MAX_PREFIX_LEN, PipelineNames};
+use crate::naming::{MAX_PREFIX_LEN, OWNER_TAG, PipelineNames};
 use crate::pipeline::{
     AggregationSpec, AggregatorSpec, CapacityMode, DeliveryFormat, DeliveryWriter, MetricsPipeline, PartitionMode, StreamSpec,
 };
@@ -289,6 +289,14 @@ fn check_aggregator(spec: &AggregatorSpec, errors: &mut Errors) {
     if spec.image.as_deref() == Some("") {
         errors.add("spec.aggregator.image", "is empty: name an image, or leave the field out for the default");
     }
+    for key in spec.service_account_annotations.keys() {
+        let field = format!("spec.aggregator.serviceAccountAnnotations[{key}]");
+        if key == OWNER_TAG {
+            errors.add(field, format!("`{OWNER_TAG}` is the operator's ownership mark: remove this annotation"));
+        } else if let Err(problem) = check_annotation_key(key) {
+            errors.add(field, format!("`{key}` is not a Kubernetes annotation key: {problem}"));
+        }
+    }
     const IRSA_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
     if let Some(arn) = spec.service_account_annotations.get(IRSA_ANNOTATION)
         && !is_iam_role_arn(arn)
@@ -298,6 +306,40 @@ fn check_aggregator(spec: &AggregatorSpec, errors: &mut Errors) {
             format!("`{arn}` is not an IAM role ARN: write arn:aws:iam::<12-digit account>:role/<name>"),
         );
     }
+}
+
+/// Kubernetes' rule for annotation keys (a qualified name): an optional DNS-subdomain prefix and
+/// `/`, then a name of at most 63 characters, alphanumeric at both ends. The API server refuses
+/// anything else, after the AWS side was already made.
+fn check_annotation_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        };
+        if prefix.len() > 253 || !prefix.split('.').all(label_ok) {
+            return Err(format!(
+                "the prefix `{prefix}` must be a DNS subdomain (lower-case letters, digits, `-` and `.`, at most 253 characters)"
+            ));
+        }
+    }
+    let inner_ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    let ends_ok =
+        name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if name.len() > 63 || !ends_ok || !name.bytes().all(inner_ok) {
+        return Err(format!(
+            "the name `{name}` must be at most 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit, \
+             after an optional `<dns-prefix>/`"
+        ));
+    }
+    Ok(())
 }
 
 fn is_iam_role_arn(arn: &str) -> bool {

@@ -240,6 +240,25 @@ fn irsa_annotation_must_hold_a_role_arn() {
 }
 
 #[test]
+fn service_account_annotation_keys_must_be_kubernetes_keys() {
+    let annotate = |key: &str| {
+        let key = key.to_owned();
+        move |s: &mut MetricsPipelineSpec| {
+            s.aggregator.service_account_annotations.insert(key, "x".into());
+        }
+    };
+    assert_rejected(annotate("team owner"), "spec.aggregator.serviceAccountAnnotations[team owner]", "not a Kubernetes annotation key");
+    assert_rejected(annotate("Example.com/owner"), "spec.aggregator.serviceAccountAnnotations[Example.com/owner]", "DNS subdomain");
+    assert_rejected(annotate("a/b/c"), "spec.aggregator.serviceAccountAnnotations[a/b/c]", "the name `b/c`");
+    assert_rejected(annotate(&"x".repeat(64)), &format!("spec.aggregator.serviceAccountAnnotations[{}]", "x".repeat(64)), "at most 63");
+    assert_rejected(annotate("-owner"), "spec.aggregator.serviceAccountAnnotations[-owner]", "starting and ending");
+    assert_rejected(annotate("metrics.dev/pipeline"), "spec.aggregator.serviceAccountAnnotations[metrics.dev/pipeline]", "ownership mark");
+    for key in ["owner", "team.example.com/cost-center", "eks.amazonaws.com/sts-regional-endpoints", "a_b.c-d"] {
+        assert!(validate(&pipeline(annotate(key)), &target()).is_ok(), "{key} is a valid key");
+    }
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let errors = validate(
         &pipeline(|s| {
