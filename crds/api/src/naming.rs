@@ -160,6 +160,19 @@ mod tests {
     }
 
     #[test]
+    fn the_owner_value_fits_an_aws_tag_value_and_stays_unique_and_stable() {
+        // The longest a namespace (63) and a name (253) can be.
+        let namespace = "n".repeat(63);
+        let (one, two) = (format!("{}1", "a".repeat(252)), format!("{}2", "a".repeat(252)));
+        let owner = |name: &str| PipelineNames::derive(&inputs(&namespace, name)).owner;
+        assert!(owner(&one).chars().count() <= 256, "{} characters", owner(&one).len());
+        assert_ne!(owner(&one), owner(&two));
+        assert_eq!(owner(&one), owner(&one));
+        assert!(owner(&one).starts_with(&format!("{namespace}/aaaa")), "still readable: {}", owner(&one));
+        assert_eq!(owner("metrics"), format!("{namespace}/metrics"), "a value that fits is kept as it always was");
+    }
+
+    #[test]
     fn dots_in_kubernetes_names_become_hyphens() {
         assert_eq!(PipelineNames::derive(&inputs("default", "metrics.v2")).prefix, "default-metrics-v2");
     }

@@ -176,7 +176,56 @@ pub async fn delete(clients: &AwsClients, name: &str, owner: &str) -> Result<boo
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::aws::fake::FakeAws;
+
+    const DESCRIBED: &str = r#"{"StreamDescriptionSummary":{"StreamName":"p-input","StreamARN":"arn:aws:kinesis:eu-west-1:123456789012:stream/p-input","StreamStatus":"ACTIVE","StreamModeDetails":{"StreamMode":"PROVISIONED"},"RetentionPeriodHours":24,"StreamCreationTimestamp":1700000000,"EnhancedMonitoring":[],"OpenShardCount":2}}"#;
+    const OURS: &str = r#"{"Tags":[{"Key":"metrics.dev/pipeline","Value":"team-a/p"}],"HasMoreTags":false}"#;
+
+    #[test]
+    fn a_large_shard_count_change_is_made_in_steps_of_at_most_double_or_half() {
+        let step = |from: i32, to: i32| {
+            let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards: to }, retention_hours: 24 };
+            changes(&desired, &observed(StreamCapacity::Provisioned { shards: from }, 24))
+        };
+        // (open shards, spec) → the next UpdateShardCount target
+        for (from, to, next) in
+            [(1, 5, 2), (2, 5, 4), (4, 5, 5), (3, 6, 6), (1, 2, 2), (5, 1, 3), (3, 1, 2), (2, 1, 1), (8, 3, 4), (4, 3, 3)]
+        {
+            assert_eq!(step(from, to), [StreamChange::ShardCount(next)], "{from} → {to}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_scaling_past_the_daily_limit_is_not_retried_as_throttling() {
+        let limit = r#"{"__type":"LimitExceededException","message":"Exceeded the limit of 10 UpdateShardCount calls per rolling 24-hour period for stream p-input under account 123456789012."}"#;
+        let aws = FakeAws::start(BTreeMap::from([
+            ("DescribeStreamSummary", (200, DESCRIBED)),
+            ("ListTagsForStream", (200, OURS)),
+            ("UpdateShardCount", (400, limit)),
+        ]))
+        .await;
+        let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards: 3 }, retention_hours: 24 };
+        let result = ensure(&aws.clients, "p-input", "team-a/p", &desired).await;
+        assert!(!matches!(&result, Err(error) if !error.is_terminal()), "a quota is not throttling: {result:?}");
+    }
+
+    #[tokio::test]
+    async fn the_owner_tag_is_found_on_a_later_page_of_tags() {
+        let first = r#"{"Tags":[{"Key":"a","Value":"1"},{"Key":"b","Value":"2"}],"HasMoreTags":true}"#;
+        let aws = FakeAws::start_in_turn(BTreeMap::from([
+            ("DescribeStreamSummary", vec![(200, DESCRIBED)]),
+            ("ListTagsForStream", vec![(200, first), (200, OURS)]),
+        ]))
+        .await;
+        let observed = observe(&aws.clients, "p-input").await.unwrap().expect("the stream exists");
+        assert_eq!(holder("team-a/p", observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))), None, "{:?}", observed.tags);
+        let pages = aws.bodies("ListTagsForStream");
+        assert_eq!(pages.len(), 2, "{pages:?}");
+        assert!(pages[1].contains(r#""ExclusiveStartTagKey":"b""#), "the second page starts after the first's last key: {}", pages[1]);
+    }
 
     fn observed(capacity: StreamCapacity, retention_hours: i32) -> ObservedStream {
         ObservedStream { arn: "arn".into(), status: StreamStatus::Active, capacity, retention_hours, tags: Vec::new() }
