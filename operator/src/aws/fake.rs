@@ -47,10 +47,11 @@ impl FakeAws {
                     let length = header(head, "content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
                     if body.len() >= length || read == 0 {
                         let operation = header(head, "x-amz-target").and_then(|t| t.split('.').nth(1)).unwrap_or("?").to_owned();
-                        let mut requests = record.lock().unwrap();
-                        let turn = requests.iter().filter(|(called, _)| *called == operation).count();
-                        requests.push((operation.clone(), body.to_owned()));
-                        drop(requests);
+                        let turn = {
+                            let mut requests = record.lock().unwrap();
+                            requests.push((operation.clone(), body.to_owned()));
+                            requests.iter().filter(|(called, _)| *called == operation).count() - 1
+                        };
                         let (status, body) = answers
                             .get(operation.as_str())
                             .and_then(|answers| answers.get(turn).or(answers.last()))
