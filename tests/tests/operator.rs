@@ -8,14 +8,14 @@ use std::time::Duration;
 use aws_sdk_kinesis::types::StreamStatus;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::{Client, ResourceExt};
+use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::pipeline::Phase;
-use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
+use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, everything_named, example, ready_condition, wait_for_status};
 use metrics_pipeline_e2e::query::{Format, query};
 use metrics_pipeline_e2e::relay::Relay;
-use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, everything_named, example, ready_condition, wait_for_status};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
 use metrics_pipeline_operator::aws::delivery;
 use metrics_pipeline_operator::controller::FINALIZER;
@@ -206,11 +206,14 @@ async fn an_invalid_spec_gets_a_terminal_condition_naming_the_field_and_creates_
     pipeline.metadata.name = Some("broken".into());
     pipeline.spec.streams.input.capacity_mode = metrics_pipeline_api::pipeline::CapacityMode::OnDemand;
     pipeline.spec.streams.input.shard_count = Some(2);
+    // The API server would refuse this key only when the ServiceAccount is applied, after AWS.
+    pipeline.spec.aggregator.service_account_annotations.insert("team owner".into(), "shop".into());
     pipelines.patch("broken", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
     let status = wait_for_status(&pipelines, "broken", "the Failed phase", |s| s.phase == Some(Phase::Failed)).await;
     let (ready, reason, message) = ready_condition(&status).unwrap();
     assert_eq!((ready, reason), ("False", "InvalidSpec"));
     assert!(message.contains("spec.streams.input.shardCount"), "{message}");
+    assert!(message.contains("spec.aggregator.serviceAccountAnnotations[team owner]"), "{message}");
     assert_eq!(operator.mutating_calls(), Vec::<String>::new(), "nothing was created");
     assert_eq!(everything_named(&format!("{}-broken", namespace.name)).await, Vec::<String>::new());
 

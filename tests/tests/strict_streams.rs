@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
@@ -24,14 +23,27 @@ async fn strict_proxy(scalings_per_day: u32) -> AwsProxy {
     AwsProxy::start(&moto, ProxySettings { rules, ..ProxySettings::default() }).await.unwrap()
 }
 
-/// A Ready pipeline `name` made from the minimal example (one shard per stream).
-async fn ready_pipeline(client: &Client, namespace: &str, name: &str) -> Api<MetricsPipeline> {
-    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), namespace);
+/// A test namespace, the in-process operator reaching AWS through `proxy`, and a Ready pipeline
+/// `name` in it made from the minimal example (one shard per stream).
+async fn ready_pipeline(proxy: &AwsProxy, prefix: &str, name: &str) -> (TestNamespace, Operator, Api<MetricsPipeline>) {
+    let client = kube_client().await.unwrap();
+    install_crd(&client).await.unwrap();
+    let namespace = TestNamespace::create(&client, prefix).await.unwrap();
+    let operator = Operator::start(&client, &namespace.name, Some(proxy.endpoint().to_owned()), Duration::from_secs(3)).await;
+    let pipelines: Api<MetricsPipeline> = Api::namespaced(client, &namespace.name);
     let mut pipeline = example("minimal.yaml");
     pipeline.metadata.name = Some(name.into());
     pipelines.patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
     wait_for_status(&pipelines, name, "Ready", |s| s.phase == Some(Phase::Ready)).await;
-    pipelines
+    (namespace, operator, pipelines)
+}
+
+/// Deletes the pipeline, checks it left nothing in AWS, and stops the operator.
+async fn finish(namespace: TestNamespace, operator: Operator, pipelines: &Api<MetricsPipeline>, name: &str) {
+    delete_and_wait(pipelines, name).await;
+    assert_eq!(everything_named(&format!("{}-{name}", namespace.name)).await, Vec::<String>::new());
+    operator.stop().await;
+    namespace.delete().await.unwrap();
 }
 
 async fn set_shards(pipelines: &Api<MetricsPipeline>, name: &str, stream: &str, shards: i32) {
@@ -63,12 +75,8 @@ fn scalings(proxy: &AwsProxy, stream: &str) -> (usize, usize) {
 
 #[tokio::test]
 async fn a_stream_scaled_from_one_to_five_shards_gets_there_in_steps() {
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let namespace = TestNamespace::create(&client, "strict-scale").await.unwrap();
     let proxy = strict_proxy(10).await;
-    let operator = Operator::start(&client, &namespace.name, Some(proxy.endpoint().to_owned()), Duration::from_secs(3)).await;
-    let pipelines = ready_pipeline(&client, &namespace.name, "scaled").await;
+    let (namespace, operator, pipelines) = ready_pipeline(&proxy, "strict-scale", "scaled").await;
     let input = format!("{}-scaled-input", namespace.name);
 
     set_shards(&pipelines, "scaled", "input", 5).await;
@@ -81,21 +89,14 @@ async fn a_stream_scaled_from_one_to_five_shards_gets_there_in_steps() {
     // 1 → 2 → 4 → 5: each step at most doubles, and none was refused.
     assert_eq!(scalings(&proxy, &input), (3, 0), "{:#?}", proxy.stats().outcomes(Service::Kinesis, "UpdateShardCount"));
 
-    delete_and_wait(&pipelines, "scaled").await;
-    assert_eq!(everything_named(&format!("{}-scaled", namespace.name)).await, Vec::<String>::new());
-    operator.stop().await;
-    namespace.delete().await.unwrap();
+    finish(namespace, operator, &pipelines, "scaled").await;
 }
 
 #[tokio::test]
 async fn a_stream_past_its_daily_scalings_says_so_and_the_rest_of_the_pipeline_goes_on() {
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let namespace = TestNamespace::create(&client, "strict-limit").await.unwrap();
     // One scaling a day: 1 → 2 is made, 2 → 4 is refused.
     let proxy = strict_proxy(1).await;
-    let operator = Operator::start(&client, &namespace.name, Some(proxy.endpoint().to_owned()), Duration::from_secs(3)).await;
-    let pipelines = ready_pipeline(&client, &namespace.name, "limited").await;
+    let (namespace, operator, pipelines) = ready_pipeline(&proxy, "strict-limit", "limited").await;
     let output = format!("{}-limited-output", namespace.name);
 
     // The delivery stream reads the output stream: it must stay in place while that cannot scale.
@@ -114,8 +115,5 @@ async fn a_stream_past_its_daily_scalings_says_so_and_the_rest_of_the_pipeline_g
     assert_eq!(open_shards(&output).await, 2, "the step AWS allowed was made");
     assert_eq!(scalings(&proxy, &output).0, 1);
 
-    delete_and_wait(&pipelines, "limited").await;
-    assert_eq!(everything_named(&format!("{}-limited", namespace.name)).await, Vec::<String>::new());
-    operator.stop().await;
-    namespace.delete().await.unwrap();
+    finish(namespace, operator, &pipelines, "limited").await;
 }

@@ -246,17 +246,23 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_refused_scaling_past_the_daily_limit_is_not_retried_as_throttling() {
-        let limit = r#"{"__type":"LimitExceededException","message":"Exceeded the limit of 10 UpdateShardCount calls per rolling 24-hour period for stream p-input under account 123456789012."}"#;
+    /// Ensures our ACTIVE 2-shard stream `p-input` with `shards` in the spec, UpdateShardCount
+    /// answered with `refusal`.
+    async fn scaling_refused(refusal: &'static str, shards: i32) -> (AwsResourceRef, Outcome) {
         let aws = FakeAws::start(BTreeMap::from([
             ("DescribeStreamSummary", (200, DESCRIBED)),
             ("ListTagsForStream", (200, OURS)),
-            ("UpdateShardCount", (400, limit)),
+            ("UpdateShardCount", (400, refusal)),
         ]))
         .await;
-        let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards: 3 }, retention_hours: 24 };
-        let (reference, outcome) = ensure(&aws.clients, "p-input", "team-a/p", &desired, "spec.streams.input").await.unwrap();
+        let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards }, retention_hours: 24 };
+        ensure(&aws.clients, "p-input", "team-a/p", &desired, "spec.streams.input").await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_scaling_past_the_daily_limit_is_not_retried_as_throttling() {
+        let limit = r#"{"__type":"LimitExceededException","message":"Exceeded the limit of 10 UpdateShardCount calls per rolling 24-hour period for stream p-input under account 123456789012."}"#;
+        let (reference, outcome) = scaling_refused(limit, 3).await;
         assert_eq!(reference.arn.as_deref(), Some("arn:aws:kinesis:eu-west-1:123456789012:stream/p-input"), "still usable");
         let error = outcome.degraded.expect("the refusal is reported");
         assert!(error.is_terminal(), "a quota is not throttling: {error}");
@@ -275,14 +281,7 @@ mod tests {
     #[tokio::test]
     async fn a_throttled_scaling_is_retried_soon_and_the_stream_stays_usable() {
         let rate = r#"{"__type":"LimitExceededException","message":"Rate exceeded for stream p-input under account 123456789012."}"#;
-        let aws = FakeAws::start(BTreeMap::from([
-            ("DescribeStreamSummary", (200, DESCRIBED)),
-            ("ListTagsForStream", (200, OURS)),
-            ("UpdateShardCount", (400, rate)),
-        ]))
-        .await;
-        let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards: 4 }, retention_hours: 24 };
-        let (_, outcome) = ensure(&aws.clients, "p-input", "team-a/p", &desired, "spec.streams.input").await.unwrap();
+        let (_, outcome) = scaling_refused(rate, 4).await;
         let error = outcome.degraded.expect("the refusal is reported");
         assert_eq!(error.aws_kind(), Some(AwsErrorKind::Throttled), "{error}");
         assert!(!error.is_terminal());
