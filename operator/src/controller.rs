@@ -14,6 +14,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use metrics_pipeline_api::config::{AwsTarget, PipelineConfig};
@@ -36,8 +37,10 @@ pub struct Settings {
     pub resync: Duration,
     /// How soon to look again while AWS is creating, updating or deleting something.
     pub pending_requeue: Duration,
-    /// How soon to retry after throttling or an outage.
-    pub error_requeue: Duration,
+    /// How soon to retry after throttling or an outage; each further failure in a row doubles
+    /// the wait, up to `retry_cap` (see [`backoff`]).
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
     pub workload: WorkloadSettings,
 }
 
@@ -46,7 +49,8 @@ impl Default for Settings {
         Self {
             resync: Duration::from_secs(300),
             pending_requeue: Duration::from_secs(5),
-            error_requeue: Duration::from_secs(15),
+            retry_base: Duration::from_secs(5),
+            retry_cap: Duration::from_secs(300),
             workload: WorkloadSettings::default(),
         }
     }
@@ -77,14 +81,37 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    /// Retryable failures in a row, per pipeline, for the backoff.
+    failures: Mutex<HashMap<ObjectRef<MetricsPipeline>, u32>>,
 }
 
 impl Context {
     pub fn new(client: Client, account: AwsAccount, metrics: Arc<Metrics>, settings: Settings) -> Self {
         let instance = std::env::var("POD_NAME").ok();
         let recorder = Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance });
-        Self { client, account, recorder, metrics, settings }
+        Self { client, account, recorder, metrics, settings, failures: Mutex::default() }
     }
+
+    /// The wait before retrying `pipeline`, which failed (again) for a reason time can fix.
+    fn retry_after(&self, pipeline: &MetricsPipeline) -> Duration {
+        let mut failures = self.failures.lock().expect("no panics while holding the lock");
+        let count = failures.entry(ObjectRef::from_obj(pipeline)).or_default();
+        *count = count.saturating_add(1);
+        backoff(*count, self.settings.retry_base, self.settings.retry_cap, rand::random())
+    }
+
+    /// `pipeline` got through a reconcile: its next failure starts the backoff afresh.
+    fn succeeded(&self, pipeline: &MetricsPipeline) {
+        self.failures.lock().expect("no panics while holding the lock").remove(&ObjectRef::from_obj(pipeline));
+    }
+}
+
+/// The wait before retry number `failures` (1 for the first): `base` doubled per failure in a
+/// row, at most `cap`, of which a random half (`jitter` in [0, 1)) is spread out, so that the
+/// pipelines an outage hit at once do not all retry at once.
+pub fn backoff(failures: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+    let doubled = base.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1))).min(cap);
+    doubled / 2 + (doubled / 2).mul_f64(jitter.clamp(0.0, 1.0))
 }
 
 /// Watches `MetricsPipeline`s (in `namespace`, or everywhere) until `shutdown` resolves.
@@ -131,7 +158,11 @@ async fn reconcile(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) -> Res
                 *written.lock().expect("no panics while holding the lock") = Some((phase, reason));
                 Ok(action)
             }
-            Finalizer::Cleanup(pipeline) => cleanup(&pipeline, &api, &context).await,
+            Finalizer::Cleanup(pipeline) => {
+                let action = cleanup(&pipeline, &api, &context).await?;
+                context.succeeded(&pipeline);
+                Ok(action)
+            }
         }
     })
     .await
@@ -166,8 +197,9 @@ fn error_policy(pipeline: Arc<MetricsPipeline>, error: &Error, context: Arc<Cont
             Action::requeue(settings.resync)
         }
         error => {
-            tracing::warn!(pipeline = %pipeline.name_any(), %error, "reconcile failed; retrying");
-            Action::requeue(settings.error_requeue)
+            let wait = context.retry_after(&pipeline);
+            tracing::warn!(pipeline = %pipeline.name_any(), %error, ?wait, "reconcile failed; retrying");
+            Action::requeue(wait)
         }
     }
 }
@@ -203,10 +235,14 @@ async fn apply(
         }
     }
     let settings = &context.settings;
-    let action = match report.verdict() {
+    let verdict = report.verdict();
+    if verdict != Verdict::Retryable {
+        context.succeeded(pipeline);
+    }
+    let action = match verdict {
         Verdict::Ready | Verdict::Terminal => Action::requeue(settings.resync),
         Verdict::Pending => Action::requeue(settings.pending_requeue),
-        Verdict::Retryable => Action::requeue(settings.error_requeue),
+        Verdict::Retryable => Action::requeue(context.retry_after(pipeline)),
     };
     Ok((action, status.phase.unwrap_or(Phase::Provisioning), problem.map(|(reason, _)| reason)))
 }
@@ -226,13 +262,7 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
     let account_id = &context.account.target.account_id;
     let names = &config.names;
 
-    let streams = ensure_streams(&clients, &config).await;
-    if let Some((input, output)) = record(&mut report, STREAMS_READY, streams, |(input, output)| {
-        format!("Kinesis streams {} and {} are active", input.name, output.name)
-    }) {
-        report.input_stream = Some(input);
-        report.output_stream = Some(output);
-    }
+    provision_streams(&mut report, &clients, &config).await;
 
     let bucket = bucket::ensure(&clients, &names.bucket, &names.owner, config.delivery.expire_after_days).await;
     report.bucket = record(&mut report, BUCKET_READY, bucket, |bucket| format!("S3 bucket {} is private and encrypted", bucket.name));
@@ -251,12 +281,18 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
     report
 }
 
-async fn ensure_streams(clients: &AwsClients, config: &PipelineConfig) -> Result<((AwsResourceRef, AwsResourceRef), Outcome), Error> {
+/// Both streams, one condition; each stream is there for what needs it (the aggregator reads
+/// the input, the delivery the output) as soon as it is usable, whatever the other's state.
+async fn provision_streams(report: &mut Report, clients: &AwsClients, config: &PipelineConfig) {
     let (names, owner) = (&config.names, config.names.owner.as_str());
-    let (input, mut outcome) = streams::ensure(clients, &names.input_stream, owner, &config.input_stream).await?;
-    let (output, output_outcome) = streams::ensure(clients, &names.output_stream, owner, &config.output_stream).await?;
-    outcome.merge(output_outcome);
-    Ok(((input, output), outcome))
+    let active = |stream: &AwsResourceRef| format!("Kinesis stream {} is active", stream.name);
+    let input = streams::ensure(clients, &names.input_stream, owner, &config.input_stream, "spec.streams.input").await;
+    let (input, input_state) = settle(report, input, active);
+    let output = streams::ensure(clients, &names.output_stream, owner, &config.output_stream, "spec.streams.output").await;
+    let (output, output_state) = settle(report, output, active);
+    report.parts.push((STREAMS_READY, input_state.and(output_state)));
+    report.input_stream = input;
+    report.output_stream = output;
 }
 
 /// The delivery needs the output stream, the bucket and the catalog (for Parquet conversion);
@@ -296,31 +332,40 @@ async fn provision_aggregator(report: &mut Report, pipeline: &MetricsPipeline, c
     });
 }
 
-/// Files one part's result into the report; returns its value when the part is ready.
+/// Files one part's result into the report; returns its value when what depends on the part
+/// can use it (ready, or degraded: working as it stands).
 fn record<T>(
     report: &mut Report,
     condition: &'static str,
     result: Result<(T, Outcome), Error>,
     ready_message: impl FnOnce(&T) -> String,
 ) -> Option<T> {
+    let (value, state) = settle(report, result, ready_message);
+    report.parts.push((condition, state));
+    value
+}
+
+/// One `ensure`'s result as the part's state, and its value if it is usable; its changes go
+/// into the report.
+fn settle<T>(report: &mut Report, result: Result<(T, Outcome), Error>, ready_message: impl FnOnce(&T) -> String) -> (Option<T>, PartState) {
     match result {
         Ok((value, outcome)) => {
             report.changes.extend(outcome.changes);
-            match outcome.pending {
-                Some(pending) => {
-                    report.parts.push((condition, PartState::Pending(pending)));
-                    None
+            match (outcome.pending, outcome.degraded) {
+                (Some(pending), _) => (None, PartState::Pending(pending)),
+                (None, Some(error)) => {
+                    tracing::info!(%error, "part usable, but a change to it failed");
+                    (Some(value), PartState::Degraded(error))
                 }
-                None => {
-                    report.parts.push((condition, PartState::Ready(ready_message(&value))));
-                    Some(value)
+                (None, None) => {
+                    let message = ready_message(&value);
+                    (Some(value), PartState::Ready(message))
                 }
             }
         }
         Err(error) => {
-            tracing::info!(%error, condition, "part not ready");
-            report.parts.push((condition, PartState::Failed(error)));
-            None
+            tracing::info!(%error, "part not ready");
+            (None, PartState::Failed(error))
         }
     }
 }

@@ -120,3 +120,14 @@ async fn deleting_a_pipeline_that_never_had_a_region_releases_the_finalizer() {
     let operations = patch.as_array().expect("a JSON patch");
     assert!(operations.iter().any(|op| op["op"] == "remove"), "the finalizer is removed: {patch}");
 }
+
+#[test]
+fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
+    let (base, cap) = (Duration::from_secs(5), Duration::from_secs(300));
+    let waits = |jitter: f64| (1..=9).map(|failures| backoff(failures, base, cap, jitter).as_secs_f64()).collect::<Vec<_>>();
+    // Without jitter half the doubled wait, with the most jitter all of it.
+    assert_eq!(waits(0.0), [2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 150.0, 150.0, 150.0]);
+    assert_eq!(waits(1.0), [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0]);
+    assert_eq!(backoff(2, base, cap, 0.5), Duration::from_millis(7_500));
+    assert_eq!(backoff(u32::MAX, base, cap, 1.0), cap, "no overflow after many failures");
+}

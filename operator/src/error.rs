@@ -41,6 +41,16 @@ pub enum Error {
     )]
     AggregatorOutOfMemory { limit: String },
 
+    /// AWS refused an UpdateShardCount for a quota: the stream works at its current shard count,
+    /// and waiting a day, a higher quota or a lower spec is what helps, not retrying soon.
+    #[error(
+        "AWS refused to scale Kinesis stream `{stream}` from {current} towards {desired} shards ({source}). A stream may be \
+         scaled only a limited number of times per rolling 24 hours (10 by default) and by at most double or half its open \
+         shards at a time; the operator tries again at each resync. To stay at {current} shards set {field} to {current}; to \
+         scale sooner, ask AWS for a higher limit (Service Quotas)"
+    )]
+    ShardScalingRefused { stream: String, current: i32, desired: i32, field: String, source: Box<AwsError> },
+
     /// Deletion started and AWS or Kubernetes is still removing these: expected, not a failure.
     #[error("waiting for the deletion of {0}")]
     Deleting(String),
@@ -91,16 +101,21 @@ impl AwsErrorKind {
         matches!(self, Self::Throttled | Self::NotFound | Self::Busy | Self::Unavailable)
     }
 
-    /// The kind of a service's error code (the codes of Kinesis, S3, IAM, Firehose, Glue and STS).
-    pub fn of_code(code: &str) -> Self {
+    /// The kind of a service's error code and message (the codes of Kinesis, S3, IAM, Firehose,
+    /// Glue and STS).
+    pub fn of(code: &str, message: &str) -> Self {
         match code {
+            // Kinesis and Firehose answer both a request rate and a quota with this code; only
+            // the message tells them apart ("Rate exceeded for stream …" against "Exceeded the
+            // limit of 10 UpdateShardCount calls …", "… would exceed the shard limit …").
+            "LimitExceededException" if is_rate(message) => Self::Throttled,
+            "LimitExceededException" => Self::QuotaExceeded,
             "Throttling"
             | "ThrottlingException"
             | "TooManyRequestsException"
             | "RequestLimitExceeded"
             | "SlowDown"
-            | "ProvisionedThroughputExceededException"
-            | "LimitExceededException" => Self::Throttled,
+            | "ProvisionedThroughputExceededException" => Self::Throttled,
             "LimitExceeded" | "ServiceQuotaExceededException" | "ResourceNumberLimitExceededException" | "TooManyBuckets" => {
                 Self::QuotaExceeded
             }
@@ -128,6 +143,12 @@ impl AwsErrorKind {
             _ => Self::InvalidRequest,
         }
     }
+}
+
+/// Whether a refusal's message speaks of a request rate rather than a quota.
+fn is_rate(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["rate exceeded", "throttl", "too many requests", "slow down"].iter().any(|rate| message.contains(rate))
 }
 
 /// One failed AWS call: what the operator was doing, what AWS said, and the SDK's error.
@@ -173,7 +194,7 @@ impl AwsError {
                 let code = service.err().code().map(str::to_owned);
                 let status = service.raw().status().as_u16();
                 let kind = match code.as_deref() {
-                    Some(code) => AwsErrorKind::of_code(code),
+                    Some(code) => AwsErrorKind::of(code, service.err().message().unwrap_or_default()),
                     // S3's HEAD answers carry no body, so no code: the status says it.
                     None if status == 404 => AwsErrorKind::NotFound,
                     None if status == 403 => AwsErrorKind::AccessDenied,
@@ -205,7 +226,7 @@ impl Error {
     /// The user must change something before a retry can succeed.
     pub fn is_terminal(&self) -> bool {
         match self {
-            Self::InvalidSpec(_) | Self::NotOwned { .. } | Self::AggregatorOutOfMemory { .. } => true,
+            Self::InvalidSpec(_) | Self::NotOwned { .. } | Self::AggregatorOutOfMemory { .. } | Self::ShardScalingRefused { .. } => true,
             Self::Aws(error) => !error.kind.is_retryable(),
             Self::Kube(_) | Self::Finalizer(_) | Self::Deleting(_) => false,
         }
@@ -215,6 +236,7 @@ impl Error {
     pub fn aws_kind(&self) -> Option<AwsErrorKind> {
         match self {
             Self::Aws(error) => Some(error.kind),
+            Self::ShardScalingRefused { source, .. } => Some(source.kind),
             _ => None,
         }
     }
@@ -227,6 +249,7 @@ impl Error {
             Self::Aws(error) if error.kind.is_retryable() => "AwsUnavailable",
             Self::Aws(_) => "AwsRefused",
             Self::AggregatorOutOfMemory { .. } => "OOMKilled",
+            Self::ShardScalingRefused { .. } => "ScalingLimitExceeded",
             Self::Kube(_) => "KubernetesError",
             Self::Finalizer(_) => "FinalizerError",
             Self::Deleting(_) => "Deleting",
@@ -274,11 +297,31 @@ mod tests {
     #[test]
     fn codes_are_sorted_into_kinds() {
         let kinds = ["ThrottlingException", "LimitExceeded", "ResourceInUseException", "AccessDeniedException", "ValidationException"]
-            .map(AwsErrorKind::of_code);
+            .map(|code| AwsErrorKind::of(code, "x"));
         use AwsErrorKind::*;
         assert_eq!(kinds, [Throttled, QuotaExceeded, Busy, AccessDenied, InvalidRequest]);
-        assert_eq!(AwsErrorKind::of_code("NoSuchBucket"), NotFound);
-        assert_eq!(AwsErrorKind::of_code("EntityNotFoundException"), NotFound);
+        assert_eq!(AwsErrorKind::of("NoSuchBucket", ""), NotFound);
+        assert_eq!(AwsErrorKind::of("EntityNotFoundException", ""), NotFound);
+        // IAM: another call is changing the same role or policy; it passes once that is done.
+        assert_eq!(AwsErrorKind::of("ConcurrentModification", "Rate exceeded"), Busy);
+        assert!(Busy.is_retryable());
+    }
+
+    #[test]
+    fn a_limit_exceeded_is_throttling_or_a_quota_by_its_message() {
+        let kind = |message| AwsErrorKind::of("LimitExceededException", message);
+        use AwsErrorKind::*;
+        // Kinesis's and Firehose's rate answers.
+        assert_eq!(kind("Rate exceeded for stream p-input under account 123456789012."), Throttled);
+        assert_eq!(kind("Rate exceeded"), Throttled);
+        // Kinesis's quotas: scalings per day, ×2 per scaling, shards per account.
+        assert_eq!(
+            kind("Exceeded the limit of 10 UpdateShardCount calls per rolling 24-hour period for stream p under account 1."),
+            QuotaExceeded
+        );
+        assert_eq!(kind("UpdateShardCount cannot scale up over double your current open shard count."), QuotaExceeded);
+        assert_eq!(kind("This request would exceed the shard limit for the account 123456789012 in eu-west-1."), QuotaExceeded);
+        assert!(!QuotaExceeded.is_retryable());
     }
 
     #[test]

@@ -43,12 +43,15 @@ pub fn check_owner<'a>(
 }
 
 /// What one `ensure` did, for events and conditions.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Outcome {
     /// Human-readable changes made, e.g. "created Kinesis stream x".
     pub changes: Vec<String>,
     /// `Some(reason)` while the resource is not usable yet (creating, updating).
     pub pending: Option<String>,
+    /// A change that failed while the resource as it stands works: what depends on it goes on,
+    /// and its condition reports the failure.
+    pub degraded: Option<Error>,
 }
 
 impl Outcome {
@@ -60,6 +63,9 @@ impl Outcome {
         self.changes.extend(other.changes);
         if self.pending.is_none() {
             self.pending = other.pending;
+        }
+        if self.degraded.is_none() {
+            self.degraded = other.degraded;
         }
     }
 }

@@ -20,6 +20,28 @@ pub enum PartState {
     /// AWS is still working on it, or it waits for another part.
     Pending(String),
     Failed(Error),
+    /// It works as it stands, so what depends on it goes on, but a change to it failed (a stream
+    /// that may not be scaled again today).
+    Degraded(Error),
+}
+
+impl PartState {
+    /// The state of a part made of two resources (the input and the output stream): the one
+    /// that needs attention first — a failure, then one still coming up (looked at again soon),
+    /// then a degradation — or both ready.
+    pub fn and(self, other: PartState) -> PartState {
+        let rank = |state: &PartState| match state {
+            PartState::Ready(_) => 0,
+            PartState::Degraded(_) => 1,
+            PartState::Pending(_) => 2,
+            PartState::Failed(_) => 3,
+        };
+        match (self, other) {
+            (PartState::Ready(one), PartState::Ready(two)) => PartState::Ready(format!("{one}; {two}")),
+            (one, two) if rank(&two) > rank(&one) => two,
+            (one, _) => one,
+        }
+    }
 }
 
 /// Everything one reconcile learnt.
@@ -57,24 +79,27 @@ impl Report {
         if self.invalid_spec.is_some() {
             return Verdict::Terminal;
         }
-        let failures = self.parts.iter().filter_map(|(_, state)| match state {
-            PartState::Failed(error) => Some(error.is_terminal()),
+        let failed = worst(self.parts.iter().filter_map(|(_, state)| match state {
+            PartState::Failed(error) => Some(error),
             _ => None,
-        });
-        let mut verdict = Verdict::Ready;
-        for terminal in failures {
-            verdict = if terminal {
-                Verdict::Terminal
-            } else if verdict == Verdict::Terminal {
-                verdict
-            } else {
-                Verdict::Retryable
-            };
+        }));
+        if failed != Verdict::Ready {
+            return failed;
         }
-        if verdict == Verdict::Ready && self.parts.iter().any(|(_, state)| matches!(state, PartState::Pending(_))) {
-            verdict = Verdict::Pending;
+        // A degraded part works: parts still coming up are looked at soon, and its failure
+        // decides the next look only once nothing else is under way.
+        if self.parts.iter().any(|(_, state)| matches!(state, PartState::Pending(_))) {
+            return Verdict::Pending;
         }
-        verdict
+        worst(self.parts.iter().filter_map(|(_, state)| match state {
+            PartState::Degraded(error) => Some(error),
+            _ => None,
+        }))
+    }
+
+    /// Every part works, even if some not as specified: nothing failed outright.
+    fn usable(&self) -> bool {
+        self.invalid_spec.is_none() && !self.parts.iter().any(|(_, state)| matches!(state, PartState::Failed(_)))
     }
 
     /// The first problem, as (reason, message), for the Ready condition and events.
@@ -82,17 +107,28 @@ impl Report {
         if let Some(error) = &self.invalid_spec {
             return Some((error.reason(), error.to_string()));
         }
-        let failed = self.parts.iter().find_map(|(_, state)| match state {
-            PartState::Failed(error) => Some((error.reason(), error.to_string())),
-            _ => None,
-        });
-        failed.or_else(|| {
+        let failed = |degraded: bool| {
+            self.parts.iter().find_map(|(_, state)| match state {
+                PartState::Failed(error) if !degraded => Some((error.reason(), error.to_string())),
+                PartState::Degraded(error) if degraded => Some((error.reason(), error.to_string())),
+                _ => None,
+            })
+        };
+        failed(false).or_else(|| failed(true)).or_else(|| {
             self.parts.iter().find_map(|(_, state)| match state {
                 PartState::Pending(message) => Some(("Provisioning", message.clone())),
                 _ => None,
             })
         })
     }
+}
+
+/// The verdict of these failures: terminal if any is, else retryable; `Ready` without any.
+fn worst<'a>(errors: impl Iterator<Item = &'a Error>) -> Verdict {
+    errors.fold(Verdict::Ready, |verdict, error| match (verdict, error.is_terminal()) {
+        (_, true) | (Verdict::Terminal, _) => Verdict::Terminal,
+        _ => Verdict::Retryable,
+    })
 }
 
 /// Whether the pipeline worked at some point: Ready or Degraded before, or, while an update is
@@ -132,7 +168,7 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         .map(|(kind, state)| match state {
             PartState::Ready(message) => condition(kind, true, "Ready", message.clone()),
             PartState::Pending(message) => condition(kind, false, "Provisioning", message.clone()),
-            PartState::Failed(error) => condition(kind, false, error.reason(), error.to_string()),
+            PartState::Failed(error) | PartState::Degraded(error) => condition(kind, false, error.reason(), error.to_string()),
         })
         .collect();
     let verdict = report.verdict();
@@ -144,6 +180,7 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
     let phase = match verdict {
         Verdict::Ready => Phase::Ready,
         Verdict::Pending => Phase::Provisioning,
+        Verdict::Retryable | Verdict::Terminal if report.usable() => Phase::Degraded,
         Verdict::Retryable if was_ready => Phase::Degraded,
         Verdict::Retryable => Phase::Provisioning,
         Verdict::Terminal => Phase::Failed,
@@ -279,6 +316,44 @@ mod tests {
         assert_eq!(condition(&flipped, READY).last_transition_time, at(300));
         assert_eq!(condition(&flipped, BUCKET_READY).last_transition_time, at(100));
         assert_eq!(flipped.phase, Some(Phase::Provisioning));
+    }
+
+    fn scaling_refused() -> Error {
+        Error::ShardScalingRefused {
+            stream: "a".into(),
+            current: 2,
+            desired: 4,
+            field: "spec.streams.input.shardCount".into(),
+            source: Box::new(AwsError::new("updating a", AwsErrorKind::QuotaExceeded, None, "limit")),
+        }
+    }
+
+    #[test]
+    fn a_part_usable_despite_a_refused_change_degrades_the_pipeline_and_waits_for_the_resync() {
+        let mut report = ready_report();
+        report.parts[0].1 = PartState::Degraded(scaling_refused());
+        assert_eq!(report.verdict(), Verdict::Terminal, "the user or the next day must act: looked at again at the resync");
+        let status = build(&report, Some(2), None, at(100));
+        assert_eq!(status.phase, Some(Phase::Degraded), "it works, only not as specified");
+        assert_eq!(condition(&status, STREAMS_READY).reason, "ScalingLimitExceeded");
+        assert_eq!(condition(&status, READY).reason, "ScalingLimitExceeded");
+        assert_eq!(condition(&status, BUCKET_READY).status, "True");
+
+        report.parts.push((DELIVERY_READY, PartState::Pending("delivery stream d is CREATING".into())));
+        assert_eq!(report.verdict(), Verdict::Pending, "a part still coming up is looked at soon");
+        report.parts.push((CATALOG_READY, PartState::Failed(outage("a", "b"))));
+        assert_eq!(report.verdict(), Verdict::Retryable);
+        assert_eq!(build(&report, Some(2), None, at(100)).phase, Some(Phase::Provisioning), "a part failed outright");
+    }
+
+    #[test]
+    fn two_resources_of_one_part_show_the_one_needing_attention_first() {
+        let ready = |m: &str| PartState::Ready(m.into());
+        let pending = || PartState::Pending("b is UPDATING".into());
+        assert!(matches!(ready("a is active").and(ready("b is active")), PartState::Ready(m) if m == "a is active; b is active"));
+        assert!(matches!(ready("a").and(PartState::Degraded(scaling_refused())), PartState::Degraded(_)));
+        assert!(matches!(PartState::Degraded(scaling_refused()).and(pending()), PartState::Pending(_)));
+        assert!(matches!(PartState::Failed(outage("a", "b")).and(pending()), PartState::Failed(_)));
     }
 
     #[test]

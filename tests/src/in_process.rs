@@ -43,7 +43,8 @@ impl Operator {
         let settings = Settings {
             resync,
             pending_requeue: Duration::from_millis(500),
-            error_requeue: Duration::from_secs(1),
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(5),
             workload: workload_settings(),
         };
         let metrics = Arc::new(Metrics::new(&calls));

@@ -15,14 +15,18 @@ pub const MAX_PREFIX_LEN: usize = 40;
 pub const DEFAULT_TABLE: &str = "metric_aggregates";
 
 /// Tag on every AWS resource a pipeline creates (a parameter on Glue objects, an annotation on
-/// Kubernetes objects), valued `<namespace>/<name>`:
+/// Kubernetes objects), valued `<namespace>/<name>` (see [`owner_value`] for long ones):
 /// the operator adopts what carries its own value and never touches what does not.
 pub const OWNER_TAG: &str = "metrics.dev/pipeline";
+
+/// Longest value of [`OWNER_TAG`]. AWS's tag references give 256 characters for a value, and
+/// CloudFormation's schema of a Kinesis stream tag 255: the smaller holds everywhere.
+pub const MAX_OWNER_LEN: usize = 255;
 
 /// Every name a pipeline uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PipelineNames {
-    /// `<namespace>/<name>` of the custom resource, the value of [`OWNER_TAG`].
+    /// The value of [`OWNER_TAG`]: `<namespace>/<name>` of the custom resource, see [`owner_value`].
     pub owner: String,
     pub prefix: String,
     pub input_stream: String,
@@ -67,7 +71,7 @@ impl PipelineNames {
     }
 
     fn derive(inputs: &NameInputs<'_>) -> Self {
-        let owner = format!("{}/{}", inputs.namespace, inputs.name);
+        let owner = owner_value(inputs.namespace, inputs.name);
         let prefix = match inputs.name_prefix {
             Some(prefix) => prefix.to_owned(),
             None => default_prefix(inputs.namespace, inputs.name),
@@ -92,6 +96,20 @@ impl PipelineNames {
             owner,
         }
     }
+}
+
+/// `<namespace>/<name>`, or when that is longer than an AWS tag value may be (a namespace has up
+/// to 63 characters, a name up to 253), its head, `/` and a hash of the whole. No Kubernetes
+/// namespace or name holds a `/`, so a shortened value, with two, never equals a pipeline's
+/// plain value, and the hash keeps shortened values apart.
+pub fn owner_value(namespace: &str, name: &str) -> String {
+    let plain = format!("{namespace}/{name}");
+    if plain.chars().count() <= MAX_OWNER_LEN {
+        return plain;
+    }
+    let digest = format!("{:016x}", fnv1a64(plain.as_bytes()));
+    let head: String = plain.chars().take(MAX_OWNER_LEN - digest.len() - 1).collect();
+    format!("{head}/{digest}")
 }
 
 /// `<namespace>-<name>`, made safe for every AWS name; shortened with a hash when too long.
@@ -157,6 +175,20 @@ mod tests {
         assert!(one.prefix.len() <= MAX_PREFIX_LEN, "{}", one.prefix);
         assert_ne!(one.prefix, two.prefix);
         assert!(one.bucket.len() <= 63 && one.delivery_stream.len() <= 64 && one.firehose_role.len() <= 64);
+    }
+
+    #[test]
+    fn the_owner_value_fits_an_aws_tag_value_and_stays_unique_and_stable() {
+        // The longest a namespace (63) and a name (253) can be.
+        let namespace = "n".repeat(63);
+        let (one, two) = (format!("{}1", "a".repeat(252)), format!("{}2", "a".repeat(252)));
+        let owner = |name: &str| PipelineNames::derive(&inputs(&namespace, name)).owner;
+        assert!(owner(&one).chars().count() <= 256, "{} characters", owner(&one).len());
+        assert_eq!(owner(&one).matches('/').count(), 2, "unlike any value that fits: {}", owner(&one));
+        assert_ne!(owner(&one), owner(&two));
+        assert_eq!(owner(&one), owner(&one));
+        assert!(owner(&one).starts_with(&format!("{namespace}/aaaa")), "still readable: {}", owner(&one));
+        assert_eq!(owner("metrics"), format!("{namespace}/metrics"), "a value that fits is kept as it always was");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A stand-in AWS endpoint for unit tests: answers each call by its operation with a canned
-//! response and records which operations were called, so a test can make AWS answer what the
-//! emulator never does (throttling, a refusal) at one exact step.
+//! response (or, for paging, the next of several) and records which operations were called with
+//! which body, so a test can make AWS answer what the emulator never does (throttling, a refusal,
+//! a second page) at one exact step.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,17 +16,24 @@ pub type Answer = (u16, &'static str);
 
 pub struct FakeAws {
     pub clients: AwsClients,
-    called: Arc<Mutex<Vec<String>>>,
+    /// `(operation, request body)` of every call, in order.
+    requests: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl FakeAws {
     /// Serves the JSON protocols (Kinesis, Firehose, Glue): `answers` maps an operation, as the
     /// `X-Amz-Target` header names it after the dot, to its answer; others get a 500.
     pub async fn start(answers: BTreeMap<&'static str, Answer>) -> Self {
+        Self::start_in_turn(answers.into_iter().map(|(operation, answer)| (operation, vec![answer])).collect()).await
+    }
+
+    /// As [`start`](Self::start), with several answers per operation: each call gets the next,
+    /// and the last one answers every call after it.
+    pub async fn start_in_turn(answers: BTreeMap<&'static str, Vec<Answer>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let called = Arc::new(Mutex::new(Vec::new()));
-        let record = called.clone();
+        let requests = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+        let record = requests.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let mut request = Vec::new();
@@ -39,8 +47,16 @@ impl FakeAws {
                     let length = header(head, "content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
                     if body.len() >= length || read == 0 {
                         let operation = header(head, "x-amz-target").and_then(|t| t.split('.').nth(1)).unwrap_or("?").to_owned();
-                        record.lock().unwrap().push(operation.clone());
-                        let (status, body) = answers.get(operation.as_str()).copied().unwrap_or((500, r#"{"__type":"InternalFailure"}"#));
+                        let turn = {
+                            let mut requests = record.lock().unwrap();
+                            requests.push((operation.clone(), body.to_owned()));
+                            requests.iter().filter(|(called, _)| *called == operation).count() - 1
+                        };
+                        let (status, body) = answers
+                            .get(operation.as_str())
+                            .and_then(|answers| answers.get(turn).or(answers.last()))
+                            .copied()
+                            .unwrap_or((500, r#"{"__type":"InternalFailure"}"#));
                         let response = format!(
                             "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                             body.len()
@@ -60,12 +76,17 @@ impl FakeAws {
                 aws_sdk_kinesis::config::SharedCredentialsProvider::new(aws_sdk_kinesis::config::Credentials::for_tests()),
             )
             .build();
-        Self { clients: AwsClients::new(&sdk, "eu-west-1", &AwsCalls::default()), called }
+        Self { clients: AwsClients::new(&sdk, "eu-west-1", &AwsCalls::default()), requests }
     }
 
     /// The operations called so far, in order.
     pub fn called(&self) -> Vec<String> {
-        self.called.lock().unwrap().clone()
+        self.requests.lock().unwrap().iter().map(|(operation, _)| operation.clone()).collect()
+    }
+
+    /// The request bodies of `operation`'s calls so far, in order.
+    pub fn bodies(&self, operation: &str) -> Vec<String> {
+        self.requests.lock().unwrap().iter().filter(|(called, _)| called == operation).map(|(_, body)| body.clone()).collect()
     }
 }
 

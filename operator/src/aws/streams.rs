@@ -1,12 +1,12 @@
 //! The input and output Kinesis streams: created with the spec's capacity and retention, tagged,
 //! changed in place (shard count, capacity mode, retention) one update at a time.
 
-use aws_sdk_kinesis::types::{StreamMode, StreamModeDetails, StreamStatus};
+use aws_sdk_kinesis::types::{ScalingType, StreamMode, StreamModeDetails, StreamStatus};
 use metrics_pipeline_api::config::{StreamCapacity, StreamConfig};
 use metrics_pipeline_api::pipeline::AwsResourceRef;
 
 use super::AwsClients;
-use crate::error::{AwsResultExt, Error};
+use crate::error::{AwsErrorKind, AwsResultExt, Error};
 use crate::managed::{Outcome, check_owner, holder, pipeline_tags};
 
 /// Kinesis's answer for a stream that does not exist.
@@ -26,8 +26,12 @@ pub struct ObservedStream {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamChange {
     Capacity(StreamCapacity),
+    /// One step towards the spec's shard count: see [`next_shard_count`].
     ShardCount(i32),
-    Retention { from: i32, to: i32 },
+    Retention {
+        from: i32,
+        to: i32,
+    },
 }
 
 /// What to change to make `observed` match `desired`, in the order AWS accepts: capacity mode
@@ -40,7 +44,7 @@ pub fn changes(desired: &StreamConfig, observed: &ObservedStream) -> Vec<StreamC
             changes.push(StreamChange::Capacity(StreamCapacity::Provisioned { shards }));
         }
         (StreamCapacity::Provisioned { shards }, StreamCapacity::Provisioned { shards: current }) if shards != current => {
-            changes.push(StreamChange::ShardCount(shards));
+            changes.push(StreamChange::ShardCount(next_shard_count(current, shards)));
         }
         _ => {}
     }
@@ -50,21 +54,17 @@ pub fn changes(desired: &StreamConfig, observed: &ObservedStream) -> Vec<StreamC
     changes
 }
 
+/// The next UpdateShardCount target on the way from `current` open shards to `target`: AWS
+/// refuses more than double or less than half the open shard count in one call, so a larger
+/// change takes several, each once the stream is ACTIVE again (1 → 5 is 1 → 2 → 4 → 5).
+pub fn next_shard_count(current: i32, target: i32) -> i32 {
+    if target > current { target.min(current.saturating_mul(2)) } else { target.max((current + 1) / 2) }
+}
+
 pub async fn observe(clients: &AwsClients, name: &str) -> Result<Option<ObservedStream>, Error> {
     let described = clients.kinesis.describe_stream_summary().stream_name(name).send().await;
     let Some(described) = described.absent_on(&[NOT_FOUND], || format!("describing Kinesis stream {name}"))? else { return Ok(None) };
     let summary = described.stream_description_summary.expect("DescribeStreamSummary always describes");
-    let tags = clients
-        .kinesis
-        .list_tags_for_stream()
-        .stream_name(name)
-        .send()
-        .await
-        .or_aws(|| format!("listing tags of Kinesis stream {name}"))?
-        .tags
-        .into_iter()
-        .map(|tag| (tag.key, tag.value.unwrap_or_default()))
-        .collect();
     let capacity = match summary.stream_mode_details.as_ref().map(StreamModeDetails::stream_mode) {
         Some(StreamMode::OnDemand) => StreamCapacity::OnDemand,
         _ => StreamCapacity::Provisioned { shards: summary.open_shard_count },
@@ -74,12 +74,41 @@ pub async fn observe(clients: &AwsClients, name: &str) -> Result<Option<Observed
         status: summary.stream_status,
         capacity,
         retention_hours: summary.retention_period_hours,
-        tags,
+        tags: tags(clients, name).await?,
     }))
 }
 
-/// Creates the stream or moves it one step towards `desired`; `pending` while AWS works.
-pub async fn ensure(clients: &AwsClients, name: &str, owner: &str, desired: &StreamConfig) -> Result<(AwsResourceRef, Outcome), Error> {
+/// Every tag of the stream: ListTagsForStream answers a page at a time (`HasMoreTags`), and the
+/// owner tag may be on any page once someone else has tagged the stream too.
+async fn tags(clients: &AwsClients, name: &str) -> Result<Vec<(String, String)>, Error> {
+    let mut tags: Vec<(String, String)> = Vec::new();
+    loop {
+        let after = tags.last().map(|(key, _)| key.clone());
+        let page = (clients.kinesis.list_tags_for_stream())
+            .stream_name(name)
+            .set_exclusive_start_tag_key(after)
+            .send()
+            .await
+            .or_aws(|| format!("listing tags of Kinesis stream {name}"))?;
+        let more = page.has_more_tags && !page.tags.is_empty();
+        tags.extend(page.tags.into_iter().map(|tag| (tag.key, tag.value.unwrap_or_default())));
+        if !more {
+            return Ok(tags);
+        }
+    }
+}
+
+/// Creates the stream or moves it one step towards `desired`; `pending` while AWS works. A
+/// change AWS refuses leaves an ACTIVE stream usable as it is: it comes back as `degraded`, so
+/// that what reads or writes the stream goes on. `field` is the stream's place in the spec
+/// (`spec.streams.input`), for the fix an error suggests.
+pub async fn ensure(
+    clients: &AwsClients,
+    name: &str,
+    owner: &str,
+    desired: &StreamConfig,
+    field: &str,
+) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
     let Some(observed) = observe(clients, name).await? else {
         create(clients, name, owner, desired).await?;
@@ -94,11 +123,30 @@ pub async fn ensure(clients: &AwsClients, name: &str, owner: &str, desired: &Str
         return Ok((reference, outcome));
     }
     if let Some(change) = changes(desired, &observed).into_iter().next() {
-        apply(clients, name, &observed, &change).await?;
-        outcome.changed(format!("Kinesis stream {name}: {change}"));
-        outcome.pending = Some(format!("Kinesis stream {name} is updating"));
+        match apply(clients, name, &observed, &change).await {
+            Ok(()) => {
+                outcome.changed(format!("Kinesis stream {name}: {change}"));
+                outcome.pending = Some(format!("Kinesis stream {name} is updating ({change})"));
+            }
+            Err(error) => outcome.degraded = Some(refusal(error, name, desired, &observed, field)),
+        }
     }
     Ok((reference, outcome))
+}
+
+/// A quota refusal of a scaling says which limit and what the user can do; others stay as they are.
+fn refusal(error: Error, name: &str, desired: &StreamConfig, observed: &ObservedStream, field: &str) -> Error {
+    let (StreamCapacity::Provisioned { shards: desired }, StreamCapacity::Provisioned { shards: current }) =
+        (desired.capacity, observed.capacity)
+    else {
+        return error;
+    };
+    match error {
+        Error::Aws(source) if source.kind == AwsErrorKind::QuotaExceeded => {
+            Error::ShardScalingRefused { stream: name.to_owned(), current, desired, field: format!("{field}.shardCount"), source }
+        }
+        error => error,
+    }
 }
 
 async fn create(clients: &AwsClients, name: &str, owner: &str, desired: &StreamConfig) -> Result<(), Error> {
@@ -129,7 +177,7 @@ async fn apply(clients: &AwsClients, name: &str, observed: &ObservedStream, chan
         StreamChange::ShardCount(shards) => (kinesis.update_shard_count())
             .stream_name(name)
             .target_shard_count(shards)
-            .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
+            .scaling_type(ScalingType::UniformScaling)
             .send()
             .await
             .map(drop)
@@ -176,7 +224,83 @@ pub async fn delete(clients: &AwsClients, name: &str, owner: &str) -> Result<boo
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::aws::fake::FakeAws;
+
+    const DESCRIBED: &str = r#"{"StreamDescriptionSummary":{"StreamName":"p-input","StreamARN":"arn:aws:kinesis:eu-west-1:123456789012:stream/p-input","StreamStatus":"ACTIVE","StreamModeDetails":{"StreamMode":"PROVISIONED"},"RetentionPeriodHours":24,"StreamCreationTimestamp":1700000000,"EnhancedMonitoring":[],"OpenShardCount":2}}"#;
+    const OURS: &str = r#"{"Tags":[{"Key":"metrics.dev/pipeline","Value":"team-a/p"}],"HasMoreTags":false}"#;
+
+    #[test]
+    fn a_large_shard_count_change_is_made_in_steps_of_at_most_double_or_half() {
+        let step = |from: i32, to: i32| {
+            let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards: to }, retention_hours: 24 };
+            changes(&desired, &observed(StreamCapacity::Provisioned { shards: from }, 24))
+        };
+        // (open shards, spec) → the next UpdateShardCount target
+        for (from, to, next) in
+            [(1, 5, 2), (2, 5, 4), (4, 5, 5), (3, 6, 6), (1, 2, 2), (5, 1, 3), (3, 1, 2), (2, 1, 1), (8, 3, 4), (4, 3, 3)]
+        {
+            assert_eq!(step(from, to), [StreamChange::ShardCount(next)], "{from} → {to}");
+        }
+    }
+
+    /// Ensures our ACTIVE 2-shard stream `p-input` with `shards` in the spec, UpdateShardCount
+    /// answered with `refusal`.
+    async fn scaling_refused(refusal: &'static str, shards: i32) -> (AwsResourceRef, Outcome) {
+        let aws = FakeAws::start(BTreeMap::from([
+            ("DescribeStreamSummary", (200, DESCRIBED)),
+            ("ListTagsForStream", (200, OURS)),
+            ("UpdateShardCount", (400, refusal)),
+        ]))
+        .await;
+        let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards }, retention_hours: 24 };
+        ensure(&aws.clients, "p-input", "team-a/p", &desired, "spec.streams.input").await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_scaling_past_the_daily_limit_is_not_retried_as_throttling() {
+        let limit = r#"{"__type":"LimitExceededException","message":"Exceeded the limit of 10 UpdateShardCount calls per rolling 24-hour period for stream p-input under account 123456789012."}"#;
+        let (reference, outcome) = scaling_refused(limit, 3).await;
+        assert_eq!(reference.arn.as_deref(), Some("arn:aws:kinesis:eu-west-1:123456789012:stream/p-input"), "still usable");
+        let error = outcome.degraded.expect("the refusal is reported");
+        assert!(error.is_terminal(), "a quota is not throttling: {error}");
+        assert_eq!(error.reason(), "ScalingLimitExceeded");
+        let message = error.to_string();
+        for expected in [
+            "`p-input` from 2 towards 3 shards",
+            "Exceeded the limit of 10 UpdateShardCount calls",
+            "set spec.streams.input.shardCount to 2",
+        ] {
+            assert!(message.contains(expected), "{expected}: {message}");
+        }
+        assert!(outcome.pending.is_none() && outcome.changes.is_empty(), "{:?}", outcome.changes);
+    }
+
+    #[tokio::test]
+    async fn a_throttled_scaling_is_retried_soon_and_the_stream_stays_usable() {
+        let rate = r#"{"__type":"LimitExceededException","message":"Rate exceeded for stream p-input under account 123456789012."}"#;
+        let (_, outcome) = scaling_refused(rate, 4).await;
+        let error = outcome.degraded.expect("the refusal is reported");
+        assert_eq!(error.aws_kind(), Some(AwsErrorKind::Throttled), "{error}");
+        assert!(!error.is_terminal());
+    }
+
+    #[tokio::test]
+    async fn the_owner_tag_is_found_on_a_later_page_of_tags() {
+        let first = r#"{"Tags":[{"Key":"a","Value":"1"},{"Key":"b","Value":"2"}],"HasMoreTags":true}"#;
+        let aws = FakeAws::start_in_turn(BTreeMap::from([
+            ("DescribeStreamSummary", vec![(200, DESCRIBED)]),
+            ("ListTagsForStream", vec![(200, first), (200, OURS)]),
+        ]))
+        .await;
+        let observed = observe(&aws.clients, "p-input").await.unwrap().expect("the stream exists");
+        assert_eq!(holder("team-a/p", observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))), None, "{:?}", observed.tags);
+        let pages = aws.bodies("ListTagsForStream");
+        assert_eq!(pages.len(), 2, "{pages:?}");
+        assert!(pages[1].contains(r#""ExclusiveStartTagKey":"b""#), "the second page starts after the first's last key: {}", pages[1]);
+    }
 
     fn observed(capacity: StreamCapacity, retention_hours: i32) -> ObservedStream {
         ObservedStream { arn: "arn".into(), status: StreamStatus::Active, capacity, retention_hours, tags: Vec::new() }
@@ -195,7 +319,7 @@ mod tests {
         let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards: 4 }, retention_hours: 48 };
         assert_eq!(
             changes(&desired, &observed(StreamCapacity::Provisioned { shards: 1 }, 24)),
-            [StreamChange::ShardCount(4), StreamChange::Retention { from: 24, to: 48 }]
+            [StreamChange::ShardCount(2), StreamChange::Retention { from: 24, to: 48 }]
         );
     }
 
