@@ -23,6 +23,19 @@ pub fn example(file: &str) -> MetricsPipeline {
     serde_yaml::from_str(&std::fs::read_to_string(repo_path(&format!("examples/{file}"))).unwrap()).unwrap()
 }
 
+/// Settings that keep a test short: AWS's progress looked at every half second, retries from a
+/// second up to five. The aggregators reach the emulator directly, whatever endpoint the
+/// operator is given.
+pub fn quick_settings() -> Settings {
+    Settings {
+        resync: Duration::from_secs(60),
+        pending_requeue: Duration::from_millis(500),
+        retry_base: Duration::from_secs(1),
+        retry_cap: Duration::from_secs(5),
+        workload: workload_settings(),
+    }
+}
+
 /// The operator, in-process, watching one namespace.
 pub struct Operator {
     stop: Option<oneshot::Sender<()>>,
@@ -32,6 +45,11 @@ pub struct Operator {
 
 impl Operator {
     pub async fn start(client: &Client, namespace: &str, endpoint: Option<String>, resync: Duration) -> Self {
+        Self::start_with(client, namespace, endpoint, Settings { resync, ..quick_settings() }).await
+    }
+
+    /// With settings of the test's own (how retries are paced, say).
+    pub async fn start_with(client: &Client, namespace: &str, endpoint: Option<String>, settings: Settings) -> Self {
         let mut sdk = sdk_config(None).await;
         let account = aws_sdk_sts::Client::new(&sdk).get_caller_identity().send().await.unwrap().account.unwrap();
         if let Some(endpoint) = endpoint {
@@ -39,14 +57,6 @@ impl Operator {
         }
         let target = AwsTarget { account_id: account, default_region: sdk.region().map(ToString::to_string) };
         let calls = AwsCalls::default();
-        // The aggregators reach the emulator directly, whatever endpoint the operator is given.
-        let settings = Settings {
-            resync,
-            pending_requeue: Duration::from_millis(500),
-            retry_base: Duration::from_secs(1),
-            retry_cap: Duration::from_secs(5),
-            workload: workload_settings(),
-        };
         let metrics = Arc::new(Metrics::new(&calls));
         let context = Arc::new(Context::new(client.clone(), AwsAccount::new(sdk, target, calls), metrics.clone(), settings));
         let (stop, stopped) = oneshot::channel();
