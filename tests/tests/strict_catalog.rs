@@ -166,8 +166,10 @@ async fn partition_columns_are_lower_case_old_tables_are_migrated_and_both_modes
     for database in [&registered_db, &projected_db] {
         let sql = format!("SELECT componentname, metricname FROM {database}.{TABLE} WHERE componentname <> 'x' ORDER BY componentname");
         let rows = select(&sql).await.unwrap_or_else(|error| panic!("{sql}: {error}"));
-        let read: Vec<(String, String)> =
-            rows.iter().map(|row| (row["componentname"].as_str().unwrap().to_owned(), row["metricname"].as_str().unwrap().to_owned())).collect();
+        let read: Vec<(String, String)> = rows
+            .iter()
+            .map(|row| (row["componentname"].as_str().unwrap().to_owned(), row["metricname"].as_str().unwrap().to_owned()))
+            .collect();
         assert_eq!(read, [("order-service".into(), "ram-usage".into()), ("user-service".into(), "cpu-usage".into())], "{sql}");
     }
 
