@@ -9,16 +9,19 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_firehose::types::CompressionFormat;
+use aws_sdk_glue::types::DatabaseInput;
 use aws_sdk_glue::types::{Column, PartitionInput, TableInput};
+use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use metrics_pipeline_api::config::PartitionConfig;
 use metrics_pipeline_api::pipeline::{Compression, DeliveryFormat, DeliveryWriter, PartitionMode, Phase};
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_e2e::delivery::compress;
 use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, example, wait_for_status};
 use metrics_pipeline_e2e::query::select;
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
-use metrics_pipeline_operator::aws::catalog::storage;
+use metrics_pipeline_operator::aws::catalog::{TableSpec, desired_table, storage};
 use metrics_pipeline_operator::aws::delivery;
 use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
 use metrics_pipeline_test_support::wait_for;
@@ -178,6 +181,47 @@ async fn partition_columns_are_lower_case_old_tables_are_migrated_and_both_modes
     }
     operator.stop().await;
     namespace.delete().await.unwrap();
+}
+
+/// What Athena does with a table projected under a camelCase key: it names the column
+/// `componentname` and finds no `projection.componentname.*`, so the query fails. `scripts/query`
+/// must fail the same way, or the tests above could not catch the camelCase key coming back.
+#[tokio::test]
+async fn a_camel_case_projection_fails_the_query_as_athena_fails_it() {
+    let sdk = sdk_config(None).await;
+    let (glue, s3) = (aws_sdk_glue::Client::new(&sdk), s3_client(&sdk));
+    let bucket = format!("cat-camel-{}", std::process::id());
+    let database = bucket.replace('-', "_");
+    let region = BucketLocationConstraint::from(sdk.region().unwrap().as_ref());
+    let location = CreateBucketConfiguration::builder().location_constraint(region).build();
+    s3.create_bucket().bucket(&bucket).create_bucket_configuration(location).send().await.unwrap();
+    glue.create_database().database_input(DatabaseInput::builder().name(&database).build().unwrap()).send().await.unwrap();
+    let projected = PartitionConfig::Projected(vec!["user-service".into()]);
+    let spec = TableSpec {
+        database: &database,
+        table: TABLE,
+        bucket: &bucket,
+        format: DeliveryFormat::Json,
+        partitions: &projected,
+        owner: "t/c",
+    };
+    glue.create_table().database_name(&database).table_input(desired_table(&spec)).send().await.unwrap();
+    put_aggregate(&s3, &bucket, "user-service", "cpu-usage").await;
+    let sql = format!("SELECT metricname FROM {database}.{TABLE}");
+    assert_eq!(select(&sql).await.unwrap().len(), 1, "the table as the operator makes it reads");
+
+    let old = camel_case_table(&table(&glue, &database).await);
+    glue.delete_table().database_name(&database).name(TABLE).send().await.unwrap();
+    glue.create_table().database_name(&database).table_input(old).send().await.unwrap();
+    let error = select(&sql).await.unwrap_err().to_string();
+    assert!(error.contains("missing projection configuration: ['componentname']"), "{error}");
+
+    glue.delete_table().database_name(&database).name(TABLE).send().await.unwrap();
+    glue.delete_database().name(&database).send().await.unwrap();
+    for object in s3.list_objects_v2().bucket(&bucket).send().await.unwrap().contents() {
+        s3.delete_object().bucket(&bucket).key(object.key().unwrap()).send().await.unwrap();
+    }
+    s3.delete_bucket().bucket(&bucket).send().await.unwrap();
 }
 
 #[tokio::test]
