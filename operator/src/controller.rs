@@ -269,6 +269,7 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
 
     // The catalog needs only the bucket's name, so it proceeds while the delivery waits.
     let catalog = ensure_catalog(&clients, &config, account_id).await;
+    let refused = matches!(catalog, Err(Error::UnsafeChange { .. }));
     if let Some((database, table)) = record(&mut report, CATALOG_READY, catalog, |(database, table)| {
         format!("Glue table {}.{} is ready for Athena", database.name, table.name)
     }) {
@@ -276,6 +277,14 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
         report.glue_table = Some(table);
     }
 
+    if refused {
+        // Firehose and the aggregator keep writing what they write: the refused format in the
+        // same prefixes is what the refusal prevents.
+        let held = "left as it is while the catalog refuses the spec change (see CatalogReady)";
+        report.parts.push((DELIVERY_READY, PartState::Pending(held.into())));
+        report.parts.push((AGGREGATOR_READY, PartState::Pending(held.into())));
+        return report;
+    }
     provision_delivery(&mut report, &clients, &config, account_id).await;
     provision_aggregator(&mut report, pipeline, &config, context).await;
     report
@@ -459,8 +468,9 @@ async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context
     if !delivery::delete(&clients, &names.delivery_stream, owner).await? {
         waiting.push(format!("Firehose delivery stream {}", names.delivery_stream));
     }
+    let mut kept = Vec::new();
     if !retain {
-        catalog::delete(&clients, &names.glue_database, &names.glue_table, owner).await?;
+        kept.extend(catalog::delete(&clients, &names.glue_database, &names.glue_table, owner).await?);
     }
     if waiting.is_empty() {
         // The role goes only once nothing uses it.
@@ -477,11 +487,10 @@ async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context
     if !waiting.is_empty() {
         return Err(Error::Deleting(waiting.join(", ")));
     }
-    let kept = if retain {
-        format!("; kept S3 bucket {} and Glue database {} (deletionPolicy: Retain)", names.bucket, names.glue_database)
-    } else {
-        String::new()
-    };
+    if retain {
+        kept.push(format!("kept S3 bucket {} and Glue database {} (deletionPolicy: Retain)", names.bucket, names.glue_database));
+    }
+    let kept: String = kept.iter().map(|note| format!("; {note}")).collect();
     publish(context, pipeline, EventType::Normal, "Deleted", "Cleanup", &format!("deleted the pipeline's AWS resources{kept}")).await;
     Ok(Action::await_change())
 }

@@ -51,6 +51,11 @@ pub enum Error {
     )]
     ShardScalingRefused { stream: String, current: i32, desired: i32, field: String, source: Box<AwsError> },
 
+    /// A spec change AWS would accept but that would leave written data unreadable; the message
+    /// says how to migrate instead.
+    #[error("{field} {message}")]
+    UnsafeChange { field: &'static str, message: String },
+
     /// Deletion started and AWS or Kubernetes is still removing these: expected, not a failure.
     #[error("waiting for the deletion of {0}")]
     Deleting(String),
@@ -226,7 +231,11 @@ impl Error {
     /// The user must change something before a retry can succeed.
     pub fn is_terminal(&self) -> bool {
         match self {
-            Self::InvalidSpec(_) | Self::NotOwned { .. } | Self::AggregatorOutOfMemory { .. } | Self::ShardScalingRefused { .. } => true,
+            Self::InvalidSpec(_)
+            | Self::NotOwned { .. }
+            | Self::UnsafeChange { .. }
+            | Self::AggregatorOutOfMemory { .. }
+            | Self::ShardScalingRefused { .. } => true,
             Self::Aws(error) => !error.kind.is_retryable(),
             Self::Kube(_) | Self::Finalizer(_) | Self::Deleting(_) => false,
         }
@@ -246,6 +255,7 @@ impl Error {
         match self {
             Self::InvalidSpec(_) => "InvalidSpec",
             Self::NotOwned { .. } => "NotOwned",
+            Self::UnsafeChange { .. } => "UnsafeChange",
             Self::Aws(error) if error.kind.is_retryable() => "AwsUnavailable",
             Self::Aws(_) => "AwsRefused",
             Self::AggregatorOutOfMemory { .. } => "OOMKilled",

@@ -101,7 +101,7 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     let glue = aws_sdk_glue::Client::new(&sdk);
     let database = &status.glue_database.as_ref().unwrap().name;
     let table = glue.get_table().database_name(database).name("metric_aggregates").send().await.unwrap().table.unwrap();
-    assert_eq!(table.partition_keys().iter().map(|c| c.name()).collect::<Vec<_>>(), ["componentName"]);
+    assert_eq!(table.partition_keys().iter().map(|c| c.name()).collect::<Vec<_>>(), ["componentname"]);
     assert_eq!(table.storage_descriptor().unwrap().location(), Some(format!("s3://{bucket}/").as_str()));
     let iam = aws_sdk_iam::Client::new(&sdk);
     let policy = iam
@@ -296,7 +296,7 @@ async fn retain_keeps_bucket_and_catalog_and_removes_the_rest() {
     let glue = aws_sdk_glue::Client::new(&sdk);
     let table = glue.get_table().database_name(&database).name("metric_aggregates").send().await.unwrap().table.unwrap();
     let parameters = table.parameters().unwrap();
-    assert_eq!(parameters["projection.componentName.values"], "user-service,order-service,payment-service");
+    assert_eq!(parameters["projection.componentname.values"], "user-service,order-service,payment-service");
 
     delete_and_wait(&pipelines, "shop-metrics").await;
     let mut left = everything_named(&prefix).await;

@@ -1,6 +1,11 @@
 //! The Glue database and table over the bucket, so Athena can query the aggregates, and their
 //! partitions: one registered per `componentName=` prefix found in the bucket, or projection
 //! over the components the spec lists. Ownership is recorded in the objects' parameters.
+//!
+//! The table reads one format: a table (and its partitions) whose format would change while
+//! objects of the old one are in the bucket is refused ([`Error::UnsafeChange`]), since Athena
+//! reads every object of a prefix with one SerDe. The S3 prefixes (`componentName=`) and the
+//! partition column (`componentname`) are spelled differently, so every location is explicit.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -16,8 +21,17 @@ use crate::managed::{Outcome, check_owner, holder};
 /// Glue's answer for a database or table that does not exist.
 const NOT_FOUND: &str = "EntityNotFoundException";
 
-/// The partition column: Firehose's prefix writes `componentName=<value>/`.
-pub const PARTITION_KEY: &str = "componentName";
+/// The partition column as Athena names it. Athena lower-cases every column name when it runs a
+/// query and looks up the column's `projection.<name>.*` properties and its `${<name>}`
+/// placeholder in `storage.location.template` by that lower-case name: a camelCase key would
+/// find no projection, and Glue asks for lower-case names anyway.
+pub const PARTITION_COLUMN: &str = "componentname";
+/// The key of the S3 prefixes Firehose and the aggregator write: `componentName=<value>/`. Not
+/// the column's spelling (S3 keys are case-sensitive), so no location is left to Hive's default
+/// `<column>=<value>/`: registered partitions name theirs, projection has a location template.
+pub const PREFIX_KEY: &str = "componentName";
+const JSON_SERDE: &str = "org.openx.data.jsonserde.JsonSerDe";
+const PARQUET_SERDE: &str = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe";
 /// Glue takes at most 100 partitions per BatchCreatePartition.
 const MAX_PARTITIONS_PER_CALL: usize = 100;
 
@@ -62,14 +76,14 @@ pub fn storage(format: DeliveryFormat, location: String) -> StorageDescriptor {
         DeliveryFormat::Json => (
             "org.apache.hadoop.mapred.TextInputFormat",
             "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat",
-            "org.openx.data.jsonserde.JsonSerDe",
+            JSON_SERDE,
             // Column names are lower case in Athena; the records are camelCase.
             &[("case.insensitive", "TRUE"), ("ignore.malformed.json", "FALSE")],
         ),
         DeliveryFormat::Parquet => (
             "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
             "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
-            "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe",
+            PARQUET_SERDE,
             &[],
         ),
     };
@@ -87,7 +101,16 @@ pub fn storage(format: DeliveryFormat, location: String) -> StorageDescriptor {
 }
 
 pub fn partition_location(bucket: &str, component: &str) -> String {
-    format!("s3://{bucket}/{PARTITION_KEY}={component}/")
+    format!("s3://{bucket}/{PREFIX_KEY}={component}/")
+}
+
+/// The format a table reads, by its SerDe; `None` for a SerDe the operator never sets.
+fn format_of(storage: Option<&StorageDescriptor>) -> Option<DeliveryFormat> {
+    match storage?.serde_info()?.serialization_library()? {
+        JSON_SERDE => Some(DeliveryFormat::Json),
+        PARQUET_SERDE => Some(DeliveryFormat::Parquet),
+        _ => None,
+    }
 }
 
 /// The exact TableInput of CreateTable/UpdateTable.
@@ -102,9 +125,9 @@ pub fn desired_table(spec: &TableSpec<'_>) -> TableInput {
     .collect();
     if let PartitionConfig::Projected(components) = spec.partitions {
         parameters.insert("projection.enabled".into(), "true".into());
-        parameters.insert(format!("projection.{PARTITION_KEY}.type"), "enum".into());
-        parameters.insert(format!("projection.{PARTITION_KEY}.values"), components.join(","));
-        parameters.insert("storage.location.template".into(), format!("s3://{}/{PARTITION_KEY}=${{{PARTITION_KEY}}}/", spec.bucket));
+        parameters.insert(format!("projection.{PARTITION_COLUMN}.type"), "enum".into());
+        parameters.insert(format!("projection.{PARTITION_COLUMN}.values"), components.join(","));
+        parameters.insert("storage.location.template".into(), format!("s3://{}/{PREFIX_KEY}=${{{PARTITION_COLUMN}}}/", spec.bucket));
     }
     TableInput::builder()
         .name(spec.table)
@@ -112,19 +135,65 @@ pub fn desired_table(spec: &TableSpec<'_>) -> TableInput {
         .table_type("EXTERNAL_TABLE")
         .set_parameters(Some(parameters))
         .storage_descriptor(storage(spec.format, format!("s3://{}/", spec.bucket)))
-        .partition_keys(Column::builder().name(PARTITION_KEY).r#type("string").build().expect("name is set"))
+        .partition_keys(Column::builder().name(PARTITION_COLUMN).r#type("string").build().expect("name is set"))
         .build()
         .expect("name is set")
 }
 
-/// Whether the table as it is matches `desired` in everything the operator decides.
+/// What it takes to turn the table as found into the desired one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TablePlan {
+    Create,
+    Keep,
+    Update,
+    /// Glue keeps each partition under the table's partition keys: a renamed key needs a new
+    /// table (UpdateTable cannot carry the partitions over), whose partitions are registered anew.
+    Recreate(String),
+    /// The table would read another format: safe only while no object is in the bucket, and then
+    /// by a new table, so no partition keeps the old SerDe.
+    ChangeFormat {
+        from: DeliveryFormat,
+        to: DeliveryFormat,
+    },
+}
+
+pub fn plan(found: Option<&Table>, desired: &TableInput, format: DeliveryFormat) -> TablePlan {
+    let Some(found) = found else { return TablePlan::Create };
+    if let Some(from) = format_of(found.storage_descriptor()).filter(|from| *from != format) {
+        return TablePlan::ChangeFormat { from, to: format };
+    }
+    // Exact spelling: Athena would not find `componentName`'s projection under `componentname`.
+    let keys = |columns: &[Column]| columns.iter().map(|c| format!("{} {}", c.name(), c.r#type().unwrap_or_default())).collect::<Vec<_>>();
+    let (found_keys, desired_keys) = (keys(found.partition_keys()), keys(desired.partition_keys()));
+    if found_keys != desired_keys {
+        return TablePlan::Recreate(format!("its partition keys are [{}], not [{}]", found_keys.join(", "), desired_keys.join(", ")));
+    }
+    if table_matches(found, desired) { TablePlan::Keep } else { TablePlan::Update }
+}
+
+/// A refused format change: what it would break, and the ways to get the new format.
+pub fn unsafe_format_change(from: DeliveryFormat, to: DeliveryFormat, object: &str) -> Error {
+    Error::UnsafeChange {
+        field: "spec.delivery.format",
+        message: format!(
+            "cannot change from {from:?} to {to:?}: the bucket holds {from:?} objects ({object}) and Athena reads every object \
+             under a prefix with the table's one SerDe, so {to:?} files beside them would make the prefix unreadable. Set it back \
+             to {from:?}; or, to keep the {from:?} data readable and write {to:?} from now on, delete this pipeline with \
+             deletionPolicy: Retain (its bucket and its Glue database and table stay) and create it again under a new \
+             spec.namePrefix (and new spec.delivery.bucketName and spec.catalog.database if you set them); or, if the {from:?} \
+             data may go, delete the bucket's {PREFIX_KEY}= objects and the change goes through"
+        ),
+    }
+}
+
+/// Whether the table as it is matches `desired` in everything the operator decides, partition
+/// keys aside ([`plan`] compares those).
 fn table_matches(found: &Table, desired: &TableInput) -> bool {
     let same_columns = |a: &[Column], b: &[Column]| {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.name().eq_ignore_ascii_case(y.name()) && x.r#type() == y.r#type())
     };
     let (Some(found_storage), Some(desired_storage)) = (found.storage_descriptor(), desired.storage_descriptor()) else { return false };
     found.parameters() == desired.parameters()
-        && same_columns(found.partition_keys(), desired.partition_keys())
         && same_columns(found_storage.columns(), desired_storage.columns())
         && found_storage.location() == desired_storage.location()
         && found_storage.input_format() == desired_storage.input_format()
@@ -182,33 +251,62 @@ pub async fn ensure_table(clients: &AwsClients, spec: &TableSpec<'_>, account_id
     let mut outcome = Outcome::default();
     let (database, table) = (spec.database, spec.table);
     let desired = desired_table(spec);
-    match observe_table(clients, database, table).await? {
-        Some(found) => {
-            check_owner("Glue table", &format!("{database}.{table}"), spec.owner, parameters(found.parameters()))?;
-            if !table_matches(&found, &desired) {
-                (clients.glue.update_table())
-                    .database_name(database)
-                    .table_input(desired)
-                    .send()
-                    .await
-                    .or_aws(|| format!("updating Glue table {database}.{table}"))?;
-                outcome.changed(format!("updated Glue table {database}.{table}"));
-            }
+    let found = observe_table(clients, database, table).await?;
+    if let Some(found) = &found {
+        check_owner("Glue table", &format!("{database}.{table}"), spec.owner, parameters(found.parameters()))?;
+    }
+    let recreate = |why: String| async move {
+        // The table holds nothing that is not derived again here: its definition comes from the
+        // spec, its partitions from the bucket (registered again below); the data stays in S3.
+        let deleted = clients.glue.delete_table().database_name(database).name(table).send().await;
+        deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue table {database}.{table} to recreate it ({why})"))?;
+        create_table(clients, database, desired_table(spec)).await?;
+        Ok::<_, Error>(format!("recreated Glue table {database}.{table}: {why}"))
+    };
+    match plan(found.as_ref(), &desired, spec.format) {
+        TablePlan::Keep => {}
+        TablePlan::Create => {
+            create_table(clients, database, desired).await?;
+            outcome.changed(format!("created Glue table {database}.{table}"));
         }
-        None => {
-            (clients.glue.create_table())
+        TablePlan::Update => {
+            (clients.glue.update_table())
                 .database_name(database)
                 .table_input(desired)
                 .send()
                 .await
-                .or_aws(|| format!("creating Glue table {database}.{table}"))?;
-            outcome.changed(format!("created Glue table {database}.{table}"));
+                .or_aws(|| format!("updating Glue table {database}.{table}"))?;
+            outcome.changed(format!("updated Glue table {database}.{table}"));
         }
+        TablePlan::Recreate(why) => outcome.changed(recreate(why).await?),
+        TablePlan::ChangeFormat { from, to } => match first_object(clients, spec.bucket).await? {
+            Some(object) => return Err(unsafe_format_change(from, to, &format!("s3://{}/{object}", spec.bucket))),
+            None => outcome.changed(recreate(format!("its format changes from {from:?} to {to:?}, and no object is written yet")).await?),
+        },
     }
     if matches!(spec.partitions, PartitionConfig::Registered) {
         outcome.merge(register_partitions(clients, spec).await?);
     }
     Ok((AwsResourceRef { name: table.to_owned(), arn: Some(table_arn(&clients.region, account_id, database, table)) }, outcome))
+}
+
+async fn create_table(clients: &AwsClients, database: &str, desired: TableInput) -> Result<(), Error> {
+    let table = desired.name().to_owned();
+    let created = clients.glue.create_table().database_name(database).table_input(desired).send().await;
+    created.or_aws(|| format!("creating Glue table {database}.{table}"))?;
+    Ok(())
+}
+
+/// The key of one object under the data prefixes, if there is any.
+async fn first_object(clients: &AwsClients, bucket: &str) -> Result<Option<String>, Error> {
+    let listed = (clients.s3.list_objects_v2())
+        .bucket(bucket)
+        .prefix(format!("{PREFIX_KEY}="))
+        .max_keys(1)
+        .send()
+        .await
+        .or_aws(|| format!("looking for objects in S3 bucket {bucket}"))?;
+    Ok(listed.contents().first().and_then(|object| object.key()).map(str::to_owned))
 }
 
 /// Components with a `componentName=` prefix in the bucket.
@@ -218,14 +316,14 @@ async fn components_in_bucket(clients: &AwsClients, bucket: &str) -> Result<BTre
     loop {
         let listed = (clients.s3.list_objects_v2())
             .bucket(bucket)
-            .prefix(format!("{PARTITION_KEY}="))
+            .prefix(format!("{PREFIX_KEY}="))
             .delimiter("/")
             .set_continuation_token(token)
             .send()
             .await
             .or_aws(|| format!("listing partitions in S3 bucket {bucket}"))?;
         for prefix in listed.common_prefixes().iter().filter_map(|p| p.prefix()) {
-            if let Some(value) = prefix.strip_prefix(&format!("{PARTITION_KEY}=")).and_then(|rest| rest.strip_suffix('/')) {
+            if let Some(value) = prefix.strip_prefix(&format!("{PREFIX_KEY}=")).and_then(|rest| rest.strip_suffix('/')) {
                 components.insert(value.to_owned());
             }
         }
@@ -299,9 +397,29 @@ async fn register_partitions(clients: &AwsClients, spec: &TableSpec<'_>) -> Resu
     Ok(outcome)
 }
 
-/// Deletes the table (with its partitions) and the database if they are this pipeline's;
-/// `true` once both are gone.
-pub async fn delete(clients: &AwsClients, database: &str, table: &str, owner: &str) -> Result<bool, Error> {
+/// Tables in the database, by name.
+async fn tables_in(clients: &AwsClients, database: &str) -> Result<Vec<String>, Error> {
+    let mut tables = Vec::new();
+    let mut token = None;
+    loop {
+        let page = (clients.glue.get_tables())
+            .database_name(database)
+            .set_next_token(token)
+            .send()
+            .await
+            .or_aws(|| format!("listing the tables of Glue database {database}"))?;
+        tables.extend(page.table_list().iter().map(|table| table.name().to_owned()));
+        token = page.next_token;
+        if token.is_none() {
+            return Ok(tables);
+        }
+    }
+}
+
+/// Deletes the table (with its partitions) if it is this pipeline's, then the database if it is
+/// this pipeline's and holds no other table: DeleteDatabase deletes every table in it. Returns
+/// why the database stays, when it does.
+pub async fn delete(clients: &AwsClients, database: &str, table: &str, owner: &str) -> Result<Option<String>, Error> {
     if let Some(found) = observe_table(clients, database, table).await? {
         match holder(owner, parameters(found.parameters())) {
             None => {
@@ -311,16 +429,23 @@ pub async fn delete(clients: &AwsClients, database: &str, table: &str, owner: &s
             Some(holder) => tracing::info!(database, table, %holder, "not this pipeline's table; leaving it"),
         }
     }
-    if let Some(found) = observe_database(clients, database).await? {
-        match holder(owner, parameters(found.parameters())) {
-            None => {
+    let Some(found) = observe_database(clients, database).await? else { return Ok(None) };
+    let kept = match holder(owner, parameters(found.parameters())) {
+        Some(holder) => format!("kept Glue database {database}: it is not this pipeline's ({holder})"),
+        None => {
+            // Glue has no conditional delete: a table made between this look and the deletion
+            // goes with the database.
+            let others = tables_in(clients, database).await?;
+            if others.is_empty() {
                 let deleted = clients.glue.delete_database().name(database).send().await;
                 deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue database {database}"))?;
+                return Ok(None);
             }
-            Some(holder) => tracing::info!(database, %holder, "not this pipeline's database; leaving it"),
+            format!("kept Glue database {database}: it holds tables that are not this pipeline's ({})", others.join(", "))
         }
-    }
-    Ok(true)
+    };
+    tracing::info!(database, "{kept}");
+    Ok(Some(kept))
 }
 
 #[cfg(test)]
@@ -356,7 +481,7 @@ mod tests {
                 "revision"
             ]
         );
-        assert_eq!(table.partition_keys().iter().map(Column::name).collect::<Vec<_>>(), ["componentName"]);
+        assert_eq!(table.partition_keys().iter().map(Column::name).collect::<Vec<_>>(), ["componentname"]);
         assert_eq!(table.parameters().unwrap()["EXTERNAL"], "TRUE");
         assert!(!table.parameters().unwrap().contains_key("projection.enabled"));
     }
@@ -367,8 +492,75 @@ mod tests {
         let table = desired_table(&spec(&components, DeliveryFormat::Json));
         let parameters = table.parameters().unwrap();
         assert_eq!(parameters["projection.enabled"], "true");
-        assert_eq!(parameters["projection.componentName.values"], "user-service,order-service");
-        assert_eq!(parameters["storage.location.template"], "s3://p-bucket/componentName=${componentName}/");
+        // Keyed by the column's name as Athena spells it; the template maps it onto the prefix.
+        assert_eq!(parameters["projection.componentname.type"], "enum");
+        assert_eq!(parameters["projection.componentname.values"], "user-service,order-service");
+        assert_eq!(parameters["storage.location.template"], "s3://p-bucket/componentName=${componentname}/");
+        assert!(parameters.keys().filter(|key| key.starts_with("projection.")).all(|key| key.to_lowercase() == *key), "{parameters:?}");
+    }
+
+    #[test]
+    fn registered_partitions_name_the_prefix_the_writers_use() {
+        assert_eq!(partition_location("p-bucket", "user-service"), "s3://p-bucket/componentName=user-service/");
+    }
+
+    /// The table as Glue returns it for `input`.
+    fn found(input: TableInput) -> Table {
+        Table::builder()
+            .name(input.name())
+            .set_parameters(input.parameters().cloned())
+            .set_storage_descriptor(input.storage_descriptor().cloned())
+            .set_partition_keys(Some(input.partition_keys().to_vec()))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_table_as_desired_is_kept_and_one_with_other_settings_updated() {
+        let registered = spec(&PartitionConfig::Registered, DeliveryFormat::Json);
+        let desired = desired_table(&registered);
+        assert_eq!(plan(None, &desired, DeliveryFormat::Json), TablePlan::Create);
+        assert_eq!(plan(Some(&found(desired.clone())), &desired, DeliveryFormat::Json), TablePlan::Keep);
+        let projected = PartitionConfig::Projected(vec!["a".into()]);
+        let other = found(desired_table(&spec(&projected, DeliveryFormat::Json)));
+        assert_eq!(plan(Some(&other), &desired, DeliveryFormat::Json), TablePlan::Update);
+    }
+
+    #[test]
+    fn a_camel_case_partition_key_is_migrated_by_recreating_the_table() {
+        let desired = desired_table(&spec(&PartitionConfig::Registered, DeliveryFormat::Json));
+        let mut old = found(desired.clone());
+        old.partition_keys = Some(vec![Column::builder().name("componentName").r#type("string").build().unwrap()]);
+        assert_eq!(
+            plan(Some(&old), &desired, DeliveryFormat::Json),
+            TablePlan::Recreate("its partition keys are [componentName string], not [componentname string]".into())
+        );
+    }
+
+    #[test]
+    fn a_format_change_is_planned_as_such_and_compression_is_none() {
+        let json = found(desired_table(&spec(&PartitionConfig::Registered, DeliveryFormat::Json)));
+        let parquet = desired_table(&spec(&PartitionConfig::Registered, DeliveryFormat::Parquet));
+        let change = TablePlan::ChangeFormat { from: DeliveryFormat::Json, to: DeliveryFormat::Parquet };
+        assert_eq!(plan(Some(&json), &parquet, DeliveryFormat::Parquet), change);
+        // With a camelCase key too, the format decides first: it may have to be refused.
+        let mut old = json.clone();
+        old.partition_keys = Some(vec![Column::builder().name("componentName").r#type("string").build().unwrap()]);
+        assert_eq!(plan(Some(&old), &parquet, DeliveryFormat::Parquet), change);
+    }
+
+    #[test]
+    fn a_refused_format_change_names_the_field_an_object_and_every_way_on() {
+        let error = unsafe_format_change(DeliveryFormat::Json, DeliveryFormat::Parquet, "s3://b/componentName=a/x.gz");
+        assert!(error.is_terminal());
+        assert_eq!(error.reason(), "UnsafeChange");
+        let message = error.to_string();
+        assert!(message.starts_with("spec.delivery.format cannot change from Json to Parquet: the bucket holds Json objects"), "{message}");
+        for way in
+            ["s3://b/componentName=a/x.gz", "Set it back to Json", "deletionPolicy: Retain", "spec.namePrefix", "componentName= objects"]
+        {
+            assert!(message.contains(way), "{way}: {message}");
+        }
     }
 
     #[test]
