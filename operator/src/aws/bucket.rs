@@ -328,14 +328,13 @@ fn refusal(bucket: &str, refused: &[aws_sdk_s3::types::Error]) -> Option<Error> 
         1 => " and 1 more object version".to_owned(),
         more => format!(" and {more} more object versions"),
     };
-    let code = first.code().unwrap_or("UnknownError");
+    let (code, message) = (first.code().unwrap_or("UnknownError"), first.message().unwrap_or_default());
     let hint = match code {
         "AccessDenied" => " (object lock, a legal hold, or a missing s3:DeleteObjectVersion permission?)",
         _ => "",
     };
     let action = format!("cannot delete s3://{bucket}/{}{more}", first.key().unwrap_or_default());
-    let message = format!("{}{hint}", first.message().unwrap_or_default());
-    Some(AwsError::new(action, AwsErrorKind::of_code(code), Some(code.to_owned()), message).into())
+    Some(AwsError::new(action, AwsErrorKind::of(code, message), Some(code.to_owned()), format!("{message}{hint}")).into())
 }
 
 #[cfg(test)]
