@@ -78,19 +78,22 @@ pub async fn ensure(
 ) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
     let arn = arn(&clients.region, bucket);
-    let tags = match observe(clients, bucket).await? {
+    let (tags, created) = match observe(clients, bucket).await? {
         Observed::Missing => {
             claims.record(&arn).await?;
-            create(clients, bucket).await?;
+            if !create(clients, bucket).await? {
+                claims.settle(&arn);
+                return Err(not_owned(bucket, Holder::OtherAccount));
+            }
             outcome.changed(format!("created S3 bucket {bucket}"));
             // Read, not assumed empty: the bucket may have existed after all (see `create`).
-            read_tags(clients, bucket).await?
+            (read_tags(clients, bucket).await?, true)
         }
         Observed::Foreign => {
             claims.settle(&arn);
-            return Err(Error::NotOwned { kind: "S3 bucket", name: bucket.to_owned(), holder: Holder::OtherAccount });
+            return Err(not_owned(bucket, Holder::OtherAccount));
         }
-        Observed::Tagged(tags) => tags,
+        Observed::Tagged(tags) => (tags, false),
     };
     let holder = owner_holder(owner, &tags);
     // Only an untagged bucket needs the record, which may mean reading the stored status.
@@ -99,13 +102,13 @@ pub async fn ensure(
         Standing::Ours => {}
         Standing::Unfinished => {
             tag(clients, bucket, owner, tags).await?;
-            if outcome.changes.is_empty() {
-                outcome.changed(format!("tagged S3 bucket {bucket}, which this pipeline had created but not tagged"));
+            if !created {
+                outcome.changed(format!("tagged S3 bucket {bucket}, whose creation by this pipeline was interrupted before"));
             }
         }
         Standing::Foreign(holder) => {
             claims.settle(&arn);
-            return Err(Error::NotOwned { kind: "S3 bucket", name: bucket.to_owned(), holder });
+            return Err(not_owned(bucket, holder));
         }
     }
     claims.settle(&arn);
@@ -115,7 +118,12 @@ pub async fn ensure(
     Ok((AwsResourceRef { name: bucket.to_owned(), arn: Some(arn) }, outcome))
 }
 
-async fn create(clients: &AwsClients, bucket: &str) -> Result<(), Error> {
+fn not_owned(bucket: &str, holder: Holder) -> Error {
+    Error::NotOwned { kind: "S3 bucket", name: bucket.to_owned(), holder }
+}
+
+/// `true` when the account has the bucket now, `false` when another account has the name.
+async fn create(clients: &AwsClients, bucket: &str) -> Result<bool, Error> {
     let mut request = clients.s3.create_bucket().bucket(bucket);
     if clients.region != "us-east-1" {
         let location =
@@ -123,13 +131,11 @@ async fn create(clients: &AwsClients, bucket: &str) -> Result<(), Error> {
         request = request.create_bucket_configuration(location);
     }
     match request.send().await {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(true),
         // The account has it already (us-east-1 answers 200 instead): made by an attempt whose
         // answer was lost, or by another pipeline racing for the name. Its tags say whose it is.
-        Err(error) if error_code(&error) == Some("BucketAlreadyOwnedByYou") => Ok(()),
-        Err(error) if error_code(&error) == Some("BucketAlreadyExists") => {
-            Err(Error::NotOwned { kind: "S3 bucket", name: bucket.to_owned(), holder: Holder::OtherAccount })
-        }
+        Err(error) if error_code(&error) == Some("BucketAlreadyOwnedByYou") => Ok(true),
+        Err(error) if error_code(&error) == Some("BucketAlreadyExists") => Ok(false),
         Err(error) => Err(AwsError::from_sdk(format!("creating S3 bucket {bucket}"), error).into()),
     }
 }
