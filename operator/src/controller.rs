@@ -23,6 +23,7 @@ use metrics_pipeline_api::pipeline::{AwsResourceRef, DeletionPolicy, DeliveryWri
 use metrics_pipeline_api::validation::validate;
 
 use crate::aws::{AwsCalls, AwsClients, bucket, catalog, delivery, role, streams};
+use crate::claims::Claims;
 use crate::error::Error;
 use crate::managed::{FIELD_MANAGER, Outcome};
 use crate::metrics::{Metrics, ReconcileResult};
@@ -192,7 +193,9 @@ fn error_policy(pipeline: Arc<MetricsPipeline>, error: &Error, context: Arc<Cont
             tracing::debug!(pipeline = %pipeline.name_any(), %error, "deletion in progress");
             Action::requeue(settings.pending_requeue)
         }
-        error if error.is_terminal() => {
+        // While deleting, the spec no longer matters: what stops the deletion (a hold on objects,
+        // a missing permission) is lifted elsewhere, and tried again like an outage.
+        error if error.is_terminal() && pipeline.metadata.deletion_timestamp.is_none() => {
             tracing::warn!(pipeline = %pipeline.name_any(), %error, "reconcile failed; the spec or the account must change");
             Action::requeue(settings.resync)
         }
@@ -211,7 +214,9 @@ async fn apply(
     api: &Api<MetricsPipeline>,
     context: &Context,
 ) -> Result<(Action, Phase, Option<&'static str>), Error> {
-    let report = provision(pipeline, context).await;
+    let claims = Claims::new(api.clone(), pipeline);
+    let mut report = provision(pipeline, context, &claims).await;
+    report.settled = claims.settled();
     // The status as stored now, not as the cache had it: a reconcile triggered by the aggregator's
     // Deployment can start before the watch has delivered this pipeline's last status write, and
     // building on that stale status would forget what the last reconcile found.
@@ -249,7 +254,7 @@ async fn apply(
 
 /// Ensures every part in dependency order; a part whose inputs are not ready waits, and the
 /// others go on.
-async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
+async fn provision(pipeline: &MetricsPipeline, context: &Context, claims: &Claims) -> Report {
     let mut report = Report::default();
     let config = match validate(pipeline, &context.account.target) {
         Ok(config) => config,
@@ -264,7 +269,7 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
 
     provision_streams(&mut report, &clients, &config).await;
 
-    let bucket = bucket::ensure(&clients, &names.bucket, &names.owner, config.delivery.expire_after_days).await;
+    let bucket = bucket::ensure(&clients, &names.bucket, &names.owner, config.delivery.expire_after_days, claims).await;
     report.bucket = record(&mut report, BUCKET_READY, bucket, |bucket| format!("S3 bucket {} is private and encrypted", bucket.name));
 
     // The catalog needs only the bucket's name, so it proceeds while the delivery waits.
@@ -446,19 +451,25 @@ async fn without_firehose(clients: &AwsClients, names: &PipelineNames) -> Result
 }
 
 /// Removes what the pipeline created, newest dependency first; the finalizer stays until all of
-/// it is gone. With `deletionPolicy: Retain` the bucket and the catalog stay.
+/// it is gone, and meanwhile `Ready` says what the deletion waits for. With `deletionPolicy:
+/// Retain` the bucket and the catalog stay.
 async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context: &Context) -> Result<Action, Error> {
-    let spec = &pipeline.spec;
-    let Some(region) = spec.region.clone().or_else(|| context.account.target.default_region.clone()) else {
+    let Some(region) = pipeline.spec.region.clone().or_else(|| context.account.target.default_region.clone()) else {
         return Ok(Action::await_change());
     };
-    let deleting = MetricsPipelineStatus { phase: Some(Phase::Deleting), ..pipeline.status.clone().unwrap_or_default() };
-    write_status(api, &pipeline.name_any(), &deleting).await?;
+    let result = remove(pipeline, context, &region).await;
+    if let Err(problem) = &result {
+        let deleting = status::deleting(pipeline.status.as_ref(), problem, Time(jiff::Timestamp::now()));
+        write_status(api, &pipeline.name_any(), &deleting).await?;
+    }
+    result
+}
 
-    let names = PipelineNames::of(pipeline, &context.account.target.account_id, &region);
-    let clients = context.account.clients(&region);
+async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> Result<Action, Error> {
+    let names = PipelineNames::of(pipeline, &context.account.target.account_id, region);
+    let clients = context.account.clients(region);
     let owner = names.owner.as_str();
-    let retain = spec.deletion_policy == DeletionPolicy::Retain;
+    let retain = pipeline.spec.deletion_policy == DeletionPolicy::Retain;
 
     // The aggregator stops first: it checkpoints into the bucket and reads and writes the streams.
     if !workload::delete(&context.client, &pipeline.namespace().unwrap_or_default(), &names.aggregator, owner).await? {
@@ -477,7 +488,8 @@ async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context
         role::delete(&clients, &names.firehose_role, owner).await?;
     }
     if !retain {
-        bucket::delete(&clients, &names.bucket, owner).await?;
+        let creating = pipeline.status.as_ref().map(|status| status.creating.as_slice()).unwrap_or_default();
+        bucket::delete(&clients, &names.bucket, owner, creating).await?;
     }
     for stream in [&names.output_stream, &names.input_stream] {
         if !streams::delete(&clients, stream, owner).await? {
@@ -495,7 +507,8 @@ async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context
     Ok(Action::await_change())
 }
 
-async fn write_status(api: &Api<MetricsPipeline>, name: &str, status: &MetricsPipelineStatus) -> Result<(), Error> {
+/// Replaces the status with `status` (server-side apply: what it leaves out goes).
+pub(crate) async fn write_status(api: &Api<MetricsPipeline>, name: &str, status: &MetricsPipelineStatus) -> Result<(), Error> {
     let patch = serde_json::json!({
         "apiVersion": "pipelines.metrics.dev/v1alpha1",
         "kind": "MetricsPipeline",

@@ -63,6 +63,8 @@ pub struct Report {
     pub without_firehose: bool,
     /// What was changed in AWS, for events.
     pub changes: Vec<String>,
+    /// ARNs recorded as being created that are settled now (finished, or somebody else's).
+    pub settled: Vec<String>,
 }
 
 /// How the reconcile ended, for the requeue decision.
@@ -142,25 +144,34 @@ fn has_been_ready(previous: &MetricsPipelineStatus, without_firehose: bool) -> b
     matches!(previous.phase, Some(Phase::Ready | Phase::Degraded)) || named
 }
 
+/// A condition of `kind`, keeping the transition time of the previous one while its status holds.
+fn condition(
+    previous: &[Condition],
+    kind: &str,
+    ready: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if ready { "True" } else { "False" };
+    let since = previous.iter().find(|c| c.type_ == kind && c.status == status).map(|c| c.last_transition_time.clone());
+    Condition {
+        type_: kind.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        // An empty message fails server-side apply on v1.20; every message says something.
+        message: if message.is_empty() { reason.to_owned() } else { message },
+        last_transition_time: since.unwrap_or_else(|| now.clone()),
+        observed_generation: generation,
+    }
+}
+
 /// The status to write: conditions keep their transition time while their status holds.
 pub fn build(report: &Report, generation: Option<i64>, previous: Option<&MetricsPipelineStatus>, now: Time) -> MetricsPipelineStatus {
     let previous_conditions = previous.map(|status| status.conditions.as_slice()).unwrap_or_default();
     let condition = |kind: &str, ready: bool, reason: &str, message: String| {
-        let status = if ready { "True" } else { "False" };
-        let since = previous_conditions
-            .iter()
-            .find(|c| c.type_ == kind && c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| now.clone());
-        Condition {
-            type_: kind.to_owned(),
-            status: status.to_owned(),
-            reason: reason.to_owned(),
-            // An empty message fails server-side apply on v1.20; every message says something.
-            message: if message.is_empty() { reason.to_owned() } else { message },
-            last_transition_time: since,
-            observed_generation: generation,
-        }
+        condition(previous_conditions, kind, ready, reason, message, generation, &now)
     };
     let mut conditions: Vec<Condition> = report
         .parts
@@ -200,7 +211,24 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         glue_database: keep(&report.glue_database, previous.map(|s| &s.glue_database)),
         glue_table: keep(&report.glue_table, previous.map(|s| &s.glue_table)),
         aggregator: report.aggregator.clone().or_else(|| previous.and_then(|status| status.aggregator.clone())),
+        creating: previous
+            .map(|status| status.creating.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|arn| !report.settled.contains(arn))
+            .cloned()
+            .collect(),
     }
+}
+
+/// The status while the pipeline is deleted: phase Deleting, and `Ready` saying what the deletion
+/// waits for or what stops it. Everything else stays as it was.
+pub fn deleting(previous: Option<&MetricsPipelineStatus>, problem: &Error, now: Time) -> MetricsPipelineStatus {
+    let mut status = MetricsPipelineStatus { phase: Some(Phase::Deleting), ..previous.cloned().unwrap_or_default() };
+    let ready = condition(&status.conditions, READY, false, problem.reason(), problem.to_string(), status.observed_generation, &now);
+    status.conditions.retain(|c| c.type_ != READY);
+    status.conditions.push(ready);
+    status
 }
 
 #[cfg(test)]
@@ -364,5 +392,36 @@ mod tests {
             .parts
             .push((CATALOG_READY, PartState::Failed(Error::NotOwned { kind: "Glue table", name: "d.t".into(), holder: Holder::Untagged })));
         assert_eq!(report.verdict(), Verdict::Terminal);
+    }
+
+    #[test]
+    fn a_record_of_what_is_being_created_stays_until_it_is_settled() {
+        let bucket = "arn:aws:s3:::half-made".to_owned();
+        let recorded = MetricsPipelineStatus { creating: vec![bucket.clone()], ..MetricsPipelineStatus::default() };
+        let failed =
+            Report { parts: vec![(BUCKET_READY, PartState::Failed(outage("tagging S3 bucket half-made", "down")))], ..Report::default() };
+        assert_eq!(build(&failed, Some(1), Some(&recorded), at(10)).creating, recorded.creating, "kept while the tagging fails");
+        let finished = Report { settled: vec![bucket], ..ready_report() };
+        assert_eq!(build(&finished, Some(1), Some(&recorded), at(20)).creating, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_deletion_that_cannot_finish_says_why_in_ready() {
+        let ready = build(&ready_report(), Some(1), None, at(100));
+        let held = Error::from(AwsError::new(
+            "cannot delete s3://c/held/1",
+            AwsErrorKind::AccessDenied,
+            Some("AccessDenied".into()),
+            "Access Denied because object protected by object lock.",
+        ));
+        let first = deleting(Some(&ready), &held, at(200));
+        assert_eq!(first.phase, Some(Phase::Deleting));
+        let ready_now = condition(&first, READY);
+        assert_eq!((ready_now.status.as_str(), ready_now.reason.as_str()), ("False", "AwsRefused"));
+        assert!(ready_now.message.starts_with("cannot delete s3://c/held/1: AccessDenied: "), "{}", ready_now.message);
+        assert_eq!(first.bucket, ready.bucket, "names stay");
+        let again = deleting(Some(&first), &Error::Deleting("Kinesis stream a".into()), at(300));
+        assert_eq!(condition(&again, READY).last_transition_time, at(200), "still not ready: the time holds");
+        assert_eq!(again.conditions.iter().filter(|c| c.type_ == READY).count(), 1);
     }
 }

@@ -438,6 +438,12 @@ pub struct MetricsPipelineStatus {
     /// The aggregator Deployment and how many of its replicas are ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregator: Option<AggregatorStatus>,
+    /// ARNs of AWS resources this pipeline started to create and has not finished (created and
+    /// tagged as its own), recorded before the create call. Creating and tagging can be two
+    /// calls (S3: CreateBucket, then PutBucketTagging); one found untagged under a name recorded
+    /// here is this pipeline's, half-made, and is finished instead of refused as somebody else's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub creating: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

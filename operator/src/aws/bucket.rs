@@ -1,6 +1,9 @@
 //! The S3 bucket: public access blocked, default encryption, ownership tags, optional expiry.
-//! Deleting empties it first; `deletionPolicy: Retain` keeps it with its data.
+//! Creating it is recorded first ([`Claims`]): CreateBucket and PutBucketTagging are two calls,
+//! and a bucket left untagged between them is finished by the next reconcile. Deleting empties
+//! it first, every version and delete marker; `deletionPolicy: Retain` keeps it with its data.
 
+use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput;
 use aws_sdk_s3::types::{
     BucketLifecycleConfiguration, BucketLocationConstraint, CreateBucketConfiguration, Delete, ExpirationStatus, LifecycleExpiration,
     LifecycleRule, LifecycleRuleFilter, ObjectIdentifier, PublicAccessBlockConfiguration, ServerSideEncryption,
@@ -9,8 +12,9 @@ use aws_sdk_s3::types::{
 use metrics_pipeline_api::pipeline::AwsResourceRef;
 
 use super::{AwsClients, partition};
-use crate::error::{AwsError, AwsResultExt, Error, Holder};
-use crate::managed::{Outcome, check_owner, holder, pipeline_tags};
+use crate::claims::Claims;
+use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error, Holder, error_code};
+use crate::managed::{Outcome, holder, pipeline_tags};
 
 /// Id of the expiry rule the operator owns in the bucket's lifecycle configuration.
 const EXPIRY_RULE: &str = "metrics-pipeline-expiry";
@@ -34,9 +38,35 @@ async fn observe(clients: &AwsClients, bucket: &str) -> Result<Observed, Error> 
         Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 403) => return Ok(Observed::Foreign),
         Err(error) => return Err(AwsError::from_sdk(format!("looking up S3 bucket {bucket}"), error).into()),
     }
+    Ok(Observed::Tagged(read_tags(clients, bucket).await?))
+}
+
+async fn read_tags(clients: &AwsClients, bucket: &str) -> Result<Vec<(String, String)>, Error> {
     let tagging = clients.s3.get_bucket_tagging().bucket(bucket).send().await;
     let tags = tagging.absent_on(&["NoSuchTagSet"], || format!("reading tags of S3 bucket {bucket}"))?;
-    Ok(Observed::Tagged(tags.map(|output| output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect()).unwrap_or_default()))
+    Ok(tags.map(|output| output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect()).unwrap_or_default())
+}
+
+/// Whose a bucket found under the pipeline's name is.
+#[derive(Debug, PartialEq, Eq)]
+enum Standing {
+    Ours,
+    /// This pipeline recorded it before CreateBucket and has not tagged it yet.
+    Unfinished,
+    Foreign(Holder),
+}
+
+/// The owner tag decides; a bucket without one is this pipeline's only when it recorded creating it.
+fn standing(holder: Option<Holder>, recorded: bool) -> Standing {
+    match holder {
+        None => Standing::Ours,
+        Some(Holder::Untagged) if recorded => Standing::Unfinished,
+        Some(holder) => Standing::Foreign(holder),
+    }
+}
+
+fn owner_holder(owner: &str, tags: &[(String, String)]) -> Option<Holder> {
+    holder(owner, tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
 pub async fn ensure(
@@ -44,39 +74,82 @@ pub async fn ensure(
     bucket: &str,
     owner: &str,
     expire_after_days: Option<i32>,
+    claims: &Claims,
 ) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
-    match observe(clients, bucket).await? {
+    let arn = arn(&clients.region, bucket);
+    let (tags, created) = match observe(clients, bucket).await? {
         Observed::Missing => {
-            let mut request = clients.s3.create_bucket().bucket(bucket);
-            if clients.region != "us-east-1" {
-                let location = CreateBucketConfiguration::builder()
-                    .location_constraint(BucketLocationConstraint::from(clients.region.as_str()))
-                    .build();
-                request = request.create_bucket_configuration(location);
+            claims.record(&arn).await?;
+            if !create(clients, bucket).await? {
+                claims.settle(&arn);
+                return Err(not_owned(bucket, Holder::OtherAccount));
             }
-            request.send().await.or_aws(|| format!("creating S3 bucket {bucket}"))?;
-            let tags = pipeline_tags(owner)
-                .into_iter()
-                .map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"));
-            let tagging = Tagging::builder().set_tag_set(Some(tags.collect())).build().expect("tags are set");
-            clients
-                .s3
-                .put_bucket_tagging()
-                .bucket(bucket)
-                .tagging(tagging)
-                .send()
-                .await
-                .or_aws(|| format!("tagging S3 bucket {bucket}"))?;
             outcome.changed(format!("created S3 bucket {bucket}"));
+            // Read, not assumed empty: the bucket may have existed after all (see `create`).
+            (read_tags(clients, bucket).await?, true)
         }
-        Observed::Foreign => return Err(Error::NotOwned { kind: "S3 bucket", name: bucket.to_owned(), holder: Holder::OtherAccount }),
-        Observed::Tagged(tags) => check_owner("S3 bucket", bucket, owner, tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))?,
+        Observed::Foreign => {
+            claims.settle(&arn);
+            return Err(not_owned(bucket, Holder::OtherAccount));
+        }
+        Observed::Tagged(tags) => (tags, false),
+    };
+    let holder = owner_holder(owner, &tags);
+    // Only an untagged bucket needs the record, which may mean reading the stored status.
+    let recorded = holder == Some(Holder::Untagged) && claims.is_recorded(&arn).await?;
+    match standing(holder, recorded) {
+        Standing::Ours => {}
+        Standing::Unfinished => {
+            tag(clients, bucket, owner, tags).await?;
+            if !created {
+                outcome.changed(format!("tagged S3 bucket {bucket}, whose creation by this pipeline was interrupted before"));
+            }
+        }
+        Standing::Foreign(holder) => {
+            claims.settle(&arn);
+            return Err(not_owned(bucket, holder));
+        }
     }
+    claims.settle(&arn);
     ensure_public_access_blocked(clients, bucket, &mut outcome).await?;
     ensure_encrypted(clients, bucket, &mut outcome).await?;
     ensure_expiry(clients, bucket, expire_after_days, &mut outcome).await?;
-    Ok((AwsResourceRef { name: bucket.to_owned(), arn: Some(arn(&clients.region, bucket)) }, outcome))
+    Ok((AwsResourceRef { name: bucket.to_owned(), arn: Some(arn) }, outcome))
+}
+
+fn not_owned(bucket: &str, holder: Holder) -> Error {
+    Error::NotOwned { kind: "S3 bucket", name: bucket.to_owned(), holder }
+}
+
+/// `true` when the account has the bucket now, `false` when another account has the name.
+async fn create(clients: &AwsClients, bucket: &str) -> Result<bool, Error> {
+    let mut request = clients.s3.create_bucket().bucket(bucket);
+    if clients.region != "us-east-1" {
+        let location =
+            CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(clients.region.as_str())).build();
+        request = request.create_bucket_configuration(location);
+    }
+    match request.send().await {
+        Ok(_) => Ok(true),
+        // The account has it already (us-east-1 answers 200 instead): made by an attempt whose
+        // answer was lost, or by another pipeline racing for the name. Its tags say whose it is.
+        Err(error) if error_code(&error) == Some("BucketAlreadyOwnedByYou") => Ok(true),
+        Err(error) if error_code(&error) == Some("BucketAlreadyExists") => Ok(false),
+        Err(error) => Err(AwsError::from_sdk(format!("creating S3 bucket {bucket}"), error).into()),
+    }
+}
+
+/// Adds the pipeline's tags to what the bucket has (PutBucketTagging replaces the whole set).
+async fn tag(clients: &AwsClients, bucket: &str, owner: &str, mut tags: Vec<(String, String)>) -> Result<(), Error> {
+    for (key, value) in pipeline_tags(owner) {
+        tags.retain(|(existing, _)| *existing != key);
+        tags.push((key, value));
+    }
+    let tags = tags.into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"));
+    let tagging = Tagging::builder().set_tag_set(Some(tags.collect())).build().expect("tags are set");
+    (clients.s3.put_bucket_tagging()).bucket(bucket).tagging(tagging).send().await.or_aws(|| format!("tagging S3 bucket {bucket}"))?;
+    Ok(())
 }
 
 fn all_public_access_blocked() -> PublicAccessBlockConfiguration {
@@ -171,8 +244,9 @@ async fn ensure_expiry(clients: &AwsClients, bucket: &str, expire_after_days: Op
     Ok(())
 }
 
-/// Empties and deletes the bucket if it is this pipeline's; `true` once it is gone.
-pub async fn delete(clients: &AwsClients, bucket: &str, owner: &str) -> Result<bool, Error> {
+/// Empties and deletes the bucket if it is this pipeline's (`creating`: the ARNs the pipeline
+/// recorded as being created); `true` once it is gone.
+pub async fn delete(clients: &AwsClients, bucket: &str, owner: &str, creating: &[String]) -> Result<bool, Error> {
     let tags = match observe(clients, bucket).await? {
         Observed::Missing => return Ok(true),
         Observed::Foreign => {
@@ -181,25 +255,144 @@ pub async fn delete(clients: &AwsClients, bucket: &str, owner: &str) -> Result<b
         }
         Observed::Tagged(tags) => tags,
     };
-    if let Some(holder) = holder(owner, tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+    let recorded = creating.contains(&arn(&clients.region, bucket));
+    if let Standing::Foreign(holder) = standing(owner_holder(owner, &tags), recorded) {
         tracing::info!(bucket, %holder, "not this pipeline's bucket; leaving it");
         return Ok(true);
     }
+    empty(clients, bucket).await?;
+    match clients.s3.delete_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(true),
+        Err(error) if error_code(&error) == Some("NoSuchBucket") => Ok(true),
+        Err(error) if error_code(&error) == Some("BucketNotEmpty") => {
+            Err(Error::Deleting(format!("S3 bucket {bucket}, which got new objects while it was emptied")))
+        }
+        Err(error) => Err(AwsError::from_sdk(format!("deleting S3 bucket {bucket}"), error).into()),
+    }
+}
+
+/// Most keys one DeleteObjects takes.
+const DELETE_BATCH: usize = 1000;
+
+/// Deletes every version and delete marker: DeleteBucket refuses a bucket holding either, and a
+/// versioned bucket keeps both after its objects are deleted. ListObjectVersions lists every
+/// bucket, versioned or not (an object of a bucket never versioned has the version `null`).
+///
+/// S3 keeps some objects (object lock, a legal hold, a missing permission) and says so per key
+/// in DeleteObjects' 200 answer. One pass deletes all it can; when S3 kept anything, the error
+/// names the first and the controller tries again later, instead of listing the same keys again
+/// at once.
+async fn empty(clients: &AwsClients, bucket: &str) -> Result<(), Error> {
+    let mut markers = (None, None);
+    let mut refused = Vec::new();
     loop {
-        let listed =
-            (clients.s3.list_objects_v2()).bucket(bucket).send().await.or_aws(|| format!("listing S3 bucket {bucket} to empty it"))?;
-        let objects: Vec<ObjectIdentifier> = listed
-            .contents()
-            .iter()
-            .filter_map(|object| object.key())
-            .map(|key| ObjectIdentifier::builder().key(key).build().expect("key is set"))
-            .collect();
-        if objects.is_empty() {
+        let page = (clients.s3.list_object_versions())
+            .bucket(bucket)
+            .set_key_marker(markers.0)
+            .set_version_id_marker(markers.1)
+            .send()
+            .await
+            .or_aws(|| format!("listing the object versions of S3 bucket {bucket} to empty it"))?;
+        for batch in versions(&page).chunks(DELETE_BATCH) {
+            let delete = Delete::builder().set_objects(Some(batch.to_vec())).quiet(true).build().expect("objects are set");
+            let answer = (clients.s3.delete_objects())
+                .bucket(bucket)
+                .delete(delete)
+                .send()
+                .await
+                .or_aws(|| format!("emptying S3 bucket {bucket}"))?;
+            refused.extend(answer.errors.unwrap_or_default());
+        }
+        if page.is_truncated != Some(true) {
             break;
         }
-        let batch = Delete::builder().set_objects(Some(objects)).quiet(true).build().expect("objects are set");
-        (clients.s3.delete_objects()).bucket(bucket).delete(batch).send().await.or_aws(|| format!("emptying S3 bucket {bucket}"))?;
+        markers = (page.next_key_marker, page.next_version_id_marker);
     }
-    clients.s3.delete_bucket().bucket(bucket).send().await.absent_on(&["NoSuchBucket"], || format!("deleting S3 bucket {bucket}"))?;
-    Ok(true)
+    match refusal(bucket, &refused) {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Every object version and delete marker of one page, by key and version.
+fn versions(page: &ListObjectVersionsOutput) -> Vec<ObjectIdentifier> {
+    let versions = page.versions().iter().map(|version| (version.key(), version.version_id()));
+    let markers = page.delete_markers().iter().map(|marker| (marker.key(), marker.version_id()));
+    versions
+        .chain(markers)
+        .filter_map(|(key, version)| {
+            ObjectIdentifier::builder().set_key(key.map(str::to_owned)).set_version_id(version.map(str::to_owned)).build().ok()
+        })
+        .collect()
+}
+
+/// The error for what DeleteObjects kept, naming the first key and what S3 said about it.
+fn refusal(bucket: &str, refused: &[aws_sdk_s3::types::Error]) -> Option<Error> {
+    let first = refused.first()?;
+    let more = match refused.len() - 1 {
+        0 => String::new(),
+        1 => " and 1 more object version".to_owned(),
+        more => format!(" and {more} more object versions"),
+    };
+    let (code, message) = (first.code().unwrap_or("UnknownError"), first.message().unwrap_or_default());
+    let hint = match code {
+        "AccessDenied" => " (object lock, a legal hold, or a missing s3:DeleteObjectVersion permission?)",
+        _ => "",
+    };
+    let action = format!("cannot delete s3://{bucket}/{}{more}", first.key().unwrap_or_default());
+    Some(AwsError::new(action, AwsErrorKind::of(code, message), Some(code.to_owned()), format!("{message}{hint}")).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::types::{DeleteMarkerEntry, ObjectVersion};
+
+    use super::*;
+
+    #[test]
+    fn an_untagged_bucket_is_ours_only_when_we_recorded_creating_it() {
+        assert_eq!(standing(Some(Holder::Untagged), true), Standing::Unfinished);
+        assert_eq!(standing(Some(Holder::Untagged), false), Standing::Foreign(Holder::Untagged));
+        assert_eq!(standing(None, false), Standing::Ours);
+        let other = Holder::Pipeline("team-b/metrics".into());
+        assert_eq!(standing(Some(other.clone()), true), Standing::Foreign(other), "another pipeline's tag outranks our record");
+    }
+
+    #[test]
+    fn every_version_and_delete_marker_is_deleted_by_key_and_version() {
+        let version = |key: &str, id: &str| ObjectVersion::builder().key(key).version_id(id).build();
+        let page = ListObjectVersionsOutput::builder()
+            .versions(version("a", "v2"))
+            .versions(version("a", "v1"))
+            // An object written before versioning, or to a bucket never versioned.
+            .versions(version("plain", "null"))
+            .delete_markers(DeleteMarkerEntry::builder().key("a").version_id("m1").build())
+            .build();
+        let deleted: Vec<_> =
+            versions(&page).iter().map(|object| (object.key().to_owned(), object.version_id().map(str::to_owned))).collect();
+        let expected = [("a", "v2"), ("a", "v1"), ("plain", "null"), ("a", "m1")].map(|(key, id)| (key.to_owned(), Some(id.to_owned())));
+        assert_eq!(deleted, expected);
+    }
+
+    #[test]
+    fn what_s3_keeps_is_named_with_its_code_and_message() {
+        let kept = |key: &str, code: &str| {
+            aws_sdk_s3::types::Error::builder()
+                .key(key)
+                .version_id("v1")
+                .code(code)
+                .message("Access Denied because object protected by object lock.")
+                .build()
+        };
+        assert!(refusal("b", &[]).is_none(), "nothing kept, nothing to say");
+        let held = refusal("b", &[kept("held/1", "AccessDenied"), kept("held/2", "AccessDenied")]).unwrap();
+        assert_eq!(
+            held.to_string(),
+            "cannot delete s3://b/held/1 and 1 more object version: AccessDenied: Access Denied because object protected by \
+             object lock. (object lock, a legal hold, or a missing s3:DeleteObjectVersion permission?)"
+        );
+        assert_eq!(held.aws_kind(), Some(AwsErrorKind::AccessDenied));
+        let outage = refusal("b", &[kept("k", "InternalError")]).unwrap();
+        assert!(!outage.is_terminal(), "a per-key outage is retried like any: {outage}");
+    }
 }

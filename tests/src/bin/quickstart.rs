@@ -72,6 +72,6 @@ async fn remove_what_the_last_run_kept(pipeline: &MetricsPipeline) -> anyhow::Re
     let config = validate(&pipeline, &target).map_err(|errors| anyhow::anyhow!("{errors}"))?;
     let (clients, names) = (AwsClients::new(&sdk, &config.region, &AwsCalls::default()), &config.names);
     catalog::delete(&clients, &names.glue_database, &names.glue_table, &names.owner).await?;
-    bucket::delete(&clients, &names.bucket, &names.owner).await?;
+    bucket::delete(&clients, &names.bucket, &names.owner, &[]).await?;
     Ok(())
 }

@@ -1,0 +1,201 @@
+//! The pipeline's S3 bucket against an AWS as strict as the real one (the in-process operator
+//! through the AWS proxy): a versioned bucket is emptied of every version and delete marker and
+//! deleted; objects S3 keeps (object lock, a legal hold) stop the deletion with a condition that
+//! names them, without a hot loop, until they are released; a bucket left untagged by an
+//! interrupted creation is finished, while one made by hand under a pipeline's name is not taken.
+
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration, VersioningConfiguration};
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use metrics_pipeline_api::naming::OWNER_TAG;
+use metrics_pipeline_api::pipeline::Phase;
+use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
+use metrics_pipeline_aws_proxy::{AwsProxy, FaultSettings, ProxySettings, Service, emulator_url};
+use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, everything_named, example, ready_condition, wait_for_status};
+use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
+use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
+use metrics_pipeline_test_support::wait_for;
+
+/// A namespace of its own, and the operator watching it with AWS reached through a proxy.
+struct World {
+    client: Client,
+    namespace: TestNamespace,
+    pipelines: Api<MetricsPipeline>,
+    proxy: AwsProxy,
+    /// `None` while stopped.
+    operator: Option<Operator>,
+    /// The emulator, reached directly: what a person or another tool does.
+    s3: aws_sdk_s3::Client,
+}
+
+impl World {
+    async fn start(prefix: &str) -> Self {
+        let client = kube_client().await.unwrap();
+        install_crd(&client).await.unwrap();
+        let namespace = TestNamespace::create(&client, prefix).await.unwrap();
+        let pipelines = Api::namespaced(client.clone(), &namespace.name);
+        let moto = emulator_url().expect("run `. /work/main/.dev-env/env` (AWS_ENDPOINT_URL)");
+        let proxy = AwsProxy::start(&moto, ProxySettings::default()).await.unwrap();
+        let s3 = s3_client(&sdk_config(None).await);
+        let mut world = World { client, namespace, pipelines, proxy, operator: None, s3 };
+        world.start_operator().await;
+        world
+    }
+
+    async fn start_operator(&mut self) {
+        let endpoint = Some(self.proxy.endpoint().to_owned());
+        self.operator = Some(Operator::start(&self.client, &self.namespace.name, endpoint, Duration::from_secs(60)).await);
+    }
+
+    /// Stops the operator as if it died: whatever it was doing stays half-done.
+    async fn stop_operator(&mut self) {
+        self.operator.take().expect("the operator runs").stop().await;
+    }
+
+    /// Applies the smallest pipeline, its aggregator paused (no pod to wait for), as `name`.
+    async fn apply(&self, name: &str, bucket_name: Option<String>) {
+        let mut pipeline = example("minimal.yaml");
+        pipeline.metadata.name = Some(name.into());
+        pipeline.spec.aggregator.replicas = 0;
+        pipeline.spec.delivery.bucket_name = bucket_name;
+        self.pipelines.patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
+    }
+
+    async fn ready(&self, name: &str) -> MetricsPipelineStatus {
+        wait_for_status(&self.pipelines, name, "Ready", |s| s.phase == Some(Phase::Ready)).await
+    }
+
+    async fn put(&self, bucket: &str, key: &str) {
+        self.s3.put_object().bucket(bucket).key(key).body(ByteStream::from_static(b"{}")).send().await.unwrap();
+    }
+
+    /// Every version and delete marker left in `bucket`, as (key, is a delete marker).
+    async fn versions(&self, bucket: &str) -> Vec<(String, bool)> {
+        let listed = self.s3.list_object_versions().bucket(bucket).send().await.unwrap();
+        let versions = listed.versions().iter().map(|v| (v.key().unwrap_or_default().to_owned(), false));
+        let markers = listed.delete_markers().iter().map(|m| (m.key().unwrap_or_default().to_owned(), true));
+        let mut all: Vec<_> = versions.chain(markers).collect();
+        all.sort();
+        all
+    }
+
+    /// Nothing of this namespace's pipelines is left in AWS.
+    async fn finish(self) {
+        assert_eq!(everything_named(&self.namespace.name).await, Vec::<String>::new(), "nothing is left behind");
+        self.operator.expect("the operator runs").stop().await;
+        self.namespace.delete().await.unwrap();
+    }
+}
+
+fn condition<'a>(status: &'a MetricsPipelineStatus, kind: &str) -> Option<(&'a str, &'a str, &'a str)> {
+    status.conditions.iter().find(|c| c.type_ == kind).map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
+}
+
+#[tokio::test]
+async fn a_versioned_bucket_is_emptied_of_every_version_and_delete_marker_and_deleted() {
+    let world = World::start("strict-versions").await;
+    world.apply("versions", None).await;
+    let bucket = world.ready("versions").await.bucket.unwrap().name;
+
+    // Someone turns versioning on, then objects are overwritten and deleted: versions and delete
+    // markers stay, and an object listing (ListObjectsV2) shows only what is current.
+    let enabled = VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build();
+    world.s3.put_bucket_versioning().bucket(&bucket).versioning_configuration(enabled).send().await.unwrap();
+    for key in ["aggregates/a.json", "aggregates/a.json", "aggregates/b.json", "aggregates/c.json"] {
+        world.put(&bucket, key).await;
+    }
+    for key in ["aggregates/a.json", "aggregates/c.json"] {
+        world.s3.delete_object().bucket(&bucket).key(key).send().await.unwrap();
+    }
+    let current = world.s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    assert_eq!(current.key_count(), Some(1), "only b.json is current");
+    assert_eq!(world.versions(&bucket).await.len(), 6, "4 versions and 2 delete markers");
+
+    delete_and_wait(&world.pipelines, "versions").await;
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn objects_s3_keeps_stop_the_deletion_with_a_condition_naming_them_and_without_a_hot_loop() {
+    let world = World::start("strict-held").await;
+    world.apply("held", None).await;
+    let bucket = world.ready("held").await.bucket.unwrap().name;
+    world.put(&bucket, "held/2026/part-0.json").await;
+    world.put(&bucket, "free/part-1.json").await;
+    // Object lock or a legal hold on `held/`: DeleteObjects answers 200 with AccessDenied for it.
+    world.proxy.hold_prefix(&bucket, "held/");
+
+    world.pipelines.delete("held", &DeleteParams::default()).await.unwrap();
+    let delete_objects = || world.proxy.stats().calls(Service::S3, "DeleteObjects");
+    wait_for("the deletion to reach the bucket", Duration::from_secs(60), async || match delete_objects() {
+        0 => Err("no DeleteObjects yet".to_owned()),
+        calls => Ok(calls),
+    })
+    .await
+    .unwrap();
+    // However the retries are spaced (1 s in this harness), not the same keys again at once.
+    const WINDOW: Duration = Duration::from_secs(5);
+    world.proxy.reset_stats();
+    tokio::time::sleep(WINDOW).await;
+    let calls = delete_objects();
+    assert!(calls <= 2 * WINDOW.as_secs() as usize, "{calls} DeleteObjects calls in {WINDOW:?}: a hot loop");
+
+    let held = format!("s3://{bucket}/held/2026/part-0.json");
+    let status = wait_for_status(&world.pipelines, "held", "a condition naming the held key", |s| {
+        ready_condition(s).is_some_and(|(_, _, message)| message.contains(&held))
+    })
+    .await;
+    let (ready, reason, message) = ready_condition(&status).unwrap();
+    assert_eq!((ready, reason, status.phase), ("False", "AwsRefused", Some(Phase::Deleting)));
+    assert!(message.contains("AccessDenied: Access Denied because object protected by object lock."), "{message}");
+    assert_eq!(world.versions(&bucket).await, [("held/2026/part-0.json".to_owned(), false)], "all the rest is deleted");
+
+    world.proxy.release_prefix(&bucket, "held/");
+    delete_and_wait(&world.pipelines, "held").await;
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn a_bucket_left_untagged_by_an_interrupted_creation_is_finished_and_one_made_by_hand_is_not_taken() {
+    let mut world = World::start("strict-claim").await;
+    // A bucket someone made by hand, untagged, under the name a pipeline asks for.
+    let by_hand = format!("{}-by-hand", world.namespace.name);
+    let location = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::EuWest1).build();
+    world.s3.create_bucket().bucket(&by_hand).create_bucket_configuration(location).send().await.unwrap();
+    world.apply("by-hand", Some(by_hand.clone())).await;
+
+    // Every PutBucketTagging fails: the pipeline's bucket is created and left untagged, and the
+    // operator stops right then.
+    let tagging = FaultSettings { error_rate: 1.0, scope: vec!["s3:PutBucketTagging".parse().unwrap()], ..FaultSettings::none() };
+    world.proxy.set_faults(tagging).unwrap();
+    world.apply("interrupted", None).await;
+    wait_for_status(&world.pipelines, "interrupted", "the tagging to fail", |s| {
+        condition(s, "BucketReady").is_some_and(|(_, _, message)| message.contains("tagging S3 bucket"))
+    })
+    .await;
+    world.stop_operator().await;
+    world.proxy.set_faults(FaultSettings::none()).unwrap();
+    world.start_operator().await;
+
+    let status = world.ready("interrupted").await;
+    assert_eq!(status.creating, Vec::<String>::new(), "nothing is half-made any more");
+    let bucket = status.bucket.unwrap().name;
+    let tags = world.s3.get_bucket_tagging().bucket(&bucket).send().await.unwrap();
+    let owner = tags.tag_set().iter().find(|tag| tag.key() == OWNER_TAG).map(|tag| tag.value().to_owned());
+    assert_eq!(owner, Some(format!("{}/interrupted", world.namespace.name)));
+
+    let status = wait_for_status(&world.pipelines, "by-hand", "NotOwned", |s| s.phase == Some(Phase::Failed)).await;
+    let (_, reason, message) = condition(&status, "BucketReady").unwrap();
+    assert_eq!(reason, "NotOwned", "{message}");
+    assert!(message.contains(&format!("S3 bucket `{by_hand}` already exists and is not this pipeline's")), "{message}");
+    assert!(world.s3.get_bucket_tagging().bucket(&by_hand).send().await.is_err(), "the bucket made by hand stays untagged");
+
+    delete_and_wait(&world.pipelines, "interrupted").await;
+    delete_and_wait(&world.pipelines, "by-hand").await;
+    world.s3.head_bucket().bucket(&by_hand).send().await.expect("the bucket made by hand survives");
+    world.s3.delete_bucket().bucket(&by_hand).send().await.unwrap();
+    world.finish().await;
+}
