@@ -436,9 +436,9 @@ async fn ensure_delivery(
 async fn without_firehose(clients: &AwsClients, names: &PipelineNames) -> Result<((), Outcome), Error> {
     let mut outcome = Outcome::default();
     let owner = names.owner.as_str();
-    if !delivery::delete(clients, &names.delivery_stream, owner).await? {
+    if let Some(deleting) = delivery::delete(clients, &names.delivery_stream, owner).await? {
         outcome.changed(format!("deleting Firehose delivery stream {} (the aggregator writes the files now)", names.delivery_stream));
-        outcome.pending = Some(format!("waiting for the deletion of Firehose delivery stream {}", names.delivery_stream));
+        outcome.pending = Some(format!("waiting for the deletion of {deleting}"));
         return Ok(((), outcome));
     }
     role::delete(clients, &names.firehose_role, owner).await?;
@@ -465,8 +465,8 @@ async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context
         return Err(Error::Deleting(format!("aggregator Deployment {} (its pod stops and checkpoints first)", names.aggregator)));
     }
     let mut waiting = Vec::new();
-    if !delivery::delete(&clients, &names.delivery_stream, owner).await? {
-        waiting.push(format!("Firehose delivery stream {}", names.delivery_stream));
+    if let Some(deleting) = delivery::delete(&clients, &names.delivery_stream, owner).await? {
+        waiting.push(deleting);
     }
     let mut kept = Vec::new();
     if !retain {
