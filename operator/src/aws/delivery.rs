@@ -511,7 +511,15 @@ mod tests {
         String::leak(serde_json::json!({"Tags": [{"Key": OWNER_TAG, "Value": "team-a/p"}], "HasMoreTags": false}).to_string())
     }
 
-    const ACCEPTED: &str = "{}";
+    /// AWS with this pipeline's delivery stream in the failed `status`, which it lets be deleted.
+    async fn failed(status: &str, failure: (&str, &str)) -> FakeAws {
+        FakeAws::start(BTreeMap::from([
+            ("DescribeDeliveryStream", (200, described(status, Some(failure)))),
+            ("ListTagsForDeliveryStream", (200, ours())),
+            ("DeleteDeliveryStream", (200, "{}")),
+        ]))
+        .await
+    }
 
     #[tokio::test]
     async fn a_stream_that_failed_to_be_created_is_reported_with_its_failure_and_deleted_to_be_made_again() {
@@ -525,13 +533,7 @@ mod tests {
         let kept = (outcome.changes.is_empty(), outcome.pending, outcome.degraded.is_none());
         assert_eq!(kept, (true, None, true), "the answer matches the settings: an active stream is kept as it is");
 
-        let failed = described("CREATING_FAILED", Some(("KMS_ACCESS_DENIED", "Firehose could not use the key")));
-        let aws = FakeAws::start(BTreeMap::from([
-            ("DescribeDeliveryStream", (200, failed)),
-            ("ListTagsForDeliveryStream", (200, ours())),
-            ("DeleteDeliveryStream", (200, ACCEPTED)),
-        ]))
-        .await;
+        let aws = failed("CREATING_FAILED", ("KMS_ACCESS_DENIED", "Firehose could not use the key")).await;
         let (_, outcome) = ensure(&aws.clients, "p-delivery", "team-a/p", &settings).await.unwrap();
         assert_eq!(
             outcome.pending.as_deref(),
@@ -545,13 +547,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_deletion_is_asked_again_and_its_failure_named() {
-        let failed = described("DELETING_FAILED", Some(("RETIRE_KMS_GRANT_FAILED", "the grant could not be retired")));
-        let aws = FakeAws::start(BTreeMap::from([
-            ("DescribeDeliveryStream", (200, failed)),
-            ("ListTagsForDeliveryStream", (200, ours())),
-            ("DeleteDeliveryStream", (200, ACCEPTED)),
-        ]))
-        .await;
+        let aws = failed("DELETING_FAILED", ("RETIRE_KMS_GRANT_FAILED", "the grant could not be retired")).await;
         let waiting = delete(&aws.clients, "p-delivery", "team-a/p").await.unwrap();
         assert_eq!(
             waiting.as_deref(),
