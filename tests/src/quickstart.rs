@@ -84,12 +84,18 @@ pub async fn run(
         pipelines.patch(PIPELINE, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(pipeline)).await?;
         let delivery = &pipeline.spec.delivery;
         progress(format!("applied the pipeline as {namespace}/{PIPELINE} ({:?} written by {:?})", delivery.format, delivery.writer));
-        let status = wait_until_ready(&pipelines, operator.as_mut(), progress).await?;
+        // The events go in as soon as the input stream is there, as a producer's would: the stream
+        // keeps them while the aggregator waits for the delivery stream to read its output.
+        let streams_ready =
+            |status: &MetricsPipelineStatus| status.conditions.iter().any(|c| c.type_ == "StreamsReady" && c.status == "True");
+        let streams = wait_until(&pipelines, operator.as_mut(), progress, "ready to take events (StreamsReady)", streams_ready).await?;
+        let events = publish_metrics(&streams, progress).await?;
+        let status = wait_until(&pipelines, operator.as_mut(), progress, "Ready", |status| status.phase == Some(Phase::Ready)).await?;
         let deployment: Api<Deployment> = Api::namespaced(client.clone(), namespace);
         let aggregator = status.aggregator.as_ref().context("Ready without an aggregator")?;
         let image = deployment.get(&aggregator.deployment).await?.spec.and_then(|s| s.template.spec).map(|p| p.containers[0].image.clone());
         progress(format!("aggregator Deployment {} is ready (image {})", aggregator.deployment, image.flatten().unwrap_or_default()));
-        let mut outcome = exchange_data(&status, delivery.writer, progress).await?;
+        let mut outcome = exchange_data(&status, events, delivery.writer, progress).await?;
         outcome.aggregator_log = aggregator_log(client, namespace).await?;
         std::fs::write(log_dir.join("aggregator.log"), &outcome.aggregator_log)?;
         anyhow::Ok(outcome)
@@ -128,10 +134,13 @@ pub fn start_operator(bin_dir: &Path, namespace: &str, log_dir: &Path, pod_aws_e
         .context("cannot start metrics-pipeline-operator")
 }
 
-async fn wait_until_ready(
+/// Waits until the pipeline's status shows `what` (`reached` says when).
+async fn wait_until(
     pipelines: &Api<MetricsPipeline>,
     mut operator: Option<&mut Child>,
     progress: &(dyn Fn(String) + Sync),
+    what: &str,
+    reached: impl Fn(&MetricsPipelineStatus) -> bool,
 ) -> anyhow::Result<MetricsPipelineStatus> {
     let started = Instant::now();
     let mut last_message = String::new();
@@ -145,28 +154,21 @@ async fn wait_until_ready(
             progress(format!("{:?}: {}", status.phase.unwrap_or(Phase::Provisioning), ready.message));
             last_message = ready.message.clone();
         }
-        match status.phase {
-            Some(Phase::Ready) => return Ok(status),
-            Some(Phase::Failed) => bail!("the pipeline failed: {last_message}"),
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        if reached(&status) {
+            return Ok(status);
         }
+        if status.phase == Some(Phase::Failed) {
+            bail!("the pipeline failed: {last_message}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    bail!("the pipeline was not Ready within {DEADLINE:?}; last: {last_message}")
+    bail!("the pipeline was not {what} within {DEADLINE:?}; last: {last_message}")
 }
 
-/// Publishes the metrics, runs delivery until the table holds every window, and reads it back.
-async fn exchange_data(
-    status: &MetricsPipelineStatus,
-    writer: DeliveryWriter,
-    progress: &(dyn Fn(String) + Sync),
-) -> anyhow::Result<Outcome> {
-    let name = |reference: &Option<metrics_pipeline_api::pipeline::AwsResourceRef>| {
-        reference.as_ref().map(|r| r.name.clone()).context("missing in status")
-    };
-    let input = name(&status.input_stream)?;
-    let (database, table) = (name(&status.glue_database)?, name(&status.glue_table)?);
+/// Publishes three minutes of generated metrics to the pipeline's input stream.
+async fn publish_metrics(status: &MetricsPipelineStatus, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<Vec<MetricEvent<'static>>> {
+    let input = status.input_stream.as_ref().map(|r| r.name.clone()).context("the input stream is missing in status")?;
     let sdk = sdk_config(None).await;
-
     // Three minutes of event time, ending a minute ago, one event a second per series.
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let start = EventTime((now_ms / 60_000 - 4) * 60_000);
@@ -187,6 +189,21 @@ async fn exchange_data(
         COMPONENTS.join(" and "),
         JITTER.as_secs()
     ));
+    Ok(events)
+}
+
+/// Runs delivery until the table holds every window of `events`, and reads it back.
+async fn exchange_data(
+    status: &MetricsPipelineStatus,
+    events: Vec<MetricEvent<'static>>,
+    writer: DeliveryWriter,
+    progress: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<Outcome> {
+    let name = |reference: &Option<metrics_pipeline_api::pipeline::AwsResourceRef>| {
+        reference.as_ref().map(|r| r.name.clone()).context("missing in status")
+    };
+    let (database, table) = (name(&status.glue_database)?, name(&status.glue_table)?);
+    let sdk = sdk_config(None).await;
 
     let expected = expected_windows(&events);
     progress(format!("waiting for {} windows: the last fires after the example's 30s idle timeout", expected.values().sum::<usize>()));
