@@ -9,6 +9,7 @@
 //! aggregator started too early shows as windows missing from the table.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use aws_sdk_firehose::types::{CompressionFormat, DeliveryStreamStatus, ProcessorParameterName, ProcessorType};
@@ -58,7 +59,7 @@ impl DeliveryStandIn {
         if description.delivery_stream_status() != &DeliveryStreamStatus::Active {
             bail!("delivery stream {name} is {}: Firehose reads nothing before it is ACTIVE", description.delivery_stream_status());
         }
-        // The emulator's delivery streams are ACTIVE from their creation on.
+        // The emulator's delivery streams are ACTIVE from their creation on (see `creating_for`).
         let reads_from = *description.create_timestamp().with_context(|| format!("delivery stream {name} has no CreateTimestamp"))?;
         let conversion = match &settings.parquet {
             None => None,
@@ -84,6 +85,13 @@ impl DeliveryStandIn {
             reads_from,
             buffers_written: 0,
         })
+    }
+
+    /// For a delivery stream that stayed CREATING for `creating` after its creation (the AWS
+    /// proxy's `transition`): it reads from when it became ACTIVE.
+    pub fn creating_for(mut self, creating: Duration) -> Self {
+        self.reads_from = aws_smithy_types::DateTime::from_secs_f64(self.reads_from.as_secs_f64() + creating.as_secs_f64());
+        self
     }
 
     fn parameter(&self, processor: ProcessorType, name: ProcessorParameterName) -> Option<&str> {
