@@ -291,8 +291,32 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context, claims: &Claim
         return report;
     }
     provision_delivery(&mut report, &clients, &config, account_id).await;
-    provision_aggregator(&mut report, pipeline, &config, context).await;
+    let delivery = report.parts.iter().find(|(kind, _)| *kind == DELIVERY_READY).map(|(_, state)| state);
+    let reader = output_reader(config.delivery.writer, delivery.expect("provision_delivery files DeliveryReady"));
+    provision_aggregator(&mut report, pipeline, &config, context, reader).await;
     report
+}
+
+/// Whether what the aggregator writes to the output stream is read. A Firehose delivery stream
+/// reads its Kinesis source from LATEST as of when it became ACTIVE: records written before then
+/// are never delivered.
+#[derive(Debug, PartialEq, Eq)]
+enum OutputReader {
+    /// Read by an ACTIVE delivery stream, or nothing to read (the aggregator writes the files).
+    Reading,
+    /// Not read (yet): the delivery stream is missing, being created or recreated; why.
+    NotYet(String),
+    /// The delivery stream's state could not be learnt this time.
+    Unknown,
+}
+
+fn output_reader(writer: DeliveryWriter, delivery: &PartState) -> OutputReader {
+    match (writer, delivery) {
+        // Degraded: the delivery stream reads, only a change to it failed.
+        (DeliveryWriter::Aggregator, _) | (DeliveryWriter::Firehose, PartState::Ready(_) | PartState::Degraded(_)) => OutputReader::Reading,
+        (DeliveryWriter::Firehose, PartState::Pending(why)) => OutputReader::NotYet(why.clone()),
+        (DeliveryWriter::Firehose, PartState::Failed(_)) => OutputReader::Unknown,
+    }
 }
 
 /// Both streams, one condition; each stream is there for what needs it (the aggregator reads
@@ -331,13 +355,42 @@ async fn provision_delivery(report: &mut Report, clients: &AwsClients, config: &
     }
 }
 
-/// The aggregator reads the input stream, writes the output stream and checkpoints in the bucket.
-async fn provision_aggregator(report: &mut Report, pipeline: &MetricsPipeline, config: &PipelineConfig, context: &Context) {
+/// The aggregator reads the input stream, writes the output stream and checkpoints in the bucket;
+/// it runs only while what it writes is read, and is paused while it is not.
+async fn provision_aggregator(
+    report: &mut Report,
+    pipeline: &MetricsPipeline,
+    config: &PipelineConfig,
+    context: &Context,
+    reader: OutputReader,
+) {
     if report.input_stream.is_none() || report.bucket.is_none() {
         report.parts.push((AGGREGATOR_READY, PartState::Pending("waiting for the streams and the bucket".into())));
         return;
     }
-    let aggregator = workload::ensure(&context.client, pipeline, config, &context.settings.workload).await;
+    let unread = match reader {
+        OutputReader::Reading => None,
+        OutputReader::NotYet(why) => Some(why),
+        OutputReader::Unknown => {
+            // Neither started nor stopped on a guess: the aggregator stays as it is until the
+            // delivery stream can be seen again.
+            let waiting =
+                "waiting for the Firehose delivery stream (see DeliveryReady): the aggregator runs only while it reads the output stream";
+            report.parts.push((AGGREGATOR_READY, PartState::Pending(waiting.into())));
+            return;
+        }
+    };
+    let aggregator = workload::ensure(&context.client, pipeline, config, &context.settings.workload, unread.is_some()).await;
+    let aggregator = aggregator.map(|(aggregator, mut outcome)| {
+        if let Some(why) = &unread {
+            outcome.pending = Some(format!(
+                "aggregator {} is paused (replicas: 0) until the Firehose delivery stream reads the output stream, so that \
+                 nothing it writes is lost; its input waits in the input stream: {why}",
+                aggregator.deployment
+            ));
+        }
+        (aggregator, outcome)
+    });
     // Replica counts are worth showing while the rollout is still pending.
     report.aggregator = aggregator.as_ref().ok().map(|(aggregator, _)| aggregator.clone());
     record(report, AGGREGATOR_READY, aggregator, |aggregator| match config.aggregator.replicas {
@@ -441,9 +494,9 @@ async fn ensure_delivery(
 async fn without_firehose(clients: &AwsClients, names: &PipelineNames) -> Result<((), Outcome), Error> {
     let mut outcome = Outcome::default();
     let owner = names.owner.as_str();
-    if !delivery::delete(clients, &names.delivery_stream, owner).await? {
+    if let Some(deleting) = delivery::delete(clients, &names.delivery_stream, owner).await? {
         outcome.changed(format!("deleting Firehose delivery stream {} (the aggregator writes the files now)", names.delivery_stream));
-        outcome.pending = Some(format!("waiting for the deletion of Firehose delivery stream {}", names.delivery_stream));
+        outcome.pending = Some(format!("waiting for the deletion of {deleting}"));
         return Ok(((), outcome));
     }
     role::delete(clients, &names.firehose_role, owner).await?;
@@ -476,8 +529,8 @@ async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> 
         return Err(Error::Deleting(format!("aggregator Deployment {} (its pod stops and checkpoints first)", names.aggregator)));
     }
     let mut waiting = Vec::new();
-    if !delivery::delete(&clients, &names.delivery_stream, owner).await? {
-        waiting.push(format!("Firehose delivery stream {}", names.delivery_stream));
+    if let Some(deleting) = delivery::delete(&clients, &names.delivery_stream, owner).await? {
+        waiting.push(deleting);
     }
     let mut kept = Vec::new();
     if !retain {

@@ -131,3 +131,16 @@ fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
     assert_eq!(backoff(2, base, cap, 0.5), Duration::from_millis(7_500));
     assert_eq!(backoff(u32::MAX, base, cap, 1.0), cap, "no overflow after many failures");
 }
+
+#[test]
+fn the_aggregator_runs_only_once_the_delivery_stream_reads_and_is_left_alone_while_that_is_unknown() {
+    use crate::error::{AwsError, AwsErrorKind};
+    let creating = PartState::Pending("Firehose delivery stream p is CREATING".into());
+    assert_eq!(output_reader(DeliveryWriter::Firehose, &creating), OutputReader::NotYet("Firehose delivery stream p is CREATING".into()));
+    assert_eq!(output_reader(DeliveryWriter::Firehose, &PartState::Ready("it writes to the bucket".into())), OutputReader::Reading);
+    let throttled = PartState::Failed(AwsError::new("describing p", AwsErrorKind::Throttled, None, "Rate exceeded").into());
+    assert_eq!(output_reader(DeliveryWriter::Firehose, &throttled), OutputReader::Unknown);
+    let update_refused = PartState::Degraded(AwsError::new("updating p", AwsErrorKind::Busy, None, "not ACTIVE").into());
+    assert_eq!(output_reader(DeliveryWriter::Firehose, &update_refused), OutputReader::Reading, "the stream reads as it stands");
+    assert_eq!(output_reader(DeliveryWriter::Aggregator, &creating), OutputReader::Reading, "the aggregator writes the files itself");
+}

@@ -238,15 +238,26 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
-/// Applies the workload and reports how far the Deployment's rollout is.
+/// How many aggregators run: the spec's count, or none while `paused` — while nothing reads the
+/// output stream yet, anything written to it would be lost. A stopped aggregator checkpoints,
+/// and its input stream keeps the events, so it resumes where it stopped.
+pub fn replicas(config: &PipelineConfig, paused: bool) -> i32 {
+    if paused { 0 } else { config.aggregator.replicas }
+}
+
+/// Applies the workload (scaled to none while `paused`) and reports how far the Deployment's
+/// rollout is.
 pub async fn ensure(
     client: &Client,
     pipeline: &MetricsPipeline,
     config: &PipelineConfig,
     settings: &WorkloadSettings,
+    paused: bool,
 ) -> Result<(AggregatorStatus, Outcome), Error> {
     let namespace = pipeline.namespace().unwrap_or_default();
-    let (service_account, deployment) = desired(pipeline, config, settings);
+    let (service_account, mut deployment) = desired(pipeline, config, settings);
+    let replicas = replicas(config, paused);
+    deployment.spec.as_mut().expect("desired sets a spec").replicas = Some(replicas);
     let owner = &config.names.owner;
     let service_accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
@@ -271,7 +282,7 @@ pub async fn ensure(
         Some(_) => {}
     }
     let ready_replicas = applied.status.as_ref().and_then(|status| status.ready_replicas).unwrap_or(0);
-    outcome.pending = rollout_pending(config.aggregator.replicas, applied.metadata.generation, applied.status.as_ref());
+    outcome.pending = rollout_pending(replicas, applied.metadata.generation, applied.status.as_ref());
     if outcome.pending.is_some() {
         // A rollout that cannot finish because the container keeps exceeding its memory limit
         // waits for the user, not for time: say so, and which field to change.
@@ -504,5 +515,13 @@ mod tests {
         assert_eq!(rollout_pending(1, Some(2), Some(&status(2, 1, 1, 1))), None);
         assert_eq!(rollout_pending(0, Some(3), Some(&status(3, 0, 0, 0))), None, "paused is a finished rollout");
         assert!(rollout_pending(1, Some(1), None).is_some(), "no status yet");
+    }
+
+    #[test]
+    fn a_paused_aggregator_runs_no_replica_and_otherwise_the_specs_count() {
+        let (_, running) = pipeline(json!({}));
+        let (_, paused_by_spec) = pipeline(json!({"aggregator": {"replicas": 0}}));
+        assert_eq!((replicas(&running, false), replicas(&running, true)), (1, 0));
+        assert_eq!(replicas(&paused_by_spec, false), 0);
     }
 }

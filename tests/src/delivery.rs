@@ -3,11 +3,16 @@
 //! runs the MetadataExtraction query with Debian's jq 1.6, evaluates the prefix, appends the
 //! delimiter, compresses, and writes one object per partition and buffer; records the query
 //! cannot key go to the error prefix. A wrong query or prefix in the operator shows here.
+//!
+//! As Firehose does, it reads its Kinesis source from LATEST as of when the delivery stream
+//! became ACTIVE: records written to the output stream before that are never delivered, so an
+//! aggregator started too early shows as windows missing from the table.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use aws_sdk_firehose::types::{CompressionFormat, ProcessorParameterName, ProcessorType};
+use aws_sdk_firehose::types::{CompressionFormat, DeliveryStreamStatus, ProcessorParameterName, ProcessorType};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use metrics_pipeline_operator::aws::delivery::{DeliverySettings, settings_of};
 
@@ -29,6 +34,8 @@ pub struct DeliveryStandIn {
     s3: aws_sdk_s3::Client,
     /// Last sequence number delivered, per source shard.
     positions: BTreeMap<String, String>,
+    /// Where a shard not read before starts: when the delivery stream became ACTIVE.
+    reads_from: aws_smithy_types::DateTime,
     buffers_written: u32,
     conversion: Option<Conversion>,
 }
@@ -37,7 +44,7 @@ pub struct DeliveryStandIn {
 pub type Delivered = BTreeMap<String, usize>;
 
 impl DeliveryStandIn {
-    /// Reads the delivery stream's configuration from the emulator.
+    /// Reads the delivery stream's configuration from the emulator; it must be ACTIVE.
     pub async fn load(sdk: &aws_config::SdkConfig, name: &str) -> anyhow::Result<Self> {
         let firehose = aws_sdk_firehose::Client::new(sdk);
         let description = firehose
@@ -49,6 +56,11 @@ impl DeliveryStandIn {
             .delivery_stream_description
             .context("no description")?;
         let settings = settings_of(&description).context("not a Kinesis-sourced extended S3 delivery stream")?;
+        if description.delivery_stream_status() != &DeliveryStreamStatus::Active {
+            bail!("delivery stream {name} is {}: Firehose reads nothing before it is ACTIVE", description.delivery_stream_status());
+        }
+        // The emulator's delivery streams are ACTIVE from their creation on (see `creating_for`).
+        let reads_from = *description.create_timestamp().with_context(|| format!("delivery stream {name} has no CreateTimestamp"))?;
         let conversion = match &settings.parquet {
             None => None,
             Some(parquet) => {
@@ -70,8 +82,16 @@ impl DeliveryStandIn {
             kinesis: aws_sdk_kinesis::Client::new(sdk),
             s3: metrics_pipeline_runtime::sdk::s3_client(sdk),
             positions: BTreeMap::new(),
+            reads_from,
             buffers_written: 0,
         })
+    }
+
+    /// For a delivery stream that stayed CREATING for `creating` after its creation (the AWS
+    /// proxy's `transition`): it reads from when it became ACTIVE.
+    pub fn creating_for(mut self, creating: Duration) -> Self {
+        self.reads_from = aws_smithy_types::DateTime::from_secs_f64(self.reads_from.as_secs_f64() + creating.as_secs_f64());
+        self
     }
 
     fn parameter(&self, processor: ProcessorType, name: ProcessorParameterName) -> Option<&str> {
@@ -174,7 +194,7 @@ impl DeliveryStandIn {
             let request = self.kinesis.get_shard_iterator().stream_arn(&stream).shard_id(shard.shard_id());
             let request = match self.positions.get(shard.shard_id()) {
                 Some(after) => request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(after),
-                None => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+                None => request.shard_iterator_type(ShardIteratorType::AtTimestamp).timestamp(self.reads_from),
             };
             let mut iterator = request.send().await.context("getting a shard iterator")?.shard_iterator;
             while let Some(current) = iterator.take() {

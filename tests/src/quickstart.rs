@@ -20,6 +20,7 @@ use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, Partition
 use metrics_aggregator::sink::KinesisSink;
 use metrics_pipeline_api::pipeline::{DeliveryWriter, Phase};
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
+use metrics_pipeline_aws_proxy::{AwsProxy, ProxySettings, RuleSettings};
 use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent, deduplicate};
 use metrics_pipeline_operator::workload::{INSTANCE_LABEL, aggregator_selector};
 use metrics_pipeline_runtime::sdk::sdk_config;
@@ -39,6 +40,10 @@ const ROUNDS: u64 = 180;
 /// Out-of-order jitter, inside the example's 10 s out-of-orderness, so every event counts.
 const JITTER: Duration = Duration::from_secs(5);
 const DEADLINE: Duration = Duration::from_secs(240);
+/// How long the AWS proxy in front of the operator keeps a new stream or delivery stream CREATING
+/// (AWS: seconds to minutes; the emulator: not at all). The stand-in, as Firehose, reads only from
+/// when the delivery stream is ACTIVE, so an aggregator that writes before then loses windows.
+const CREATING: Duration = Duration::from_secs(10);
 
 /// What the quickstart did: the events it published and the rows the table returns.
 pub struct Outcome {
@@ -70,12 +75,19 @@ pub async fn run(
     progress: &(dyn Fn(String) + Sync),
 ) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(log_dir)?;
-    let mut operator = match std::env::var_os(IN_CLUSTER_ENV) {
-        Some(_) => None,
+    // The operator started here reaches AWS through the test proxy, where new streams and delivery
+    // streams are CREATING for a while, as on AWS.
+    let (mut operator, _proxy, creating) = match std::env::var_os(IN_CLUSTER_ENV) {
+        Some(_) => (None, None, Duration::ZERO),
         None => {
             install_crd(client).await?;
+            let upstream = std::env::var("AWS_ENDPOINT_URL").context("AWS_ENDPOINT_URL is not set: `. .dev-env/env` first")?;
+            let rules = RuleSettings { transition: CREATING, ..RuleSettings::default() };
+            let proxy = AwsProxy::start(&upstream, ProxySettings { rules, ..ProxySettings::default() }).await?;
             progress(format!("starting the operator (log: {})", log_dir.join("operator.log").display()));
-            Some(start_operator(&workspace_bin_dir()?, namespace, log_dir, pod_aws_endpoint().as_deref())?)
+            let operator =
+                start_operator(&workspace_bin_dir()?, namespace, log_dir, pod_aws_endpoint().as_deref(), Some(proxy.endpoint()))?;
+            (Some(operator), Some(proxy), CREATING)
         }
     };
 
@@ -84,12 +96,18 @@ pub async fn run(
         pipelines.patch(PIPELINE, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(pipeline)).await?;
         let delivery = &pipeline.spec.delivery;
         progress(format!("applied the pipeline as {namespace}/{PIPELINE} ({:?} written by {:?})", delivery.format, delivery.writer));
-        let status = wait_until_ready(&pipelines, operator.as_mut(), progress).await?;
+        // The events go in as soon as the input stream is there, as a producer's would: the stream
+        // keeps them while the aggregator waits for the delivery stream to read its output.
+        let streams_ready =
+            |status: &MetricsPipelineStatus| status.conditions.iter().any(|c| c.type_ == "StreamsReady" && c.status == "True");
+        let streams = wait_until(&pipelines, operator.as_mut(), progress, "ready to take events (StreamsReady)", streams_ready).await?;
+        let events = publish_metrics(&streams, progress).await?;
+        let status = wait_until(&pipelines, operator.as_mut(), progress, "Ready", |status| status.phase == Some(Phase::Ready)).await?;
         let deployment: Api<Deployment> = Api::namespaced(client.clone(), namespace);
         let aggregator = status.aggregator.as_ref().context("Ready without an aggregator")?;
         let image = deployment.get(&aggregator.deployment).await?.spec.and_then(|s| s.template.spec).map(|p| p.containers[0].image.clone());
         progress(format!("aggregator Deployment {} is ready (image {})", aggregator.deployment, image.flatten().unwrap_or_default()));
-        let mut outcome = exchange_data(&status, delivery.writer, progress).await?;
+        let mut outcome = exchange_data(&status, events, delivery.writer, creating, progress).await?;
         outcome.aggregator_log = aggregator_log(client, namespace).await?;
         std::fs::write(log_dir.join("aggregator.log"), &outcome.aggregator_log)?;
         anyhow::Ok(outcome)
@@ -107,14 +125,24 @@ pub async fn run(
 }
 
 /// The operator as a process of this machine (as `cargo run` would start it), watching `namespace`;
-/// its aggregators run this checkout's image, reach AWS at `pod_aws_endpoint` and read their
-/// credentials from the namespace's Secret.
-pub fn start_operator(bin_dir: &Path, namespace: &str, log_dir: &Path, pod_aws_endpoint: Option<&str>) -> anyhow::Result<Child> {
+/// it reaches AWS at `aws_endpoint` (default: the environment's), its aggregators run this
+/// checkout's image, reach AWS at `pod_aws_endpoint` and read their credentials from the
+/// namespace's Secret.
+pub fn start_operator(
+    bin_dir: &Path,
+    namespace: &str,
+    log_dir: &Path,
+    pod_aws_endpoint: Option<&str>,
+    aws_endpoint: Option<&str>,
+) -> anyhow::Result<Child> {
     let log = std::fs::File::create(log_dir.join("operator.log"))?;
     let port = free_port()?;
     let mut command = Command::new(bin_dir.join("metrics-pipeline-operator"));
     if let Some(endpoint) = pod_aws_endpoint {
         command.args(["--aws-endpoint-url", endpoint]);
+    }
+    if let Some(endpoint) = aws_endpoint {
+        command.env("AWS_ENDPOINT_URL", endpoint);
     }
     command
         // A short resync registers the first Glue partitions soon after the first objects land.
@@ -128,10 +156,13 @@ pub fn start_operator(bin_dir: &Path, namespace: &str, log_dir: &Path, pod_aws_e
         .context("cannot start metrics-pipeline-operator")
 }
 
-async fn wait_until_ready(
+/// Waits until the pipeline's status shows `what` (`reached` says when).
+async fn wait_until(
     pipelines: &Api<MetricsPipeline>,
     mut operator: Option<&mut Child>,
     progress: &(dyn Fn(String) + Sync),
+    what: &str,
+    reached: impl Fn(&MetricsPipelineStatus) -> bool,
 ) -> anyhow::Result<MetricsPipelineStatus> {
     let started = Instant::now();
     let mut last_message = String::new();
@@ -145,28 +176,21 @@ async fn wait_until_ready(
             progress(format!("{:?}: {}", status.phase.unwrap_or(Phase::Provisioning), ready.message));
             last_message = ready.message.clone();
         }
-        match status.phase {
-            Some(Phase::Ready) => return Ok(status),
-            Some(Phase::Failed) => bail!("the pipeline failed: {last_message}"),
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        if reached(&status) {
+            return Ok(status);
         }
+        if status.phase == Some(Phase::Failed) {
+            bail!("the pipeline failed: {last_message}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    bail!("the pipeline was not Ready within {DEADLINE:?}; last: {last_message}")
+    bail!("the pipeline was not {what} within {DEADLINE:?}; last: {last_message}")
 }
 
-/// Publishes the metrics, runs delivery until the table holds every window, and reads it back.
-async fn exchange_data(
-    status: &MetricsPipelineStatus,
-    writer: DeliveryWriter,
-    progress: &(dyn Fn(String) + Sync),
-) -> anyhow::Result<Outcome> {
-    let name = |reference: &Option<metrics_pipeline_api::pipeline::AwsResourceRef>| {
-        reference.as_ref().map(|r| r.name.clone()).context("missing in status")
-    };
-    let input = name(&status.input_stream)?;
-    let (database, table) = (name(&status.glue_database)?, name(&status.glue_table)?);
+/// Publishes three minutes of generated metrics to the pipeline's input stream.
+async fn publish_metrics(status: &MetricsPipelineStatus, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<Vec<MetricEvent<'static>>> {
+    let input = status.input_stream.as_ref().map(|r| r.name.clone()).context("the input stream is missing in status")?;
     let sdk = sdk_config(None).await;
-
     // Three minutes of event time, ending a minute ago, one event a second per series.
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let start = EventTime((now_ms / 60_000 - 4) * 60_000);
@@ -187,12 +211,28 @@ async fn exchange_data(
         COMPONENTS.join(" and "),
         JITTER.as_secs()
     ));
+    Ok(events)
+}
+
+/// Runs delivery until the table holds every window of `events`, and reads it back.
+async fn exchange_data(
+    status: &MetricsPipelineStatus,
+    events: Vec<MetricEvent<'static>>,
+    writer: DeliveryWriter,
+    creating: Duration,
+    progress: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<Outcome> {
+    let name = |reference: &Option<metrics_pipeline_api::pipeline::AwsResourceRef>| {
+        reference.as_ref().map(|r| r.name.clone()).context("missing in status")
+    };
+    let (database, table) = (name(&status.glue_database)?, name(&status.glue_table)?);
+    let sdk = sdk_config(None).await;
 
     let expected = expected_windows(&events);
     progress(format!("waiting for {} windows: the last fires after the example's 30s idle timeout", expected.values().sum::<usize>()));
     // With Firehose writing, the stand-in does its data path; the aggregator writes files itself.
     let mut stand_in = match writer {
-        DeliveryWriter::Firehose => Some(DeliveryStandIn::load(&sdk, &name(&status.delivery_stream)?).await?),
+        DeliveryWriter::Firehose => Some(DeliveryStandIn::load(&sdk, &name(&status.delivery_stream)?).await?.creating_for(creating)),
         DeliveryWriter::Aggregator => None,
     };
     let everything = format!("SELECT * FROM {database}.{table}");

@@ -1,7 +1,7 @@
 //! The delivery stand-in against a delivery stream configured exactly as the operator builds it:
 //! records land under `componentName=<name>/`, newline-delimited and gzipped, and read back
 //! through the operator's Glue table with `scripts/query`; a record the JQ query cannot key lands
-//! under the error prefix.
+//! under the error prefix; a record written before the delivery stream was created is not delivered.
 
 use aws_sdk_firehose::types::{DeliveryStreamType, KinesisStreamSourceConfiguration};
 use aws_sdk_kinesis::primitives::Blob;
@@ -66,6 +66,11 @@ async fn records_land_per_component_and_unkeyable_ones_under_the_error_prefix() 
         region: &region,
     };
     let settings = desired(&config, &connections);
+    // Written before the delivery stream exists: Firehose starts at LATEST, so it is never delivered.
+    let early = r#"{"componentName":"user-service","metricName":"before-the-delivery-stream","minValue":1.0}"#;
+    kinesis.put_record().stream_name(&unique).partition_key("k").data(Blob::new(early)).send().await.unwrap();
+    // CreateTimestamp has millisecond precision: the record must be at least a millisecond older.
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     let source = KinesisStreamSourceConfiguration::builder().kinesis_stream_arn(&stream_arn).role_arn(role).build().unwrap();
     aws_sdk_firehose::Client::new(&sdk)
         .create_delivery_stream()

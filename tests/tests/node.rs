@@ -66,7 +66,7 @@ async fn the_aggregator_pod_is_ready_by_its_probe_logs_runs_confined_and_an_oom_
     let relay = Relay::start(&std::env::var("AWS_ENDPOINT_URL").unwrap()).await.unwrap();
     let log_dir = std::env::temp_dir().join(format!("metrics-pipeline-{ns}"));
     std::fs::create_dir_all(&log_dir).unwrap();
-    let mut operator = start_operator(&workspace_bin_dir().unwrap(), &ns, &log_dir, Some(&relay.endpoint)).unwrap();
+    let mut operator = start_operator(&workspace_bin_dir().unwrap(), &ns, &log_dir, Some(&relay.endpoint), None).unwrap();
     let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let pipeline = example().unwrap();

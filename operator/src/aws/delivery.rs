@@ -293,10 +293,25 @@ pub async fn ensure(clients: &AwsClients, name: &str, owner: &str, desired: &Del
         return Err(Error::NotOwned { kind: "Firehose delivery stream", name: name.to_owned(), holder });
     }
     let arn = description.as_ref().map(|d| d.delivery_stream_arn().to_owned());
-    let status = description.as_ref().map(|d| d.delivery_stream_status().clone());
-    if matches!(status, Some(DeliveryStreamStatus::Creating | DeliveryStreamStatus::Deleting)) {
-        outcome.pending = Some(format!("Firehose delivery stream {name} is {}", status.expect("matched").as_str()));
-        return Ok((AwsResourceRef { name: name.to_owned(), arn }, outcome));
+    let reference = |arn| AwsResourceRef { name: name.to_owned(), arn };
+    if let Some(description) = &description {
+        match description.delivery_stream_status() {
+            DeliveryStreamStatus::Active => {}
+            DeliveryStreamStatus::CreatingFailed | DeliveryStreamStatus::DeletingFailed => {
+                // A failed stream stays failed: AWS lets it only be deleted. Once it is gone it
+                // is created again.
+                let failure = failure(description);
+                delete_owned(clients, name, description.delivery_stream_status()).await?;
+                outcome.changed(format!("deleting Firehose delivery stream {name}, which is {failure}, to create it again"));
+                outcome.pending = Some(format!("Firehose delivery stream {name} is {failure}: deleting it to create it again"));
+                return Ok((reference(arn), outcome));
+            }
+            // CREATING, DELETING, and whatever status AWS adds later: not usable yet.
+            status => {
+                outcome.pending = Some(format!("Firehose delivery stream {name} is {}", status.as_str()));
+                return Ok((reference(arn), outcome));
+            }
+        }
     }
     match plan(desired, description.as_ref().map(settings_of)) {
         DeliveryPlan::Keep => {}
@@ -304,7 +319,7 @@ pub async fn ensure(clients: &AwsClients, name: &str, owner: &str, desired: &Del
             let arn = create(clients, name, owner, desired).await?;
             outcome.changed(format!("created Firehose delivery stream {name}"));
             outcome.pending = Some(format!("Firehose delivery stream {name} is being created"));
-            return Ok((AwsResourceRef { name: name.to_owned(), arn: Some(arn) }, outcome));
+            return Ok((reference(Some(arn)), outcome));
         }
         DeliveryPlan::Update => {
             let description = description.as_ref().expect("an update has something to update");
@@ -316,16 +331,56 @@ pub async fn ensure(clients: &AwsClients, name: &str, owner: &str, desired: &Del
                 .extended_s3_destination_update(destination_update(desired))
                 .send()
                 .await
-                .or_aws(|| format!("updating Firehose delivery stream {name}"))?;
+                .map_err(|error| {
+                    let error = AwsError::from_sdk(format!("updating Firehose delivery stream {name}"), error);
+                    Error::from(unsettled_role(error, &desired.role_arn))
+                })?;
             outcome.changed(format!("updated the destination of Firehose delivery stream {name}"));
         }
         DeliveryPlan::Recreate(reason) => {
-            delete_owned(clients, name).await?;
+            delete_owned(clients, name, &DeliveryStreamStatus::Active).await?;
             outcome.changed(format!("deleting Firehose delivery stream {name} to recreate it: {reason}"));
             outcome.pending = Some(format!("Firehose delivery stream {name} is being recreated: {reason}"));
         }
     }
-    Ok((AwsResourceRef { name: name.to_owned(), arn }, outcome))
+    Ok((reference(arn), outcome))
+}
+
+/// A failed delivery stream's status with what AWS says went wrong (`FailureDescription`), e.g.
+/// `CREATING_FAILED (KMS_ACCESS_DENIED: ...)`.
+pub fn failure(description: &DeliveryStreamDescription) -> String {
+    let status = description.delivery_stream_status().as_str();
+    match description.failure_description() {
+        Some(failure) => format!("{status} ({}: {})", failure.r#type().as_str(), failure.details()),
+        None => format!("{status} (AWS gives no failure description)"),
+    }
+}
+
+/// What Firehose answers (`InvalidArgumentException`) when it cannot use the role it is given:
+/// the role or its policy was created or changed moments ago and IAM has not propagated it yet
+/// (seconds to minutes), or the role really lacks what Firehose needs. Which message comes
+/// depends on the check inside Firehose that trips first.
+const ROLE_REFUSALS: [&str; 4] =
+    ["is unable to assume role", "is not authorized to", "Access was denied", "Verify that the IAM role has access"];
+
+/// Whether Firehose refused the role it was given (see [`ROLE_REFUSALS`]).
+pub fn is_role_refusal(code: Option<&str>, message: &str) -> bool {
+    code == Some("InvalidArgumentException") && ROLE_REFUSALS.iter().any(|refusal| message.contains(refusal))
+}
+
+/// A refusal of the role is most likely IAM still propagating it, so it is retried (with the
+/// reconcile's backoff); the message says what is awaited, and what to check should it last,
+/// since a role that is really wrong gets the same answers.
+fn unsettled_role(mut error: AwsError, role_arn: &str) -> AwsError {
+    if is_role_refusal(error.code.as_deref(), &error.message) {
+        error.kind = AwsErrorKind::Busy;
+        error.message = format!(
+            "{} (waiting for IAM to make role {role_arn} usable by Firehose, which takes seconds to minutes after it or its \
+             policy changed; should this last longer, the role's trust or inline policy does not allow what Firehose needs)",
+            error.message
+        );
+    }
+    error
 }
 
 async fn create(clients: &AwsClients, name: &str, owner: &str, settings: &DeliverySettings) -> Result<String, Error> {
@@ -354,38 +409,51 @@ async fn create(clients: &AwsClients, name: &str, owner: &str, settings: &Delive
                      increase, delete unused delivery streams, or put this pipeline in another spec.region ({})",
                     clients.region, error.message
                 );
-            } else if error.message.contains("assume role") {
-                // A role created seconds ago is not assumable yet: IAM is eventually consistent.
-                error.kind = AwsErrorKind::Unavailable;
             }
-            Error::from(error)
+            Error::from(unsettled_role(error, &settings.role_arn))
         })?;
     Ok(created.delivery_stream_arn.unwrap_or_default())
 }
 
-async fn delete_owned(clients: &AwsClients, name: &str) -> Result<(), Error> {
-    let deleted = clients.firehose.delete_delivery_stream().delivery_stream_name(name).send().await;
+/// Deletes the delivery stream in `status`. A DELETING_FAILED one is deleted with
+/// `AllowForceDelete`, as AWS documents: the failure is Firehose not retiring a KMS grant, and
+/// the operator never gives Firehose a customer-managed key, so no grant of its own is left.
+async fn delete_owned(clients: &AwsClients, name: &str, status: &DeliveryStreamStatus) -> Result<(), Error> {
+    let force = (*status == DeliveryStreamStatus::DeletingFailed).then_some(true);
+    let deleted = clients.firehose.delete_delivery_stream().delivery_stream_name(name).set_allow_force_delete(force).send().await;
     deleted.absent_on(&[NOT_FOUND], || format!("deleting Firehose delivery stream {name}"))?;
     Ok(())
 }
 
-/// Deletes the delivery stream if it is this pipeline's; `true` once it is gone.
-pub async fn delete(clients: &AwsClients, name: &str, owner: &str) -> Result<bool, Error> {
-    let Some(description) = observe(clients, name).await? else { return Ok(true) };
+/// Deletes the delivery stream if it is this pipeline's: `None` once it is gone, else the
+/// delivery stream as the deletion waits for it (with the failure of a deletion that failed and
+/// is asked for again).
+pub async fn delete(clients: &AwsClients, name: &str, owner: &str) -> Result<Option<String>, Error> {
+    let Some(description) = observe(clients, name).await? else { return Ok(None) };
     if let Some(holder) = holder_of(clients, name, owner).await? {
         tracing::info!(delivery_stream = name, %holder, "not this pipeline's delivery stream; leaving it");
-        return Ok(true);
+        return Ok(None);
     }
-    if description.delivery_stream_status() != &DeliveryStreamStatus::Deleting {
-        delete_owned(clients, name).await?;
+    let status = description.delivery_stream_status();
+    if status != &DeliveryStreamStatus::Deleting {
+        delete_owned(clients, name, status).await?;
     }
-    Ok(observe(clients, name).await?.is_none())
+    if observe(clients, name).await?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(match status {
+        DeliveryStreamStatus::DeletingFailed => {
+            format!("Firehose delivery stream {name}, which is {}: deleting it again", failure(&description))
+        }
+        _ => format!("Firehose delivery stream {name}"),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
+    use metrics_pipeline_api::naming::OWNER_TAG;
     use metrics_pipeline_api::pipeline::DeliveryWriter;
 
     use super::*;
@@ -402,6 +470,125 @@ mod tests {
         assert_eq!(error.aws_kind(), Some(AwsErrorKind::Throttled), "{error}");
         assert!(!error.is_terminal(), "retried later: {error}");
         assert!(!aws.called().iter().any(|operation| operation == "DeleteDeliveryStream"), "{:?}", aws.called());
+    }
+
+    /// DescribeDeliveryStream's answer for a stream in `status` configured exactly as
+    /// [`connections`] and `config(Json, Gzip)` make it, with `failure` as its FailureDescription.
+    fn described(status: &str, failure: Option<(&str, &str)>) -> &'static str {
+        let connections = connections();
+        let mut description = serde_json::json!({
+            "DeliveryStreamName": "p-delivery",
+            "DeliveryStreamARN": "arn:aws:firehose:eu-west-1:123456789012:deliverystream/p-delivery",
+            "DeliveryStreamStatus": status,
+            "DeliveryStreamType": "KinesisStreamAsSource",
+            "VersionId": "1",
+            "Source": {"KinesisStreamSourceDescription": {"KinesisStreamARN": connections.output_stream_arn, "RoleARN": connections.role_arn}},
+            "Destinations": [{"DestinationId": "destinationId-000000000001", "ExtendedS3DestinationDescription": {
+                "RoleARN": connections.role_arn,
+                "BucketARN": connections.bucket_arn,
+                "Prefix": PREFIX,
+                "ErrorOutputPrefix": ERROR_PREFIX,
+                "BufferingHints": {"IntervalInSeconds": 60, "SizeInMBs": 64},
+                "CompressionFormat": "GZIP",
+                "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},
+                "DynamicPartitioningConfiguration": {"Enabled": true},
+                "ProcessingConfiguration": {"Enabled": true, "Processors": [
+                    {"Type": "MetadataExtraction", "Parameters": [
+                        {"ParameterName": "MetadataExtractionQuery", "ParameterValue": METADATA_EXTRACTION_QUERY},
+                        {"ParameterName": "JsonParsingEngine", "ParameterValue": JSON_PARSING_ENGINE}]},
+                    {"Type": "AppendDelimiterToRecord", "Parameters": [{"ParameterName": "Delimiter", "ParameterValue": DELIMITER}]}]}
+            }}],
+            "HasMoreDestinations": false
+        });
+        if let Some((kind, details)) = failure {
+            description["FailureDescription"] = serde_json::json!({"Type": kind, "Details": details});
+        }
+        String::leak(serde_json::json!({ "DeliveryStreamDescription": description }).to_string())
+    }
+
+    /// ListTagsForDeliveryStream's answer for pipeline `team-a/p`'s stream.
+    fn ours() -> &'static str {
+        String::leak(serde_json::json!({"Tags": [{"Key": OWNER_TAG, "Value": "team-a/p"}], "HasMoreTags": false}).to_string())
+    }
+
+    /// AWS with this pipeline's delivery stream in the failed `status`, which it lets be deleted.
+    async fn failed(status: &str, failure: (&str, &str)) -> FakeAws {
+        FakeAws::start(BTreeMap::from([
+            ("DescribeDeliveryStream", (200, described(status, Some(failure)))),
+            ("ListTagsForDeliveryStream", (200, ours())),
+            ("DeleteDeliveryStream", (200, "{}")),
+        ]))
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_failed_to_be_created_is_reported_with_its_failure_and_deleted_to_be_made_again() {
+        let settings = desired(&config(DeliveryFormat::Json, Compression::Gzip), &connections());
+        let active = FakeAws::start(BTreeMap::from([
+            ("DescribeDeliveryStream", (200, described("ACTIVE", None))),
+            ("ListTagsForDeliveryStream", (200, ours())),
+        ]))
+        .await;
+        let (_, outcome) = ensure(&active.clients, "p-delivery", "team-a/p", &settings).await.unwrap();
+        let kept = (outcome.changes.is_empty(), outcome.pending, outcome.degraded.is_none());
+        assert_eq!(kept, (true, None, true), "the answer matches the settings: an active stream is kept as it is");
+
+        let aws = failed("CREATING_FAILED", ("KMS_ACCESS_DENIED", "Firehose could not use the key")).await;
+        let (_, outcome) = ensure(&aws.clients, "p-delivery", "team-a/p", &settings).await.unwrap();
+        assert_eq!(
+            outcome.pending.as_deref(),
+            Some(
+                "Firehose delivery stream p-delivery is CREATING_FAILED (KMS_ACCESS_DENIED: Firehose could not use the key): deleting it to create it again"
+            ),
+            "never ready: {outcome:?}"
+        );
+        assert!(aws.called().iter().any(|operation| operation == "DeleteDeliveryStream"), "{:?}", aws.called());
+    }
+
+    #[tokio::test]
+    async fn a_failed_deletion_is_asked_again_and_its_failure_named() {
+        let aws = failed("DELETING_FAILED", ("RETIRE_KMS_GRANT_FAILED", "the grant could not be retired")).await;
+        let waiting = delete(&aws.clients, "p-delivery", "team-a/p").await.unwrap();
+        assert_eq!(
+            waiting.as_deref(),
+            Some(
+                "Firehose delivery stream p-delivery, which is DELETING_FAILED (RETIRE_KMS_GRANT_FAILED: the grant could not be retired): deleting it again"
+            )
+        );
+        assert_eq!(aws.called().iter().filter(|operation| *operation == "DeleteDeliveryStream").count(), 1, "{:?}", aws.called());
+    }
+
+    #[tokio::test]
+    async fn every_refusal_of_a_role_iam_has_not_propagated_yet_is_retried_and_says_what_it_waits_for() {
+        let settings = desired(&config(DeliveryFormat::Json, Compression::Gzip), &connections());
+        // Firehose's answers while the role is not usable yet, in the order the test proxy gives them.
+        let refusals = [
+            "Firehose is unable to assume role arn:aws:iam::123456789012:role/p-firehose. Please check the role provided.",
+            "Role arn:aws:iam::123456789012:role/p-firehose is not authorized to perform: kinesis:DescribeStream on resource arn:aws:kinesis:eu-west-1:123456789012:stream/p-output.",
+            "Access was denied when calling Glue. Please ensure that the role specified in the data format conversion configuration has the necessary permissions.",
+            "Verify that the IAM role has access to the Elasticsearch domain.",
+        ];
+        for refusal in refusals {
+            let answer = String::leak(serde_json::json!({"__type": "InvalidArgumentException", "message": refusal}).to_string());
+            let aws = FakeAws::start(BTreeMap::from([
+                ("DescribeDeliveryStream", (400, r#"{"__type":"ResourceNotFoundException","message":"not found"}"#)),
+                ("CreateDeliveryStream", (400, &*answer)),
+            ]))
+            .await;
+            let error = ensure(&aws.clients, "p-delivery", "team-a/p", &settings).await.expect_err("refused");
+            assert!(!error.is_terminal(), "retried: {error}");
+            let message = error.to_string();
+            assert!(message.contains(refusal), "{message}");
+            assert!(
+                message.contains("waiting for IAM to make role arn:aws:iam::123456789012:role/p-firehose usable by Firehose"),
+                "{message}"
+            );
+        }
+        assert!(!is_role_refusal(
+            Some("InvalidArgumentException"),
+            "BufferingHints.SizeInMBs must be at least 64 with dynamic partitioning"
+        ));
+        assert!(!is_role_refusal(Some("AccessDeniedException"), "User is not authorized to perform: firehose:CreateDeliveryStream"));
     }
 
     fn config(format: DeliveryFormat, compression: Compression) -> DeliveryConfig {

@@ -1,0 +1,168 @@
+//! The delivery stream as AWS runs it, through the AWS proxy: a new delivery stream is CREATING
+//! for a while and reads its source only from when it is ACTIVE, so the aggregator must not
+//! write before then (at the first creation and at a recreate); and a role IAM has not propagated
+//! yet is refused with each of Firehose's messages in turn, which the pipeline waits out without
+//! ever failing. (A delivery stream that failed to be created is tested in the operator's unit
+//! tests, `aws::delivery`: neither moto nor the proxy makes one fail.)
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use metrics_pipeline_api::pipeline::Phase;
+use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
+use metrics_pipeline_aws_proxy::{AwsProxy, Outcome, ProxySettings, Rule, RuleSettings, Service, emulator_url};
+use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, example};
+use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
+use metrics_pipeline_runtime::sdk::sdk_config;
+use metrics_pipeline_test_support::wait_for;
+
+const PIPELINE: &str = "metrics";
+
+/// The operator in its own namespace, reaching AWS through a proxy enforcing `rules`.
+struct Setup {
+    client: Client,
+    namespace: TestNamespace,
+    pipelines: Api<MetricsPipeline>,
+    proxy: AwsProxy,
+    operator: Operator,
+}
+
+impl Setup {
+    async fn start(prefix: &str, rules: RuleSettings, resync: Duration) -> Setup {
+        let client = kube_client().await.unwrap();
+        install_crd(&client).await.unwrap();
+        let namespace = TestNamespace::create(&client, prefix).await.unwrap();
+        let pipelines = Api::namespaced(client.clone(), &namespace.name);
+        let moto = emulator_url().expect("run `. /work/main/.dev-env/env` (or `scripts/dev-env up`) first");
+        let proxy = AwsProxy::start(&moto, ProxySettings { rules, ..ProxySettings::default() }).await.unwrap();
+        let operator = Operator::start(&client, &namespace.name, Some(proxy.endpoint().to_owned()), resync).await;
+        pipelines.patch(PIPELINE, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(example("pipeline.yaml"))).await.unwrap();
+        Setup { client, namespace, pipelines, proxy, operator }
+    }
+
+    async fn finish(self) {
+        delete_and_wait(&self.pipelines, PIPELINE).await;
+        self.operator.stop().await;
+        self.namespace.delete().await.unwrap();
+    }
+
+    fn delivery_stream(&self) -> String {
+        format!("{}-{PIPELINE}-delivery", self.namespace.name)
+    }
+
+    async fn phase(&self) -> Option<Phase> {
+        self.pipelines.get(PIPELINE).await.unwrap().status.and_then(|status| status.phase)
+    }
+}
+
+/// What a writer of the output stream and its reader look like at one moment: the delivery
+/// stream's status as AWS (the proxy) reports it, and the aggregator Deployment's replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Sample {
+    delivery: String,
+    replicas: i32,
+}
+
+impl Sample {
+    /// The aggregator may write while nothing reads the output stream.
+    fn loses_records(&self) -> bool {
+        self.replicas > 0 && self.delivery != "ACTIVE"
+    }
+}
+
+/// Samples the delivery stream and the aggregator until `done` says so, keeping each change.
+async fn record_until(setup: &Setup, firehose: &aws_sdk_firehose::Client, done: impl Fn(&Sample, Option<Phase>) -> bool) -> Vec<Sample> {
+    let deployments: Api<Deployment> = Api::namespaced(setup.client.clone(), &setup.namespace.name);
+    let mut samples: Vec<Sample> = Vec::new();
+    let outcome = wait_for("the samples to reach their end", Duration::from_secs(120), async || {
+        let described = firehose.describe_delivery_stream().delivery_stream_name(setup.delivery_stream()).send().await;
+        let delivery = match described {
+            Ok(output) => output.delivery_stream_description.map(|d| d.delivery_stream_status().as_str().to_owned()).unwrap_or_default(),
+            Err(_) => "absent".to_owned(),
+        };
+        let deployment = deployments.get_opt("metrics-aggregator").await.map_err(|error| error.to_string())?;
+        let replicas = deployment.and_then(|d| d.spec).and_then(|spec| spec.replicas).unwrap_or(0);
+        let sample = Sample { delivery, replicas };
+        if samples.last() != Some(&sample) {
+            samples.push(sample.clone());
+        }
+        if done(&sample, setup.phase().await) { Ok(()) } else { Err(format!("{samples:?}")) }
+    })
+    .await;
+    outcome.unwrap();
+    samples
+}
+
+#[tokio::test]
+async fn the_aggregator_writes_nothing_before_the_delivery_stream_reads_the_output_stream() {
+    let rules = RuleSettings { transition: Duration::from_secs(5), ..RuleSettings::default() };
+    let setup = Setup::start("strict-order", rules, Duration::from_secs(2)).await;
+    let firehose = aws_sdk_firehose::Client::new(&setup.proxy.sdk_config().await);
+
+    // First creation: the streams, then the delivery stream, are CREATING for 5 s each.
+    let ready = |sample: &Sample, phase: Option<Phase>| phase == Some(Phase::Ready) && sample.delivery == "ACTIVE" && sample.replicas == 1;
+    let created = record_until(&setup, &firehose, ready).await;
+    assert!(created.iter().any(|sample| sample.delivery == "CREATING"), "the proxy made the delivery stream CREATING: {created:?}");
+    assert!(!created.iter().any(Sample::loses_records), "the aggregator ran before the delivery stream read: {created:?}");
+
+    // Recreate: the delivery stream disappears (as if deleted by hand); the operator makes it
+    // again, and the aggregator must pause until the new one is ACTIVE.
+    let direct = aws_sdk_firehose::Client::new(&sdk_config(None).await);
+    direct.delete_delivery_stream().delivery_stream_name(setup.delivery_stream()).send().await.unwrap();
+    let recreated = record_until(&setup, &firehose, ready).await;
+    // Until the operator's next look the aggregator still runs with nothing reading: that gap
+    // is the deletion's, not the operator's. From its recreate on, nothing runs until ACTIVE.
+    let paused = recreated.iter().position(|sample| sample.delivery == "CREATING" && sample.replicas == 0);
+    let paused = paused.unwrap_or_else(|| panic!("the aggregator was not paused while the delivery stream was recreated: {recreated:?}"));
+    assert!(
+        !recreated[paused..].iter().any(Sample::loses_records),
+        "the aggregator ran before the new delivery stream read: {recreated:?}"
+    );
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn a_role_iam_has_not_propagated_yet_is_waited_out_without_the_pipeline_failing() {
+    let rules = RuleSettings { iam_propagation: Duration::from_secs(8), ..RuleSettings::default() };
+    // A long resync: a pipeline that failed would stay Failed for a while.
+    let setup = Setup::start("strict-iam", rules, Duration::from_secs(300)).await;
+    // Every status the API server stores, as its watch delivers them: no phase goes unseen.
+    let seen: Arc<Mutex<Vec<MetricsPipelineStatus>>> = Arc::default();
+    let record = seen.clone();
+    let watch = watcher(setup.pipelines.clone(), watcher::Config::default().fields(&format!("metadata.name={PIPELINE}")));
+    let watching = tokio::spawn(watch.applied_objects().for_each(move |pipeline| {
+        if let Some(status) = pipeline.ok().and_then(|pipeline| pipeline.status) {
+            record.lock().unwrap().push(status);
+        }
+        std::future::ready(())
+    }));
+    let status = wait_for("Ready or Failed", Duration::from_secs(120), async || {
+        let status = setup.pipelines.get(PIPELINE).await.map_err(|error| error.to_string())?.status.unwrap_or_default();
+        match status.phase {
+            Some(Phase::Ready | Phase::Failed) => Ok(status),
+            phase => Err(format!("{phase:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    watching.abort();
+    let seen = seen.lock().unwrap().clone();
+    let refusals = setup.proxy.stats().count(|call| {
+        call.is(Service::Firehose, "CreateDeliveryStream") && call.outcome == Outcome::Refused { rule: Rule::IamPropagation }
+    });
+    assert!(refusals >= 2, "the proxy refused the new role with more than one of Firehose's messages: {refusals}");
+    let phases: Vec<Option<Phase>> = seen.iter().map(|status| status.phase).collect();
+    assert_eq!(status.phase, Some(Phase::Ready), "phases: {phases:?}; conditions: {:#?}", status.conditions);
+    assert!(!phases.contains(&Some(Phase::Failed)), "{phases:?}");
+    // Meanwhile DeliveryReady said what it waited for, naming the role.
+    let role = format!("{}-{PIPELINE}-firehose", setup.namespace.name);
+    let messages: Vec<&str> =
+        seen.iter().flat_map(|status| &status.conditions).filter(|c| c.type_ == "DeliveryReady").map(|c| c.message.as_str()).collect();
+    assert!(messages.iter().any(|m| m.contains("waiting for IAM") && m.contains(&role)), "{messages:#?}");
+    setup.finish().await;
+}
