@@ -6,12 +6,17 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use metrics_pipeline_operator::workload::WorkloadSettings;
+use metrics_pipeline_test_support::Identity;
 use serde_json::json;
 
 use crate::FIELD_MANAGER;
 
-/// The Secret with AWS credentials that the operator's pods and the aggregators read.
+/// The Secret with AWS credentials that the aggregators read: the aggregator's identity
+/// (`scripts/aws-identities`) when the emulator enforces IAM.
 pub const CREDENTIALS_SECRET: &str = "aws-credentials";
+/// The Secret with the operator's AWS credentials, for the operator's pods (the chart's
+/// `awsCredentialsSecret`).
+pub const OPERATOR_CREDENTIALS_SECRET: &str = "aws-operator-credentials";
 /// Set by kind-e2e: the AWS endpoint as pods reach it, when it differs from the tests' own
 /// `AWS_ENDPOINT_URL` (which, on the local node, pods reach as well).
 pub const POD_AWS_ENDPOINT_ENV: &str = "METRICS_PIPELINE_POD_AWS_ENDPOINT";
@@ -45,16 +50,19 @@ pub fn workload_settings() -> WorkloadSettings {
     }
 }
 
-/// Creates `namespace` if it does not exist, with the credentials Secret of the tests' own
-/// environment (what IRSA would give the pods on EKS).
+/// Creates `namespace` if it does not exist, with the credentials Secrets of the aggregator's and
+/// the operator's identities (what IRSA would give the pods on EKS; the tests' own credentials
+/// when the emulator does not enforce IAM).
 pub async fn prepare_namespace(client: &Client, namespace: &str) -> anyhow::Result<()> {
     let apply = PatchParams::apply(FIELD_MANAGER);
     let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
     Api::<Namespace>::all(client.clone()).patch(namespace, &apply, &Patch::Apply(object)).await?;
-    let keys = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
-    let data: serde_json::Map<String, serde_json::Value> =
-        keys.iter().filter_map(|key| std::env::var(key).ok().map(|value| (key.to_string(), value.into()))).collect();
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": CREDENTIALS_SECRET}, "stringData": data});
-    Api::<Secret>::namespaced(client.clone(), namespace).patch(CREDENTIALS_SECRET, &apply, &Patch::Apply(secret)).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    for (name, identity) in [(CREDENTIALS_SECRET, Identity::Aggregator), (OPERATOR_CREDENTIALS_SECRET, Identity::Operator)] {
+        let data: serde_json::Map<String, serde_json::Value> =
+            identity.env_or_tests().into_iter().map(|(key, value)| (key.to_owned(), value.into())).collect();
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data});
+        secrets.patch(name, &apply, &Patch::Apply(secret)).await?;
+    }
     Ok(())
 }

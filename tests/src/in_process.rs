@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_config::SdkConfig;
+use aws_sdk_kinesis::config::{Credentials, SharedCredentialsProvider};
 use kube::Client;
 use kube::api::{Api, DeleteParams};
 use metrics_pipeline_api::config::AwsTarget;
@@ -13,7 +15,7 @@ use metrics_pipeline_operator::aws::AwsCalls;
 use metrics_pipeline_operator::controller::{AwsAccount, Context, Settings, run};
 use metrics_pipeline_operator::metrics::Metrics;
 use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
-use metrics_pipeline_test_support::{counter_series, wait_for};
+use metrics_pipeline_test_support::{Identity, counter_series, wait_for};
 use tokio::sync::oneshot;
 
 use crate::cluster::workload_settings;
@@ -44,13 +46,14 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// With the operator's credentials (its shipped IAM policy) when the emulator enforces IAM.
     pub async fn start(client: &Client, namespace: &str, endpoint: Option<String>, resync: Duration) -> Self {
         Self::start_with(client, namespace, endpoint, Settings { resync, ..quick_settings() }).await
     }
 
     /// With settings of the test's own (how retries are paced, say).
     pub async fn start_with(client: &Client, namespace: &str, endpoint: Option<String>, settings: Settings) -> Self {
-        let mut sdk = sdk_config(None).await;
+        let mut sdk = as_identity(sdk_config(None).await, Identity::Operator);
         let account = aws_sdk_sts::Client::new(&sdk).get_caller_identity().send().await.unwrap().account.unwrap();
         if let Some(endpoint) = endpoint {
             sdk = sdk.to_builder().endpoint_url(endpoint).build();
@@ -90,6 +93,14 @@ impl Operator {
     pub fn total_calls(&self) -> f64 {
         self.calls().iter().map(|(_, _, count)| count).sum()
     }
+}
+
+/// `sdk` with the credentials of `identity` (see `scripts/aws-identities`), when the environment
+/// has them; else unchanged.
+pub fn as_identity(sdk: SdkConfig, identity: Identity) -> SdkConfig {
+    let Some([(_, key), (_, secret)]) = identity.env() else { return sdk };
+    let credentials = Credentials::new(key, secret, None, None, "scripts/aws-identities");
+    sdk.to_builder().credentials_provider(SharedCredentialsProvider::new(credentials)).build()
 }
 
 pub async fn wait_for_status(

@@ -24,7 +24,7 @@ use metrics_pipeline_aws_proxy::{AwsProxy, ProxySettings, RuleSettings};
 use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent, deduplicate};
 use metrics_pipeline_operator::workload::{INSTANCE_LABEL, aggregator_selector};
 use metrics_pipeline_runtime::sdk::sdk_config;
-use metrics_pipeline_test_support::{free_port, terminate, wait_for};
+use metrics_pipeline_test_support::{Identity, free_port, terminate, wait_for};
 use serde_json::{Map, Value};
 use tokio::process::{Child, Command};
 
@@ -125,9 +125,9 @@ pub async fn run(
 }
 
 /// The operator as a process of this machine (as `cargo run` would start it), watching `namespace`;
-/// it reaches AWS at `aws_endpoint` (default: the environment's), its aggregators run this
-/// checkout's image, reach AWS at `pod_aws_endpoint` and read their credentials from the
-/// namespace's Secret.
+/// it reaches AWS at `aws_endpoint` (default: the environment's) with the operator's credentials;
+/// its aggregators run this checkout's image, reach AWS at `pod_aws_endpoint` and read their
+/// credentials from the namespace's Secret.
 pub fn start_operator(
     bin_dir: &Path,
     namespace: &str,
@@ -148,6 +148,7 @@ pub fn start_operator(
         // A short resync registers the first Glue partitions soon after the first objects land.
         .args(["--namespace", namespace, "--resync-period", "5s", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--aggregator-image", &image("metrics-aggregator"), "--aggregator-credentials-secret", CREDENTIALS_SECRET])
+        .envs(Identity::Operator.env_or_tests())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -15,7 +15,7 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, Po
 use kube::{Client, ResourceExt};
 use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::pipeline::Phase;
-use metrics_pipeline_e2e::cluster::{CREDENTIALS_SECRET, image_registry, image_tag, pod_aws_endpoint};
+use metrics_pipeline_e2e::cluster::{CREDENTIALS_SECRET, OPERATOR_CREDENTIALS_SECRET, image_registry, image_tag, pod_aws_endpoint};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, chart, kube_client, repo_path};
 use metrics_pipeline_test_support::wait_for;
 use serde_json::json;
@@ -29,7 +29,8 @@ fn values(watch_namespace: &str, replicas: i32) -> serde_json::Value {
         "image": {"repository": format!("{}/metrics-pipeline-operator", image_registry()), "tag": image_tag(), "pullPolicy": "Never"},
         "region": std::env::var("AWS_REGION").unwrap(),
         "awsEndpointUrl": pod_aws_endpoint().unwrap(),
-        "awsCredentialsSecret": CREDENTIALS_SECRET,
+        "awsCredentialsSecret": OPERATOR_CREDENTIALS_SECRET,
+        "aggregatorCredentialsSecret": CREDENTIALS_SECRET,
         "watchNamespace": watch_namespace,
         "resyncPeriod": "5s",
         "logFormat": "text",
@@ -54,6 +55,22 @@ fn the_irsa_role_lands_on_the_service_account_and_the_aggregator_image_follows_t
     assert!(rendered.contains("eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/operator"), "{rendered}");
     assert!(rendered.contains("image: registry.example/team/metrics-pipeline-operator:1.2.3"));
     assert!(rendered.contains(r#"{name: AGGREGATOR_IMAGE, value: "registry.example/team/metrics-aggregator:1.2.3"}"#), "{rendered}");
+}
+
+#[test]
+fn the_aggregators_get_their_own_credentials_secret_or_the_operators() {
+    let own = chart::render(
+        "ops",
+        "mp-credentials",
+        &json!({"awsCredentialsSecret": "operator-keys", "aggregatorCredentialsSecret": "aggregator-keys"}),
+    )
+    .unwrap();
+    assert!(own.contains(r#"- secretRef: {name: "operator-keys"}"#), "{own}");
+    assert!(own.contains(r#"{name: AGGREGATOR_CREDENTIALS_SECRET, value: "aggregator-keys"}"#), "{own}");
+    let shared = chart::render("ops", "mp-credentials", &json!({"awsCredentialsSecret": "operator-keys"})).unwrap();
+    assert!(shared.contains(r#"{name: AGGREGATOR_CREDENTIALS_SECRET, value: "operator-keys"}"#), "{shared}");
+    let irsa = chart::render("ops", "mp-credentials", &json!({})).unwrap();
+    assert!(!irsa.contains("AGGREGATOR_CREDENTIALS_SECRET") && !irsa.contains("secretRef"), "{irsa}");
 }
 
 /// The shared poll, for checks with nothing to report until they succeed.

@@ -14,7 +14,7 @@ use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use metrics_aggregator::window::{Accumulator, WindowAssigner};
 use metrics_pipeline_model::event::{MetricAggregate, MetricEvent, deduplicate};
 use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
-use metrics_pipeline_test_support::{free_port, wait_for};
+use metrics_pipeline_test_support::{Identity, free_port, wait_for};
 
 /// Streams and a bucket of one test, named uniquely; the emulator is discarded after the run.
 pub struct Emulator {
@@ -67,6 +67,8 @@ impl Emulator {
             .args(["run", "--input-stream", &self.input, "--output-stream", &self.output, "--bucket", &self.bucket])
             .args(["--listen", &listen, "--poll-interval", "200ms", "--log-level", "metrics_aggregator=debug,warn"])
             .args(extra)
+            // The aggregator's own identity (its shipped IAM policy) when the emulator enforces IAM.
+            .envs(Identity::Aggregator.env().into_iter().flatten())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stderr(File::create(&log).unwrap())

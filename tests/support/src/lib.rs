@@ -66,6 +66,35 @@ pub fn counter_series(exposition: &str, name: &str) -> Vec<(BTreeMap<String, Str
         .collect()
 }
 
+/// One of the programs `scripts/aws-identities` made an IAM user for in the emulator, holding the
+/// policy the chart ships for it (charts/metrics-pipeline-operator/iam/).
+#[derive(Clone, Copy, Debug)]
+pub enum Identity {
+    Operator,
+    Aggregator,
+}
+
+impl Identity {
+    /// The program's credentials as environment variables (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`), from `METRICS_PIPELINE_<PROGRAM>_AWS_…` in the environment that
+    /// `scripts/dev-env` wrote; `None` when IAM is off there (the program then shares the tests'
+    /// credentials).
+    pub fn env(self) -> Option<[(&'static str, String); 2]> {
+        let program = match self {
+            Identity::Operator => "OPERATOR",
+            Identity::Aggregator => "AGGREGATOR",
+        };
+        let var = |name: &str| std::env::var(format!("METRICS_PIPELINE_{program}_{name}")).ok();
+        Some([("AWS_ACCESS_KEY_ID", var("AWS_ACCESS_KEY_ID")?), ("AWS_SECRET_ACCESS_KEY", var("AWS_SECRET_ACCESS_KEY")?)])
+    }
+
+    /// The program's credentials, or the tests' own when IAM is off.
+    pub fn env_or_tests(self) -> [(&'static str, String); 2] {
+        self.env()
+            .unwrap_or_else(|| ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"].map(|name| (name, std::env::var(name).unwrap_or_default())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
