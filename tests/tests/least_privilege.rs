@@ -63,8 +63,9 @@ const AUTHORIZED_BY: &[(Service, &str, &[&str])] = &[
     (Service::S3, "GetBucketLifecycleConfiguration", &["s3:GetLifecycleConfiguration"]),
     (Service::S3, "PutBucketLifecycleConfiguration", &["s3:PutLifecycleConfiguration"]),
     (Service::S3, "DeleteBucketLifecycle", &["s3:PutLifecycleConfiguration"]),
-    // Each key of a batch is authorized as a DeleteObject (a version of it as DeleteObjectVersion).
-    (Service::S3, "DeleteObjects", &["s3:DeleteObject"]),
+    // Each key of a batch is authorized as a DeleteObject, or as a DeleteObjectVersion when the
+    // batch names its version, as the operator's always does (every version must go).
+    (Service::S3, "DeleteObjects", &["s3:DeleteObjectVersion"]),
     // Without s3:ListBucket a missing key is 403, not 404: a first start would read "no
     // checkpoint yet" as a refusal.
     (Service::S3, "GetObject", &["s3:GetObject", "s3:ListBucket"]),
