@@ -19,6 +19,7 @@ use metrics_pipeline_test_support::{Identity, counter_series, wait_for};
 use tokio::sync::oneshot;
 
 use crate::cluster::workload_settings;
+use crate::emulator_sdk;
 use crate::repo_path;
 
 pub fn example(file: &str) -> MetricsPipeline {
@@ -53,8 +54,8 @@ impl Operator {
 
     /// With settings of the test's own (how retries are paced, say).
     pub async fn start_with(client: &Client, namespace: &str, endpoint: Option<String>, settings: Settings) -> Self {
+        let account = aws_sdk_sts::Client::new(&emulator_sdk().await).get_caller_identity().send().await.unwrap().account.unwrap();
         let mut sdk = as_identity(sdk_config(None).await, Identity::Operator);
-        let account = aws_sdk_sts::Client::new(&sdk).get_caller_identity().send().await.unwrap().account.unwrap();
         if let Some(endpoint) = endpoint {
             sdk = sdk.to_builder().endpoint_url(endpoint).build();
         }
@@ -138,7 +139,7 @@ pub fn ready_condition(status: &MetricsPipelineStatus) -> Option<(&str, &str, &s
 /// Names of everything in the emulator's account that starts with `prefix` (or, for Glue,
 /// the database named like it).
 pub async fn everything_named(prefix: &str) -> Vec<String> {
-    let sdk = sdk_config(None).await;
+    let sdk = emulator_sdk().await;
     let mut found = Vec::new();
     let streams = aws_sdk_kinesis::Client::new(&sdk).list_streams().send().await.unwrap();
     found.extend(streams.stream_names().iter().filter(|name| name.starts_with(prefix)).map(|name| format!("stream {name}")));

@@ -45,6 +45,15 @@ pub fn workspace_bin_dir() -> anyhow::Result<PathBuf> {
         .context("metrics-pipeline-operator is not built next to this program: run `cargo build --workspace --bins` first")
 }
 
+/// The tests' own AWS settings: the environment's credentials (the allow-everything identity),
+/// straight to the emulator. With `AWS_FAULTS` the programs under test reach it through the AWS
+/// proxy; a test's own reads and writes (its checks, the Firehose stand-in, the producer) go past
+/// it, so an injected fault is met by the program under test, never by the test itself.
+pub async fn emulator_sdk() -> aws_config::SdkConfig {
+    let emulator = metrics_pipeline_aws_proxy::emulator_url().expect("run `scripts/dev-env up` and `. .dev-env/env`");
+    metrics_pipeline_aws_proxy::sdk_config_for(&emulator).await
+}
+
 /// A client for the API server named by `KUBECONFIG` (`. .dev-env/env` after `scripts/dev-env up`).
 pub async fn kube_client() -> anyhow::Result<Client> {
     if std::env::var_os("KUBECONFIG").is_none() {

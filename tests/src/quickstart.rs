@@ -23,13 +23,13 @@ use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_aws_proxy::{AwsProxy, ProxySettings, RuleSettings};
 use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent, deduplicate};
 use metrics_pipeline_operator::workload::{INSTANCE_LABEL, aggregator_selector};
-use metrics_pipeline_runtime::sdk::sdk_config;
 use metrics_pipeline_test_support::{Identity, free_port, terminate, wait_for};
 use serde_json::{Map, Value};
 use tokio::process::{Child, Command};
 
 use crate::cluster::{CREDENTIALS_SECRET, image, pod_aws_endpoint};
 use crate::delivery::DeliveryStandIn;
+use crate::emulator_sdk;
 use crate::query;
 use crate::{FIELD_MANAGER, install_crd, repo_path, workspace_bin_dir};
 
@@ -191,7 +191,7 @@ async fn wait_until(
 /// Publishes three minutes of generated metrics to the pipeline's input stream.
 async fn publish_metrics(status: &MetricsPipelineStatus, progress: &(dyn Fn(String) + Sync)) -> anyhow::Result<Vec<MetricEvent<'static>>> {
     let input = status.input_stream.as_ref().map(|r| r.name.clone()).context("the input stream is missing in status")?;
-    let sdk = sdk_config(None).await;
+    let sdk = emulator_sdk().await;
     // Three minutes of event time, ending a minute ago, one event a second per series.
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let start = EventTime((now_ms / 60_000 - 4) * 60_000);
@@ -227,7 +227,7 @@ async fn exchange_data(
         reference.as_ref().map(|r| r.name.clone()).context("missing in status")
     };
     let (database, table) = (name(&status.glue_database)?, name(&status.glue_table)?);
-    let sdk = sdk_config(None).await;
+    let sdk = emulator_sdk().await;
 
     let expected = expected_windows(&events);
     progress(format!("waiting for {} windows: the last fires after the example's 30s idle timeout", expected.values().sum::<usize>()));

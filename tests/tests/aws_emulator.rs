@@ -1,6 +1,7 @@
 //! The shared AWS SDK settings (one TLS stack, default credential chain, `AWS_ENDPOINT_URL`)
 //! reach the emulator that `scripts/dev-env up` starts.
 
+use metrics_pipeline_e2e::emulator_sdk;
 use metrics_pipeline_runtime::sdk::sdk_config;
 
 #[tokio::test]
@@ -9,7 +10,7 @@ async fn the_sdk_reaches_the_emulator_with_the_test_credentials() {
         std::env::var_os("AWS_ENDPOINT_URL").is_some(),
         "AWS_ENDPOINT_URL is not set: run `scripts/dev-env up` and `. .dev-env/env`, or run the tests with `scripts/test`"
     );
-    let config = sdk_config(None).await;
+    let config = emulator_sdk().await;
     assert_eq!(config.region().map(|r| r.as_ref()), std::env::var("AWS_REGION").ok().as_deref());
 
     let identity = aws_sdk_sts::Client::new(&config).get_caller_identity().send().await.unwrap();

@@ -9,15 +9,16 @@ use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use metrics_pipeline_api::config::{DeliveryConfig, PartitionConfig};
 use metrics_pipeline_api::pipeline::{Compression, DeliveryFormat, DeliveryWriter};
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
+use metrics_pipeline_e2e::emulator_sdk;
 use metrics_pipeline_e2e::pipe_through;
 use metrics_pipeline_e2e::query::{Format, query};
 use metrics_pipeline_operator::aws::catalog::{TableSpec, desired_table};
 use metrics_pipeline_operator::aws::delivery::{Connections, desired, destination_configuration};
-use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
+use metrics_pipeline_runtime::sdk::s3_client;
 
 #[tokio::test]
 async fn records_land_per_component_and_unkeyable_ones_under_the_error_prefix() {
-    let sdk = sdk_config(None).await;
+    let sdk = emulator_sdk().await;
     let unique = format!("standin-{}", std::process::id());
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     kinesis.create_stream().stream_name(&unique).shard_count(1).send().await.unwrap();

@@ -19,10 +19,11 @@ use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, Partition
 use metrics_aggregator::sink::KinesisSink;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_aws_proxy::{AwsProxy, ProxySettings, Service, emulator_url};
+use metrics_pipeline_e2e::emulator_sdk;
 use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, example, wait_for_status};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client, repo_path, workspace_bin_dir};
 use metrics_pipeline_model::event::EventTime;
-use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
+use metrics_pipeline_runtime::sdk::s3_client;
 use metrics_pipeline_test_support::{Identity, free_port, terminate, wait_for};
 use serde_json::{Value, json};
 
@@ -89,6 +90,7 @@ const AUTHORIZED_BY: &[(Service, &str, &[&str])] = &[
     (Service::Glue, "CreateDatabase", &["glue:CreateDatabase"]),
     (Service::Glue, "DeleteDatabase", &["glue:DeleteDatabase"]),
     (Service::Glue, "GetTable", &["glue:GetTable"]),
+    (Service::Glue, "GetTables", &["glue:GetTables"]),
     (Service::Glue, "CreateTable", &["glue:CreateTable"]),
     (Service::Glue, "UpdateTable", &["glue:UpdateTable"]),
     (Service::Glue, "DeleteTable", &["glue:DeleteTable"]),
@@ -190,7 +192,7 @@ async fn the_operator_policy_allows_exactly_what_the_operator_calls() {
     let status = wait_for_aws_parts(&pipelines, 1).await;
 
     // The first object of a component gets its partition registered; drift is repaired.
-    let sdk = sdk_config(None).await;
+    let sdk = emulator_sdk().await;
     let (s3, iam, glue) = (s3_client(&sdk), aws_sdk_iam::Client::new(&sdk), aws_sdk_glue::Client::new(&sdk));
     let bucket = status.bucket.as_ref().unwrap().name.clone();
     let role = status.firehose_role.as_ref().unwrap().name.clone();
@@ -258,7 +260,7 @@ async fn records_on(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> usize {
 
 #[tokio::test]
 async fn the_aggregator_policy_allows_exactly_what_the_aggregator_calls() {
-    let sdk = sdk_config(None).await;
+    let sdk = emulator_sdk().await;
     let (kinesis, s3) = (aws_sdk_kinesis::Client::new(&sdk), s3_client(&sdk));
     let unique = format!("lp-aggregator-{}", std::process::id());
     let (input, output, bucket) = (format!("{unique}-input"), format!("{unique}-output"), format!("{unique}-bucket"));

@@ -13,13 +13,14 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
+use metrics_pipeline_e2e::emulator_sdk;
 use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, everything_named, example, ready_condition, wait_for_status};
 use metrics_pipeline_e2e::query::{Format, query};
 use metrics_pipeline_e2e::relay::Relay;
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
 use metrics_pipeline_operator::aws::delivery;
 use metrics_pipeline_operator::controller::FINALIZER;
-use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
+use metrics_pipeline_runtime::sdk::s3_client;
 use metrics_pipeline_test_support::wait_for;
 
 #[tokio::test]
@@ -69,7 +70,7 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     assert!(service_accounts.get_opt("metrics-aggregator").await.unwrap().is_some());
 
     // Every AWS object reads back as specified.
-    let sdk = sdk_config(None).await;
+    let sdk = emulator_sdk().await;
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     for stream in [format!("{prefix}-input"), format!("{prefix}-output")] {
         let summary = kinesis.describe_stream_summary().stream_name(&stream).send().await.unwrap().stream_description_summary.unwrap();
@@ -253,7 +254,7 @@ async fn an_aws_outage_is_a_retryable_condition_and_the_pipeline_recovers() {
     wait_for_status(&pipelines, "outage", "the Degraded phase", |s| s.phase == Some(Phase::Degraded)).await;
     relay.set_up(true);
     wait_for_status(&pipelines, "outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)).await;
-    let firehose = aws_sdk_firehose::Client::new(&sdk_config(None).await);
+    let firehose = aws_sdk_firehose::Client::new(&emulator_sdk().await);
     let delivery = format!("{}-outage-delivery", namespace.name);
     let description =
         firehose.describe_delivery_stream().delivery_stream_name(&delivery).send().await.unwrap().delivery_stream_description.unwrap();
@@ -283,7 +284,7 @@ async fn retain_keeps_bucket_and_catalog_and_removes_the_rest() {
     pipelines.patch("shop-metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
     let status = wait_for_status(&pipelines, "shop-metrics", "Ready", |s| s.phase == Some(Phase::Ready)).await;
 
-    let sdk = sdk_config(None).await;
+    let sdk = emulator_sdk().await;
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     let input =
         kinesis.describe_stream_summary().stream_name(format!("{prefix}-input")).send().await.unwrap().stream_description_summary.unwrap();
@@ -317,7 +318,7 @@ async fn a_resource_someone_else_owns_is_never_taken_over() {
     install_crd(&client).await.unwrap();
     let namespace = TestNamespace::create(&client, "op-taken").await.unwrap();
     let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
-    let kinesis = aws_sdk_kinesis::Client::new(&sdk_config(None).await);
+    let kinesis = aws_sdk_kinesis::Client::new(&emulator_sdk().await);
     let foreign = format!("{}-taken-input", namespace.name);
     kinesis.create_stream().stream_name(&foreign).shard_count(1).send().await.unwrap();
     let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(60)).await;
@@ -369,7 +370,7 @@ async fn switching_to_the_aggregator_as_writer_removes_firehose_and_makes_the_ta
     assert_eq!((&status.delivery_stream, &status.firehose_role), (&None, &None), "the status names no Firehose parts");
     let delivery = status.conditions.iter().find(|c| c.type_ == "DeliveryReady").unwrap();
     assert!(delivery.message.contains("the aggregator writes Parquet files"), "{}", delivery.message);
-    let sdk = sdk_config(None).await;
+    let sdk = emulator_sdk().await;
     let firehose = aws_sdk_firehose::Client::new(&sdk);
     assert!(firehose.describe_delivery_stream().delivery_stream_name(&delivery_name).send().await.is_err(), "the delivery stream is gone");
     let glue = aws_sdk_glue::Client::new(&sdk);

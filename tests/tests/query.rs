@@ -9,10 +9,11 @@ use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use metrics_pipeline_api::config::PartitionConfig;
 use metrics_pipeline_api::pipeline::DeliveryFormat;
 use metrics_pipeline_e2e::delivery::compress;
+use metrics_pipeline_e2e::emulator_sdk;
 use metrics_pipeline_e2e::parquet::write_rows;
 use metrics_pipeline_e2e::query::{Format, query, select};
 use metrics_pipeline_operator::aws::catalog::{TableSpec, desired_table, partition_location, storage};
-use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
+use metrics_pipeline_runtime::sdk::s3_client;
 use serde_json::{Value, json};
 
 /// A bucket, and a Glue database holding the operator's `metric_aggregates` table over it.
@@ -25,7 +26,7 @@ struct Pipeline {
 
 impl Pipeline {
     async fn create(name: &str, format: DeliveryFormat, partitions: &PartitionConfig) -> Self {
-        let sdk = sdk_config(None).await;
+        let sdk = emulator_sdk().await;
         let bucket = format!("query-{name}-{}", std::process::id());
         let database = bucket.replace('-', "_");
         let s3 = s3_client(&sdk);

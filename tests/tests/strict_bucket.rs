@@ -14,9 +14,10 @@ use metrics_pipeline_api::naming::OWNER_TAG;
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_aws_proxy::{AwsProxy, FaultSettings, ProxySettings, Service, emulator_url};
+use metrics_pipeline_e2e::emulator_sdk;
 use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, everything_named, example, ready_condition, wait_for_status};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
-use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
+use metrics_pipeline_runtime::sdk::s3_client;
 use metrics_pipeline_test_support::wait_for;
 
 /// A namespace of its own, and the operator watching it with AWS reached through a proxy.
@@ -39,7 +40,7 @@ impl World {
         let pipelines = Api::namespaced(client.clone(), &namespace.name);
         let moto = emulator_url().expect("run `. /work/main/.dev-env/env` (AWS_ENDPOINT_URL)");
         let proxy = AwsProxy::start(&moto, ProxySettings::default()).await.unwrap();
-        let s3 = s3_client(&sdk_config(None).await);
+        let s3 = s3_client(&emulator_sdk().await);
         let mut world = World { client, namespace, pipelines, proxy, operator: None, s3 };
         world.start_operator().await;
         world

@@ -18,12 +18,13 @@ use metrics_pipeline_api::config::PartitionConfig;
 use metrics_pipeline_api::pipeline::{Compression, DeliveryFormat, DeliveryWriter, PartitionMode, Phase};
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_e2e::delivery::compress;
+use metrics_pipeline_e2e::emulator_sdk;
 use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, example, wait_for_status};
 use metrics_pipeline_e2e::query::select;
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
 use metrics_pipeline_operator::aws::catalog::{TableSpec, desired_table, storage};
 use metrics_pipeline_operator::aws::delivery;
-use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
+use metrics_pipeline_runtime::sdk::s3_client;
 use metrics_pipeline_test_support::wait_for;
 use serde_json::json;
 
@@ -111,7 +112,7 @@ async fn partition_columns_are_lower_case_old_tables_are_migrated_and_both_modes
     let registered_status = wait_for_status(&pipelines, "registered", "Ready", |s| s.phase == Some(Phase::Ready)).await;
     let projected_status = wait_for_status(&pipelines, "projected", "Ready", |s| s.phase == Some(Phase::Ready)).await;
 
-    let sdk = sdk_config(None).await;
+    let sdk = emulator_sdk().await;
     let (glue, s3) = (aws_sdk_glue::Client::new(&sdk), s3_client(&sdk));
     let names = |status: &MetricsPipelineStatus| (status.glue_database.clone().unwrap().name, status.bucket.clone().unwrap().name);
     let (registered_db, registered_bucket) = names(&registered_status);
@@ -188,7 +189,7 @@ async fn partition_columns_are_lower_case_old_tables_are_migrated_and_both_modes
 /// must fail the same way, or the tests above could not catch the camelCase key coming back.
 #[tokio::test]
 async fn a_camel_case_projection_fails_the_query_as_athena_fails_it() {
-    let sdk = sdk_config(None).await;
+    let sdk = emulator_sdk().await;
     let (glue, s3) = (aws_sdk_glue::Client::new(&sdk), s3_client(&sdk));
     let bucket = format!("cat-camel-{}", std::process::id());
     let database = bucket.replace('-', "_");
@@ -236,7 +237,7 @@ async fn a_glue_database_holding_another_table_survives_the_pipelines_deletion()
     let database = status.glue_database.unwrap().name;
 
     // Someone keeps a table of their own in the pipeline's database.
-    let glue = aws_sdk_glue::Client::new(&sdk_config(None).await);
+    let glue = aws_sdk_glue::Client::new(&emulator_sdk().await);
     let theirs = TableInput::builder().name("dashboards").table_type("EXTERNAL_TABLE").build().unwrap();
     glue.create_table().database_name(&database).table_input(theirs).send().await.unwrap();
 
@@ -276,7 +277,7 @@ async fn a_format_change_over_written_objects_is_refused_with_the_migration_and_
     let status = wait_for_status(&pipelines, "format", "Ready", |s| s.phase == Some(Phase::Ready)).await;
     let (database, bucket) = (status.glue_database.unwrap().name, status.bucket.unwrap().name);
     let delivery_name = status.delivery_stream.unwrap().name;
-    let sdk = sdk_config(None).await;
+    let sdk = emulator_sdk().await;
     let (glue, s3, firehose) = (aws_sdk_glue::Client::new(&sdk), s3_client(&sdk), aws_sdk_firehose::Client::new(&sdk));
     put_aggregate(&s3, &bucket, "user-service", "cpu-usage").await;
     let rows = format!("SELECT metricname FROM {database}.{TABLE}");

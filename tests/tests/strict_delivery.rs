@@ -16,6 +16,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_aws_proxy::{AwsProxy, Outcome, ProxySettings, Rule, RuleSettings, Service, emulator_url};
+use metrics_pipeline_e2e::emulator_sdk;
 use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, example};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
 use metrics_pipeline_runtime::sdk::sdk_config;
@@ -112,7 +113,7 @@ async fn the_aggregator_writes_nothing_before_the_delivery_stream_reads_the_outp
 
     // Recreate: the delivery stream disappears (as if deleted by hand); the operator makes it
     // again, and the aggregator must pause until the new one is ACTIVE.
-    let direct = aws_sdk_firehose::Client::new(&sdk_config(None).await);
+    let direct = aws_sdk_firehose::Client::new(&emulator_sdk().await);
     direct.delete_delivery_stream().delivery_stream_name(setup.delivery_stream()).send().await.unwrap();
     let recreated = record_until(&setup, &firehose, ready).await;
     // Until the operator's next look the aggregator still runs with nothing reading: that gap

@@ -10,9 +10,9 @@ use kube::api::{Api, Patch, PatchParams};
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_aws_proxy::{AwsProxy, Outcome, ProxySettings, RuleSettings, Service, emulator_url};
+use metrics_pipeline_e2e::emulator_sdk;
 use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, everything_named, example, wait_for_status};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
-use metrics_pipeline_runtime::sdk::sdk_config;
 use serde_json::json;
 
 /// A proxy whose scaled and new streams stay UPDATING / CREATING for a second, as on AWS (for
@@ -58,7 +58,7 @@ fn condition<'a>(status: &'a MetricsPipelineStatus, kind: &str) -> (&'a str, &'a
 
 /// The stream's open shards, asked of the emulator itself.
 async fn open_shards(stream: &str) -> i32 {
-    let kinesis = aws_sdk_kinesis::Client::new(&sdk_config(None).await);
+    let kinesis = aws_sdk_kinesis::Client::new(&emulator_sdk().await);
     kinesis.describe_stream_summary().stream_name(stream).send().await.unwrap().stream_description_summary.unwrap().open_shard_count
 }
 
@@ -104,7 +104,7 @@ async fn a_stream_past_its_daily_scalings_says_so_and_the_rest_of_the_pipeline_g
     let status = wait_for_status(&pipelines, "limited", "the scaling limit in StreamsReady", |s| {
         s.observed_generation == Some(2)
             && s.conditions.iter().any(|c| c.type_ == "StreamsReady" && c.reason == "ScalingLimitExceeded")
-            && ["BucketReady", "CatalogReady", "DeliveryReady"].iter().all(|kind| condition(s, kind).0 == "True")
+            && ["BucketReady", "CatalogReady", "DeliveryReady", "AggregatorReady"].iter().all(|kind| condition(s, kind).0 == "True")
     })
     .await;
     let (_, _, message) = condition(&status, "StreamsReady");
