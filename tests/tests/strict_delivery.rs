@@ -19,7 +19,6 @@ use metrics_pipeline_aws_proxy::{AwsProxy, Outcome, ProxySettings, Rule, RuleSet
 use metrics_pipeline_e2e::emulator_sdk;
 use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, example};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
-use metrics_pipeline_runtime::sdk::sdk_config;
 use metrics_pipeline_test_support::wait_for;
 
 const PIPELINE: &str = "metrics";
