@@ -8,8 +8,9 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 use aws_sdk_kinesis::config::{Credentials, SharedCredentialsProvider};
 use kube::Client;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use metrics_pipeline_api::config::AwsTarget;
+use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_operator::aws::AwsCalls;
 use metrics_pipeline_operator::controller::{AwsAccount, Context, Settings, run};
@@ -19,11 +20,17 @@ use metrics_pipeline_test_support::{Identity, counter_series, wait_for};
 use tokio::sync::oneshot;
 
 use crate::cluster::workload_settings;
-use crate::emulator_sdk;
-use crate::repo_path;
+use crate::{FIELD_MANAGER, TestNamespace, emulator_sdk, install_crd, kube_client, repo_path};
 
 pub fn example(file: &str) -> MetricsPipeline {
     serde_yaml::from_str(&std::fs::read_to_string(repo_path(&format!("examples/{file}"))).unwrap()).unwrap()
+}
+
+/// An example under a name of the test's own.
+pub fn example_named(file: &str, name: &str) -> MetricsPipeline {
+    let mut pipeline = example(file);
+    pipeline.metadata.name = Some(name.into());
+    pipeline
 }
 
 /// Settings that keep a test short: AWS's progress looked at every half second, retries from a
@@ -96,6 +103,82 @@ impl Operator {
     }
 }
 
+/// One operator test's world: the CRD installed, a namespace of its own, and the operator
+/// watching it, which the test may stop and start again to play a crash.
+pub struct OperatorTest {
+    pub client: Client,
+    pub namespace: TestNamespace,
+    pub pipelines: Api<MetricsPipeline>,
+    endpoint: Option<String>,
+    settings: Settings,
+    /// `None` while stopped.
+    operator: Option<Operator>,
+}
+
+impl OperatorTest {
+    /// The operator reaching AWS at `endpoint` (the emulator when `None`), looking again every `resync`.
+    pub async fn start(prefix: &str, endpoint: Option<String>, resync: Duration) -> Self {
+        Self::start_with(prefix, endpoint, Settings { resync, ..quick_settings() }).await
+    }
+
+    pub async fn start_with(prefix: &str, endpoint: Option<String>, settings: Settings) -> Self {
+        let client = kube_client().await.unwrap();
+        install_crd(&client).await.unwrap();
+        let namespace = TestNamespace::create(&client, prefix).await.unwrap();
+        let pipelines = Api::namespaced(client.clone(), &namespace.name);
+        let mut test = Self { client, namespace, pipelines, endpoint, settings, operator: None };
+        test.start_operator().await;
+        test
+    }
+
+    pub async fn start_operator(&mut self) {
+        let (client, namespace) = (&self.client, &self.namespace.name);
+        self.operator = Some(Operator::start_with(client, namespace, self.endpoint.clone(), self.settings.clone()).await);
+    }
+
+    /// Stops the operator as if it died: whatever it was doing stays half-done.
+    pub async fn stop_operator(&mut self) {
+        self.operator.take().expect("the operator runs").stop().await;
+    }
+
+    pub fn operator(&self) -> &Operator {
+        self.operator.as_ref().expect("the operator runs")
+    }
+
+    /// Applies `pipeline` under its own name, server-side as `kubectl apply` does.
+    pub async fn apply(&self, pipeline: &MetricsPipeline) {
+        let name = pipeline.metadata.name.as_deref().expect("the pipeline has a name");
+        self.pipelines.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(pipeline)).await.unwrap();
+    }
+
+    pub async fn wait_for(&self, name: &str, what: &str, check: impl Fn(&MetricsPipelineStatus) -> bool) -> MetricsPipelineStatus {
+        wait_for_status(&self.pipelines, name, what, check).await
+    }
+
+    pub async fn ready(&self, name: &str) -> MetricsPipelineStatus {
+        self.wait_for(name, "Ready", |s| s.phase == Some(Phase::Ready)).await
+    }
+
+    /// The prefix of the AWS names of pipeline `name` (`<namespace>-<name>`).
+    pub fn aws_prefix(&self, name: &str) -> String {
+        format!("{}-{name}", self.namespace.name)
+    }
+
+    /// Deletes pipeline `name`, waits for its cleanup and checks it left nothing in AWS.
+    pub async fn delete_and_check(&self, name: &str) {
+        delete_and_wait(&self.pipelines, name).await;
+        assert_eq!(everything_named(&self.aws_prefix(name)).await, Vec::<String>::new(), "nothing of {name} is left in AWS");
+    }
+
+    /// Stops the operator and deletes the namespace with whatever is left in it.
+    pub async fn finish(mut self) {
+        if let Some(operator) = self.operator.take() {
+            operator.stop().await;
+        }
+        self.namespace.delete().await.unwrap();
+    }
+}
+
 /// `sdk` with the credentials of `identity` (see `scripts/aws-identities`), when the environment
 /// has them; else unchanged.
 pub fn as_identity(sdk: SdkConfig, identity: Identity) -> SdkConfig {
@@ -132,8 +215,9 @@ pub async fn delete_and_wait(pipelines: &Api<MetricsPipeline>, name: &str) {
     .unwrap();
 }
 
-pub fn ready_condition(status: &MetricsPipelineStatus) -> Option<(&str, &str, &str)> {
-    status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
+/// Condition `kind` of `status` as (status, reason, message).
+pub fn condition<'a>(status: &'a MetricsPipelineStatus, kind: &str) -> Option<(&'a str, &'a str, &'a str)> {
+    status.conditions.iter().find(|c| c.type_ == kind).map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
 }
 
 /// Names of everything in the emulator's account that starts with `prefix` (or, for Glue,

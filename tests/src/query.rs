@@ -4,6 +4,7 @@
 //! the same command a user runs, and a record a query engine could not read fails the query.
 
 use anyhow::{Context, bail};
+use metrics_pipeline_aws_proxy::emulator_url;
 use serde_json::{Map, Value};
 use tokio::process::Command;
 
@@ -18,14 +19,19 @@ pub enum Format {
     Json,
 }
 
-/// Runs one SQL statement with `scripts/query` against the AWS endpoint of this process's
-/// environment; its output, or its error message.
+/// Runs one SQL statement with `scripts/query` against the emulator, past the AWS proxy (the
+/// query stands in for Athena, which is not the program under test); its output, or its error
+/// message.
 pub async fn query(sql: &str, format: Format) -> anyhow::Result<String> {
     let format = match format {
         Format::Table => "table",
         Format::Json => "json",
     };
-    let output = Command::new(repo_path("scripts/query"))
+    let mut command = Command::new(repo_path("scripts/query"));
+    if let Some(emulator) = emulator_url() {
+        command.env("AWS_ENDPOINT_URL", emulator);
+    }
+    let output = command
         .args(["--format", format, sql])
         .output()
         .await

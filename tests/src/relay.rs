@@ -1,11 +1,10 @@
 //! A TCP relay to the AWS emulator that can be cut, to play an AWS outage for whoever is given
 //! its endpoint: the operator, or the aggregator's pod.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::watch;
 
 pub struct Relay {
-    up: Arc<AtomicBool>,
+    up: watch::Sender<bool>,
     pub endpoint: String,
 }
 
@@ -17,18 +16,21 @@ impl Relay {
         let host = target.rsplit_once(':').map_or(target.as_str(), |(host, _)| host);
         let listener = tokio::net::TcpListener::bind((host, 0)).await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
-        let up = Arc::new(AtomicBool::new(false));
-        let relay_up = up.clone();
+        let (up, watched) = watch::channel(false);
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if !relay_up.load(Ordering::SeqCst) {
-                    drop(inbound);
+                if !*watched.borrow() {
                     continue;
                 }
                 let target = target.clone();
+                let mut connection_watch = watched.clone();
                 tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    // A cut ends established connections too: clients pool them, and an outage that
+                    // only refused new ones would leave a pooled connection working through it.
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = connection_watch.wait_for(|up| !*up) => {}
                     }
                 });
             }
@@ -37,6 +39,6 @@ impl Relay {
     }
 
     pub fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
+        self.up.send_replace(up);
     }
 }

@@ -7,13 +7,9 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams}
 use metrics_pipeline_api::config::AwsTarget;
 use metrics_pipeline_api::validation::validate;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineSpec};
-use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client, repo_path};
+use metrics_pipeline_e2e::in_process::example;
+use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
 use serde_json::json;
-
-fn example(file: &str) -> MetricsPipeline {
-    let text = std::fs::read_to_string(repo_path(&format!("examples/{file}"))).unwrap();
-    serde_yaml::from_str(&text).unwrap()
-}
 
 async fn setup(prefix: &str) -> (Api<MetricsPipeline>, TestNamespace) {
     let client = kube_client().await.unwrap();

@@ -4,12 +4,9 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, Patch, PatchParams};
-use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_aws_proxy::{AwsProxy, FaultSettings, ProxySettings, Service, emulator_url};
-use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, everything_named, example, quick_settings, wait_for_status};
-use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
+use metrics_pipeline_e2e::in_process::{OperatorTest, example_named, quick_settings};
 use metrics_pipeline_operator::controller::Settings;
 
 /// How long Firehose answers nothing but errors.
@@ -24,20 +21,15 @@ async fn a_service_that_keeps_failing_is_retried_with_backoff_and_the_pipeline_r
     let moto = emulator_url().expect("run `scripts/dev-env up` and `. .dev-env/env`");
     let firehose_down = FaultSettings { error_rate: 1.0, scope: vec!["firehose".parse().unwrap()], ..FaultSettings::none() };
     let proxy = AwsProxy::start(&moto, ProxySettings { faults: firehose_down, ..ProxySettings::default() }).await.unwrap();
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let namespace = TestNamespace::create(&client, "faults").await.unwrap();
     let settings = Settings { retry_base: Duration::from_secs(1), retry_cap: Duration::from_secs(16), ..quick_settings() };
-    let operator = Operator::start_with(&client, &namespace.name, Some(proxy.endpoint().to_owned()), settings).await;
-    let pipelines: Api<MetricsPipeline> = Api::namespaced(client, &namespace.name);
-    let mut pipeline = example("minimal.yaml");
-    pipeline.metadata.name = Some("outage".into());
-    pipelines.patch("outage", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
+    let test = OperatorTest::start_with("faults", Some(proxy.endpoint().to_owned()), settings).await;
+    test.apply(&example_named("minimal.yaml", "outage")).await;
 
-    let status = wait_for_status(&pipelines, "outage", "DeliveryReady False for the outage", |s| {
-        s.conditions.iter().any(|c| c.type_ == "DeliveryReady" && c.status == "False" && c.reason == "AwsUnavailable")
-    })
-    .await;
+    let status = test
+        .wait_for("outage", "DeliveryReady False for the outage", |s| {
+            s.conditions.iter().any(|c| c.type_ == "DeliveryReady" && c.status == "False" && c.reason == "AwsUnavailable")
+        })
+        .await;
     assert_ne!(status.phase, Some(Phase::Failed), "an outage is waited out, not a failure: {status:#?}");
     let firehose_calls = || proxy.stats().calls.iter().filter(|call| call.service == Service::Firehose).count();
     let before = firehose_calls();
@@ -51,9 +43,7 @@ async fn a_service_that_keeps_failing_is_retried_with_backoff_and_the_pipeline_r
     assert!(during > 0, "the operator kept trying");
 
     proxy.set_faults(FaultSettings::none()).unwrap();
-    wait_for_status(&pipelines, "outage", "Ready once Firehose is back", |s| s.phase == Some(Phase::Ready)).await;
-    delete_and_wait(&pipelines, "outage").await;
-    assert_eq!(everything_named(&format!("{}-outage", namespace.name)).await, Vec::<String>::new());
-    operator.stop().await;
-    namespace.delete().await.unwrap();
+    test.wait_for("outage", "Ready once Firehose is back", |s| s.phase == Some(Phase::Ready)).await;
+    test.delete_and_check("outage").await;
+    test.finish().await;
 }

@@ -14,14 +14,14 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_s3::primitives::ByteStream;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
 use metrics_aggregator::sink::KinesisSink;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_aws_proxy::{AwsProxy, ProxySettings, Service, emulator_url};
 use metrics_pipeline_e2e::emulator_sdk;
-use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, example, wait_for_status};
-use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client, repo_path, workspace_bin_dir};
+use metrics_pipeline_e2e::in_process::{OperatorTest, delete_and_wait, example, wait_for_status};
+use metrics_pipeline_e2e::{repo_path, workspace_bin_dir};
 use metrics_pipeline_model::event::EventTime;
 use metrics_pipeline_runtime::sdk::s3_client;
 use metrics_pipeline_test_support::{Identity, free_port, terminate, wait_for};
@@ -174,22 +174,14 @@ async fn wait_for_aws_parts(pipelines: &Api<MetricsPipeline>, generation: i64) -
 
 #[tokio::test]
 async fn the_operator_policy_allows_exactly_what_the_operator_calls() {
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let namespace = TestNamespace::create(&client, "lp-operator").await.unwrap();
-    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
     let proxy = AwsProxy::start(&emulator_url().unwrap(), ProxySettings::default()).await.unwrap();
-    let operator = Operator::start(&client, &namespace.name, Some(proxy.endpoint().to_owned()), Duration::from_secs(2)).await;
-    let apply = |pipeline: MetricsPipeline| {
-        let pipelines = pipelines.clone();
-        async move { pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(pipeline)).await.unwrap() }
-    };
+    let mut test = OperatorTest::start("lp-operator", Some(proxy.endpoint().to_owned()), Duration::from_secs(2)).await;
 
     // Created, with an expiry and registered partitions.
     let mut delivery = serde_json::to_value(&example("pipeline.yaml").spec.delivery).unwrap();
     delivery["expireAfterDays"] = json!(7);
-    apply(pipeline_with(json!({"delivery": delivery.clone()}))).await;
-    let status = wait_for_aws_parts(&pipelines, 1).await;
+    test.apply(&pipeline_with(json!({"delivery": delivery.clone()}))).await;
+    let status = wait_for_aws_parts(&test.pipelines, 1).await;
 
     // The first object of a component gets its partition registered; drift is repaired.
     let sdk = emulator_sdk().await;
@@ -229,20 +221,20 @@ async fn the_operator_policy_allows_exactly_what_the_operator_calls() {
         "output": {"capacityMode": "OnDemand"},
     });
     let catalog = json!({"table": "metric_aggregates", "partitions": {"mode": "Projected", "components": ["user-service"]}});
-    apply(pipeline_with(json!({"streams": streams, "delivery": delivery.clone(), "catalog": catalog.clone()}))).await;
-    wait_for_aws_parts(&pipelines, 2).await;
+    test.apply(&pipeline_with(json!({"streams": streams, "delivery": delivery.clone(), "catalog": catalog.clone()}))).await;
+    wait_for_aws_parts(&test.pipelines, 2).await;
     // Retention down again.
     let streams = json!({
         "input": {"capacityMode": "Provisioned", "shardCount": 2, "retentionHours": 24},
         "output": {"capacityMode": "OnDemand"},
     });
-    apply(pipeline_with(json!({"streams": streams, "delivery": delivery, "catalog": catalog}))).await;
-    wait_for_aws_parts(&pipelines, 3).await;
+    test.apply(&pipeline_with(json!({"streams": streams, "delivery": delivery, "catalog": catalog}))).await;
+    wait_for_aws_parts(&test.pipelines, 3).await;
 
-    delete_and_wait(&pipelines, "metrics").await;
-    operator.stop().await;
+    delete_and_wait(&test.pipelines, "metrics").await;
+    test.stop_operator().await;
     assert_exactly_what_is_needed(&proxy, OPERATOR_POLICY);
-    namespace.delete().await.unwrap();
+    test.finish().await;
 }
 
 /// Reads every record of `stream` through the tests' own client (the emulator directly).

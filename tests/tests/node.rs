@@ -13,6 +13,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
+use metrics_pipeline_e2e::in_process::condition;
 use metrics_pipeline_e2e::quickstart::{example, start_operator};
 use metrics_pipeline_e2e::relay::Relay;
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client, workspace_bin_dir};
@@ -22,10 +23,6 @@ use serde_json::json;
 
 /// A shell for `kubectl exec` into an image that has none (Debian's busybox-static on the node).
 const BUSYBOX: &str = "/bin/busybox";
-
-fn condition<'a>(status: &'a MetricsPipelineStatus, kind: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    status.conditions.iter().find(|c| c.type_ == kind)
-}
 
 async fn status_where(
     pipelines: &Api<MetricsPipeline>,
@@ -89,7 +86,7 @@ async fn the_aggregator_pod_is_ready_by_its_probe_logs_runs_confined_and_an_oom_
     let container = &pod.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0];
     assert_eq!((container.ready, container.restart_count), (false, 0), "two probe periods later: alive, still not ready");
     let status = status_where(&pipelines, "AggregatorReady waiting for the rollout", |s| {
-        condition(s, "AggregatorReady").is_some_and(|c| c.status == "False" && c.message.contains("0/1 ready"))
+        condition(s, "AggregatorReady").is_some_and(|(ready, _, message)| ready == "False" && message.contains("0/1 ready"))
     })
     .await;
     assert_ne!(status.phase, Some(Phase::Ready));
@@ -144,10 +141,10 @@ async fn the_aggregator_pod_is_ready_by_its_probe_logs_runs_confined_and_an_oom_
         Some(k8s_openapi::api::core::v1::ResourceRequirements { limits: Some(limits), ..Default::default() });
     pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&starved)).await.unwrap();
     let status = status_where(&pipelines, "AggregatorReady False for OOMKilled", |s| {
-        condition(s, "AggregatorReady").is_some_and(|c| c.status == "False" && c.reason == "OOMKilled")
+        condition(s, "AggregatorReady").is_some_and(|(ready, reason, _)| ready == "False" && reason == "OOMKilled")
     })
     .await;
-    let message = &condition(&status, "AggregatorReady").unwrap().message;
+    let (_, _, message) = condition(&status, "AggregatorReady").unwrap();
     assert!(message.contains("4Mi") && message.contains("spec.aggregator.resources.limits.memory"), "{message}");
     assert_eq!(status.phase, Some(Phase::Failed), "the user must raise the limit");
     let (described, description) = kubectl(&["describe", "metricspipeline", "metrics", "-n", &ns]);

@@ -10,14 +10,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::pipeline::Phase;
+use metrics_pipeline_e2e::FIELD_MANAGER;
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
 use metrics_pipeline_e2e::emulator_sdk;
-use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, everything_named, example, ready_condition, wait_for_status};
+use metrics_pipeline_e2e::in_process::{OperatorTest, condition, delete_and_wait, everything_named, example, example_named};
 use metrics_pipeline_e2e::query::{Format, query};
 use metrics_pipeline_e2e::relay::Relay;
-use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
 use metrics_pipeline_operator::aws::delivery;
 use metrics_pipeline_operator::controller::FINALIZER;
 use metrics_pipeline_runtime::sdk::s3_client;
@@ -25,16 +24,12 @@ use metrics_pipeline_test_support::wait_for;
 
 #[tokio::test]
 async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_behind() {
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let namespace = TestNamespace::create(&client, "op-example").await.unwrap();
-    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
-    let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(3)).await;
+    let test = OperatorTest::start("op-example", None, Duration::from_secs(3)).await;
 
-    pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(example("pipeline.yaml"))).await.unwrap();
-    let status = wait_for_status(&pipelines, "metrics", "Ready", |s| s.phase == Some(Phase::Ready)).await;
-    let prefix = format!("{}-metrics", namespace.name);
-    assert_eq!(ready_condition(&status).map(|c| c.0), Some("True"));
+    test.apply(&example("pipeline.yaml")).await;
+    let status = test.ready("metrics").await;
+    let prefix = test.aws_prefix("metrics");
+    assert_eq!(condition(&status, "Ready").map(|c| c.0), Some("True"));
     for part in ["StreamsReady", "BucketReady", "DeliveryReady", "CatalogReady", "AggregatorReady"] {
         let condition = status.conditions.iter().find(|c| c.type_ == part).unwrap_or_else(|| panic!("{part} missing"));
         assert_eq!(condition.status, "True", "{part}: {}", condition.message);
@@ -53,20 +48,20 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
         assert!(reference.arn.as_deref().is_some_and(|arn| arn.starts_with("arn:aws:")), "{reference:?} has an ARN");
     }
     assert_eq!(status.input_stream.as_ref().unwrap().name, format!("{prefix}-input"));
-    let pipeline = pipelines.get("metrics").await.unwrap();
+    let pipeline = test.pipelines.get("metrics").await.unwrap();
     assert!(pipeline.finalizers().contains(&FINALIZER.to_owned()));
 
     // The aggregator runs (the node reports its pod ready) from objects the pipeline owns.
     let aggregator = status.aggregator.as_ref().expect("the aggregator in status");
     assert_eq!((aggregator.deployment.as_str(), aggregator.ready_replicas), ("metrics-aggregator", 1));
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace.name);
+    let deployments: Api<Deployment> = Api::namespaced(test.client.clone(), &test.namespace.name);
     let deployment = deployments.get("metrics-aggregator").await.unwrap();
     let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
         ("MetricsPipeline", pipeline.uid().unwrap().as_str(), Some(true))
     );
-    let service_accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace.name);
+    let service_accounts: Api<ServiceAccount> = Api::namespaced(test.client.clone(), &test.namespace.name);
     assert!(service_accounts.get_opt("metrics-aggregator").await.unwrap().is_some());
 
     // Every AWS object reads back as specified.
@@ -77,7 +72,7 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
         assert_eq!((summary.stream_status, summary.open_shard_count, summary.retention_period_hours), (StreamStatus::Active, 1, 24));
         let tags = kinesis.list_tags_for_stream().stream_name(&stream).send().await.unwrap();
         let owner = tags.tags().iter().find(|t| t.key() == "metrics.dev/pipeline").and_then(|t| t.value());
-        assert_eq!(owner, Some(format!("{}/metrics", namespace.name).as_str()));
+        assert_eq!(owner, Some(format!("{}/metrics", test.namespace.name).as_str()));
     }
     let s3 = s3_client(&sdk);
     let bucket = &status.bucket.as_ref().unwrap().name;
@@ -157,10 +152,10 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
     );
 
     // Steady state: resyncs read, and change nothing.
-    let (calls_before, mutating_before) = (operator.total_calls(), operator.mutating_calls());
+    let (calls_before, mutating_before) = (test.operator().total_calls(), test.operator().mutating_calls());
     tokio::time::sleep(Duration::from_secs(7)).await;
-    assert!(operator.total_calls() > calls_before, "resyncs ran");
-    assert_eq!(operator.mutating_calls(), mutating_before, "a steady-state reconcile makes no mutating AWS call");
+    assert!(test.operator().total_calls() > calls_before, "resyncs ran");
+    assert_eq!(test.operator().mutating_calls(), mutating_before, "a steady-state reconcile makes no mutating AWS call");
 
     // Drift: what is deleted or changed by hand is put back within a resync or two (3 s each).
     deployments.delete("metrics-aggregator", &DeleteParams::default()).await.unwrap();
@@ -187,102 +182,82 @@ async fn the_example_pipeline_becomes_ready_stays_put_heals_and_leaves_nothing_b
 
     // Deletion removes every AWS object, then the resource.
     assert!(!everything_named(&prefix).await.is_empty());
-    delete_and_wait(&pipelines, "metrics").await;
+    delete_and_wait(&test.pipelines, "metrics").await;
     assert_eq!(everything_named(&prefix).await, Vec::<String>::new(), "nothing left in any service");
     assert!(deployments.get_opt("metrics-aggregator").await.unwrap().is_none(), "the aggregator stopped before its streams went");
     assert!(service_accounts.get_opt("metrics-aggregator").await.unwrap().is_none());
-    operator.stop().await;
-    namespace.delete().await.unwrap();
+    test.finish().await;
 }
 
 #[tokio::test]
 async fn an_invalid_spec_gets_a_terminal_condition_naming_the_field_and_creates_nothing() {
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let namespace = TestNamespace::create(&client, "op-invalid").await.unwrap();
-    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
-    let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(60)).await;
+    let test = OperatorTest::start("op-invalid", None, Duration::from_secs(60)).await;
 
-    let mut pipeline = example("minimal.yaml");
-    pipeline.metadata.name = Some("broken".into());
+    let mut pipeline = example_named("minimal.yaml", "broken");
     pipeline.spec.streams.input.capacity_mode = metrics_pipeline_api::pipeline::CapacityMode::OnDemand;
     pipeline.spec.streams.input.shard_count = Some(2);
     // The API server would refuse this key only when the ServiceAccount is applied, after AWS.
     pipeline.spec.aggregator.service_account_annotations.insert("team owner".into(), "shop".into());
-    pipelines.patch("broken", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    let status = wait_for_status(&pipelines, "broken", "the Failed phase", |s| s.phase == Some(Phase::Failed)).await;
-    let (ready, reason, message) = ready_condition(&status).unwrap();
+    test.apply(&pipeline).await;
+    let status = test.wait_for("broken", "the Failed phase", |s| s.phase == Some(Phase::Failed)).await;
+    let (ready, reason, message) = condition(&status, "Ready").unwrap();
     assert_eq!((ready, reason), ("False", "InvalidSpec"));
     assert!(message.contains("spec.streams.input.shardCount"), "{message}");
     assert!(message.contains("spec.aggregator.serviceAccountAnnotations[team owner]"), "{message}");
-    assert_eq!(operator.mutating_calls(), Vec::<String>::new(), "nothing was created");
-    assert_eq!(everything_named(&format!("{}-broken", namespace.name)).await, Vec::<String>::new());
+    assert_eq!(test.operator().mutating_calls(), Vec::<String>::new(), "nothing was created");
+    assert_eq!(everything_named(&test.aws_prefix("broken")).await, Vec::<String>::new());
 
-    pipelines.delete("broken", &DeleteParams::default()).await.unwrap();
-    operator.stop().await;
-    namespace.delete().await.unwrap();
+    test.pipelines.delete("broken", &DeleteParams::default()).await.unwrap();
+    test.finish().await;
 }
 
 #[tokio::test]
 async fn an_aws_outage_is_a_retryable_condition_and_the_pipeline_recovers() {
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let namespace = TestNamespace::create(&client, "op-outage").await.unwrap();
-    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
     let emulator = std::env::var("AWS_ENDPOINT_URL").unwrap();
     let relay = Relay::start(&emulator).await.unwrap();
-    let operator = Operator::start(&client, &namespace.name, Some(relay.endpoint.clone()), Duration::from_secs(60)).await;
+    let test = OperatorTest::start("op-outage", Some(relay.endpoint.clone()), Duration::from_secs(60)).await;
 
     // AWS unreachable from the first call: retryable, still provisioning.
-    let mut pipeline = example("minimal.yaml");
+    let mut pipeline = example_named("minimal.yaml", "outage");
     // Paused: the aggregator is not this test's subject (the quickstart test runs it).
     pipeline.spec.aggregator.replicas = 0;
-    pipeline.metadata.name = Some("outage".into());
-    pipelines.patch("outage", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    let status =
-        wait_for_status(&pipelines, "outage", "a retryable condition", |s| ready_condition(s).is_some_and(|c| c.1 == "AwsUnavailable"))
-            .await;
+    test.apply(&pipeline).await;
+    let status = test.wait_for("outage", "a retryable condition", |s| condition(s, "Ready").is_some_and(|c| c.1 == "AwsUnavailable")).await;
     assert_eq!(status.phase, Some(Phase::Provisioning));
-    assert!(ready_condition(&status).unwrap().2.contains("could not be reached"), "{:?}", ready_condition(&status));
+    assert!(condition(&status, "Ready").unwrap().2.contains("could not be reached"), "{:?}", condition(&status, "Ready"));
     relay.set_up(true);
-    wait_for_status(&pipelines, "outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready)).await;
+    test.wait_for("outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready)).await;
 
     // AWS gone after the pipeline was Ready: Degraded, and Ready again once it is back.
     relay.set_up(false);
     pipeline.spec.delivery.buffer_interval_seconds = 120;
-    pipelines.patch("outage", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    wait_for_status(&pipelines, "outage", "the Degraded phase", |s| s.phase == Some(Phase::Degraded)).await;
+    test.apply(&pipeline).await;
+    test.wait_for("outage", "the Degraded phase", |s| s.phase == Some(Phase::Degraded)).await;
     relay.set_up(true);
-    wait_for_status(&pipelines, "outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)).await;
+    test.wait_for("outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)).await;
     let firehose = aws_sdk_firehose::Client::new(&emulator_sdk().await);
-    let delivery = format!("{}-outage-delivery", namespace.name);
+    let delivery = format!("{}-outage-delivery", test.namespace.name);
     let description =
         firehose.describe_delivery_stream().delivery_stream_name(&delivery).send().await.unwrap().delivery_stream_description.unwrap();
     assert_eq!(delivery::settings_of(&description).unwrap().buffer_interval_seconds, 120, "the spec change went through UpdateDestination");
 
-    delete_and_wait(&pipelines, "outage").await;
-    assert_eq!(everything_named(&format!("{}-outage", namespace.name)).await, Vec::<String>::new());
-    operator.stop().await;
-    namespace.delete().await.unwrap();
+    test.delete_and_check("outage").await;
+    test.finish().await;
 }
 
 #[tokio::test]
 async fn retain_keeps_bucket_and_catalog_and_removes_the_rest() {
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let namespace = TestNamespace::create(&client, "op-retain").await.unwrap();
-    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
-    let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(60)).await;
+    let test = OperatorTest::start("op-retain", None, Duration::from_secs(60)).await;
 
     // The production-leaning example, with names of its own so that runs never collide.
     let mut pipeline = example("on-demand-retain.yaml");
     pipeline.spec.aggregator.replicas = 0;
-    let prefix = namespace.name.clone();
+    let prefix = test.namespace.name.clone();
     let database = prefix.replace('-', "_");
     pipeline.spec.name_prefix = Some(prefix.clone());
     pipeline.spec.catalog.database = Some(database.clone());
-    pipelines.patch("shop-metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    let status = wait_for_status(&pipelines, "shop-metrics", "Ready", |s| s.phase == Some(Phase::Ready)).await;
+    test.pipelines.patch("shop-metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
+    let status = test.wait_for("shop-metrics", "Ready", |s| s.phase == Some(Phase::Ready)).await;
 
     let sdk = emulator_sdk().await;
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
@@ -299,7 +274,7 @@ async fn retain_keeps_bucket_and_catalog_and_removes_the_rest() {
     let parameters = table.parameters().unwrap();
     assert_eq!(parameters["projection.componentname.values"], "user-service,order-service,payment-service");
 
-    delete_and_wait(&pipelines, "shop-metrics").await;
+    delete_and_wait(&test.pipelines, "shop-metrics").await;
     let mut left = everything_named(&prefix).await;
     left.sort();
     assert_eq!(left, [format!("bucket {bucket}"), format!("glue database {database}")], "Retain keeps exactly the data and the catalog");
@@ -308,25 +283,19 @@ async fn retain_keeps_bucket_and_catalog_and_removes_the_rest() {
     glue.delete_table().database_name(&database).name("metric_aggregates").send().await.unwrap();
     glue.delete_database().name(&database).send().await.unwrap();
     s3.delete_bucket().bucket(&bucket).send().await.unwrap();
-    operator.stop().await;
-    namespace.delete().await.unwrap();
+    test.finish().await;
 }
 
 #[tokio::test]
 async fn a_resource_someone_else_owns_is_never_taken_over() {
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let namespace = TestNamespace::create(&client, "op-taken").await.unwrap();
-    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
+    let test = OperatorTest::start("op-taken", None, Duration::from_secs(60)).await;
     let kinesis = aws_sdk_kinesis::Client::new(&emulator_sdk().await);
-    let foreign = format!("{}-taken-input", namespace.name);
+    let foreign = format!("{}-taken-input", test.namespace.name);
     kinesis.create_stream().stream_name(&foreign).shard_count(1).send().await.unwrap();
-    let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(60)).await;
 
-    let mut pipeline = example("minimal.yaml");
-    pipeline.metadata.name = Some("taken".into());
-    pipelines.patch("taken", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    let status = wait_for_status(&pipelines, "taken", "the Failed phase", |s| s.phase == Some(Phase::Failed)).await;
+    let pipeline = example_named("minimal.yaml", "taken");
+    test.apply(&pipeline).await;
+    let status = test.wait_for("taken", "the Failed phase", |s| s.phase == Some(Phase::Failed)).await;
     let streams = status.conditions.iter().find(|c| c.type_ == "StreamsReady").unwrap();
     assert_eq!((streams.status.as_str(), streams.reason.as_str()), ("False", "NotOwned"));
     assert!(
@@ -335,38 +304,30 @@ async fn a_resource_someone_else_owns_is_never_taken_over() {
         streams.message
     );
 
-    delete_and_wait(&pipelines, "taken").await;
+    delete_and_wait(&test.pipelines, "taken").await;
     assert!(
         kinesis.describe_stream_summary().stream_name(&foreign).send().await.is_ok(),
         "the foreign stream survives the pipeline's deletion"
     );
     kinesis.delete_stream().stream_name(&foreign).send().await.unwrap();
-    assert_eq!(everything_named(&format!("{}-taken", namespace.name)).await, Vec::<String>::new());
-    operator.stop().await;
-    namespace.delete().await.unwrap();
+    assert_eq!(everything_named(&test.aws_prefix("taken")).await, Vec::<String>::new());
+    test.finish().await;
 }
 
 #[tokio::test]
 async fn switching_to_the_aggregator_as_writer_removes_firehose_and_makes_the_table_parquet() {
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let namespace = TestNamespace::create(&client, "op-writer").await.unwrap();
-    let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &namespace.name);
-    let operator = Operator::start(&client, &namespace.name, None, Duration::from_secs(3)).await;
-    let mut pipeline = example("minimal.yaml");
-    pipeline.metadata.name = Some("writer".into());
+    let test = OperatorTest::start("op-writer", None, Duration::from_secs(3)).await;
+    let mut pipeline = example_named("minimal.yaml", "writer");
     pipeline.spec.aggregator.replicas = 0;
-    pipelines.patch("writer", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    let status = wait_for_status(&pipelines, "writer", "Ready with Firehose", |s| s.phase == Some(Phase::Ready)).await;
+    test.apply(&pipeline).await;
+    let status = test.wait_for("writer", "Ready with Firehose", |s| s.phase == Some(Phase::Ready)).await;
     let delivery_name = status.delivery_stream.expect("Firehose by default").name;
 
     pipeline.spec.delivery.format = metrics_pipeline_api::pipeline::DeliveryFormat::Parquet;
     pipeline.spec.delivery.writer = metrics_pipeline_api::pipeline::DeliveryWriter::Aggregator;
-    pipelines.patch("writer", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    let status = wait_for_status(&pipelines, "writer", "Ready without Firehose", |s| {
-        s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)
-    })
-    .await;
+    test.apply(&pipeline).await;
+    let status =
+        test.wait_for("writer", "Ready without Firehose", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)).await;
     assert_eq!((&status.delivery_stream, &status.firehose_role), (&None, &None), "the status names no Firehose parts");
     let delivery = status.conditions.iter().find(|c| c.type_ == "DeliveryReady").unwrap();
     assert!(delivery.message.contains("the aggregator writes Parquet files"), "{}", delivery.message);
@@ -378,14 +339,13 @@ async fn switching_to_the_aggregator_as_writer_removes_firehose_and_makes_the_ta
         glue.get_table().database_name(&status.glue_database.unwrap().name).name("metric_aggregates").send().await.unwrap().table.unwrap();
     let serde = table.storage_descriptor().and_then(|s| s.serde_info()).and_then(|s| s.serialization_library()).map(str::to_owned);
     assert_eq!(serde.as_deref(), Some("org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"));
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace.name);
+    let deployments: Api<Deployment> = Api::namespaced(test.client.clone(), &test.namespace.name);
     let container = deployments.get("writer-aggregator").await.unwrap().spec.unwrap().template.spec.unwrap().containers[0].clone();
     assert!(
         container.env.unwrap().iter().any(|var| var.name == "AGGREGATOR_PARQUET" && var.value.as_deref() == Some("gzip")),
         "the aggregator writes the files"
     );
 
-    delete_and_wait(&pipelines, "writer").await;
-    operator.stop().await;
-    namespace.delete().await.unwrap();
+    test.delete_and_check("writer").await;
+    test.finish().await;
 }

@@ -8,65 +8,37 @@ use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration, VersioningConfiguration};
-use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use metrics_pipeline_api::naming::OWNER_TAG;
 use metrics_pipeline_api::pipeline::Phase;
-use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_aws_proxy::{AwsProxy, FaultSettings, ProxySettings, Service, emulator_url};
 use metrics_pipeline_e2e::emulator_sdk;
-use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, everything_named, example, ready_condition, wait_for_status};
-use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
+use metrics_pipeline_e2e::in_process::{OperatorTest, condition, delete_and_wait, everything_named, example_named};
 use metrics_pipeline_runtime::sdk::s3_client;
 use metrics_pipeline_test_support::wait_for;
 
-/// A namespace of its own, and the operator watching it with AWS reached through a proxy.
+/// The operator in a namespace of its own, reaching AWS through a proxy.
 struct World {
-    client: Client,
-    namespace: TestNamespace,
-    pipelines: Api<MetricsPipeline>,
+    test: OperatorTest,
     proxy: AwsProxy,
-    /// `None` while stopped.
-    operator: Option<Operator>,
     /// The emulator, reached directly: what a person or another tool does.
     s3: aws_sdk_s3::Client,
 }
 
 impl World {
     async fn start(prefix: &str) -> Self {
-        let client = kube_client().await.unwrap();
-        install_crd(&client).await.unwrap();
-        let namespace = TestNamespace::create(&client, prefix).await.unwrap();
-        let pipelines = Api::namespaced(client.clone(), &namespace.name);
         let moto = emulator_url().expect("run `. /work/main/.dev-env/env` (AWS_ENDPOINT_URL)");
         let proxy = AwsProxy::start(&moto, ProxySettings::default()).await.unwrap();
-        let s3 = s3_client(&emulator_sdk().await);
-        let mut world = World { client, namespace, pipelines, proxy, operator: None, s3 };
-        world.start_operator().await;
-        world
-    }
-
-    async fn start_operator(&mut self) {
-        let endpoint = Some(self.proxy.endpoint().to_owned());
-        self.operator = Some(Operator::start(&self.client, &self.namespace.name, endpoint, Duration::from_secs(60)).await);
-    }
-
-    /// Stops the operator as if it died: whatever it was doing stays half-done.
-    async fn stop_operator(&mut self) {
-        self.operator.take().expect("the operator runs").stop().await;
+        let test = OperatorTest::start(prefix, Some(proxy.endpoint().to_owned()), Duration::from_secs(60)).await;
+        World { test, proxy, s3: s3_client(&emulator_sdk().await) }
     }
 
     /// Applies the smallest pipeline, its aggregator paused (no pod to wait for), as `name`.
     async fn apply(&self, name: &str, bucket_name: Option<String>) {
-        let mut pipeline = example("minimal.yaml");
-        pipeline.metadata.name = Some(name.into());
+        let mut pipeline = example_named("minimal.yaml", name);
         pipeline.spec.aggregator.replicas = 0;
         pipeline.spec.delivery.bucket_name = bucket_name;
-        self.pipelines.patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    }
-
-    async fn ready(&self, name: &str) -> MetricsPipelineStatus {
-        wait_for_status(&self.pipelines, name, "Ready", |s| s.phase == Some(Phase::Ready)).await
+        self.test.apply(&pipeline).await;
     }
 
     async fn put(&self, bucket: &str, key: &str) {
@@ -85,21 +57,16 @@ impl World {
 
     /// Nothing of this namespace's pipelines is left in AWS.
     async fn finish(self) {
-        assert_eq!(everything_named(&self.namespace.name).await, Vec::<String>::new(), "nothing is left behind");
-        self.operator.expect("the operator runs").stop().await;
-        self.namespace.delete().await.unwrap();
+        assert_eq!(everything_named(&self.test.namespace.name).await, Vec::<String>::new(), "nothing is left behind");
+        self.test.finish().await;
     }
-}
-
-fn condition<'a>(status: &'a MetricsPipelineStatus, kind: &str) -> Option<(&'a str, &'a str, &'a str)> {
-    status.conditions.iter().find(|c| c.type_ == kind).map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
 }
 
 #[tokio::test]
 async fn a_versioned_bucket_is_emptied_of_every_version_and_delete_marker_and_deleted() {
     let world = World::start("strict-versions").await;
     world.apply("versions", None).await;
-    let bucket = world.ready("versions").await.bucket.unwrap().name;
+    let bucket = world.test.ready("versions").await.bucket.unwrap().name;
 
     // Someone turns versioning on, then objects are overwritten and deleted: versions and delete
     // markers stay, and an object listing (ListObjectsV2) shows only what is current.
@@ -115,7 +82,7 @@ async fn a_versioned_bucket_is_emptied_of_every_version_and_delete_marker_and_de
     assert_eq!(current.key_count(), Some(1), "only b.json is current");
     assert_eq!(world.versions(&bucket).await.len(), 6, "4 versions and 2 delete markers");
 
-    delete_and_wait(&world.pipelines, "versions").await;
+    delete_and_wait(&world.test.pipelines, "versions").await;
     world.finish().await;
 }
 
@@ -123,13 +90,13 @@ async fn a_versioned_bucket_is_emptied_of_every_version_and_delete_marker_and_de
 async fn objects_s3_keeps_stop_the_deletion_with_a_condition_naming_them_and_without_a_hot_loop() {
     let world = World::start("strict-held").await;
     world.apply("held", None).await;
-    let bucket = world.ready("held").await.bucket.unwrap().name;
+    let bucket = world.test.ready("held").await.bucket.unwrap().name;
     world.put(&bucket, "held/2026/part-0.json").await;
     world.put(&bucket, "free/part-1.json").await;
     // Object lock or a legal hold on `held/`: DeleteObjects answers 200 with AccessDenied for it.
     world.proxy.hold_prefix(&bucket, "held/");
 
-    world.pipelines.delete("held", &DeleteParams::default()).await.unwrap();
+    world.test.pipelines.delete("held", &DeleteParams::default()).await.unwrap();
     let delete_objects = || world.proxy.stats().calls(Service::S3, "DeleteObjects");
     wait_for("the deletion to reach the bucket", Duration::from_secs(60), async || match delete_objects() {
         0 => Err("no DeleteObjects yet".to_owned()),
@@ -145,17 +112,19 @@ async fn objects_s3_keeps_stop_the_deletion_with_a_condition_naming_them_and_wit
     assert!(calls <= 2 * WINDOW.as_secs() as usize, "{calls} DeleteObjects calls in {WINDOW:?}: a hot loop");
 
     let held = format!("s3://{bucket}/held/2026/part-0.json");
-    let status = wait_for_status(&world.pipelines, "held", "a condition naming the held key", |s| {
-        ready_condition(s).is_some_and(|(_, _, message)| message.contains(&held))
-    })
-    .await;
-    let (ready, reason, message) = ready_condition(&status).unwrap();
+    let status = world
+        .test
+        .wait_for("held", "a condition naming the held key", |s| {
+            condition(s, "Ready").is_some_and(|(_, _, message)| message.contains(&held))
+        })
+        .await;
+    let (ready, reason, message) = condition(&status, "Ready").unwrap();
     assert_eq!((ready, reason, status.phase), ("False", "AwsRefused", Some(Phase::Deleting)));
     assert!(message.contains("AccessDenied: Access Denied because object protected by object lock."), "{message}");
     assert_eq!(world.versions(&bucket).await, [("held/2026/part-0.json".to_owned(), false)], "all the rest is deleted");
 
     world.proxy.release_prefix(&bucket, "held/");
-    delete_and_wait(&world.pipelines, "held").await;
+    delete_and_wait(&world.test.pipelines, "held").await;
     world.finish().await;
 }
 
@@ -163,7 +132,7 @@ async fn objects_s3_keeps_stop_the_deletion_with_a_condition_naming_them_and_wit
 async fn a_bucket_left_untagged_by_an_interrupted_creation_is_finished_and_one_made_by_hand_is_not_taken() {
     let mut world = World::start("strict-claim").await;
     // A bucket someone made by hand, untagged, under the name a pipeline asks for.
-    let by_hand = format!("{}-by-hand", world.namespace.name);
+    let by_hand = format!("{}-by-hand", world.test.namespace.name);
     let location = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::EuWest1).build();
     world.s3.create_bucket().bucket(&by_hand).create_bucket_configuration(location).send().await.unwrap();
     world.apply("by-hand", Some(by_hand.clone())).await;
@@ -173,29 +142,31 @@ async fn a_bucket_left_untagged_by_an_interrupted_creation_is_finished_and_one_m
     let tagging = FaultSettings { error_rate: 1.0, scope: vec!["s3:PutBucketTagging".parse().unwrap()], ..FaultSettings::none() };
     world.proxy.set_faults(tagging).unwrap();
     world.apply("interrupted", None).await;
-    wait_for_status(&world.pipelines, "interrupted", "the tagging to fail", |s| {
-        condition(s, "BucketReady").is_some_and(|(_, _, message)| message.contains("tagging S3 bucket"))
-    })
-    .await;
-    world.stop_operator().await;
+    world
+        .test
+        .wait_for("interrupted", "the tagging to fail", |s| {
+            condition(s, "BucketReady").is_some_and(|(_, _, message)| message.contains("tagging S3 bucket"))
+        })
+        .await;
+    world.test.stop_operator().await;
     world.proxy.set_faults(FaultSettings::none()).unwrap();
-    world.start_operator().await;
+    world.test.start_operator().await;
 
-    let status = world.ready("interrupted").await;
+    let status = world.test.ready("interrupted").await;
     assert_eq!(status.creating, Vec::<String>::new(), "nothing is half-made any more");
     let bucket = status.bucket.unwrap().name;
     let tags = world.s3.get_bucket_tagging().bucket(&bucket).send().await.unwrap();
     let owner = tags.tag_set().iter().find(|tag| tag.key() == OWNER_TAG).map(|tag| tag.value().to_owned());
-    assert_eq!(owner, Some(format!("{}/interrupted", world.namespace.name)));
+    assert_eq!(owner, Some(format!("{}/interrupted", world.test.namespace.name)));
 
-    let status = wait_for_status(&world.pipelines, "by-hand", "NotOwned", |s| s.phase == Some(Phase::Failed)).await;
+    let status = world.test.wait_for("by-hand", "NotOwned", |s| s.phase == Some(Phase::Failed)).await;
     let (_, reason, message) = condition(&status, "BucketReady").unwrap();
     assert_eq!(reason, "NotOwned", "{message}");
     assert!(message.contains(&format!("S3 bucket `{by_hand}` already exists and is not this pipeline's")), "{message}");
     assert!(world.s3.get_bucket_tagging().bucket(&by_hand).send().await.is_err(), "the bucket made by hand stays untagged");
 
-    delete_and_wait(&world.pipelines, "interrupted").await;
-    delete_and_wait(&world.pipelines, "by-hand").await;
+    delete_and_wait(&world.test.pipelines, "interrupted").await;
+    delete_and_wait(&world.test.pipelines, "by-hand").await;
     world.s3.head_bucket().bucket(&by_hand).send().await.expect("the bucket made by hand survives");
     world.s3.delete_bucket().bucket(&by_hand).send().await.unwrap();
     world.finish().await;

@@ -10,53 +10,43 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
+use metrics_pipeline_api::MetricsPipelineStatus;
 use metrics_pipeline_api::pipeline::Phase;
-use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_aws_proxy::{AwsProxy, Outcome, ProxySettings, Rule, RuleSettings, Service, emulator_url};
 use metrics_pipeline_e2e::emulator_sdk;
-use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, example};
-use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
+use metrics_pipeline_e2e::in_process::{OperatorTest, delete_and_wait, example};
 use metrics_pipeline_test_support::wait_for;
 
 const PIPELINE: &str = "metrics";
 
 /// The operator in its own namespace, reaching AWS through a proxy enforcing `rules`.
 struct Setup {
-    client: Client,
-    namespace: TestNamespace,
-    pipelines: Api<MetricsPipeline>,
+    test: OperatorTest,
     proxy: AwsProxy,
-    operator: Operator,
 }
 
 impl Setup {
     async fn start(prefix: &str, rules: RuleSettings, resync: Duration) -> Setup {
-        let client = kube_client().await.unwrap();
-        install_crd(&client).await.unwrap();
-        let namespace = TestNamespace::create(&client, prefix).await.unwrap();
-        let pipelines = Api::namespaced(client.clone(), &namespace.name);
         let moto = emulator_url().expect("run `. /work/main/.dev-env/env` (or `scripts/dev-env up`) first");
         let proxy = AwsProxy::start(&moto, ProxySettings { rules, ..ProxySettings::default() }).await.unwrap();
-        let operator = Operator::start(&client, &namespace.name, Some(proxy.endpoint().to_owned()), resync).await;
-        pipelines.patch(PIPELINE, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(example("pipeline.yaml"))).await.unwrap();
-        Setup { client, namespace, pipelines, proxy, operator }
+        let test = OperatorTest::start(prefix, Some(proxy.endpoint().to_owned()), resync).await;
+        test.apply(&example("pipeline.yaml")).await;
+        Setup { test, proxy }
     }
 
     async fn finish(self) {
-        delete_and_wait(&self.pipelines, PIPELINE).await;
-        self.operator.stop().await;
-        self.namespace.delete().await.unwrap();
+        delete_and_wait(&self.test.pipelines, PIPELINE).await;
+        self.test.finish().await;
     }
 
     fn delivery_stream(&self) -> String {
-        format!("{}-{PIPELINE}-delivery", self.namespace.name)
+        format!("{}-{PIPELINE}-delivery", self.test.namespace.name)
     }
 
     async fn phase(&self) -> Option<Phase> {
-        self.pipelines.get(PIPELINE).await.unwrap().status.and_then(|status| status.phase)
+        self.test.pipelines.get(PIPELINE).await.unwrap().status.and_then(|status| status.phase)
     }
 }
 
@@ -77,7 +67,7 @@ impl Sample {
 
 /// Samples the delivery stream and the aggregator until `done` says so, keeping each change.
 async fn record_until(setup: &Setup, firehose: &aws_sdk_firehose::Client, done: impl Fn(&Sample, Option<Phase>) -> bool) -> Vec<Sample> {
-    let deployments: Api<Deployment> = Api::namespaced(setup.client.clone(), &setup.namespace.name);
+    let deployments: Api<Deployment> = Api::namespaced(setup.test.client.clone(), &setup.test.namespace.name);
     let mut samples: Vec<Sample> = Vec::new();
     let outcome = wait_for("the samples to reach their end", Duration::from_secs(120), async || {
         let described = firehose.describe_delivery_stream().delivery_stream_name(setup.delivery_stream()).send().await;
@@ -134,7 +124,7 @@ async fn a_role_iam_has_not_propagated_yet_is_waited_out_without_the_pipeline_fa
     // Every status the API server stores, as its watch delivers them: no phase goes unseen.
     let seen: Arc<Mutex<Vec<MetricsPipelineStatus>>> = Arc::default();
     let record = seen.clone();
-    let watch = watcher(setup.pipelines.clone(), watcher::Config::default().fields(&format!("metadata.name={PIPELINE}")));
+    let watch = watcher(setup.test.pipelines.clone(), watcher::Config::default().fields(&format!("metadata.name={PIPELINE}")));
     let watching = tokio::spawn(watch.applied_objects().for_each(move |pipeline| {
         if let Some(status) = pipeline.ok().and_then(|pipeline| pipeline.status) {
             record.lock().unwrap().push(status);
@@ -142,7 +132,7 @@ async fn a_role_iam_has_not_propagated_yet_is_waited_out_without_the_pipeline_fa
         std::future::ready(())
     }));
     let status = wait_for("Ready or Failed", Duration::from_secs(120), async || {
-        let status = setup.pipelines.get(PIPELINE).await.map_err(|error| error.to_string())?.status.unwrap_or_default();
+        let status = setup.test.pipelines.get(PIPELINE).await.map_err(|error| error.to_string())?.status.unwrap_or_default();
         match status.phase {
             Some(Phase::Ready | Phase::Failed) => Ok(status),
             phase => Err(format!("{phase:?}")),
@@ -160,7 +150,7 @@ async fn a_role_iam_has_not_propagated_yet_is_waited_out_without_the_pipeline_fa
     assert_eq!(status.phase, Some(Phase::Ready), "phases: {phases:?}; conditions: {:#?}", status.conditions);
     assert!(!phases.contains(&Some(Phase::Failed)), "{phases:?}");
     // Meanwhile DeliveryReady said what it waited for, naming the role.
-    let role = format!("{}-{PIPELINE}-firehose", setup.namespace.name);
+    let role = format!("{}-{PIPELINE}-firehose", setup.test.namespace.name);
     let messages: Vec<&str> =
         seen.iter().flat_map(|status| &status.conditions).filter(|c| c.type_ == "DeliveryReady").map(|c| c.message.as_str()).collect();
     assert!(messages.iter().any(|m| m.contains("waiting for IAM") && m.contains(&role)), "{messages:#?}");

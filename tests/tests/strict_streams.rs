@@ -7,12 +7,11 @@
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
+use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::pipeline::Phase;
-use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_aws_proxy::{AwsProxy, Outcome, ProxySettings, RuleSettings, Service, emulator_url};
 use metrics_pipeline_e2e::emulator_sdk;
-use metrics_pipeline_e2e::in_process::{Operator, delete_and_wait, everything_named, example, wait_for_status};
-use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client};
+use metrics_pipeline_e2e::in_process::{OperatorTest, condition, example_named};
 use serde_json::json;
 
 /// A proxy whose scaled and new streams stay UPDATING / CREATING for a second, as on AWS (for
@@ -25,35 +24,16 @@ async fn strict_proxy(scalings_per_day: u32) -> AwsProxy {
 
 /// A test namespace, the in-process operator reaching AWS through `proxy`, and a Ready pipeline
 /// `name` in it made from the minimal example (one shard per stream).
-async fn ready_pipeline(proxy: &AwsProxy, prefix: &str, name: &str) -> (TestNamespace, Operator, Api<MetricsPipeline>) {
-    let client = kube_client().await.unwrap();
-    install_crd(&client).await.unwrap();
-    let namespace = TestNamespace::create(&client, prefix).await.unwrap();
-    let operator = Operator::start(&client, &namespace.name, Some(proxy.endpoint().to_owned()), Duration::from_secs(3)).await;
-    let pipelines: Api<MetricsPipeline> = Api::namespaced(client, &namespace.name);
-    let mut pipeline = example("minimal.yaml");
-    pipeline.metadata.name = Some(name.into());
-    pipelines.patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    wait_for_status(&pipelines, name, "Ready", |s| s.phase == Some(Phase::Ready)).await;
-    (namespace, operator, pipelines)
-}
-
-/// Deletes the pipeline, checks it left nothing in AWS, and stops the operator.
-async fn finish(namespace: TestNamespace, operator: Operator, pipelines: &Api<MetricsPipeline>, name: &str) {
-    delete_and_wait(pipelines, name).await;
-    assert_eq!(everything_named(&format!("{}-{name}", namespace.name)).await, Vec::<String>::new());
-    operator.stop().await;
-    namespace.delete().await.unwrap();
+async fn ready_pipeline(proxy: &AwsProxy, prefix: &str, name: &str) -> OperatorTest {
+    let test = OperatorTest::start(prefix, Some(proxy.endpoint().to_owned()), Duration::from_secs(3)).await;
+    test.apply(&example_named("minimal.yaml", name)).await;
+    test.ready(name).await;
+    test
 }
 
 async fn set_shards(pipelines: &Api<MetricsPipeline>, name: &str, stream: &str, shards: i32) {
     let patch = json!({ "spec": { "streams": { stream: { "shardCount": shards } } } });
     pipelines.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-}
-
-fn condition<'a>(status: &'a MetricsPipelineStatus, kind: &str) -> (&'a str, &'a str, &'a str) {
-    let found = status.conditions.iter().find(|c| c.type_ == kind).unwrap_or_else(|| panic!("no {kind} condition: {status:#?}"));
-    (found.status.as_str(), found.reason.as_str(), found.message.as_str())
 }
 
 /// The stream's open shards, asked of the emulator itself.
@@ -76,38 +56,43 @@ fn scalings(proxy: &AwsProxy, stream: &str) -> (usize, usize) {
 #[tokio::test]
 async fn a_stream_scaled_from_one_to_five_shards_gets_there_in_steps() {
     let proxy = strict_proxy(10).await;
-    let (namespace, operator, pipelines) = ready_pipeline(&proxy, "strict-scale", "scaled").await;
-    let input = format!("{}-scaled-input", namespace.name);
+    let test = ready_pipeline(&proxy, "strict-scale", "scaled").await;
+    let input = format!("{}-scaled-input", test.namespace.name);
 
-    set_shards(&pipelines, "scaled", "input", 5).await;
-    let status = wait_for_status(&pipelines, "scaled", "Ready with the input stream at 5 shards", |s| {
-        s.observed_generation == Some(2) && s.phase == Some(Phase::Ready)
-    })
-    .await;
-    assert_eq!(condition(&status, "StreamsReady").0, "True");
+    set_shards(&test.pipelines, "scaled", "input", 5).await;
+    let status = test
+        .wait_for("scaled", "Ready with the input stream at 5 shards", |s| {
+            s.observed_generation == Some(2) && s.phase == Some(Phase::Ready)
+        })
+        .await;
+    assert_eq!(condition(&status, "StreamsReady").unwrap().0, "True");
     assert_eq!(open_shards(&input).await, 5);
     // 1 → 2 → 4 → 5: each step at most doubles, and none was refused.
     assert_eq!(scalings(&proxy, &input), (3, 0), "{:#?}", proxy.stats().outcomes(Service::Kinesis, "UpdateShardCount"));
 
-    finish(namespace, operator, &pipelines, "scaled").await;
+    test.delete_and_check("scaled").await;
+    test.finish().await;
 }
 
 #[tokio::test]
 async fn a_stream_past_its_daily_scalings_says_so_and_the_rest_of_the_pipeline_goes_on() {
     // One scaling a day: 1 → 2 is made, 2 → 4 is refused.
     let proxy = strict_proxy(1).await;
-    let (namespace, operator, pipelines) = ready_pipeline(&proxy, "strict-limit", "limited").await;
-    let output = format!("{}-limited-output", namespace.name);
+    let test = ready_pipeline(&proxy, "strict-limit", "limited").await;
+    let output = format!("{}-limited-output", test.namespace.name);
 
     // The delivery stream reads the output stream: it must stay in place while that cannot scale.
-    set_shards(&pipelines, "limited", "output", 4).await;
-    let status = wait_for_status(&pipelines, "limited", "the scaling limit in StreamsReady", |s| {
-        s.observed_generation == Some(2)
-            && s.conditions.iter().any(|c| c.type_ == "StreamsReady" && c.reason == "ScalingLimitExceeded")
-            && ["BucketReady", "CatalogReady", "DeliveryReady", "AggregatorReady"].iter().all(|kind| condition(s, kind).0 == "True")
-    })
-    .await;
-    let (_, _, message) = condition(&status, "StreamsReady");
+    set_shards(&test.pipelines, "limited", "output", 4).await;
+    let status = test
+        .wait_for("limited", "the scaling limit in StreamsReady", |s| {
+            s.observed_generation == Some(2)
+                && s.conditions.iter().any(|c| c.type_ == "StreamsReady" && c.reason == "ScalingLimitExceeded")
+                && ["BucketReady", "CatalogReady", "DeliveryReady", "AggregatorReady"]
+                    .iter()
+                    .all(|kind| condition(s, kind).is_some_and(|c| c.0 == "True"))
+        })
+        .await;
+    let (_, _, message) = condition(&status, "StreamsReady").unwrap();
     for expected in [output.as_str(), "from 2 towards 4 shards", "per rolling 24-hour period", "spec.streams.output.shardCount"] {
         assert!(message.contains(expected), "the condition names the stream, the limit and the fix ({expected}): {message}");
     }
@@ -115,5 +100,6 @@ async fn a_stream_past_its_daily_scalings_says_so_and_the_rest_of_the_pipeline_g
     assert_eq!(open_shards(&output).await, 2, "the step AWS allowed was made");
     assert_eq!(scalings(&proxy, &output).0, 1);
 
-    finish(namespace, operator, &pipelines, "limited").await;
+    test.delete_and_check("limited").await;
+    test.finish().await;
 }
