@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use metrics_pipeline_api::MetricsPipelineStatus;
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_aws_proxy::{AwsProxy, Outcome, ProxySettings, Rule, RuleSettings, Service, emulator_url};
 use metrics_pipeline_e2e::emulator_sdk;
-use metrics_pipeline_e2e::in_process::{OperatorTest, delete_and_wait, example};
+use metrics_pipeline_e2e::in_process::{OperatorTest, condition, delete_and_wait, example};
 use metrics_pipeline_test_support::wait_for;
+use serde_json::json;
 
 const PIPELINE: &str = "metrics";
 
@@ -113,6 +114,24 @@ async fn the_aggregator_writes_nothing_before_the_delivery_stream_reads_the_outp
         !recreated[paused..].iter().any(Sample::loses_records),
         "the aggregator ran before the new delivery stream read: {recreated:?}"
     );
+
+    // Back from the aggregator as writer (Parquet files of its own, no delivery stream) to
+    // Firehose: the aggregator switches to the output stream only once Firehose reads it.
+    let writer = |writer: &str| json!({ "spec": { "delivery": { "format": "Parquet", "writer": writer } } });
+    let pipelines = &setup.test.pipelines;
+    pipelines.patch(PIPELINE, &PatchParams::default(), &Patch::Merge(&writer("Aggregator"))).await.unwrap();
+    setup
+        .test
+        .wait_for(PIPELINE, "the delivery stream gone for the aggregator as writer", |s| {
+            s.observed_generation == Some(2) && condition(s, "DeliveryReady").is_some_and(|c| c.0 == "True")
+        })
+        .await;
+    pipelines.patch(PIPELINE, &PatchParams::default(), &Patch::Merge(&writer("Firehose"))).await.unwrap();
+    let switched = record_until(&setup, &firehose, ready).await;
+    let paused = switched.iter().position(|sample| sample.replicas == 0);
+    let paused = paused.unwrap_or_else(|| panic!("the aggregator was not paused while the delivery stream was made: {switched:?}"));
+    assert!(switched[paused..].iter().any(|sample| sample.delivery == "CREATING"), "{switched:?}");
+    assert!(!switched[paused..].iter().any(Sample::loses_records), "the aggregator wrote before Firehose read: {switched:?}");
     setup.finish().await;
 }
 
