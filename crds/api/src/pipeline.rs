@@ -346,7 +346,7 @@ pub struct AggregatorSpec {
     pub replicas: i32,
 
     /// CPU and memory `requests` and `limits` of the aggregator container, as in a Pod spec,
-    /// e.g. `{requests: {cpu: 100m, memory: 64Mi}, limits: {memory: 256Mi}}`.
+    /// e.g. `{requests: {cpu: 100m, memory: 128Mi}, limits: {memory: 512Mi}}` (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "resources_schema")]
     pub resources: Option<ResourceRequirements>,
