@@ -209,9 +209,11 @@ async fn put_object(State(fake): State<Arc<Fake>>, Path((_, key)): Path<(String,
     ([(header::ETAG, "\"e\"")], "").into_response()
 }
 
-/// The release aggregator binary reading stream `in` at `endpoint`, with `flags` added.
+/// The release aggregator binary reading stream `in` at `endpoint`, with `flags` added;
+/// `AGGREGATOR_BIN` runs another build of it instead (an older one, to compare).
 pub fn start_aggregator(endpoint: &str, flags: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_metrics-aggregator"))
+    let binary = std::env::var("AGGREGATOR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_metrics-aggregator").to_owned());
+    Command::new(binary)
         .args(["run", "--input-stream", "in", "--output-stream", "out", "--bucket", "b", "--listen", "127.0.0.1:0"])
         .args(["--log-level", "warn"])
         .args(flags)
