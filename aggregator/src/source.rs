@@ -317,16 +317,24 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
     let diverted = DivertedBody::default();
     let call = client.get_records().shard_iterator(iterator).limit(MAX_RECORDS_PER_CALL).customize().interceptor(diverted.clone());
     match call.send().await {
-        Ok(_) => match diverted.take().map(|body| parse(&body)) {
-            Some(Ok(answer)) => Fetch::Records {
-                millis_behind_latest: answer.millis_behind_latest,
-                next_iterator: answer.next_shard_iterator,
-                records: answer.records,
+        // Reading an answer costs more than aggregating its records: the answers of one poll's
+        // shards are read at once, on as many cores as the pod has (tokio's blocking threads).
+        Ok(_) => match diverted.take().map(|body| tokio::task::spawn_blocking(move || parse(&body))) {
+            Some(reading) => match reading.await {
+                Ok(Ok(answer)) => Fetch::Records {
+                    millis_behind_latest: answer.millis_behind_latest,
+                    next_iterator: answer.next_shard_iterator,
+                    records: answer.records,
+                },
+                Ok(Err(problem)) => {
+                    tracing::warn!(%problem, shard, "GetRecords answered what cannot be read; retrying");
+                    Fetch::Failed
+                }
+                Err(stopped) => {
+                    tracing::warn!(error = %stopped, shard, "reading a GetRecords answer stopped; retrying");
+                    Fetch::Failed
+                }
             },
-            Some(Err(problem)) => {
-                tracing::warn!(%problem, shard, "GetRecords answered what cannot be read; retrying");
-                Fetch::Failed
-            }
             None => {
                 tracing::warn!(shard, "GetRecords answered without a body; retrying");
                 Fetch::Failed
