@@ -228,6 +228,7 @@ async fn main() {
     let _ = aggregator.wait();
     let seen = fake.seen.lock().unwrap();
     let (startup_cpu, first_page) = (seen.cpu_at_first_page.unwrap_or_default(), seen.first_page.expect("a page was served"));
+    let reading = seen.last_page.expect("a page was served").duration_since(first_page);
     let working = cpu - startup_cpu;
     let latencies = seen.latencies();
     drop(seen);
@@ -250,6 +251,12 @@ async fn main() {
     let busiest: Vec<String> =
         threads.iter().filter(|(_, cpu)| !cpu.is_zero()).map(|(name, cpu)| format!("{name} {:.2} s", cpu.as_secs_f64())).collect();
     println!("its threads:       {}", busiest.join(", "));
+    println!(
+        "pages read in:     {:.1} s wall, first to last page served ({:.0} events/s; GetRecords allows {} a second)",
+        reading.as_secs_f64(),
+        events / reading.as_secs_f64(),
+        workload.shards * 5 * RECORDS_PER_PAGE
+    );
     println!("peak resident:     {peak} MiB");
     if let (Some(first), Some(last)) = (latencies.first(), latencies.last()) {
         println!(

@@ -45,6 +45,7 @@ pub struct Seen {
     pub pages_served: usize,
     /// When the first page with records was served: the aggregator's start-up is over.
     pub first_page: Option<Instant>,
+    pub last_page: Option<Instant>,
     /// The aggregator's CPU time then: what its start-up cost.
     pub cpu_at_first_page: Option<Duration>,
     /// Records written with PutRecords.
@@ -120,6 +121,7 @@ impl Fake {
     fn served(&self, shard: usize, page: &Page) {
         let mut seen = self.seen.lock().unwrap();
         seen.pages_served += 1;
+        seen.last_page = Some(Instant::now());
         if seen.first_page.is_none() {
             seen.first_page = Some(Instant::now());
             seen.cpu_at_first_page = Some(process_cpu(self.aggregator.load(Ordering::Relaxed)));
@@ -210,10 +212,20 @@ async fn put_object(State(fake): State<Arc<Fake>>, Path((_, key)): Path<(String,
 }
 
 /// The release aggregator binary reading stream `in` at `endpoint`, with `flags` added;
-/// `AGGREGATOR_BIN` runs another build of it instead (an older one, to compare).
+/// `AGGREGATOR_BIN` runs another build of it instead (an older one, to compare), and
+/// `AGGREGATOR_CPUS` (a `taskset` list such as `0` or `0,1`) confines it to those cores.
 pub fn start_aggregator(endpoint: &str, flags: &[&str]) -> Child {
     let binary = std::env::var("AGGREGATOR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_metrics-aggregator").to_owned());
-    Command::new(binary)
+    let mut command = match std::env::var("AGGREGATOR_CPUS") {
+        // taskset executes the binary in its own process: the child's pid stays the aggregator's.
+        Ok(cpus) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", &cpus, &binary]);
+            taskset
+        }
+        Err(_) => Command::new(binary),
+    };
+    command
         .args(["run", "--input-stream", "in", "--output-stream", "out", "--bucket", "b", "--listen", "127.0.0.1:0"])
         .args(["--log-level", "warn"])
         .args(flags)
