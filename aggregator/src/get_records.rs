@@ -97,6 +97,9 @@ pub fn parse(body: &[u8]) -> Result<Answer, String> {
     Ok(Answer { records, next_shard_iterator: fields.next_shard_iterator, millis_behind_latest: fields.millis_behind_latest })
 }
 
+/// The most room reserved for one answer before its bytes arrive.
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
 /// What the SDK reads in place of a diverted answer: valid, and empty.
 const EMPTY_ANSWER: &[u8] = br#"{"Records":[]}"#;
 
@@ -130,8 +133,10 @@ impl Intercept for DivertedBody {
         if !response.status().is_success() {
             return Ok(());
         }
+        // Room for the answer as announced, within what a GetRecords answer can be (10 MiB of
+        // records, as base64 in JSON): a wrong Content-Length must not reserve the memory.
         let length = response.headers().get("content-length").and_then(|length| length.parse().ok()).unwrap_or(0);
-        *self.body.lock().expect("never poisoned: no panics while held") = Some(Vec::with_capacity(length));
+        *self.body.lock().expect("never poisoned: no panics while held") = Some(Vec::with_capacity(length.min(MAX_ANSWER_BYTES)));
         let inner = response.take_body();
         *response.body_mut() = SdkBody::from_body_1_x(Diverting { inner, into: self.body.clone(), ended: false });
         Ok(())
