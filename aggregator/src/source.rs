@@ -317,8 +317,8 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
     let diverted = DivertedBody::default();
     let call = client.get_records().shard_iterator(iterator).limit(MAX_RECORDS_PER_CALL).customize().interceptor(diverted.clone());
     match call.send().await {
-        // Reading an answer costs more than aggregating its records: the answers of one poll's
-        // shards are read at once, on as many cores as the pod has (tokio's blocking threads).
+        // Reading an answer costs about as much as aggregating its records (BENCHMARKS.md): the
+        // answers of one poll's shards are read at once, on as many cores as the pod has.
         Ok(_) => match diverted.take().map(|body| tokio::task::spawn_blocking(move || parse(&body))) {
             Some(reading) => match reading.await {
                 Ok(Ok(answer)) => Fetch::Records {
