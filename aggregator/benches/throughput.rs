@@ -8,7 +8,8 @@
 //! update, no windows) runs in the same passes to show what the machine gives at that moment.
 //! Results are in BENCHMARKS.md.
 
-use std::collections::HashMap;
+mod support;
+
 use std::hint::black_box;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use metrics_aggregator::decode::decode;
 use metrics_aggregator::window::WindowEngine;
 use metrics_pipeline_model::aggregation::WindowConfig;
 use metrics_pipeline_model::event::EventTime;
+use support::{Reference, summary};
 
 const COMPONENTS: usize = 1_000;
 const METRICS: usize = 10;
@@ -89,54 +91,20 @@ fn engine_pass() -> (Duration, usize) {
     (busy, emitted)
 }
 
-/// The reference record type: what `#[derive(Deserialize)]` gives, borrowing strings.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct BareEvent<'a> {
-    component_name: &'a str,
-    metric_name: &'a str,
-    #[allow(dead_code)]
-    unit: &'a str,
-    value: f64,
-    #[allow(dead_code)]
-    timestamp: &'a str,
-}
-
-/// The reference: a bare serde_json parse and a HashMap update per record, no windows, no
-/// validation, no timestamp parsing.
+/// The reference: a bare serde_json parse and a HashMap update per record.
 fn reference_pass() -> Duration {
-    let mut sums: HashMap<String, HashMap<String, (f64, u64)>> = HashMap::new();
+    let mut reference = Reference::default();
     let mut records = Records::new();
     let mut busy = Duration::ZERO;
     for batch in 0..BATCHES {
         let records = records.fill(batch);
         let began = Instant::now();
         for record in records {
-            let event: BareEvent<'_> = serde_json::from_slice(record).unwrap();
-            let metrics = match sums.get_mut(event.component_name) {
-                Some(metrics) => metrics,
-                None => sums.entry(event.component_name.to_owned()).or_default(),
-            };
-            match metrics.get_mut(event.metric_name) {
-                Some((sum, count)) => {
-                    *sum += event.value;
-                    *count += 1;
-                }
-                None => {
-                    metrics.insert(event.metric_name.to_string(), (event.value, 1));
-                }
-            }
+            reference.add(record);
         }
         busy += began.elapsed();
     }
-    black_box(&sums);
     busy
-}
-
-/// (median, best): the machine only ever adds noise, so the best pass is the steadier figure.
-fn summary(mut rates: Vec<f64>) -> (f64, f64) {
-    rates.sort_by(f64::total_cmp);
-    (rates[rates.len() / 2], rates[rates.len() - 1])
 }
 
 fn main() {

@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_kinesis::types::Record;
 use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use tokio::time::Instant;
 
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::decode::decode;
+use crate::get_records::InputRecord;
 use crate::metrics::Metrics;
 use crate::source::{Poll, ShardBatch};
 use crate::window::{Admission, WindowEngine};
@@ -106,7 +106,7 @@ impl Intake {
         metrics.records_read.inc_by(batch.records.len() as u64);
         self.engine.start_page(wall_clock);
         for record in &batch.records {
-            let reason = match decode(record.data.as_ref()) {
+            let reason = match decode(&record.data) {
                 Ok(event) => match self.engine.add(&batch.shard, &event) {
                     Admission::OnTime => continue,
                     Admission::Late => {
@@ -128,7 +128,7 @@ impl Intake {
                     reason.label()
                 }
             };
-            tracing::debug!(shard = %batch.shard, sequence_number = record.sequence_number(), %reason, "record kept as a dead letter");
+            tracing::debug!(shard = %batch.shard, sequence_number = record.sequence_number, %reason, "record kept as a dead letter");
             self.dead_letters.push(dead_letter(reason, &batch.shard, record));
         }
     }
@@ -170,13 +170,12 @@ impl Intake {
     }
 }
 
-fn dead_letter(reason: String, shard: &str, record: &Record) -> DeadLetter {
-    DeadLetter::new(reason, shard, record.sequence_number(), record.partition_key().unwrap_or_default(), record.data.as_ref())
+fn dead_letter(reason: String, shard: &str, record: &InputRecord) -> DeadLetter {
+    DeadLetter::new(reason, shard, &record.sequence_number, &record.partition_key, &record.data)
 }
 
 #[cfg(test)]
 mod tests {
-    use aws_sdk_kinesis::primitives::Blob;
     use metrics_pipeline_model::aggregation::WindowConfig;
 
     use super::*;
@@ -200,7 +199,7 @@ mod tests {
             .enumerate()
             .map(|(i, at)| {
                 let data = format!(r#"{{"componentName":"c","metricName":"m","unit":"u","value":1,"timestamp":{}}}"#, NOON + at);
-                Record::builder().sequence_number(i.to_string()).partition_key("k").data(Blob::new(data)).build().unwrap()
+                InputRecord { sequence_number: i.to_string(), partition_key: "k".into(), data: data.into_bytes() }
             })
             .collect();
         ShardBatch { shard: shard.into(), records, millis_behind_latest: Some(millis_behind_latest) }

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod dead_letter;
 pub mod decode;
 pub mod generate;
+pub mod get_records;
 pub mod intake;
 pub mod metrics;
 pub mod parquet_files;

@@ -7,13 +7,14 @@ use std::time::Duration;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
 use aws_sdk_kinesis::operation::get_records::GetRecordsError;
-use aws_sdk_kinesis::types::{Record, Shard, ShardIteratorType};
+use aws_sdk_kinesis::types::{Shard, ShardIteratorType};
 use aws_smithy_types::DateTime;
 use futures::future::join_all;
 use metrics_pipeline_model::event::EventTime;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::get_records::{DivertedBody, InputRecord, parse};
 use crate::sink::Backoff;
 
 /// Kinesis allows 5 GetRecords calls per second per shard.
@@ -117,7 +118,7 @@ pub enum InitialPosition {
 #[derive(Debug)]
 pub struct ShardBatch {
     pub shard: String,
-    pub records: Vec<Record>,
+    pub records: Vec<InputRecord>,
     pub millis_behind_latest: Option<i64>,
 }
 
@@ -151,7 +152,7 @@ pub struct KinesisSource {
 }
 
 enum Fetch {
-    Records { records: Vec<Record>, next_iterator: Option<String>, millis_behind_latest: Option<i64> },
+    Records { records: Vec<InputRecord>, next_iterator: Option<String>, millis_behind_latest: Option<i64> },
     Throttled,
     IteratorExpired,
     Failed,
@@ -242,7 +243,7 @@ impl KinesisSource {
                     let caught_up = records.is_empty() || millis_behind_latest == Some(0);
                     reader.next_poll = Instant::now() + if caught_up { self.poll_interval } else { MIN_POLL_INTERVAL };
                     if let Some(last) = records.last() {
-                        self.position.shards.insert(shard.clone(), last.sequence_number().to_owned());
+                        self.position.shards.insert(shard.clone(), last.sequence_number.clone());
                     }
                     let drained = next_iterator.is_none();
                     reader.iterator = next_iterator;
@@ -313,11 +314,31 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
             }
         }
     };
-    match client.get_records().shard_iterator(iterator).limit(MAX_RECORDS_PER_CALL).send().await {
-        Ok(output) => Fetch::Records {
-            millis_behind_latest: output.millis_behind_latest,
-            next_iterator: output.next_shard_iterator,
-            records: output.records,
+    let diverted = DivertedBody::default();
+    let call = client.get_records().shard_iterator(iterator).limit(MAX_RECORDS_PER_CALL).customize().interceptor(diverted.clone());
+    match call.send().await {
+        // Reading an answer costs about as much as aggregating its records (BENCHMARKS.md): the
+        // answers of one poll's shards are read at once, on as many cores as the pod has.
+        Ok(_) => match diverted.take().map(|body| tokio::task::spawn_blocking(move || parse(&body))) {
+            Some(reading) => match reading.await {
+                Ok(Ok(answer)) => Fetch::Records {
+                    millis_behind_latest: answer.millis_behind_latest,
+                    next_iterator: answer.next_shard_iterator,
+                    records: answer.records,
+                },
+                Ok(Err(problem)) => {
+                    tracing::warn!(%problem, shard, "GetRecords answered what cannot be read; retrying");
+                    Fetch::Failed
+                }
+                Err(stopped) => {
+                    tracing::warn!(error = %stopped, shard, "reading a GetRecords answer stopped; retrying");
+                    Fetch::Failed
+                }
+            },
+            None => {
+                tracing::warn!(shard, "GetRecords answered without a body; retrying");
+                Fetch::Failed
+            }
         },
         Err(error) => match error.as_service_error() {
             Some(GetRecordsError::ProvisionedThroughputExceededException(_)) => Fetch::Throttled,
@@ -340,6 +361,54 @@ mod tests {
 
     fn drained(ids: &[&str]) -> BTreeSet<String> {
         ids.iter().map(|id| id.to_string()).collect()
+    }
+
+    /// A Kinesis endpoint answering each call with the next of `answers` (status, body).
+    async fn kinesis_answering(answers: Vec<(u16, &'static str)>) -> Client {
+        use axum::http::StatusCode;
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(answers)));
+        let router = axum::Router::new().route(
+            "/",
+            axum::routing::post(async move || {
+                let (status, body) = answers.lock().unwrap().pop_front().expect("one answer per call");
+                (StatusCode::from_u16(status).unwrap(), [("content-type", "application/x-amz-json-1.1")], body)
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let config = aws_sdk_kinesis::Config::builder()
+            .behavior_version_latest()
+            .http_client(metrics_pipeline_runtime::sdk::http_client())
+            .endpoint_url(endpoint)
+            .region(aws_sdk_kinesis::config::Region::new("eu-west-1"))
+            .credentials_provider(aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "test"))
+            .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
+            .build();
+        Client::from_conf(config)
+    }
+
+    #[tokio::test]
+    async fn get_records_answers_are_read_here_and_errors_by_the_sdk() {
+        let client = kinesis_answering(vec![
+            (200, r#"{"Records":[{"SequenceNumber":"7","Data":"eyJhIjoxfQ==","PartitionKey":"k"}],"NextShardIterator":"B","MillisBehindLatest":0}"#),
+            (200, r#"{"Records":[],"ChildShards":[]}"#),
+            (400, r#"{"__type":"ProvisionedThroughputExceededException","message":"Rate exceeded"}"#),
+            (400, r#"{"__type":"ExpiredIteratorException","message":"Iterator expired"}"#),
+            (200, r#"{"Records":[{"SequenceNumber":"8","Data":"%%%","PartitionKey":"k"}],"NextShardIterator":"C"}"#),
+            (500, r#"{"__type":"InternalFailure"}"#),
+        ])
+        .await;
+        let fetch = || super::fetch(&client, "in", "shardId-0", Some("A".into()), ShardStart::TrimHorizon);
+        let Fetch::Records { records, next_iterator, millis_behind_latest } = fetch().await else { panic!("records expected") };
+        assert_eq!((records.len(), records[0].sequence_number.as_str(), &records[0].data[..]), (1, "7", &br#"{"a":1}"#[..]));
+        assert_eq!((next_iterator.as_deref(), millis_behind_latest), (Some("B"), Some(0)));
+        let Fetch::Records { records, next_iterator: None, .. } = fetch().await else { panic!("a closed shard's end expected") };
+        assert!(records.is_empty());
+        assert!(matches!(fetch().await, Fetch::Throttled));
+        assert!(matches!(fetch().await, Fetch::IteratorExpired));
+        assert!(matches!(fetch().await, Fetch::Failed), "an answer with a record that is not base64 is refused whole");
+        assert!(matches!(fetch().await, Fetch::Failed));
     }
 
     #[test]

@@ -1,0 +1,219 @@
+//! GetRecords answers read by the aggregator itself. The SDK's generic, schema-driven JSON reader
+//! took about half of the whole program's CPU time (BENCHMARKS.md, the whole program), far more
+//! than aggregating the records. The SDK still makes the call (endpoint, signing, retries,
+//! timeouts, and every error answer, which it reads as before); only a successful answer's body
+//! is diverted to this module on its way in, and the SDK is handed an empty answer in its place.
+//! The answer is held to the same shape: each record needs its sequence number, partition key
+//! and base64 data, or the whole answer is refused, as the SDK refuses it.
+
+use std::borrow::Cow;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use aws_sdk_kinesis::config::interceptors::BeforeDeserializationInterceptorContextMut;
+use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_kinesis::error::BoxError;
+use aws_smithy_types::body::SdkBody;
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use serde::Deserialize;
+
+/// One record of the input stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputRecord {
+    pub sequence_number: String,
+    pub partition_key: String,
+    pub data: Vec<u8>,
+}
+
+/// A successful GetRecords answer: `next_shard_iterator` is `None` once a closed shard is read
+/// to its end.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub records: Vec<InputRecord>,
+    pub next_shard_iterator: Option<String>,
+    pub millis_behind_latest: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AnswerFields<'a> {
+    #[serde(borrow)]
+    records: Vec<RecordFields<'a>>,
+    #[serde(default)]
+    next_shard_iterator: Option<String>,
+    #[serde(default)]
+    millis_behind_latest: Option<i64>,
+}
+
+/// Text borrowed from the answer unless it holds escapes.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RecordFields<'a> {
+    #[serde(borrow)]
+    sequence_number: Cow<'a, str>,
+    #[serde(borrow)]
+    partition_key: Cow<'a, str>,
+    data: Base64Data,
+}
+
+/// A record's `Data`, decoded as it is read: taken as raw bytes, since the base64 alphabet check
+/// is stricter than UTF-8 validation, which would only scan the text once more.
+struct Base64Data(Vec<u8>);
+
+impl<'de> Deserialize<'de> for Base64Data {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_bytes(Base64Visitor)
+    }
+}
+
+struct Base64Visitor;
+
+impl serde::de::Visitor<'_> for Base64Visitor {
+    type Value = Base64Data;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("base64 text")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, text: &[u8]) -> Result<Base64Data, E> {
+        // The SDK's own base64 (it decodes `Data` with the same crate, the same alphabet).
+        let data = base64_simd::STANDARD.decode_to_vec(text).map_err(|error| E::custom(format!("Data is not base64: {error}")))?;
+        Ok(Base64Data(data))
+    }
+}
+
+/// Reads a GetRecords answer body; the error says what is wrong with it.
+pub fn parse(body: &[u8]) -> Result<Answer, String> {
+    let fields: AnswerFields<'_> = serde_json::from_slice(body).map_err(|error| format!("not a GetRecords answer: {error}"))?;
+    let records = (fields.records.into_iter())
+        .map(|record| InputRecord {
+            sequence_number: record.sequence_number.into_owned(),
+            partition_key: record.partition_key.into_owned(),
+            data: record.data.0,
+        })
+        .collect();
+    Ok(Answer { records, next_shard_iterator: fields.next_shard_iterator, millis_behind_latest: fields.millis_behind_latest })
+}
+
+/// The most room reserved for one answer before its bytes arrive.
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// What the SDK reads in place of a diverted answer: valid, and empty.
+const EMPTY_ANSWER: &[u8] = br#"{"Records":[]}"#;
+
+/// Diverts a successful answer's body of one GetRecords call (`customize().interceptor(..)`);
+/// [`Self::take`] hands it over after the call. Each attempt starts it afresh, so after retries
+/// it holds the body of the attempt that succeeded.
+#[derive(Clone, Debug, Default)]
+pub struct DivertedBody {
+    body: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl DivertedBody {
+    /// The successful answer's body, once the call has returned it.
+    pub fn take(&self) -> Option<Vec<u8>> {
+        self.body.lock().expect("never poisoned: no panics while held").take()
+    }
+}
+
+impl Intercept for DivertedBody {
+    fn name(&self) -> &'static str {
+        "DivertedBody"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let response = context.response_mut();
+        if !response.status().is_success() {
+            return Ok(());
+        }
+        // Room for the answer as announced, within what a GetRecords answer can be (10 MiB of
+        // records, as base64 in JSON): a wrong Content-Length must not reserve the memory.
+        let length = response.headers().get("content-length").and_then(|length| length.parse().ok()).unwrap_or(0);
+        *self.body.lock().expect("never poisoned: no panics while held") = Some(Vec::with_capacity(length.min(MAX_ANSWER_BYTES)));
+        let inner = response.take_body();
+        *response.body_mut() = SdkBody::from_body_1_x(Diverting { inner, into: self.body.clone(), ended: false });
+        Ok(())
+    }
+}
+
+/// A response body that passes its bytes to [`DivertedBody`] and yields [`EMPTY_ANSWER`].
+struct Diverting {
+    inner: SdkBody,
+    into: Arc<Mutex<Option<Vec<u8>>>>,
+    ended: bool,
+}
+
+impl Body for Diverting {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        let mut body = self.into.lock().expect("never poisoned: no panics while held");
+                        body.get_or_insert_with(Vec::new).extend_from_slice(data);
+                    }
+                }
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => {
+                    self.ended = true;
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(EMPTY_ANSWER)))));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_reads_as_the_sdk_reads_it() {
+        let body = br#"{"Records":[
+            {"SequenceNumber":"4959","ApproximateArrivalTimestamp":1.6311888E9,"Data":"eyJhIjoxfQ==","PartitionKey":"user-service","EncryptionType":"NONE"},
+            {"Data":"\/w\u0041=","PartitionKey":"caf\u00e9","SequenceNumber":"4960"}],
+            "NextShardIterator":"AAAA","MillisBehindLatest":1200,"ChildShards":[]}"#;
+        let answer = parse(body).unwrap();
+        assert_eq!(answer.next_shard_iterator.as_deref(), Some("AAAA"));
+        assert_eq!(answer.millis_behind_latest, Some(1200));
+        assert_eq!(
+            answer.records,
+            [
+                InputRecord { sequence_number: "4959".into(), partition_key: "user-service".into(), data: br#"{"a":1}"#.to_vec() },
+                InputRecord { sequence_number: "4960".into(), partition_key: "café".into(), data: vec![0xff, 0x00] },
+            ],
+            "escapes are read, unknown fields ignored"
+        );
+        let closed = parse(br#"{"Records":[],"ChildShards":[{"ShardId":"s1","ParentShards":["s0"],"HashKeyRange":{}}]}"#).unwrap();
+        assert_eq!((closed.next_shard_iterator, closed.millis_behind_latest), (None, None), "a closed shard read to its end");
+    }
+
+    #[test]
+    fn a_malformed_answer_is_refused_whole() {
+        for (body, problem) in [
+            (&br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"k","Data":"not base64!"}]}"#[..], "not base64"),
+            (br#"{"Records":[{"PartitionKey":"k","Data":"eyJhIjoxfQ=="}]}"#, "missing field `SequenceNumber`"),
+            (br#"{"Records":[{"SequenceNumber":"1","Data":"eyJhIjoxfQ=="}]}"#, "missing field `PartitionKey`"),
+            (br#"{"NextShardIterator":"AAAA"}"#, "missing field `Records`"),
+            (br#"{"Records":[{"SequenceNumber":1,"PartitionKey":"k","Data":""}]}"#, "invalid type"),
+            (br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"k","Data":[1,2]}]}"#, "invalid type"),
+            (b"<html>", "not a GetRecords answer"),
+        ] {
+            let error = parse(body).unwrap_err();
+            assert!(error.contains(problem), "{error}");
+        }
+    }
+}
