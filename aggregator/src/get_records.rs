@@ -3,10 +3,11 @@
 //! than aggregating the records. The SDK still makes the call (endpoint, signing, retries,
 //! timeouts, and every error answer, which it reads as before); only a successful answer's body
 //! is diverted to this module on its way in, and the SDK is handed an empty answer in its place.
-//! The answer is held to the same shape: each record needs its sequence number, partition key
-//! and base64 data, or the whole answer is refused, as the SDK refuses it.
+//! The answer is held to a stricter shape than the SDK's, on purpose: where the SDK fills in a
+//! missing `Records`, `SequenceNumber` or `Data` with an empty default, the whole answer is
+//! refused (and asked again), since an empty sequence number would be checkpointed as a position.
+//! `PartitionKey` may be absent, as AWS documents for streams with AUTO record distribution.
 
-use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -38,23 +39,17 @@ pub struct Answer {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct AnswerFields<'a> {
-    #[serde(borrow)]
-    records: Vec<RecordFields<'a>>,
-    #[serde(default)]
+struct AnswerFields {
+    records: Vec<RecordFields>,
     next_shard_iterator: Option<String>,
-    #[serde(default)]
     millis_behind_latest: Option<i64>,
 }
 
-/// Text borrowed from the answer unless it holds escapes.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct RecordFields<'a> {
-    #[serde(borrow)]
-    sequence_number: Cow<'a, str>,
-    #[serde(borrow)]
-    partition_key: Cow<'a, str>,
+struct RecordFields {
+    sequence_number: String,
+    partition_key: Option<String>,
     data: Base64Data,
 }
 
@@ -86,11 +81,11 @@ impl serde::de::Visitor<'_> for Base64Visitor {
 
 /// Reads a GetRecords answer body; the error says what is wrong with it.
 pub fn parse(body: &[u8]) -> Result<Answer, String> {
-    let fields: AnswerFields<'_> = serde_json::from_slice(body).map_err(|error| format!("not a GetRecords answer: {error}"))?;
+    let fields: AnswerFields = serde_json::from_slice(body).map_err(|error| format!("not a GetRecords answer: {error}"))?;
     let records = (fields.records.into_iter())
         .map(|record| InputRecord {
-            sequence_number: record.sequence_number.into_owned(),
-            partition_key: record.partition_key.into_owned(),
+            sequence_number: record.sequence_number,
+            partition_key: record.partition_key.unwrap_or_default(),
             data: record.data.0,
         })
         .collect();
@@ -103,18 +98,24 @@ const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 /// What the SDK reads in place of a diverted answer: valid, and empty.
 const EMPTY_ANSWER: &[u8] = br#"{"Records":[]}"#;
 
-/// Diverts a successful answer's body of one GetRecords call (`customize().interceptor(..)`);
-/// [`Self::take`] hands it over after the call. Each attempt starts it afresh, so after retries
-/// it holds the body of the attempt that succeeded.
+/// Diverts a successful JSON answer's body of one GetRecords call (`customize().interceptor(..)`,
+/// which the SDK runs after its own body wrappers, stalled-stream protection among them, so they
+/// still see every byte); [`Self::take`] hands it over after the call. Each attempt starts it
+/// afresh, and only a body read to its end is handed over.
 #[derive(Clone, Debug, Default)]
 pub struct DivertedBody {
     body: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl DivertedBody {
-    /// The successful answer's body, once the call has returned it.
+    /// The successful answer's body, once the call has returned it; `None` when the SDK read the
+    /// answer itself (a CBOR one).
     pub fn take(&self) -> Option<Vec<u8>> {
-        self.body.lock().expect("never poisoned: no panics while held").take()
+        self.slot().take()
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        self.body.lock().expect("never poisoned: no panics while held")
     }
 }
 
@@ -129,24 +130,32 @@ impl Intercept for DivertedBody {
         _components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        *self.slot() = None;
         let response = context.response_mut();
-        if !response.status().is_success() {
+        // Kinesis answers in JSON unless the client was set to CBOR (`application/cbor`), which
+        // the SDK reads as ever; emulators do not all label their JSON.
+        let cbor = response.headers().get("content-type").is_some_and(|kind| kind.contains("cbor"));
+        if !response.status().is_success() || cbor {
             return Ok(());
         }
         // Room for the answer as announced, within what a GetRecords answer can be (10 MiB of
         // records, as base64 in JSON): a wrong Content-Length must not reserve the memory.
         let length = response.headers().get("content-length").and_then(|length| length.parse().ok()).unwrap_or(0);
-        *self.body.lock().expect("never poisoned: no panics while held") = Some(Vec::with_capacity(length.min(MAX_ANSWER_BYTES)));
+        // The SDK reads the empty answer in its place, not as many bytes as announced.
+        response.headers_mut().remove("content-length");
         let inner = response.take_body();
-        *response.body_mut() = SdkBody::from_body_1_x(Diverting { inner, into: self.body.clone(), ended: false });
+        let diverting = Diverting { inner, read: Vec::with_capacity(length.min(MAX_ANSWER_BYTES)), into: self.clone(), ended: false };
+        *response.body_mut() = SdkBody::from_body_1_x(diverting);
         Ok(())
     }
 }
 
-/// A response body that passes its bytes to [`DivertedBody`] and yields [`EMPTY_ANSWER`].
+/// A response body that collects its bytes, hands them to [`DivertedBody`] at its end, and
+/// yields [`EMPTY_ANSWER`].
 struct Diverting {
     inner: SdkBody,
-    into: Arc<Mutex<Option<Vec<u8>>>>,
+    read: Vec<u8>,
+    into: DivertedBody,
     ended: bool,
 }
 
@@ -162,13 +171,14 @@ impl Body for Diverting {
             match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
-                        let mut body = self.into.lock().expect("never poisoned: no panics while held");
-                        body.get_or_insert_with(Vec::new).extend_from_slice(data);
+                        self.read.extend_from_slice(data);
                     }
                 }
                 Some(Err(error)) => return Poll::Ready(Some(Err(error))),
                 None => {
                     self.ended = true;
+                    let read = std::mem::take(&mut self.read);
+                    *self.into.slot() = Some(read);
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(EMPTY_ANSWER)))));
                 }
             }
@@ -202,11 +212,19 @@ mod tests {
     }
 
     #[test]
+    fn a_record_without_a_partition_key_is_read_with_an_empty_one() {
+        // AWS leaves it out for records written without one to a stream with AUTO distribution.
+        let body = br#"{"Records":[{"SequenceNumber":"1","Data":"eyJhIjoxfQ=="},{"SequenceNumber":"2","PartitionKey":null,"Data":""}]}"#;
+        let keys: Vec<(String, String)> =
+            parse(body).unwrap().records.into_iter().map(|record| (record.sequence_number, record.partition_key)).collect();
+        assert_eq!(keys, [("1".into(), String::new()), ("2".into(), String::new())]);
+    }
+
+    #[test]
     fn a_malformed_answer_is_refused_whole() {
         for (body, problem) in [
             (&br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"k","Data":"not base64!"}]}"#[..], "not base64"),
             (br#"{"Records":[{"PartitionKey":"k","Data":"eyJhIjoxfQ=="}]}"#, "missing field `SequenceNumber`"),
-            (br#"{"Records":[{"SequenceNumber":"1","Data":"eyJhIjoxfQ=="}]}"#, "missing field `PartitionKey`"),
             (br#"{"NextShardIterator":"AAAA"}"#, "missing field `Records`"),
             (br#"{"Records":[{"SequenceNumber":1,"PartitionKey":"k","Data":""}]}"#, "invalid type"),
             (br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"k","Data":[1,2]}]}"#, "invalid type"),

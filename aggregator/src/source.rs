@@ -21,9 +21,10 @@ use crate::sink::Backoff;
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Most records one GetRecords call may return.
 const MAX_RECORDS_PER_CALL: i32 = 10_000;
-/// Most GetRecords answers one poll holds. An answer holds at most 10 MiB of records, so however
-/// many shards are behind, a poll holds at most 40 MiB of them (plus their parse), well inside
-/// the Deployment's default 256 MiB limit; the shards left over are read by the next poll.
+/// Most GetRecords answers one poll holds. An answer holds at most 10 MiB of records (about
+/// 14 MiB as base64 in JSON), so however many shards are behind, a poll holds at most about
+/// 100 MiB of answers and their records at once, inside the Deployment's default 512 MiB limit;
+/// the shards left over are read by the next poll.
 pub const MAX_READS_PER_POLL: usize = 4;
 
 /// A shard as ListShards describes it: enough to order parents before children.
@@ -318,8 +319,9 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
     let call = client.get_records().shard_iterator(iterator).limit(MAX_RECORDS_PER_CALL).customize().interceptor(diverted.clone());
     match call.send().await {
         // Reading an answer costs about as much as aggregating its records (BENCHMARKS.md): the
-        // answers of one poll's shards are read at once, on as many cores as the pod has.
-        Ok(_) => match diverted.take().map(|body| tokio::task::spawn_blocking(move || parse(&body))) {
+        // answers of one poll's shards (at most MAX_READS_PER_POLL) are read at once, on tokio's
+        // blocking threads.
+        Ok(output) => match diverted.take().map(|body| tokio::task::spawn_blocking(move || parse(&body))) {
             Some(reading) => match reading.await {
                 Ok(Ok(answer)) => Fetch::Records {
                     millis_behind_latest: answer.millis_behind_latest,
@@ -335,10 +337,18 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
                     Fetch::Failed
                 }
             },
-            None => {
-                tracing::warn!(shard, "GetRecords answered without a body; retrying");
-                Fetch::Failed
-            }
+            // A CBOR answer, read by the SDK.
+            None => Fetch::Records {
+                millis_behind_latest: output.millis_behind_latest,
+                next_iterator: output.next_shard_iterator,
+                records: (output.records.into_iter())
+                    .map(|record| InputRecord {
+                        partition_key: record.partition_key.unwrap_or_default(),
+                        sequence_number: record.sequence_number,
+                        data: record.data.into_inner(),
+                    })
+                    .collect(),
+            },
         },
         Err(error) => match error.as_service_error() {
             Some(GetRecordsError::ProvisionedThroughputExceededException(_)) => Fetch::Throttled,
