@@ -66,7 +66,7 @@ fn first_checked_access(body: &[u8]) -> (&'static str, String) {
     }
 }
 
-/// When each role last changed, and how many refusals were given.
+/// When each role last changed, and how many refusals were given since a role last changed.
 #[derive(Debug, Default)]
 pub struct Propagation {
     changed: HashMap<String, Instant>,
@@ -74,8 +74,11 @@ pub struct Propagation {
 }
 
 impl Propagation {
+    /// A change starts the rotation of messages again, so that what a caller sees first after
+    /// it does not depend on how often it asked before.
     pub fn role_changed(&mut self, role_name: &str, now: Instant) {
         self.changed.insert(role_name.to_owned(), now);
+        self.refusals = 0;
     }
 
     /// The refusal for a Firehose request naming a role changed less than `delay` before `now`.
