@@ -12,8 +12,8 @@ use kube::ResourceExt;
 use kube::api::Api;
 use metrics_pipeline_api::pipeline::MetricsPipeline;
 
-use crate::controller::write_status;
 use crate::error::Error;
+use crate::managed::write_status;
 
 /// One reconcile's view of a pipeline's records.
 pub struct Claims {

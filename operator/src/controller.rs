@@ -10,7 +10,7 @@ use aws_config::SdkConfig;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -19,13 +19,13 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use metrics_pipeline_api::config::{AwsTarget, PipelineConfig};
 use metrics_pipeline_api::naming::PipelineNames;
-use metrics_pipeline_api::pipeline::{AwsResourceRef, DeletionPolicy, DeliveryWriter, MetricsPipeline, MetricsPipelineStatus, Phase};
+use metrics_pipeline_api::pipeline::{AwsResourceRef, DeletionPolicy, DeliveryWriter, MetricsPipeline, Phase};
 use metrics_pipeline_api::validation::validate;
 
 use crate::aws::{AwsCalls, AwsClients, bucket, catalog, delivery, role, streams};
 use crate::claims::Claims;
 use crate::error::Error;
-use crate::managed::{FIELD_MANAGER, Outcome};
+use crate::managed::{FIELD_MANAGER, Outcome, write_status};
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::status::{self, AGGREGATOR_READY, BUCKET_READY, CATALOG_READY, DELIVERY_READY, PartState, Report, STREAMS_READY, Verdict};
 use crate::workload::{self, WorkloadSettings};
@@ -558,17 +558,6 @@ async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> 
     let kept: String = kept.iter().map(|note| format!("; {note}")).collect();
     publish(context, pipeline, EventType::Normal, "Deleted", "Cleanup", &format!("deleted the pipeline's AWS resources{kept}")).await;
     Ok(Action::await_change())
-}
-
-/// Replaces the status with `status` (server-side apply: what it leaves out goes).
-pub(crate) async fn write_status(api: &Api<MetricsPipeline>, name: &str, status: &MetricsPipelineStatus) -> Result<(), Error> {
-    let patch = serde_json::json!({
-        "apiVersion": "pipelines.metrics.dev/v1alpha1",
-        "kind": "MetricsPipeline",
-        "status": status,
-    });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
-    Ok(())
 }
 
 async fn publish(context: &Context, pipeline: &MetricsPipeline, type_: EventType, reason: &str, action: &str, note: &str) {

@@ -1,9 +1,11 @@
 //! What every part the operator manages shares, in AWS and in Kubernetes alike: who manages it
 //! (the field manager, the managed-by marker, the ownership tag and the one check of it) and what
-//! one `ensure` did ([`Outcome`]). The AWS modules, the workload and the controller import this;
-//! it imports none of them.
+//! one `ensure` did ([`Outcome`]), and the status it writes. The AWS modules, the workload, the
+//! claims and the controller import this; it imports none of them.
 
+use kube::api::{Api, Patch, PatchParams};
 use metrics_pipeline_api::naming::OWNER_TAG;
+use metrics_pipeline_api::pipeline::{MetricsPipeline, MetricsPipelineStatus};
 
 use crate::error::{Error, Holder};
 
@@ -68,6 +70,17 @@ impl Outcome {
             self.degraded = other.degraded;
         }
     }
+}
+
+/// Replaces the status with `status` (server-side apply: what it leaves out goes).
+pub async fn write_status(api: &Api<MetricsPipeline>, name: &str, status: &MetricsPipelineStatus) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "apiVersion": "pipelines.metrics.dev/v1alpha1",
+        "kind": "MetricsPipeline",
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    Ok(())
 }
 
 #[cfg(test)]
