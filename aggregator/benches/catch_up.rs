@@ -71,5 +71,5 @@ async fn main() {
         elapsed.as_secs_f64(),
         (SHARDS * PAGES * RECORDS_PER_PAGE) as f64 / elapsed.as_secs_f64()
     );
-    println!("peak resident:     {peak} MiB (resident at the end: {now} MiB; the Deployment's default limit: 256 MiB)");
+    println!("peak resident:     {peak} MiB (resident at the end: {now} MiB; the Deployment's default limit: 512 MiB)");
 }

@@ -30,7 +30,7 @@ pub struct InputRecord {
 
 /// A successful GetRecords answer: `next_shard_iterator` is `None` once a closed shard is read
 /// to its end.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Answer {
     pub records: Vec<InputRecord>,
     pub next_shard_iterator: Option<String>,

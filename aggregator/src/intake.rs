@@ -8,7 +8,6 @@ use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use tokio::time::Instant;
 
 use crate::dead_letter::{DeadLetter, DeadLetters};
-use crate::decode::decode;
 use crate::get_records::InputRecord;
 use crate::metrics::Metrics;
 use crate::source::{Poll, ShardBatch};
@@ -34,8 +33,8 @@ struct ShardActivity {
     /// Since when every answer was empty with `MillisBehindLatest` 0; `None` while records come,
     /// while the shard is behind, and after a throttled or failed call: such a shard is never idle.
     caught_up_since: Option<Instant>,
-    /// The last GetRecords answer (or when reading began).
-    last_answer: Instant,
+    /// The last GetRecords answer; `None` until the first.
+    last_answer: Option<Instant>,
 }
 
 impl ShardActivity {
@@ -50,10 +49,10 @@ impl Intake {
         Self { engine, dead_letters, output, changed: false, idle_timeout, shards }
     }
 
-    pub fn start_shards(&mut self, shards: &[String], now: Instant) {
+    pub fn start_shards(&mut self, shards: &[String]) {
         for shard in shards {
             self.engine.watermarks_mut().register(shard);
-            self.shards.insert(shard.clone(), ShardActivity { caught_up_since: None, last_answer: now });
+            self.shards.insert(shard.clone(), ShardActivity { caught_up_since: None, last_answer: None });
             self.changed = true;
         }
     }
@@ -71,13 +70,13 @@ impl Intake {
     /// Shards that appeared, the pages one poll brought (read at `wall_clock`), then the shards
     /// that finished: a closed shard's last page must not bring its clock back.
     pub fn take_poll(&mut self, poll: &Poll, now: Instant, wall_clock: EventTime, metrics: &Metrics) {
-        self.start_shards(&poll.started, now);
+        self.start_shards(&poll.started);
         metrics.get_records_throttled.inc_by(poll.throttled);
         for batch in &poll.batches {
             if let Some(activity) = self.shards.get_mut(&batch.shard) {
                 let caught_up = batch.records.is_empty() && batch.millis_behind_latest.unwrap_or(0) == 0;
                 activity.caught_up_since = caught_up.then(|| activity.caught_up_since.unwrap_or(now));
-                activity.last_answer = now;
+                activity.last_answer = Some(now);
             }
             self.take_batch(batch, wall_clock, metrics);
         }
@@ -105,9 +104,9 @@ impl Intake {
         self.changed = true;
         metrics.records_read.inc_by(batch.records.len() as u64);
         self.engine.start_page(wall_clock);
-        for record in &batch.records {
-            let reason = match decode(&record.data) {
-                Ok(event) => match self.engine.add(&batch.shard, &event) {
+        for (record, event) in batch.records.iter().zip(batch.events.events()) {
+            let reason = match event {
+                Ok(event) => match self.engine.add_keyed(&batch.shard, &event) {
                     Admission::OnTime => continue,
                     Admission::Late => {
                         metrics.events_late.get_or_create(&Metrics::label("outcome", "reemitted")).inc();
@@ -164,9 +163,9 @@ impl Intake {
         }
     }
 
-    /// Whether every shard is being read: each answered GetRecords lately.
+    /// Whether every shard is being read: each has answered GetRecords, and lately.
     pub fn reading(&self, now: Instant) -> bool {
-        self.shards.values().all(|activity| now.duration_since(activity.last_answer) < ANSWER_WITHIN)
+        self.shards.values().all(|activity| activity.last_answer.is_some_and(|last| now.duration_since(last) < ANSWER_WITHIN))
     }
 }
 
@@ -179,6 +178,7 @@ mod tests {
     use metrics_pipeline_model::aggregation::WindowConfig;
 
     use super::*;
+    use crate::decode::DecodedPage;
 
     const NOON: i64 = 1_631_188_800_000;
 
@@ -194,7 +194,7 @@ mod tests {
     }
 
     fn page(shard: &str, times: &[i64], millis_behind_latest: i64) -> ShardBatch {
-        let records = times
+        let records: Vec<InputRecord> = times
             .iter()
             .enumerate()
             .map(|(i, at)| {
@@ -202,7 +202,8 @@ mod tests {
                 InputRecord { sequence_number: i.to_string(), partition_key: "k".into(), data: data.into_bytes() }
             })
             .collect();
-        ShardBatch { shard: shard.into(), records, millis_behind_latest: Some(millis_behind_latest) }
+        let events = DecodedPage::of(records.iter().map(|record| &record.data[..]));
+        ShardBatch { shard: shard.into(), records, events, millis_behind_latest: Some(millis_behind_latest) }
     }
 
     fn poll(batches: Vec<ShardBatch>) -> Poll {
@@ -212,7 +213,7 @@ mod tests {
     #[test]
     fn a_closed_shards_last_page_does_not_hold_the_watermark() {
         let (mut intake, metrics, now, wall_clock) = (intake(), Metrics::default(), Instant::now(), EventTime(NOON + 3_600_000));
-        intake.start_shards(&["parent".into(), "other".into()], now);
+        intake.start_shards(&["parent".into(), "other".into()]);
         intake.take_poll(&poll(vec![page("other", &[300_000], 0)]), now, wall_clock, &metrics);
         let mut last = poll(vec![page("parent", &[200_000], 0)]);
         last.drained.push("parent".into());
@@ -225,7 +226,7 @@ mod tests {
     #[test]
     fn a_lagging_throttled_or_failing_shard_is_never_idle() {
         let (mut intake, metrics, start, wall_clock) = (intake(), Metrics::default(), Instant::now(), EventTime(NOON + 3_600_000));
-        intake.start_shards(&["fast".into(), "slow".into()], start);
+        intake.start_shards(&["fast".into(), "slow".into()]);
         intake.take_poll(&poll(vec![page("fast", &[600_000], 0), page("slow", &[0], 5_000)]), start, wall_clock, &metrics);
         let mut now = start;
         for answer in 0..40 {
@@ -252,7 +253,10 @@ mod tests {
     #[test]
     fn readiness_means_every_shard_answers() {
         let (mut intake, metrics, start) = (intake(), Metrics::default(), Instant::now());
-        intake.start_shards(&["a".into(), "b".into()], start);
+        intake.start_shards(&["a".into(), "b".into()]);
+        assert!(!intake.reading(start), "no shard has answered yet");
+        intake.take_poll(&poll(vec![page("a", &[], 0), page("b", &[], 0)]), start, EventTime(NOON), &metrics);
+        assert!(intake.reading(start));
         let later = start + ANSWER_WITHIN;
         intake.take_poll(
             &Poll { batches: vec![page("a", &[], 0)], unanswered: vec!["b".into()], ..Poll::default() },

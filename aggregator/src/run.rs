@@ -71,10 +71,9 @@ pub async fn run(
     })
     .await;
     let Some(started) = listed else { return Ok(aggregator.release().await?) };
-    aggregator.intake.start_shards(&started, Instant::now());
+    aggregator.intake.start_shards(&started);
     aggregator.intake.forget_unread_shards();
     aggregator.health.metrics.shards.set(started.len() as i64);
-    aggregator.health.ready.store(true, Ordering::Relaxed);
     tracing::info!(stream = %aggregator.config.input_stream, shards = started.len(), "consuming");
 
     loop {

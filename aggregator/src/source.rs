@@ -14,7 +14,8 @@ use metrics_pipeline_model::event::EventTime;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::get_records::{DivertedBody, InputRecord, parse};
+use crate::decode::DecodedPage;
+use crate::get_records::{Answer, DivertedBody, InputRecord, parse};
 use crate::sink::Backoff;
 
 /// Kinesis allows 5 GetRecords calls per second per shard.
@@ -120,6 +121,8 @@ pub enum InitialPosition {
 pub struct ShardBatch {
     pub shard: String,
     pub records: Vec<InputRecord>,
+    /// `records`, decoded.
+    pub events: DecodedPage,
     pub millis_behind_latest: Option<i64>,
 }
 
@@ -153,10 +156,19 @@ pub struct KinesisSource {
 }
 
 enum Fetch {
-    Records { records: Vec<InputRecord>, next_iterator: Option<String>, millis_behind_latest: Option<i64> },
+    Records { records: Vec<InputRecord>, events: DecodedPage, next_iterator: Option<String>, millis_behind_latest: Option<i64> },
     Throttled,
     IteratorExpired,
     Failed,
+}
+
+impl Fetch {
+    /// An answer, its records decoded.
+    fn answered(answer: Answer) -> Self {
+        let events = DecodedPage::of(answer.records.iter().map(|record| &record.data[..]));
+        let Answer { records, next_shard_iterator, millis_behind_latest } = answer;
+        Self::Records { records, events, next_iterator: next_shard_iterator, millis_behind_latest }
+    }
 }
 
 impl KinesisSource {
@@ -239,7 +251,7 @@ impl KinesisSource {
         for (shard, fetch) in join_all(fetches).await {
             let reader = self.readers.get_mut(&shard).expect("polled shards have readers");
             match fetch {
-                Fetch::Records { records, next_iterator, millis_behind_latest } => {
+                Fetch::Records { records, events, next_iterator, millis_behind_latest } => {
                     reader.backoff = Backoff::default();
                     let caught_up = records.is_empty() || millis_behind_latest == Some(0);
                     reader.next_poll = Instant::now() + if caught_up { self.poll_interval } else { MIN_POLL_INTERVAL };
@@ -248,7 +260,7 @@ impl KinesisSource {
                     }
                     let drained = next_iterator.is_none();
                     reader.iterator = next_iterator;
-                    poll.batches.push(ShardBatch { shard: shard.clone(), records, millis_behind_latest });
+                    poll.batches.push(ShardBatch { shard: shard.clone(), records, events, millis_behind_latest });
                     if drained {
                         tracing::debug!(shard, "shard closed and read to its end");
                         self.readers.remove(&shard);
@@ -303,7 +315,7 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
             match request.send().await {
                 Ok(output) => match output.shard_iterator {
                     Some(iterator) => iterator,
-                    None => return Fetch::Records { records: Vec::new(), next_iterator: None, millis_behind_latest: None },
+                    None => return Fetch::answered(Answer::default()),
                 },
                 Err(error) if error.as_service_error().is_some_and(|e| e.is_provisioned_throughput_exceeded_exception()) => {
                     return Fetch::Throttled;
@@ -318,16 +330,12 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
     let diverted = DivertedBody::default();
     let call = client.get_records().shard_iterator(iterator).limit(MAX_RECORDS_PER_CALL).customize().interceptor(diverted.clone());
     match call.send().await {
-        // Reading an answer costs about as much as aggregating its records (BENCHMARKS.md): the
-        // answers of one poll's shards (at most MAX_READS_PER_POLL) are read at once, on tokio's
-        // blocking threads.
-        Ok(output) => match diverted.take().map(|body| tokio::task::spawn_blocking(move || parse(&body))) {
+        // Reading an answer and decoding its records cost more than aggregating them (BENCHMARKS.md):
+        // the answers of one poll's shards (at most MAX_READS_PER_POLL) are read and decoded at once,
+        // on tokio's blocking threads.
+        Ok(output) => match diverted.take().map(|body| tokio::task::spawn_blocking(move || parse(&body).map(Fetch::answered))) {
             Some(reading) => match reading.await {
-                Ok(Ok(answer)) => Fetch::Records {
-                    millis_behind_latest: answer.millis_behind_latest,
-                    next_iterator: answer.next_shard_iterator,
-                    records: answer.records,
-                },
+                Ok(Ok(fetch)) => fetch,
                 Ok(Err(problem)) => {
                     tracing::warn!(%problem, shard, "GetRecords answered what cannot be read; retrying");
                     Fetch::Failed
@@ -338,17 +346,20 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
                 }
             },
             // A CBOR answer, read by the SDK.
-            None => Fetch::Records {
-                millis_behind_latest: output.millis_behind_latest,
-                next_iterator: output.next_shard_iterator,
-                records: (output.records.into_iter())
+            None => {
+                let records = (output.records.into_iter())
                     .map(|record| InputRecord {
                         partition_key: record.partition_key.unwrap_or_default(),
                         sequence_number: record.sequence_number,
                         data: record.data.into_inner(),
                     })
-                    .collect(),
-            },
+                    .collect();
+                Fetch::answered(Answer {
+                    records,
+                    next_shard_iterator: output.next_shard_iterator,
+                    millis_behind_latest: output.millis_behind_latest,
+                })
+            }
         },
         Err(error) => match error.as_service_error() {
             Some(GetRecordsError::ProvisionedThroughputExceededException(_)) => Fetch::Throttled,
@@ -364,6 +375,7 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::InvalidReason;
 
     fn shard(id: &str, parents: &[&str]) -> ShardInfo {
         ShardInfo { id: id.into(), parents: parents.iter().map(|p| p.to_string()).collect() }
@@ -410,8 +422,9 @@ mod tests {
         ])
         .await;
         let fetch = || super::fetch(&client, "in", "shardId-0", Some("A".into()), ShardStart::TrimHorizon);
-        let Fetch::Records { records, next_iterator, millis_behind_latest } = fetch().await else { panic!("records expected") };
+        let Fetch::Records { records, events, next_iterator, millis_behind_latest } = fetch().await else { panic!("records expected") };
         assert_eq!((records.len(), records[0].sequence_number.as_str(), &records[0].data[..]), (1, "7", &br#"{"a":1}"#[..]));
+        assert_eq!(events.events().collect::<Vec<_>>(), [Err(InvalidReason::MissingField("componentName"))], "decoded where it was read");
         assert_eq!((next_iterator.as_deref(), millis_behind_latest), (Some("B"), Some(0)));
         let Fetch::Records { records, next_iterator: None, .. } = fetch().await else { panic!("a closed shard's end expected") };
         assert!(records.is_empty());

@@ -237,13 +237,12 @@ pub struct MetricKey(Box<[u8]>);
 impl MetricKey {
     pub fn new(component_name: &str, metric_name: &str, unit: &str) -> Self {
         let mut encoded = Vec::new();
-        Self::encode(&mut encoded, component_name, metric_name, unit);
+        Self::append(&mut encoded, component_name, metric_name, unit);
         Self(encoded.into())
     }
 
-    /// Writes the key's encoding into `buffer`, to look a key up without allocating.
-    fn encode(buffer: &mut Vec<u8>, component_name: &str, metric_name: &str, unit: &str) {
-        buffer.clear();
+    /// Appends the key's encoding to `buffer`, to look a key up without allocating.
+    pub fn append(buffer: &mut Vec<u8>, component_name: &str, metric_name: &str, unit: &str) {
         for part in [component_name, metric_name, unit] {
             // Parts come from records of at most 64 KiB, far below u32::MAX.
             buffer.extend_from_slice(&(part.len() as u32).to_le_bytes());
@@ -263,6 +262,14 @@ impl MetricKey {
         };
         (next(), next(), next())
     }
+}
+
+/// A valid event as the engine takes it: its key encoded as [`MetricKey`] encodes it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KeyedEvent<'a> {
+    pub key: &'a [u8],
+    pub value: f64,
+    pub timestamp: EventTime,
 }
 
 impl std::borrow::Borrow<[u8]> for MetricKey {
@@ -466,13 +473,22 @@ impl WindowEngine {
     /// Adds one valid event read from `shard` and moves that shard's clock; windows fire only in
     /// [`Self::advance`] and [`Self::fire_all`].
     pub fn add(&mut self, shard: &str, event: &MetricEvent<'_>) -> Admission {
+        let mut key = std::mem::take(&mut self.key_buffer);
+        key.clear();
+        MetricKey::append(&mut key, &event.component_name, &event.metric_name, &event.unit);
+        let admission = self.add_keyed(shard, &KeyedEvent { key: &key, value: event.value, timestamp: event.timestamp });
+        self.key_buffer = key;
+        admission
+    }
+
+    /// [`Self::add`] for an event whose key is encoded already (by [`crate::decode::DecodedPage`]).
+    pub fn add_keyed(&mut self, shard: &str, event: &KeyedEvent<'_>) -> Admission {
         let time = event.timestamp.0;
         if self.wall_clock.is_some_and(|now| time > now.saturating_add(self.max_future_skew_ms)) {
             return Admission::AheadOfClock;
         }
         let start = self.assigner.window_start(event.timestamp);
-        MetricKey::encode(&mut self.key_buffer, &event.component_name, &event.metric_name, &event.unit);
-        let key: &[u8] = &self.key_buffer;
+        let key = event.key;
         // Most events land in a window that is open already: probe that first. A key is never
         // both open and fired in one window, so the order of the probes does not matter.
         let admission = if let Some(accumulator) = self.open.get_mut(&start).and_then(|windows| windows.get_mut(key)) {

@@ -29,7 +29,8 @@ use support::{Aggregator, Emulator};
 
 const SHARDS: i32 = 3;
 const WINDOW_MS: i64 = 5_000;
-/// The Deployment's default memory limit.
+/// Half the Deployment's default memory limit (512 MiB): three shards at this rate need far less,
+/// and a leak shows well before the limit would.
 const MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 const PRODUCE_FOR: Duration = Duration::from_secs(60);
 
