@@ -17,6 +17,8 @@ pub enum Format {
     Table,
     /// One JSON object a row, keyed by column name (lower case, as Athena names columns).
     Json,
+    /// A header line, then one comma-separated line a row.
+    Csv,
 }
 
 /// Runs one SQL statement with `scripts/query` against the emulator, past the AWS proxy (the
@@ -26,6 +28,7 @@ pub async fn query(sql: &str, format: Format) -> anyhow::Result<String> {
     let format = match format {
         Format::Table => "table",
         Format::Json => "json",
+        Format::Csv => "csv",
     };
     let mut command = Command::new(repo_path("scripts/query"));
     if let Some(emulator) = emulator_url() {

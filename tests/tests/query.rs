@@ -109,6 +109,30 @@ async fn json_objects_under_registered_partitions_read_as_athena_reads_them() {
         ],
         "{sql}\n{table}"
     );
+    // The README's way to see a table's columns, as Glue gives them.
+    let described = query(&format!("DESCRIBE {}.metric_aggregates", pipeline.database), Format::Csv).await.unwrap();
+    let columns: Vec<String> = described.lines().map(|line| line.split(',').take(2).collect::<Vec<_>>().join(" ")).collect();
+    assert_eq!(
+        columns,
+        [
+            "column_name column_type",
+            "metricname VARCHAR",
+            "unit VARCHAR",
+            "minvalue DOUBLE",
+            "maxvalue DOUBLE",
+            "avgvalue DOUBLE",
+            "count BIGINT",
+            "sum DOUBLE",
+            "fromtimestamp TIMESTAMP",
+            "totimestamp TIMESTAMP",
+            "windowstart TIMESTAMP",
+            "windowend TIMESTAMP",
+            "windowid VARCHAR",
+            "revision INTEGER",
+            "componentname VARCHAR",
+        ],
+        "the Glue columns with their types, the partition column last:\n{described}"
+    );
     let sql = format!(
         "SELECT componentName, count(*) AS windows, max(toTimestamp) AS last FROM {}.METRIC_AGGREGATES \
          WHERE toTimestamp > TIMESTAMP '2021-09-09 11:30:00' GROUP BY componentName ORDER BY windows DESC, componentName",
