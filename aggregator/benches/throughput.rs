@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use metrics_aggregator::decode::decode;
+use metrics_aggregator::decode::DecodedPage;
 use metrics_aggregator::window::WindowEngine;
 use metrics_pipeline_model::aggregation::WindowConfig;
 use metrics_pipeline_model::event::EventTime;
@@ -64,7 +64,8 @@ impl Records {
     }
 }
 
-/// decode + window + aggregate: what the aggregator does per record. Returns busy time.
+/// decode (a page at a time, as the reading threads do) + window + aggregate: what the aggregator
+/// does per record. Returns busy time.
 fn engine_pass() -> (Duration, usize) {
     let mut engine = WindowEngine::new(&WindowConfig {
         window: Duration::from_secs(60),
@@ -79,9 +80,8 @@ fn engine_pass() -> (Duration, usize) {
         let records = records.fill(batch);
         let shard = SHARDS[batch % SHARDS.len()];
         let began = Instant::now();
-        for record in records {
-            let event = decode(record).expect("the generator writes valid records");
-            black_box(engine.add(shard, &event));
+        for event in DecodedPage::of(records.iter().map(Vec::as_slice)).events() {
+            black_box(engine.add_keyed(shard, &event.expect("the generator writes valid records")));
         }
         engine.advance(&mut out);
         busy += began.elapsed();

@@ -3,7 +3,7 @@
 //! writing aggregates with PutRecords and checkpoints to a fake S3. It reports events per
 //! CPU-second of the aggregator process (all its threads, from `/proc/<pid>/stat`, not wall
 //! time), its peak resident memory, the time from a window's watermark passing to its aggregate
-//! arriving in PutRecords, and, in the same run, the engine (`decode` + `WindowEngine`,
+//! arriving in PutRecords, and, in the same run, the engine (`DecodedPage` + `WindowEngine`,
 //! aggregates serialized) and the reference loop over the same records, in CPU time of their
 //! thread.
 //!
@@ -23,7 +23,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use metrics_aggregator::decode::decode;
+use metrics_aggregator::decode::DecodedPage;
 use metrics_aggregator::window::WindowEngine;
 use metrics_pipeline_model::aggregation::WindowConfig;
 use metrics_pipeline_model::event::EventTime;
@@ -140,9 +140,8 @@ fn engine_pass(workload: &Workload) -> Duration {
             workload.page(index, page, |_, _, event| events.push(event.to_vec()));
             let began = thread_cpu();
             engine.start_page(wall_clock);
-            for record in &events {
-                let event = decode(record).expect("the generator writes valid records");
-                black_box(engine.add(shard, &event));
+            for event in DecodedPage::of(events.iter().map(Vec::as_slice)).events() {
+                black_box(engine.add_keyed(shard, &event.expect("the generator writes valid records")));
             }
             engine.advance(&mut out);
             for aggregate in out.drain(..) {

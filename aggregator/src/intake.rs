@@ -104,6 +104,7 @@ impl Intake {
         self.changed = true;
         metrics.records_read.inc_by(batch.records.len() as u64);
         self.engine.start_page(wall_clock);
+        debug_assert_eq!(batch.records.len(), batch.events.events().count(), "a page is decoded record by record");
         for (record, event) in batch.records.iter().zip(batch.events.events()) {
             let reason = match event {
                 Ok(event) => match self.engine.add_keyed(&batch.shard, &event) {

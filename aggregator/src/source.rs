@@ -23,9 +23,10 @@ pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Most records one GetRecords call may return.
 const MAX_RECORDS_PER_CALL: i32 = 10_000;
 /// Most GetRecords answers one poll holds. An answer holds at most 10 MiB of records (about
-/// 14 MiB as base64 in JSON), so however many shards are behind, a poll holds at most about
-/// 100 MiB of answers and their records at once, inside the Deployment's default 512 MiB limit;
-/// the shards left over are read by the next poll.
+/// 14 MiB as base64 in JSON, freed once read) and its decoded page about 1 MiB (up to the
+/// records' size when names are huge), so however many shards are behind, a poll holds at most
+/// about 100 MiB at once (150 MiB at worst), inside the Deployment's default 512 MiB limit; the
+/// shards left over are read by the next poll.
 pub const MAX_READS_PER_POLL: usize = 4;
 
 /// A shard as ListShards describes it: enough to order parents before children.
@@ -333,7 +334,13 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
         // Reading an answer and decoding its records cost more than aggregating them (BENCHMARKS.md):
         // the answers of one poll's shards (at most MAX_READS_PER_POLL) are read and decoded at once,
         // on tokio's blocking threads.
-        Ok(output) => match diverted.take().map(|body| tokio::task::spawn_blocking(move || parse(&body).map(Fetch::answered))) {
+        Ok(output) => match diverted.take().map(|body| {
+            tokio::task::spawn_blocking(move || {
+                let answer = parse(&body);
+                drop(body);
+                answer.map(Fetch::answered)
+            })
+        }) {
             Some(reading) => match reading.await {
                 Ok(Ok(fetch)) => fetch,
                 Ok(Err(problem)) => {
@@ -345,7 +352,8 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
                     Fetch::Failed
                 }
             },
-            // A CBOR answer, read by the SDK.
+            // A CBOR answer (only if the client were set to CBOR), read by the SDK and decoded here,
+            // on this task.
             None => {
                 let records = (output.records.into_iter())
                     .map(|record| InputRecord {
