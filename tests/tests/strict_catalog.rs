@@ -58,7 +58,15 @@ async fn put_aggregate(s3: &aws_sdk_s3::Client, bucket: &str, component: &str, m
 }
 
 async fn table(glue: &aws_sdk_glue::Client, database: &str) -> aws_sdk_glue::types::Table {
-    glue.get_table().database_name(database).name(TABLE).send().await.unwrap().table.unwrap()
+    try_table(glue, database).await.unwrap()
+}
+
+/// The table, or why it cannot be read: the operator migrates a table by deleting it and creating
+/// it again, and between the two it is not found.
+async fn try_table(glue: &aws_sdk_glue::Client, database: &str) -> Result<aws_sdk_glue::types::Table, String> {
+    let found =
+        glue.get_table().database_name(database).name(TABLE).send().await.map_err(|error| format!("GetTable {database}: {error}"))?;
+    Ok(found.table.expect("GetTable answers with the table"))
 }
 
 fn partition_keys(table: &aws_sdk_glue::types::Table) -> Vec<String> {
@@ -133,10 +141,11 @@ async fn partition_columns_are_lower_case_old_tables_are_migrated_and_both_modes
     glue.create_partition().database_name(&registered_db).table_name(TABLE).partition_input(old_partition).send().await.unwrap();
     test.start_operator().await;
     wait_for("both tables migrated to the lower-case partition column", Duration::from_secs(20), async || {
-        let registered = partition_keys(&table(&glue, &registered_db).await);
-        let projected = table(&glue, &projected_db).await;
+        let registered = partition_keys(&try_table(&glue, &registered_db).await?);
+        let projected = try_table(&glue, &projected_db).await?;
         let projection_keys: Vec<&String> = projected.parameters().unwrap().keys().filter(|k| k.starts_with("projection.")).collect();
-        let page = glue.get_partitions().database_name(&registered_db).table_name(TABLE).send().await.unwrap();
+        let page = (glue.get_partitions().database_name(&registered_db).table_name(TABLE).send().await)
+            .map_err(|error| format!("GetPartitions {registered_db}: {error}"))?;
         let mut partitions: Vec<(String, String)> = page
             .partitions()
             .iter()
