@@ -140,9 +140,7 @@ fn engine_pass(workload: &Workload) -> Duration {
             workload.page(index, page, |_, _, event| events.push(event.to_vec()));
             let began = thread_cpu();
             engine.start_page(wall_clock);
-            for event in DecodedPage::of(events.iter().map(Vec::as_slice)).events() {
-                black_box(engine.add_keyed(shard, &event.expect("the generator writes valid records")));
-            }
+            black_box(engine.add_page(shard, &DecodedPage::of(events.iter().map(Vec::as_slice))));
             engine.advance(&mut out);
             for aggregate in out.drain(..) {
                 black_box(serde_json::to_vec(&aggregate).expect("an aggregate serializes"));

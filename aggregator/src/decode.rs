@@ -9,7 +9,7 @@ use std::ops::Range;
 use metrics_pipeline_model::event::{EventTime, MetricEvent, is_partition_value};
 use serde_json::Value;
 
-use crate::window::{KeyedEvent, MetricKey};
+use crate::window::{KeyedEvent, KeyedPage, MetricKey, key_hash, partition_of};
 
 /// Records larger than this are refused before parsing: no metric event is anywhere near it.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -89,6 +89,8 @@ pub struct DecodedPage {
 #[derive(Debug)]
 struct Decoded {
     key: Range<usize>,
+    /// [`key_hash`] of the key: hashed here, not on the engine's threads.
+    key_hash: u64,
     value: f64,
     timestamp: EventTime,
 }
@@ -100,7 +102,8 @@ impl DecodedPage {
             let decoded = decode(record).map(|event| {
                 let start = page.keys.len();
                 MetricKey::append(&mut page.keys, &event.component_name, &event.metric_name, &event.unit);
-                Decoded { key: start..page.keys.len(), value: event.value, timestamp: event.timestamp }
+                let key_hash = key_hash(&page.keys[start..]);
+                Decoded { key: start..page.keys.len(), key_hash, value: event.value, timestamp: event.timestamp }
             });
             page.records.push(decoded);
         }
@@ -109,10 +112,24 @@ impl DecodedPage {
 
     /// Each record in the page's order: the event, or why the record is not one.
     pub fn events(&self) -> impl Iterator<Item = Result<KeyedEvent<'_>, InvalidReason>> {
-        self.records.iter().map(|decoded| match decoded {
-            Ok(Decoded { key, value, timestamp }) => Ok(KeyedEvent { key: &self.keys[key.clone()], value: *value, timestamp: *timestamp }),
-            Err(reason) => Err(*reason),
-        })
+        self.records.iter().map(|decoded| decoded.as_ref().map(|decoded| self.keyed(decoded)).map_err(|reason| *reason))
+    }
+
+    fn keyed(&self, decoded: &Decoded) -> KeyedEvent<'_> {
+        KeyedEvent { key: &self.keys[decoded.key.clone()], value: decoded.value, timestamp: decoded.timestamp }
+    }
+}
+
+impl KeyedPage for DecodedPage {
+    fn records(&self) -> usize {
+        self.records.len()
+    }
+
+    fn key_partition(&self, partition: usize, partitions: usize) -> impl Iterator<Item = (usize, KeyedEvent<'_>)> {
+        (self.records.iter().enumerate())
+            .filter_map(|(index, decoded)| decoded.as_ref().ok().map(|decoded| (index, decoded)))
+            .filter(move |(_, decoded)| partitions == 1 || partition_of(decoded.key_hash, partitions) == partition)
+            .map(|(index, decoded)| (index, self.keyed(decoded)))
     }
 }
 

@@ -11,7 +11,7 @@ use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::get_records::InputRecord;
 use crate::metrics::Metrics;
 use crate::source::{Poll, ShardBatch};
-use crate::window::{Admission, WindowEngine};
+use crate::window::{Admission, KeyedPage, WindowEngine};
 
 /// A shard that has not answered GetRecords for this long is not being read: not ready.
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);
@@ -104,10 +104,11 @@ impl Intake {
         self.changed = true;
         metrics.records_read.inc_by(batch.records.len() as u64);
         self.engine.start_page(wall_clock);
-        debug_assert_eq!(batch.records.len(), batch.events.events().count(), "a page is decoded record by record");
-        for (record, event) in batch.records.iter().zip(batch.events.events()) {
+        debug_assert_eq!(batch.records.len(), batch.events.records(), "a page is decoded record by record");
+        let mut not_on_time = self.engine.add_page(&batch.shard, &batch.events).into_iter().peekable();
+        for (index, (record, event)) in batch.records.iter().zip(batch.events.events()).enumerate() {
             let reason = match event {
-                Ok(event) => match self.engine.add_keyed(&batch.shard, &event) {
+                Ok(_) => match not_on_time.next_if(|(at, _)| *at == index).map_or(Admission::OnTime, |(_, admission)| admission) {
                     Admission::OnTime => continue,
                     Admission::Late => {
                         metrics.events_late.get_or_create(&Metrics::label("outcome", "reemitted")).inc();

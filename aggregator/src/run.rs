@@ -44,6 +44,8 @@ pub struct AggregatorConfig {
     pub holder: String,
     /// How long the checkpoint stays this copy's without a write; it writes at least every third.
     pub lease_duration: Duration,
+    /// Key partitions of the window engine, each aggregated on a thread of its own.
+    pub key_partitions: usize,
 }
 
 /// Runs until `shutdown` resolves, then flushes, checkpoints and releases the checkpoint. Open
@@ -74,7 +76,7 @@ pub async fn run(
     aggregator.intake.start_shards(&started);
     aggregator.intake.forget_unread_shards();
     aggregator.health.metrics.shards.set(started.len() as i64);
-    tracing::info!(stream = %aggregator.config.input_stream, shards = started.len(), "consuming");
+    tracing::info!(stream = %aggregator.config.input_stream, shards = started.len(), threads = aggregator.config.key_partitions, "consuming");
 
     loop {
         let poll = tokio::select! {
@@ -193,7 +195,7 @@ impl Aggregator {
             tracing::debug!(files = written, "Parquet files of the last checkpoint's roll written");
         }
         let source = KinesisSource::new(kinesis.clone(), config.input_stream.clone(), config.poll_interval, position);
-        let mut intake = Intake::new(engine, config.windowing.idle_timeout);
+        let mut intake = Intake::new(engine.with_key_partitions(config.key_partitions), config.windowing.idle_timeout);
         intake.changed = !output.is_empty();
         intake.output = output;
         Self {

@@ -6,6 +6,7 @@
 //! [`Watermarks`] tracks event-time progress per shard, [`WindowEngine`] ties them together.
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::time::Duration;
 
 use hashbrown::HashMap;
@@ -124,10 +125,9 @@ mod exact_number {
 #[derive(Clone, Debug)]
 pub struct Watermarks {
     out_of_orderness_ms: i64,
-    /// Few shards, and consecutive events come from the same one: a list with the last used
-    /// position remembered beats hashing the shard id per event.
-    shards: Vec<(Box<str>, ShardClock)>,
-    last: usize,
+    /// By shard id: the loop marks every shard idle or active after each poll, so a lookup must
+    /// not cost a scan of all shards (with 32 shards that scan was a third of the loop's CPU).
+    shards: HashMap<Box<str>, ShardClock>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -137,49 +137,43 @@ struct ShardClock {
     idle: bool,
 }
 
+impl ShardClock {
+    const UNSEEN: Self = Self { max_event_time: None, idle: false };
+}
+
 impl Watermarks {
     pub fn new(out_of_orderness: Duration) -> Self {
-        Self { out_of_orderness_ms: millis(out_of_orderness), shards: Vec::new(), last: 0 }
+        Self { out_of_orderness_ms: millis(out_of_orderness), shards: HashMap::new() }
     }
 
     /// A shard about to be read: no window fires before it has shown where its event time is.
     pub fn register(&mut self, shard: &str) {
-        if self.position(shard).is_none() {
-            self.shards.push((shard.into(), ShardClock { max_event_time: None, idle: false }));
-        }
+        self.shards.entry_ref(shard).or_insert(ShardClock::UNSEEN);
     }
 
     pub fn observe(&mut self, shard: &str, time: EventTime) {
-        let index = match self.position(shard) {
-            Some(index) => index,
-            None => {
-                self.shards.push((shard.into(), ShardClock { max_event_time: None, idle: false }));
-                self.shards.len() - 1
-            }
-        };
-        self.last = index;
-        let clock = &mut self.shards[index].1;
+        let clock = self.shards.entry_ref(shard).or_insert(ShardClock::UNSEEN);
         clock.max_event_time = Some(clock.max_event_time.map_or(time.0, |max| max.max(time.0)));
         clock.idle = false;
     }
 
     /// A shard with nothing to read no longer holds the watermark back, until it sees data again.
     pub fn mark_idle(&mut self, shard: &str) {
-        if let Some(index) = self.position(shard) {
-            self.shards[index].1.idle = true;
+        if let Some(clock) = self.shards.get_mut(shard) {
+            clock.idle = true;
         }
     }
 
     /// A shard found behind, or not known to be caught up, holds the watermark again.
     pub fn mark_active(&mut self, shard: &str) {
-        if let Some(index) = self.position(shard) {
-            self.shards[index].1.idle = false;
+        if let Some(clock) = self.shards.get_mut(shard) {
+            clock.idle = false;
         }
     }
 
     /// A shard that is closed for good (resharded, fully read) is forgotten.
     pub fn remove(&mut self, shard: &str) {
-        self.shards.retain(|(name, _)| **name != *shard);
+        self.shards.remove(shard);
     }
 
     /// Every shard's clock, for the checkpoint. Idleness is not kept: after a restart a shard
@@ -190,23 +184,13 @@ impl Watermarks {
 
     fn restore(&mut self, clocks: BTreeMap<String, Option<i64>>) {
         for (shard, max_event_time) in clocks {
-            match self.position(&shard) {
-                Some(index) => self.shards[index].1 = ShardClock { max_event_time, idle: false },
-                None => self.shards.push((shard.into(), ShardClock { max_event_time, idle: false })),
-            }
-        }
-    }
-
-    fn position(&self, shard: &str) -> Option<usize> {
-        match self.shards.get(self.last) {
-            Some((name, _)) if **name == *shard => Some(self.last),
-            _ => self.shards.iter().position(|(name, _)| **name == *shard),
+            self.shards.insert(shard.into(), ShardClock { max_event_time, idle: false });
         }
     }
 
     /// `None` while an active shard has seen no event yet, or when no shard is active.
     pub fn current(&self) -> Option<i64> {
-        let mut active = self.shards.iter().map(|(_, clock)| clock).filter(|clock| !clock.idle).peekable();
+        let mut active = self.shards.values().filter(|clock| !clock.idle).peekable();
         active.peek()?;
         active.map(|clock| clock.max_event_time.map(|max| max.saturating_sub(self.out_of_orderness_ms))).min().flatten()
     }
@@ -225,6 +209,13 @@ pub enum Admission {
     AheadOfClock,
     /// Would take its window's sum beyond what a 64-bit float holds (±1.8e308): not counted, kept.
     SumOverflow,
+}
+
+impl Admission {
+    /// Counted in a window: the event moves its shard's clock.
+    fn counted(self) -> bool {
+        matches!(self, Self::OnTime | Self::Late)
+    }
 }
 
 /// The aggregation key (componentName, metricName, unit) in one allocation: each part prefixed
@@ -349,14 +340,165 @@ pub struct WindowEngine {
     judged_against: Option<i64>,
     /// The current page's wall clock; `None` before the first page (no bound).
     wall_clock: Option<i64>,
+    /// The windows, spread over partitions by the hash of their key ([`key_hash`]) so that the
+    /// events of a page are aggregated on several cores at once; one partition by default.
+    partitions: Vec<KeyPartition>,
+    /// Pages with fewer events are aggregated on the calling thread alone: starting threads
+    /// costs more than a small page's work.
+    parallel_from_events: usize,
+    /// The current event's key, encoded for lookups.
+    key_buffer: Vec<u8>,
+}
+
+/// Pages of at least this many events are aggregated on one thread per key partition (a
+/// thread's start costs about as much as aggregating a few dozen events).
+const PARALLEL_FROM_EVENTS: usize = 1_000;
+
+/// The hash that places a key in its partition: fixed, so the reading threads
+/// ([`crate::decode::DecodedPage`]) and the engine agree on it.
+pub fn key_hash(key: &[u8]) -> u64 {
+    foldhash::fast::FixedState::default().hash_one(key)
+}
+
+/// The partition of a key with hash `hash` among `partitions`.
+pub fn partition_of(hash: u64, partitions: usize) -> usize {
+    ((u128::from(hash) * partitions as u128) >> 64) as usize
+}
+
+/// A page of records as [`WindowEngine::add_page`] takes it; built on the thread that read the
+/// page ([`crate::decode::DecodedPage`]), key hashes included.
+pub trait KeyedPage: Sync {
+    /// How many records the page holds, valid or not.
+    fn records(&self) -> usize;
+
+    /// The valid events whose key is in `partition` of `partitions` ([`partition_of`]), each with
+    /// its record's index in the page, in the page's order.
+    fn key_partition(&self, partition: usize, partitions: usize) -> impl Iterator<Item = (usize, KeyedEvent<'_>)>;
+}
+
+/// The windows of the keys one partition holds. Every partition is judged against the same
+/// watermark, which only the engine moves, so partitions never disagree on what has fired.
+#[derive(Default)]
+struct KeyPartition {
     /// Open windows by start, then by key; tumbling windows share boundaries across keys, so
     /// firing pops whole entries off the front.
     open: BTreeMap<i64, HashMap<MetricKey, Accumulator>>,
     /// Fired windows kept for late events until the watermark passes end + allowed lateness.
     fired: BTreeMap<i64, HashMap<MetricKey, FiredWindow>>,
     dirty: Vec<(i64, MetricKey)>,
-    /// The current event's key, encoded for lookups.
-    key_buffer: Vec<u8>,
+}
+
+/// What an event of the current page is judged by: the same for every partition.
+#[derive(Clone, Copy)]
+struct Judge {
+    assigner: WindowAssigner,
+    allowed_lateness_ms: i64,
+    max_future_skew_ms: i64,
+    judged_against: Option<i64>,
+    wall_clock: Option<i64>,
+}
+
+impl Judge {
+    /// The time an admitted event moves its shard's clock to: never past the page's wall clock.
+    fn clock_time(&self, time: i64) -> i64 {
+        self.wall_clock.map_or(time, |now| time.min(now))
+    }
+}
+
+impl KeyPartition {
+    /// Counts `event` in its window; shard clocks are the engine's to move.
+    fn admit(&mut self, judge: &Judge, event: &KeyedEvent<'_>) -> Admission {
+        let time = event.timestamp.0;
+        if judge.wall_clock.is_some_and(|now| time > now.saturating_add(judge.max_future_skew_ms)) {
+            return Admission::AheadOfClock;
+        }
+        let start = judge.assigner.window_start(event.timestamp);
+        let key = event.key;
+        // Most events land in a window that is open already: probe that first. A key is never
+        // both open and fired in one window, so the order of the probes does not matter.
+        if let Some(accumulator) = self.open.get_mut(&start).and_then(|windows| windows.get_mut(key)) {
+            if accumulator.add(event.value, event.timestamp) { Admission::OnTime } else { Admission::SumOverflow }
+        } else if let Some(window) = self.fired.get_mut(&start).and_then(|windows| windows.get_mut(key)) {
+            if !window.accumulator.add(event.value, event.timestamp) {
+                Admission::SumOverflow
+            } else {
+                if !window.dirty {
+                    window.dirty = true;
+                    self.dirty.push((start, MetricKey(key.into())));
+                }
+                Admission::Late
+            }
+        } else if judge
+            .judged_against
+            .is_some_and(|watermark| judge.assigner.window_end(start).saturating_add(judge.allowed_lateness_ms) <= watermark)
+        {
+            Admission::TooLate
+        } else {
+            self.open.entry(start).or_default().insert(MetricKey(key.into()), Accumulator::new(event.value, event.timestamp));
+            Admission::OnTime
+        }
+    }
+
+    /// The partition's share of a page: the admission of each of its events that was not on
+    /// time, by index in the page, and the latest clock time of the events it counted.
+    fn admit_page<'a>(
+        &mut self,
+        judge: &Judge,
+        events: impl Iterator<Item = (usize, KeyedEvent<'a>)>,
+    ) -> (Vec<(usize, Admission)>, Option<i64>) {
+        let (mut not_on_time, mut latest) = (Vec::new(), None);
+        for (index, event) in events {
+            let admission = self.admit(judge, &event);
+            if admission.counted() {
+                latest = latest.max(Some(judge.clock_time(event.timestamp.0)));
+            }
+            if admission != Admission::OnTime {
+                not_on_time.push((index, admission));
+            }
+        }
+        (not_on_time, latest)
+    }
+
+    fn advance(&mut self, assigner: WindowAssigner, allowed_lateness_ms: i64, watermark: i64, out: &mut Vec<MetricAggregate>) {
+        while let Some(entry) = self.open.first_entry() {
+            if assigner.window_end(*entry.key()) > watermark {
+                break;
+            }
+            let (start, windows) = entry.remove_entry();
+            self.fire(assigner, start, windows, out);
+        }
+        self.emit_dirty(assigner, out);
+        while let Some(entry) = self.fired.first_entry() {
+            if assigner.window_end(*entry.key()).saturating_add(allowed_lateness_ms) > watermark {
+                break;
+            }
+            entry.remove();
+        }
+    }
+
+    fn fire_all(&mut self, assigner: WindowAssigner, out: &mut Vec<MetricAggregate>) {
+        while let Some((start, windows)) = self.open.pop_first() {
+            self.fire(assigner, start, windows, out);
+        }
+        self.emit_dirty(assigner, out);
+    }
+
+    fn fire(&mut self, assigner: WindowAssigner, start: i64, windows: HashMap<MetricKey, Accumulator>, out: &mut Vec<MetricAggregate>) {
+        let fired = self.fired.entry(start).or_default();
+        for (key, accumulator) in windows {
+            out.push(aggregate(&key, start, assigner.window_end(start), &accumulator, 0));
+            fired.insert(key, FiredWindow { accumulator, revision: 0, dirty: false });
+        }
+    }
+
+    fn emit_dirty(&mut self, assigner: WindowAssigner, out: &mut Vec<MetricAggregate>) {
+        for (start, key) in self.dirty.drain(..) {
+            let Some(window) = self.fired.get_mut(&start).and_then(|windows| windows.get_mut(&key)) else { continue };
+            window.revision += 1;
+            window.dirty = false;
+            out.push(aggregate(&key, start, assigner.window_end(start), &window.accumulator, window.revision));
+        }
+    }
 }
 
 impl WindowEngine {
@@ -371,10 +513,47 @@ impl WindowEngine {
             settled: None,
             judged_against: None,
             wall_clock: None,
-            open: BTreeMap::new(),
-            fired: BTreeMap::new(),
-            dirty: Vec::new(),
+            partitions: vec![KeyPartition::default()],
+            parallel_from_events: PARALLEL_FROM_EVENTS,
             key_buffer: Vec::new(),
+        }
+    }
+
+    /// The same engine with its windows spread over `partitions` key partitions (at least one),
+    /// aggregated in parallel by [`Self::add_page`]. How many changes nothing else: the
+    /// checkpoint holds the windows, not their partitions.
+    pub fn with_key_partitions(mut self, partitions: usize) -> Self {
+        let old = std::mem::replace(&mut self.partitions, (0..partitions.max(1)).map(|_| KeyPartition::default()).collect());
+        for partition in old {
+            for (start, windows) in partition.open {
+                for (key, accumulator) in windows {
+                    self.partition_mut(&key.0).open.entry(start).or_default().insert(key, accumulator);
+                }
+            }
+            for (start, windows) in partition.fired {
+                for (key, fired) in windows {
+                    self.partition_mut(&key.0).fired.entry(start).or_default().insert(key, fired);
+                }
+            }
+            for (start, key) in partition.dirty {
+                self.partition_mut(&key.0).dirty.push((start, key));
+            }
+        }
+        self
+    }
+
+    fn partition_mut(&mut self, key: &[u8]) -> &mut KeyPartition {
+        let index = partition_of(key_hash(key), self.partitions.len());
+        &mut self.partitions[index]
+    }
+
+    fn judge(&self) -> Judge {
+        Judge {
+            assigner: self.assigner,
+            allowed_lateness_ms: self.allowed_lateness_ms,
+            max_future_skew_ms: self.max_future_skew_ms,
+            judged_against: self.judged_against,
+            wall_clock: self.wall_clock,
         }
     }
 
@@ -397,12 +576,12 @@ impl WindowEngine {
             watermarks: self.watermarks.snapshot(),
             watermark: self.settled,
             open: by_key(
-                (self.open.iter())
+                (self.partitions.iter().flat_map(|partition| &partition.open))
                     .flat_map(|(start, windows)| windows.iter().map(|(key, acc)| window(*start, key, *acc, 0, false)))
                     .collect(),
             ),
             fired: by_key(
-                (self.fired.iter())
+                (self.partitions.iter().flat_map(|partition| &partition.fired))
                     .flat_map(|(start, windows)| {
                         windows.iter().map(|(key, fired)| window(*start, key, fired.accumulator, fired.revision, fired.dirty))
                     })
@@ -426,15 +605,16 @@ impl WindowEngine {
         }
         engine.watermarks.restore(snapshot.watermarks);
         (engine.settled, engine.judged_against) = (snapshot.watermark, snapshot.watermark);
+        let windows = &mut engine.partitions[0];
         for window in snapshot.open {
-            engine.open.entry(window.start.0).or_default().insert(window.key, window.accumulator);
+            windows.open.entry(window.start.0).or_default().insert(window.key, window.accumulator);
         }
         for window in snapshot.fired {
             if window.dirty {
-                engine.dirty.push((window.start.0, window.key.clone()));
+                windows.dirty.push((window.start.0, window.key.clone()));
             }
             let fired = FiredWindow { accumulator: window.accumulator, revision: window.revision, dirty: window.dirty };
-            engine.fired.entry(window.start.0).or_default().insert(window.key, fired);
+            windows.fired.entry(window.start.0).or_default().insert(window.key, fired);
         }
         engine
     }
@@ -467,7 +647,7 @@ impl WindowEngine {
 
     /// Number of windows (key × window) still open.
     pub fn open_windows(&self) -> usize {
-        self.open.values().map(HashMap::len).sum()
+        self.partitions.iter().flat_map(|partition| partition.open.values()).map(HashMap::len).sum()
     }
 
     /// Adds one valid event read from `shard` and moves that shard's clock; windows fire only in
@@ -481,41 +661,42 @@ impl WindowEngine {
         admission
     }
 
-    /// [`Self::add`] for an event whose key is encoded already (by [`crate::decode::DecodedPage`]).
+    /// [`Self::add`] for an event whose key is encoded already.
     pub fn add_keyed(&mut self, shard: &str, event: &KeyedEvent<'_>) -> Admission {
-        let time = event.timestamp.0;
-        if self.wall_clock.is_some_and(|now| time > now.saturating_add(self.max_future_skew_ms)) {
-            return Admission::AheadOfClock;
-        }
-        let start = self.assigner.window_start(event.timestamp);
-        let key = event.key;
-        // Most events land in a window that is open already: probe that first. A key is never
-        // both open and fired in one window, so the order of the probes does not matter.
-        let admission = if let Some(accumulator) = self.open.get_mut(&start).and_then(|windows| windows.get_mut(key)) {
-            if accumulator.add(event.value, event.timestamp) { Admission::OnTime } else { Admission::SumOverflow }
-        } else if let Some(window) = self.fired.get_mut(&start).and_then(|windows| windows.get_mut(key)) {
-            if !window.accumulator.add(event.value, event.timestamp) {
-                Admission::SumOverflow
-            } else {
-                if !window.dirty {
-                    window.dirty = true;
-                    self.dirty.push((start, MetricKey(key.into())));
-                }
-                Admission::Late
-            }
-        } else if self
-            .judged_against
-            .is_some_and(|watermark| self.assigner.window_end(start).saturating_add(self.allowed_lateness_ms) <= watermark)
-        {
-            Admission::TooLate
-        } else {
-            self.open.entry(start).or_default().insert(MetricKey(key.into()), Accumulator::new(event.value, event.timestamp));
-            Admission::OnTime
-        };
-        if matches!(admission, Admission::OnTime | Admission::Late) {
-            self.watermarks.observe(shard, EventTime(self.wall_clock.map_or(time, |now| time.min(now))));
+        let judge = self.judge();
+        let admission = self.partition_mut(event.key).admit(&judge, event);
+        if admission.counted() {
+            self.watermarks.observe(shard, EventTime(judge.clock_time(event.timestamp.0)));
         }
         admission
+    }
+
+    /// Adds the valid events of one page read from `shard`, as [`Self::add`] would one by one,
+    /// each key partition on a thread of its own when the page is large. Returns the admission
+    /// of every event that was not on time, by its index in the page, in the page's order.
+    pub fn add_page(&mut self, shard: &str, page: &impl KeyedPage) -> Vec<(usize, Admission)> {
+        let (judge, partitions) = (self.judge(), self.partitions.len());
+        let admit = |index: usize, partition: &mut KeyPartition| partition.admit_page(&judge, page.key_partition(index, partitions));
+        let shares: Vec<_> = if partitions == 1 || page.records() < self.parallel_from_events {
+            self.partitions.iter_mut().enumerate().map(|(index, partition)| admit(index, partition)).collect()
+        } else {
+            std::thread::scope(|scope| {
+                let (first, rest) = self.partitions.split_first_mut().expect("at least one partition");
+                let admit = &admit;
+                let others: Vec<_> =
+                    (rest.iter_mut().enumerate()).map(|(index, partition)| scope.spawn(move || admit(index + 1, partition))).collect();
+                let mut shares = vec![admit(0, first)];
+                shares.extend(others.into_iter().map(|thread| thread.join().expect("aggregating a partition never panics")));
+                shares
+            })
+        };
+        let latest = shares.iter().filter_map(|(_, latest)| *latest).max();
+        if let Some(latest) = latest {
+            self.watermarks.observe(shard, EventTime(latest));
+        }
+        let mut not_on_time: Vec<_> = shares.into_iter().flat_map(|(not_on_time, _)| not_on_time).collect();
+        not_on_time.sort_unstable_by_key(|(index, _)| *index);
+        not_on_time
     }
 
     /// Fires every open window whose end the watermark has passed, re-emits fired windows that
@@ -523,45 +704,16 @@ impl WindowEngine {
     pub fn advance(&mut self, out: &mut Vec<MetricAggregate>) {
         let Some(watermark) = self.settle() else { return };
         self.judged_against = Some(watermark);
-        while let Some(entry) = self.open.first_entry() {
-            if self.assigner.window_end(*entry.key()) > watermark {
-                break;
-            }
-            let (start, windows) = entry.remove_entry();
-            self.fire(start, windows, out);
-        }
-        self.emit_dirty(out);
-        while let Some(entry) = self.fired.first_entry() {
-            if self.assigner.window_end(*entry.key()).saturating_add(self.allowed_lateness_ms) > watermark {
-                break;
-            }
-            entry.remove();
+        for partition in &mut self.partitions {
+            partition.advance(self.assigner, self.allowed_lateness_ms, watermark, out);
         }
     }
 
     /// Fires every open window now, as at end of input (the idle timeout), and re-emits changed
     /// fired ones. Fired windows stay for late events until the watermark passes them.
     pub fn fire_all(&mut self, out: &mut Vec<MetricAggregate>) {
-        while let Some((start, windows)) = self.open.pop_first() {
-            self.fire(start, windows, out);
-        }
-        self.emit_dirty(out);
-    }
-
-    fn fire(&mut self, start: i64, windows: HashMap<MetricKey, Accumulator>, out: &mut Vec<MetricAggregate>) {
-        let fired = self.fired.entry(start).or_default();
-        for (key, accumulator) in windows {
-            out.push(aggregate(&key, start, self.assigner.window_end(start), &accumulator, 0));
-            fired.insert(key, FiredWindow { accumulator, revision: 0, dirty: false });
-        }
-    }
-
-    fn emit_dirty(&mut self, out: &mut Vec<MetricAggregate>) {
-        for (start, key) in self.dirty.drain(..) {
-            let Some(window) = self.fired.get_mut(&start).and_then(|windows| windows.get_mut(&key)) else { continue };
-            window.revision += 1;
-            window.dirty = false;
-            out.push(aggregate(&key, start, self.assigner.window_end(start), &window.accumulator, window.revision));
+        for partition in &mut self.partitions {
+            partition.fire_all(self.assigner, out);
         }
     }
 }

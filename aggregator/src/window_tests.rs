@@ -1,4 +1,4 @@
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
@@ -459,5 +459,99 @@ proptest! {
         for aggregate in &out {
             prop_assert!([aggregate.min_value, aggregate.max_value, aggregate.avg_value, aggregate.sum].iter().all(|n| n.is_finite()), "{:?}", aggregate);
         }
+    }
+}
+
+/// A page of events as a test builds it.
+struct Page(Vec<(MetricKey, f64, EventTime)>);
+
+impl KeyedPage for Page {
+    fn records(&self) -> usize {
+        self.0.len()
+    }
+
+    fn key_partition(&self, partition: usize, partitions: usize) -> impl Iterator<Item = (usize, KeyedEvent<'_>)> {
+        (self.0.iter().enumerate())
+            .filter(move |(_, (key, _, _))| partition_of(key_hash(key.borrow()), partitions) == partition)
+            .map(|(index, (key, value, timestamp))| (index, KeyedEvent { key: key.borrow(), value: *value, timestamp: *timestamp }))
+    }
+}
+
+proptest! {
+    /// Aggregating a page on several threads, each over its share of the keys, admits every event
+    /// as adding them one by one does, fires the same aggregates and leaves the same checkpoint,
+    /// which any number of partitions can continue from.
+    #[test]
+    fn key_partitions_aggregate_as_one_engine_does(
+        steps in prop::collection::vec(step(1), 1..300),
+        partitions in 2usize..5,
+        restored_partitions in 1usize..5,
+    ) {
+        let config = engine_config(60, 10, 120);
+        let base = time("2021-09-09T12:00:00Z").0;
+        let wall_clock = EventTime(base + 3_000_000);
+        let mut one = WindowEngine::new(&config);
+        let mut partitioned = WindowEngine::new(&config).with_key_partitions(partitions);
+        partitioned.parallel_from_events = 0;
+        let (mut one_out, mut partitioned_out) = (Vec::new(), Vec::new());
+        let mut steps = steps.iter().peekable();
+        while let Some(step) = steps.next() {
+            match *step {
+                Step::Add { shard, .. } => {
+                    let mut page = Vec::new();
+                    let mut next = Some(step);
+                    while let Some(&Step::Add { key, at, value, .. }) = next {
+                        let (component, metric, unit) = KEY_NAMES[key];
+                        page.push((MetricKey::new(component, metric, unit), value, EventTime(base + at)));
+                        next = steps.next_if(|next| matches!(next, Step::Add { shard: same, .. } if *same == shard));
+                    }
+                    let shard = format!("shard-{shard}");
+                    one.start_page(wall_clock);
+                    let expected: Vec<(usize, Admission)> = (page.iter().enumerate())
+                        .map(|(index, (key, value, timestamp))| (index, one.add_keyed(&shard, &KeyedEvent { key: key.borrow(), value: *value, timestamp: *timestamp })))
+                        .filter(|(_, admission)| *admission != Admission::OnTime)
+                        .collect();
+                    partitioned.start_page(wall_clock);
+                    prop_assert_eq!(partitioned.add_page(&shard, &Page(page)), expected);
+                }
+                Step::Advance => {
+                    one.advance(&mut one_out);
+                    partitioned.advance(&mut partitioned_out);
+                }
+                Step::FireAll => {
+                    one.fire_all(&mut one_out);
+                    partitioned.fire_all(&mut partitioned_out);
+                }
+                Step::Idle(shard) => {
+                    one.watermarks_mut().mark_idle(&format!("shard-{shard}"));
+                    partitioned.watermarks_mut().mark_idle(&format!("shard-{shard}"));
+                }
+            }
+            prop_assert_eq!(partitioned.watermark(), one.watermark());
+        }
+        let sorted = |mut aggregates: Vec<MetricAggregate>| {
+            aggregates.sort_by(|a, b| (&a.window_id, a.revision).cmp(&(&b.window_id, b.revision)));
+            aggregates
+        };
+        prop_assert_eq!(sorted(partitioned_out), sorted(one_out));
+        prop_assert_eq!(partitioned.open_windows(), one.open_windows());
+        prop_assert_eq!(partitioned.snapshot(), one.snapshot());
+        let restored = WindowEngine::restore(&config, partitioned.snapshot(), &mut Vec::new()).with_key_partitions(restored_partitions);
+        prop_assert_eq!(restored.snapshot(), one.snapshot());
+    }
+}
+
+#[test]
+fn keys_spread_evenly_over_partitions() {
+    for partitions in [2, 3, 8] {
+        let mut counts = vec![0usize; partitions];
+        for component in 0..100 {
+            for metric in 0..10 {
+                let key = MetricKey::new(&format!("component-{component}"), &format!("metric-{metric}"), "percent");
+                counts[partition_of(key_hash(key.borrow()), partitions)] += 1;
+            }
+        }
+        let fair = 1000 / partitions;
+        assert!(counts.iter().all(|count| count.abs_diff(fair) < fair / 5), "{partitions} partitions: {counts:?}");
     }
 }
