@@ -8,6 +8,8 @@
 //! refused (and asked again), since an empty sequence number would be checkpointed as a position.
 //! `PartitionKey` may be absent, as AWS documents for streams with AUTO record distribution.
 
+use std::borrow::Cow;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -18,78 +20,195 @@ use aws_sdk_kinesis::error::BoxError;
 use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
-/// One record of the input stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InputRecord {
-    pub sequence_number: String,
-    pub partition_key: String,
-    pub data: Vec<u8>,
+/// One record of the input stream, as [`Records`] holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputRecord<'a> {
+    pub sequence_number: &'a str,
+    pub partition_key: &'a str,
+    pub data: &'a [u8],
+}
+
+/// The records of one answer in three buffers, not three allocations a record: a reading thread
+/// allocates a page and the loop frees it, and with one allocation a record glibc's allocator
+/// took a third of the loop's CPU (BENCHMARKS.md, the whole program).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Records {
+    /// Sequence numbers and partition keys, one after another.
+    text: String,
+    data: Vec<u8>,
+    records: Vec<RecordSpans>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct RecordSpans {
+    sequence_number: Range<usize>,
+    partition_key: Range<usize>,
+    data: Range<usize>,
+}
+
+impl Records {
+    pub fn push(&mut self, sequence_number: &str, partition_key: &str, data: &[u8]) {
+        let sequence_number = append(&mut self.text, sequence_number);
+        let partition_key = append(&mut self.text, partition_key);
+        let start = self.data.len();
+        self.data.extend_from_slice(data);
+        self.records.push(RecordSpans { sequence_number, partition_key, data: start..self.data.len() });
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = InputRecord<'_>> {
+        self.records.iter().map(|spans| self.record(spans))
+    }
+
+    pub fn last(&self) -> Option<InputRecord<'_>> {
+        self.records.last().map(|spans| self.record(spans))
+    }
+
+    fn record(&self, spans: &RecordSpans) -> InputRecord<'_> {
+        InputRecord {
+            sequence_number: &self.text[spans.sequence_number.clone()],
+            partition_key: &self.text[spans.partition_key.clone()],
+            data: &self.data[spans.data.clone()],
+        }
+    }
+}
+
+fn append(text: &mut String, part: &str) -> Range<usize> {
+    let start = text.len();
+    text.push_str(part);
+    start..text.len()
 }
 
 /// A successful GetRecords answer: `next_shard_iterator` is `None` once a closed shard is read
 /// to its end.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct Answer {
-    pub records: Vec<InputRecord>,
+    pub records: Records,
     pub next_shard_iterator: Option<String>,
     pub millis_behind_latest: Option<i64>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct AnswerFields {
-    records: Vec<RecordFields>,
-    next_shard_iterator: Option<String>,
-    millis_behind_latest: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RecordFields {
-    sequence_number: String,
-    partition_key: Option<String>,
-    data: Base64Data,
-}
-
-/// A record's `Data`, decoded as it is read: taken as raw bytes, since the base64 alphabet check
-/// is stricter than UTF-8 validation, which would only scan the text once more.
-struct Base64Data(Vec<u8>);
-
-impl<'de> Deserialize<'de> for Base64Data {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_bytes(Base64Visitor)
+impl<'de> Deserialize<'de> for Records {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(RecordsVisitor)
     }
 }
 
-struct Base64Visitor;
+struct RecordsVisitor;
 
-impl serde::de::Visitor<'_> for Base64Visitor {
-    type Value = Base64Data;
+impl<'de> Visitor<'de> for RecordsVisitor {
+    type Value = Records;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of records")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut list: A) -> Result<Records, A::Error> {
+        let mut records = Records::default();
+        while list.next_element_seed(RecordSeed(&mut records))?.is_some() {}
+        Ok(records)
+    }
+}
+
+/// Reads one record of `Records` straight into the page's buffers.
+struct RecordSeed<'r>(&'r mut Records);
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+enum RecordField {
+    SequenceNumber,
+    PartitionKey,
+    Data,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a record")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<(), A::Error> {
+        let Records { text, data, records } = self.0;
+        let (mut sequence_number, mut partition_key, mut record_data) = (None, None, None);
+        while let Some(field) = fields.next_key()? {
+            match field {
+                RecordField::SequenceNumber if sequence_number.is_none() => {
+                    sequence_number = Some(append(text, &fields.next_value::<Cow<'de, str>>()?));
+                }
+                RecordField::PartitionKey if partition_key.is_none() => {
+                    partition_key = Some(fields.next_value::<Option<Cow<'de, str>>>()?.map(|key| append(text, &key)));
+                }
+                RecordField::Data if record_data.is_none() => {
+                    let start = data.len();
+                    fields.next_value_seed(Base64Seed(data))?;
+                    record_data = Some(start..data.len());
+                }
+                RecordField::SequenceNumber => return Err(de::Error::duplicate_field("SequenceNumber")),
+                RecordField::PartitionKey => return Err(de::Error::duplicate_field("PartitionKey")),
+                RecordField::Data => return Err(de::Error::duplicate_field("Data")),
+                RecordField::Other => {
+                    fields.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let sequence_number = sequence_number.ok_or_else(|| de::Error::missing_field("SequenceNumber"))?;
+        let data = record_data.ok_or_else(|| de::Error::missing_field("Data"))?;
+        let partition_key = partition_key.flatten().unwrap_or(text.len()..text.len());
+        records.push(RecordSpans { sequence_number, partition_key, data });
+        Ok(())
+    }
+}
+
+/// A record's `Data`, decoded as it is read onto the page's data: taken as raw bytes, since the
+/// base64 alphabet check is stricter than UTF-8 validation, which would only scan the text once more.
+struct Base64Seed<'d>(&'d mut Vec<u8>);
+
+impl<'de> DeserializeSeed<'de> for Base64Seed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_bytes(self)
+    }
+}
+
+impl Visitor<'_> for Base64Seed<'_> {
+    type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("base64 text")
     }
 
-    fn visit_bytes<E: serde::de::Error>(self, text: &[u8]) -> Result<Base64Data, E> {
+    fn visit_bytes<E: de::Error>(self, text: &[u8]) -> Result<(), E> {
         // The SDK's own base64 (it decodes `Data` with the same crate, the same alphabet).
-        let data = base64_simd::STANDARD.decode_to_vec(text).map_err(|error| E::custom(format!("Data is not base64: {error}")))?;
-        Ok(Base64Data(data))
+        base64_simd::STANDARD.decode_append(text, self.0).map_err(|error| E::custom(format!("Data is not base64: {error}")))
     }
 }
 
 /// Reads a GetRecords answer body; the error says what is wrong with it.
 pub fn parse(body: &[u8]) -> Result<Answer, String> {
-    let fields: AnswerFields = serde_json::from_slice(body).map_err(|error| format!("not a GetRecords answer: {error}"))?;
-    let records = (fields.records.into_iter())
-        .map(|record| InputRecord {
-            sequence_number: record.sequence_number,
-            partition_key: record.partition_key.unwrap_or_default(),
-            data: record.data.0,
-        })
-        .collect();
-    Ok(Answer { records, next_shard_iterator: fields.next_shard_iterator, millis_behind_latest: fields.millis_behind_latest })
+    serde_json::from_slice(body).map_err(|error| format!("not a GetRecords answer: {error}"))
 }
 
 /// The most room reserved for one answer before its bytes arrive.
@@ -200,10 +319,10 @@ mod tests {
         assert_eq!(answer.next_shard_iterator.as_deref(), Some("AAAA"));
         assert_eq!(answer.millis_behind_latest, Some(1200));
         assert_eq!(
-            answer.records,
+            answer.records.iter().collect::<Vec<_>>(),
             [
-                InputRecord { sequence_number: "4959".into(), partition_key: "user-service".into(), data: br#"{"a":1}"#.to_vec() },
-                InputRecord { sequence_number: "4960".into(), partition_key: "café".into(), data: vec![0xff, 0x00] },
+                InputRecord { sequence_number: "4959", partition_key: "user-service", data: br#"{"a":1}"# },
+                InputRecord { sequence_number: "4960", partition_key: "café", data: &[0xff, 0x00] },
             ],
             "escapes are read, unknown fields ignored"
         );
@@ -215,9 +334,9 @@ mod tests {
     fn a_record_without_a_partition_key_is_read_with_an_empty_one() {
         // AWS leaves it out for records written without one to a stream with AUTO distribution.
         let body = br#"{"Records":[{"SequenceNumber":"1","Data":"eyJhIjoxfQ=="},{"SequenceNumber":"2","PartitionKey":null,"Data":""}]}"#;
-        let keys: Vec<(String, String)> =
-            parse(body).unwrap().records.into_iter().map(|record| (record.sequence_number, record.partition_key)).collect();
-        assert_eq!(keys, [("1".into(), String::new()), ("2".into(), String::new())]);
+        let answer = parse(body).unwrap();
+        let keys: Vec<(&str, &str)> = answer.records.iter().map(|record| (record.sequence_number, record.partition_key)).collect();
+        assert_eq!(keys, [("1", ""), ("2", "")]);
     }
 
     #[test]
@@ -225,6 +344,8 @@ mod tests {
         for (body, problem) in [
             (&br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"k","Data":"not base64!"}]}"#[..], "not base64"),
             (br#"{"Records":[{"PartitionKey":"k","Data":"eyJhIjoxfQ=="}]}"#, "missing field `SequenceNumber`"),
+            (br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"k"}]}"#, "missing field `Data`"),
+            (br#"{"Records":[{"SequenceNumber":"1","SequenceNumber":"2","Data":""}]}"#, "duplicate field `SequenceNumber`"),
             (br#"{"NextShardIterator":"AAAA"}"#, "missing field `Records`"),
             (br#"{"Records":[{"SequenceNumber":1,"PartitionKey":"k","Data":""}]}"#, "invalid type"),
             (br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"k","Data":[1,2]}]}"#, "invalid type"),

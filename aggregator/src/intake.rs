@@ -130,7 +130,7 @@ impl Intake {
                 }
             };
             tracing::debug!(shard = %batch.shard, sequence_number = record.sequence_number, %reason, "record kept as a dead letter");
-            self.dead_letters.push(dead_letter(reason, &batch.shard, record));
+            self.dead_letters.push(dead_letter(reason, &batch.shard, &record));
         }
     }
 
@@ -171,8 +171,8 @@ impl Intake {
     }
 }
 
-fn dead_letter(reason: String, shard: &str, record: &InputRecord) -> DeadLetter {
-    DeadLetter::new(reason, shard, &record.sequence_number, &record.partition_key, &record.data)
+fn dead_letter(reason: String, shard: &str, record: &InputRecord<'_>) -> DeadLetter {
+    DeadLetter::new(reason, shard, record.sequence_number, record.partition_key, record.data)
 }
 
 #[cfg(test)]
@@ -181,6 +181,7 @@ mod tests {
 
     use super::*;
     use crate::decode::DecodedPage;
+    use crate::get_records::Records;
 
     const NOON: i64 = 1_631_188_800_000;
 
@@ -196,15 +197,12 @@ mod tests {
     }
 
     fn page(shard: &str, times: &[i64], millis_behind_latest: i64) -> ShardBatch {
-        let records: Vec<InputRecord> = times
-            .iter()
-            .enumerate()
-            .map(|(i, at)| {
-                let data = format!(r#"{{"componentName":"c","metricName":"m","unit":"u","value":1,"timestamp":{}}}"#, NOON + at);
-                InputRecord { sequence_number: i.to_string(), partition_key: "k".into(), data: data.into_bytes() }
-            })
-            .collect();
-        let events = DecodedPage::of(records.iter().map(|record| &record.data[..]));
+        let mut records = Records::default();
+        for (i, at) in times.iter().enumerate() {
+            let data = format!(r#"{{"componentName":"c","metricName":"m","unit":"u","value":1,"timestamp":{}}}"#, NOON + at);
+            records.push(&i.to_string(), "k", data.as_bytes());
+        }
+        let events = DecodedPage::of(records.iter().map(|record| record.data));
         ShardBatch { shard: shard.into(), records, events, millis_behind_latest: Some(millis_behind_latest) }
     }
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::decode::DecodedPage;
-use crate::get_records::{Answer, DivertedBody, InputRecord, parse};
+use crate::get_records::{Answer, DivertedBody, Records, parse};
 use crate::sink::Backoff;
 
 /// Kinesis allows 5 GetRecords calls per second per shard.
@@ -121,7 +121,7 @@ pub enum InitialPosition {
 #[derive(Debug)]
 pub struct ShardBatch {
     pub shard: String,
-    pub records: Vec<InputRecord>,
+    pub records: Records,
     /// `records`, decoded.
     pub events: DecodedPage,
     pub millis_behind_latest: Option<i64>,
@@ -157,7 +157,7 @@ pub struct KinesisSource {
 }
 
 enum Fetch {
-    Records { records: Vec<InputRecord>, events: DecodedPage, next_iterator: Option<String>, millis_behind_latest: Option<i64> },
+    Records { records: Records, events: DecodedPage, next_iterator: Option<String>, millis_behind_latest: Option<i64> },
     Throttled,
     IteratorExpired,
     Failed,
@@ -166,7 +166,7 @@ enum Fetch {
 impl Fetch {
     /// An answer, its records decoded.
     fn answered(answer: Answer) -> Self {
-        let events = DecodedPage::of(answer.records.iter().map(|record| &record.data[..]));
+        let events = DecodedPage::of(answer.records.iter().map(|record| record.data));
         let Answer { records, next_shard_iterator, millis_behind_latest } = answer;
         Self::Records { records, events, next_iterator: next_shard_iterator, millis_behind_latest }
     }
@@ -257,7 +257,7 @@ impl KinesisSource {
                     let caught_up = records.is_empty() || millis_behind_latest == Some(0);
                     reader.next_poll = Instant::now() + if caught_up { self.poll_interval } else { MIN_POLL_INTERVAL };
                     if let Some(last) = records.last() {
-                        self.position.shards.insert(shard.clone(), last.sequence_number.clone());
+                        self.position.shards.insert(shard.clone(), last.sequence_number.to_owned());
                     }
                     let drained = next_iterator.is_none();
                     reader.iterator = next_iterator;
@@ -355,13 +355,10 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
             // A CBOR answer (only if the client were set to CBOR), read by the SDK and decoded here,
             // on this task.
             None => {
-                let records = (output.records.into_iter())
-                    .map(|record| InputRecord {
-                        partition_key: record.partition_key.unwrap_or_default(),
-                        sequence_number: record.sequence_number,
-                        data: record.data.into_inner(),
-                    })
-                    .collect();
+                let mut records = Records::default();
+                for record in &output.records {
+                    records.push(&record.sequence_number, record.partition_key.as_deref().unwrap_or_default(), record.data.as_ref());
+                }
                 Fetch::answered(Answer {
                     records,
                     next_shard_iterator: output.next_shard_iterator,
@@ -431,7 +428,8 @@ mod tests {
         .await;
         let fetch = || super::fetch(&client, "in", "shardId-0", Some("A".into()), ShardStart::TrimHorizon);
         let Fetch::Records { records, events, next_iterator, millis_behind_latest } = fetch().await else { panic!("records expected") };
-        assert_eq!((records.len(), records[0].sequence_number.as_str(), &records[0].data[..]), (1, "7", &br#"{"a":1}"#[..]));
+        let record = records.last().expect("one record");
+        assert_eq!((records.len(), record.sequence_number, record.data), (1, "7", &br#"{"a":1}"#[..]));
         assert_eq!(events.events().collect::<Vec<_>>(), [Err(InvalidReason::MissingField("componentName"))], "decoded where it was read");
         assert_eq!((next_iterator.as_deref(), millis_behind_latest), (Some("B"), Some(0)));
         let Fetch::Records { records, next_iterator: None, .. } = fetch().await else { panic!("a closed shard's end expected") };
