@@ -9,7 +9,7 @@ use std::ops::Range;
 use metrics_pipeline_model::event::{EventTime, MetricEvent, is_partition_value};
 use serde_json::Value;
 
-use crate::window::{KeyedEvent, KeyedPage, MetricKey, key_hash, partition_of};
+use crate::window::{KeyedEvent, KeyedPage, MetricKey, key_hash};
 
 /// Records larger than this are refused before parsing: no metric event is anywhere near it.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -125,11 +125,9 @@ impl KeyedPage for DecodedPage {
         self.records.len()
     }
 
-    fn key_partition(&self, partition: usize, partitions: usize) -> impl Iterator<Item = (usize, KeyedEvent<'_>)> {
+    fn hashed_events(&self) -> impl Iterator<Item = (usize, u64, KeyedEvent<'_>)> {
         (self.records.iter().enumerate())
-            .filter_map(|(index, decoded)| decoded.as_ref().ok().map(|decoded| (index, decoded)))
-            .filter(move |(_, decoded)| partitions == 1 || partition_of(decoded.key_hash, partitions) == partition)
-            .map(|(index, decoded)| (index, self.keyed(decoded)))
+            .filter_map(|(index, decoded)| decoded.as_ref().ok().map(|decoded| (index, decoded.key_hash, self.keyed(decoded))))
     }
 }
 

@@ -111,7 +111,8 @@ struct RunArgs {
     #[arg(long, env = "AGGREGATOR_LEASE_DURATION", default_value = "60s", value_parser = parse_duration)]
     lease_duration: Duration,
     /// Threads that aggregate a page at once, each over its share of the keys (default: the CPUs
-    /// this process may use, its cgroup's CPU limit included).
+    /// this process may use, its cgroup's CPU limit included, at most 8: a poll reads at most 4
+    /// answers, and past that aggregating is no longer what bounds a pod, BENCHMARKS.md).
     #[arg(long, env = "AGGREGATOR_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: Option<u16>,
 }
@@ -206,7 +207,7 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
         }),
         holder: args.holder_identity.unwrap_or_else(host_name),
         lease_duration: args.lease_duration,
-        key_partitions: args.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, usize::from), usize::from),
+        key_partitions: args.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, usize::from).min(8), usize::from),
     };
     let bucket = Bucket::new(s3_client(&sdk), args.bucket);
     tokio::select! {

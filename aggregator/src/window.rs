@@ -3,7 +3,10 @@
 //! caller hands in the wall clock of each page).
 //!
 //! Each piece is its own type: [`WindowAssigner`] places an event, [`Accumulator`] folds values,
-//! [`Watermarks`] tracks event-time progress per shard, [`WindowEngine`] ties them together.
+//! [`Watermarks`] tracks event-time progress per shard, [`WindowEngine`] ties them together and
+//! spreads the windows over key partitions that aggregate a page in parallel, the way Flink
+//! shuffles by key: one watermark judges every partition, so they fire alike, and the checkpoint,
+//! taken between pages, holds all of them.
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -125,8 +128,8 @@ mod exact_number {
 #[derive(Clone, Debug)]
 pub struct Watermarks {
     out_of_orderness_ms: i64,
-    /// By shard id: the loop marks every shard idle or active after each poll, so a lookup must
-    /// not cost a scan of all shards (with 32 shards that scan was a third of the loop's CPU).
+    /// By shard id: the loop marks every shard idle or active after each poll, which a scan of
+    /// every shard per lookup would make quadratic in shards.
     shards: HashMap<Box<str>, ShardClock>,
 }
 
@@ -343,16 +346,15 @@ pub struct WindowEngine {
     /// The windows, spread over partitions by the hash of their key ([`key_hash`]) so that the
     /// events of a page are aggregated on several cores at once; one partition by default.
     partitions: Vec<KeyPartition>,
-    /// Pages with fewer events are aggregated on the calling thread alone: starting threads
-    /// costs more than a small page's work.
-    parallel_from_events: usize,
+    /// A page is aggregated on one thread per this many of its records, at most one per
+    /// partition: starting a thread costs more than a small page's work.
+    events_per_thread: usize,
     /// The current event's key, encoded for lookups.
     key_buffer: Vec<u8>,
 }
 
-/// Pages of at least this many events are aggregated on one thread per key partition (a
-/// thread's start costs about as much as aggregating a few dozen events).
-const PARALLEL_FROM_EVENTS: usize = 1_000;
+/// Starting a thread costs about as much as aggregating a few hundred events.
+const EVENTS_PER_THREAD: usize = 1_000;
 
 /// The hash that places a key in its partition: fixed, so the reading threads
 /// ([`crate::decode::DecodedPage`]) and the engine agree on it.
@@ -371,9 +373,9 @@ pub trait KeyedPage: Sync {
     /// How many records the page holds, valid or not.
     fn records(&self) -> usize;
 
-    /// The valid events whose key is in `partition` of `partitions` ([`partition_of`]), each with
-    /// its record's index in the page, in the page's order.
-    fn key_partition(&self, partition: usize, partitions: usize) -> impl Iterator<Item = (usize, KeyedEvent<'_>)>;
+    /// The valid events in the page's order, each with its record's index in the page and the
+    /// [`key_hash`] of its key.
+    fn hashed_events(&self) -> impl Iterator<Item = (usize, u64, KeyedEvent<'_>)>;
 }
 
 /// The windows of the keys one partition holds. Every partition is judged against the same
@@ -439,26 +441,6 @@ impl KeyPartition {
         }
     }
 
-    /// The partition's share of a page: the admission of each of its events that was not on
-    /// time, by index in the page, and the latest clock time of the events it counted.
-    fn admit_page<'a>(
-        &mut self,
-        judge: &Judge,
-        events: impl Iterator<Item = (usize, KeyedEvent<'a>)>,
-    ) -> (Vec<(usize, Admission)>, Option<i64>) {
-        let (mut not_on_time, mut latest) = (Vec::new(), None);
-        for (index, event) in events {
-            let admission = self.admit(judge, &event);
-            if admission.counted() {
-                latest = latest.max(Some(judge.clock_time(event.timestamp.0)));
-            }
-            if admission != Admission::OnTime {
-                not_on_time.push((index, admission));
-            }
-        }
-        (not_on_time, latest)
-    }
-
     fn advance(&mut self, assigner: WindowAssigner, allowed_lateness_ms: i64, watermark: i64, out: &mut Vec<MetricAggregate>) {
         while let Some(entry) = self.open.first_entry() {
             if assigner.window_end(*entry.key()) > watermark {
@@ -514,7 +496,7 @@ impl WindowEngine {
             judged_against: None,
             wall_clock: None,
             partitions: vec![KeyPartition::default()],
-            parallel_from_events: PARALLEL_FROM_EVENTS,
+            events_per_thread: EVENTS_PER_THREAD,
             key_buffer: Vec::new(),
         }
     }
@@ -672,21 +654,23 @@ impl WindowEngine {
     }
 
     /// Adds the valid events of one page read from `shard`, as [`Self::add`] would one by one,
-    /// each key partition on a thread of its own when the page is large. Returns the admission
-    /// of every event that was not on time, by its index in the page, in the page's order.
+    /// the key partitions shared among threads when the page is large. Returns the admission of
+    /// every event that was not on time, by its index in the page, in the page's order.
     pub fn add_page(&mut self, shard: &str, page: &impl KeyedPage) -> Vec<(usize, Admission)> {
-        let (judge, partitions) = (self.judge(), self.partitions.len());
-        let admit = |index: usize, partition: &mut KeyPartition| partition.admit_page(&judge, page.key_partition(index, partitions));
-        let shares: Vec<_> = if partitions == 1 || page.records() < self.parallel_from_events {
-            self.partitions.iter_mut().enumerate().map(|(index, partition)| admit(index, partition)).collect()
+        let (judge, total) = (self.judge(), self.partitions.len());
+        let threads = (page.records() / self.events_per_thread).clamp(1, total);
+        let shares = if threads == 1 {
+            vec![admit_share(&judge, page, &mut self.partitions, 0, total)]
         } else {
+            let per_thread = total.div_ceil(threads);
             std::thread::scope(|scope| {
-                let (first, rest) = self.partitions.split_first_mut().expect("at least one partition");
-                let admit = &admit;
-                let others: Vec<_> =
-                    (rest.iter_mut().enumerate()).map(|(index, partition)| scope.spawn(move || admit(index + 1, partition))).collect();
-                let mut shares = vec![admit(0, first)];
-                shares.extend(others.into_iter().map(|thread| thread.join().expect("aggregating a partition never panics")));
+                let mut chunks = self.partitions.chunks_mut(per_thread).enumerate();
+                let (_, own) = chunks.next().expect("at least one partition");
+                let others: Vec<_> = chunks
+                    .map(|(chunk, partitions)| scope.spawn(move || admit_share(&judge, page, partitions, chunk * per_thread, total)))
+                    .collect();
+                let mut shares = vec![admit_share(&judge, page, own, 0, total)];
+                shares.extend(others.into_iter().map(|thread| thread.join().expect("aggregating never panics")));
                 shares
             })
         };
@@ -716,6 +700,30 @@ impl WindowEngine {
             partition.fire_all(self.assigner, out);
         }
     }
+}
+
+/// One thread's share of a page: the events whose key is in `partitions`, which are partitions
+/// `first..` of `total`. Returns the admission of each of them that was not on time, by index
+/// in the page, and the latest clock time of those counted.
+fn admit_share(
+    judge: &Judge,
+    page: &impl KeyedPage,
+    partitions: &mut [KeyPartition],
+    first: usize,
+    total: usize,
+) -> (Vec<(usize, Admission)>, Option<i64>) {
+    let (mut not_on_time, mut latest) = (Vec::new(), None);
+    for (index, hash, event) in page.hashed_events() {
+        let Some(partition) = partition_of(hash, total).checked_sub(first).and_then(|own| partitions.get_mut(own)) else { continue };
+        let admission = partition.admit(judge, &event);
+        if admission.counted() {
+            latest = latest.max(Some(judge.clock_time(event.timestamp.0)));
+        }
+        if admission != Admission::OnTime {
+            not_on_time.push((index, admission));
+        }
+    }
+    (not_on_time, latest)
 }
 
 /// Event time is counted in milliseconds; durations beyond `i64` saturate.

@@ -470,10 +470,10 @@ impl KeyedPage for Page {
         self.0.len()
     }
 
-    fn key_partition(&self, partition: usize, partitions: usize) -> impl Iterator<Item = (usize, KeyedEvent<'_>)> {
-        (self.0.iter().enumerate())
-            .filter(move |(_, (key, _, _))| partition_of(key_hash(key.borrow()), partitions) == partition)
-            .map(|(index, (key, value, timestamp))| (index, KeyedEvent { key: key.borrow(), value: *value, timestamp: *timestamp }))
+    fn hashed_events(&self) -> impl Iterator<Item = (usize, u64, KeyedEvent<'_>)> {
+        (self.0.iter().enumerate()).map(|(index, (key, value, timestamp))| {
+            (index, key_hash(key.borrow()), KeyedEvent { key: key.borrow(), value: *value, timestamp: *timestamp })
+        })
     }
 }
 
@@ -492,7 +492,7 @@ proptest! {
         let wall_clock = EventTime(base + 3_000_000);
         let mut one = WindowEngine::new(&config);
         let mut partitioned = WindowEngine::new(&config).with_key_partitions(partitions);
-        partitioned.parallel_from_events = 0;
+        partitioned.events_per_thread = 1;
         let (mut one_out, mut partitioned_out) = (Vec::new(), Vec::new());
         let mut steps = steps.iter().peekable();
         while let Some(step) = steps.next() {
