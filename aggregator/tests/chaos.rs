@@ -2,7 +2,8 @@
 //! throttles, fails, drops and loses answers, while a producer sends a seeded mix of normal and
 //! hostile records over three shards; the aggregator is killed with SIGKILL at random points and
 //! restarted, a second copy is started once, and the copy holding the checkpoint is once stopped
-//! (SIGSTOP) past its lease so that the other takes over and it is fenced.
+//! (SIGSTOP) past its lease so that the other takes over and it is fenced. Each copy aggregates
+//! with another number of key partitions (`--threads` 1 to 4) than the one before it.
 //!
 //! At the end: the output stream and the Parquet files, each after the documented dedup, equal a
 //! batch computation over the valid, in-time records exactly (sums as exactly as serde_json reads
@@ -227,7 +228,11 @@ struct Copies<'a> {
 impl Copies<'_> {
     fn start(&mut self, identity: &str) {
         self.reap();
+        // Each copy spreads the windows it resumes over another number of key partitions.
+        let threads = (self.started % 4 + 1).to_string();
         let flags = [
+            "--threads",
+            &threads,
             "--window",
             "5s",
             "--out-of-orderness",
