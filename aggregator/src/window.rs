@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hashbrown::HashMap;
 use metrics_pipeline_model::aggregation::WindowConfig;
-use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent, window_id};
+use metrics_pipeline_model::event::{EventTime, MetricAggregate, window_id};
 use serde::{Deserialize, Serialize};
 
 /// Places event times into epoch-aligned tumbling windows.
@@ -349,8 +349,6 @@ pub struct WindowEngine {
     /// A page is aggregated on one thread per this many of its records, at most one per
     /// partition: starting a thread costs more than a small page's work.
     events_per_thread: usize,
-    /// The current event's key, encoded for lookups.
-    key_buffer: Vec<u8>,
 }
 
 /// Starting a thread costs about as much as aggregating a few hundred events.
@@ -497,7 +495,6 @@ impl WindowEngine {
             wall_clock: None,
             partitions: vec![KeyPartition::default()],
             events_per_thread: EVENTS_PER_THREAD,
-            key_buffer: Vec::new(),
         }
     }
 
@@ -632,18 +629,8 @@ impl WindowEngine {
         self.partitions.iter().flat_map(|partition| partition.open.values()).map(HashMap::len).sum()
     }
 
-    /// Adds one valid event read from `shard` and moves that shard's clock; windows fire only in
-    /// [`Self::advance`] and [`Self::fire_all`].
-    pub fn add(&mut self, shard: &str, event: &MetricEvent<'_>) -> Admission {
-        let mut key = std::mem::take(&mut self.key_buffer);
-        key.clear();
-        MetricKey::append(&mut key, &event.component_name, &event.metric_name, &event.unit);
-        let admission = self.add_keyed(shard, &KeyedEvent { key: &key, value: event.value, timestamp: event.timestamp });
-        self.key_buffer = key;
-        admission
-    }
-
-    /// [`Self::add`] for an event whose key is encoded already.
+    /// Adds one valid event read from `shard`, its key encoded as [`MetricKey`] encodes it, and
+    /// moves that shard's clock; windows fire only in [`Self::advance`] and [`Self::fire_all`].
     pub fn add_keyed(&mut self, shard: &str, event: &KeyedEvent<'_>) -> Admission {
         let judge = self.judge();
         let admission = self.partition_mut(event.key).admit(&judge, event);
@@ -653,7 +640,7 @@ impl WindowEngine {
         admission
     }
 
-    /// Adds the valid events of one page read from `shard`, as [`Self::add`] would one by one,
+    /// Adds the valid events of one page read from `shard`, as [`Self::add_keyed`] would one by one,
     /// the key partitions shared among threads when the page is large. Returns the admission of
     /// every event that was not on time, by its index in the page, in the page's order.
     pub fn add_page(&mut self, shard: &str, page: &impl KeyedPage) -> Vec<(usize, Admission)> {

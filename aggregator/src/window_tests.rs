@@ -1,6 +1,7 @@
 use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
 
+use metrics_pipeline_model::event::MetricEvent;
 use proptest::prelude::*;
 
 use super::*;
@@ -34,6 +35,18 @@ fn engine_config(window: u64, out_of_orderness: u64, allowed_lateness: u64) -> W
 
 fn engine(window: u64, out_of_orderness: u64, allowed_lateness: u64) -> WindowEngine {
     WindowEngine::new(&engine_config(window, out_of_orderness, allowed_lateness))
+}
+
+/// An event added as the program adds it: its key encoded first.
+trait AddEvent {
+    fn add(&mut self, shard: &str, event: &MetricEvent<'_>) -> Admission;
+}
+
+impl AddEvent for WindowEngine {
+    fn add(&mut self, shard: &str, event: &MetricEvent<'_>) -> Admission {
+        let key = MetricKey::new(&event.component_name, &event.metric_name, &event.unit);
+        self.add_keyed(shard, &KeyedEvent { key: key.borrow(), value: event.value, timestamp: event.timestamp })
+    }
 }
 
 #[test]
