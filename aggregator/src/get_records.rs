@@ -8,7 +8,6 @@
 //! refused (and asked again), since an empty sequence number would be checkpointed as a position.
 //! `PartitionKey` may be absent, as AWS documents for streams with AUTO record distribution.
 
-use std::borrow::Cow;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -32,8 +31,8 @@ pub struct InputRecord<'a> {
 }
 
 /// The records of one answer in three buffers, not three allocations a record: a reading thread
-/// allocates a page and the loop frees it, and with one allocation a record glibc's allocator
-/// took a third of the loop's CPU (BENCHMARKS.md, the whole program).
+/// allocates a page and the loop frees it, and with three allocations a record glibc's allocator
+/// took over a third of the loop's thread (BENCHMARKS.md, the whole program).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Records {
     /// Sequence numbers and partition keys, one after another.
@@ -155,10 +154,10 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         while let Some(field) = fields.next_key()? {
             match field {
                 RecordField::SequenceNumber if sequence_number.is_none() => {
-                    sequence_number = Some(append(text, &fields.next_value::<Cow<'de, str>>()?));
+                    sequence_number = Some(fields.next_value_seed(TextSeed(text))?);
                 }
                 RecordField::PartitionKey if partition_key.is_none() => {
-                    partition_key = Some(fields.next_value::<Option<Cow<'de, str>>>()?.map(|key| append(text, &key)));
+                    partition_key = Some(fields.next_value_seed(OptionalTextSeed(text))?);
                 }
                 RecordField::Data if record_data.is_none() => {
                     let start = data.len();
@@ -178,6 +177,56 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         let partition_key = partition_key.flatten().unwrap_or(text.len()..text.len());
         records.push(RecordSpans { sequence_number, partition_key, data });
         Ok(())
+    }
+}
+
+/// A string appended to the page's text as it is read, without a string of its own: its range.
+struct TextSeed<'t>(&'t mut String);
+
+impl<'de> DeserializeSeed<'de> for TextSeed<'_> {
+    type Value = Range<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Range<usize>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for TextSeed<'_> {
+    type Value = Range<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Range<usize>, E> {
+        Ok(append(self.0, text))
+    }
+}
+
+/// [`TextSeed`] for a string that may be null (`PartitionKey`).
+struct OptionalTextSeed<'t>(&'t mut String);
+
+impl<'de> DeserializeSeed<'de> for OptionalTextSeed<'_> {
+    type Value = Option<Range<usize>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<Range<usize>>, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OptionalTextSeed<'_> {
+    type Value = Option<Range<usize>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string or null")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Option<Range<usize>>, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<Range<usize>>, D::Error> {
+        TextSeed(self.0).deserialize(deserializer).map(Some)
     }
 }
 
@@ -346,6 +395,8 @@ mod tests {
             (br#"{"Records":[{"PartitionKey":"k","Data":"eyJhIjoxfQ=="}]}"#, "missing field `SequenceNumber`"),
             (br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"k"}]}"#, "missing field `Data`"),
             (br#"{"Records":[{"SequenceNumber":"1","SequenceNumber":"2","Data":""}]}"#, "duplicate field `SequenceNumber`"),
+            (br#"{"Records":[{"SequenceNumber":"1","PartitionKey":7,"Data":""}]}"#, "invalid type"),
+            (br#"{"Records":[["1","k","eA=="]]}"#, "invalid type"),
             (br#"{"NextShardIterator":"AAAA"}"#, "missing field `Records`"),
             (br#"{"Records":[{"SequenceNumber":1,"PartitionKey":"k","Data":""}]}"#, "invalid type"),
             (br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"k","Data":[1,2]}]}"#, "invalid type"),

@@ -110,7 +110,8 @@ struct RunArgs {
     /// this one's node is unreachable) waits that long after its last write before taking over.
     #[arg(long, env = "AGGREGATOR_LEASE_DURATION", default_value = "60s", value_parser = parse_duration)]
     lease_duration: Duration,
-    /// Threads that aggregate a page at once, each over its share of the keys (default: the CPUs
+    /// Threads that aggregate a large page (2,000 records or more) at once, each over its share of
+    /// the keys (default: the CPUs
     /// this process may use, its cgroup's CPU limit included, at most 8: a poll reads at most 4
     /// answers, and past that aggregating is no longer what bounds a pod, BENCHMARKS.md).
     #[arg(long, env = "AGGREGATOR_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]

@@ -44,7 +44,7 @@ pub struct AggregatorConfig {
     pub holder: String,
     /// How long the checkpoint stays this copy's without a write; it writes at least every third.
     pub lease_duration: Duration,
-    /// Key partitions of the window engine, each aggregated on a thread of its own.
+    /// Key partitions of the window engine: a large page is aggregated on up to this many threads.
     pub key_partitions: usize,
 }
 

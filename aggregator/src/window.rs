@@ -346,8 +346,9 @@ pub struct WindowEngine {
     /// The windows, spread over partitions by the hash of their key ([`key_hash`]) so that the
     /// events of a page are aggregated on several cores at once; one partition by default.
     partitions: Vec<KeyPartition>,
-    /// A page is aggregated on one thread per this many of its records, at most one per
-    /// partition: starting a thread costs more than a small page's work.
+    /// A page is aggregated on at most one thread per this many of its records and per partition
+    /// (fewer when the partitions do not share out evenly): starting a thread costs more than a
+    /// small page's work.
     events_per_thread: usize,
 }
 
