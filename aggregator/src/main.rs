@@ -111,9 +111,9 @@ struct RunArgs {
     #[arg(long, env = "AGGREGATOR_LEASE_DURATION", default_value = "60s", value_parser = parse_duration)]
     lease_duration: Duration,
     /// Threads that aggregate a large page (2,000 records or more) at once, each over its share of
-    /// the keys (default: the CPUs
-    /// this process may use, its cgroup's CPU limit included, at most 8: a poll reads at most 4
-    /// answers, and past that aggregating is no longer what bounds a pod, BENCHMARKS.md).
+    /// the keys (default: the CPUs this process may use, its cgroup's CPU limit included, at most
+    /// 8: a poll reads at most 4 answers, and past that aggregating is no longer what bounds a
+    /// pod, BENCHMARKS.md).
     #[arg(long, env = "AGGREGATOR_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: Option<u16>,
 }

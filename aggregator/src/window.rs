@@ -503,6 +503,10 @@ impl WindowEngine {
     /// aggregated in parallel by [`Self::add_page`]. How many changes nothing else: the
     /// checkpoint holds the windows, not their partitions.
     pub fn with_key_partitions(mut self, partitions: usize) -> Self {
+        // A restored engine has one partition: a one-partition pod moves nothing at start-up.
+        if self.partitions.len() == partitions.max(1) {
+            return self;
+        }
         let old = std::mem::replace(&mut self.partitions, (0..partitions.max(1)).map(|_| KeyPartition::default()).collect());
         for partition in old {
             for (start, windows) in partition.open {
