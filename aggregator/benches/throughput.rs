@@ -1,5 +1,7 @@
 //! Events per second on one core for decode + window + aggregate, over in-memory batches of
-//! Kinesis-like records, with 10,000 live keys; and the process's peak resident memory.
+//! Kinesis-like records, with 10,000 live keys; and the process's peak resident memory. Then the
+//! cost of decoding alone, per event, for plain records and for the same events packed by the
+//! KPL's aggregation format (`KPL_USER_RECORDS` to a Kinesis record, digest checked).
 //!
 //!     cargo bench -p metrics-aggregator --bench throughput
 //!
@@ -14,17 +16,21 @@ use std::hint::black_box;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use md5::Digest;
 use metrics_aggregator::decode::DecodedPage;
+use metrics_aggregator::kpl::MAGIC;
 use metrics_aggregator::window::WindowEngine;
 use metrics_pipeline_model::aggregation::WindowConfig;
 use metrics_pipeline_model::event::EventTime;
-use support::{Reference, summary};
+use support::{Reference, page_of, summary};
 
 const COMPONENTS: usize = 1_000;
 const METRICS: usize = 10;
 const BATCH: usize = 500;
 const BATCHES: usize = 8_000;
 const PASSES: usize = 5;
+/// User records in one KPL aggregate: about what its default 50 KiB aggregate holds of these events.
+const KPL_USER_RECORDS: usize = 250;
 const SHARDS: [&str; 4] = ["shardId-000000000000", "shardId-000000000001", "shardId-000000000002", "shardId-000000000003"];
 
 /// Kinesis-like records: event time advances 1 ms per event; each event is up to 3 s out of order.
@@ -77,10 +83,10 @@ fn engine_pass() -> (Duration, usize) {
     let mut records = Records::new();
     let (mut out, mut busy, mut emitted) = (Vec::new(), Duration::ZERO, 0);
     for batch in 0..BATCHES {
-        let records = records.fill(batch);
+        let records = page_of(records.fill(batch).iter().map(Vec::as_slice));
         let shard = SHARDS[batch % SHARDS.len()];
         let began = Instant::now();
-        black_box(engine.add_page(shard, &DecodedPage::of(records.iter().map(Vec::as_slice))));
+        black_box(engine.add_page(shard, &DecodedPage::of(&records)));
         engine.advance(&mut out);
         busy += began.elapsed();
         emitted += out.len();
@@ -103,6 +109,58 @@ fn reference_pass() -> Duration {
         busy += began.elapsed();
     }
     busy
+}
+
+/// `events` as the KPL packs them: `KPL_USER_RECORDS` to an aggregate, each with its own
+/// partition key, then the MD5 of the protocol buffer.
+fn kpl_aggregates(events: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    fn varint(out: &mut Vec<u8>, mut value: usize) {
+        while value >= 0x80 {
+            out.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+    fn field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
+        out.push(number << 3 | 2);
+        varint(out, bytes.len());
+        out.extend_from_slice(bytes);
+    }
+    events
+        .chunks(KPL_USER_RECORDS)
+        .map(|chunk| {
+            let mut body = Vec::new();
+            for (index, event) in chunk.iter().enumerate() {
+                field(&mut body, 1, format!("key-{index}").as_bytes());
+                let mut record = vec![0x08];
+                varint(&mut record, index);
+                field(&mut record, 3, event);
+                field(&mut body, 3, &record);
+            }
+            [&MAGIC[..], &body, &md5::Md5::digest(&body)[..]].concat()
+        })
+        .collect()
+}
+
+/// Decoding alone, as the reading threads do it: nanoseconds per event for plain records, and
+/// for the same events in KPL aggregates.
+fn decode_pass() -> (f64, f64) {
+    let mut records = Records::new();
+    let (mut plain, mut packed) = (Duration::ZERO, Duration::ZERO);
+    for batch in 0..BATCHES / 4 {
+        let events = records.fill(batch).to_vec();
+        let (plain_page, kpl_page) = (page_of(events.iter().map(Vec::as_slice)), kpl_aggregates(&events));
+        let kpl_page = page_of(kpl_page.iter().map(Vec::as_slice));
+        let began = Instant::now();
+        black_box(DecodedPage::of(&plain_page));
+        plain += began.elapsed();
+        let began = Instant::now();
+        let decoded = black_box(DecodedPage::of(&kpl_page));
+        packed += began.elapsed();
+        assert_eq!(decoded.packed_records(), BATCH, "every user record unpacked");
+    }
+    let per_event = |busy: Duration| busy.as_nanos() as f64 / (BATCH * BATCHES / 4) as f64;
+    (per_event(plain), per_event(packed))
 }
 
 fn main() {
@@ -128,4 +186,19 @@ fn main() {
     println!("aggregator:        {engine_median:.0} events/s median, {engine_best:.0} best, on one core");
     println!("reference:         {reference_median:.0} events/s median, {reference_best:.0} best, on one core");
     println!("peak resident:     {} MiB", peak_kib.parse::<u64>().unwrap_or(0) / 1024);
+    let (mut plain, mut packed) = (Vec::new(), Vec::new());
+    for _ in 0..PASSES {
+        let (plain_ns, packed_ns) = decode_pass();
+        plain.push(plain_ns);
+        packed.push(packed_ns);
+    }
+    // `summary` reports the largest as best: for a cost, the best is the smallest.
+    let (plain_median, _) = summary(plain.clone());
+    let (packed_median, _) = summary(packed.clone());
+    let least = |costs: Vec<f64>| costs.into_iter().fold(f64::INFINITY, f64::min);
+    println!("decode, plain:     {plain_median:.0} ns/event median, {:.0} least", least(plain));
+    println!(
+        "decode, KPL:       {packed_median:.0} ns/event median, {:.0} least ({KPL_USER_RECORDS} user records an aggregate)",
+        least(packed)
+    );
 }

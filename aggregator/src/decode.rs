@@ -1,4 +1,5 @@
-//! Turning a Kinesis record into a [`MetricEvent`], or into the reason it is not one.
+//! Turning a Kinesis record into [`MetricEvent`]s, or into the reason it is not one: a plain
+//! record is one user record, a KPL aggregate ([`crate::kpl`]) several.
 //!
 //! Valid records take one borrowing serde pass. Only an invalid record pays for a second,
 //! diagnostic pass that names what is wrong, so the hot path stays a single parse.
@@ -9,10 +10,16 @@ use std::ops::Range;
 use metrics_pipeline_model::event::{EventTime, MetricEvent, is_partition_value};
 use serde_json::Value;
 
+use crate::get_records::{InputRecord, Records};
+use crate::kpl::{self, Corruption};
 use crate::window::{KeyedEvent, KeyedPage, MetricKey, key_hash};
 
 /// Records larger than this are refused before parsing: no metric event is anywhere near it.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// Events stamped before 2000-01-01 are refused: an epoch in seconds sent as milliseconds lands
+/// in January 1970, and would open windows there.
+pub const EARLIEST_EVENT_TIME: EventTime = EventTime(946_684_800_000);
 
 /// Why a record is not a metric event; the label of the invalid-records counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -25,6 +32,10 @@ pub enum InvalidReason {
     /// A value that is not a finite number (JSON cannot say NaN; huge exponents overflow).
     NonFiniteValue,
     BadTimestamp,
+    /// Before [`EARLIEST_EVENT_TIME`]: epoch seconds sent as milliseconds, most likely.
+    ImplausibleTimestamp,
+    /// Starts with the KPL's magic bytes but is not a valid aggregate.
+    Kpl(Corruption),
     /// A componentName Firehose cannot turn into an S3 prefix and Athena into a partition.
     BadComponentName,
     EmptyName(&'static str),
@@ -41,6 +52,9 @@ impl InvalidReason {
             Self::WrongType(field) => format!("wrong_type_{field}"),
             Self::NonFiniteValue => "non_finite_value".into(),
             Self::BadTimestamp => "bad_timestamp".into(),
+            Self::ImplausibleTimestamp => "implausible_timestamp".into(),
+            Self::Kpl(Corruption::DigestMismatch) => "kpl_digest_mismatch".into(),
+            Self::Kpl(Corruption::Malformed) => "kpl_malformed".into(),
             Self::BadComponentName => "bad_component_name".into(),
             Self::EmptyName(field) => format!("empty_{field}"),
         }
@@ -64,6 +78,9 @@ pub fn decode(record: &[u8]) -> Result<MetricEvent<'_>, InvalidReason> {
     if !event.value.is_finite() {
         return Err(InvalidReason::NonFiniteValue);
     }
+    if event.timestamp < EARLIEST_EVENT_TIME {
+        return Err(InvalidReason::ImplausibleTimestamp);
+    }
     if event.metric_name.is_empty() {
         return Err(InvalidReason::EmptyName("metricName"));
     }
@@ -78,12 +95,31 @@ pub fn decode(record: &[u8]) -> Result<MetricEvent<'_>, InvalidReason> {
 
 /// The records of one GetRecords page, decoded on the thread that read the page: the pages of
 /// a poll are decoded in parallel, and the engine's thread only aggregates (decoding is most of
-/// the work, BENCHMARKS.md). The keys of the valid records share one buffer, so a page costs two
-/// allocations, not one per record.
+/// the work, BENCHMARKS.md). One entry per user record: a plain Kinesis record, or each record a
+/// KPL aggregate packs. The keys of the valid ones share one buffer, so a page of plain records
+/// costs two allocations, not one per record.
 #[derive(Debug, Default)]
 pub struct DecodedPage {
     keys: Vec<u8>,
-    records: Vec<Result<Decoded, InvalidReason>>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Index of its Kinesis record in the page.
+    record: usize,
+    /// Where it sits in a KPL aggregate; `None` for a plain record (or a corrupt aggregate, kept whole).
+    packed: Option<Packed>,
+    decoded: Result<Decoded, InvalidReason>,
+}
+
+#[derive(Debug)]
+struct Packed {
+    /// Its index in the aggregate: the KCL's sub-sequence number.
+    sub_sequence_number: usize,
+    /// Ranges of the Kinesis record's data.
+    partition_key: Range<usize>,
+    data: Range<usize>,
 }
 
 #[derive(Debug)]
@@ -93,41 +129,99 @@ struct Decoded {
     key_hash: u64,
     value: f64,
     timestamp: EventTime,
+    arrival: Option<EventTime>,
+}
+
+/// One user record of a page, with what it decoded to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UserRecord<'a> {
+    /// The Kinesis record's sequence number; several user records share it in a KPL aggregate.
+    pub sequence_number: &'a str,
+    /// Its place in a KPL aggregate.
+    pub sub_sequence_number: Option<usize>,
+    pub partition_key: &'a str,
+    pub data: &'a [u8],
+    pub event: Result<KeyedEvent<'a>, InvalidReason>,
 }
 
 impl DecodedPage {
-    pub fn of<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>) -> Self {
-        let mut page = Self { keys: Vec::new(), records: Vec::with_capacity(records.len()) };
-        for record in records {
-            let decoded = decode(record).map(|event| {
-                let start = page.keys.len();
-                MetricKey::append(&mut page.keys, &event.component_name, &event.metric_name, &event.unit);
-                let key_hash = key_hash(&page.keys[start..]);
-                Decoded { key: start..page.keys.len(), key_hash, value: event.value, timestamp: event.timestamp }
-            });
-            page.records.push(decoded);
+    pub fn of(records: &Records) -> Self {
+        let mut page = Self { keys: Vec::new(), entries: Vec::with_capacity(records.len()) };
+        for (index, record) in records.iter().enumerate() {
+            if !kpl::is_aggregated(record.data) {
+                let decoded = page.decode(record.data, record.arrival);
+                page.entries.push(Entry { record: index, packed: None, decoded });
+                continue;
+            }
+            match kpl::unpack(record.data) {
+                Ok(packed) => {
+                    for (sub_sequence_number, user) in packed.into_iter().enumerate() {
+                        let decoded = page.decode(&record.data[user.data.clone()], record.arrival);
+                        let packed = Packed { sub_sequence_number, partition_key: user.partition_key, data: user.data };
+                        page.entries.push(Entry { record: index, packed: Some(packed), decoded });
+                    }
+                }
+                Err(corruption) => page.entries.push(Entry { record: index, packed: None, decoded: Err(InvalidReason::Kpl(corruption)) }),
+            }
         }
         page
     }
 
-    /// Each record in the page's order: the event, or why the record is not one.
+    fn decode(&mut self, data: &[u8], arrival: Option<EventTime>) -> Result<Decoded, InvalidReason> {
+        decode(data).map(|event| {
+            let start = self.keys.len();
+            MetricKey::append(&mut self.keys, &event.component_name, &event.metric_name, &event.unit);
+            let key_hash = key_hash(&self.keys[start..]);
+            Decoded { key: start..self.keys.len(), key_hash, value: event.value, timestamp: event.timestamp, arrival }
+        })
+    }
+
+    /// User records unpacked from KPL aggregates.
+    pub fn packed_records(&self) -> usize {
+        self.entries.iter().filter(|entry| entry.packed.is_some()).count()
+    }
+
+    /// Each user record in the page's order, with the event or why it is not one; `records` is
+    /// the page this was decoded from.
+    pub fn user_records<'a>(&'a self, records: &'a Records) -> impl Iterator<Item = UserRecord<'a>> {
+        self.entries.iter().map(move |entry| {
+            let InputRecord { sequence_number, partition_key, data, .. } = records.get(entry.record);
+            let event = self.event(entry);
+            match &entry.packed {
+                None => UserRecord { sequence_number, sub_sequence_number: None, partition_key, data, event },
+                Some(packed) => UserRecord {
+                    sequence_number,
+                    sub_sequence_number: Some(packed.sub_sequence_number),
+                    partition_key: std::str::from_utf8(&data[packed.partition_key.clone()]).expect("checked when unpacked"),
+                    data: &data[packed.data.clone()],
+                    event,
+                },
+            }
+        })
+    }
+
+    /// Each user record's event in the page's order, or why it is not one.
     pub fn events(&self) -> impl Iterator<Item = Result<KeyedEvent<'_>, InvalidReason>> {
-        self.records.iter().map(|decoded| decoded.as_ref().map(|decoded| self.keyed(decoded)).map_err(|reason| *reason))
+        self.entries.iter().map(|entry| self.event(entry))
+    }
+
+    fn event(&self, entry: &Entry) -> Result<KeyedEvent<'_>, InvalidReason> {
+        entry.decoded.as_ref().map(|decoded| self.keyed(decoded)).map_err(|reason| *reason)
     }
 
     fn keyed(&self, decoded: &Decoded) -> KeyedEvent<'_> {
-        KeyedEvent { key: &self.keys[decoded.key.clone()], value: decoded.value, timestamp: decoded.timestamp }
+        KeyedEvent { key: &self.keys[decoded.key.clone()], value: decoded.value, timestamp: decoded.timestamp, arrival: decoded.arrival }
     }
 }
 
 impl KeyedPage for DecodedPage {
     fn records(&self) -> usize {
-        self.records.len()
+        self.entries.len()
     }
 
     fn hashed_events(&self) -> impl Iterator<Item = (usize, u64, KeyedEvent<'_>)> {
-        (self.records.iter().enumerate())
-            .filter_map(|(index, decoded)| decoded.as_ref().ok().map(|decoded| (index, decoded.key_hash, self.keyed(decoded))))
+        (self.entries.iter().enumerate())
+            .filter_map(|(index, entry)| entry.decoded.as_ref().ok().map(|decoded| (index, decoded.key_hash, self.keyed(decoded))))
     }
 }
 
@@ -161,6 +255,8 @@ fn diagnose(record: &[u8]) -> InvalidReason {
 #[cfg(test)]
 mod tests {
     use std::borrow::Borrow;
+
+    use md5::Digest;
 
     use super::*;
 
@@ -212,17 +308,80 @@ mod tests {
         }
     }
 
+    fn records(data: &[&[u8]]) -> Records {
+        let mut records = Records::default();
+        for (index, data) in data.iter().enumerate() {
+            let arrival = Some(EventTime(1_631_188_900_000));
+            records.push(InputRecord { sequence_number: &index.to_string(), partition_key: "pk", data, arrival });
+        }
+        records
+    }
+
+    fn event(key: &MetricKey) -> Result<KeyedEvent<'_>, InvalidReason> {
+        Ok(KeyedEvent {
+            key: key.borrow(),
+            value: 50.0,
+            timestamp: EventTime(1_631_188_800_000),
+            arrival: Some(EventTime(1_631_188_900_000)),
+        })
+    }
+
     #[test]
     fn a_page_decodes_each_record_as_decode_does() {
-        let records = [GOOD.to_owned(), "not json".to_owned(), with("unit", "\"bytes\"")];
-        let page = DecodedPage::of(records.iter().map(|record| record.as_bytes()));
+        let bytes = with("unit", "\"bytes\"");
+        let page = DecodedPage::of(&records(&[GOOD.as_bytes(), b"not json", bytes.as_bytes()]));
         let (percent, bytes) =
             (MetricKey::new("user-service", "cpu-usage", "percent"), MetricKey::new("user-service", "cpu-usage", "bytes"));
-        fn event(key: &MetricKey) -> Result<KeyedEvent<'_>, InvalidReason> {
-            Ok(KeyedEvent { key: key.borrow(), value: 50.0, timestamp: EventTime(1_631_188_800_000) })
-        }
         let events: Vec<_> = page.events().collect();
         assert_eq!(events, [event(&percent), Err(InvalidReason::NotJson), event(&bytes)]);
+    }
+
+    /// A KPL aggregate of `(partition key, data)` user records, framed as the KPL frames it.
+    fn aggregate(user_records: &[(&str, &[u8])]) -> Vec<u8> {
+        fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
+            assert!(bytes.len() < 128, "one-byte lengths are enough here");
+            [&[number << 3 | 2, bytes.len() as u8][..], bytes].concat()
+        }
+        let mut body = Vec::new();
+        for (index, (key, data)) in user_records.iter().enumerate() {
+            body.extend(field(1, key.as_bytes()));
+            body.extend(field(3, &[&[0x08, index as u8][..], &field(3, data)].concat()));
+        }
+        [&crate::kpl::MAGIC[..], &body, &md5::Md5::digest(&body)[..]].concat()
+    }
+
+    #[test]
+    fn each_user_record_of_a_kpl_aggregate_is_decoded_and_kept_on_its_own() {
+        let short = r#"{"componentName":"user-service","metricName":"cpu-usage","unit":"percent","value":50,"timestamp":1631188800000}"#;
+        let packed = aggregate(&[("a", short.as_bytes()), ("b", b"{oops")]);
+        let mut corrupt = packed.clone();
+        *corrupt.last_mut().unwrap() ^= 1;
+        let records = records(&[&packed, GOOD.as_bytes(), &corrupt]);
+        let page = DecodedPage::of(&records);
+        let key = MetricKey::new("user-service", "cpu-usage", "percent");
+        let seen: Vec<_> = page
+            .user_records(&records)
+            .map(|user| (user.sequence_number, user.sub_sequence_number, user.partition_key, user.data, user.event))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("0", Some(0), "a", short.as_bytes(), event(&key)),
+                ("0", Some(1), "b", &b"{oops"[..], Err(InvalidReason::NotJson)),
+                ("1", None, "pk", GOOD.as_bytes(), event(&key)),
+                ("2", None, "pk", &corrupt[..], Err(InvalidReason::Kpl(Corruption::DigestMismatch))),
+            ]
+        );
+        assert_eq!((page.records(), page.packed_records()), (4, 2));
+    }
+
+    #[test]
+    fn epoch_seconds_sent_as_milliseconds_are_refused() {
+        let seconds = with("timestamp", "1631188800");
+        assert_eq!(decode(seconds.as_bytes()).err(), Some(InvalidReason::ImplausibleTimestamp));
+        let earliest = with("timestamp", "946684800000");
+        assert!(decode(earliest.as_bytes()).is_ok(), "2000-01-01 is the earliest time taken");
+        assert_eq!(InvalidReason::ImplausibleTimestamp.label(), "implausible_timestamp");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! missing `Records`, `SequenceNumber` or `Data` with an empty default, the whole answer is
 //! refused (and asked again), since an empty sequence number would be checkpointed as a position.
 //! `PartitionKey` may be absent, as AWS documents for streams with AUTO record distribution.
+//! `ApproximateArrivalTimestamp` (epoch seconds, milliseconds as the fraction) bounds each record's
+//! event time; `ChildShards` of a closed shard's last answer name the shards to read next.
 
 use std::ops::Range;
 use std::pin::Pin;
@@ -19,6 +21,7 @@ use aws_sdk_kinesis::error::BoxError;
 use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use http_body::{Body, Frame};
+use metrics_pipeline_model::event::EventTime;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
@@ -28,6 +31,8 @@ pub struct InputRecord<'a> {
     pub sequence_number: &'a str,
     pub partition_key: &'a str,
     pub data: &'a [u8],
+    /// When Kinesis took the record (`None` where an emulator leaves it out).
+    pub arrival: Option<EventTime>,
 }
 
 /// The records of one answer in three buffers, not three allocations a record: a reading thread
@@ -46,15 +51,16 @@ struct RecordSpans {
     sequence_number: Range<usize>,
     partition_key: Range<usize>,
     data: Range<usize>,
+    arrival: Option<EventTime>,
 }
 
 impl Records {
-    pub fn push(&mut self, sequence_number: &str, partition_key: &str, data: &[u8]) {
-        let sequence_number = append(&mut self.text, sequence_number);
-        let partition_key = append(&mut self.text, partition_key);
+    pub fn push(&mut self, record: InputRecord<'_>) {
+        let sequence_number = append(&mut self.text, record.sequence_number);
+        let partition_key = append(&mut self.text, record.partition_key);
         let start = self.data.len();
-        self.data.extend_from_slice(data);
-        self.records.push(RecordSpans { sequence_number, partition_key, data: start..self.data.len() });
+        self.data.extend_from_slice(record.data);
+        self.records.push(RecordSpans { sequence_number, partition_key, data: start..self.data.len(), arrival: record.arrival });
     }
 
     pub fn len(&self) -> usize {
@@ -73,11 +79,17 @@ impl Records {
         self.records.last().map(|spans| self.record(spans))
     }
 
+    /// The record at `index` in the page.
+    pub fn get(&self, index: usize) -> InputRecord<'_> {
+        self.record(&self.records[index])
+    }
+
     fn record(&self, spans: &RecordSpans) -> InputRecord<'_> {
         InputRecord {
             sequence_number: &self.text[spans.sequence_number.clone()],
             partition_key: &self.text[spans.partition_key.clone()],
             data: &self.data[spans.data.clone()],
+            arrival: spans.arrival,
         }
     }
 }
@@ -89,13 +101,23 @@ fn append(text: &mut String, part: &str) -> Range<usize> {
 }
 
 /// A successful GetRecords answer: `next_shard_iterator` is `None` once a closed shard is read
-/// to its end.
+/// to its end, and then `child_shards` names the shards that continue it.
 #[derive(Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Answer {
     pub records: Records,
     pub next_shard_iterator: Option<String>,
     pub millis_behind_latest: Option<i64>,
+    #[serde(default)]
+    pub child_shards: Vec<ChildShard>,
+}
+
+/// A shard that continues a closed one, with all of its parents (two for a merge).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ChildShard {
+    pub shard_id: String,
+    pub parent_shards: Vec<String>,
 }
 
 impl<'de> Deserialize<'de> for Records {
@@ -129,6 +151,7 @@ enum RecordField {
     SequenceNumber,
     PartitionKey,
     Data,
+    ApproximateArrivalTimestamp,
     #[serde(other)]
     Other,
 }
@@ -150,7 +173,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<(), A::Error> {
         let Records { text, data, records } = self.0;
-        let (mut sequence_number, mut partition_key, mut record_data) = (None, None, None);
+        let (mut sequence_number, mut partition_key, mut record_data, mut arrival) = (None, None, None, None);
         while let Some(field) = fields.next_key()? {
             match field {
                 RecordField::SequenceNumber if sequence_number.is_none() => {
@@ -164,7 +187,12 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                     fields.next_value_seed(Base64Seed(data))?;
                     record_data = Some(start..data.len());
                 }
+                RecordField::ApproximateArrivalTimestamp if arrival.is_none() => {
+                    let seconds: Option<f64> = fields.next_value()?;
+                    arrival = Some(seconds.map(|seconds| EventTime((seconds * 1000.0).round() as i64)));
+                }
                 RecordField::SequenceNumber => return Err(de::Error::duplicate_field("SequenceNumber")),
+                RecordField::ApproximateArrivalTimestamp => return Err(de::Error::duplicate_field("ApproximateArrivalTimestamp")),
                 RecordField::PartitionKey => return Err(de::Error::duplicate_field("PartitionKey")),
                 RecordField::Data => return Err(de::Error::duplicate_field("Data")),
                 RecordField::Other => {
@@ -175,7 +203,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         let sequence_number = sequence_number.ok_or_else(|| de::Error::missing_field("SequenceNumber"))?;
         let data = record_data.ok_or_else(|| de::Error::missing_field("Data"))?;
         let partition_key = partition_key.flatten().unwrap_or(text.len()..text.len());
-        records.push(RecordSpans { sequence_number, partition_key, data });
+        records.push(RecordSpans { sequence_number, partition_key, data, arrival: arrival.flatten() });
         Ok(())
     }
 }
@@ -361,7 +389,7 @@ mod tests {
     #[test]
     fn an_answer_reads_as_the_sdk_reads_it() {
         let body = br#"{"Records":[
-            {"SequenceNumber":"4959","ApproximateArrivalTimestamp":1.6311888E9,"Data":"eyJhIjoxfQ==","PartitionKey":"user-service","EncryptionType":"NONE"},
+            {"SequenceNumber":"4959","ApproximateArrivalTimestamp":1.631188800123E9,"Data":"eyJhIjoxfQ==","PartitionKey":"user-service","EncryptionType":"NONE"},
             {"Data":"\/w\u0041=","PartitionKey":"caf\u00e9","SequenceNumber":"4960"}],
             "NextShardIterator":"AAAA","MillisBehindLatest":1200,"ChildShards":[]}"#;
         let answer = parse(body).unwrap();
@@ -370,13 +398,19 @@ mod tests {
         assert_eq!(
             answer.records.iter().collect::<Vec<_>>(),
             [
-                InputRecord { sequence_number: "4959", partition_key: "user-service", data: br#"{"a":1}"# },
-                InputRecord { sequence_number: "4960", partition_key: "café", data: &[0xff, 0x00] },
+                InputRecord {
+                    sequence_number: "4959",
+                    partition_key: "user-service",
+                    data: br#"{"a":1}"#,
+                    arrival: Some(EventTime(1_631_188_800_123))
+                },
+                InputRecord { sequence_number: "4960", partition_key: "café", data: &[0xff, 0x00], arrival: None },
             ],
             "escapes are read, unknown fields ignored"
         );
         let closed = parse(br#"{"Records":[],"ChildShards":[{"ShardId":"s1","ParentShards":["s0"],"HashKeyRange":{}}]}"#).unwrap();
         assert_eq!((closed.next_shard_iterator, closed.millis_behind_latest), (None, None), "a closed shard read to its end");
+        assert_eq!(closed.child_shards, [ChildShard { shard_id: "s1".into(), parent_shards: vec!["s0".into()] }]);
     }
 
     #[test]

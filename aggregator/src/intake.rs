@@ -1,17 +1,17 @@
 //! What the loop does with what it read, without I/O: each GetRecords page into the window engine
 //! and the dead letters, each shard's activity (caught up, idle, answering), and firing windows.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use tokio::time::Instant;
 
 use crate::dead_letter::{DeadLetter, DeadLetters};
-use crate::get_records::InputRecord;
+use crate::decode::UserRecord;
 use crate::metrics::Metrics;
-use crate::source::{Poll, ShardBatch};
-use crate::window::{Admission, KeyedPage, WindowEngine};
+use crate::source::{Poll, ShardBatch, ShardInfo};
+use crate::window::{Admission, WindowEngine};
 
 /// A shard that has not answered GetRecords for this long is not being read: not ready.
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);
@@ -25,35 +25,60 @@ pub struct Intake {
     pub changed: bool,
     idle_timeout: Duration,
     shards: HashMap<String, ShardActivity>,
+    /// Shards read to their end whose children are not being read yet: their clocks stay, as a
+    /// floor under the watermark, until a child starts (a reshard must not fire windows early).
+    drained_awaiting_children: BTreeSet<String>,
 }
 
 /// How a shard's reading goes.
 #[derive(Clone, Copy, Debug)]
 struct ShardActivity {
-    /// Since when every answer was empty with `MillisBehindLatest` 0; `None` while records come,
-    /// while the shard is behind, and after a throttled or failed call: such a shard is never idle.
-    caught_up_since: Option<Instant>,
+    /// The last event counted from the shard, or when reading it started: idleness is decided by
+    /// counted events, as Flink's is, so a shard whose records are all dead letters goes idle like
+    /// a silent one.
+    last_counted: Instant,
+    /// Whether its last GetRecords answer said nothing is behind (`MillisBehindLatest` 0); not
+    /// while it is behind, nor after a throttled or failed call: such a shard is never idle.
+    caught_up: bool,
     /// The last GetRecords answer; `None` until the first.
     last_answer: Option<Instant>,
 }
 
 impl ShardActivity {
     fn idle(&self, now: Instant, idle_timeout: Duration) -> bool {
-        self.caught_up_since.is_some_and(|since| now.duration_since(since) >= idle_timeout)
+        self.caught_up && now.duration_since(self.last_counted) >= idle_timeout
     }
 }
 
 impl Intake {
     pub fn new(engine: WindowEngine, idle_timeout: Duration) -> Self {
         let (dead_letters, output, shards) = (DeadLetters::default(), Vec::new(), HashMap::new());
-        Self { engine, dead_letters, output, changed: false, idle_timeout, shards }
+        Self { engine, dead_letters, output, changed: false, idle_timeout, shards, drained_awaiting_children: BTreeSet::new() }
     }
 
-    pub fn start_shards(&mut self, shards: &[String]) {
+    /// Shards that start being read at `now`; a drained parent's clock leaves with its first child.
+    pub fn start_shards(&mut self, shards: &[ShardInfo], now: Instant) {
         for shard in shards {
-            self.engine.watermarks_mut().register(shard);
-            self.shards.insert(shard.clone(), ShardActivity { caught_up_since: None, last_answer: None });
+            self.engine.watermarks_mut().register(&shard.id);
+            self.shards.insert(shard.id.clone(), ShardActivity { last_counted: now, caught_up: false, last_answer: None });
             self.changed = true;
+        }
+        self.release_parents(shards);
+    }
+
+    /// Children take over from their drained parents: a child that has seen nothing yet starts
+    /// from its parents' clock (a key's events continue in it), and the parents' clocks go.
+    fn release_parents(&mut self, children: &[ShardInfo]) {
+        let watermarks = self.engine.watermarks_mut();
+        for child in children {
+            let parents: Vec<&str> =
+                child.parents.iter().filter(|parent| self.drained_awaiting_children.contains(*parent)).map(String::as_str).collect();
+            watermarks.hand_over(&parents, &child.id);
+        }
+        for parent in children.iter().flat_map(|child| &child.parents) {
+            if self.drained_awaiting_children.remove(parent) {
+                watermarks.remove(parent);
+            }
         }
     }
 
@@ -68,50 +93,62 @@ impl Intake {
     }
 
     /// Shards that appeared, the pages one poll brought (read at `wall_clock`), then the shards
-    /// that finished: a closed shard's last page must not bring its clock back.
+    /// that finished: a closed shard's last page must not bring its clock back, and its clock
+    /// stays until a child of it is read (children named by its last answer start in this poll).
     pub fn take_poll(&mut self, poll: &Poll, now: Instant, wall_clock: EventTime, metrics: &Metrics) {
-        self.start_shards(&poll.started);
+        self.start_shards(&poll.started, now);
         metrics.get_records_throttled.inc_by(poll.throttled);
         for batch in &poll.batches {
+            let counted = self.take_batch(batch, wall_clock, metrics);
             if let Some(activity) = self.shards.get_mut(&batch.shard) {
-                let caught_up = batch.records.is_empty() && batch.millis_behind_latest.unwrap_or(0) == 0;
-                activity.caught_up_since = caught_up.then(|| activity.caught_up_since.unwrap_or(now));
+                activity.caught_up = batch.millis_behind_latest.unwrap_or(0) == 0;
                 activity.last_answer = Some(now);
+                if counted {
+                    activity.last_counted = now;
+                }
             }
-            self.take_batch(batch, wall_clock, metrics);
         }
         for shard in &poll.unanswered {
             if let Some(activity) = self.shards.get_mut(shard) {
-                activity.caught_up_since = None;
+                activity.caught_up = false;
             }
         }
         for shard in &poll.drained {
-            self.engine.watermarks_mut().remove(shard);
             self.shards.remove(shard);
+            self.drained_awaiting_children.insert(shard.clone());
+            metrics.millis_behind_latest.remove(&Metrics::label("shard", shard.clone()));
             self.changed = true;
         }
+        // Children that the drained shards' last answers named started in this poll.
+        self.release_parents(&poll.started);
         metrics.shards.set(self.shards.len() as i64);
     }
 
-    fn take_batch(&mut self, batch: &ShardBatch, wall_clock: EventTime, metrics: &Metrics) {
+    /// Takes one page; whether it counted any event.
+    fn take_batch(&mut self, batch: &ShardBatch, wall_clock: EventTime, metrics: &Metrics) -> bool {
         if let Some(behind) = batch.millis_behind_latest {
             metrics.millis_behind_latest.get_or_create(&Metrics::label("shard", batch.shard.clone())).set(behind);
         }
         if batch.records.is_empty() {
-            return;
+            return false;
         }
         tracing::debug!(shard = %batch.shard, records = batch.records.len(), millis_behind_latest = ?batch.millis_behind_latest, "read records");
         self.changed = true;
         metrics.records_read.inc_by(batch.records.len() as u64);
+        metrics.kpl_user_records.inc_by(batch.events.packed_records() as u64);
         self.engine.start_page(wall_clock);
-        debug_assert_eq!(batch.records.len(), batch.events.records(), "a page is decoded record by record");
         let mut not_on_time = self.engine.add_page(&batch.shard, &batch.events).into_iter().peekable();
-        for (index, (record, event)) in batch.records.iter().zip(batch.events.events()).enumerate() {
-            let reason = match event {
+        let mut counted = false;
+        for (index, record) in batch.events.user_records(&batch.records).enumerate() {
+            let reason = match record.event {
                 Ok(_) => match not_on_time.next_if(|(at, _)| *at == index).map_or(Admission::OnTime, |(_, admission)| admission) {
-                    Admission::OnTime => continue,
+                    Admission::OnTime => {
+                        counted = true;
+                        continue;
+                    }
                     Admission::Late => {
                         metrics.events_late.get_or_create(&Metrics::label("outcome", "reemitted")).inc();
+                        counted = true;
                         continue;
                     }
                     Admission::TooLate => {
@@ -129,24 +166,32 @@ impl Intake {
                     reason.label()
                 }
             };
-            tracing::debug!(shard = %batch.shard, sequence_number = record.sequence_number, %reason, "record kept as a dead letter");
+            tracing::debug!(
+                shard = %batch.shard, sequence_number = record.sequence_number, sub_sequence_number = ?record.sub_sequence_number, %reason,
+                "record kept as a dead letter"
+            );
             self.dead_letters.push(dead_letter(reason, &batch.shard, &record));
         }
+        counted
     }
 
     /// Shards caught up and quiet for the idle timeout stop holding the watermark; when every
     /// shard is, every open window fires (as at end of input); then whatever the watermark has
     /// passed fires.
     pub fn fire_due_windows(&mut self, now: Instant, wall_clock: EventTime, metrics: &Metrics) {
-        let mut all_idle = true;
+        // No shard being read (between a reshard's parent and its children) is not "all idle".
+        let mut all_idle = !self.shards.is_empty() && self.drained_awaiting_children.is_empty();
+        let mut idle_shards = 0;
         for (shard, activity) in &self.shards {
             if activity.idle(now, self.idle_timeout) {
                 self.engine.watermarks_mut().mark_idle(shard);
+                idle_shards += 1;
             } else {
                 self.engine.watermarks_mut().mark_active(shard);
                 all_idle = false;
             }
         }
+        metrics.idle_shards.set(idle_shards);
         let before = self.output.len();
         if all_idle && self.engine.open_windows() > 0 {
             tracing::debug!(
@@ -171,8 +216,8 @@ impl Intake {
     }
 }
 
-fn dead_letter(reason: String, shard: &str, record: &InputRecord<'_>) -> DeadLetter {
-    DeadLetter::new(reason, shard, record.sequence_number, record.partition_key, record.data)
+fn dead_letter(reason: String, shard: &str, record: &UserRecord<'_>) -> DeadLetter {
+    DeadLetter::new(reason, shard, record.sequence_number, record.partition_key, record.data).packed_at(record.sub_sequence_number)
 }
 
 #[cfg(test)]
@@ -181,7 +226,7 @@ mod tests {
 
     use super::*;
     use crate::decode::DecodedPage;
-    use crate::get_records::Records;
+    use crate::get_records::{InputRecord, Records};
 
     const NOON: i64 = 1_631_188_800_000;
 
@@ -197,12 +242,17 @@ mod tests {
     }
 
     fn page(shard: &str, times: &[i64], millis_behind_latest: i64) -> ShardBatch {
+        let data =
+            times.iter().map(|at| format!(r#"{{"componentName":"c","metricName":"m","unit":"u","value":1,"timestamp":{}}}"#, NOON + at));
+        page_of(shard, data.collect(), millis_behind_latest)
+    }
+
+    fn page_of(shard: &str, data: Vec<String>, millis_behind_latest: i64) -> ShardBatch {
         let mut records = Records::default();
-        for (i, at) in times.iter().enumerate() {
-            let data = format!(r#"{{"componentName":"c","metricName":"m","unit":"u","value":1,"timestamp":{}}}"#, NOON + at);
-            records.push(&i.to_string(), "k", data.as_bytes());
+        for (i, data) in data.iter().enumerate() {
+            records.push(InputRecord { sequence_number: &i.to_string(), partition_key: "k", data: data.as_bytes(), arrival: None });
         }
-        let events = DecodedPage::of(records.iter().map(|record| record.data));
+        let events = DecodedPage::of(&records);
         ShardBatch { shard: shard.into(), records, events, millis_behind_latest: Some(millis_behind_latest) }
     }
 
@@ -210,23 +260,81 @@ mod tests {
         Poll { batches, ..Poll::default() }
     }
 
+    fn shard(id: &str, parents: &[&str]) -> ShardInfo {
+        ShardInfo { id: id.into(), parents: parents.iter().map(|parent| parent.to_string()).collect() }
+    }
+
+    fn counts(output: &[MetricAggregate]) -> Vec<(i64, u64, u32)> {
+        output.iter().map(|aggregate| (aggregate.window_start.0 - NOON, aggregate.count, aggregate.revision)).collect()
+    }
+
     #[test]
-    fn a_closed_shards_last_page_does_not_hold_the_watermark() {
-        let (mut intake, metrics, now, wall_clock) = (intake(), Metrics::default(), Instant::now(), EventTime(NOON + 3_600_000));
-        intake.start_shards(&["parent".into(), "other".into()]);
-        intake.take_poll(&poll(vec![page("other", &[300_000], 0)]), now, wall_clock, &metrics);
-        let mut last = poll(vec![page("parent", &[200_000], 0)]);
+    fn a_reshard_fires_nothing_early_the_parents_clock_stays_until_its_children_are_read() {
+        let (mut intake, metrics, mut now, wall_clock) = (intake(), Metrics::default(), Instant::now(), EventTime(NOON + 3_600_000));
+        intake.start_shards(&[shard("parent", &[])], now);
+        intake.take_poll(&poll(vec![page("parent", &[10_000, 20_000], 0)]), now, wall_clock, &metrics);
+        // The parent's last page; its children are not listed yet (ListShards comes later).
+        let mut last = poll(vec![page("parent", &[30_000], 0)]);
         last.drained.push("parent".into());
         intake.take_poll(&last, now, wall_clock, &metrics);
+        for _ in 0..40 {
+            now += Duration::from_secs(1);
+            intake.take_poll(&Poll::default(), now, wall_clock, &metrics);
+            intake.fire_due_windows(now, wall_clock, &metrics);
+        }
+        assert_eq!(counts(&intake.output), [], "no shard is read for a moment: that is not every shard idle");
+        assert_eq!(intake.engine.watermark(), Some(NOON + 29_000), "the drained parent's clock is a floor");
+        let mut children = poll(vec![page("left", &[40_000], 0), page("right", &[50_000, 70_000], 0)]);
+        children.started = vec![shard("left", &["parent"]), shard("right", &["parent"])];
+        intake.take_poll(&children, now, wall_clock, &metrics);
         intake.fire_due_windows(now, wall_clock, &metrics);
-        assert_eq!(intake.engine.watermark(), Some(NOON + 299_000), "only the open shard holds the watermark");
-        assert!(!intake.engine.watermarks_mut().snapshot().contains_key("parent"), "the drained shard is forgotten");
+        assert!(!intake.engine.watermarks_mut().snapshot().contains_key("parent"), "the parent leaves once its children are read");
+        assert_eq!(counts(&intake.output), [], "the left child holds the noon window open");
+        intake.take_poll(&poll(vec![page("left", &[65_000], 0)]), now, wall_clock, &metrics);
+        intake.fire_due_windows(now, wall_clock, &metrics);
+        assert_eq!(counts(&intake.output), [(0, 5, 0)], "the window's first emission is complete");
+    }
+
+    #[test]
+    fn children_named_by_a_drained_shards_last_answer_take_over_in_the_same_poll() {
+        let (mut intake, metrics, now, wall_clock) = (intake(), Metrics::default(), Instant::now(), EventTime(NOON + 3_600_000));
+        intake.start_shards(&[shard("parent", &[])], now);
+        let mut last = poll(vec![page("parent", &[30_000], 0)]);
+        last.drained.push("parent".into());
+        last.started = vec![shard("child", &["parent"])];
+        intake.take_poll(&last, now, wall_clock, &metrics);
+        intake.fire_due_windows(now, wall_clock, &metrics);
+        let clocks = intake.engine.watermarks_mut().snapshot();
+        assert_eq!(
+            clocks.into_iter().collect::<Vec<_>>(),
+            [("child".to_owned(), Some(NOON + 30_000))],
+            "the child starts from its parent's clock"
+        );
+        assert_eq!(intake.engine.watermark(), Some(NOON + 29_000), "the watermark never goes back");
+        assert_eq!(counts(&intake.output), []);
+    }
+
+    #[test]
+    fn a_shard_of_only_dead_letters_goes_idle_like_a_silent_one() {
+        // A producer with a bug on one shard: it keeps answering records, none of them an event.
+        let (mut intake, metrics, start, wall_clock) = (intake(), Metrics::default(), Instant::now(), EventTime(NOON + 3_600_000));
+        intake.start_shards(&[shard("good", &[]), shard("garbage", &[])], start);
+        intake.take_poll(&poll(vec![page("good", &[0, 10_000], 0)]), start, wall_clock, &metrics);
+        let mut now = start;
+        for _ in 0..31 {
+            now += Duration::from_secs(1);
+            let answers = poll(vec![page("good", &[], 0), page_of("garbage", vec!["not json".into(), "{}".into()], 0)]);
+            intake.take_poll(&answers, now, wall_clock, &metrics);
+            intake.fire_due_windows(now, wall_clock, &metrics);
+        }
+        assert_eq!(counts(&intake.output), [(0, 2, 0)], "both shards idle: the open window fires");
+        assert_eq!(intake.dead_letters.len(), 62, "and every garbage record is kept");
     }
 
     #[test]
     fn a_lagging_throttled_or_failing_shard_is_never_idle() {
         let (mut intake, metrics, start, wall_clock) = (intake(), Metrics::default(), Instant::now(), EventTime(NOON + 3_600_000));
-        intake.start_shards(&["fast".into(), "slow".into()]);
+        intake.start_shards(&[shard("fast", &[]), shard("slow", &[])], start);
         intake.take_poll(&poll(vec![page("fast", &[600_000], 0), page("slow", &[0], 5_000)]), start, wall_clock, &metrics);
         let mut now = start;
         for answer in 0..40 {
@@ -253,7 +361,7 @@ mod tests {
     #[test]
     fn readiness_means_every_shard_answers() {
         let (mut intake, metrics, start) = (intake(), Metrics::default(), Instant::now());
-        intake.start_shards(&["a".into(), "b".into()]);
+        intake.start_shards(&[shard("a", &[]), shard("b", &[])], start);
         assert!(!intake.reading(start), "no shard has answered yet");
         intake.take_poll(&poll(vec![page("a", &[], 0), page("b", &[], 0)]), start, EventTime(NOON), &metrics);
         assert!(intake.reading(start));

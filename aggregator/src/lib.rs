@@ -8,6 +8,7 @@ pub mod decode;
 pub mod generate;
 pub mod get_records;
 pub mod intake;
+pub mod kpl;
 pub mod metrics;
 pub mod parquet_files;
 pub mod run;

@@ -13,6 +13,7 @@ type Labels = Vec<(&'static str, String)>;
 pub struct Metrics {
     registry: Registry,
     pub records_read: Counter,
+    pub kpl_user_records: Counter,
     pub records_invalid: Family<Labels, Counter>,
     pub events_late: Family<Labels, Counter>,
     pub aggregates_written: Counter,
@@ -23,6 +24,7 @@ pub struct Metrics {
     pub get_records_throttled: Counter,
     pub open_windows: Gauge,
     pub shards: Gauge,
+    pub idle_shards: Gauge,
     pub watermark_lag_seconds: Gauge<f64, AtomicU64>,
     pub millis_behind_latest: Family<Labels, Gauge>,
 }
@@ -32,6 +34,7 @@ impl Default for Metrics {
         let mut metrics = Self {
             registry: Registry::with_prefix("aggregator"),
             records_read: Counter::default(),
+            kpl_user_records: Counter::default(),
             records_invalid: Family::default(),
             events_late: Family::default(),
             aggregates_written: Counter::default(),
@@ -42,11 +45,17 @@ impl Default for Metrics {
             get_records_throttled: Counter::default(),
             open_windows: Gauge::default(),
             shards: Gauge::default(),
+            idle_shards: Gauge::default(),
             watermark_lag_seconds: Gauge::default(),
             millis_behind_latest: Family::default(),
         };
         let registry = &mut metrics.registry;
         registry.register("records_read", "Records read from the input stream", metrics.records_read.clone());
+        registry.register(
+            "kpl_user_records",
+            "User records unpacked from KPL aggregated records (each counted or dead-lettered on its own)",
+            metrics.kpl_user_records.clone(),
+        );
         registry.register(
             "records_invalid",
             "Records not counted, by reason: not metric events, stamped beyond the future skew, overflowing their window's sum (kept as dead letters)",
@@ -69,6 +78,11 @@ impl Default for Metrics {
         registry.register("get_records_throttled", "GetRecords calls refused for throughput", metrics.get_records_throttled.clone());
         registry.register("open_windows", "Windows (key x window) not fired yet", metrics.open_windows.clone());
         registry.register("shards", "Input shards being read", metrics.shards.clone());
+        registry.register(
+            "idle_shards",
+            "Input shards not holding the watermark: caught up and without a counted event for the idle timeout",
+            metrics.idle_shards.clone(),
+        );
         registry.register("watermark_lag_seconds", "Wall clock minus the event-time watermark", metrics.watermark_lag_seconds.clone());
         registry.register(
             "millis_behind_latest",

@@ -73,7 +73,7 @@ pub async fn run(
     })
     .await;
     let Some(started) = listed else { return Ok(aggregator.release().await?) };
-    aggregator.intake.start_shards(&started);
+    aggregator.intake.start_shards(&started, Instant::now());
     aggregator.intake.forget_unread_shards();
     aggregator.health.metrics.shards.set(started.len() as i64);
     tracing::info!(stream = %aggregator.config.input_stream, shards = started.len(), threads = aggregator.config.key_partitions, "consuming");

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::decode::DecodedPage;
-use crate::get_records::{Answer, DivertedBody, Records, parse};
+use crate::get_records::{Answer, ChildShard, DivertedBody, InputRecord, Records, parse};
 use crate::sink::Backoff;
 
 /// Kinesis allows 5 GetRecords calls per second per shard.
@@ -40,6 +40,12 @@ impl From<&Shard> for ShardInfo {
     fn from(shard: &Shard) -> Self {
         let parents = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()].into_iter().flatten().map(str::to_owned);
         Self { id: shard.shard_id().to_owned(), parents: parents.collect() }
+    }
+}
+
+impl From<&ChildShard> for ShardInfo {
+    fn from(child: &ChildShard) -> Self {
+        Self { id: child.shard_id.clone(), parents: child.parent_shards.clone() }
     }
 }
 
@@ -134,7 +140,8 @@ pub struct Poll {
     pub batches: Vec<ShardBatch>,
     /// Shards whose call was throttled or failed: how far behind they are is unknown.
     pub unanswered: Vec<String>,
-    pub started: Vec<String>,
+    /// Shards read from now on: found by ListShards, or named by a drained shard's last answer.
+    pub started: Vec<ShardInfo>,
     pub drained: Vec<String>,
     pub throttled: u64,
 }
@@ -157,7 +164,13 @@ pub struct KinesisSource {
 }
 
 enum Fetch {
-    Records { records: Records, events: DecodedPage, next_iterator: Option<String>, millis_behind_latest: Option<i64> },
+    Records {
+        records: Records,
+        events: DecodedPage,
+        next_iterator: Option<String>,
+        millis_behind_latest: Option<i64>,
+        child_shards: Vec<ChildShard>,
+    },
     Throttled,
     IteratorExpired,
     Failed,
@@ -166,9 +179,9 @@ enum Fetch {
 impl Fetch {
     /// An answer, its records decoded.
     fn answered(answer: Answer) -> Self {
-        let events = DecodedPage::of(answer.records.iter().map(|record| record.data));
-        let Answer { records, next_shard_iterator, millis_behind_latest } = answer;
-        Self::Records { records, events, next_iterator: next_shard_iterator, millis_behind_latest }
+        let events = DecodedPage::of(&answer.records);
+        let Answer { records, next_shard_iterator, millis_behind_latest, child_shards } = answer;
+        Self::Records { records, events, next_iterator: next_shard_iterator, millis_behind_latest, child_shards }
     }
 }
 
@@ -195,7 +208,7 @@ impl KinesisSource {
     }
 
     /// Lists the stream's shards and starts reading those that became readable; returns them.
-    pub async fn discover(&mut self) -> Result<Vec<String>, SdkError<aws_sdk_kinesis::operation::list_shards::ListShardsError>> {
+    pub async fn discover(&mut self) -> Result<Vec<ShardInfo>, SdkError<aws_sdk_kinesis::operation::list_shards::ListShardsError>> {
         let mut listed = Vec::new();
         let mut next_token = None;
         loop {
@@ -211,18 +224,22 @@ impl KinesisSource {
             }
         }
         self.position.forget_unlisted(&listed);
-        let mut started = Vec::new();
-        for shard in readable_shards(&listed, &self.position.drained) {
-            if self.readers.contains_key(shard) {
-                continue;
-            }
-            tracing::debug!(shard, start = ?self.position.start_of(shard), "reading shard");
-            let reader = ShardReader { iterator: None, next_poll: Instant::now(), backoff: Backoff::default() };
-            self.readers.insert(shard.to_owned(), reader);
-            started.push(shard.to_owned());
-        }
+        let readable: BTreeSet<&str> = readable_shards(&listed, &self.position.drained).into_iter().collect();
+        let started = listed.iter().filter(|shard| readable.contains(shard.id.as_str())).filter(|shard| self.start_reading(shard)).cloned();
+        let started = started.collect();
         self.next_discovery = Instant::now() + self.discovery_interval;
         Ok(started)
+    }
+
+    /// Starts reading `shard` unless it is read already; whether it started.
+    fn start_reading(&mut self, shard: &ShardInfo) -> bool {
+        if self.readers.contains_key(&shard.id) {
+            return false;
+        }
+        tracing::debug!(shard = shard.id, start = ?self.position.start_of(&shard.id), "reading shard");
+        let reader = ShardReader { iterator: None, next_poll: Instant::now(), backoff: Backoff::default() };
+        self.readers.insert(shard.id.clone(), reader);
+        true
     }
 
     /// Waits until a shard may be polled again, then calls GetRecords on the shards that may,
@@ -252,7 +269,7 @@ impl KinesisSource {
         for (shard, fetch) in join_all(fetches).await {
             let reader = self.readers.get_mut(&shard).expect("polled shards have readers");
             match fetch {
-                Fetch::Records { records, events, next_iterator, millis_behind_latest } => {
+                Fetch::Records { records, events, next_iterator, millis_behind_latest, child_shards } => {
                     reader.backoff = Backoff::default();
                     let caught_up = records.is_empty() || millis_behind_latest == Some(0);
                     reader.next_poll = Instant::now() + if caught_up { self.poll_interval } else { MIN_POLL_INTERVAL };
@@ -263,9 +280,16 @@ impl KinesisSource {
                     reader.iterator = next_iterator;
                     poll.batches.push(ShardBatch { shard: shard.clone(), records, events, millis_behind_latest });
                     if drained {
-                        tracing::debug!(shard, "shard closed and read to its end");
+                        tracing::debug!(shard, children = ?child_shards, "shard closed and read to its end");
                         self.readers.remove(&shard);
                         self.position.drain(&shard);
+                        // Its children, read from this poll on once all their parents are drained (a
+                        // merge waits for both); ListShards confirms them soon after.
+                        for child in child_shards.iter().map(ShardInfo::from) {
+                            if child.parents.iter().all(|parent| self.position.drained.contains(parent)) && self.start_reading(&child) {
+                                poll.started.push(child);
+                            }
+                        }
                         self.next_discovery = Instant::now();
                         poll.drained.push(shard);
                     }
@@ -357,12 +381,21 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
             None => {
                 let mut records = Records::default();
                 for record in &output.records {
-                    records.push(&record.sequence_number, record.partition_key.as_deref().unwrap_or_default(), record.data.as_ref());
+                    records.push(InputRecord {
+                        sequence_number: &record.sequence_number,
+                        partition_key: record.partition_key.as_deref().unwrap_or_default(),
+                        data: record.data.as_ref(),
+                        arrival: record.approximate_arrival_timestamp.and_then(|at| at.to_millis().ok()).map(EventTime),
+                    });
                 }
+                let child_shards = (output.child_shards.iter().flatten())
+                    .map(|child| ChildShard { shard_id: child.shard_id.clone(), parent_shards: child.parent_shards.clone() })
+                    .collect();
                 Fetch::answered(Answer {
                     records,
                     next_shard_iterator: output.next_shard_iterator,
                     millis_behind_latest: output.millis_behind_latest,
+                    child_shards,
                 })
             }
         },
@@ -427,7 +460,7 @@ mod tests {
         ])
         .await;
         let fetch = || super::fetch(&client, "in", "shardId-0", Some("A".into()), ShardStart::TrimHorizon);
-        let Fetch::Records { records, events, next_iterator, millis_behind_latest } = fetch().await else { panic!("records expected") };
+        let Fetch::Records { records, events, next_iterator, millis_behind_latest, .. } = fetch().await else { panic!("records expected") };
         let record = records.last().expect("one record");
         assert_eq!((records.len(), record.sequence_number, record.data), (1, "7", &br#"{"a":1}"#[..]));
         assert_eq!(events.events().collect::<Vec<_>>(), [Err(InvalidReason::MissingField("componentName"))], "decoded where it was read");

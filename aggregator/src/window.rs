@@ -174,6 +174,18 @@ impl Watermarks {
         }
     }
 
+    /// A child shard that has seen no event yet starts from the clock of its `parents`, the
+    /// slowest of them for a merge: its keys' events continue where theirs stopped.
+    pub fn hand_over(&mut self, parents: &[&str], child: &str) {
+        let Some(floor) = parents.iter().map(|parent| self.shards.get(*parent).and_then(|clock| clock.max_event_time)).min().flatten()
+        else {
+            return;
+        };
+        if let Some(clock) = self.shards.get_mut(child).filter(|clock| clock.max_event_time.is_none()) {
+            clock.max_event_time = Some(floor);
+        }
+    }
+
     /// A shard that is closed for good (resharded, fully read) is forgotten.
     pub fn remove(&mut self, shard: &str) {
         self.shards.remove(shard);
@@ -208,7 +220,8 @@ pub enum Admission {
     Late,
     /// Later than the allowed lateness: not counted; the caller keeps it in the dead-letter prefix.
     TooLate,
-    /// Stamped later than the page's wall clock plus the maximum future skew: not counted, kept.
+    /// Stamped later than its record's arrival (capped by the page's wall clock) plus the maximum
+    /// future skew: not counted, kept.
     AheadOfClock,
     /// Would take its window's sum beyond what a 64-bit float holds (±1.8e308): not counted, kept.
     SumOverflow,
@@ -264,6 +277,8 @@ pub struct KeyedEvent<'a> {
     pub key: &'a [u8],
     pub value: f64,
     pub timestamp: EventTime,
+    /// When Kinesis took its record (`ApproximateArrivalTimestamp`), if known.
+    pub arrival: Option<EventTime>,
 }
 
 impl std::borrow::Borrow<[u8]> for MetricKey {
@@ -369,7 +384,7 @@ pub fn partition_of(hash: u64, partitions: usize) -> usize {
 /// A page of records as [`WindowEngine::add_page`] takes it; built on the thread that read the
 /// page ([`crate::decode::DecodedPage`]), key hashes included.
 pub trait KeyedPage: Sync {
-    /// How many records the page holds, valid or not.
+    /// How many user records the page holds, valid or not.
     fn records(&self) -> usize;
 
     /// The valid events in the page's order, each with its record's index in the page and the
@@ -400,17 +415,28 @@ struct Judge {
 }
 
 impl Judge {
-    /// The time an admitted event moves its shard's clock to: never past the page's wall clock.
-    fn clock_time(&self, time: i64) -> i64 {
-        self.wall_clock.map_or(time, |now| time.min(now))
+    /// What an event's time is bounded by: its record's arrival in the stream, capped by the
+    /// page's wall clock. While a backlog is read the arrival is long before the wall clock, so a
+    /// producer clock minutes fast is judged against when its record came, and a replay is judged
+    /// as the first reading was.
+    fn reference(&self, event: &KeyedEvent<'_>) -> Option<i64> {
+        match (event.arrival, self.wall_clock) {
+            (Some(arrival), Some(now)) => Some(arrival.0.min(now)),
+            (arrival, now) => arrival.map(|arrival| arrival.0).or(now),
+        }
+    }
+
+    /// The time an admitted event moves its shard's clock to: never past its [`Self::reference`].
+    fn clock_time(&self, event: &KeyedEvent<'_>) -> i64 {
+        let time = event.timestamp.0;
+        self.reference(event).map_or(time, |reference| time.min(reference))
     }
 }
 
 impl KeyPartition {
     /// Counts `event` in its window; shard clocks are the engine's to move.
     fn admit(&mut self, judge: &Judge, event: &KeyedEvent<'_>) -> Admission {
-        let time = event.timestamp.0;
-        if judge.wall_clock.is_some_and(|now| time > now.saturating_add(judge.max_future_skew_ms)) {
+        if judge.reference(event).is_some_and(|reference| event.timestamp.0 > reference.saturating_add(judge.max_future_skew_ms)) {
             return Admission::AheadOfClock;
         }
         let start = judge.assigner.window_start(event.timestamp);
@@ -622,8 +648,8 @@ impl WindowEngine {
 
     /// Starts a page of events (one GetRecords answer) read at `wall_clock`: they are judged
     /// together, against the watermark as the pages before left it, as Flink's periodic
-    /// watermarks do; an event stamped beyond `wall_clock` plus the maximum future skew is refused,
-    /// and no shard's clock moves past `wall_clock`.
+    /// watermarks do; an event stamped beyond its record's arrival (at most `wall_clock`) plus the
+    /// maximum future skew is refused, and no shard's clock moves past that arrival.
     pub fn start_page(&mut self, wall_clock: EventTime) {
         self.judged_against = self.settle();
         self.wall_clock = Some(wall_clock.0);
@@ -640,7 +666,7 @@ impl WindowEngine {
         let judge = self.judge();
         let admission = self.partition_mut(event.key).admit(&judge, event);
         if admission.counted() {
-            self.watermarks.observe(shard, EventTime(judge.clock_time(event.timestamp.0)));
+            self.watermarks.observe(shard, EventTime(judge.clock_time(event)));
         }
         admission
     }
@@ -709,7 +735,7 @@ fn admit_share(
         let Some(partition) = partition_of(hash, total).checked_sub(first).and_then(|own| partitions.get_mut(own)) else { continue };
         let admission = partition.admit(judge, &event);
         if admission.counted() {
-            latest = latest.max(Some(judge.clock_time(event.timestamp.0)));
+            latest = latest.max(Some(judge.clock_time(&event)));
         }
         if admission != Admission::OnTime {
             not_on_time.push((index, admission));

@@ -45,7 +45,7 @@ trait AddEvent {
 impl AddEvent for WindowEngine {
     fn add(&mut self, shard: &str, event: &MetricEvent<'_>) -> Admission {
         let key = MetricKey::new(&event.component_name, &event.metric_name, &event.unit);
-        self.add_keyed(shard, &KeyedEvent { key: key.borrow(), value: event.value, timestamp: event.timestamp })
+        self.add_keyed(shard, &KeyedEvent { key: key.borrow(), value: event.value, timestamp: event.timestamp, arrival: None })
     }
 }
 
@@ -371,6 +371,31 @@ fn a_clock_far_ahead_is_refused_and_one_within_the_skew_cannot_run_the_watermark
 }
 
 #[test]
+fn while_a_backlog_is_read_time_is_judged_against_each_records_arrival() {
+    // An hour of backlog read at once (a first start, a restart after downtime): one producer
+    // clock 3 minutes fast must neither be judged against the wall clock nor move its shard past
+    // the arrival, or every record after it would be too late.
+    let arrived = time("2026-11-28T11:00:00Z");
+    let now = EventTime(arrived.0 + 60 * MINUTE);
+    let mut engine = engine(60, 10, 60);
+    let key = MetricKey::new("a", "cpu", "percent");
+    let add = |engine: &mut WindowEngine, at: i64, arrival: i64| {
+        let event = KeyedEvent { key: key.borrow(), value: 1.0, timestamp: EventTime(at), arrival: Some(EventTime(arrival)) };
+        engine.add_keyed("s", &event)
+    };
+    engine.start_page(now);
+    assert_eq!(add(&mut engine, arrived.0 + 3 * MINUTE, arrived.0), Admission::OnTime, "within the skew of its arrival");
+    assert_eq!(add(&mut engine, arrived.0 + 6 * MINUTE, arrived.0), Admission::AheadOfClock, "beyond the skew of its arrival");
+    assert_eq!(engine.watermark(), Some(arrived.0 - 10 * SECOND), "the shard's clock stops at the record's arrival");
+    let mut out = Vec::new();
+    engine.advance(&mut out);
+    engine.start_page(now);
+    assert_eq!(add(&mut engine, arrived.0 - 5 * SECOND, arrived.0 + SECOND), Admission::OnTime, "the next records are not late");
+    engine.fire_all(&mut out);
+    assert_eq!(out.iter().map(|a| a.count).sum::<u64>(), 2, "{out:?}");
+}
+
+#[test]
 fn a_purged_window_is_never_reopened_when_shards_go_idle_or_appear() {
     let noon = time("2021-09-09T12:00:00Z").0;
     let mut engine = engine(60, 0, 0);
@@ -485,7 +510,7 @@ impl KeyedPage for Page {
 
     fn hashed_events(&self) -> impl Iterator<Item = (usize, u64, KeyedEvent<'_>)> {
         (self.0.iter().enumerate()).map(|(index, (key, value, timestamp))| {
-            (index, key_hash(key.borrow()), KeyedEvent { key: key.borrow(), value: *value, timestamp: *timestamp })
+            (index, key_hash(key.borrow()), KeyedEvent { key: key.borrow(), value: *value, timestamp: *timestamp, arrival: None })
         })
     }
 }
@@ -531,7 +556,7 @@ proptest! {
                     let shard = format!("shard-{shard}");
                     one.start_page(wall_clock);
                     let expected: Vec<(usize, Admission)> = (page.iter().enumerate())
-                        .map(|(index, (key, value, timestamp))| (index, one.add_keyed(&shard, &KeyedEvent { key: key.borrow(), value: *value, timestamp: *timestamp })))
+                        .map(|(index, (key, value, timestamp))| (index, one.add_keyed(&shard, &KeyedEvent { key: key.borrow(), value: *value, timestamp: *timestamp, arrival: None })))
                         .filter(|(_, admission)| *admission != Admission::OnTime)
                         .collect();
                     partitioned.start_page(wall_clock);
