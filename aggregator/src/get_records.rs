@@ -108,8 +108,9 @@ pub struct Answer {
     pub records: Records,
     pub next_shard_iterator: Option<String>,
     pub millis_behind_latest: Option<i64>,
+    /// Absent, or `null` as kinesis-mock writes it, until a closed shard's end.
     #[serde(default)]
-    pub child_shards: Vec<ChildShard>,
+    pub child_shards: Option<Vec<ChildShard>>,
 }
 
 /// A shard that continues a closed one, with all of its parents (two for a merge).
@@ -410,7 +411,9 @@ mod tests {
         );
         let closed = parse(br#"{"Records":[],"ChildShards":[{"ShardId":"s1","ParentShards":["s0"],"HashKeyRange":{}}]}"#).unwrap();
         assert_eq!((closed.next_shard_iterator, closed.millis_behind_latest), (None, None), "a closed shard read to its end");
-        assert_eq!(closed.child_shards, [ChildShard { shard_id: "s1".into(), parent_shards: vec!["s0".into()] }]);
+        assert_eq!(closed.child_shards, Some(vec![ChildShard { shard_id: "s1".into(), parent_shards: vec!["s0".into()] }]));
+        let open = parse(br#"{"Records":[],"NextShardIterator":"B","ChildShards":null,"MillisBehindLatest":0}"#).unwrap();
+        assert_eq!(open.child_shards, None, "kinesis-mock's null");
     }
 
     #[test]

@@ -193,10 +193,12 @@ impl Intake {
         }
         metrics.idle_shards.set(idle_shards);
         let before = self.output.len();
-        if all_idle && self.engine.open_windows() > 0 {
+        // Late events for fired windows count too: with every shard idle the watermark may be
+        // unknown, and only firing re-emits them.
+        if all_idle && self.engine.has_unemitted() {
             tracing::debug!(
                 open_windows = self.engine.open_windows(),
-                "every shard caught up and quiet for the idle timeout: firing every open window"
+                "every shard caught up and quiet for the idle timeout: firing every open window and every changed fired one"
             );
             self.engine.fire_all(&mut self.output);
         }
@@ -230,14 +232,18 @@ mod tests {
 
     const NOON: i64 = 1_631_188_800_000;
 
-    fn intake() -> Intake {
-        let config = WindowConfig {
+    fn engine_config() -> WindowConfig {
+        WindowConfig {
             window: Duration::from_secs(60),
             out_of_orderness: Duration::from_secs(1),
             allowed_lateness: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(30),
             max_future_skew: Duration::from_secs(300),
-        };
+        }
+    }
+
+    fn intake() -> Intake {
+        let config = engine_config();
         Intake::new(WindowEngine::new(&config), config.idle_timeout)
     }
 
@@ -312,6 +318,28 @@ mod tests {
         );
         assert_eq!(intake.engine.watermark(), Some(NOON + 29_000), "the watermark never goes back");
         assert_eq!(counts(&intake.output), []);
+    }
+
+    #[test]
+    fn after_a_restart_a_late_event_is_reemitted_once_every_shard_is_idle_with_no_watermark_known() {
+        let (mut intake, metrics, mut now, wall_clock) = (intake(), Metrics::default(), Instant::now(), EventTime(NOON + 3_600_000));
+        let shards = [shard("quiet", &[]), shard("busy", &[])];
+        let mut idle_for = |intake: &mut Intake, batches: Vec<ShardBatch>| {
+            intake.start_shards(&shards, now);
+            intake.take_poll(&poll(batches), now, wall_clock, &metrics);
+            for _ in 0..31 {
+                now += Duration::from_secs(1);
+                intake.take_poll(&poll(vec![page("quiet", &[], 0), page("busy", &[], 0)]), now, wall_clock, &metrics);
+                intake.fire_due_windows(now, wall_clock, &metrics);
+            }
+        };
+        // Both shards go idle in the same poll: the quiet one never showed where its time is.
+        idle_for(&mut intake, vec![page("busy", &[0], 0)]);
+        assert_eq!((counts(&intake.output), intake.engine.watermark()), (vec![(0, 1, 0)], None));
+        let config = engine_config();
+        let mut restarted = Intake::new(WindowEngine::restore(&config, intake.engine.snapshot(), &mut Vec::new()), config.idle_timeout);
+        idle_for(&mut restarted, vec![page("busy", &[1_000], 0)]);
+        assert_eq!(counts(&restarted.output), [(0, 2, 1)], "the late event is re-emitted");
     }
 
     #[test]

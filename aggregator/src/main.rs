@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::timeout::TimeoutConfig;
+use aws_types::origin::Origin;
 use clap::{Args, Parser, Subcommand};
 use metrics_aggregator::bucket::Bucket;
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
@@ -50,8 +51,10 @@ struct AwsArgs {
     /// AWS region (default: the environment's).
     #[arg(long, env = "AWS_REGION")]
     region: Option<String>,
-    /// Endpoint override, for an AWS emulator.
-    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    /// Endpoint of every service, for an AWS emulator. Without it the SDK's own settings apply:
+    /// `AWS_ENDPOINT_URL` for every service, or `AWS_ENDPOINT_URL_KINESIS` and `AWS_ENDPOINT_URL_S3`
+    /// for one (Kinesis and S3 in two emulators).
+    #[arg(long)]
     endpoint_url: Option<String>,
 }
 
@@ -212,7 +215,7 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
     };
     let bucket = Bucket::new(s3_client(&sdk), args.bucket);
     tokio::select! {
-        result = run(config, kinesis_client(&sdk), bucket, health, shutdown_signal()) => result,
+        result = run(config, aws_sdk_kinesis::Client::new(&sdk), bucket, health, shutdown_signal()) => result,
         served = server => Err(anyhow::anyhow!("the health and metrics server stopped: {:?}", served)),
     }
 }
@@ -231,7 +234,7 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         args.start.unwrap_or_else(|| EventTime(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64)));
     let generator = Generator::new(GeneratorConfig { components, metrics, start, step: args.step, jitter: args.jitter, seed: args.seed });
     let sdk = aws(args.aws).await;
-    let sink = KinesisSink::new(kinesis_client(&sdk), args.stream.clone());
+    let sink = KinesisSink::new(aws_sdk_kinesis::Client::new(&sdk), args.stream.clone());
     tracing::info!(stream = %args.stream, count = ?args.count, rate = ?args.rate, start = %start, "publishing");
     let published = publish(&sink, generator, args.partition_key, args.count, args.rate, shutdown_signal()).await;
     tracing::info!(published, stream = %args.stream, "done");
@@ -264,17 +267,11 @@ fn parse_event_time(text: &str) -> Result<EventTime, String> {
 async fn aws(args: AwsArgs) -> aws_config::SdkConfig {
     let timeouts =
         TimeoutConfig::builder().connect_timeout(Duration::from_secs(5)).operation_attempt_timeout(Duration::from_secs(30)).build();
-    let sdk = sdk_config(args.region).await.into_builder().timeout_config(timeouts);
-    match args.endpoint_url {
-        Some(url) => sdk.endpoint_url(url).build(),
-        None => sdk.build(),
+    let mut sdk = sdk_config(args.region).await.into_builder().timeout_config(timeouts);
+    if let Some(url) = args.endpoint_url {
+        // Set here, it wins over every service's own endpoint setting.
+        sdk.set_endpoint_url(Some(url));
+        sdk.insert_origin("endpoint_url", Origin::shared_config());
     }
-}
-
-/// A Kinesis client on `sdk`'s endpoint: service configs would otherwise prefer the
-/// environment's `AWS_ENDPOINT_URL` over `--endpoint-url`.
-fn kinesis_client(sdk: &aws_config::SdkConfig) -> aws_sdk_kinesis::Client {
-    let mut builder = aws_sdk_kinesis::config::Builder::from(sdk);
-    builder.set_endpoint_url(sdk.endpoint_url().map(str::to_owned));
-    aws_sdk_kinesis::Client::from_conf(builder.build())
+    sdk.build()
 }

@@ -181,6 +181,7 @@ impl Fetch {
     fn answered(answer: Answer) -> Self {
         let events = DecodedPage::of(&answer.records);
         let Answer { records, next_shard_iterator, millis_behind_latest, child_shards } = answer;
+        let child_shards = child_shards.unwrap_or_default();
         Self::Records { records, events, next_iterator: next_shard_iterator, millis_behind_latest, child_shards }
     }
 }
@@ -391,6 +392,7 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
                 let child_shards = (output.child_shards.iter().flatten())
                     .map(|child| ChildShard { shard_id: child.shard_id.clone(), parent_shards: child.parent_shards.clone() })
                     .collect();
+                let child_shards = Some(child_shards);
                 Fetch::answered(Answer {
                     records,
                     next_shard_iterator: output.next_shard_iterator,

@@ -655,6 +655,11 @@ impl WindowEngine {
         self.wall_clock = Some(wall_clock.0);
     }
 
+    /// Whether anything waits to be emitted: an open window, or a fired one a late event changed.
+    pub fn has_unemitted(&self) -> bool {
+        self.partitions.iter().any(|partition| !partition.open.is_empty() || !partition.dirty.is_empty())
+    }
+
     /// Number of windows (key × window) still open.
     pub fn open_windows(&self) -> usize {
         self.partitions.iter().flat_map(|partition| partition.open.values()).map(HashMap::len).sum()

@@ -23,6 +23,8 @@ pub struct Emulator {
     pub input: String,
     pub output: String,
     pub bucket: String,
+    /// Where Kinesis is when it is not where the rest of AWS is: kinesis-mock's address.
+    kinesis_endpoint: Option<String>,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -30,26 +32,46 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 impl Emulator {
     /// Fresh input (with `input_shards`) and output streams and a bucket, named after `test`.
     pub async fn new(test: &str, input_shards: i32) -> Self {
+        Self::with_kinesis_at(None, test, input_shards).await
+    }
+
+    /// [`Self::new`] with the streams in kinesis-mock (`KINESIS_MOCK_URL`, which `scripts/dev-env`
+    /// starts), which reshards as AWS does, and the bucket where the rest of AWS is.
+    pub async fn on_kinesis_mock(test: &str, input_shards: i32) -> Self {
+        let endpoint = std::env::var("KINESIS_MOCK_URL").expect("KINESIS_MOCK_URL is set: run the tests with scripts/test");
+        Self::with_kinesis_at(Some(endpoint), test, input_shards).await
+    }
+
+    async fn with_kinesis_at(kinesis_endpoint: Option<String>, test: &str, input_shards: i32) -> Self {
         let sdk = sdk_config(None).await;
-        let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+        let mut kinesis_config = aws_sdk_kinesis::config::Builder::from(&sdk);
+        if let Some(endpoint) = &kinesis_endpoint {
+            kinesis_config.set_endpoint_url(Some(endpoint.clone()));
+        }
+        let kinesis = aws_sdk_kinesis::Client::from_conf(kinesis_config.build());
         let s3 = s3_client(&sdk);
         let unique = format!("{test}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let emulator =
-            Self { kinesis, s3, input: format!("{unique}-in"), output: format!("{unique}-out"), bucket: format!("{unique}-bucket") };
+        let (input, output, bucket) = (format!("{unique}-in"), format!("{unique}-out"), format!("{unique}-bucket"));
+        let emulator = Self { kinesis, s3, input, output, bucket, kinesis_endpoint };
         for (stream, shards) in [(&emulator.input, input_shards), (&emulator.output, 1)] {
             emulator.kinesis.create_stream().stream_name(stream).shard_count(shards).send().await.unwrap();
-            wait_for(&format!("stream {stream} ACTIVE"), Duration::from_secs(10), async || {
-                let described = emulator.kinesis.describe_stream_summary().stream_name(stream).send().await.unwrap();
-                let status = described.stream_description_summary().unwrap().stream_status().clone();
-                if status == StreamStatus::Active { Ok(()) } else { Err(status.as_str().to_owned()) }
-            })
-            .await
-            .unwrap();
+            emulator.wait_active(stream).await;
         }
         let region = sdk.region().expect("AWS_REGION is set").to_string();
         let location = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(region.as_str())).build();
         emulator.s3.create_bucket().bucket(&emulator.bucket).create_bucket_configuration(location).send().await.unwrap();
         emulator
+    }
+
+    /// Waits until `stream` is ACTIVE (after a create or a reshard).
+    pub async fn wait_active(&self, stream: &str) {
+        wait_for(&format!("stream {stream} ACTIVE"), Duration::from_secs(10), async || {
+            let described = self.kinesis.describe_stream_summary().stream_name(stream).send().await.unwrap();
+            let status = described.stream_description_summary().unwrap().stream_status().clone();
+            if status == StreamStatus::Active { Ok(()) } else { Err(status.as_str().to_owned()) }
+        })
+        .await
+        .unwrap();
     }
 
     /// Starts `metrics-aggregator run` on these streams and bucket with `extra` flags; its debug
@@ -69,6 +91,8 @@ impl Emulator {
             .args(extra)
             // The aggregator's own identity (its shipped IAM policy) when the emulator enforces IAM.
             .envs(Identity::Aggregator.env().into_iter().flatten())
+            // The SDK's own per-service setting, as a user pointing Kinesis elsewhere sets it.
+            .envs(self.kinesis_endpoint.iter().map(|endpoint| ("AWS_ENDPOINT_URL_KINESIS", endpoint)))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stderr(File::create(&log).unwrap())

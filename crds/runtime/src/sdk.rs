@@ -1,11 +1,13 @@
 //! AWS SDK settings shared by every binary and test: one TLS stack (rustls with ring, as kube
 //! uses), the default credential chain (IRSA or pod identity in a cluster, the environment
-//! locally), and `AWS_ENDPOINT_URL` honoured by the SDK itself for emulators.
+//! locally), and the SDK's own endpoint settings for emulators: `AWS_ENDPOINT_URL` for every
+//! service, `AWS_ENDPOINT_URL_KINESIS`, `AWS_ENDPOINT_URL_S3`, ... for one.
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_http_client::tls::Provider;
 use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use aws_types::service_config::ServiceConfigKey;
 
 /// The HTTP client every AWS client uses: rustls with ring, for https and plain http endpoints.
 pub fn http_client() -> SharedHttpClient {
@@ -21,10 +23,11 @@ pub async fn sdk_config(region: Option<String>) -> SdkConfig {
     loader.load().await
 }
 
-/// An S3 client; path-style addressing when an endpoint override (an emulator) is set, since
-/// `<bucket>.127.0.0.1` does not resolve. The config's endpoint wins over the environment's.
+/// An S3 client; path-style addressing when an endpoint override (an emulator) is set, shared or
+/// S3's own, since `<bucket>.127.0.0.1` does not resolve.
 pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
-    let mut builder = aws_sdk_s3::config::Builder::from(config);
-    builder.set_endpoint_url(config.endpoint_url().map(str::to_owned));
-    aws_sdk_s3::Client::from_conf(builder.force_path_style(config.endpoint_url().is_some()).build())
+    let key = ServiceConfigKey::builder().service_id("S3").env("AWS_ENDPOINT_URL").profile("endpoint_url").build();
+    let own_endpoint = config.service_config().zip(key.ok()).and_then(|(services, key)| services.load_config(key));
+    let path_style = config.endpoint_url().is_some() || own_endpoint.is_some();
+    aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(config).force_path_style(path_style).build())
 }
