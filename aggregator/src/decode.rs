@@ -101,15 +101,21 @@ pub fn decode(record: &[u8]) -> Result<MetricEvent<'_>, InvalidReason> {
 #[derive(Debug, Default)]
 pub struct DecodedPage {
     keys: Vec<u8>,
+    /// Kept small (a page is walked once to aggregate and once for its dead letters): what only
+    /// KPL user records have is in `packed`, a record's arrival in `arrivals`.
     entries: Vec<Entry>,
+    packed: Vec<Packed>,
+    /// Each Kinesis record's `ApproximateArrivalTimestamp`.
+    arrivals: Vec<Option<EventTime>>,
 }
 
 #[derive(Debug)]
 struct Entry {
-    /// Index of its Kinesis record in the page.
-    record: usize,
-    /// Where it sits in a KPL aggregate; `None` for a plain record (or a corrupt aggregate, kept whole).
-    packed: Option<Packed>,
+    /// Index of its Kinesis record in the page (a page holds at most 10,000).
+    record: u32,
+    /// Index in `packed` of where it sits in a KPL aggregate; `None` for a plain record (or a
+    /// corrupt aggregate, kept whole).
+    packed: Option<u32>,
     decoded: Result<Decoded, InvalidReason>,
 }
 
@@ -129,7 +135,6 @@ struct Decoded {
     key_hash: u64,
     value: f64,
     timestamp: EventTime,
-    arrival: Option<EventTime>,
 }
 
 /// One user record of a page, with what it decoded to.
@@ -146,19 +151,26 @@ pub struct UserRecord<'a> {
 
 impl DecodedPage {
     pub fn of(records: &Records) -> Self {
-        let mut page = Self { keys: Vec::new(), entries: Vec::with_capacity(records.len()) };
+        let mut page = Self {
+            keys: Vec::new(),
+            entries: Vec::with_capacity(records.len()),
+            packed: Vec::new(),
+            arrivals: records.iter().map(|record| record.arrival).collect(),
+        };
         for (index, record) in records.iter().enumerate() {
+            let index = u32::try_from(index).expect("a page holds at most 10,000 records");
             if !kpl::is_aggregated(record.data) {
-                let decoded = page.decode(record.data, record.arrival);
+                let decoded = page.decode(record.data);
                 page.entries.push(Entry { record: index, packed: None, decoded });
                 continue;
             }
             match kpl::unpack(record.data) {
                 Ok(packed) => {
                     for (sub_sequence_number, user) in packed.into_iter().enumerate() {
-                        let decoded = page.decode(&record.data[user.data.clone()], record.arrival);
-                        let packed = Packed { sub_sequence_number, partition_key: user.partition_key, data: user.data };
-                        page.entries.push(Entry { record: index, packed: Some(packed), decoded });
+                        let decoded = page.decode(&record.data[user.data.clone()]);
+                        let at = u32::try_from(page.packed.len()).expect("user records of a page fit in u32");
+                        page.packed.push(Packed { sub_sequence_number, partition_key: user.partition_key, data: user.data });
+                        page.entries.push(Entry { record: index, packed: Some(at), decoded });
                     }
                 }
                 Err(corruption) => page.entries.push(Entry { record: index, packed: None, decoded: Err(InvalidReason::Kpl(corruption)) }),
@@ -167,27 +179,27 @@ impl DecodedPage {
         page
     }
 
-    fn decode(&mut self, data: &[u8], arrival: Option<EventTime>) -> Result<Decoded, InvalidReason> {
+    fn decode(&mut self, data: &[u8]) -> Result<Decoded, InvalidReason> {
         decode(data).map(|event| {
             let start = self.keys.len();
             MetricKey::append(&mut self.keys, &event.component_name, &event.metric_name, &event.unit);
             let key_hash = key_hash(&self.keys[start..]);
-            Decoded { key: start..self.keys.len(), key_hash, value: event.value, timestamp: event.timestamp, arrival }
+            Decoded { key: start..self.keys.len(), key_hash, value: event.value, timestamp: event.timestamp }
         })
     }
 
     /// User records unpacked from KPL aggregates.
     pub fn packed_records(&self) -> usize {
-        self.entries.iter().filter(|entry| entry.packed.is_some()).count()
+        self.packed.len()
     }
 
     /// Each user record in the page's order, with the event or why it is not one; `records` is
     /// the page this was decoded from.
     pub fn user_records<'a>(&'a self, records: &'a Records) -> impl Iterator<Item = UserRecord<'a>> {
         self.entries.iter().map(move |entry| {
-            let InputRecord { sequence_number, partition_key, data, .. } = records.get(entry.record);
+            let InputRecord { sequence_number, partition_key, data, .. } = records.get(entry.record as usize);
             let event = self.event(entry);
-            match &entry.packed {
+            match entry.packed.map(|at| &self.packed[at as usize]) {
                 None => UserRecord { sequence_number, sub_sequence_number: None, partition_key, data, event },
                 Some(packed) => UserRecord {
                     sequence_number,
@@ -206,11 +218,12 @@ impl DecodedPage {
     }
 
     fn event(&self, entry: &Entry) -> Result<KeyedEvent<'_>, InvalidReason> {
-        entry.decoded.as_ref().map(|decoded| self.keyed(decoded)).map_err(|reason| *reason)
+        entry.decoded.as_ref().map(|decoded| self.keyed(entry, decoded)).map_err(|reason| *reason)
     }
 
-    fn keyed(&self, decoded: &Decoded) -> KeyedEvent<'_> {
-        KeyedEvent { key: &self.keys[decoded.key.clone()], value: decoded.value, timestamp: decoded.timestamp, arrival: decoded.arrival }
+    fn keyed(&self, entry: &Entry, decoded: &Decoded) -> KeyedEvent<'_> {
+        let arrival = self.arrivals[entry.record as usize];
+        KeyedEvent { key: &self.keys[decoded.key.clone()], value: decoded.value, timestamp: decoded.timestamp, arrival }
     }
 }
 
@@ -221,7 +234,7 @@ impl KeyedPage for DecodedPage {
 
     fn hashed_events(&self) -> impl Iterator<Item = (usize, u64, KeyedEvent<'_>)> {
         (self.entries.iter().enumerate())
-            .filter_map(|(index, entry)| entry.decoded.as_ref().ok().map(|decoded| (index, decoded.key_hash, self.keyed(decoded))))
+            .filter_map(|(index, entry)| entry.decoded.as_ref().ok().map(|decoded| (index, decoded.key_hash, self.keyed(entry, decoded))))
     }
 }
 
