@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bucket::{Bucket, Condition, StorageError};
 use crate::parquet_files::FilesState;
+use crate::sink::OutputRecord;
 use crate::source::StreamPosition;
 use crate::window::EngineSnapshot;
 
@@ -38,6 +39,10 @@ pub struct Checkpoint {
     /// The direct Parquet sink's rows and roll, when it is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FilesState>,
+    /// Fired aggregates committed here before they are sent to the output stream; the next start
+    /// sends them again, byte for byte, before it reads anything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unpublished: Vec<OutputRecord>,
 }
 
 /// A Kinesis stream as DescribeStreamSummary names it.
@@ -127,13 +132,15 @@ impl CheckpointStore {
         self.etag = etag;
     }
 
-    /// Writes the checkpoint over the one this copy last wrote or took, and only over it.
-    pub async fn save(&mut self, checkpoint: &Checkpoint) -> Result<(), Fenced> {
+    /// Writes the checkpoint over the one this copy last wrote or took, and only over it; the
+    /// bytes it took.
+    pub async fn save(&mut self, checkpoint: &Checkpoint) -> Result<usize, Fenced> {
         let body = serde_json::to_vec(checkpoint).expect("a checkpoint always serializes");
+        let bytes = body.len();
         let condition = self.etag.as_deref().map_or(Condition::Absent, Condition::Matches);
         if let Some(etag) = self.bucket.put(&self.key, body.clone(), "application/json", condition).await {
             self.etag = Some(etag);
-            return Ok(());
+            return Ok(bytes);
         }
         // The condition failed. When a write went through but its answer was lost, the SDK's
         // retry finds this very checkpoint stored: that is no other copy.
@@ -147,7 +154,7 @@ impl CheckpointStore {
         match stored {
             Some((stored, etag)) if stored == body => {
                 self.etag = Some(etag);
-                Ok(())
+                Ok(bytes)
             }
             Some((stored, _)) => {
                 let holder = serde_json::from_slice::<Checkpoint>(&stored).ok().and_then(|c| c.lease).map(|lease| lease.holder);
@@ -176,6 +183,7 @@ mod tests {
             position: StreamPosition::default(),
             engine,
             files: None,
+            unpublished: Vec::new(),
         };
         serde_json::to_vec(&checkpoint).unwrap()
     }

@@ -113,6 +113,18 @@ impl Intake {
                 activity.caught_up = false;
             }
         }
+        for code in &poll.errors {
+            metrics.get_records_errors.get_or_create(&Metrics::label("code", code.clone())).inc();
+        }
+        metrics.shards_reset_to_trim_horizon.inc_by(poll.reset.len() as u64);
+        // Gone past retention: nothing more will come from them, so they hold nothing back.
+        for shard in &poll.vanished {
+            self.shards.remove(shard);
+            self.drained_awaiting_children.remove(shard);
+            self.engine.watermarks_mut().remove(shard);
+            metrics.millis_behind_latest.remove(&Metrics::label("shard", shard.clone()));
+            self.changed = true;
+        }
         for shard in &poll.drained {
             self.shards.remove(shard);
             self.drained_awaiting_children.insert(shard.clone());
@@ -340,6 +352,22 @@ mod tests {
         let mut restarted = Intake::new(WindowEngine::restore(&config, intake.engine.snapshot(), &mut Vec::new()), config.idle_timeout);
         idle_for(&mut restarted, vec![page("busy", &[1_000], 0)]);
         assert_eq!(counts(&restarted.output), [(0, 2, 1)], "the late event is re-emitted");
+    }
+
+    #[test]
+    fn a_shard_gone_from_the_stream_no_longer_holds_the_watermark() {
+        let (mut intake, metrics, now, wall_clock) = (intake(), Metrics::default(), Instant::now(), EventTime(NOON + 3_600_000));
+        intake.start_shards(&[shard("live", &[]), shard("expired", &[])], now);
+        intake.take_poll(&poll(vec![page("live", &[10_000, 70_000], 0)]), now, wall_clock, &metrics);
+        // The expired shard fails every call (its data is past retention) and never shows a time.
+        let failing = Poll { unanswered: vec!["expired".into()], errors: vec!["ResourceNotFoundException".into()], ..Poll::default() };
+        intake.take_poll(&failing, now, wall_clock, &metrics);
+        intake.fire_due_windows(now, wall_clock, &metrics);
+        assert_eq!(counts(&intake.output), [], "a failing shard is never idle");
+        intake.take_poll(&Poll { vanished: vec!["expired".into()], ..Poll::default() }, now, wall_clock, &metrics);
+        intake.fire_due_windows(now, wall_clock, &metrics);
+        assert_eq!(counts(&intake.output), [(0, 1, 0)], "once gone from the listing it holds nothing back");
+        assert!(metrics.encode().contains(r#"aggregator_get_records_errors_total{code="ResourceNotFoundException"} 1"#));
     }
 
     #[test]

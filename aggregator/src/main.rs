@@ -193,7 +193,7 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.dead_letter_prefix.ends_with('/'), "--dead-letter-prefix must end with `/`");
     anyhow::ensure!(args.lease_duration >= Duration::from_secs(1), "--lease-duration must be at least 1s");
     let sdk = aws(args.aws).await;
-    let health = Arc::new(Health { metrics: Default::default(), ready: Default::default() });
+    let health = Arc::new(Health::new(args.lease_duration, stall_timeout(args.lease_duration)));
     let server = tokio::spawn(serve(args.listen, health.clone()));
     let config = AggregatorConfig {
         input_stream: args.input_stream,
@@ -249,6 +249,13 @@ fn names<T>(list: &str, stem: &str, parse: impl Fn(&str) -> anyhow::Result<T>) -
     };
     anyhow::ensure!(!items.is_empty(), "give at least one {stem}");
     items.iter().map(|item| parse(item)).collect()
+}
+
+/// How long the loop may go without a sign of life before `/healthz` fails: three lease periods
+/// (the loop checkpoints at least every third of one), at least two minutes, longer than a slow
+/// AWS call's retries; every wait and retry of the loop is a sign of life.
+fn stall_timeout(lease_duration: Duration) -> Duration {
+    (lease_duration * 3).max(Duration::from_secs(120))
 }
 
 /// The host name: in a pod, the pod's name.

@@ -22,6 +22,13 @@ pub struct Metrics {
     pub checkpoints_written: Counter,
     pub checkpoints_discarded: Family<Labels, Counter>,
     pub get_records_throttled: Counter,
+    pub get_records_errors: Family<Labels, Counter>,
+    pub put_records_refused: Family<Labels, Counter>,
+    pub checkpoint_bytes: Gauge,
+    pub checkpoint_write_seconds: Gauge<f64, AtomicU64>,
+    pub checkpoint_age_seconds: Gauge<f64, AtomicU64>,
+    pub lease_held: Gauge,
+    pub shards_reset_to_trim_horizon: Counter,
     pub open_windows: Gauge,
     pub shards: Gauge,
     pub idle_shards: Gauge,
@@ -43,6 +50,13 @@ impl Default for Metrics {
             checkpoints_written: Counter::default(),
             checkpoints_discarded: Family::default(),
             get_records_throttled: Counter::default(),
+            get_records_errors: Family::default(),
+            put_records_refused: Family::default(),
+            checkpoint_bytes: Gauge::default(),
+            checkpoint_write_seconds: Gauge::default(),
+            checkpoint_age_seconds: Gauge::default(),
+            lease_held: Gauge::default(),
+            shards_reset_to_trim_horizon: Counter::default(),
             open_windows: Gauge::default(),
             shards: Gauge::default(),
             idle_shards: Gauge::default(),
@@ -76,6 +90,29 @@ impl Default for Metrics {
             metrics.checkpoints_discarded.clone(),
         );
         registry.register("get_records_throttled", "GetRecords calls refused for throughput", metrics.get_records_throttled.clone());
+        registry.register(
+            "get_records_errors",
+            "GetShardIterator and GetRecords calls that failed, by error code (throttling is get_records_throttled)",
+            metrics.get_records_errors.clone(),
+        );
+        registry.register(
+            "put_records_refused",
+            "Output records refused by PutRecords (an entry or the whole call), by error code; each is retried",
+            metrics.put_records_refused.clone(),
+        );
+        registry.register("checkpoint_bytes", "Size of the last checkpoint written", metrics.checkpoint_bytes.clone());
+        registry.register("checkpoint_write_seconds", "How long the last checkpoint write took", metrics.checkpoint_write_seconds.clone());
+        registry.register(
+            "checkpoint_age_seconds",
+            "Time since this copy last wrote the checkpoint",
+            metrics.checkpoint_age_seconds.clone(),
+        );
+        registry.register("lease_held", "1 while this copy holds the checkpoint's lease", metrics.lease_held.clone());
+        registry.register(
+            "shards_reset_to_trim_horizon",
+            "Shards whose checkpointed position was past the stream's retention, read again from its oldest record",
+            metrics.shards_reset_to_trim_horizon.clone(),
+        );
         registry.register("open_windows", "Windows (key x window) not fired yet", metrics.open_windows.clone());
         registry.register("shards", "Input shards being read", metrics.shards.clone());
         registry.register(

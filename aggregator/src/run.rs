@@ -1,5 +1,6 @@
 //! The aggregator's loop: take the checkpoint, poll the input shards, decode, window, fire, and
-//! flush — aggregates to the output stream, dead letters and then the checkpoint to the bucket.
+//! flush: dead letters, then the checkpoint holding the fired aggregates, then the aggregates to
+//! the output stream (commit, then publish).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_kinesis::error::DisplayErrorContext;
 use metrics_pipeline_model::aggregation::WindowConfig;
 use metrics_pipeline_model::event::EventTime;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::bucket::Bucket;
@@ -17,7 +19,7 @@ use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::parquet_files::{FilesState, ParquetFiles, ParquetSettings};
 use crate::server::Health;
-use crate::sink::{Backoff, KinesisSink, OutputRecord};
+use crate::sink::{Backoff, Delivery, KinesisSink, OutputRecord};
 use crate::source::{InitialPosition, KinesisSource, StreamPosition};
 use crate::window::WindowEngine;
 
@@ -56,23 +58,35 @@ pub async fn run(
     kinesis: aws_sdk_kinesis::Client,
     bucket: Bucket,
     health: Arc<Health>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Also seen where the loop is not waiting for it: a write to an output that refuses
+    // everything gives up, its records safe in the checkpoint.
+    let (stop, stopping) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.send_replace(true);
+    });
+    let mut watching = stopping.clone();
+    let shutdown = async move {
+        let _ = watching.wait_for(|stopping| *stopping).await;
+    };
     tokio::pin!(shutdown);
     let stream = config.input_stream.clone();
-    let described = until_stopped("describe the input stream", &mut shutdown, async || stream_identity(&kinesis, &stream).await).await;
+    let described =
+        until_stopped("describe the input stream", &health, &mut shutdown, async || stream_identity(&kinesis, &stream).await).await;
     let Some(identity) = described else { return Ok(()) };
     let mut checkpoints = CheckpointStore::new(bucket.clone(), config.checkpoint_key.clone());
-    let Some(stored) = take_checkpoint(&mut checkpoints, &config, &mut shutdown).await else { return Ok(()) };
-    let mut aggregator = Aggregator::resume(config, kinesis, bucket, checkpoints, health, identity, stored?).await;
+    let Some(stored) = take_checkpoint(&mut checkpoints, &config, &health, &mut shutdown).await else { return Ok(()) };
+    let mut aggregator = Aggregator::resume(config, kinesis, bucket, checkpoints, (health, stopping), identity, stored?).await;
     // This copy's first write takes the checkpoint, and makes a first start's position durable
     // before anything is read.
     aggregator.flush().await?;
-    let listed = until_stopped("list the input stream's shards", &mut shutdown, async || {
+    let listed = until_stopped("list the input stream's shards", &aggregator.health, &mut shutdown, async || {
         aggregator.source.discover().await.map_err(|error| DisplayErrorContext(error).to_string())
     })
     .await;
-    let Some(started) = listed else { return Ok(aggregator.release().await?) };
+    let Some((started, _)) = listed else { return Ok(aggregator.release().await?) };
     aggregator.intake.start_shards(&started, Instant::now());
     aggregator.intake.forget_unread_shards();
     aggregator.health.metrics.shards.set(started.len() as i64);
@@ -85,9 +99,10 @@ pub async fn run(
             poll = aggregator.source.poll(aggregator.next_due()) => poll,
         };
         let (now, wall_clock, metrics) = (Instant::now(), wall_clock(), &aggregator.health.metrics);
+        aggregator.health.beat();
         aggregator.intake.take_poll(&poll, now, wall_clock, metrics);
         aggregator.intake.fire_due_windows(now, wall_clock, metrics);
-        aggregator.health.ready.store(aggregator.intake.reading(now), Ordering::Relaxed);
+        aggregator.health.reading.store(aggregator.intake.reading(now), Ordering::Relaxed);
         if aggregator.flush_due() {
             aggregator.flush().await?;
         }
@@ -102,11 +117,13 @@ pub async fn run(
 /// Retries `attempt` with backoff until it succeeds; `None` when `shutdown` came first.
 async fn until_stopped<T, E: std::fmt::Display>(
     what: &str,
+    health: &Health,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     mut attempt: impl AsyncFnMut() -> Result<T, E>,
 ) -> Option<T> {
     let mut backoff = Backoff::default();
     loop {
+        health.beat();
         match attempt().await {
             Ok(value) => return Some(value),
             Err(error) => tracing::warn!(%error, "cannot {what} yet; retrying"),
@@ -131,11 +148,12 @@ async fn stream_identity(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> Res
 async fn take_checkpoint(
     checkpoints: &mut CheckpointStore,
     config: &AggregatorConfig,
+    health: &Health,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Option<anyhow::Result<Option<Checkpoint>>> {
     let mut last_seen: Option<(String, Instant)> = None;
     loop {
-        let read = until_stopped("read the checkpoint", shutdown, async || checkpoints.read(&config.input_stream).await).await?;
+        let read = until_stopped("read the checkpoint", health, shutdown, async || checkpoints.read(&config.input_stream).await).await?;
         let Some((checkpoint, etag)) = read else { return Some(Ok(None)) };
         let checkpoint = match checkpoint {
             Ok(checkpoint) => checkpoint,
@@ -168,6 +186,11 @@ struct Aggregator {
     bucket: Bucket,
     checkpoints: CheckpointStore,
     files: Option<ParquetFiles>,
+    /// Fired aggregates in the last checkpoint and not yet written to the output stream: sent
+    /// after the checkpoint that holds them, and again after a restart, byte for byte.
+    unpublished: Vec<OutputRecord>,
+    /// Turns true on SIGTERM: a write to an output that refuses everything gives up then.
+    stopping: watch::Receiver<bool>,
     next_checkpoint: Instant,
     /// When the lease must be written again, changed or not.
     renew_lease: Instant,
@@ -181,11 +204,13 @@ impl Aggregator {
         kinesis: aws_sdk_kinesis::Client,
         bucket: Bucket,
         checkpoints: CheckpointStore,
-        health: Arc<Health>,
+        (health, stopping): (Arc<Health>, watch::Receiver<bool>),
         identity: StreamIdentity,
-        stored: Option<Checkpoint>,
+        mut stored: Option<Checkpoint>,
     ) -> Self {
         let run = format!("{:016x}", rand::random::<u64>());
+        // Committed before the stop, perhaps not all sent: sent again first.
+        let unpublished = stored.as_mut().map(|checkpoint| std::mem::take(&mut checkpoint.unpublished)).unwrap_or_default();
         let mut output = Vec::new();
         let (engine, position, files) = resumed_state(&config, &checkpoints, &identity, &health.metrics, stored, &mut output);
         let mut files = config.parquet.clone().map(|settings| ParquetFiles::restore(settings, files.unwrap_or_default(), &run));
@@ -210,6 +235,8 @@ impl Aggregator {
             bucket,
             checkpoints,
             files,
+            unpublished,
+            stopping,
             health,
         }
     }
@@ -225,11 +252,16 @@ impl Aggregator {
 
     fn flush_due(&self) -> bool {
         let now = Instant::now();
-        !self.intake.output.is_empty() || self.intake.dead_letters.bytes() > MAX_HELD_DEAD_LETTER_BYTES || now >= self.next_due()
+        !self.intake.output.is_empty()
+            || !self.unpublished.is_empty()
+            || self.intake.dead_letters.bytes() > MAX_HELD_DEAD_LETTER_BYTES
+            || now >= self.next_due()
     }
 
-    /// Writes fired aggregates and dead letters, then the checkpoint that covers them (which
-    /// renews the lease): a crash before the checkpoint replays them, with the same window ids.
+    /// Writes dead letters, then the checkpoint (which renews the lease) holding the fired
+    /// aggregates, then the aggregates: one `windowId` and `revision` never carry two contents,
+    /// since what is sent was committed first and a restart sends it again as it was, and a copy
+    /// the checkpoint was taken from learns it before it sends anything.
     async fn flush(&mut self) -> Result<(), Fenced> {
         let lease = Lease { holder: self.config.holder.clone(), duration_ms: self.config.lease_duration.as_millis() as u64 };
         self.write(Some(lease)).await
@@ -249,12 +281,7 @@ impl Aggregator {
                 files.roll();
             }
         }
-        if !output.is_empty() {
-            let count = output.len() as u64;
-            self.sink.put_all(output.iter().map(OutputRecord::from_aggregate).collect()).await;
-            metrics.aggregates_written.inc_by(count);
-            tracing::debug!(aggregates = count, stream = %self.config.output_stream, "aggregates written");
-        }
+        self.unpublished.extend(output.iter().map(OutputRecord::from_aggregate));
         if !self.intake.dead_letters.is_empty() {
             let count = self.intake.dead_letters.len() as u64;
             self.intake.dead_letters.write(&self.bucket, &self.config.dead_letter_prefix, &self.run).await;
@@ -270,15 +297,37 @@ impl Aggregator {
             position: self.source.position().clone(),
             engine: self.intake.engine.snapshot(),
             files: self.files.as_ref().map(|files| files.state().clone()),
+            unpublished: std::mem::take(&mut self.unpublished),
         };
-        self.checkpoints.save(&checkpoint).await?;
+        let began = Instant::now();
+        let saved = self.checkpoints.save(&checkpoint).await;
+        metrics.lease_held.set(i64::from(saved.is_ok() && checkpoint.lease.is_some()));
+        let bytes = saved?;
+        self.health.checkpointed(bytes, began.elapsed());
         metrics.checkpoints_written.inc();
-        tracing::debug!(location = %self.checkpoints.location(), open_windows = checkpoint.engine.open.len(), "checkpoint written");
+        tracing::debug!(location = %self.checkpoints.location(), bytes, open_windows = checkpoint.engine.open.len(), "checkpoint written");
+        self.unpublished = checkpoint.unpublished;
+        let sent = !self.unpublished.is_empty();
+        if sent {
+            let count = self.unpublished.len() as u64;
+            let delivery = Delivery { health: &self.health, stopping: self.stopping.clone() };
+            if self.sink.deliver(self.unpublished.clone(), Some(&delivery)).await {
+                self.unpublished.clear();
+                self.health.metrics.aggregates_written.inc_by(count);
+                tracing::debug!(aggregates = count, stream = %self.config.output_stream, "aggregates written");
+            } else {
+                tracing::warn!(
+                    aggregates = count,
+                    "stopping before every aggregate was written: the checkpoint holds them for the next start"
+                );
+            }
+        }
         if let Some(files) = &mut self.files {
             let written = files.commit(&self.bucket).await;
             metrics.parquet_files_written.inc_by(written as u64);
         }
-        self.intake.changed = false;
+        // Once sent, the checkpoint need not hold them: the next one says so.
+        self.intake.changed = sent && self.unpublished.is_empty();
         self.next_checkpoint = Instant::now() + self.config.checkpoint_interval;
         self.renew_lease = Instant::now() + self.config.lease_duration / 3;
         Ok(())

@@ -1,30 +1,46 @@
-//! Writing aggregates to the output stream with PutRecords: batches within the API's limits,
-//! partition key = componentName, and every failed entry retried with backoff until written.
+//! Writing aggregates to the output stream with PutRecords: batches within the API's limits, a
+//! few calls in flight, the window's id as partition key (so a window boundary spreads over the
+//! output's shards; Firehose partitions by the payload's componentName), and every refused record
+//! retried with backoff until written. Refusals are counted by error code; one that retrying will
+//! not cure (access denied, no such stream, a KMS key) is logged as a warning and makes the
+//! aggregator not ready until a write goes through again.
 
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use futures::StreamExt;
 use metrics_pipeline_model::event::MetricAggregate;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::server::Health;
 
 /// PutRecords takes at most 500 records and 5 MiB (data plus partition keys) per call.
 pub const MAX_BATCH_RECORDS: usize = 500;
 pub const MAX_BATCH_BYTES: usize = 5 * 1024 * 1024;
 
-/// One record for the output stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// PutRecords calls one write keeps in flight: enough to keep a window boundary's burst moving
+/// over several output shards, few enough to stay inside what one stream takes at once.
+pub const CALLS_IN_FLIGHT: usize = 4;
+
+/// One record for the output stream; in the checkpoint, its data is kept as the text it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct OutputRecord {
     pub partition_key: String,
+    #[serde(with = "as_text")]
     pub data: Vec<u8>,
 }
 
 impl OutputRecord {
+    /// The window's id is the partition key: a window and its revisions go to one shard, and
+    /// the windows of one component spread over all of them.
     pub fn from_aggregate(aggregate: &MetricAggregate) -> Self {
-        Self {
-            partition_key: aggregate.component_name.clone(),
-            data: serde_json::to_vec(aggregate).expect("an aggregate always serializes"),
-        }
+        Self { partition_key: aggregate.window_id.clone(), data: serde_json::to_vec(aggregate).expect("an aggregate always serializes") }
     }
 
     fn size(&self) -> usize {
@@ -51,6 +67,59 @@ pub fn batches(records: Vec<OutputRecord>) -> Vec<Vec<OutputRecord>> {
     batches
 }
 
+/// Record data kept in the checkpoint as JSON text, byte for byte (aggregates are UTF-8 JSON).
+mod as_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(std::str::from_utf8(data).map_err(serde::ser::Error::custom)?)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        String::deserialize(deserializer).map(String::into_bytes)
+    }
+}
+
+/// How an output refusal is treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The stream's throughput is exceeded: back off and retry, as usual under load.
+    Throttled,
+    /// A failure that passes: retry.
+    Transient,
+    /// One that retrying will not cure (permissions, a missing stream, a KMS key): still retried,
+    /// since the records must not be lost, but shown as a warning and in readiness.
+    Permanent,
+}
+
+impl Refusal {
+    /// Kinesis's error codes (PutRecords, and each of its refused entries).
+    pub fn of(code: &str) -> Self {
+        match code {
+            "ProvisionedThroughputExceededException" | "LimitExceededException" | "KMSThrottlingException" | "ThrottlingException" => {
+                Self::Throttled
+            }
+            "InternalFailure"
+            | "InternalFailureException"
+            | "InternalServerError"
+            | "ServiceUnavailable"
+            | "ServiceUnavailableException"
+            | "timeout"
+            | "connection" => Self::Transient,
+            _ => Self::Permanent,
+        }
+    }
+}
+
+/// A failed Kinesis call's error code, or what kind of failure it was when no answer said.
+pub fn error_code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> String {
+    match error {
+        SdkError::TimeoutError(_) => "timeout".into(),
+        SdkError::DispatchFailure(_) => "connection".into(),
+        _ => error.code().unwrap_or("unknown").into(),
+    }
+}
+
 /// Exponential backoff with a cap: 100 ms, 200 ms, ... 5 s.
 #[derive(Clone, Copy, Debug)]
 pub struct Backoff {
@@ -71,6 +140,13 @@ impl Backoff {
     }
 }
 
+/// Where a write reports how it goes (the aggregator's health and metrics), and when it should
+/// give up because the process is stopping.
+pub struct Delivery<'a> {
+    pub health: &'a Health,
+    pub stopping: watch::Receiver<bool>,
+}
+
 /// The output stream.
 pub struct KinesisSink {
     client: Client,
@@ -82,15 +158,24 @@ impl KinesisSink {
         Self { client, stream: stream.into() }
     }
 
-    /// Writes every record; returns only once all are written. Entries the service refuses
-    /// (throttling, internal failure) and calls that fail are retried with backoff.
+    /// Writes every record; returns only once all are written. Entries the service refuses and
+    /// calls that fail are retried with backoff.
     pub async fn put_all(&self, records: Vec<OutputRecord>) {
-        for batch in batches(records) {
-            self.put_batch(batch).await;
-        }
+        self.deliver(records, None).await;
     }
 
-    async fn put_batch(&self, mut pending: Vec<OutputRecord>) {
+    /// Writes every record, [`CALLS_IN_FLIGHT`] calls at a time, reporting refusals to
+    /// `delivery`; returns whether all were written (`false`: the process is stopping first).
+    pub async fn deliver(&self, records: Vec<OutputRecord>, delivery: Option<&Delivery<'_>>) -> bool {
+        let calls = futures::stream::iter(batches(records)).map(|batch| self.put_batch(batch, delivery)).buffer_unordered(CALLS_IN_FLIGHT);
+        let written = calls.fold(true, async |all, written| all && written).await;
+        if written && let Some(delivery) = delivery {
+            *delivery.health.output_refused.lock().expect("never poisoned") = None;
+        }
+        written
+    }
+
+    async fn put_batch(&self, mut pending: Vec<OutputRecord>, delivery: Option<&Delivery<'_>>) -> bool {
         let mut backoff = Backoff::default();
         while !pending.is_empty() {
             let entries = pending
@@ -103,26 +188,64 @@ impl KinesisSink {
                         .expect("partition key and data are set")
                 })
                 .collect::<Vec<_>>();
-            match self.client.put_records().stream_name(&self.stream).set_records(Some(entries)).send().await {
+            let refusals = match self.client.put_records().stream_name(&self.stream).set_records(Some(entries)).send().await {
                 Ok(output) => {
                     let results = output.records();
-                    let before = pending.len();
+                    let mut refusals = Vec::new();
                     let mut index = 0;
                     pending.retain(|_| {
-                        let failed = results.get(index).is_none_or(|result| result.error_code().is_some());
+                        let result = results.get(index);
                         index += 1;
-                        failed
+                        let code = result.map_or(Some("missing_result"), |result| result.error_code());
+                        let message = result.and_then(|result| result.error_message()).unwrap_or_default();
+                        code.inspect(|code| refusals.push(((*code).to_owned(), message.to_owned()))).is_some()
                     });
-                    if pending.is_empty() {
-                        return;
-                    }
-                    tracing::debug!(failed = pending.len(), of = before, stream = %self.stream, "PutRecords entries refused; retrying them");
+                    refusals
                 }
-                Err(error) => {
-                    tracing::warn!(error = %aws_sdk_kinesis::error::DisplayErrorContext(&error), stream = %self.stream, "PutRecords failed; retrying");
+                Err(error) => vec![(error_code(&error), DisplayErrorContext(&error).to_string()); pending.len()],
+            };
+            if pending.is_empty() {
+                return true;
+            }
+            self.report(&refusals, delivery.map(|delivery| delivery.health));
+            let delay = backoff.next_delay();
+            match delivery {
+                Some(delivery) => {
+                    let mut stopping = delivery.stopping.clone();
+                    tokio::select! {
+                        _ = stopping.wait_for(|stopping| *stopping) => return false,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                None => tokio::time::sleep(delay).await,
+            }
+        }
+        true
+    }
+
+    /// Counts refused records by code; a refusal retrying will not cure is a warning and makes
+    /// the aggregator not ready.
+    fn report(&self, refusals: &[(String, String)], health: Option<&Health>) {
+        let Some((code, message)) = refusals.iter().find(|(code, _)| Refusal::of(code) == Refusal::Permanent).or(refusals.first()) else {
+            return;
+        };
+        if let Some(health) = health {
+            // Retrying is the loop at work, not a hang.
+            health.beat();
+            for (code, _) in refusals {
+                health.metrics.put_records_refused.get_or_create(&Metrics::label("code", code.clone())).inc();
+            }
+        }
+        match Refusal::of(code) {
+            Refusal::Permanent => {
+                tracing::warn!(code, message, records = refusals.len(), stream = %self.stream, "the output stream refuses records; retrying");
+                if let Some(health) = health {
+                    *health.output_refused.lock().expect("never poisoned") = Some(format!("{code}: {message}"));
                 }
             }
-            tokio::time::sleep(backoff.next_delay()).await;
+            Refusal::Throttled | Refusal::Transient => {
+                tracing::debug!(code, records = refusals.len(), stream = %self.stream, "PutRecords refused records; retrying them")
+            }
         }
     }
 }
@@ -167,7 +290,28 @@ mod tests {
     }
 
     #[test]
-    fn the_partition_key_is_the_component() {
+    fn refusals_retrying_will_not_cure_are_told_apart() {
+        for throttled in ["ProvisionedThroughputExceededException", "LimitExceededException", "KMSThrottlingException"] {
+            assert_eq!(Refusal::of(throttled), Refusal::Throttled, "{throttled}");
+        }
+        for transient in ["InternalFailure", "ServiceUnavailable", "timeout", "connection"] {
+            assert_eq!(Refusal::of(transient), Refusal::Transient, "{transient}");
+        }
+        for permanent in ["AccessDeniedException", "ResourceNotFoundException", "KMSAccessDeniedException", "KMSDisabledException"] {
+            assert_eq!(Refusal::of(permanent), Refusal::Permanent, "{permanent}");
+        }
+    }
+
+    #[test]
+    fn a_record_in_the_checkpoint_is_its_text_byte_for_byte() {
+        let record = OutputRecord { partition_key: "k".into(), data: br#"{"minValue":0.1,"sum":917.0110808952484}"#.to_vec() };
+        let stored = serde_json::to_string(&record).unwrap();
+        assert_eq!(stored, r#"{"partitionKey":"k","data":"{\"minValue\":0.1,\"sum\":917.0110808952484}"}"#);
+        assert_eq!(serde_json::from_str::<OutputRecord>(&stored).unwrap(), record);
+    }
+
+    #[test]
+    fn the_partition_key_is_the_window() {
         let aggregate: MetricAggregate = serde_json::from_value(serde_json::json!({
             "componentName": "order-service", "metricName": "ram", "unit": "MB", "minValue": 1.0, "maxValue": 2.0,
             "avgValue": 1.5, "count": 2, "sum": 3.0, "fromTimestamp": "2021-09-09T11:00:00.000Z",
@@ -176,7 +320,7 @@ mod tests {
         }))
         .unwrap();
         let record = OutputRecord::from_aggregate(&aggregate);
-        assert_eq!(record.partition_key, "order-service");
+        assert_eq!(record.partition_key, "00", "the window's id: a component's windows spread over the shards");
         assert_eq!(serde_json::from_slice::<MetricAggregate>(&record.data).unwrap(), aggregate);
     }
 }

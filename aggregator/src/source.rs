@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::decode::DecodedPage;
 use crate::get_records::{Answer, ChildShard, DivertedBody, InputRecord, Records, parse};
-use crate::sink::Backoff;
+use crate::sink::{Backoff, error_code};
 
 /// Kinesis allows 5 GetRecords calls per second per shard.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -140,6 +140,13 @@ pub struct Poll {
     pub batches: Vec<ShardBatch>,
     /// Shards whose call was throttled or failed: how far behind they are is unknown.
     pub unanswered: Vec<String>,
+    /// Error codes of the calls that failed (throttling is `throttled`).
+    pub errors: Vec<String>,
+    /// Shards whose checkpointed position the stream no longer holds (past its retention): read
+    /// again from the oldest record.
+    pub reset: Vec<String>,
+    /// Shards gone from the listing (expired past retention): no longer read.
+    pub vanished: Vec<String>,
     /// Shards read from now on: found by ListShards, or named by a drained shard's last answer.
     pub started: Vec<ShardInfo>,
     pub drained: Vec<String>,
@@ -175,7 +182,10 @@ enum Fetch {
     },
     Throttled,
     IteratorExpired,
-    Failed,
+    /// The checkpointed sequence number is refused: the stream no longer holds it.
+    PositionLost,
+    /// The error's code.
+    Failed(String),
 }
 
 impl Fetch {
@@ -210,8 +220,11 @@ impl KinesisSource {
         self.readers.len()
     }
 
-    /// Lists the stream's shards and starts reading those that became readable; returns them.
-    pub async fn discover(&mut self) -> Result<Vec<ShardInfo>, SdkError<aws_sdk_kinesis::operation::list_shards::ListShardsError>> {
+    /// Lists the stream's shards, stops reading those gone from it and starts reading those that
+    /// became readable; returns (started, vanished).
+    pub async fn discover(
+        &mut self,
+    ) -> Result<(Vec<ShardInfo>, Vec<String>), SdkError<aws_sdk_kinesis::operation::list_shards::ListShardsError>> {
         let mut listed = Vec::new();
         let mut next_token = None;
         loop {
@@ -227,11 +240,17 @@ impl KinesisSource {
             }
         }
         self.position.forget_unlisted(&listed);
+        let listed_ids: BTreeSet<&str> = listed.iter().map(|shard| shard.id.as_str()).collect();
+        let vanished: Vec<String> = self.readers.keys().filter(|shard| !listed_ids.contains(shard.as_str())).cloned().collect();
+        for shard in &vanished {
+            tracing::warn!(shard, stream = %self.stream, "shard gone from the stream (expired past retention): no longer read");
+            self.readers.remove(shard);
+        }
         let readable: BTreeSet<&str> = readable_shards(&listed, &self.position.drained).into_iter().collect();
         let started = listed.iter().filter(|shard| readable.contains(shard.id.as_str())).filter(|shard| self.start_reading(shard)).cloned();
         let started = started.collect();
         self.next_discovery = Instant::now() + self.discovery_interval;
-        Ok(started)
+        Ok((started, vanished))
     }
 
     /// Starts reading `shard` unless it is read already; whether it started.
@@ -252,7 +271,7 @@ impl KinesisSource {
         let mut poll = Poll::default();
         if Instant::now() >= self.next_discovery {
             match self.discover().await {
-                Ok(started) => poll.started = started,
+                Ok((started, vanished)) => (poll.started, poll.vanished) = (started, vanished),
                 Err(error) => {
                     tracing::warn!(error = %DisplayErrorContext(&error), stream = %self.stream, "ListShards failed; retrying later")
                 }
@@ -307,8 +326,23 @@ impl KinesisSource {
                     reader.iterator = None;
                     poll.unanswered.push(shard);
                 }
-                Fetch::Failed => {
+                Fetch::PositionLost => {
+                    let lost = self.position.shards.remove(&shard);
+                    tracing::warn!(
+                        shard, sequence_number = ?lost, stream = %self.stream,
+                        "the stream no longer holds the checkpointed position (past its retention): reading the shard from its oldest record; what expired in between was never read"
+                    );
+                    reader.iterator = None;
+                    poll.reset.push(shard.clone());
+                    poll.unanswered.push(shard);
+                }
+                Fetch::Failed(code) => {
                     reader.next_poll = Instant::now() + reader.backoff.next_delay();
+                    // A shard that is gone may be gone from the listing too: look soon.
+                    if code == "ResourceNotFoundException" {
+                        self.next_discovery = self.next_discovery.min(Instant::now() + Duration::from_secs(5));
+                    }
+                    poll.errors.push(code);
                     poll.unanswered.push(shard);
                 }
             }
@@ -331,6 +365,7 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
         Some(iterator) => iterator,
         None => {
             let request = client.get_shard_iterator().stream_name(stream).shard_id(shard);
+            let from_sequence_number = matches!(start, ShardStart::After(_));
             let request = match start {
                 ShardStart::After(sequence) => {
                     request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(sequence)
@@ -348,9 +383,12 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
                 Err(error) if error.as_service_error().is_some_and(|e| e.is_provisioned_throughput_exceeded_exception()) => {
                     return Fetch::Throttled;
                 }
+                Err(error) if from_sequence_number && error.as_service_error().is_some_and(|e| e.is_invalid_argument_exception()) => {
+                    return Fetch::PositionLost;
+                }
                 Err(error) => {
                     tracing::warn!(error = %DisplayErrorContext(&error), shard, "GetShardIterator failed; retrying");
-                    return Fetch::Failed;
+                    return Fetch::Failed(error_code(&error));
                 }
             }
         }
@@ -372,11 +410,11 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
                 Ok(Ok(fetch)) => fetch,
                 Ok(Err(problem)) => {
                     tracing::warn!(%problem, shard, "GetRecords answered what cannot be read; retrying");
-                    Fetch::Failed
+                    Fetch::Failed("unreadable_answer".into())
                 }
                 Err(stopped) => {
                     tracing::warn!(error = %stopped, shard, "reading a GetRecords answer stopped; retrying");
-                    Fetch::Failed
+                    Fetch::Failed("unreadable_answer".into())
                 }
             },
             // A CBOR answer (only if the client were set to CBOR), read by the SDK and decoded here,
@@ -408,7 +446,7 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
             Some(GetRecordsError::ExpiredIteratorException(_)) => Fetch::IteratorExpired,
             _ => {
                 tracing::warn!(error = %DisplayErrorContext(&error), shard, "GetRecords failed; retrying");
-                Fetch::Failed
+                Fetch::Failed(error_code(&error))
             }
         },
     }
@@ -473,8 +511,36 @@ mod tests {
         assert!(records.is_empty());
         assert!(matches!(fetch().await, Fetch::Throttled));
         assert!(matches!(fetch().await, Fetch::IteratorExpired));
-        assert!(matches!(fetch().await, Fetch::Failed), "an answer with a record that is not base64 is refused whole");
-        assert!(matches!(fetch().await, Fetch::Failed));
+        assert!(
+            matches!(fetch().await, Fetch::Failed(code) if code == "unreadable_answer"),
+            "an answer with a record that is not base64 is refused whole"
+        );
+        assert!(matches!(fetch().await, Fetch::Failed(code) if code == "InternalFailure"));
+    }
+
+    #[tokio::test]
+    async fn a_position_the_stream_no_longer_holds_is_told_from_other_refusals() {
+        let refused = r#"{"__type":"InvalidArgumentException","message":"StartingSequenceNumber 4959 is past the trim horizon"}"#;
+        let client = kinesis_answering(vec![(400, refused), (400, refused)]).await;
+        let after = super::fetch(&client, "in", "shardId-0", None, ShardStart::After("4959".into())).await;
+        assert!(matches!(after, Fetch::PositionLost), "read again from the oldest record");
+        let trim_horizon = super::fetch(&client, "in", "shardId-0", None, ShardStart::TrimHorizon).await;
+        assert!(matches!(trim_horizon, Fetch::Failed(code) if code == "InvalidArgumentException"), "no position to lose");
+    }
+
+    #[tokio::test]
+    async fn shards_gone_from_the_listing_are_no_longer_read() {
+        let client = kinesis_answering(vec![
+            (200, r#"{"Shards":[{"ShardId":"s0","HashKeyRange":{"StartingHashKey":"0","EndingHashKey":"1"},"SequenceNumberRange":{"StartingSequenceNumber":"1"}},{"ShardId":"s1","HashKeyRange":{"StartingHashKey":"2","EndingHashKey":"3"},"SequenceNumberRange":{"StartingSequenceNumber":"1"}}]}"#),
+            (200, r#"{"Shards":[{"ShardId":"s1","HashKeyRange":{"StartingHashKey":"2","EndingHashKey":"3"},"SequenceNumberRange":{"StartingSequenceNumber":"1"}}]}"#),
+        ])
+        .await;
+        let mut source = KinesisSource::new(client, "in".into(), Duration::from_secs(1), StreamPosition::default());
+        let (started, vanished) = source.discover().await.unwrap();
+        assert_eq!((started.len(), vanished.len()), (2, 0));
+        let (started, vanished) = source.discover().await.unwrap();
+        assert_eq!((started, vanished), (vec![], vec!["s0".to_owned()]));
+        assert_eq!(source.shard_count(), 1);
     }
 
     #[test]

@@ -294,3 +294,97 @@ async fn a_second_copy_waits_and_a_copy_that_lost_the_checkpoint_stops() {
     assert_eq!(checkpoint["lease"]["holder"], "pod-b", "the fenced copy wrote no checkpoint after it was fenced");
     assert_eq!(counted(&aws.latest_aggregates().await), 80, "every event counted once after dedup: {latest:?}");
 }
+
+const CHECKPOINT: &str = "_aggregator/checkpoint.json";
+
+async fn stored_checkpoint(aws: &Emulator) -> serde_json::Value {
+    serde_json::from_slice(&aws.objects(CHECKPOINT).await[CHECKPOINT]).unwrap()
+}
+
+async fn store_checkpoint(aws: &Emulator, checkpoint: &serde_json::Value) {
+    let body = serde_json::to_vec(checkpoint).unwrap();
+    aws.s3.put_object().bucket(&aws.bucket).key(CHECKPOINT).body(body.into()).send().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_copy_that_lost_the_checkpoint_publishes_nothing() {
+    let aws = Emulator::new("fenced-output", 1).await;
+    // Nothing but the flush of fired windows writes the checkpoint in this test.
+    let flags = ["--window", "10s", "--out-of-orderness", "1s", "--idle-timeout", "2s", "--checkpoint-interval", "10m"];
+    let mut copy = aws.start_aggregator(&[&flags[..], &["--lease-duration", "10m", "--holder-identity", "pod-a"]].concat());
+    copy.wait_ready().await;
+    copy.signal("STOP");
+    // Another copy takes the checkpoint over while this one is paused (its lease lapsed).
+    let mut checkpoint = stored_checkpoint(&aws).await;
+    checkpoint["lease"]["holder"] = "pod-b".into();
+    store_checkpoint(&aws, &checkpoint).await;
+    let start = (now().0 - 60_000).div_euclid(10_000) * 10_000;
+    publish(&aws, (0..5).map(|i| event("user-service", "cpu-usage", 1.0, EventTime(start + i * 100))).collect()).await;
+    copy.signal("CONT");
+    let status = copy.exited_within(Duration::from_secs(30)).await.expect("the copy stops once it finds the checkpoint taken");
+    assert!(!status.success(), "it stops with an error");
+    assert_eq!(
+        aws.read_stream(&aws.output).await,
+        Vec::<Vec<u8>>::new(),
+        "the fenced copy sent the window it fired (log: {})",
+        copy.log.display()
+    );
+}
+
+#[tokio::test]
+async fn aggregates_committed_before_a_stop_are_sent_again_byte_for_byte_before_anything_is_read() {
+    let aws = Emulator::new("unpublished", 1).await;
+    let mut copy = aws.start_aggregator(&[]);
+    copy.wait_ready().await;
+    assert!(copy.terminate().success());
+    // The stop came between the checkpoint and PutRecords: the checkpoint holds the aggregate.
+    let aggregate = r#"{"componentName":"user-service","metricName":"cpu-usage","unit":"percent","minValue":0.1,"maxValue":0.30000000000000004,"avgValue":0.2,"count":2,"sum":0.4,"fromTimestamp":"2021-09-09T12:00:00.000Z","toTimestamp":"2021-09-09T12:00:01.000Z","windowStart":"2021-09-09T12:00:00.000Z","windowEnd":"2021-09-09T12:01:00.000Z","windowId":"0123456789abcdef0123456789abcdef","revision":0}"#;
+    let mut checkpoint = stored_checkpoint(&aws).await;
+    checkpoint["unpublished"] = serde_json::json!([{"partitionKey": "0123456789abcdef0123456789abcdef", "data": aggregate}]);
+    store_checkpoint(&aws, &checkpoint).await;
+    let mut copy = aws.start_aggregator(&["--checkpoint-interval", "500ms"]);
+    copy.wait_ready().await;
+    let sent = wait_for("the committed aggregate sent", Duration::from_secs(20), async || {
+        let sent = aws.read_stream(&aws.output).await;
+        if sent.is_empty() { Err("nothing yet".to_owned()) } else { Ok(sent) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(sent, [aggregate.as_bytes().to_vec()], "byte for byte (log: {})", copy.log.display());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(stored_checkpoint(&aws).await.get("unpublished").is_none(), "the next checkpoint no longer holds it");
+}
+
+#[tokio::test]
+async fn an_output_that_refuses_everything_shows_in_readiness_and_metrics_and_sigterm_keeps_the_aggregates() {
+    let aws = Emulator::new("refused", 1).await;
+    let flags = ["--window", "10s", "--out-of-orderness", "1s", "--idle-timeout", "2s"];
+    let mut copy = aws.start_aggregator(&flags);
+    copy.wait_ready().await;
+    // The output stream is deleted under it (a wrong name, a missing permission: no retry cures it).
+    aws.kinesis.delete_stream().stream_name(&aws.output).send().await.unwrap();
+    let start = (now().0 - 60_000).div_euclid(10_000) * 10_000;
+    publish(&aws, (0..5).map(|i| event("user-service", "cpu-usage", 1.0, EventTime(start + i * 100))).collect()).await;
+    let (status, reason) = wait_for("readiness to say the output refuses", Duration::from_secs(30), async || match copy.get("/readyz") {
+        (503, body) if body.contains("output stream refuses") => Ok((503, body)),
+        (status, body) => Err(format!("{status} {body}")),
+    })
+    .await
+    .unwrap();
+    assert!(reason.contains("ResourceNotFoundException"), "{status} {reason}");
+    let metrics = copy.get("/metrics").1;
+    assert!(metrics.contains(r#"aggregator_put_records_refused_total{code="ResourceNotFoundException"}"#), "{metrics}");
+    assert_eq!(copy.get("/healthz").0, 200, "retrying is not a hang");
+
+    let stopped = std::time::Instant::now();
+    assert!(copy.terminate().success(), "SIGTERM is seen while the output refuses");
+    assert!(stopped.elapsed() < Duration::from_secs(10), "promptly: {:?}", stopped.elapsed());
+    let unpublished = stored_checkpoint(&aws).await["unpublished"].clone();
+    assert_eq!(unpublished.as_array().map(Vec::len), Some(1), "the checkpoint keeps the aggregate: {unpublished}");
+
+    aws.kinesis.create_stream().stream_name(&aws.output).shard_count(1).send().await.unwrap();
+    aws.wait_active(&aws.output).await;
+    let mut copy = aws.start_aggregator(&flags);
+    let latest = aws.wait_for_aggregates(5, &mut copy).await;
+    assert_eq!(latest.len(), 1, "{latest:?}");
+}
