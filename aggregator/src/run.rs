@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kinesis::error::DisplayErrorContext;
 use metrics_pipeline_model::aggregation::WindowConfig;
-use metrics_pipeline_model::event::EventTime;
+use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -245,17 +245,14 @@ impl Aggregator {
     /// lease's renewal, a Parquet roll. Never in the past unless it is due now, so a quiet stream
     /// sleeps between polls.
     fn next_due(&self) -> Instant {
-        let checkpoint = (self.intake.changed || !self.intake.dead_letters.is_empty()).then_some(self.next_checkpoint);
+        let pending = self.intake.changed || !self.intake.output.is_empty() || !self.intake.dead_letters.is_empty();
+        let checkpoint = pending.then_some(self.next_checkpoint);
         let roll = self.files.as_ref().and_then(ParquetFiles::roll_at);
         [checkpoint, roll].into_iter().flatten().fold(self.renew_lease, Instant::min)
     }
 
     fn flush_due(&self) -> bool {
-        let now = Instant::now();
-        !self.intake.output.is_empty()
-            || !self.unpublished.is_empty()
-            || self.intake.dead_letters.bytes() > MAX_HELD_DEAD_LETTER_BYTES
-            || now >= self.next_due()
+        flush_due(&self.intake.output, !self.unpublished.is_empty(), self.intake.dead_letters.bytes(), Instant::now() >= self.next_due())
     }
 
     /// Writes dead letters, then the checkpoint (which renews the lease) holding the fired
@@ -334,6 +331,16 @@ impl Aggregator {
     }
 }
 
+/// Whether to flush now: a window's first emission goes out at once; revisions (late events)
+/// wait for the checkpoint that is due anyway, so a trickle of late events does not rewrite the
+/// whole checkpoint once per event.
+fn flush_due(output: &[MetricAggregate], unpublished: bool, dead_letter_bytes: usize, checkpoint_due: bool) -> bool {
+    output.iter().any(|aggregate| aggregate.revision == 0)
+        || unpublished
+        || dead_letter_bytes > MAX_HELD_DEAD_LETTER_BYTES
+        || checkpoint_due
+}
+
 /// The engine, position and Parquet state to continue from: the checkpoint's, unless there is
 /// none or it belongs to an earlier stream of the same name (deleted and created again), whose
 /// sequence numbers mean nothing here; fired windows of a changed window length go to `output`.
@@ -343,7 +350,7 @@ fn resumed_state(
     identity: &StreamIdentity,
     metrics: &Metrics,
     stored: Option<Checkpoint>,
-    output: &mut Vec<metrics_pipeline_model::event::MetricAggregate>,
+    output: &mut Vec<MetricAggregate>,
 ) -> (WindowEngine, StreamPosition, Option<FilesState>) {
     let first_start = || StreamPosition::first_start(config.initial_position, wall_clock());
     let location = checkpoints.location();
@@ -373,4 +380,29 @@ fn resumed_state(
 fn wall_clock() -> EventTime {
     let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis());
     EventTime(i64::try_from(millis).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aggregate(revision: u32) -> MetricAggregate {
+        let mut aggregate: MetricAggregate = serde_json::from_value(serde_json::json!({
+            "componentName": "c", "metricName": "m", "unit": "u", "minValue": 1.0, "maxValue": 1.0, "avgValue": 1.0, "count": 1,
+            "sum": 1.0, "fromTimestamp": "2021-09-09T12:00:00.000Z", "toTimestamp": "2021-09-09T12:00:00.000Z",
+            "windowStart": "2021-09-09T12:00:00.000Z", "windowEnd": "2021-09-09T12:01:00.000Z", "windowId": "00", "revision": 0
+        }))
+        .unwrap();
+        aggregate.revision = revision;
+        aggregate
+    }
+
+    #[test]
+    fn first_emissions_flush_at_once_and_revisions_wait_for_the_checkpoint() {
+        assert!(flush_due(&[aggregate(1), aggregate(0)], false, 0, false), "a window's first emission");
+        assert!(!flush_due(&[aggregate(1), aggregate(2)], false, 0, false), "revisions only: with the next checkpoint");
+        assert!(flush_due(&[aggregate(1)], false, 0, true));
+        assert!(flush_due(&[], false, MAX_HELD_DEAD_LETTER_BYTES + 1, false), "dead letters piling up");
+        assert!(!flush_due(&[], false, 0, false));
+    }
 }

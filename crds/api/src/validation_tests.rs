@@ -146,6 +146,11 @@ fn state_holding_durations_are_bounded() {
         "1d or less",
     );
     assert_rejected(|s| s.aggregation.allowed_lateness = "8d".into(), "spec.aggregation.allowedLateness", "7d or less");
+    assert_rejected(
+        |s| (s.aggregation.window, s.aggregation.allowed_lateness) = ("1s".into(), "1h".into()),
+        "spec.aggregation.allowedLateness",
+        "keeps 3600 fired windows of `1s` per key, more than 1440: use at most 1440s",
+    );
 }
 
 #[test]

@@ -50,6 +50,9 @@ pub struct WindowConfig {
 
 const SECOND: Duration = Duration::from_secs(1);
 const DAY: Duration = Duration::from_secs(86_400);
+/// Most fired windows allowedLateness may keep per key (a day of 1m windows): each is held in
+/// memory and written in every checkpoint.
+pub const MAX_WINDOWS_KEPT_PER_KEY: u128 = 1_440;
 
 impl WindowConfig {
     /// Checks every setting; returns all problems at once.
@@ -89,6 +92,24 @@ impl WindowConfig {
             problem(
                 "allowedLateness",
                 format!("`{}` is more than 7d: fired windows would be kept that long; use 7d or less", settings.allowed_lateness),
+            );
+        }
+        // Every fired window is kept for allowedLateness and rides in every checkpoint: a 1s window
+        // with 7d of lateness would keep 604,800 per key.
+        if let (Some(window), Some(allowed_lateness)) = (window, allowed_lateness)
+            && window >= SECOND
+            && allowed_lateness <= 7 * DAY
+            && allowed_lateness.as_millis() / window.as_millis() > MAX_WINDOWS_KEPT_PER_KEY
+        {
+            let kept = allowed_lateness.as_millis() / window.as_millis();
+            let most = window.as_secs() * MAX_WINDOWS_KEPT_PER_KEY as u64;
+            problem(
+                "allowedLateness",
+                format!(
+                    "`{}` keeps {kept} fired windows of `{}` per key, more than {MAX_WINDOWS_KEPT_PER_KEY}: use at most {most}s of \
+                     lateness with this window, or a longer window",
+                    settings.allowed_lateness, settings.window
+                ),
             );
         }
         if let Some(idle_timeout) = idle_timeout {
@@ -157,6 +178,21 @@ mod tests {
         let named: Vec<&str> = errors.iter().map(|error| error.setting).collect();
         assert_eq!(named, ["idleTimeout", "window"]);
         assert!(errors[1].to_string().starts_with("window: `0s` is out of range"), "{}", errors[1]);
+    }
+
+    #[test]
+    fn lateness_is_bounded_by_how_many_fired_windows_it_keeps_per_key() {
+        let defaults = settings(DEFAULT_WINDOW, DEFAULT_IDLE_TIMEOUT);
+        let day_of_minutes = AggregationSettings { allowed_lateness: "1d", ..defaults };
+        assert!(WindowConfig::parse(&day_of_minutes).is_ok(), "1,440 minute windows a key");
+        let week_of_seconds = AggregationSettings { window: "1s", allowed_lateness: "7d", idle_timeout: "5s", ..defaults };
+        let errors = WindowConfig::parse(&week_of_seconds).unwrap_err();
+        assert_eq!(errors[0].setting, "allowedLateness");
+        assert!(
+            errors[0].message.contains("keeps 604800 fired windows of `1s` per key, more than 1440: use at most 1440s"),
+            "{}",
+            errors[0]
+        );
     }
 
     #[test]
