@@ -1,26 +1,33 @@
-//! The chaos run: the aggregator binary against the emulator, its AWS calls through a proxy that
-//! throttles, fails, drops and loses answers, while a producer sends a seeded mix of normal and
-//! hostile records over three shards; the aggregator is killed with SIGKILL at random points and
-//! restarted, a second copy is started once, and the copy holding the checkpoint is once stopped
-//! (SIGSTOP) past its lease so that the other takes over and it is fenced. Each copy aggregates
-//! with another number of key partitions (`--threads` 1 to 4) than the one before it.
+//! The chaos run: the aggregator binary against the emulators (the streams in kinesis-mock, which
+//! reshards as AWS does; the bucket in moto), its AWS calls through proxies that throttle, fail,
+//! drop and lose answers, while a producer sends a seeded mix of normal and hostile records over
+//! three shards, some of them packed by the KPL (AWS Labs' aggregation library, `KPL_PYTHON`) and
+//! some stamped minutes ahead; the input is split to six shards and merged back to three while it
+//! runs; the aggregator is killed with SIGKILL at random points and restarted, a second copy is
+//! started once, and the copy holding the checkpoint is once stopped (SIGSTOP) past its lease so
+//! that the other takes over and it is fenced. Each copy aggregates with another number of key
+//! partitions (`--threads` 1 to 4) than the one before it.
 //!
 //! At the end: the output stream and the Parquet files, each after the documented dedup, equal a
 //! batch computation over the valid, in-time records exactly (sums as exactly as serde_json reads
-//! them back: within 2 units in the last place); every refused record is a dead
-//! letter with its reason, and nothing else is; no Parquet file was overwritten (the bucket keeps
-//! versions: each file has one); every copy's peak memory stayed within the Deployment's limit.
+//! them back: within 2 units in the last place); no window and revision was sent with two
+//! contents; every refused record (a KPL user record on its own) is a dead letter with its
+//! reason, and nothing else is; no Parquet file was overwritten (the bucket keeps versions: each
+//! file has one); every copy's peak memory stayed within the Deployment's limit.
 //!
 //! `CHAOS_SEED` picks the run (default 1); the same seed gives the same records and the same
 //! schedule of kills (the emulator's timing varies).
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_kinesis::types::ShardIteratorType;
+use aws_sdk_kinesis::types::{ScalingType, ShardIteratorType};
 use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+use metrics_aggregator::kpl;
 use metrics_aggregator::parquet_files::decode;
 use metrics_aggregator::sink::{KinesisSink, OutputRecord};
 use metrics_pipeline_aws_proxy::{AwsProxy, FaultSettings, Outcome, ProxySettings};
@@ -47,6 +54,53 @@ enum Kind {
     NonFinite,
     Oversized,
     NotUtf8,
+    /// Stamped three minutes ahead of its arrival (within the future skew): counted, and must
+    /// not make the records after it late.
+    FastClock,
+}
+
+/// AWS Labs' KPL aggregation library, in one Python process for the whole run.
+struct KplLibrary {
+    child: Child,
+    requests: ChildStdin,
+    answers: BufReader<ChildStdout>,
+}
+
+impl KplLibrary {
+    fn start() -> Self {
+        const SCRIPT: &str = r#"
+import base64, json, sys
+import aws_kinesis_agg.aggregator as agg
+for line in sys.stdin:
+    aggregator = agg.RecordAggregator()
+    for key, data in json.loads(line):
+        assert aggregator.add_user_record(key, base64.b64decode(data)) is None
+    key, _, data = aggregator.clear_and_get().get_contents()
+    print(key + "\t" + base64.b64encode(data).decode(), flush=True)
+"#;
+        let python = std::env::var("KPL_PYTHON").expect("KPL_PYTHON is set: run the tests with scripts/test");
+        let mut child = Command::new(python).args(["-c", SCRIPT]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let (requests, answers) = (child.stdin.take().unwrap(), BufReader::new(child.stdout.take().unwrap()));
+        Self { child, requests, answers }
+    }
+
+    /// One Kinesis record holding `user_records` as the KPL packs them.
+    fn aggregate(&mut self, user_records: &[OutputRecord]) -> OutputRecord {
+        let request: Vec<(&str, String)> =
+            user_records.iter().map(|user| (user.partition_key.as_str(), aws_smithy_types::base64::encode(&user.data))).collect();
+        writeln!(self.requests, "{}", serde_json::to_string(&request).unwrap()).unwrap();
+        let mut answer = String::new();
+        self.answers.read_line(&mut answer).unwrap();
+        let (partition_key, data) = answer.trim_end().split_once('\t').expect("the library answers");
+        OutputRecord { partition_key: partition_key.to_owned(), data: aws_smithy_types::base64::decode(data).unwrap() }
+    }
+}
+
+impl Drop for KplLibrary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A small seeded random sequence (xorshift64*), the same on every machine.
@@ -95,6 +149,7 @@ fn record(kind: Kind, n: u64, random: &mut Random, hostile: bool) -> OutputRecor
         }
         Kind::Oversized => (component.clone(), format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(70 * 1024)).into_bytes()),
         Kind::NotUtf8 => (component.clone(), [&[0xff, 0xfe][..], &n.to_le_bytes()].concat()),
+        Kind::FastClock => (component.clone(), json(&component, 1.0.into(), at(now() + 180_000))),
     };
     assert!(hostile || kind == Kind::Normal);
     OutputRecord { partition_key, data }
@@ -105,7 +160,8 @@ fn pick_kind(random: &mut Random, hostile: bool) -> Kind {
         return Kind::Normal;
     }
     match random.below(100) {
-        0..80 => Kind::Normal,
+        0..78 => Kind::Normal,
+        78..80 => Kind::FastClock,
         80..86 => Kind::Sentinel,
         86..89 => Kind::FarFuture,
         89..92 => Kind::FarPast,
@@ -116,7 +172,11 @@ fn pick_kind(random: &mut Random, hostile: bool) -> Kind {
     }
 }
 
-/// Every record of the input stream: (shard, sequence number, data), each shard in order.
+/// Where a user record was read: shard, sequence number, and its place in a KPL aggregate.
+type Place = (String, String, Option<u64>);
+
+/// Every record of the input stream: (shard, sequence number, data), each shard in order, a
+/// parent before its children.
 async fn read_input(aws: &Emulator) -> Vec<(String, String, Vec<u8>)> {
     let shards = aws.kinesis.list_shards().stream_name(&aws.input).send().await.unwrap();
     let mut read = Vec::new();
@@ -131,7 +191,9 @@ async fn read_input(aws: &Emulator) -> Vec<(String, String, Vec<u8>)> {
             let records =
                 page.records().iter().map(|r| (shard.shard_id().to_owned(), r.sequence_number().to_owned(), r.data().as_ref().to_vec()));
             read.extend(records);
-            iterator = page.next_shard_iterator().unwrap().to_owned();
+            // A closed shard's last page has no next iterator.
+            let Some(next) = page.next_shard_iterator() else { break };
+            iterator = next.to_owned();
         }
     }
     read
@@ -140,15 +202,31 @@ async fn read_input(aws: &Emulator) -> Vec<(String, String, Vec<u8>)> {
 /// (component, metric, unit, window start) → (count, min, max, sum, first time, last time).
 type Batch = BTreeMap<(String, String, String, i64), (u64, f64, f64, f64, i64, i64)>;
 
+/// The user records of the input: a KPL aggregate's, each with its place in it, or the record.
+fn user_records(read: &[(String, String, Vec<u8>)]) -> Vec<(Place, &[u8])> {
+    let mut users = Vec::new();
+    for (shard, sequence, data) in read {
+        if !kpl::is_aggregated(data) {
+            users.push(((shard.clone(), sequence.clone(), None), &data[..]));
+            continue;
+        }
+        let packed = kpl::unpack(data).expect("the library's aggregates are valid");
+        users.extend(
+            packed.into_iter().enumerate().map(|(sub, user)| ((shard.clone(), sequence.clone(), Some(sub as u64)), &data[user.data])),
+        );
+    }
+    users
+}
+
 /// The batch computation, in stream order: normal records and sentinels count; a sentinel that
 /// would overflow its window's sum is refused. Returns the windows and the expected reason of
-/// every refused record, by (shard, sequence number).
-fn expected(read: &[(String, String, Vec<u8>)], kinds: &HashMap<Vec<u8>, Kind>) -> (Batch, BTreeMap<(String, String), String>) {
+/// every refused user record, by where it was read.
+fn expected(read: &[(String, String, Vec<u8>)], kinds: &HashMap<Vec<u8>, Kind>) -> (Batch, BTreeMap<Place, String>) {
     let (mut windows, mut refused) = (Batch::new(), BTreeMap::new());
-    for (shard, sequence, data) in read {
+    for (place, data) in user_records(read) {
         let kind = kinds[data];
         let reason = match kind {
-            Kind::Normal | Kind::Sentinel => {
+            Kind::Normal | Kind::Sentinel | Kind::FastClock => {
                 let event: serde_json::Value = serde_json::from_slice(data).unwrap();
                 let time = EventTime::parse_rfc3339(event["timestamp"].as_str().unwrap()).unwrap().0;
                 let value = event["value"].as_f64().unwrap();
@@ -160,7 +238,7 @@ fn expected(read: &[(String, String, Vec<u8>)], kinds: &HashMap<Vec<u8>, Kind>) 
                 );
                 let window = windows.entry(key).or_insert((0, f64::MAX, f64::MIN, 0.0, i64::MAX, i64::MIN));
                 if !(window.3 + value).is_finite() {
-                    refused.insert((shard.clone(), sequence.clone()), "sum_overflow".to_owned());
+                    refused.insert(place, "sum_overflow".to_owned());
                     continue;
                 }
                 *window =
@@ -174,7 +252,7 @@ fn expected(read: &[(String, String, Vec<u8>)], kinds: &HashMap<Vec<u8>, Kind>) 
             Kind::Oversized => "oversized",
             Kind::NotUtf8 => "not_json",
         };
-        refused.insert((shard.clone(), sequence.clone()), reason.to_owned());
+        refused.insert(place, reason.to_owned());
     }
     (windows, refused)
 }
@@ -201,13 +279,14 @@ fn same_windows(a: &Batch, b: &Batch) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|((key_a, a), (key_b, b))| key_a == key_b && same_window(a, b))
 }
 
-/// Every dead letter kept, once per (shard, sequence number), with its reason.
-async fn dead_letters(aws: &Emulator) -> BTreeMap<(String, String), String> {
+/// Every dead letter kept, once per user record, with its reason.
+async fn dead_letters(aws: &Emulator) -> BTreeMap<Place, String> {
     let mut letters = BTreeMap::new();
     for body in aws.objects("_aggregator/dead-letters/").await.into_values() {
         for line in body.split(|b| *b == b'\n').filter(|line| !line.is_empty()) {
             let letter: serde_json::Value = serde_json::from_slice(line).unwrap();
-            let key = (letter["shardId"].as_str().unwrap().to_owned(), letter["sequenceNumber"].as_str().unwrap().to_owned());
+            let (shard, sequence) = (letter["shardId"].as_str().unwrap().to_owned(), letter["sequenceNumber"].as_str().unwrap().to_owned());
+            let key = (shard, sequence, letter["subSequenceNumber"].as_u64());
             let reason = letter["reason"].as_str().unwrap().to_owned();
             let previous = letters.insert(key.clone(), reason.clone());
             assert!(previous.is_none_or(|previous| previous == reason), "{key:?} kept with two reasons");
@@ -219,7 +298,9 @@ async fn dead_letters(aws: &Emulator) -> BTreeMap<(String, String), String> {
 /// The copies of the aggregator this run started, by identity.
 struct Copies<'a> {
     aws: &'a Emulator,
+    /// In front of moto (the bucket) and of kinesis-mock (the streams).
     proxy: &'a AwsProxy,
+    kinesis_proxy: &'a AwsProxy,
     running: Vec<(String, Aggregator)>,
     peak_memory: u64,
     started: u32,
@@ -248,8 +329,12 @@ impl Copies<'_> {
             "--parquet-roll-interval",
             "2s",
         ];
-        let env =
-            [("AWS_ENDPOINT_URL", self.proxy.endpoint()), ("AGGREGATOR_HOLDER_IDENTITY", identity), ("AGGREGATOR_LEASE_DURATION", "3s")];
+        let env = [
+            ("AWS_ENDPOINT_URL", self.proxy.endpoint()),
+            ("AWS_ENDPOINT_URL_KINESIS", self.kinesis_proxy.endpoint()),
+            ("AGGREGATOR_HOLDER_IDENTITY", identity),
+            ("AGGREGATOR_LEASE_DURATION", "3s"),
+        ];
         self.running.push((identity.to_owned(), self.aws.start_aggregator_with_env(&flags, &env)));
         self.started += 1;
     }
@@ -282,19 +367,22 @@ impl Copies<'_> {
 async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_records() {
     let seed: u64 = std::env::var("CHAOS_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(1);
     let mut random = Random(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let aws = Emulator::new("chaos", SHARDS).await;
+    let aws = Emulator::on_kinesis_mock("chaos", SHARDS).await;
     let versioning = VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build();
     aws.s3.put_bucket_versioning().bucket(&aws.bucket).versioning_configuration(versioning).send().await.unwrap();
     let faults =
         FaultSettings { seed, throttle_rate: 0.04, error_rate: 0.03, drop_rate: 0.01, lost_answer_rate: 0.01, ..FaultSettings::none() };
     let moto = std::env::var("AWS_ENDPOINT_URL").expect("run `scripts/dev-env up` and `. .dev-env/env`");
-    let proxy = AwsProxy::start(&moto, ProxySettings { faults, ..ProxySettings::default() }).await.unwrap();
-    let mut copies = Copies { aws: &aws, proxy: &proxy, running: Vec::new(), peak_memory: 0, started: 0 };
+    let kinesis_mock = std::env::var("KINESIS_MOCK_URL").expect("run `scripts/dev-env up` and `. .dev-env/env`");
+    let proxy = AwsProxy::start(&moto, ProxySettings { faults: faults.clone(), ..ProxySettings::default() }).await.unwrap();
+    let kinesis_proxy = AwsProxy::start(&kinesis_mock, ProxySettings { faults, ..ProxySettings::default() }).await.unwrap();
+    let mut copies = Copies { aws: &aws, proxy: &proxy, kinesis_proxy: &kinesis_proxy, running: Vec::new(), peak_memory: 0, started: 0 };
     let sink = KinesisSink::new(aws.kinesis.clone(), &aws.input);
+    let mut library = KplLibrary::start();
     let mut kinds: HashMap<Vec<u8>, Kind> = HashMap::new();
     let mut n = 0;
     let mut publish = async |random: &mut Random, hostile: bool, kinds: &mut HashMap<Vec<u8>, Kind>| {
-        let batch: Vec<OutputRecord> = (0..10)
+        let mut batch: Vec<OutputRecord> = (0..10)
             .map(|_| {
                 n += 1;
                 let kind = pick_kind(random, hostile);
@@ -303,6 +391,12 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
                 record
             })
             .collect();
+        // A KPL producer packs some of them: the same user records, counted on their own.
+        // Sentinels stay on their own partition key: which of them overflows depends on their order.
+        if hostile && random.below(3) == 0 && batch[4..].iter().all(|record| record.partition_key != "sentinel") {
+            let packed = batch.split_off(4);
+            batch.push(library.aggregate(&packed));
+        }
         sink.put_all(batch).await;
     };
 
@@ -325,6 +419,12 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
     // The schedule has its own random sequence: how many records go out between steps varies.
     let mut schedule = Random(seed.wrapping_mul(0xbf58_476d_1ce4_e5b9) | 1);
     let (second_copy_at, stall_at) = (2 + schedule.below(3), 5 + schedule.below(3));
+    // The input splits to six shards and merges back to three while records flow.
+    let (split_at, merge_at) = (1 + schedule.below(2), 4 + schedule.below(4));
+    let reshard = async |shards: i32| {
+        let request = aws.kinesis.update_shard_count().stream_name(&aws.input).target_shard_count(shards);
+        request.scaling_type(ScalingType::UniformScaling).send().await.unwrap();
+    };
     let started = tokio::time::Instant::now();
     let mut step = 0;
     while started.elapsed() < PRODUCE_FOR {
@@ -337,6 +437,12 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
         step += 1;
         copies.reap();
         let holder = copies.holder().await.unwrap_or_else(|| "pod-a".into());
+        if step == split_at || step == merge_at {
+            let shards = if step == split_at { 2 * SHARDS } else { SHARDS };
+            println!("step {step}: the input reshards to {shards} shards");
+            aws.wait_active(&aws.input).await;
+            reshard(shards).await;
+        }
         if step == second_copy_at {
             println!("step {step}: a second copy starts beside {holder}");
             copies.start(if holder == "pod-a" { "pod-b" } else { "pod-a" });
@@ -360,6 +466,7 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
     }
 
     // Every copy goes on until the output is complete.
+    aws.wait_active(&aws.input).await;
     let read = read_input(&aws).await;
     let (windows, refused) = expected(&read, &kinds);
     let output = wait_for("the output to equal the batch computation", Duration::from_secs(120), async || {
@@ -387,6 +494,13 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
     })
     .await
     .unwrap();
+    let mut contents: BTreeMap<(String, u32), BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for data in aws.read_stream(&aws.output).await {
+        let aggregate: MetricAggregate = serde_json::from_slice(&data).unwrap();
+        contents.entry((aggregate.window_id, aggregate.revision)).or_default().insert(data);
+    }
+    let twice: Vec<_> = contents.iter().filter(|(_, sent)| sent.len() > 1).take(3).collect();
+    assert!(twice.is_empty(), "a window and revision sent with two contents: {twice:?}");
     for (identity, mut copy) in copies.running.drain(..) {
         copy.signal("TERM");
         let stopped = copy.exited_within(Duration::from_secs(60)).await;
@@ -414,12 +528,16 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
     assert!(copies.peak_memory < MEMORY_LIMIT, "a copy peaked at {} MiB", copies.peak_memory >> 20);
 
     let counts = |kind: Kind| kinds.values().filter(|k| **k == kind).count();
+    let packed = read.iter().filter(|(_, _, data)| kpl::is_aggregated(data)).count();
     println!(
-        "chaos seed {seed}: {} records ({} normal, {} sentinel, {} far future, {} far past, {} bad names, {} non-finite, {} oversized, {} not UTF-8); \
-         {} windows, {} events counted, {} dead letters ({} sum overflows); {} aggregator starts; {} Parquet files, none overwritten; \
-         peak memory {} MiB; AWS calls through the proxy: {}, {} of them faults",
+        "chaos seed {seed}: {} records, {packed} of them KPL aggregates, {} user records ({} normal, {} fast clock, {} sentinel, {} far future, \
+         {} far past, {} bad names, {} non-finite, {} oversized, {} not UTF-8); {} shards carried records; {} windows, {} events counted, \
+         {} dead letters ({} sum overflows); {} aggregator starts; {} Parquet files, none overwritten; peak memory {} MiB; AWS calls \
+         through the proxies: {}, {} of them faults",
         read.len(),
+        kinds.len(),
         counts(Kind::Normal),
+        counts(Kind::FastClock),
         counts(Kind::Sentinel),
         counts(Kind::FarFuture),
         counts(Kind::FarPast),
@@ -427,6 +545,7 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
         counts(Kind::NonFinite),
         counts(Kind::Oversized),
         counts(Kind::NotUtf8),
+        read.iter().map(|(shard, _, _)| shard).collect::<BTreeSet<_>>().len(),
         output.len(),
         output.values().map(|w| w.0).sum::<u64>(),
         letters.len(),
@@ -434,7 +553,8 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
         copies.started,
         per_key.len(),
         copies.peak_memory >> 20,
-        proxy.stats().calls.len(),
-        proxy.stats().count(|call| matches!(call.outcome, Outcome::Injected { .. })),
+        proxy.stats().calls.len() + kinesis_proxy.stats().calls.len(),
+        proxy.stats().count(|call| matches!(call.outcome, Outcome::Injected { .. }))
+            + kinesis_proxy.stats().count(|call| matches!(call.outcome, Outcome::Injected { .. })),
     );
 }
