@@ -21,8 +21,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kinesis::types::{ScalingType, ShardIteratorType};
@@ -33,7 +31,7 @@ use metrics_aggregator::sink::{KinesisSink, OutputRecord};
 use metrics_pipeline_aws_proxy::{AwsProxy, FaultSettings, Outcome, ProxySettings};
 use metrics_pipeline_model::event::{EventTime, MetricAggregate, deduplicate};
 use metrics_pipeline_test_support::wait_for;
-use support::{Aggregator, Emulator};
+use support::{Aggregator, Emulator, KplLibrary};
 
 const SHARDS: i32 = 3;
 const WINDOW_MS: i64 = 5_000;
@@ -57,50 +55,6 @@ enum Kind {
     /// Stamped three minutes ahead of its arrival (within the future skew): counted, and must
     /// not make the records after it late.
     FastClock,
-}
-
-/// AWS Labs' KPL aggregation library, in one Python process for the whole run.
-struct KplLibrary {
-    child: Child,
-    requests: ChildStdin,
-    answers: BufReader<ChildStdout>,
-}
-
-impl KplLibrary {
-    fn start() -> Self {
-        const SCRIPT: &str = r#"
-import base64, json, sys
-import aws_kinesis_agg.aggregator as agg
-for line in sys.stdin:
-    aggregator = agg.RecordAggregator()
-    for key, data in json.loads(line):
-        assert aggregator.add_user_record(key, base64.b64decode(data)) is None
-    key, _, data = aggregator.clear_and_get().get_contents()
-    print(key + "\t" + base64.b64encode(data).decode(), flush=True)
-"#;
-        let python = std::env::var("KPL_PYTHON").expect("KPL_PYTHON is set: run the tests with scripts/test");
-        let mut child = Command::new(python).args(["-c", SCRIPT]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-        let (requests, answers) = (child.stdin.take().unwrap(), BufReader::new(child.stdout.take().unwrap()));
-        Self { child, requests, answers }
-    }
-
-    /// One Kinesis record holding `user_records` as the KPL packs them.
-    fn aggregate(&mut self, user_records: &[OutputRecord]) -> OutputRecord {
-        let request: Vec<(&str, String)> =
-            user_records.iter().map(|user| (user.partition_key.as_str(), aws_smithy_types::base64::encode(&user.data))).collect();
-        writeln!(self.requests, "{}", serde_json::to_string(&request).unwrap()).unwrap();
-        let mut answer = String::new();
-        self.answers.read_line(&mut answer).unwrap();
-        let (partition_key, data) = answer.trim_end().split_once('\t').expect("the library answers");
-        OutputRecord { partition_key: partition_key.to_owned(), data: aws_smithy_types::base64::decode(data).unwrap() }
-    }
-}
-
-impl Drop for KplLibrary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A small seeded random sequence (xorshift64*), the same on every machine.

@@ -8,8 +8,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kinesis::primitives::Blob;
@@ -17,7 +15,7 @@ use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ScalingType};
 use metrics_aggregator::sink::{KinesisSink, OutputRecord};
 use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use metrics_pipeline_test_support::wait_for;
-use support::Emulator;
+use support::{Emulator, KplLibrary};
 
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
@@ -38,37 +36,6 @@ async fn dead_letters(aws: &Emulator) -> Vec<serde_json::Value> {
         .flat_map(|body| body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect::<Vec<_>>())
         .collect();
     lines.iter().map(|line| serde_json::from_slice(line).unwrap()).collect()
-}
-
-/// KPL aggregated records, one per group of (partition key, data) user records, made by AWS Labs'
-/// aggregation library: (partition key, data) of each Kinesis record it would put.
-fn kpl_aggregates(groups: &[Vec<(String, Vec<u8>)>]) -> Vec<(String, Vec<u8>)> {
-    const SCRIPT: &str = r#"
-import base64, json, sys
-import aws_kinesis_agg.aggregator as agg
-for group in json.load(sys.stdin):
-    aggregator = agg.RecordAggregator()
-    for key, data in group:
-        full = aggregator.add_user_record(key, base64.b64decode(data))
-        assert full is None, "a group fits in one aggregate"
-    key, _, data = aggregator.clear_and_get().get_contents()
-    print(key + "\t" + base64.b64encode(data).decode())
-"#;
-    let python = std::env::var("KPL_PYTHON").expect("KPL_PYTHON is set: run the tests with scripts/test");
-    let groups: Vec<Vec<(&str, String)>> = groups
-        .iter()
-        .map(|group| group.iter().map(|(key, data)| (key.as_str(), aws_smithy_types::base64::encode(data))).collect())
-        .collect();
-    let mut child = Command::new(python).args(["-c", SCRIPT]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(&serde_json::to_vec(&groups).unwrap()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "the KPL library failed");
-    let lines = String::from_utf8(output.stdout).unwrap();
-    lines
-        .lines()
-        .map(|line| line.split_once('\t').unwrap())
-        .map(|(key, data)| (key.to_owned(), aws_smithy_types::base64::decode(data).unwrap()))
-        .collect()
 }
 
 async fn publish(aws: &Emulator, records: Vec<(String, Vec<u8>)>) {
@@ -92,7 +59,18 @@ async fn records_packed_by_the_kpl_count_like_plain_ones_and_a_corrupt_one_is_ke
         .collect();
     user_records.insert(30, ("user-key-bad".to_owned(), b"{not an event".to_vec()));
     let groups: Vec<Vec<(String, Vec<u8>)>> = user_records.chunks(12).map(<[_]>::to_vec).collect();
-    let mut aggregates = kpl_aggregates(&groups);
+    let mut library = KplLibrary::start();
+    let mut aggregates: Vec<(String, Vec<u8>)> = groups
+        .iter()
+        .map(|group| {
+            let users: Vec<OutputRecord> = group
+                .iter()
+                .map(|(partition_key, data)| OutputRecord { partition_key: partition_key.clone(), data: data.clone() })
+                .collect();
+            let aggregate = library.aggregate(&users);
+            (aggregate.partition_key, aggregate.data)
+        })
+        .collect();
     assert_eq!(aggregates.len(), 6);
     assert!(aggregates.iter().all(|(_, data)| data.starts_with(&[0xF3, 0x89, 0x9A, 0xC2])), "the library's format");
     let mut corrupt = aggregates[0].clone();

@@ -4,13 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+use metrics_aggregator::sink::OutputRecord;
 use metrics_aggregator::window::{Accumulator, WindowAssigner};
 use metrics_pipeline_model::event::{MetricAggregate, MetricEvent, deduplicate};
 use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
@@ -292,5 +294,49 @@ pub fn assert_matches_batch(latest: &BTreeMap<String, MetricAggregate>, expected
         assert_eq!((aggregate.min_value, aggregate.max_value), (accumulator.min_value, accumulator.max_value), "min/max of {key:?}");
         assert!((aggregate.sum - accumulator.sum).abs() < 1e-6, "sum of {key:?}: {} vs {}", aggregate.sum, accumulator.sum);
         assert_eq!((aggregate.from_timestamp, aggregate.to_timestamp), (accumulator.first_time, accumulator.last_time), "times of {key:?}");
+    }
+}
+
+/// AWS Labs' KPL aggregation library (`KPL_PYTHON`), in one Python process for a whole test.
+pub struct KplLibrary {
+    child: Child,
+    requests: ChildStdin,
+    answers: BufReader<ChildStdout>,
+}
+
+impl KplLibrary {
+    pub fn start() -> Self {
+        const SCRIPT: &str = r#"
+import base64, json, sys
+import aws_kinesis_agg.aggregator as agg
+for line in sys.stdin:
+    aggregator = agg.RecordAggregator()
+    for key, data in json.loads(line):
+        assert aggregator.add_user_record(key, base64.b64decode(data)) is None
+    key, _, data = aggregator.clear_and_get().get_contents()
+    print(key + "\t" + base64.b64encode(data).decode(), flush=True)
+"#;
+        let python = std::env::var("KPL_PYTHON").expect("KPL_PYTHON is set: run the tests with scripts/test");
+        let mut child = Command::new(python).args(["-c", SCRIPT]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let (requests, answers) = (child.stdin.take().unwrap(), BufReader::new(child.stdout.take().unwrap()));
+        Self { child, requests, answers }
+    }
+
+    /// One Kinesis record holding `user_records` as the KPL packs them.
+    pub fn aggregate(&mut self, user_records: &[OutputRecord]) -> OutputRecord {
+        let request: Vec<(&str, String)> =
+            user_records.iter().map(|user| (user.partition_key.as_str(), aws_smithy_types::base64::encode(&user.data))).collect();
+        writeln!(self.requests, "{}", serde_json::to_string(&request).unwrap()).unwrap();
+        let mut answer = String::new();
+        self.answers.read_line(&mut answer).unwrap();
+        let (partition_key, data) = answer.trim_end().split_once('\t').expect("the library answers");
+        OutputRecord { partition_key: partition_key.to_owned(), data: aws_smithy_types::base64::decode(data).unwrap() }
+    }
+}
+
+impl Drop for KplLibrary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
