@@ -122,13 +122,13 @@ impl Intake {
             self.shards.remove(shard);
             self.drained_awaiting_children.remove(shard);
             self.engine.watermarks_mut().remove(shard);
-            metrics.millis_behind_latest.remove(&Metrics::label("shard", shard.clone()));
+            metrics.forget_shard(shard);
             self.changed = true;
         }
         for shard in &poll.drained {
             self.shards.remove(shard);
             self.drained_awaiting_children.insert(shard.clone());
-            metrics.millis_behind_latest.remove(&Metrics::label("shard", shard.clone()));
+            metrics.forget_shard(shard);
             self.changed = true;
         }
         // Children that the drained shards' last answers named started in this poll.
@@ -147,6 +147,7 @@ impl Intake {
         tracing::debug!(shard = %batch.shard, records = batch.records.len(), millis_behind_latest = ?batch.millis_behind_latest, "read records");
         self.changed = true;
         metrics.records_read.inc_by(batch.records.len() as u64);
+        metrics.shard_records_read.get_or_create(&Metrics::label("shard", batch.shard.clone())).inc_by(batch.records.len() as u64);
         metrics.kpl_user_records.inc_by(batch.events.packed_records() as u64);
         self.engine.start_page(wall_clock);
         let mut not_on_time = self.engine.add_page(&batch.shard, &batch.events).into_iter().peekable();
@@ -183,6 +184,7 @@ impl Intake {
                 "record kept as a dead letter"
             );
             self.dead_letters.push(dead_letter(reason, &batch.shard, &record));
+            metrics.shard_dead_letters.get_or_create(&Metrics::label("shard", batch.shard.clone())).inc();
         }
         counted
     }
@@ -195,12 +197,18 @@ impl Intake {
         let mut all_idle = !self.shards.is_empty() && self.drained_awaiting_children.is_empty();
         let mut idle_shards = 0;
         for (shard, activity) in &self.shards {
-            if activity.idle(now, self.idle_timeout) {
+            let idle = activity.idle(now, self.idle_timeout);
+            if idle {
                 self.engine.watermarks_mut().mark_idle(shard);
                 idle_shards += 1;
             } else {
                 self.engine.watermarks_mut().mark_active(shard);
                 all_idle = false;
+            }
+            let label = Metrics::label("shard", shard.clone());
+            metrics.shard_idle.get_or_create(&label).set(i64::from(idle));
+            if let Some(clock) = self.engine.watermarks_mut().clock(shard) {
+                metrics.shard_event_time_lag_seconds.get_or_create(&label).set((wall_clock.0 - clock) as f64 / 1000.0);
             }
         }
         metrics.idle_shards.set(idle_shards);
@@ -307,6 +315,7 @@ mod tests {
         intake.take_poll(&children, now, wall_clock, &metrics);
         intake.fire_due_windows(now, wall_clock, &metrics);
         assert!(!intake.engine.watermarks_mut().snapshot().contains_key("parent"), "the parent leaves once its children are read");
+        assert!(!metrics.encode().contains(r#"shard="parent""#), "and its series are dropped:\n{}", metrics.encode());
         assert_eq!(counts(&intake.output), [], "the left child holds the noon window open");
         intake.take_poll(&poll(vec![page("left", &[65_000], 0)]), now, wall_clock, &metrics);
         intake.fire_due_windows(now, wall_clock, &metrics);

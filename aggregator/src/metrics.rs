@@ -13,6 +13,10 @@ type Labels = Vec<(&'static str, String)>;
 pub struct Metrics {
     registry: Registry,
     pub records_read: Counter,
+    pub shard_records_read: Family<Labels, Counter>,
+    pub shard_dead_letters: Family<Labels, Counter>,
+    pub shard_event_time_lag_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub shard_idle: Family<Labels, Gauge>,
     pub kpl_user_records: Counter,
     pub records_invalid: Family<Labels, Counter>,
     pub events_late: Family<Labels, Counter>,
@@ -41,6 +45,10 @@ impl Default for Metrics {
         let mut metrics = Self {
             registry: Registry::with_prefix("aggregator"),
             records_read: Counter::default(),
+            shard_records_read: Family::default(),
+            shard_dead_letters: Family::default(),
+            shard_event_time_lag_seconds: Family::default(),
+            shard_idle: Family::default(),
             kpl_user_records: Counter::default(),
             records_invalid: Family::default(),
             events_late: Family::default(),
@@ -65,6 +73,14 @@ impl Default for Metrics {
         };
         let registry = &mut metrics.registry;
         registry.register("records_read", "Records read from the input stream", metrics.records_read.clone());
+        registry.register("shard_records_read", "Records read, by shard", metrics.shard_records_read.clone());
+        registry.register("shard_dead_letters", "User records kept as dead letters, by shard", metrics.shard_dead_letters.clone());
+        registry.register(
+            "shard_event_time_lag_seconds",
+            "Wall clock minus the latest event time counted from each shard: the largest among shards not idle holds the watermark",
+            metrics.shard_event_time_lag_seconds.clone(),
+        );
+        registry.register("shard_idle", "1 while a shard does not hold the watermark (idle)", metrics.shard_idle.clone());
         registry.register(
             "kpl_user_records",
             "User records unpacked from KPL aggregated records (each counted or dead-lettered on its own)",
@@ -139,5 +155,15 @@ impl Metrics {
 
     pub fn label(name: &'static str, value: impl Into<String>) -> Labels {
         vec![(name, value.into())]
+    }
+
+    /// A shard no longer read (drained, or gone from the stream) leaves no series behind.
+    pub fn forget_shard(&self, shard: &str) {
+        let label = Self::label("shard", shard);
+        self.millis_behind_latest.remove(&label);
+        self.shard_records_read.remove(&label);
+        self.shard_dead_letters.remove(&label);
+        self.shard_event_time_lag_seconds.remove(&label);
+        self.shard_idle.remove(&label);
     }
 }

@@ -308,7 +308,7 @@ impl Aggregator {
         if sent {
             let count = self.unpublished.len() as u64;
             let delivery = Delivery { health: &self.health, stopping: self.stopping.clone() };
-            if self.sink.deliver(self.unpublished.clone(), Some(&delivery)).await {
+            if self.sink.deliver(self.unpublished.clone(), &delivery).await {
                 self.unpublished.clear();
                 self.health.metrics.aggregates_written.inc_by(count);
                 tracing::debug!(aggregates = count, stream = %self.config.output_stream, "aggregates written");

@@ -158,18 +158,22 @@ impl KinesisSink {
         Self { client, stream: stream.into() }
     }
 
-    /// Writes every record; returns only once all are written. Entries the service refuses and
-    /// calls that fail are retried with backoff.
+    /// Writes every record in order, one call at a time, as a producer must (a key's events keep
+    /// their order); returns only once all are written. Entries the service refuses and calls that
+    /// fail are retried with backoff.
     pub async fn put_all(&self, records: Vec<OutputRecord>) {
-        self.deliver(records, None).await;
+        for batch in batches(records) {
+            self.put_batch(batch, None).await;
+        }
     }
 
-    /// Writes every record, [`CALLS_IN_FLIGHT`] calls at a time, reporting refusals to
-    /// `delivery`; returns whether all were written (`false`: the process is stopping first).
-    pub async fn deliver(&self, records: Vec<OutputRecord>, delivery: Option<&Delivery<'_>>) -> bool {
-        let calls = futures::stream::iter(batches(records)).map(|batch| self.put_batch(batch, delivery)).buffer_unordered(CALLS_IN_FLIGHT);
-        let written = calls.fold(true, async |all, written| all && written).await;
-        if written && let Some(delivery) = delivery {
+    /// Writes every aggregate, [`CALLS_IN_FLIGHT`] calls at a time (their order across calls is
+    /// not kept: downstream keeps, per window, the highest count and revision), reporting refusals
+    /// to `delivery`; returns whether all were written (`false`: the process is stopping first).
+    pub async fn deliver(&self, records: Vec<OutputRecord>, delivery: &Delivery<'_>) -> bool {
+        let calls = futures::stream::iter(batches(records)).map(|batch| self.put_batch(batch, Some(delivery)));
+        let written = calls.buffer_unordered(CALLS_IN_FLIGHT).fold(true, async |all, written| all && written).await;
+        if written {
             *delivery.health.output_refused.lock().expect("never poisoned") = None;
         }
         written

@@ -186,6 +186,11 @@ impl Watermarks {
         }
     }
 
+    /// The latest event time counted from `shard`, if any.
+    pub fn clock(&self, shard: &str) -> Option<i64> {
+        self.shards.get(shard).and_then(|clock| clock.max_event_time)
+    }
+
     /// A shard that is closed for good (resharded, fully read) is forgotten.
     pub fn remove(&mut self, shard: &str) {
         self.shards.remove(shard);

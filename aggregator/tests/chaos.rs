@@ -2,7 +2,8 @@
 //! reshards as AWS does; the bucket in moto), its AWS calls through proxies that throttle, fail,
 //! drop and lose answers, while a producer sends a seeded mix of normal and hostile records over
 //! three shards, some of them packed by the KPL (AWS Labs' aggregation library, `KPL_PYTHON`) and
-//! some stamped minutes ahead; the input is split to six shards and merged back to three while it
+//! some stamped minutes ahead, and a broken producer writes nothing but garbage to the lowest
+//! hash keys, which no other record uses (a garbage-only shard); the input is split to six shards and merged back to three while it
 //! runs; the aggregator is killed with SIGKILL at random points and restarted, a second copy is
 //! started once, and the copy holding the checkpoint is once stopped (SIGSTOP) past its lease so
 //! that the other takes over and it is fenced. Each copy aggregates with another number of key
@@ -55,6 +56,13 @@ enum Kind {
     /// Stamped three minutes ahead of its arrival (within the future skew): counted, and must
     /// not make the records after it late.
     FastClock,
+    /// From the broken producer, on the garbage-only shard.
+    Garbage,
+}
+
+/// What the broken producer writes: never JSON, unique by `n`.
+fn garbage(n: u64) -> Vec<u8> {
+    format!("garbage {n}").into_bytes()
 }
 
 /// A small seeded random sequence (xorshift64*), the same on every machine.
@@ -104,6 +112,7 @@ fn record(kind: Kind, n: u64, random: &mut Random, hostile: bool) -> OutputRecor
         Kind::Oversized => (component.clone(), format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(70 * 1024)).into_bytes()),
         Kind::NotUtf8 => (component.clone(), [&[0xff, 0xfe][..], &n.to_le_bytes()].concat()),
         Kind::FastClock => (component.clone(), json(&component, 1.0.into(), at(now() + 180_000))),
+        Kind::Garbage => unreachable!("the broken producer writes its garbage itself"),
     };
     assert!(hostile || kind == Kind::Normal);
     OutputRecord { partition_key, data }
@@ -178,7 +187,10 @@ fn user_records(read: &[(String, String, Vec<u8>)]) -> Vec<(Place, &[u8])> {
 fn expected(read: &[(String, String, Vec<u8>)], kinds: &HashMap<Vec<u8>, Kind>) -> (Batch, BTreeMap<Place, String>) {
     let (mut windows, mut refused) = (Batch::new(), BTreeMap::new());
     for (place, data) in user_records(read) {
-        let kind = kinds[data];
+        let kind = kinds.get(data).copied().unwrap_or_else(|| {
+            assert!(data.starts_with(b"garbage "), "a record nobody published");
+            Kind::Garbage
+        });
         let reason = match kind {
             Kind::Normal | Kind::Sentinel | Kind::FastClock => {
                 let event: serde_json::Value = serde_json::from_slice(data).unwrap();
@@ -204,7 +216,7 @@ fn expected(read: &[(String, String, Vec<u8>)], kinds: &HashMap<Vec<u8>, Kind>) 
             Kind::ControlCharacterName => "bad_component_name",
             Kind::NonFinite => "non_finite_value",
             Kind::Oversized => "oversized",
-            Kind::NotUtf8 => "not_json",
+            Kind::NotUtf8 | Kind::Garbage => "not_json",
         };
         refused.insert(place, reason.to_owned());
     }
@@ -354,6 +366,24 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
         sink.put_all(batch).await;
     };
 
+    // The broken producer writes to the lowest hash keys (the partition keys of every other record
+    // hash above the middle of the range) until the end, so one shard never carries an event:
+    // it must go idle like a quiet one, or no window would fire.
+    let (kinesis, input) = (aws.kinesis.clone(), aws.input.clone());
+    let broken_producer = tokio::spawn(async move {
+        for n in 0.. {
+            let entry = aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                .partition_key("broken")
+                .explicit_hash_key("0")
+                .data(aws_sdk_kinesis::primitives::Blob::new(garbage(n)))
+                .build()
+                .unwrap();
+            // What does not make it into the stream is not there to count.
+            let _ = kinesis.put_records().stream_name(&input).records(entry).send().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+
     // Normal records only until a checkpoint holds a watermark: from then on, far-past records
     // are too late whichever copy reads them.
     copies.start("pod-a");
@@ -422,7 +452,7 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
     // Every copy goes on until the output is complete.
     aws.wait_active(&aws.input).await;
     let read = read_input(&aws).await;
-    let (windows, refused) = expected(&read, &kinds);
+    let (windows, _) = expected(&read, &kinds);
     let output = wait_for("the output to equal the batch computation", Duration::from_secs(120), async || {
         copies.reap();
         copies.note_memory();
@@ -455,6 +485,21 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
     }
     let twice: Vec<_> = contents.iter().filter(|(_, sent)| sent.len() > 1).take(3).collect();
     assert!(twice.is_empty(), "a window and revision sent with two contents: {twice:?}");
+
+    broken_producer.abort();
+    let _ = broken_producer.await;
+    let read = read_input(&aws).await;
+    let (_, refused) = expected(&read, &kinds);
+    let letters = wait_for("every refused record kept", Duration::from_secs(60), async || {
+        copies.reap();
+        if copies.running.is_empty() {
+            copies.start("pod-a");
+        }
+        let letters = dead_letters(&aws).await;
+        if letters == refused { Ok(letters) } else { Err(format!("{} dead letters of {} refused records", letters.len(), refused.len())) }
+    })
+    .await
+    .unwrap();
     for (identity, mut copy) in copies.running.drain(..) {
         copy.signal("TERM");
         let stopped = copy.exited_within(Duration::from_secs(60)).await;
@@ -465,8 +510,7 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
         );
     }
 
-    let letters = dead_letters(&aws).await;
-    assert_eq!(letters, refused, "every refused record is a dead letter with its reason, and nothing else is");
+    assert_eq!(dead_letters(&aws).await, letters, "every refused record is a dead letter with its reason, and nothing else is");
     let versions = aws.s3.list_object_versions().bucket(&aws.bucket).prefix("componentName=").send().await.unwrap();
     let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
     for version in versions.versions() {
@@ -482,10 +526,11 @@ async fn chaos_the_output_equals_a_batch_computation_over_the_valid_in_time_reco
     assert!(copies.peak_memory < MEMORY_LIMIT, "a copy peaked at {} MiB", copies.peak_memory >> 20);
 
     let counts = |kind: Kind| kinds.values().filter(|k| **k == kind).count();
+    let broken = read.iter().filter(|(_, _, data)| data.starts_with(b"garbage ")).count();
     let packed = read.iter().filter(|(_, _, data)| kpl::is_aggregated(data)).count();
     println!(
         "chaos seed {seed}: {} records, {packed} of them KPL aggregates, {} user records ({} normal, {} fast clock, {} sentinel, {} far future, \
-         {} far past, {} bad names, {} non-finite, {} oversized, {} not UTF-8); {} shards carried records; {} windows, {} events counted, \
+         {} far past, {} bad names, {} non-finite, {} oversized, {} not UTF-8) and {broken} from the broken producer; {} shards carried records; {} windows, {} events counted, \
          {} dead letters ({} sum overflows); {} aggregator starts; {} Parquet files, none overwritten; peak memory {} MiB; AWS calls \
          through the proxies: {}, {} of them faults",
         read.len(),

@@ -136,7 +136,7 @@ async fn a_quiet_stream_costs_almost_no_cpu() {
 
 #[tokio::test]
 async fn a_checkpoint_of_a_deleted_stream_is_not_resumed_on_its_successor() {
-    let aws = Emulator::new("recreated", 1).await;
+    let aws = Emulator::on_kinesis_mock("recreated", 1).await;
     let flags = ["--window", "10s", "--out-of-orderness", "1s", "--idle-timeout", "2s"];
     let old: Vec<Vec<u8>> =
         (0..10).map(|i| event("user-service", "cpu-usage", 1.0, EventTime(at("2021-09-09T12:00:00Z").0 + i * 500))).collect();
@@ -357,7 +357,7 @@ async fn aggregates_committed_before_a_stop_are_sent_again_byte_for_byte_before_
 
 #[tokio::test]
 async fn an_output_that_refuses_everything_shows_in_readiness_and_metrics_and_sigterm_keeps_the_aggregates() {
-    let aws = Emulator::new("refused", 1).await;
+    let aws = Emulator::on_kinesis_mock("refused", 1).await;
     let flags = ["--window", "10s", "--out-of-orderness", "1s", "--idle-timeout", "2s"];
     let mut copy = aws.start_aggregator(&flags);
     copy.wait_ready().await;
