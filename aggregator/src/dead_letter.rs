@@ -44,6 +44,9 @@ impl DeadLetter {
     }
 }
 
+/// Memory a letter takes beyond its strings' bytes (the struct and its allocations), roughly.
+const LETTER_OVERHEAD: usize = 160;
+
 /// Dead letters gathered since the last flush, grouped into one object per shard.
 #[derive(Debug, Default)]
 pub struct DeadLetters {
@@ -53,7 +56,9 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     pub fn push(&mut self, letter: DeadLetter) {
-        self.bytes += letter.data.as_ref().map_or(0, String::len) + letter.data_base64.as_ref().map_or(0, String::len);
+        // What a letter holds besides its data counts too: a flood of empty records is not free.
+        let held = letter.shard_id.len() + letter.sequence_number.len() + letter.partition_key.len() + LETTER_OVERHEAD;
+        self.bytes += held + letter.data.as_ref().map_or(0, String::len) + letter.data_base64.as_ref().map_or(0, String::len);
         self.by_shard.entry(letter.shard_id.clone()).or_default().push(letter);
     }
 

@@ -55,6 +55,7 @@ impl InvalidReason {
             Self::ImplausibleTimestamp => "implausible_timestamp".into(),
             Self::Kpl(Corruption::DigestMismatch) => "kpl_digest_mismatch".into(),
             Self::Kpl(Corruption::Malformed) => "kpl_malformed".into(),
+            Self::Kpl(Corruption::TooManyRecords) => "kpl_too_many_records".into(),
             Self::BadComponentName => "bad_component_name".into(),
             Self::EmptyName(field) => format!("empty_{field}"),
         }

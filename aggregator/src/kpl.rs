@@ -20,8 +20,10 @@
 //! Unlike the KCL, which hands a record whose digest does not match on as one plain record, a
 //! record that carries the magic bytes but is not a valid aggregate is refused with its own reason:
 //! it is not a metric event either way, and the reason says which producer to look at. Every user
-//! record is kept, whatever shard's hash key range its explicit hash key falls in (the KCL drops
-//! those outside the shard's range).
+//! record is kept, whatever shard's hash key range it belongs to. The KCL drops those outside the
+//! shard's range, which suits the C++ KPL (it sends them again to their own shard after a reshard,
+//! so here they may count twice then) but loses the records of AWS Labs' aggregation libraries,
+//! which pack any keys into one record.
 
 use std::ops::Range;
 
@@ -30,6 +32,10 @@ use md5::{Digest, Md5};
 /// The first bytes of every aggregated record.
 pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
 const DIGEST_BYTES: usize = 16;
+/// Most user records one aggregate may hold. A user record can be 6 bytes, so a hostile 10 MiB
+/// answer could otherwise unpack to nearly two million of them; the KPL's own aggregates hold a few
+/// hundred to a few thousand.
+pub const MAX_USER_RECORDS: usize = 50_000;
 
 /// One user record inside an aggregated Kinesis record, as ranges of that record's bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +52,8 @@ pub enum Corruption {
     /// Not an `AggregatedRecord`: a field of the wrong type, an index outside its table, a
     /// required field missing, a partition key that is not UTF-8, or no user record at all.
     Malformed,
+    /// More than [`MAX_USER_RECORDS`] user records.
+    TooManyRecords,
 }
 
 /// Whether `record` is in the KPL's aggregation format (it may still be corrupt).
@@ -69,6 +77,7 @@ pub fn unpack(record: &[u8]) -> Result<Vec<UserRecord>, Corruption> {
                 partition_keys.push(key);
             }
             (2, Value::Bytes(_)) => explicit_hash_keys += 1,
+            (3, Value::Bytes(_)) if records.len() == MAX_USER_RECORDS => return Err(Corruption::TooManyRecords),
             (3, Value::Bytes(message)) => records.push(message),
             (1..=3, _) => return Err(Corruption::Malformed),
             _ => {}
@@ -233,6 +242,13 @@ mod tests {
         for (what, record) in cases {
             assert_eq!(unpack(&record), Err(Corruption::Malformed), "{what}");
         }
+        let flood: Vec<u8> = std::iter::once(&b"\x0a\x01k"[..])
+            .chain(std::iter::repeat_n(&b"\x1a\x04\x08\x00\x1a\x00"[..], MAX_USER_RECORDS + 1))
+            .flatten()
+            .copied()
+            .collect();
+        assert_eq!(unpack(&framed(&flood)), Err(Corruption::TooManyRecords), "a flood of tiny user records");
+        assert_eq!(unpack(&framed(&flood[..flood.len() - 6])).map(|records| records.len()), Ok(MAX_USER_RECORDS));
         let tagged = framed(b"\x0a\x01k\x1a\x0c\x08\x00\x1a\x01x\x22\x05\x0a\x01a\x12\x00");
         assert_eq!(unpacked(&tagged), Ok(vec![("k", &b"x"[..])]), "tags are read and left");
     }

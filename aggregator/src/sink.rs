@@ -93,30 +93,40 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Kinesis's error codes (PutRecords, and each of its refused entries).
+    /// Kinesis's error codes (PutRecords, and each of its refused entries); what is not known to
+    /// need a change (a permission, the stream, the key, the request) is taken to pass.
     pub fn of(code: &str) -> Self {
         match code {
             "ProvisionedThroughputExceededException" | "LimitExceededException" | "KMSThrottlingException" | "ThrottlingException" => {
                 Self::Throttled
             }
-            "InternalFailure"
-            | "InternalFailureException"
-            | "InternalServerError"
-            | "ServiceUnavailable"
-            | "ServiceUnavailableException"
-            | "timeout"
-            | "connection" => Self::Transient,
-            _ => Self::Permanent,
+            "AccessDeniedException"
+            | "ResourceNotFoundException"
+            | "InvalidArgumentException"
+            | "ValidationException"
+            | "UnrecognizedClientException"
+            | "InvalidSignatureException"
+            | "ExpiredTokenException"
+            | "KMSAccessDeniedException"
+            | "KMSDisabledException"
+            | "KMSInvalidStateException"
+            | "KMSNotFoundException"
+            | "KMSOptInRequired" => Self::Permanent,
+            _ => Self::Transient,
         }
     }
 }
 
 /// A failed Kinesis call's error code, or what kind of failure it was when no answer said.
-pub fn error_code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> String {
+pub fn error_code<E: ProvideErrorMetadata>(error: &SdkError<E>) -> String {
     match error {
         SdkError::TimeoutError(_) => "timeout".into(),
         SdkError::DispatchFailure(_) => "connection".into(),
-        _ => error.code().unwrap_or("unknown").into(),
+        _ => match (error.code(), error.raw_response()) {
+            (Some(code), _) => code.into(),
+            (None, Some(response)) => format!("http_{}", response.status().as_u16()),
+            (None, None) => "unknown".into(),
+        },
     }
 }
 
@@ -298,7 +308,7 @@ mod tests {
         for throttled in ["ProvisionedThroughputExceededException", "LimitExceededException", "KMSThrottlingException"] {
             assert_eq!(Refusal::of(throttled), Refusal::Throttled, "{throttled}");
         }
-        for transient in ["InternalFailure", "ServiceUnavailable", "timeout", "connection"] {
+        for transient in ["InternalFailure", "ServiceUnavailable", "timeout", "connection", "http_502", "unknown"] {
             assert_eq!(Refusal::of(transient), Refusal::Transient, "{transient}");
         }
         for permanent in ["AccessDeniedException", "ResourceNotFoundException", "KMSAccessDeniedException", "KMSDisabledException"] {
