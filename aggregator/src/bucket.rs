@@ -64,6 +64,26 @@ impl Bucket {
             },
         }
     }
+
+    /// The keys under `prefix`.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut pages = self.client.list_objects_v2().bucket(&self.name).prefix(prefix).into_paginator().send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|error| StorageError(format!("cannot list s3://{}/{prefix}: {}", self.name, DisplayErrorContext(&error))))?;
+            keys.extend(page.contents.unwrap_or_default().into_iter().filter_map(|object| object.key));
+        }
+        Ok(keys)
+    }
+
+    /// Deletes the object; one already gone is no error (S3 answers 204 either way).
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self.client.delete_object().bucket(&self.name).key(key).send().await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(StorageError(format!("cannot delete s3://{}/{key}: {}", self.name, DisplayErrorContext(&error)))),
+        }
+    }
 }
 
 /// When a PUT may replace what is stored under its key.

@@ -106,6 +106,9 @@ struct RunArgs {
     /// Most aggregates in one roll of Parquet files; more roll early.
     #[arg(long, env = "AGGREGATOR_PARQUET_MAX_ROWS", default_value_t = 1_000_000)]
     parquet_max_rows: usize,
+    /// Where fired aggregates wait for their Parquet roll (the checkpoint names them).
+    #[arg(long, env = "AGGREGATOR_PARQUET_STAGING_PREFIX", default_value = "_aggregator/parquet-staging/")]
+    parquet_staging_prefix: String,
     /// Who this copy is in the checkpoint's lease (default: the host name, which is the pod's name).
     #[arg(long, env = "AGGREGATOR_HOLDER_IDENTITY")]
     holder_identity: Option<String>,
@@ -191,6 +194,7 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
         "--poll-interval must be at least 200ms: Kinesis allows 5 GetRecords calls a second per shard"
     );
     anyhow::ensure!(args.dead_letter_prefix.ends_with('/'), "--dead-letter-prefix must end with `/`");
+    anyhow::ensure!(args.parquet_staging_prefix.ends_with('/'), "--parquet-staging-prefix must end with `/`");
     anyhow::ensure!(args.lease_duration >= Duration::from_secs(1), "--lease-duration must be at least 1s");
     let sdk = aws(args.aws).await;
     let health = Arc::new(Health::new(args.lease_duration, stall_timeout(args.lease_duration)));
@@ -208,6 +212,7 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
             codec,
             roll_interval: args.parquet_roll_interval,
             max_rows: args.parquet_max_rows.max(1),
+            staging_prefix: args.parquet_staging_prefix,
         }),
         holder: args.holder_identity.unwrap_or_else(host_name),
         lease_duration: args.lease_duration,

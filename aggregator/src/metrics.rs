@@ -23,6 +23,7 @@ pub struct Metrics {
     pub aggregates_written: Counter,
     pub dead_letters_written: Counter,
     pub parquet_files_written: Counter,
+    pub parquet_staging_missing: Counter,
     pub checkpoints_written: Counter,
     pub checkpoints_discarded: Family<Labels, Counter>,
     pub get_records_throttled: Counter,
@@ -55,6 +56,7 @@ impl Default for Metrics {
             aggregates_written: Counter::default(),
             dead_letters_written: Counter::default(),
             parquet_files_written: Counter::default(),
+            parquet_staging_missing: Counter::default(),
             checkpoints_written: Counter::default(),
             checkpoints_discarded: Family::default(),
             get_records_throttled: Counter::default(),
@@ -99,6 +101,11 @@ impl Default for Metrics {
         registry.register("aggregates_written", "Aggregates written to the output stream", metrics.aggregates_written.clone());
         registry.register("dead_letters_written", "Records written to the dead-letter prefix", metrics.dead_letters_written.clone());
         registry.register("parquet_files_written", "Parquet files written by the direct sink", metrics.parquet_files_written.clone());
+        registry.register(
+            "parquet_staging_missing",
+            "Staged Parquet rows the checkpoint names but the bucket no longer holds, at a start (their rows are in no file)",
+            metrics.parquet_staging_missing.clone(),
+        );
         registry.register("checkpoints_written", "Checkpoints stored", metrics.checkpoints_written.clone());
         registry.register(
             "checkpoints_discarded",

@@ -82,6 +82,9 @@ pub async fn run(
     // This copy's first write takes the checkpoint, and makes a first start's position durable
     // before anything is read.
     aggregator.flush().await?;
+    if let Some(files) = &aggregator.files {
+        files.sweep(&aggregator.bucket).await;
+    }
     let listed = until_stopped("list the input stream's shards", &aggregator.health, &mut shutdown, async || {
         aggregator.source.discover().await.map_err(|error| DisplayErrorContext(error).to_string())
     })
@@ -108,9 +111,6 @@ pub async fn run(
         }
     }
     tracing::info!("shutting down: flushing, checkpointing and releasing the checkpoint");
-    if let Some(files) = &mut aggregator.files {
-        files.roll();
-    }
     Ok(aggregator.release().await?)
 }
 
@@ -213,7 +213,10 @@ impl Aggregator {
         let unpublished = stored.as_mut().map(|checkpoint| std::mem::take(&mut checkpoint.unpublished)).unwrap_or_default();
         let mut output = Vec::new();
         let (engine, position, files) = resumed_state(&config, &checkpoints, &identity, &health.metrics, stored, &mut output);
-        let mut files = config.parquet.clone().map(|settings| ParquetFiles::restore(settings, files.unwrap_or_default(), &run));
+        let mut files = match config.parquet.clone() {
+            Some(settings) => Some(ParquetFiles::resume(settings, files.unwrap_or_default(), &run, &bucket, &health.metrics).await),
+            None => None,
+        };
         if let Some(files) = &mut files {
             // A roll the last checkpoint recorded may not have been written before the stop.
             let written = files.commit(&bucket).await;
@@ -274,7 +277,9 @@ impl Aggregator {
         let output = std::mem::take(&mut self.intake.output);
         if let Some(files) = &mut self.files {
             files.add(&output);
-            if files.roll_due() {
+            files.stage(&self.bucket).await;
+            // A release rolls what waits, so a stopped pipeline's files are complete.
+            if files.roll_due() || lease.is_none() {
                 files.roll();
             }
         }

@@ -1,5 +1,6 @@
 //! The direct Parquet sink against the AWS emulator: after a kill -9 mid-stream and a restart,
-//! every window is in exactly one Parquet row, and the rows equal a batch computation.
+//! every window is in exactly one Parquet row, the rows equal a batch computation, the checkpoint
+//! never carried the rows, and no staged rows are left behind.
 
 mod support;
 
@@ -48,11 +49,20 @@ async fn a_kill_9_mid_stream_leaves_every_window_in_exactly_one_parquet_row() {
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     aggregator.kill_9();
     assert!(!parquet_files(&aws).await.is_empty(), "files were written before the kill");
+    let checkpoint: serde_json::Value =
+        serde_json::from_slice(&aws.objects("_aggregator/checkpoint.json").await.into_values().next().unwrap()).unwrap();
+    let files = checkpoint["files"].as_object().expect("the checkpoint keeps the sink's state");
+    assert!(
+        files.get("inProgress").is_none() && files.get("committing").is_none_or(|roll| roll.get("rows").is_none()),
+        "rows waiting for their roll are staged, not in the checkpoint: {files:?}"
+    );
 
     let mut aggregator = aws.start_aggregator(&flags);
     assert_eq!(publishing.await.unwrap(), 3_000);
     aws.wait_for_aggregates(3_000, &mut aggregator).await;
     assert!(aggregator.terminate().success(), "SIGTERM rolls what is left and ends cleanly");
+    let staged = aws.objects("_aggregator/parquet-staging/").await;
+    assert!(staged.is_empty(), "staged rows are deleted once rolled, and the kill's leftovers by the next start: {:?}", staged.keys());
 
     let files = parquet_files(&aws).await;
     let mut rows: Vec<MetricAggregate> = Vec::new();

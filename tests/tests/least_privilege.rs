@@ -71,6 +71,8 @@ const AUTHORIZED_BY: &[(Service, &str, &[&str])] = &[
     // checkpoint yet" as a refusal.
     (Service::S3, "GetObject", &["s3:GetObject", "s3:ListBucket"]),
     (Service::S3, "PutObject", &["s3:PutObject"]),
+    (Service::S3, "DeleteObject", &["s3:DeleteObject"]),
+    (Service::S3, "ListObjectsV2", &["s3:ListBucket"]),
     // IAM: tags given to CreateRole are authorized as TagRole too.
     (Service::Iam, "CreateRole", &["iam:CreateRole", "iam:TagRole"]),
     (Service::Iam, "GetRole", &["iam:GetRole"]),
