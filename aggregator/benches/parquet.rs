@@ -68,15 +68,16 @@ fn gzip(body: &[u8]) -> usize {
 }
 
 fn main() {
-    let roll = Roll { run: "bench".into(), part: 0, rows: rows() };
-    let count = roll.rows.len() as f64;
-    println!("{} aggregate rows, {COMPONENTS} components (files per roll)", roll.rows.len());
+    let roll = Roll { run: "bench".into(), part: 0, staged: Vec::new(), rows: Vec::new() };
+    let rows = rows();
+    let count = rows.len() as f64;
+    println!("{} aggregate rows, {COMPONENTS} components (files per roll)", rows.len());
     for codec in [ParquetCodec::Snappy, ParquetCodec::Gzip] {
         let mut rates = Vec::new();
         let mut bytes = 0;
         for _ in 0..PASSES {
             let started = Instant::now();
-            let files = files_of(&roll, codec);
+            let files = files_of(&roll, &rows, codec);
             rates.push(count / started.elapsed().as_secs_f64());
             bytes = files.iter().map(|(_, body)| body.len()).sum::<usize>();
         }
@@ -89,7 +90,7 @@ fn main() {
         );
     }
     let mut json = Vec::new();
-    for row in &roll.rows {
+    for row in &rows {
         serde_json::to_writer(&mut json, row).expect("serializes");
         json.push(b'\n');
     }
