@@ -3,19 +3,20 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use metrics_pipeline_api::config::{AwsTarget, PipelineConfig};
 use metrics_pipeline_api::naming::PipelineNames;
@@ -119,11 +120,13 @@ pub fn backoff(failures: u32, base: Duration, cap: Duration, jitter: f64) -> Dur
 pub async fn run(context: Arc<Context>, namespace: Option<String>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let api: Api<MetricsPipeline> = scoped(&context.client, namespace.as_deref());
     let deployments: Api<Deployment> = scoped(&context.client, namespace.as_deref());
-    // The aggregator's Deployment reports readiness in its status: each change of it reconciles
-    // the pipeline that owns it, so AggregatorReady follows without polling.
-    let aggregators = watcher::Config::default().labels(&workload::aggregator_selector());
-    Controller::new(api, watcher::Config::default().any_semantic())
-        .owns(deployments, aggregators)
+    let (pipelines, writer) = reflector::store();
+    let watched = watcher(api, watcher::Config::default().any_semantic()).default_backoff().reflect(writer);
+    // The aggregator's Deployment reports readiness in its status: each change of its rollout
+    // reconciles the pipeline that owns it, so AggregatorReady follows without polling.
+    let aggregators = watcher(deployments, watcher::Config::default().labels(&workload::aggregator_selector())).default_backoff();
+    Controller::for_stream(changes(watched, reconcile_inputs), pipelines)
+        .owns_stream(changes(aggregators, rollout))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -132,6 +135,56 @@ pub async fn run(context: Arc<Context>, namespace: Option<String>, shutdown: imp
             }
         })
         .await;
+}
+
+/// The objects of `events` whose `state` changed since last seen, and those deleted: status
+/// writes (the operator's own included), label and annotation edits, and the periodic relist
+/// wake no reconcile, which would bypass the backoff and re-read AWS for nothing.
+fn changes<K: Resource>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    state: fn(&K) -> u64,
+) -> impl Stream<Item = Result<K, watcher::Error>> {
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    events.filter_map(move |event| {
+        let uid = |object: &K| object.meta().uid.clone().unwrap_or_default();
+        let changed = match event {
+            Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                let digest = state(&object);
+                (seen.insert(uid(&object), digest) != Some(digest)).then_some(Ok(object))
+            }
+            Ok(watcher::Event::Delete(object)) => {
+                seen.remove(&uid(&object));
+                Some(Ok(object))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(error) => Some(Err(error)),
+        };
+        std::future::ready(changed)
+    })
+}
+
+fn digest(value: &impl Hash) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// What a reconcile of a pipeline acts on: its spec (the generation counts its changes), its
+/// deletion and its finalizers (the finalizer's addition is what starts the first apply).
+fn reconcile_inputs(pipeline: &MetricsPipeline) -> u64 {
+    let metadata = &pipeline.metadata;
+    digest(&(metadata.generation, metadata.deletion_timestamp.is_some(), &metadata.finalizers))
+}
+
+/// What of the aggregator's Deployment `AggregatorReady` reports: the rollout's generations,
+/// replica counts and conditions.
+fn rollout(deployment: &Deployment) -> u64 {
+    let status = deployment.status.clone().unwrap_or_default();
+    let conditions: Vec<_> = status.conditions.unwrap_or_default().into_iter().map(|c| (c.type_, c.status, c.reason)).collect();
+    let replicas =
+        [status.replicas, status.ready_replicas, status.updated_replicas, status.available_replicas, status.unavailable_replicas];
+    let metadata = &deployment.metadata;
+    digest(&(metadata.generation, metadata.deletion_timestamp.is_some(), status.observed_generation, replicas, conditions))
 }
 
 /// Objects of one namespace, or of all.

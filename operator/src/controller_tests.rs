@@ -144,3 +144,41 @@ fn the_aggregator_runs_only_once_the_delivery_stream_reads_and_is_left_alone_whi
     assert_eq!(output_reader(DeliveryWriter::Firehose, &update_refused), OutputReader::Reading, "the stream reads as it stands");
     assert_eq!(output_reader(DeliveryWriter::Aggregator, &creating), OutputReader::Reading, "the aggregator writes the files itself");
 }
+
+#[tokio::test]
+async fn only_changes_a_reconcile_acts_on_wake_one() {
+    let version = |generation: i64, status: &str, finalizer: bool, deleting: bool| {
+        let mut pipeline = (*pipeline(default_spec(), finalizer, deleting)).clone();
+        pipeline.metadata.generation = Some(generation);
+        pipeline.status = Some(
+            serde_json::from_value(json!({"conditions": [{"type": "Ready", "status": status, "reason": "R",
+            "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}))
+            .unwrap(),
+        );
+        pipeline.metadata.labels = Some([("edited".to_owned(), status.to_owned())].into());
+        pipeline
+    };
+    let events = [
+        watcher::Event::Init,
+        watcher::Event::InitApply(version(1, "False", false, false)),
+        watcher::Event::InitDone,
+        watcher::Event::Apply(version(1, "False", true, false)),
+        watcher::Event::Apply(version(1, "True", true, false)),
+        watcher::Event::Apply(version(2, "True", true, false)),
+        watcher::Event::Apply(version(2, "Unknown", true, false)),
+        watcher::Event::Apply(version(3, "Unknown", true, true)),
+        watcher::Event::Delete(version(3, "Unknown", true, true)),
+    ];
+    let woken: Vec<_> = changes(futures::stream::iter(events.map(Ok)), reconcile_inputs)
+        .map(|pipeline| {
+            let pipeline = pipeline.unwrap();
+            (pipeline.metadata.generation.unwrap(), pipeline.metadata.finalizers.is_some(), pipeline.metadata.deletion_timestamp.is_some())
+        })
+        .collect()
+        .await;
+    assert_eq!(
+        woken,
+        [(1, false, false), (1, true, false), (2, true, false), (3, true, true), (3, true, true)],
+        "first sight, the finalizer, a spec change, the deletion and its end; never a status or label write"
+    );
+}

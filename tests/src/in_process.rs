@@ -98,6 +98,11 @@ impl Operator {
             .collect()
     }
 
+    /// Reconciles so far, whatever they ended in.
+    pub fn reconciles(&self) -> f64 {
+        counter_series(&self.metrics.encode(), "operator_reconciles_total").iter().map(|(_, count)| count).sum()
+    }
+
     pub fn total_calls(&self) -> f64 {
         self.calls().iter().map(|(_, _, count)| count).sum()
     }
@@ -178,6 +183,25 @@ impl OperatorTest {
         self.namespace.delete().await.unwrap();
     }
 }
+
+/// An administrator's explicit Deny of the operator reading `bucket` (HeadBucket answers 403, as
+/// for a bucket of another account), until [`allow_operator_reading`].
+pub async fn deny_operator_reading(bucket: &str) {
+    // moto names HeadBucket's action s3:HeadBucket; AWS, s3:ListBucket.
+    let deny = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Deny",
+        "Action": ["s3:ListBucket", "s3:HeadBucket"], "Resource": format!("arn:aws:s3:::{bucket}")}]});
+    let iam = aws_sdk_iam::Client::new(&emulator_sdk().await);
+    let request = iam.put_user_policy().user_name(OPERATOR_USER).policy_name(format!("deny-{bucket}"));
+    request.policy_document(deny.to_string()).send().await.unwrap();
+}
+
+pub async fn allow_operator_reading(bucket: &str) {
+    let iam = aws_sdk_iam::Client::new(&emulator_sdk().await);
+    iam.delete_user_policy().user_name(OPERATOR_USER).policy_name(format!("deny-{bucket}")).send().await.unwrap();
+}
+
+/// The operator's IAM user in the emulator (`scripts/aws-identities`).
+const OPERATOR_USER: &str = "metrics-pipeline-operator";
 
 /// `sdk` with the credentials of `identity` (see `scripts/aws-identities`), when the environment
 /// has them; else unchanged.

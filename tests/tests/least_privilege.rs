@@ -14,13 +14,16 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use kube::api::Api;
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
 use metrics_aggregator::sink::KinesisSink;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_aws_proxy::{AwsProxy, ProxySettings, Service, emulator_url};
 use metrics_pipeline_e2e::emulator_sdk;
-use metrics_pipeline_e2e::in_process::{OperatorTest, delete_and_wait, example, wait_for_status};
+use metrics_pipeline_e2e::in_process::{
+    OperatorTest, allow_operator_reading, condition, delete_and_wait, deny_operator_reading, example, wait_for_status,
+};
 use metrics_pipeline_e2e::{repo_path, workspace_bin_dir};
 use metrics_pipeline_model::event::EventTime;
 use metrics_pipeline_runtime::sdk::s3_client;
@@ -72,6 +75,7 @@ const AUTHORIZED_BY: &[(Service, &str, &[&str])] = &[
     (Service::S3, "GetObject", &["s3:GetObject", "s3:ListBucket"]),
     (Service::S3, "PutObject", &["s3:PutObject"]),
     (Service::S3, "DeleteObject", &["s3:DeleteObject"]),
+    (Service::S3, "ListBuckets", &["s3:ListAllMyBuckets"]),
     (Service::S3, "ListObjectsV2", &["s3:ListBucket"]),
     // IAM: tags given to CreateRole are authorized as TagRole too.
     (Service::Iam, "CreateRole", &["iam:CreateRole", "iam:TagRole"]),
@@ -233,7 +237,23 @@ async fn the_operator_policy_allows_exactly_what_the_operator_calls() {
     test.apply(&pipeline_with(json!({"streams": streams, "delivery": delivery, "catalog": catalog}))).await;
     wait_for_aws_parts(&test.pipelines, 3).await;
 
+    // A bucket it may not read: of another account, or of this one (ListBuckets says which).
+    let unreadable = format!("{}-unreadable", test.namespace.name);
+    let location = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::EuWest1).build();
+    s3.create_bucket().bucket(&unreadable).create_bucket_configuration(location).send().await.unwrap();
+    deny_operator_reading(&unreadable).await;
+    let mut other = pipeline_with(json!({"delivery": {"bucketName": unreadable}}));
+    other.metadata.name = Some("unreadable".into());
+    test.apply(&other).await;
+    wait_for_status(&test.pipelines, "unreadable", "BucketReady refused", |s| {
+        condition(s, "BucketReady").is_some_and(|(_, _, message)| message.contains("HeadBucket answers 403"))
+    })
+    .await;
+    allow_operator_reading(&unreadable).await;
+
     delete_and_wait(&test.pipelines, "metrics").await;
+    delete_and_wait(&test.pipelines, "unreadable").await;
+    s3.delete_bucket().bucket(&unreadable).send().await.unwrap();
     test.stop_operator().await;
     assert_exactly_what_is_needed(&proxy, OPERATOR_POLICY);
     test.finish().await;

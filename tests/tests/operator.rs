@@ -304,6 +304,22 @@ async fn a_resource_someone_else_owns_is_never_taken_over() {
         streams.message
     );
 
+    // Refused for good, it is looked at again at the resync, not whenever someone writes to its
+    // status or metadata: those writes change nothing a reconcile acts on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let settled = test.operator().reconciles();
+    let merge = |value: serde_json::Value| Patch::Merge(value);
+    let params = PatchParams::default();
+    for round in 0..3 {
+        let note = serde_json::json!({"status": {"conditions": [{"type": "Audited", "status": "True", "reason": "Audit",
+            "message": format!("round {round}"), "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        test.pipelines.patch_status("taken", &params, &merge(note)).await.unwrap();
+        let label = serde_json::json!({"metadata": {"labels": {"audited": format!("r{round}")}}});
+        test.pipelines.patch("taken", &params, &merge(label)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(test.operator().reconciles(), settled, "status and label writes wake no reconcile");
+
     delete_and_wait(&test.pipelines, "taken").await;
     assert!(
         kinesis.describe_stream_summary().stream_name(&foreign).send().await.is_ok(),

@@ -13,7 +13,9 @@ use metrics_pipeline_api::naming::OWNER_TAG;
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_aws_proxy::{AwsProxy, FaultSettings, ProxySettings, Service, emulator_url};
 use metrics_pipeline_e2e::emulator_sdk;
-use metrics_pipeline_e2e::in_process::{OperatorTest, condition, delete_and_wait, everything_named, example_named};
+use metrics_pipeline_e2e::in_process::{
+    OperatorTest, allow_operator_reading, condition, delete_and_wait, deny_operator_reading, everything_named, example_named,
+};
 use metrics_pipeline_runtime::sdk::s3_client;
 use metrics_pipeline_test_support::wait_for;
 
@@ -169,5 +171,46 @@ async fn a_bucket_left_untagged_by_an_interrupted_creation_is_finished_and_one_m
     delete_and_wait(&world.test.pipelines, "by-hand").await;
     world.s3.head_bucket().bucket(&by_hand).send().await.expect("the bucket made by hand survives");
     world.s3.delete_bucket().bucket(&by_hand).send().await.unwrap();
+    world.finish().await;
+}
+
+/// S3 answers HeadBucket with the same 403 for a bucket of another account and for one of this
+/// account the operator may not read. The second is a permissions problem to report, never a
+/// reason to leave the bucket and its data behind.
+#[tokio::test]
+async fn a_bucket_the_operator_may_not_read_is_a_permissions_problem_not_another_accounts() {
+    let world = World::start("strict-denied").await;
+    world.apply("denied", None).await;
+    let bucket =
+        world.test.wait_for("denied", "the bucket", |s| condition(s, "BucketReady").is_some_and(|(status, _, _)| status == "True")).await;
+    let bucket = bucket.bucket.unwrap().name;
+    world.put(&bucket, "componentName=a/data.json").await;
+
+    deny_operator_reading(&bucket).await;
+
+    world.apply("sharing", Some(bucket.clone())).await;
+    let status = world
+        .test
+        .wait_for("sharing", "BucketReady refused", |s| condition(s, "BucketReady").is_some_and(|(status, _, _)| status == "False"))
+        .await;
+    let (_, reason, message) = condition(&status, "BucketReady").unwrap();
+    assert_eq!(reason, "AwsRefused", "{message}");
+    assert!(
+        message.contains(&format!("S3 bucket {bucket} is in this account, but HeadBucket answers 403: allow the operator s3:ListBucket")),
+        "{message}"
+    );
+
+    world.test.pipelines.delete("denied", &DeleteParams::default()).await.unwrap();
+    let status = world
+        .test
+        .wait_for("denied", "the deletion held", |s| s.conditions.iter().any(|c| c.message.contains("HeadBucket answers 403")))
+        .await;
+    assert_eq!(status.phase, Some(Phase::Deleting));
+    world.s3.head_bucket().bucket(&bucket).send().await.expect("the bucket and its data stay while the operator cannot see them");
+
+    allow_operator_reading(&bucket).await;
+    delete_and_wait(&world.test.pipelines, "denied").await;
+    assert!(world.s3.head_bucket().bucket(&bucket).send().await.is_err(), "deleted once the operator may read it");
+    delete_and_wait(&world.test.pipelines, "sharing").await;
     world.finish().await;
 }

@@ -35,10 +35,34 @@ async fn observe(clients: &AwsClients, bucket: &str) -> Result<Observed, Error> 
     match clients.s3.head_bucket().bucket(bucket).send().await {
         Ok(_) => {}
         Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 404) => return Ok(Observed::Missing),
-        Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 403) => return Ok(Observed::Foreign),
+        // The same 403 for a bucket of another account and for one of this account the
+        // operator may not read: the account's own list of buckets tells them apart.
+        Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 403) => {
+            if !in_this_account(clients, bucket).await? {
+                return Ok(Observed::Foreign);
+            }
+            let message = format!(
+                "S3 bucket {bucket} is in this account, but HeadBucket answers 403: allow the operator s3:ListBucket on {}",
+                arn(&clients.region, bucket)
+            );
+            return Err(AwsError::new(
+                format!("looking up S3 bucket {bucket}"),
+                AwsErrorKind::AccessDenied,
+                Some("AccessDenied".into()),
+                message,
+            )
+            .into());
+        }
         Err(error) => return Err(AwsError::from_sdk(format!("looking up S3 bucket {bucket}"), error).into()),
     }
     Ok(Observed::Tagged(read_tags(clients, bucket).await?))
+}
+
+/// Whether this account owns `bucket`, by ListBuckets (which names only the account's own).
+async fn in_this_account(clients: &AwsClients, bucket: &str) -> Result<bool, Error> {
+    let listed =
+        (clients.s3.list_buckets().prefix(bucket).send().await).or_aws(|| format!("listing this account's S3 buckets named {bucket}"))?;
+    Ok(listed.buckets().iter().any(|listed| listed.name() == Some(bucket)))
 }
 
 async fn read_tags(clients: &AwsClients, bucket: &str) -> Result<Vec<(String, String)>, Error> {
