@@ -24,9 +24,8 @@ use metrics_pipeline_api::pipeline::{AwsResourceRef, DeletionPolicy, DeliveryWri
 use metrics_pipeline_api::validation::validate;
 
 use crate::aws::{AwsCalls, AwsClients, bucket, catalog, delivery, role, streams};
-use crate::claims::Claims;
 use crate::error::Error;
-use crate::managed::{FIELD_MANAGER, Outcome, write_status};
+use crate::managed::{FIELD_MANAGER, Outcome, Owner, write_status};
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::status::{self, AGGREGATOR_READY, BUCKET_READY, CATALOG_READY, DELIVERY_READY, PartState, Report, STREAMS_READY, Verdict};
 use crate::workload::{self, WorkloadSettings};
@@ -83,15 +82,17 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    /// This cluster's identity, tagged on every AWS resource its pipelines make.
+    pub cluster: String,
     /// Retryable failures in a row, per pipeline, for the backoff.
     failures: Mutex<HashMap<ObjectRef<MetricsPipeline>, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, account: AwsAccount, metrics: Arc<Metrics>, settings: Settings) -> Self {
+    pub fn new(client: Client, account: AwsAccount, cluster: String, metrics: Arc<Metrics>, settings: Settings) -> Self {
         let instance = std::env::var("POD_NAME").ok();
         let recorder = Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance });
-        Self { client, account, recorder, metrics, settings, failures: Mutex::default() }
+        Self { client, account, recorder, metrics, settings, cluster, failures: Mutex::default() }
     }
 
     /// The wait before retrying `pipeline`, which failed (again) for a reason time can fix.
@@ -114,6 +115,13 @@ impl Context {
 pub fn backoff(failures: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
     let doubled = base.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1))).min(cap);
     doubled / 2 + (doubled / 2).mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+/// The cluster's default identity: the UID of its kube-system namespace, which lives as long as
+/// the cluster does.
+pub async fn cluster_identity(client: &Client) -> Result<String, kube::Error> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    Ok(namespaces.get("kube-system").await?.metadata.uid.unwrap_or_default())
 }
 
 /// Watches `MetricsPipeline`s (in `namespace`, or everywhere) until `shutdown` resolves.
@@ -267,9 +275,7 @@ async fn apply(
     api: &Api<MetricsPipeline>,
     context: &Context,
 ) -> Result<(Action, Phase, Option<&'static str>), Error> {
-    let claims = Claims::new(api.clone(), pipeline);
-    let mut report = provision(pipeline, context, &claims).await;
-    report.settled = claims.settled();
+    let report = provision(pipeline, context).await;
     // The status as stored now, not as the cache had it: a reconcile triggered by the aggregator's
     // Deployment can start before the watch has delivered this pipeline's last status write, and
     // building on that stale status would forget what the last reconcile found.
@@ -307,7 +313,7 @@ async fn apply(
 
 /// Ensures every part in dependency order; a part whose inputs are not ready waits, and the
 /// others go on.
-async fn provision(pipeline: &MetricsPipeline, context: &Context, claims: &Claims) -> Report {
+async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
     let mut report = Report::default();
     let config = match validate(pipeline, &context.account.target) {
         Ok(config) => config,
@@ -319,14 +325,15 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context, claims: &Claim
     let clients = context.account.clients(&config.region);
     let account_id = &context.account.target.account_id;
     let names = &config.names;
+    let owner = Owner::of(pipeline, names, &context.cluster);
 
-    provision_streams(&mut report, &clients, &config).await;
+    provision_streams(&mut report, &clients, &config, &owner).await;
 
-    let bucket = bucket::ensure(&clients, &names.bucket, &names.owner, config.delivery.expire_after_days, claims).await;
+    let bucket = bucket::ensure(&clients, &names.bucket, &owner, config.delivery.expire_after_days).await;
     report.bucket = record(&mut report, BUCKET_READY, bucket, |bucket| format!("S3 bucket {} is private and encrypted", bucket.name));
 
     // The catalog needs only the bucket's name, so it proceeds while the delivery waits.
-    let catalog = ensure_catalog(&clients, &config, account_id).await;
+    let catalog = ensure_catalog(&clients, &config, account_id, &owner).await;
     let refused = matches!(catalog, Err(Error::UnsafeChange { .. }));
     if let Some((database, table)) = record(&mut report, CATALOG_READY, catalog, |(database, table)| {
         format!("Glue table {}.{} is ready for Athena", database.name, table.name)
@@ -343,7 +350,7 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context, claims: &Claim
         report.parts.push((AGGREGATOR_READY, PartState::Pending(held.into())));
         return report;
     }
-    provision_delivery(&mut report, &clients, &config, account_id).await;
+    provision_delivery(&mut report, &clients, &config, account_id, &owner).await;
     let delivery = report.parts.iter().find(|(kind, _)| *kind == DELIVERY_READY).map(|(_, state)| state);
     let reader = output_reader(config.delivery.writer, delivery.expect("provision_delivery files DeliveryReady"));
     provision_aggregator(&mut report, pipeline, &config, context, reader).await;
@@ -374,8 +381,8 @@ fn output_reader(writer: DeliveryWriter, delivery: &PartState) -> OutputReader {
 
 /// Both streams, one condition; each stream is there for what needs it (the aggregator reads
 /// the input, the delivery the output) as soon as it is usable, whatever the other's state.
-async fn provision_streams(report: &mut Report, clients: &AwsClients, config: &PipelineConfig) {
-    let (names, owner) = (&config.names, config.names.owner.as_str());
+async fn provision_streams(report: &mut Report, clients: &AwsClients, config: &PipelineConfig, owner: &Owner) {
+    let names = &config.names;
     let active = |stream: &AwsResourceRef| format!("Kinesis stream {} is active", stream.name);
     let input = streams::ensure(clients, &names.input_stream, owner, &config.input_stream, "spec.streams.input").await;
     let (input, input_state) = settle(report, input, active);
@@ -388,10 +395,10 @@ async fn provision_streams(report: &mut Report, clients: &AwsClients, config: &P
 
 /// The delivery needs the output stream, the bucket and the catalog (for Parquet conversion);
 /// with the aggregator writing the files there is none.
-async fn provision_delivery(report: &mut Report, clients: &AwsClients, config: &PipelineConfig, account_id: &str) {
+async fn provision_delivery(report: &mut Report, clients: &AwsClients, config: &PipelineConfig, account_id: &str, owner: &Owner) {
     if config.delivery.writer == DeliveryWriter::Aggregator {
         report.without_firehose = true;
-        let direct = without_firehose(clients, &config.names).await;
+        let direct = without_firehose(clients, &config.names, owner).await;
         record(report, DELIVERY_READY, direct, |()| "the aggregator writes Parquet files into the bucket itself (no Firehose)".to_owned());
         return;
     }
@@ -399,7 +406,7 @@ async fn provision_delivery(report: &mut Report, clients: &AwsClients, config: &
         report.parts.push((DELIVERY_READY, PartState::Pending("waiting for the output stream and the bucket".into())));
         return;
     };
-    let delivery = ensure_delivery(clients, config, account_id, &output, &bucket).await;
+    let delivery = ensure_delivery(clients, config, account_id, owner, (&output, &bucket)).await;
     if let Some((role, stream)) =
         record(report, DELIVERY_READY, delivery, |(_, stream)| format!("Firehose delivery stream {} writes to the bucket", stream.name))
     {
@@ -494,16 +501,17 @@ async fn ensure_catalog(
     clients: &AwsClients,
     config: &PipelineConfig,
     account_id: &str,
+    owner: &Owner,
 ) -> Result<((AwsResourceRef, AwsResourceRef), Outcome), Error> {
     let names = &config.names;
-    let (database, mut outcome) = catalog::ensure_database(clients, &names.glue_database, &names.owner, account_id).await?;
+    let (database, mut outcome) = catalog::ensure_database(clients, &names.glue_database, owner, account_id).await?;
     let spec = catalog::TableSpec {
         database: &names.glue_database,
         table: &names.glue_table,
         bucket: &names.bucket,
         format: config.delivery.format,
         partitions: &config.partitions,
-        owner: &names.owner,
+        owner,
     };
     let (table, table_outcome) = catalog::ensure_table(clients, &spec, account_id).await?;
     outcome.merge(table_outcome);
@@ -514,8 +522,8 @@ async fn ensure_delivery(
     clients: &AwsClients,
     config: &PipelineConfig,
     account_id: &str,
-    output: &AwsResourceRef,
-    bucket: &AwsResourceRef,
+    owner: &Owner,
+    (output, bucket): (&AwsResourceRef, &AwsResourceRef),
 ) -> Result<((AwsResourceRef, AwsResourceRef), Outcome), Error> {
     let names = &config.names;
     let (output_arn, bucket_arn) = (output.arn.clone().unwrap_or_default(), bucket.arn.clone().unwrap_or_default());
@@ -527,7 +535,7 @@ async fn ensure_delivery(
         glue_database: &names.glue_database,
         glue_table: &names.glue_table,
     };
-    let (role, mut outcome) = role::ensure(clients, &names.firehose_role, &names.firehose_role_policy, &names.owner, &scope).await?;
+    let (role, mut outcome) = role::ensure(clients, &names.firehose_role, &names.firehose_role_policy, owner, &scope).await?;
     let connections = delivery::Connections {
         output_stream_arn: &output_arn,
         role_arn: role.arn.as_deref().unwrap_or_default(),
@@ -537,16 +545,15 @@ async fn ensure_delivery(
         region: &config.region,
     };
     let desired = delivery::desired(&config.delivery, &connections);
-    let (stream, stream_outcome) = delivery::ensure(clients, &names.delivery_stream, &names.owner, &desired).await?;
+    let (stream, stream_outcome) = delivery::ensure(clients, &names.delivery_stream, owner, &desired).await?;
     outcome.merge(stream_outcome);
     Ok(((role, stream), outcome))
 }
 
 /// With the aggregator writing the files, a delivery stream (and its role) left from an earlier
 /// `writer: Firehose` would write JSON or Parquet beside it: both go.
-async fn without_firehose(clients: &AwsClients, names: &PipelineNames) -> Result<((), Outcome), Error> {
+async fn without_firehose(clients: &AwsClients, names: &PipelineNames, owner: &Owner) -> Result<((), Outcome), Error> {
     let mut outcome = Outcome::default();
-    let owner = names.owner.as_str();
     if let Some(deleting) = delivery::delete(clients, &names.delivery_stream, owner).await? {
         outcome.changed(format!("deleting Firehose delivery stream {} (the aggregator writes the files now)", names.delivery_stream));
         outcome.pending = Some(format!("waiting for the deletion of {deleting}"));
@@ -574,11 +581,11 @@ async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context
 async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> Result<Action, Error> {
     let names = PipelineNames::of(pipeline, &context.account.target.account_id, region);
     let clients = context.account.clients(region);
-    let owner = names.owner.as_str();
+    let owner = &Owner::of(pipeline, &names, &context.cluster);
     let retain = pipeline.spec.deletion_policy == DeletionPolicy::Retain;
 
     // The aggregator stops first: it checkpoints into the bucket and reads and writes the streams.
-    if !workload::delete(&context.client, &pipeline.namespace().unwrap_or_default(), &names.aggregator, owner).await? {
+    if !workload::delete(&context.client, &pipeline.namespace().unwrap_or_default(), &names.aggregator, &names.owner).await? {
         return Err(Error::Deleting(format!("aggregator Deployment {} (its pod stops and checkpoints first)", names.aggregator)));
     }
     let mut waiting = Vec::new();
@@ -594,8 +601,7 @@ async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> 
         role::delete(&clients, &names.firehose_role, owner).await?;
     }
     if !retain {
-        let creating = pipeline.status.as_ref().map(|status| status.creating.as_slice()).unwrap_or_default();
-        bucket::delete(&clients, &names.bucket, owner, creating).await?;
+        bucket::delete(&clients, &names.bucket, owner).await?;
     }
     for stream in [&names.output_stream, &names.input_stream] {
         if !streams::delete(&clients, stream, owner).await? {

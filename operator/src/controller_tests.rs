@@ -19,7 +19,8 @@ fn context(default_region: Option<&str>) -> (Arc<Context>, ApiServer) {
     let target = AwsTarget { account_id: "123456789012".into(), default_region: default_region.map(str::to_owned) };
     let calls = AwsCalls::default();
     let metrics = Arc::new(Metrics::new(&calls));
-    (Arc::new(Context::new(client, AwsAccount::new(sdk, target, calls), metrics, Settings::default())), handle)
+    let account = AwsAccount::new(sdk, target, calls);
+    (Arc::new(Context::new(client, account, "c-1".into(), metrics, Settings::default())), handle)
 }
 
 fn pipeline(spec: MetricsPipelineSpec, finalizer: bool, deleting: bool) -> Arc<MetricsPipeline> {

@@ -20,7 +20,7 @@ pub enum Error {
 
     #[error(
         "{kind} `{name}` already exists and is not this pipeline's ({holder}); the operator never takes over what it did not \
-         create: choose other names (spec.namePrefix, spec.delivery.bucketName, spec.catalog) or remove that {kind}"
+         create unless asked: choose other names (spec.namePrefix, spec.delivery.bucketName, spec.catalog) or remove that {kind}"
     )]
     NotOwned { kind: &'static str, name: String, holder: Holder },
 
@@ -70,6 +70,10 @@ pub enum Holder {
     Untagged,
     /// Another AWS account (S3 bucket names are global).
     OtherAccount,
+    /// A pipeline of the same namespace and name deleted since (with `Retain`), in this cluster.
+    EarlierPipeline { uid: String },
+    /// A pipeline of another cluster sharing the account and region.
+    OtherCluster { cluster: String, pipeline: String, uid: Option<String> },
 }
 
 impl fmt::Display for Holder {
@@ -78,6 +82,17 @@ impl fmt::Display for Holder {
             Self::Pipeline(owner) => write!(f, "its {OWNER_TAG} tag names pipeline `{owner}`"),
             Self::Untagged => write!(f, "it has no {OWNER_TAG} tag, so something else made it"),
             Self::OtherAccount => f.write_str("another AWS account owns it: S3 answers 403 Forbidden for it"),
+            Self::EarlierPipeline { uid } => write!(
+                f,
+                "an earlier pipeline of this name made it (uid {uid}), deleted since; to take it over with its data set \
+                 spec.adoptFrom.pipelineUid to {uid}"
+            ),
+            Self::OtherCluster { cluster, pipeline, uid: Some(uid) } => write!(
+                f,
+                "pipeline `{pipeline}` of cluster {cluster} made it (uid {uid}); to move it to this cluster set \
+                 spec.adoptFrom.pipelineUid to {uid}, and stop that pipeline from managing it"
+            ),
+            Self::OtherCluster { cluster, pipeline, uid: None } => write!(f, "pipeline `{pipeline}` of cluster {cluster} made it"),
         }
     }
 }

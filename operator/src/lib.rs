@@ -2,7 +2,6 @@
 //! and the aggregator workload that runs between them.
 
 pub mod aws;
-pub mod claims;
 pub mod controller;
 pub mod error;
 pub mod leader;

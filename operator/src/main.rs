@@ -13,7 +13,7 @@ use clap::Parser;
 use metrics_pipeline_api::config::AwsTarget;
 use metrics_pipeline_model::duration::parse_duration;
 use metrics_pipeline_operator::aws::AwsCalls;
-use metrics_pipeline_operator::controller::{AwsAccount, Context, Settings, run};
+use metrics_pipeline_operator::controller::{AwsAccount, Context, Settings, cluster_identity, run};
 use metrics_pipeline_operator::leader::{LeaderElector, LeaseSettings};
 use metrics_pipeline_operator::metrics::Metrics;
 use metrics_pipeline_operator::workload::WorkloadSettings;
@@ -58,6 +58,11 @@ struct Cli {
     /// AWS endpoint override (an emulator, or a private endpoint); the aggregators get it too.
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     aws_endpoint_url: Option<String>,
+    /// This cluster's identity in the tags of every AWS resource its pipelines make, so that
+    /// clusters sharing an AWS account never touch each other's (default: the UID of the
+    /// kube-system namespace). Keep it when a cluster is rebuilt to go on managing its resources.
+    #[arg(long, env = "CLUSTER_ID")]
+    cluster_id: Option<String>,
 }
 
 #[tokio::main]
@@ -95,7 +100,25 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
         credentials_secret: cli.aggregator_credentials_secret,
     };
     let settings = Settings { resync: cli.resync_period, workload, ..Settings::default() };
-    let context = Arc::new(Context::new(client, AwsAccount::new(sdk, target, calls), metrics.clone(), settings));
+    let cluster = match cli.cluster_id {
+        Some(cluster) => {
+            // What every service's tag values allow (IAM's and S3's are the narrowest).
+            let allowed = |c: char| c.is_ascii_alphanumeric() || "+=.@:/_-".contains(c);
+            anyhow::ensure!(
+                !cluster.is_empty() && cluster.len() <= 128 && cluster.chars().all(allowed),
+                "--cluster-id `{cluster}` cannot be an AWS tag value: use 1 to 128 letters, digits and + = . @ : / _ -"
+            );
+            cluster
+        }
+        None => cluster_identity(&client).await.map_err(|error| {
+            anyhow::anyhow!(
+                "cannot read the kube-system namespace's UID, this cluster's default identity ({error}): allow the operator to get \
+                 namespace kube-system, or set --cluster-id"
+            )
+        })?,
+    };
+    tracing::info!(account = %target.account_id, %cluster, "ownership tags name this cluster");
+    let context = Arc::new(Context::new(client, AwsAccount::new(sdk, target, calls), cluster, metrics.clone(), settings));
 
     let router = Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", get(move || async move { metrics.encode() }));
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;

@@ -1,10 +1,12 @@
 //! What every part the operator manages shares, in AWS and in Kubernetes alike: who manages it
-//! (the field manager, the managed-by marker, the ownership tag and the one check of it) and what
-//! one `ensure` did ([`Outcome`]), and the status it writes. The AWS modules, the workload, the
-//! claims and the controller import this; it imports none of them.
+//! (the field manager, the managed-by marker, the ownership tags and the one check of them) and
+//! what one `ensure` did ([`Outcome`]), and the status it writes. The AWS modules, the workload
+//! and the controller import this; it imports none of them.
 
 use kube::api::{Api, Patch, PatchParams};
-use metrics_pipeline_api::naming::OWNER_TAG;
+use std::collections::BTreeMap;
+
+use metrics_pipeline_api::naming::{CLUSTER_TAG, OWNER_TAG, PIPELINE_UID_TAG, PipelineNames};
 use metrics_pipeline_api::pipeline::{MetricsPipeline, MetricsPipelineStatus};
 
 use crate::error::{Error, Holder};
@@ -15,30 +17,120 @@ pub const FIELD_MANAGER: &str = "metrics-pipeline-operator";
 /// Tag (AWS) and label (Kubernetes) telling people which tool manages a resource.
 pub const MANAGED_BY_KEY: &str = "app.kubernetes.io/managed-by";
 
-/// The tags every AWS resource of a pipeline carries; `owner` is `<namespace>/<name>`.
-pub fn pipeline_tags(owner: &str) -> Vec<(String, String)> {
-    vec![(OWNER_TAG.to_owned(), owner.to_owned()), (MANAGED_BY_KEY.to_owned(), FIELD_MANAGER.to_owned())]
+/// Who a pipeline's AWS resources belong to. Each carries the pipeline's `<namespace>/<name>`
+/// (for people), its UID (a pipeline created again under the same name is another) and the
+/// cluster's identity (two clusters in one account and region, each with a pipeline of the same
+/// namespace and name), as tags (Glue: parameters); a resource is the pipeline's only when all
+/// three match, and it proves so by itself: nothing in the pipeline's status counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// `<namespace>/<name>`, see [`metrics_pipeline_api::naming::owner_value`].
+    pub pipeline: String,
+    pub uid: String,
+    pub cluster: String,
+    /// The UID of an earlier pipeline whose resources this one takes over (`spec.adoptFrom`).
+    pub adopt_from: Option<String>,
 }
 
-/// Whose a resource found under one of this pipeline's names is, by its tags (AWS), parameters
-/// (Glue) or annotations (Kubernetes). Reading them must have succeeded: a resource whose tags
-/// could not be read is neither ours nor somebody else's, and its error goes to the caller.
-pub fn holder<'a>(owner: &str, tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<Holder> {
-    match tags.into_iter().find(|(key, _)| *key == OWNER_TAG) {
+/// Whose a resource found under one of a pipeline's names is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    Ours,
+    /// The pipeline's once tagged as such: adopted, or made by an operator that did not tag
+    /// the UID and the cluster yet. Says which, for the change it makes.
+    Retag(String),
+    Foreign(Holder),
+}
+
+impl Owner {
+    /// The owner of `pipeline`'s resources (named `names`) in `cluster`.
+    pub fn of(pipeline: &MetricsPipeline, names: &PipelineNames, cluster: &str) -> Self {
+        Self {
+            pipeline: names.owner.clone(),
+            uid: pipeline.metadata.uid.clone().unwrap_or_default(),
+            cluster: cluster.to_owned(),
+            adopt_from: pipeline.spec.adopt_from.as_ref().map(|adopt| adopt.pipeline_uid.clone()),
+        }
+    }
+
+    /// The tags of every AWS resource the pipeline makes.
+    pub fn tags(&self) -> Vec<(String, String)> {
+        vec![
+            (OWNER_TAG.to_owned(), self.pipeline.clone()),
+            (PIPELINE_UID_TAG.to_owned(), self.uid.clone()),
+            (CLUSTER_TAG.to_owned(), self.cluster.clone()),
+            (MANAGED_BY_KEY.to_owned(), FIELD_MANAGER.to_owned()),
+        ]
+    }
+
+    /// Whose a resource with `tags` is. Reading them must have succeeded: a resource whose tags
+    /// could not be read is neither ours nor somebody else's, and its error goes to the caller.
+    pub fn standing<'a>(&self, tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> Standing {
+        let tags: BTreeMap<&str, &str> = tags.into_iter().collect();
+        let tag = |key: &str| tags.get(key).map(|value| (*value).to_owned());
+        let (Some(pipeline), uid, cluster) = (tag(OWNER_TAG), tag(PIPELINE_UID_TAG), tag(CLUSTER_TAG)) else {
+            return Standing::Foreign(Holder::Untagged);
+        };
+        if uid.is_some() && uid == self.adopt_from {
+            let uid = uid.unwrap_or_default();
+            return Standing::Retag(format!("taken over from pipeline {pipeline} (uid {uid}) as spec.adoptFrom asks"));
+        }
+        match (uid, cluster) {
+            (Some(uid), Some(cluster)) if pipeline == self.pipeline && uid == self.uid && cluster == self.cluster => Standing::Ours,
+            // Tagged before UIDs and clusters were: the first cluster to look claims it.
+            (None, None) if pipeline == self.pipeline => {
+                Standing::Retag("tagged with this pipeline's UID and this cluster's identity".to_owned())
+            }
+            (uid, Some(cluster)) if cluster != self.cluster => Standing::Foreign(Holder::OtherCluster { cluster, pipeline, uid }),
+            (Some(uid), _) if pipeline == self.pipeline => Standing::Foreign(Holder::EarlierPipeline { uid }),
+            _ => Standing::Foreign(Holder::Pipeline(pipeline)),
+        }
+    }
+
+    /// `Ok(retag)` when the resource is this pipeline's (`retag`: once tagged as such, see
+    /// [`Standing::Retag`]); `NotOwned` (terminal) when it is somebody else's.
+    pub fn check<'a>(
+        &self,
+        kind: &'static str,
+        name: &str,
+        tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Option<String>, Error> {
+        match self.standing(tags) {
+            Standing::Ours => Ok(None),
+            Standing::Retag(why) => Ok(Some(why)),
+            Standing::Foreign(holder) => Err(Error::NotOwned { kind, name: name.to_owned(), holder }),
+        }
+    }
+
+    /// Whether a resource with `tags` is to be deleted with the pipeline: this pipeline's, or
+    /// tagged before UIDs and clusters were. One only adoptable is not the pipeline's until adopted.
+    pub fn deletes<'a>(&self, tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<(), Holder> {
+        let owner = Self { adopt_from: None, ..self.clone() };
+        match owner.standing(tags) {
+            Standing::Ours | Standing::Retag(_) => Ok(()),
+            Standing::Foreign(holder) => Err(holder),
+        }
+    }
+}
+
+/// Whose a Kubernetes object found under one of this pipeline's names is, by its ownership
+/// annotation (`<namespace>/<name>`; the pipeline's ownerReference carries its UID).
+pub fn holder<'a>(owner: &str, annotations: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<Holder> {
+    match annotations.into_iter().find(|(key, _)| *key == OWNER_TAG) {
         Some((_, value)) if value == owner => None,
         Some((_, value)) => Some(Holder::Pipeline(value.to_owned())),
         None => Some(Holder::Untagged),
     }
 }
 
-/// `Ok` when the resource is this pipeline's; `NotOwned` (terminal) when it is somebody else's.
+/// `Ok` when the Kubernetes object is this pipeline's; `NotOwned` (terminal) when it is somebody else's.
 pub fn check_owner<'a>(
     kind: &'static str,
     name: &str,
     owner: &str,
-    tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+    annotations: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<(), Error> {
-    match holder(owner, tags) {
+    match holder(owner, annotations) {
         None => Ok(()),
         Some(holder) => Err(Error::NotOwned { kind, name: name.to_owned(), holder }),
     }
@@ -87,11 +179,53 @@ pub async fn write_status(api: &Api<MetricsPipeline>, name: &str, status: &Metri
 mod tests {
     use super::*;
 
+    fn owner() -> Owner {
+        Owner { pipeline: "team-a/metrics".into(), uid: "u-1".into(), cluster: "blue".into(), adopt_from: None }
+    }
+
+    fn tags<'a>(pipeline: &'a str, uid: Option<&'a str>, cluster: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+        let mut tags = vec![(OWNER_TAG, pipeline), (MANAGED_BY_KEY, FIELD_MANAGER)];
+        tags.extend(uid.map(|uid| (PIPELINE_UID_TAG, uid)));
+        tags.extend(cluster.map(|cluster| (CLUSTER_TAG, cluster)));
+        tags
+    }
+
     #[test]
-    fn only_our_own_tag_value_makes_a_resource_ours() {
-        let tagged = |value: &'static str| [(OWNER_TAG, value), (MANAGED_BY_KEY, FIELD_MANAGER)];
-        assert_eq!(holder("team-a/metrics", tagged("team-a/metrics")), None);
-        assert_eq!(holder("team-a/metrics", tagged("team-b/metrics")), Some(Holder::Pipeline("team-b/metrics".into())));
+    fn a_resource_is_ours_only_when_pipeline_uid_and_cluster_all_match() {
+        let owner = owner();
+        assert_eq!(owner.standing(tags("team-a/metrics", Some("u-1"), Some("blue"))), Standing::Ours);
+        let green = Holder::OtherCluster { cluster: "green".into(), pipeline: "team-a/metrics".into(), uid: Some("u-1".into()) };
+        assert_eq!(owner.standing(tags("team-a/metrics", Some("u-1"), Some("green"))), Standing::Foreign(green), "another cluster");
+        let earlier = Holder::EarlierPipeline { uid: "u-0".into() };
+        assert_eq!(owner.standing(tags("team-a/metrics", Some("u-0"), Some("blue"))), Standing::Foreign(earlier), "re-created");
+        let other = Holder::Pipeline("team-b/metrics".into());
+        assert_eq!(owner.standing(tags("team-b/metrics", Some("u-2"), Some("blue"))), Standing::Foreign(other));
+        assert_eq!(owner.standing([("Name", "x")]), Standing::Foreign(Holder::Untagged));
+    }
+
+    #[test]
+    fn only_the_named_earlier_pipeline_is_taken_over_and_never_by_deleting() {
+        let adopting = Owner { adopt_from: Some("u-0".into()), ..owner() };
+        let retained = tags("team-a/metrics", Some("u-0"), Some("green"));
+        assert!(matches!(adopting.standing(retained.clone()), Standing::Retag(why) if why.contains("uid u-0")));
+        assert!(adopting.deletes(retained).is_err(), "not ours until adopted");
+        let other = tags("team-a/metrics", Some("u-9"), Some("blue"));
+        assert_eq!(adopting.standing(other), Standing::Foreign(Holder::EarlierPipeline { uid: "u-9".into() }));
+    }
+
+    #[test]
+    fn a_resource_tagged_before_uids_and_clusters_is_claimed_by_its_pipeline() {
+        let legacy = tags("team-a/metrics", None, None);
+        assert!(matches!(owner().standing(legacy.clone()), Standing::Retag(_)));
+        assert!(owner().deletes(legacy).is_ok());
+        assert_eq!(owner().standing(tags("team-b/metrics", None, None)), Standing::Foreign(Holder::Pipeline("team-b/metrics".into())));
+    }
+
+    #[test]
+    fn kubernetes_objects_are_ours_by_their_annotation() {
+        let annotated = |value: &'static str| [(OWNER_TAG, value), (MANAGED_BY_KEY, FIELD_MANAGER)];
+        assert_eq!(holder("team-a/metrics", annotated("team-a/metrics")), None);
+        assert_eq!(holder("team-a/metrics", annotated("team-b/metrics")), Some(Holder::Pipeline("team-b/metrics".into())));
         assert_eq!(holder("team-a/metrics", [("Name", "x")]), Some(Holder::Untagged));
     }
 }

@@ -63,8 +63,6 @@ pub struct Report {
     pub without_firehose: bool,
     /// What was changed in AWS, for events.
     pub changes: Vec<String>,
-    /// ARNs recorded as being created that are settled now (finished, or somebody else's).
-    pub settled: Vec<String>,
 }
 
 /// How the reconcile ended, for the requeue decision.
@@ -211,13 +209,6 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         glue_database: keep(&report.glue_database, previous.map(|s| &s.glue_database)),
         glue_table: keep(&report.glue_table, previous.map(|s| &s.glue_table)),
         aggregator: report.aggregator.clone().or_else(|| previous.and_then(|status| status.aggregator.clone())),
-        creating: previous
-            .map(|status| status.creating.as_slice())
-            .unwrap_or_default()
-            .iter()
-            .filter(|arn| !report.settled.contains(arn))
-            .cloned()
-            .collect(),
     }
 }
 
@@ -392,17 +383,6 @@ mod tests {
             .parts
             .push((CATALOG_READY, PartState::Failed(Error::NotOwned { kind: "Glue table", name: "d.t".into(), holder: Holder::Untagged })));
         assert_eq!(report.verdict(), Verdict::Terminal);
-    }
-
-    #[test]
-    fn a_record_of_what_is_being_created_stays_until_it_is_settled() {
-        let bucket = "arn:aws:s3:::half-made".to_owned();
-        let recorded = MetricsPipelineStatus { creating: vec![bucket.clone()], ..MetricsPipelineStatus::default() };
-        let failed =
-            Report { parts: vec![(BUCKET_READY, PartState::Failed(outage("tagging S3 bucket half-made", "down")))], ..Report::default() };
-        assert_eq!(build(&failed, Some(1), Some(&recorded), at(10)).creating, recorded.creating, "kept while the tagging fails");
-        let finished = Report { settled: vec![bucket], ..ready_report() };
-        assert_eq!(build(&finished, Some(1), Some(&recorded), at(20)).creating, Vec::<String>::new());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use metrics_pipeline_api::config::AwsTarget;
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_operator::aws::AwsCalls;
-use metrics_pipeline_operator::controller::{AwsAccount, Context, Settings, run};
+use metrics_pipeline_operator::controller::{AwsAccount, Context, Settings, cluster_identity, run};
 use metrics_pipeline_operator::metrics::Metrics;
 use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
 use metrics_pipeline_test_support::{Identity, counter_series, wait_for};
@@ -54,13 +54,10 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// With the operator's credentials (its shipped IAM policy) when the emulator enforces IAM.
-    pub async fn start(client: &Client, namespace: &str, endpoint: Option<String>, resync: Duration) -> Self {
-        Self::start_with(client, namespace, endpoint, Settings { resync, ..quick_settings() }).await
-    }
-
-    /// With settings of the test's own (how retries are paced, say).
-    pub async fn start_with(client: &Client, namespace: &str, endpoint: Option<String>, settings: Settings) -> Self {
+    /// With the operator's credentials (its shipped IAM policy) when the emulator enforces IAM,
+    /// settings of the test's own (how retries are paced, say), and `cluster` as this cluster's
+    /// identity (default: as the operator finds it).
+    pub async fn start_with(client: &Client, namespace: &str, endpoint: Option<String>, settings: Settings, cluster: Option<&str>) -> Self {
         let account = aws_sdk_sts::Client::new(&emulator_sdk().await).get_caller_identity().send().await.unwrap().account.unwrap();
         let mut sdk = as_identity(sdk_config(None).await, Identity::Operator);
         if let Some(endpoint) = endpoint {
@@ -69,7 +66,11 @@ impl Operator {
         let target = AwsTarget { account_id: account, default_region: sdk.region().map(ToString::to_string) };
         let calls = AwsCalls::default();
         let metrics = Arc::new(Metrics::new(&calls));
-        let context = Arc::new(Context::new(client.clone(), AwsAccount::new(sdk, target, calls), metrics.clone(), settings));
+        let cluster = match cluster {
+            Some(cluster) => cluster.to_owned(),
+            None => cluster_identity(client).await.unwrap(),
+        };
+        let context = Arc::new(Context::new(client.clone(), AwsAccount::new(sdk, target, calls), cluster, metrics.clone(), settings));
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(run(context, Some(namespace.to_owned()), async move {
             let _ = stopped.await;
@@ -116,6 +117,8 @@ pub struct OperatorTest {
     pub pipelines: Api<MetricsPipeline>,
     endpoint: Option<String>,
     settings: Settings,
+    /// The operator's cluster identity; `None`: as the operator finds it.
+    pub cluster: Option<String>,
     /// `None` while stopped.
     operator: Option<Operator>,
 }
@@ -127,21 +130,28 @@ impl OperatorTest {
     }
 
     pub async fn start_with(prefix: &str, endpoint: Option<String>, settings: Settings) -> Self {
-        let client = kube_client().await.unwrap();
-        install_crd(&client).await.unwrap();
-        let namespace = TestNamespace::create(&client, prefix).await.unwrap();
-        let pipelines = Api::namespaced(client.clone(), &namespace.name);
-        let mut test = Self { client, namespace, pipelines, endpoint, settings, operator: None };
+        let mut test = Self::prepare(prefix, endpoint, settings).await;
         test.start_operator().await;
         test
     }
 
-    pub async fn start_operator(&mut self) {
-        let (client, namespace) = (&self.client, &self.namespace.name);
-        self.operator = Some(Operator::start_with(client, namespace, self.endpoint.clone(), self.settings.clone()).await);
+    /// The CRD and the namespace, the operator not started yet (to set its cluster identity).
+    pub async fn prepare(prefix: &str, endpoint: Option<String>, settings: Settings) -> Self {
+        let client = kube_client().await.unwrap();
+        install_crd(&client).await.unwrap();
+        let namespace = TestNamespace::create(&client, prefix).await.unwrap();
+        let pipelines = Api::namespaced(client.clone(), &namespace.name);
+        Self { client, namespace, pipelines, endpoint, settings, cluster: None, operator: None }
     }
 
-    /// Stops the operator as if it died: whatever it was doing stays half-done.
+    pub async fn start_operator(&mut self) {
+        let (client, namespace) = (&self.client, &self.namespace.name);
+        let (endpoint, settings) = (self.endpoint.clone(), self.settings.clone());
+        self.operator = Some(Operator::start_with(client, namespace, endpoint, settings, self.cluster.as_deref()).await);
+    }
+
+    /// Stops the operator as if it died: whatever it was doing stays half-done. Not before it has
+    /// listed the pipelines once (kube's controller then waits for that list for ever).
     pub async fn stop_operator(&mut self) {
         self.operator.take().expect("the operator runs").stop().await;
     }
@@ -245,31 +255,46 @@ pub fn condition<'a>(status: &'a MetricsPipelineStatus, kind: &str) -> Option<(&
 }
 
 /// Names of everything in the emulator's account that starts with `prefix` (or, for Glue,
-/// the database named like it).
+/// the database named like it), every page of each list read: leftovers of other tests must not
+/// push a test's own resources off the first page.
 pub async fn everything_named(prefix: &str) -> Vec<String> {
     let sdk = emulator_sdk().await;
     let mut found = Vec::new();
-    let streams = aws_sdk_kinesis::Client::new(&sdk).list_streams().send().await.unwrap();
-    found.extend(streams.stream_names().iter().filter(|name| name.starts_with(prefix)).map(|name| format!("stream {name}")));
+    let mut named = |kind: &str, names: Vec<String>| {
+        found.extend(names.into_iter().filter(|name| name.starts_with(prefix)).map(|name| format!("{kind} {name}")));
+    };
+    // moto pages ListStreams by ExclusiveStartStreamName only (no NextToken for the paginator).
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let mut streams = Vec::new();
+    loop {
+        let page = kinesis.list_streams().set_exclusive_start_stream_name(streams.last().cloned()).send().await.unwrap();
+        streams.extend(page.stream_names);
+        if !page.has_more_streams {
+            break;
+        }
+    }
+    named("stream", streams);
     let buckets = s3_client(&sdk).list_buckets().send().await.unwrap();
-    found.extend(
-        buckets.buckets().iter().filter_map(|b| b.name()).filter(|name| name.starts_with(prefix)).map(|name| format!("bucket {name}")),
-    );
-    let roles = aws_sdk_iam::Client::new(&sdk).list_roles().send().await.unwrap();
-    found.extend(
-        roles.roles().iter().map(|role| role.role_name()).filter(|name| name.starts_with(prefix)).map(|name| format!("role {name}")),
-    );
-    let deliveries = aws_sdk_firehose::Client::new(&sdk).list_delivery_streams().send().await.unwrap();
-    found.extend(deliveries.delivery_stream_names().iter().filter(|name| name.starts_with(prefix)).map(|name| format!("delivery {name}")));
-    let databases = aws_sdk_glue::Client::new(&sdk).get_databases().send().await.unwrap();
+    named("bucket", buckets.buckets.unwrap_or_default().into_iter().filter_map(|bucket| bucket.name).collect());
+    let iam = aws_sdk_iam::Client::new(&sdk);
+    let pages: Vec<_> = iam.list_roles().into_paginator().send().try_collect().await.unwrap();
+    named("role", pages.into_iter().flat_map(|page| page.roles.into_iter().map(|role| role.role_name)).collect());
+    let firehose = aws_sdk_firehose::Client::new(&sdk);
+    let mut deliveries = Vec::new();
+    loop {
+        let page =
+            firehose.list_delivery_streams().set_exclusive_start_delivery_stream_name(deliveries.last().cloned()).send().await.unwrap();
+        let more = page.has_more_delivery_streams;
+        deliveries.extend(page.delivery_stream_names);
+        if !more {
+            break;
+        }
+    }
+    named("delivery", deliveries);
+    let glue = aws_sdk_glue::Client::new(&sdk);
+    let pages: Vec<_> = glue.get_databases().into_paginator().send().try_collect().await.unwrap();
+    let databases: Vec<String> = pages.into_iter().flat_map(|page| page.database_list.into_iter().map(|database| database.name)).collect();
     let glue_prefix = prefix.replace('-', "_");
-    found.extend(
-        databases
-            .database_list()
-            .iter()
-            .map(|d| d.name())
-            .filter(|name| name.starts_with(&glue_prefix))
-            .map(|name| format!("glue database {name}")),
-    );
+    found.extend(databases.into_iter().filter(|name| name.starts_with(&glue_prefix)).map(|name| format!("glue database {name}")));
     found
 }

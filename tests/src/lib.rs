@@ -28,6 +28,11 @@ pub const FIELD_MANAGER: &str = "metrics-pipeline-tests";
 
 /// A path inside the repository: the checkout cargo runs this from (CARGO_MANIFEST_DIR at run
 /// time), not the one a shared build cache compiled it in.
+/// The owner of the Glue table a test makes by hand (`pipeline` as `<namespace>/<name>`).
+pub fn table_owner(pipeline: &str) -> metrics_pipeline_operator::managed::Owner {
+    metrics_pipeline_operator::managed::Owner { pipeline: pipeline.into(), uid: "test".into(), cluster: "test".into(), adopt_from: None }
+}
+
 pub fn repo_path(relative: &str) -> PathBuf {
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     manifest_dir.join("..").join(relative)

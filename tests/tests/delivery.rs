@@ -46,7 +46,7 @@ async fn records_land_per_component_and_unkeyable_ones_under_the_error_prefix() 
         bucket: &unique,
         format: config.format,
         partitions: &partitions,
-        owner: "test/standin",
+        owner: &metrics_pipeline_e2e::table_owner("test/standin"),
     };
     let glue = aws_sdk_glue::Client::new(&sdk);
     glue.create_database()

@@ -56,7 +56,8 @@ const AUTHORIZED_BY: &[(Service, &str, &[&str])] = &[
     (Service::S3, "ListObjectsV2", &["s3:ListBucket"]),
     (Service::S3, "ListObjectVersions", &["s3:ListBucketVersions"]),
     (Service::S3, "GetBucketVersioning", &["s3:GetBucketVersioning"]),
-    (Service::S3, "CreateBucket", &["s3:CreateBucket"]),
+    // Tags given to CreateBucket need s3:TagResource too.
+    (Service::S3, "CreateBucket", &["s3:CreateBucket", "s3:TagResource"]),
     (Service::S3, "DeleteBucket", &["s3:DeleteBucket"]),
     (Service::S3, "GetBucketTagging", &["s3:GetBucketTagging"]),
     (Service::S3, "PutBucketTagging", &["s3:PutBucketTagging"]),
@@ -80,6 +81,7 @@ const AUTHORIZED_BY: &[(Service, &str, &[&str])] = &[
     // IAM: tags given to CreateRole are authorized as TagRole too.
     (Service::Iam, "CreateRole", &["iam:CreateRole", "iam:TagRole"]),
     (Service::Iam, "GetRole", &["iam:GetRole"]),
+    (Service::Iam, "TagRole", &["iam:TagRole"]),
     (Service::Iam, "UpdateAssumeRolePolicy", &["iam:UpdateAssumeRolePolicy"]),
     (Service::Iam, "GetRolePolicy", &["iam:GetRolePolicy"]),
     (Service::Iam, "PutRolePolicy", &["iam:PutRolePolicy"]),
@@ -88,12 +90,14 @@ const AUTHORIZED_BY: &[(Service, &str, &[&str])] = &[
     (Service::Iam, "DeleteRole", &["iam:DeleteRole"]),
     // Firehose: naming a role passes it (iam:PassRole); tags at creation are TagDeliveryStream.
     (Service::Firehose, "CreateDeliveryStream", &["firehose:CreateDeliveryStream", "firehose:TagDeliveryStream", "iam:PassRole"]),
+    (Service::Firehose, "TagDeliveryStream", &["firehose:TagDeliveryStream"]),
     (Service::Firehose, "UpdateDestination", &["firehose:UpdateDestination", "iam:PassRole"]),
     (Service::Firehose, "DescribeDeliveryStream", &["firehose:DescribeDeliveryStream"]),
     (Service::Firehose, "ListTagsForDeliveryStream", &["firehose:ListTagsForDeliveryStream"]),
     (Service::Firehose, "DeleteDeliveryStream", &["firehose:DeleteDeliveryStream"]),
     (Service::Glue, "GetDatabase", &["glue:GetDatabase"]),
     (Service::Glue, "CreateDatabase", &["glue:CreateDatabase"]),
+    (Service::Glue, "UpdateDatabase", &["glue:UpdateDatabase"]),
     (Service::Glue, "DeleteDatabase", &["glue:DeleteDatabase"]),
     (Service::Glue, "GetTable", &["glue:GetTable"]),
     (Service::Glue, "GetTables", &["glue:GetTables"]),
@@ -234,7 +238,8 @@ async fn the_operator_policy_allows_exactly_what_the_operator_calls() {
         "input": {"capacityMode": "Provisioned", "shardCount": 2, "retentionHours": 24},
         "output": {"capacityMode": "OnDemand"},
     });
-    test.apply(&pipeline_with(json!({"streams": streams, "delivery": delivery, "catalog": catalog}))).await;
+    let latest = json!({"streams": streams, "delivery": delivery, "catalog": catalog});
+    test.apply(&pipeline_with(latest.clone())).await;
     wait_for_aws_parts(&test.pipelines, 3).await;
 
     // A bucket it may not read: of another account, or of this one (ListBuckets says which).
@@ -250,6 +255,18 @@ async fn the_operator_policy_allows_exactly_what_the_operator_calls() {
     })
     .await;
     allow_operator_reading(&unreadable).await;
+
+    // Kept with Retain, then taken over by the pipeline created again (retagged).
+    let mut retained = latest.clone();
+    retained["deletionPolicy"] = json!("Retain");
+    test.apply(&pipeline_with(retained)).await;
+    wait_for_aws_parts(&test.pipelines, 4).await;
+    let earlier = test.pipelines.get("metrics").await.unwrap().metadata.uid.unwrap();
+    delete_and_wait(&test.pipelines, "metrics").await;
+    let mut adopting = latest;
+    adopting["adoptFrom"] = json!({"pipelineUid": earlier});
+    test.apply(&pipeline_with(adopting)).await;
+    wait_for_aws_parts(&test.pipelines, 1).await;
 
     delete_and_wait(&test.pipelines, "metrics").await;
     delete_and_wait(&test.pipelines, "unreadable").await;

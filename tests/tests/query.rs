@@ -35,7 +35,14 @@ impl Pipeline {
         s3.create_bucket().bucket(&bucket).create_bucket_configuration(location).send().await.unwrap();
         let glue = aws_sdk_glue::Client::new(&sdk);
         glue.create_database().database_input(DatabaseInput::builder().name(&database).build().unwrap()).send().await.unwrap();
-        let spec = TableSpec { database: &database, table: "metric_aggregates", bucket: &bucket, format, partitions, owner: "test/query" };
+        let spec = TableSpec {
+            database: &database,
+            table: "metric_aggregates",
+            bucket: &bucket,
+            format,
+            partitions,
+            owner: &metrics_pipeline_e2e::table_owner("test/query"),
+        };
         glue.create_table().database_name(&database).table_input(desired_table(&spec)).send().await.unwrap();
         Self { bucket, database, s3, glue }
     }
@@ -158,7 +165,7 @@ async fn parquet_objects_under_projected_partitions_read_as_athena_reads_them() 
         bucket: &pipeline.bucket,
         format: DeliveryFormat::Parquet,
         partitions: &projected,
-        owner: "test/query",
+        owner: &metrics_pipeline_e2e::table_owner("test/query"),
     })
     .storage_descriptor()
     .unwrap()

@@ -199,7 +199,7 @@ async fn a_camel_case_projection_fails_the_query_as_athena_fails_it() {
         bucket: &bucket,
         format: DeliveryFormat::Json,
         partitions: &projected,
-        owner: "t/c",
+        owner: &metrics_pipeline_e2e::table_owner("t/c"),
     };
     glue.create_table().database_name(&database).table_input(desired_table(&spec)).send().await.unwrap();
     put_aggregate(&s3, &bucket, "user-service", "cpu-usage").await;

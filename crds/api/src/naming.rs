@@ -19,6 +19,15 @@ pub const DEFAULT_TABLE: &str = "metric_aggregates";
 /// the operator adopts what carries its own value and never touches what does not.
 pub const OWNER_TAG: &str = "metrics.dev/pipeline";
 
+/// Tag (a parameter on Glue objects) valued with the UID of the pipeline that made the resource:
+/// a pipeline deleted with `Retain` and created again under the same name is another pipeline.
+pub const PIPELINE_UID_TAG: &str = "metrics.dev/pipeline-uid";
+
+/// Tag (a parameter on Glue objects) valued with the identity of the cluster whose pipeline made
+/// the resource (default: its kube-system namespace's UID): two clusters sharing an AWS account
+/// and region, each with a pipeline of the same namespace and name, keep apart.
+pub const CLUSTER_TAG: &str = "metrics.dev/cluster";
+
 /// Longest value of [`OWNER_TAG`]. AWS's tag references give 256 characters for a value, and
 /// CloudFormation's schema of a Kinesis stream tag 255: the smaller holds everywhere.
 pub const MAX_OWNER_LEN: usize = 255;

@@ -79,6 +79,22 @@ pub struct MetricsPipelineSpec {
     /// The aggregator Deployment the operator runs in this namespace.
     #[serde(default)]
     pub aggregator: AggregatorSpec,
+
+    /// Take over the AWS resources of an earlier pipeline: one deleted with `deletionPolicy:
+    /// Retain` and created again (a new UID), or one of another cluster (a blue/green move).
+    /// Without it the operator refuses every resource another pipeline made, and its condition
+    /// names the UID to put here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt_from: Option<AdoptFrom>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptFrom {
+    /// `metadata.uid` of the earlier pipeline, as its resources' `metrics.dev/pipeline-uid` tag
+    /// holds it.
+    #[schemars(regex(pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"))]
+    pub pipeline_uid: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -438,12 +454,6 @@ pub struct MetricsPipelineStatus {
     /// The aggregator Deployment and how many of its replicas are ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregator: Option<AggregatorStatus>,
-    /// ARNs of AWS resources this pipeline started to create and has not finished (created and
-    /// tagged as its own), recorded before the create call. Creating and tagging can be two
-    /// calls (S3: CreateBucket, then PutBucketTagging); one found untagged under a name recorded
-    /// here is this pipeline's, half-made, and is finished instead of refused as somebody else's.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub creating: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

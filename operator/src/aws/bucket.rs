@@ -1,7 +1,7 @@
 //! The S3 bucket: public access blocked, default encryption, ownership tags, optional expiry.
-//! Creating it is recorded first ([`Claims`]): CreateBucket and PutBucketTagging are two calls,
-//! and a bucket left untagged between them is finished by the next reconcile. Deleting empties
-//! it first, every version and delete marker; `deletionPolicy: Retain` keeps it with its data.
+//! CreateBucket carries the tags, so a pipeline's bucket is never untagged and of two pipelines
+//! naming one bucket, the one whose CreateBucket made it holds it. Deleting empties it first,
+//! every version and delete marker; `deletionPolicy: Retain` keeps it with its data.
 
 use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput;
 use aws_sdk_s3::types::{
@@ -12,9 +12,8 @@ use aws_sdk_s3::types::{
 use metrics_pipeline_api::pipeline::AwsResourceRef;
 
 use super::{AwsClients, partition};
-use crate::claims::Claims;
 use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error, Holder, error_code};
-use crate::managed::{Outcome, holder, pipeline_tags};
+use crate::managed::{Outcome, Owner};
 
 /// Id of the expiry rule the operator owns in the bucket's lifecycle configuration.
 const EXPIRY_RULE: &str = "metrics-pipeline-expiry";
@@ -71,102 +70,82 @@ async fn read_tags(clients: &AwsClients, bucket: &str) -> Result<Vec<(String, St
     Ok(tags.map(|output| output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect()).unwrap_or_default())
 }
 
-/// Whose a bucket found under the pipeline's name is.
-#[derive(Debug, PartialEq, Eq)]
-enum Standing {
-    Ours,
-    /// This pipeline recorded it before CreateBucket and has not tagged it yet.
-    Unfinished,
-    Foreign(Holder),
-}
-
-/// The owner tag decides; a bucket without one is this pipeline's only when it recorded creating it.
-fn standing(holder: Option<Holder>, recorded: bool) -> Standing {
-    match holder {
-        None => Standing::Ours,
-        Some(Holder::Untagged) if recorded => Standing::Unfinished,
-        Some(holder) => Standing::Foreign(holder),
-    }
-}
-
-fn owner_holder(owner: &str, tags: &[(String, String)]) -> Option<Holder> {
-    holder(owner, tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+fn pairs(tags: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+    tags.iter().map(|(key, value)| (key.as_str(), value.as_str()))
 }
 
 pub async fn ensure(
     clients: &AwsClients,
     bucket: &str,
-    owner: &str,
+    owner: &Owner,
     expire_after_days: Option<i32>,
-    claims: &Claims,
 ) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
-    let arn = arn(&clients.region, bucket);
-    let (tags, created) = match observe(clients, bucket).await? {
-        Observed::Missing => {
-            claims.record(&arn).await?;
-            if !create(clients, bucket).await? {
-                claims.settle(&arn);
-                return Err(not_owned(bucket, Holder::OtherAccount));
+    let tags = match observe(clients, bucket).await? {
+        Observed::Missing => match create(clients, bucket, owner).await? {
+            Created::OtherAccount => return Err(not_owned(bucket, Holder::OtherAccount)),
+            Created::ByThisCall => {
+                outcome.changed(format!("created S3 bucket {bucket}"));
+                let tags = read_tags(clients, bucket).await?;
+                if !tags.is_empty() {
+                    tags
+                } else {
+                    // An endpoint that drops CreateBucket's tags (emulators; AWS sets them in the
+                    // call): this very call made the bucket, so tagging it now takes nobody's.
+                    tag(clients, bucket, owner, tags).await?;
+                    owner.tags()
+                }
             }
-            outcome.changed(format!("created S3 bucket {bucket}"));
-            // Read, not assumed empty: the bucket may have existed after all (see `create`).
-            (read_tags(clients, bucket).await?, true)
-        }
-        Observed::Foreign => {
-            claims.settle(&arn);
-            return Err(not_owned(bucket, Holder::OtherAccount));
-        }
-        Observed::Tagged(tags) => (tags, false),
+            // Read, not assumed ours: another pipeline may have created it first (see `create`).
+            Created::AlreadyOurs => read_tags(clients, bucket).await?,
+        },
+        Observed::Foreign => return Err(not_owned(bucket, Holder::OtherAccount)),
+        Observed::Tagged(tags) => tags,
     };
-    let holder = owner_holder(owner, &tags);
-    // Only an untagged bucket needs the record, which may mean reading the stored status.
-    let recorded = holder == Some(Holder::Untagged) && claims.is_recorded(&arn).await?;
-    match standing(holder, recorded) {
-        Standing::Ours => {}
-        Standing::Unfinished => {
-            tag(clients, bucket, owner, tags).await?;
-            if !created {
-                outcome.changed(format!("tagged S3 bucket {bucket}, whose creation by this pipeline was interrupted before"));
-            }
-        }
-        Standing::Foreign(holder) => {
-            claims.settle(&arn);
-            return Err(not_owned(bucket, holder));
-        }
+    if let Some(why) = owner.check("S3 bucket", bucket, pairs(&tags))? {
+        tag(clients, bucket, owner, tags).await?;
+        outcome.changed(format!("S3 bucket {bucket}: {why}"));
     }
-    claims.settle(&arn);
     ensure_public_access_blocked(clients, bucket, &mut outcome).await?;
     ensure_encrypted(clients, bucket, &mut outcome).await?;
     ensure_expiry(clients, bucket, expire_after_days, &mut outcome).await?;
-    Ok((AwsResourceRef { name: bucket.to_owned(), arn: Some(arn) }, outcome))
+    Ok((AwsResourceRef { name: bucket.to_owned(), arn: Some(arn(&clients.region, bucket)) }, outcome))
 }
 
 fn not_owned(bucket: &str, holder: Holder) -> Error {
     Error::NotOwned { kind: "S3 bucket", name: bucket.to_owned(), holder }
 }
 
-/// `true` when the account has the bucket now, `false` when another account has the name.
-async fn create(clients: &AwsClients, bucket: &str) -> Result<bool, Error> {
-    let mut request = clients.s3.create_bucket().bucket(bucket);
+/// What CreateBucket answered.
+enum Created {
+    ByThisCall,
+    /// The account had it already: made by an attempt whose answer was lost, or by another
+    /// pipeline creating the same name at the same moment. Its tags say whose it is.
+    AlreadyOurs,
+    OtherAccount,
+}
+
+/// Creates the bucket with the pipeline's tags in the one call, so that no bucket of a
+/// pipeline is ever untagged.
+async fn create(clients: &AwsClients, bucket: &str, owner: &Owner) -> Result<Created, Error> {
+    let tags = owner.tags().into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"));
+    let mut configuration = CreateBucketConfiguration::builder().set_tags(Some(tags.collect()));
     if clients.region != "us-east-1" {
-        let location =
-            CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(clients.region.as_str())).build();
-        request = request.create_bucket_configuration(location);
+        configuration = configuration.location_constraint(BucketLocationConstraint::from(clients.region.as_str()));
     }
-    match request.send().await {
-        Ok(_) => Ok(true),
-        // The account has it already (us-east-1 answers 200 instead): made by an attempt whose
-        // answer was lost, or by another pipeline racing for the name. Its tags say whose it is.
-        Err(error) if error_code(&error) == Some("BucketAlreadyOwnedByYou") => Ok(true),
-        Err(error) if error_code(&error) == Some("BucketAlreadyExists") => Ok(false),
+    match clients.s3.create_bucket().bucket(bucket).create_bucket_configuration(configuration.build()).send().await {
+        // us-east-1 also answers 200 for a bucket the account has: its tags then are what
+        // `ensure` finds, those of whichever CreateBucket made it.
+        Ok(_) => Ok(Created::ByThisCall),
+        Err(error) if error_code(&error) == Some("BucketAlreadyOwnedByYou") => Ok(Created::AlreadyOurs),
+        Err(error) if error_code(&error) == Some("BucketAlreadyExists") => Ok(Created::OtherAccount),
         Err(error) => Err(AwsError::from_sdk(format!("creating S3 bucket {bucket}"), error).into()),
     }
 }
 
 /// Adds the pipeline's tags to what the bucket has (PutBucketTagging replaces the whole set).
-async fn tag(clients: &AwsClients, bucket: &str, owner: &str, mut tags: Vec<(String, String)>) -> Result<(), Error> {
-    for (key, value) in pipeline_tags(owner) {
+async fn tag(clients: &AwsClients, bucket: &str, owner: &Owner, mut tags: Vec<(String, String)>) -> Result<(), Error> {
+    for (key, value) in owner.tags() {
         tags.retain(|(existing, _)| *existing != key);
         tags.push((key, value));
     }
@@ -268,9 +247,8 @@ async fn ensure_expiry(clients: &AwsClients, bucket: &str, expire_after_days: Op
     Ok(())
 }
 
-/// Empties and deletes the bucket if it is this pipeline's (`creating`: the ARNs the pipeline
-/// recorded as being created); `true` once it is gone.
-pub async fn delete(clients: &AwsClients, bucket: &str, owner: &str, creating: &[String]) -> Result<bool, Error> {
+/// Empties and deletes the bucket if it is this pipeline's; `true` once it is gone.
+pub async fn delete(clients: &AwsClients, bucket: &str, owner: &Owner) -> Result<bool, Error> {
     let tags = match observe(clients, bucket).await? {
         Observed::Missing => return Ok(true),
         Observed::Foreign => {
@@ -279,8 +257,7 @@ pub async fn delete(clients: &AwsClients, bucket: &str, owner: &str, creating: &
         }
         Observed::Tagged(tags) => tags,
     };
-    let recorded = creating.contains(&arn(&clients.region, bucket));
-    if let Standing::Foreign(holder) = standing(owner_holder(owner, &tags), recorded) {
+    if let Err(holder) = owner.deletes(pairs(&tags)) {
         tracing::info!(bucket, %holder, "not this pipeline's bucket; leaving it");
         return Ok(true);
     }
@@ -372,15 +349,6 @@ mod tests {
     use aws_sdk_s3::types::{DeleteMarkerEntry, ObjectVersion};
 
     use super::*;
-
-    #[test]
-    fn an_untagged_bucket_is_ours_only_when_we_recorded_creating_it() {
-        assert_eq!(standing(Some(Holder::Untagged), true), Standing::Unfinished);
-        assert_eq!(standing(Some(Holder::Untagged), false), Standing::Foreign(Holder::Untagged));
-        assert_eq!(standing(None, false), Standing::Ours);
-        let other = Holder::Pipeline("team-b/metrics".into());
-        assert_eq!(standing(Some(other.clone()), true), Standing::Foreign(other), "another pipeline's tag outranks our record");
-    }
 
     #[test]
     fn every_version_and_delete_marker_is_deleted_by_key_and_version() {

@@ -11,12 +11,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use aws_sdk_glue::types::{Column, Database, DatabaseInput, PartitionInput, SerDeInfo, StorageDescriptor, Table, TableInput};
 use metrics_pipeline_api::config::PartitionConfig;
-use metrics_pipeline_api::naming::OWNER_TAG;
 use metrics_pipeline_api::pipeline::{AwsResourceRef, DeliveryFormat};
 
 use super::{AwsClients, partition};
 use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error};
-use crate::managed::{Outcome, check_owner, holder};
+use crate::managed::{Outcome, Owner};
 
 /// Glue's answer for a database or table that does not exist.
 const NOT_FOUND: &str = "EntityNotFoundException";
@@ -59,7 +58,7 @@ pub struct TableSpec<'a> {
     pub bucket: &'a str,
     pub format: DeliveryFormat,
     pub partitions: &'a PartitionConfig,
-    pub owner: &'a str,
+    pub owner: &'a Owner,
 }
 
 fn columns() -> Vec<Column> {
@@ -115,14 +114,12 @@ fn format_of(storage: Option<&StorageDescriptor>) -> Option<DeliveryFormat> {
 
 /// The exact TableInput of CreateTable/UpdateTable.
 pub fn desired_table(spec: &TableSpec<'_>) -> TableInput {
-    let mut parameters: HashMap<String, String> = [
-        ("EXTERNAL", "TRUE"),
-        ("classification", if spec.format == DeliveryFormat::Json { "json" } else { "parquet" }),
-        (OWNER_TAG, spec.owner),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let mut parameters: HashMap<String, String> =
+        [("EXTERNAL", "TRUE"), ("classification", if spec.format == DeliveryFormat::Json { "json" } else { "parquet" })]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .chain(spec.owner.tags())
+            .collect();
     if let PartitionConfig::Projected(components) = spec.partitions {
         parameters.insert("projection.enabled".into(), "true".into());
         parameters.insert(format!("projection.{PARTITION_COLUMN}.type"), "enum".into());
@@ -227,17 +224,33 @@ fn parameters(parameters: Option<&HashMap<String, String>>) -> impl Iterator<Ite
 pub async fn ensure_database(
     clients: &AwsClients,
     database: &str,
-    owner: &str,
+    owner: &Owner,
     account_id: &str,
 ) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
     match observe_database(clients, database).await? {
-        Some(found) => check_owner("Glue database", database, owner, parameters(found.parameters()))?,
+        Some(found) => {
+            if let Some(why) = owner.check("Glue database", database, parameters(found.parameters()))? {
+                // UpdateDatabase replaces the whole definition: everything else is kept as found.
+                let mut kept = found.parameters().cloned().unwrap_or_default();
+                kept.extend(owner.tags());
+                let input = DatabaseInput::builder()
+                    .name(database)
+                    .set_description(found.description().map(str::to_owned))
+                    .set_location_uri(found.location_uri().map(str::to_owned))
+                    .set_parameters(Some(kept))
+                    .build()
+                    .expect("name is set");
+                let update = clients.glue.update_database().name(database).database_input(input).send().await;
+                update.or_aws(|| format!("tagging Glue database {database}"))?;
+                outcome.changed(format!("Glue database {database}: {why}"));
+            }
+        }
         None => {
             let input = DatabaseInput::builder()
                 .name(database)
-                .description(format!("Metrics pipeline {owner}"))
-                .parameters(OWNER_TAG, owner)
+                .description(format!("Metrics pipeline {}", owner.pipeline))
+                .set_parameters(Some(owner.tags().into_iter().collect()))
                 .build()
                 .expect("name is set");
             clients.glue.create_database().database_input(input).send().await.or_aws(|| format!("creating Glue database {database}"))?;
@@ -252,8 +265,11 @@ pub async fn ensure_table(clients: &AwsClients, spec: &TableSpec<'_>, account_id
     let (database, table) = (spec.database, spec.table);
     let desired = desired_table(spec);
     let found = observe_table(clients, database, table).await?;
-    if let Some(found) = &found {
-        check_owner("Glue table", &format!("{database}.{table}"), spec.owner, parameters(found.parameters()))?;
+    if let Some(found) = &found
+        && let Some(why) = spec.owner.check("Glue table", &format!("{database}.{table}"), parameters(found.parameters()))?
+    {
+        // Its parameters differ from the desired ones: the plan updates them.
+        outcome.changed(format!("Glue table {database}.{table}: {why}"));
     }
     let recreate = |why: String| async move {
         // The table holds nothing that is not derived again here: its definition comes from the
@@ -419,20 +435,20 @@ async fn tables_in(clients: &AwsClients, database: &str) -> Result<Vec<String>, 
 /// Deletes the table (with its partitions) if it is this pipeline's, then the database if it is
 /// this pipeline's and holds no other table: DeleteDatabase deletes every table in it. Returns
 /// why the database stays, when it does.
-pub async fn delete(clients: &AwsClients, database: &str, table: &str, owner: &str) -> Result<Option<String>, Error> {
+pub async fn delete(clients: &AwsClients, database: &str, table: &str, owner: &Owner) -> Result<Option<String>, Error> {
     if let Some(found) = observe_table(clients, database, table).await? {
-        match holder(owner, parameters(found.parameters())) {
-            None => {
+        match owner.deletes(parameters(found.parameters())) {
+            Ok(()) => {
                 let deleted = clients.glue.delete_table().database_name(database).name(table).send().await;
                 deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue table {database}.{table}"))?;
             }
-            Some(holder) => tracing::info!(database, table, %holder, "not this pipeline's table; leaving it"),
+            Err(holder) => tracing::info!(database, table, %holder, "not this pipeline's table; leaving it"),
         }
     }
     let Some(found) = observe_database(clients, database).await? else { return Ok(None) };
-    let kept = match holder(owner, parameters(found.parameters())) {
-        Some(holder) => format!("kept Glue database {database}: it is not this pipeline's ({holder})"),
-        None => {
+    let kept = match owner.deletes(parameters(found.parameters())) {
+        Err(holder) => format!("kept Glue database {database}: it is not this pipeline's ({holder})"),
+        Ok(()) => {
             // Glue has no conditional delete: a table made between this look and the deletion
             // goes with the database.
             let others = tables_in(clients, database).await?;
@@ -453,7 +469,8 @@ mod tests {
     use super::*;
 
     fn spec(partitions: &PartitionConfig, format: DeliveryFormat) -> TableSpec<'_> {
-        TableSpec { database: "p", table: "metric_aggregates", bucket: "p-bucket", format, partitions, owner: "ns/p" }
+        let owner = Box::leak(Box::new(crate::aws::fake::owner()));
+        TableSpec { database: "p", table: "metric_aggregates", bucket: "p-bucket", format, partitions, owner }
     }
 
     #[test]

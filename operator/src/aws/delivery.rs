@@ -14,8 +14,8 @@ use metrics_pipeline_api::config::DeliveryConfig;
 use metrics_pipeline_api::pipeline::{AwsResourceRef, Compression, DeliveryFormat};
 
 use super::AwsClients;
-use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error, Holder, error_code};
-use crate::managed::{Outcome, holder, pipeline_tags};
+use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error, error_code};
+use crate::managed::{Outcome, Owner};
 
 /// Firehose's answer for a delivery stream that does not exist.
 const NOT_FOUND: &str = "ResourceNotFoundException";
@@ -272,25 +272,39 @@ pub async fn observe(clients: &AwsClients, name: &str) -> Result<Option<Delivery
         .and_then(|output| output.delivery_stream_description))
 }
 
-/// Who holds the delivery stream, by its tags; `None` when it is this pipeline's. Tags that
-/// cannot be read are an error, never "not ours": cleanup must not take a throttled answer for
-/// a stream that is somebody else's and report it gone.
-async fn holder_of(clients: &AwsClients, name: &str, owner: &str) -> Result<Option<Holder>, Error> {
+/// The delivery stream's tags. Tags that cannot be read are an error, never "not ours": cleanup
+/// must not take a throttled answer for a stream that is somebody else's and report it gone.
+async fn tags_of(clients: &AwsClients, name: &str) -> Result<Vec<(String, String)>, Error> {
     let tags = (clients.firehose.list_tags_for_delivery_stream())
         .delivery_stream_name(name)
         .send()
         .await
         .or_aws(|| format!("listing tags of Firehose delivery stream {name}"))?;
-    Ok(holder(owner, tags.tags().iter().map(|tag| (tag.key(), tag.value().unwrap_or_default()))))
+    Ok(tags.tags.into_iter().map(|tag| (tag.key, tag.value.unwrap_or_default())).collect())
 }
 
-pub async fn ensure(clients: &AwsClients, name: &str, owner: &str, desired: &DeliverySettings) -> Result<(AwsResourceRef, Outcome), Error> {
+fn pairs(tags: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+    tags.iter().map(|(key, value)| (key.as_str(), value.as_str()))
+}
+
+fn tags(owner: &Owner) -> Vec<Tag> {
+    owner.tags().into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key is set")).collect()
+}
+
+pub async fn ensure(
+    clients: &AwsClients,
+    name: &str,
+    owner: &Owner,
+    desired: &DeliverySettings,
+) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
     let description = observe(clients, name).await?;
     if description.is_some()
-        && let Some(holder) = holder_of(clients, name, owner).await?
+        && let Some(why) = owner.check("Firehose delivery stream", name, pairs(&tags_of(clients, name).await?))?
     {
-        return Err(Error::NotOwned { kind: "Firehose delivery stream", name: name.to_owned(), holder });
+        let tagging = clients.firehose.tag_delivery_stream().delivery_stream_name(name).set_tags(Some(tags(owner)));
+        tagging.send().await.or_aws(|| format!("tagging Firehose delivery stream {name}"))?;
+        outcome.changed(format!("Firehose delivery stream {name}: {why}"));
     }
     let arn = description.as_ref().map(|d| d.delivery_stream_arn().to_owned());
     let reference = |arn| AwsResourceRef { name: name.to_owned(), arn };
@@ -383,19 +397,18 @@ fn unsettled_role(mut error: AwsError, role_arn: &str) -> AwsError {
     error
 }
 
-async fn create(clients: &AwsClients, name: &str, owner: &str, settings: &DeliverySettings) -> Result<String, Error> {
+async fn create(clients: &AwsClients, name: &str, owner: &Owner, settings: &DeliverySettings) -> Result<String, Error> {
     let source = KinesisStreamSourceConfiguration::builder()
         .kinesis_stream_arn(&settings.source_stream_arn)
         .role_arn(&settings.source_role_arn)
         .build()
         .expect("stream and role are set");
-    let tags = pipeline_tags(owner).into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key is set"));
     let created = (clients.firehose.create_delivery_stream())
         .delivery_stream_name(name)
         .delivery_stream_type(DeliveryStreamType::KinesisStreamAsSource)
         .kinesis_stream_source_configuration(source)
         .extended_s3_destination_configuration(destination_configuration(settings))
-        .set_tags(Some(tags.collect()))
+        .set_tags(Some(tags(owner)))
         .send()
         .await
         .map_err(|error| {
@@ -428,9 +441,9 @@ async fn delete_owned(clients: &AwsClients, name: &str, status: &DeliveryStreamS
 /// Deletes the delivery stream if it is this pipeline's: `None` once it is gone, else the
 /// delivery stream as the deletion waits for it (with the failure of a deletion that failed and
 /// is asked for again).
-pub async fn delete(clients: &AwsClients, name: &str, owner: &str) -> Result<Option<String>, Error> {
+pub async fn delete(clients: &AwsClients, name: &str, owner: &Owner) -> Result<Option<String>, Error> {
     let Some(description) = observe(clients, name).await? else { return Ok(None) };
-    if let Some(holder) = holder_of(clients, name, owner).await? {
+    if let Err(holder) = owner.deletes(pairs(&tags_of(clients, name).await?)) {
         tracing::info!(delivery_stream = name, %holder, "not this pipeline's delivery stream; leaving it");
         return Ok(None);
     }
@@ -453,11 +466,10 @@ pub async fn delete(clients: &AwsClients, name: &str, owner: &str) -> Result<Opt
 mod tests {
     use std::collections::BTreeMap;
 
-    use metrics_pipeline_api::naming::OWNER_TAG;
     use metrics_pipeline_api::pipeline::DeliveryWriter;
 
     use super::*;
-    use crate::aws::fake::FakeAws;
+    use crate::aws::fake::{FakeAws, OWNER_TAGS_JSON, owner};
 
     #[tokio::test]
     async fn cleanup_never_takes_tags_it_could_not_read_for_a_stream_that_is_not_ours() {
@@ -466,7 +478,7 @@ mod tests {
         let aws =
             FakeAws::start(BTreeMap::from([("DescribeDeliveryStream", (200, described)), ("ListTagsForDeliveryStream", (400, throttled))]))
                 .await;
-        let error = delete(&aws.clients, "p-delivery", "team-a/p").await.expect_err("a throttled tag read is not an answer");
+        let error = delete(&aws.clients, "p-delivery", &owner()).await.expect_err("a throttled tag read is not an answer");
         assert_eq!(error.aws_kind(), Some(AwsErrorKind::Throttled), "{error}");
         assert!(!error.is_terminal(), "retried later: {error}");
         assert!(!aws.called().iter().any(|operation| operation == "DeleteDeliveryStream"), "{:?}", aws.called());
@@ -508,7 +520,7 @@ mod tests {
 
     /// ListTagsForDeliveryStream's answer for pipeline `team-a/p`'s stream.
     fn ours() -> &'static str {
-        String::leak(serde_json::json!({"Tags": [{"Key": OWNER_TAG, "Value": "team-a/p"}], "HasMoreTags": false}).to_string())
+        String::leak(format!(r#"{{"Tags": {OWNER_TAGS_JSON}, "HasMoreTags": false}}"#))
     }
 
     /// AWS with this pipeline's delivery stream in the failed `status`, which it lets be deleted.
@@ -529,12 +541,12 @@ mod tests {
             ("ListTagsForDeliveryStream", (200, ours())),
         ]))
         .await;
-        let (_, outcome) = ensure(&active.clients, "p-delivery", "team-a/p", &settings).await.unwrap();
+        let (_, outcome) = ensure(&active.clients, "p-delivery", &owner(), &settings).await.unwrap();
         let kept = (outcome.changes.is_empty(), outcome.pending, outcome.degraded.is_none());
         assert_eq!(kept, (true, None, true), "the answer matches the settings: an active stream is kept as it is");
 
         let aws = failed("CREATING_FAILED", ("KMS_ACCESS_DENIED", "Firehose could not use the key")).await;
-        let (_, outcome) = ensure(&aws.clients, "p-delivery", "team-a/p", &settings).await.unwrap();
+        let (_, outcome) = ensure(&aws.clients, "p-delivery", &owner(), &settings).await.unwrap();
         assert_eq!(
             outcome.pending.as_deref(),
             Some(
@@ -548,7 +560,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_deletion_is_asked_again_and_its_failure_named() {
         let aws = failed("DELETING_FAILED", ("RETIRE_KMS_GRANT_FAILED", "the grant could not be retired")).await;
-        let waiting = delete(&aws.clients, "p-delivery", "team-a/p").await.unwrap();
+        let waiting = delete(&aws.clients, "p-delivery", &owner()).await.unwrap();
         assert_eq!(
             waiting.as_deref(),
             Some(
@@ -575,7 +587,7 @@ mod tests {
                 ("CreateDeliveryStream", (400, &*answer)),
             ]))
             .await;
-            let error = ensure(&aws.clients, "p-delivery", "team-a/p", &settings).await.expect_err("refused");
+            let error = ensure(&aws.clients, "p-delivery", &owner(), &settings).await.expect_err("refused");
             assert!(!error.is_terminal(), "retried: {error}");
             let message = error.to_string();
             assert!(message.contains(refusal), "{message}");

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{AwsClients, partition};
 use crate::error::{AwsResultExt, Error};
-use crate::managed::{Outcome, check_owner, holder, pipeline_tags};
+use crate::managed::{Outcome, Owner};
 
 /// IAM's answer for a role or policy that does not exist.
 const NO_SUCH_ENTITY: &str = "NoSuchEntity";
@@ -102,14 +102,18 @@ pub async fn ensure(
     clients: &AwsClients,
     role: &str,
     policy_name: &str,
-    owner: &str,
+    owner: &Owner,
     scope: &PolicyScope<'_>,
 ) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
     let trust = trust_policy(scope.account_id);
     let arn = match observe(clients, role).await? {
         Some(found) => {
-            check_owner("IAM role", role, owner, found.tags().iter().map(|tag| (tag.key(), tag.value())))?;
+            if let Some(why) = owner.check("IAM role", role, found.tags().iter().map(|tag| (tag.key(), tag.value())))? {
+                let tagging = clients.iam.tag_role().role_name(role).set_tags(Some(tags(owner)));
+                tagging.send().await.or_aws(|| format!("tagging IAM role {role}"))?;
+                outcome.changed(format!("IAM role {role}: {why}"));
+            }
             if found.assume_role_policy_document().and_then(parse_policy).as_ref() != Some(&trust) {
                 (clients.iam.update_assume_role_policy())
                     .role_name(role)
@@ -122,14 +126,11 @@ pub async fn ensure(
             found.arn
         }
         None => {
-            let tags = pipeline_tags(owner)
-                .into_iter()
-                .map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"));
             let created = (clients.iam.create_role())
                 .role_name(role)
                 .assume_role_policy_document(trust.to_string())
-                .description(format!("Firehose delivery of metrics pipeline {owner}"))
-                .set_tags(Some(tags.collect()))
+                .description(format!("Firehose delivery of metrics pipeline {}", owner.pipeline))
+                .set_tags(Some(tags(owner)))
                 .send()
                 .await
                 .or_aws(|| format!("creating IAM role {role}"))?;
@@ -155,10 +156,15 @@ pub async fn ensure(
     Ok((AwsResourceRef { name: role.to_owned(), arn: Some(arn) }, outcome))
 }
 
+fn tags(owner: &Owner) -> Vec<Tag> {
+    let tag = |(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set");
+    owner.tags().into_iter().map(tag).collect()
+}
+
 /// Deletes the role and its inline policies if it is this pipeline's; `true` once gone.
-pub async fn delete(clients: &AwsClients, role: &str, owner: &str) -> Result<bool, Error> {
+pub async fn delete(clients: &AwsClients, role: &str, owner: &Owner) -> Result<bool, Error> {
     let Some(found) = observe(clients, role).await? else { return Ok(true) };
-    if let Some(holder) = holder(owner, found.tags().iter().map(|tag| (tag.key(), tag.value()))) {
+    if let Err(holder) = owner.deletes(found.tags().iter().map(|tag| (tag.key(), tag.value()))) {
         tracing::info!(role, %holder, "not this pipeline's role; leaving it");
         return Ok(true);
     }

@@ -7,7 +7,7 @@ use metrics_pipeline_api::pipeline::AwsResourceRef;
 
 use super::AwsClients;
 use crate::error::{AwsErrorKind, AwsResultExt, Error};
-use crate::managed::{Outcome, check_owner, holder, pipeline_tags};
+use crate::managed::{Outcome, Owner};
 
 /// Kinesis's answer for a stream that does not exist.
 const NOT_FOUND: &str = "ResourceNotFoundException";
@@ -105,7 +105,7 @@ async fn tags(clients: &AwsClients, name: &str) -> Result<Vec<(String, String)>,
 pub async fn ensure(
     clients: &AwsClients,
     name: &str,
-    owner: &str,
+    owner: &Owner,
     desired: &StreamConfig,
     field: &str,
 ) -> Result<(AwsResourceRef, Outcome), Error> {
@@ -116,7 +116,10 @@ pub async fn ensure(
         outcome.pending = Some(format!("Kinesis stream {name} is being created"));
         return Ok((AwsResourceRef { name: name.to_owned(), arn: None }, outcome));
     };
-    check_owner("Kinesis stream", name, owner, observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    if let Some(why) = owner.check("Kinesis stream", name, observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))? {
+        tag(clients, name, owner).await?;
+        outcome.changed(format!("Kinesis stream {name}: {why}"));
+    }
     let reference = AwsResourceRef { name: name.to_owned(), arn: Some(observed.arn.clone()) };
     if observed.status != StreamStatus::Active {
         outcome.pending = Some(format!("Kinesis stream {name} is {}", observed.status.as_str()));
@@ -149,19 +152,23 @@ fn refusal(error: Error, name: &str, desired: &StreamConfig, observed: &Observed
     }
 }
 
-async fn create(clients: &AwsClients, name: &str, owner: &str, desired: &StreamConfig) -> Result<(), Error> {
+async fn create(clients: &AwsClients, name: &str, owner: &Owner, desired: &StreamConfig) -> Result<(), Error> {
     let request = clients.kinesis.create_stream().stream_name(name);
     let request = match desired.capacity {
         StreamCapacity::Provisioned { shards } => request.shard_count(shards),
         StreamCapacity::OnDemand => request.stream_mode_details(mode(StreamMode::OnDemand)),
     };
-    let tags = pipeline_tags(owner);
-    let request = tags.iter().fold(request, |request, (key, value)| request.tags(key, value));
+    let request = owner.tags().into_iter().fold(request, |request, (key, value)| request.tags(key, value));
+    // A retention other than the default 24 h follows once the stream is ACTIVE, as a change.
     request.send().await.or_aws(|| format!("creating Kinesis stream {name}"))?;
     // CreateStream's tags are newer than some emulators; tagging again is idempotent.
-    let request =
-        tags.iter().fold(clients.kinesis.add_tags_to_stream().stream_name(name), |request, (key, value)| request.tags(key, value));
-    // A retention other than the default 24 h follows once the stream is ACTIVE, as a change.
+    tag(clients, name, owner).await
+}
+
+/// Adds the pipeline's tags (AddTagsToStream keeps the others).
+async fn tag(clients: &AwsClients, name: &str, owner: &Owner) -> Result<(), Error> {
+    let request = clients.kinesis.add_tags_to_stream().stream_name(name);
+    let request = owner.tags().into_iter().fold(request, |request, (key, value)| request.tags(key, value));
     request.send().await.or_aws(|| format!("tagging Kinesis stream {name}"))?;
     Ok(())
 }
@@ -207,9 +214,9 @@ impl std::fmt::Display for StreamChange {
 }
 
 /// Deletes the stream if it is this pipeline's; `true` once it is gone.
-pub async fn delete(clients: &AwsClients, name: &str, owner: &str) -> Result<bool, Error> {
+pub async fn delete(clients: &AwsClients, name: &str, owner: &Owner) -> Result<bool, Error> {
     let Some(observed) = observe(clients, name).await? else { return Ok(true) };
-    if let Some(holder) = holder(owner, observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+    if let Err(holder) = owner.deletes(observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
         tracing::info!(stream = name, %holder, "not this pipeline's stream; leaving it");
         return Ok(true);
     }
@@ -227,10 +234,11 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::aws::fake::FakeAws;
+    use crate::aws::fake::{FakeAws, owner};
+    use crate::managed::Standing;
 
     const DESCRIBED: &str = r#"{"StreamDescriptionSummary":{"StreamName":"p-input","StreamARN":"arn:aws:kinesis:eu-west-1:123456789012:stream/p-input","StreamStatus":"ACTIVE","StreamModeDetails":{"StreamMode":"PROVISIONED"},"RetentionPeriodHours":24,"StreamCreationTimestamp":1700000000,"EnhancedMonitoring":[],"OpenShardCount":2}}"#;
-    const OURS: &str = r#"{"Tags":[{"Key":"metrics.dev/pipeline","Value":"team-a/p"}],"HasMoreTags":false}"#;
+    const OURS: &str = r#"{"Tags":[{"Key":"metrics.dev/pipeline","Value":"team-a/p"},{"Key":"metrics.dev/pipeline-uid","Value":"u-1"},{"Key":"metrics.dev/cluster","Value":"c-1"}],"HasMoreTags":false}"#;
 
     #[test]
     fn a_large_shard_count_change_is_made_in_steps_of_at_most_double_or_half() {
@@ -256,7 +264,7 @@ mod tests {
         ]))
         .await;
         let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards }, retention_hours: 24 };
-        ensure(&aws.clients, "p-input", "team-a/p", &desired, "spec.streams.input").await.unwrap()
+        ensure(&aws.clients, "p-input", &owner(), &desired, "spec.streams.input").await.unwrap()
     }
 
     #[tokio::test]
@@ -296,7 +304,8 @@ mod tests {
         ]))
         .await;
         let observed = observe(&aws.clients, "p-input").await.unwrap().expect("the stream exists");
-        assert_eq!(holder("team-a/p", observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))), None, "{:?}", observed.tags);
+        let standing = owner().standing(observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        assert_eq!(standing, Standing::Ours, "{:?}", observed.tags);
         let pages = aws.bodies("ListTagsForStream");
         assert_eq!(pages.len(), 2, "{pages:?}");
         assert!(pages[1].contains(r#""ExclusiveStartTagKey":"b""#), "the second page starts after the first's last key: {}", pages[1]);

@@ -15,6 +15,8 @@
 //! - Held keys ([`Hold`]: bucket and key prefix, as object lock or a legal hold would keep them):
 //!   `DeleteObjects` answers 200 with an `<Error><Code>AccessDenied</Code>` per held key (and
 //!   only errors in `Quiet` mode), `DeleteObject` answers 403; versions included. [`rules::object_hold`]
+//! - S3 `CreateBucket` sets the tags its `CreateBucketConfiguration` carries before it answers,
+//!   as AWS does in the one call (moto ignores them). [`rules::tags_on_create`]
 //! - Creating and scaling take time: for [`RuleSettings::transition`] a new or scaled stream and a
 //!   new delivery stream report `CREATING` or `UPDATING`, and UpdateShardCount / UpdateDestination
 //!   meanwhile get `ResourceInUseException`. [`rules::transitions`]
@@ -115,10 +117,12 @@ impl AwsProxy {
         let endpoint = format!("http://{}", listener.local_addr()?);
         let sdk = metrics_pipeline_runtime::sdk::sdk_config(None).await;
         let mut kinesis = aws_sdk_kinesis::config::Builder::from(&sdk).endpoint_url(upstream);
+        let mut s3 = aws_sdk_s3::config::Builder::from(&sdk).endpoint_url(upstream).force_path_style(true);
         if let Some(credentials) = settings.upstream_credentials.clone() {
-            kinesis = kinesis.credentials_provider(credentials);
+            kinesis = kinesis.credentials_provider(credentials.clone());
+            s3 = s3.credentials_provider(credentials);
         }
-        let shared = Arc::new(proxy::Shared::new(upstream, settings, kinesis.build()));
+        let shared = Arc::new(proxy::Shared::new(upstream, settings, (kinesis.build(), s3.build())));
         let server = tokio::spawn(proxy::serve(listener, shared.clone()));
         Ok(AwsProxy { shared, endpoint, server })
     }

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_config::Region;
+use aws_sdk_kinesis::error::DisplayErrorContext;
 use aws_sdk_kinesis::types::StreamMode;
+use aws_sdk_s3::types::{Tag, Tagging};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -28,6 +30,7 @@ use crate::rules::RuleSettings;
 use crate::rules::iam_propagation::{self, Propagation};
 use crate::rules::object_hold::{self, Hold, ResultEntry};
 use crate::rules::shard_count::{self, ScalingHistory, UpdateShardCount};
+use crate::rules::tags_on_create;
 use crate::rules::transitions::{self, Transitions};
 use crate::settings::ProxySettings;
 use crate::stats::{CallRecord, Outcome, Recorder, Rule, Stats};
@@ -51,6 +54,10 @@ pub(crate) struct Shared {
     client: Client<HttpConnector, Full<Bytes>>,
     /// For the proxy's own calls to the emulator; the region is set per call.
     kinesis: aws_sdk_kinesis::Config,
+    s3: aws_sdk_s3::Config,
+    /// Held for writing while a CreateBucket and its tags are carried out, for reading by bucket
+    /// tag reads: none sees a bucket between the two, as none can on AWS.
+    creating_bucket: tokio::sync::RwLock<()>,
     account_id: String,
     state: Mutex<State>,
     next_request_id: AtomicU64,
@@ -90,7 +97,7 @@ impl fmt::Display for CloseWithoutAnswer {
 impl std::error::Error for CloseWithoutAnswer {}
 
 impl Shared {
-    pub fn new(upstream: &str, settings: ProxySettings, kinesis: aws_sdk_kinesis::Config) -> Self {
+    pub fn new(upstream: &str, settings: ProxySettings, (kinesis, s3): (aws_sdk_kinesis::Config, aws_sdk_s3::Config)) -> Self {
         let state = State {
             faults: FaultStreams::new(settings.faults),
             rules: settings.rules,
@@ -104,6 +111,8 @@ impl Shared {
             upstream: upstream.trim_end_matches('/').to_owned(),
             client: Client::builder(TokioExecutor::new()).build_http(),
             kinesis,
+            s3,
+            creating_bucket: tokio::sync::RwLock::new(()),
             account_id: settings.account_id,
             state: Mutex::new(state),
             next_request_id: AtomicU64::new(1),
@@ -237,6 +246,11 @@ impl Shared {
                 }
                 handled
             }
+            Service::S3 if operation == "CreateBucket" => self.create_bucket(call, parts, body).await,
+            Service::S3 if operation == "GetBucketTagging" => {
+                let _no_creation_halfway = self.creating_bucket.read().await;
+                self.forward(call, parts, body).await
+            }
             Service::S3 if operation == "DeleteObjects" => self.delete_objects(call, parts, body).await,
             Service::S3 if operation == "DeleteObject" => {
                 let (bucket, key) = bucket_and_key(&parts.uri);
@@ -292,6 +306,26 @@ impl Shared {
         let handled = self.forward(call, parts, body).await;
         if handled.succeeded() {
             self.lock().scalings.record(&arn, Instant::now());
+        }
+        handled
+    }
+
+    /// Forwards CreateBucket and, when it made the bucket, sets the tags it carries before
+    /// answering, as S3 does in the one call. [`tags_on_create`]
+    async fn create_bucket(&self, call: &Call, parts: &Parts, body: Bytes) -> Handled {
+        let tags = std::str::from_utf8(&body).map(tags_on_create::create_bucket_tags).unwrap_or_default();
+        let _creating = self.creating_bucket.write().await;
+        let mut handled = self.forward(call, parts, body).await;
+        let bucket = bucket_and_key(&parts.uri).0.map(str::to_owned);
+        let (Some(bucket), false, true) = (bucket, tags.is_empty(), handled.succeeded()) else { return handled };
+        let region = call.region.clone().unwrap_or_else(|| "us-east-1".into());
+        let s3 = aws_sdk_s3::Client::from_conf(self.s3.to_builder().region(Region::new(region)).build());
+        let tags = tags.into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"));
+        let tagging = Tagging::builder().set_tag_set(Some(tags.collect())).build().expect("tags are set");
+        if let Err(error) = s3.put_bucket_tagging().bucket(&bucket).tagging(tagging).send().await {
+            let error =
+                AwsError::new(500, "InternalError", format!("the proxy could not set CreateBucket's tags: {}", DisplayErrorContext(error)));
+            handled.response = self.error(call, &error);
         }
         handled
     }

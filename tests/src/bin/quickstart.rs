@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::config::AwsTarget;
+use metrics_pipeline_api::naming::{CLUSTER_TAG, PIPELINE_UID_TAG};
 use metrics_pipeline_api::pipeline::DeletionPolicy;
 use metrics_pipeline_api::validation::validate;
 use metrics_pipeline_e2e::cluster::prepare_namespace;
@@ -17,6 +18,7 @@ use metrics_pipeline_e2e::kube_client;
 use metrics_pipeline_e2e::query::{Format, query};
 use metrics_pipeline_e2e::quickstart::{default_log_dir, example, run};
 use metrics_pipeline_operator::aws::{AwsCalls, AwsClients, bucket, catalog};
+use metrics_pipeline_operator::managed::Owner;
 use metrics_pipeline_runtime::sdk::sdk_config;
 
 const NAMESPACE: &str = "quickstart";
@@ -71,7 +73,12 @@ async fn remove_what_the_last_run_kept(pipeline: &MetricsPipeline) -> anyhow::Re
     let target = AwsTarget { account_id, default_region: sdk.region().map(ToString::to_string) };
     let config = validate(&pipeline, &target).map_err(|errors| anyhow::anyhow!("{errors}"))?;
     let (clients, names) = (AwsClients::new(&sdk, &config.region, &AwsCalls::default()), &config.names);
-    catalog::delete(&clients, &names.glue_database, &names.glue_table, &names.owner).await?;
-    bucket::delete(&clients, &names.bucket, &names.owner, &[]).await?;
+    // The earlier run's pipeline (another UID) made them: its tags name it.
+    let Ok(tagging) = clients.s3.get_bucket_tagging().bucket(&names.bucket).send().await else { return Ok(()) };
+    let tag = |key: &str| tagging.tag_set().iter().find(|tag| tag.key() == key).map(|tag| tag.value().to_owned());
+    let (Some(uid), Some(cluster)) = (tag(PIPELINE_UID_TAG), tag(CLUSTER_TAG)) else { return Ok(()) };
+    let earlier = Owner { pipeline: names.owner.clone(), uid, cluster, adopt_from: None };
+    catalog::delete(&clients, &names.glue_database, &names.glue_table, &earlier).await?;
+    bucket::delete(&clients, &names.bucket, &earlier).await?;
     Ok(())
 }

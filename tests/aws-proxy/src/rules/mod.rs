@@ -3,6 +3,7 @@
 pub mod iam_propagation;
 pub mod object_hold;
 pub mod shard_count;
+pub mod tags_on_create;
 pub mod transitions;
 
 use std::time::Duration;
