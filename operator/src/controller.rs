@@ -19,15 +19,18 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use metrics_pipeline_api::config::{AwsTarget, PipelineConfig};
+use metrics_pipeline_api::identity;
 use metrics_pipeline_api::naming::PipelineNames;
-use metrics_pipeline_api::pipeline::{AwsResourceRef, DeletionPolicy, DeliveryWriter, MetricsPipeline, Phase};
+use metrics_pipeline_api::pipeline::{AwsResourceRef, DeletionPolicy, DeliveryWriter, MetricsPipeline, MetricsPipelineStatus, Phase};
 use metrics_pipeline_api::validation::validate;
 
 use crate::aws::{AwsCalls, AwsClients, bucket, catalog, delivery, role, streams};
 use crate::error::Error;
 use crate::managed::{FIELD_MANAGER, Outcome, Owner, write_status};
 use crate::metrics::{Metrics, ReconcileResult};
-use crate::status::{self, AGGREGATOR_READY, BUCKET_READY, CATALOG_READY, DELIVERY_READY, PartState, Report, STREAMS_READY, Verdict};
+use crate::status::{
+    self, AGGREGATOR_READY, BUCKET_READY, CATALOG_READY, DELIVERY_READY, IDENTITY_KEPT, PartState, Report, STREAMS_READY, Verdict,
+};
 use crate::workload::{self, WorkloadSettings};
 
 pub const FINALIZER: &str = "pipelines.metrics.dev/cleanup";
@@ -275,11 +278,11 @@ async fn apply(
     api: &Api<MetricsPipeline>,
     context: &Context,
 ) -> Result<(Action, Phase, Option<&'static str>), Error> {
-    let report = provision(pipeline, context).await;
     // The status as stored now, not as the cache had it: a reconcile triggered by the aggregator's
     // Deployment can start before the watch has delivered this pipeline's last status write, and
     // building on that stale status would forget what the last reconcile found.
     let previous = api.get_status(&pipeline.name_any()).await?.status;
+    let report = provision(pipeline, context, api, previous.as_ref()).await?;
     let now = Time(jiff::Timestamp::now());
     let status = status::build(&report, pipeline.metadata.generation, previous.as_ref(), now);
     write_status(api, &pipeline.name_any(), &status).await?;
@@ -313,17 +316,43 @@ async fn apply(
 
 /// Ensures every part in dependency order; a part whose inputs are not ready waits, and the
 /// others go on.
-async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
+async fn provision(
+    pipeline: &MetricsPipeline,
+    context: &Context,
+    api: &Api<MetricsPipeline>,
+    previous: Option<&MetricsPipelineStatus>,
+) -> Result<Report, Error> {
     let mut report = Report::default();
-    let config = match validate(pipeline, &context.account.target) {
+    let mut config = match validate(pipeline, &context.account.target) {
         Ok(config) => config,
         Err(errors) => {
             report.invalid_spec = Some(Error::InvalidSpec(errors));
-            return report;
+            return Ok(report);
         }
     };
-    let clients = context.account.clients(&config.region);
     let account_id = &context.account.target.account_id;
+    let recorded = previous.and_then(|status| status.identity.as_ref());
+    let (identity, refused) = identity::settle(&mut config, recorded, &pipeline.spec, account_id);
+    if recorded.is_none() {
+        // Recorded before anything is created, so that a stop right after a create still
+        // finds the resource under the name it was made with, whatever the spec says by then.
+        let status = MetricsPipelineStatus { identity: Some(identity.clone()), ..previous.cloned().unwrap_or_default() };
+        write_status(api, &pipeline.name_any(), &status).await?;
+    }
+    let kept = format!(
+        "the pipeline's AWS resources are in account {}, region {}, named after `{}`",
+        identity.account_id, identity.region, identity.name_prefix
+    );
+    report.identity = Some(identity);
+    match refused {
+        Some(change) if change.account_moved => {
+            report.parts.push((IDENTITY_KEPT, PartState::Failed(Error::IdentityChange(change.message))));
+            return Ok(report);
+        }
+        Some(change) => report.parts.push((IDENTITY_KEPT, PartState::Degraded(Error::IdentityChange(change.message)))),
+        None => report.parts.push((IDENTITY_KEPT, PartState::Ready(kept))),
+    }
+    let clients = context.account.clients(&config.region);
     let names = &config.names;
     let owner = Owner::of(pipeline, names, &context.cluster);
 
@@ -348,13 +377,13 @@ async fn provision(pipeline: &MetricsPipeline, context: &Context) -> Report {
         let held = "left as it is while the catalog refuses the spec change (see CatalogReady)";
         report.parts.push((DELIVERY_READY, PartState::Pending(held.into())));
         report.parts.push((AGGREGATOR_READY, PartState::Pending(held.into())));
-        return report;
+        return Ok(report);
     }
     provision_delivery(&mut report, &clients, &config, account_id, &owner).await;
     let delivery = report.parts.iter().find(|(kind, _)| *kind == DELIVERY_READY).map(|(_, state)| state);
     let reader = output_reader(config.delivery.writer, delivery.expect("provision_delivery files DeliveryReady"));
     provision_aggregator(&mut report, pipeline, &config, context, reader).await;
-    report
+    Ok(report)
 }
 
 /// Whether what the aggregator writes to the output stream is read. A Firehose delivery stream
@@ -567,7 +596,9 @@ async fn without_firehose(clients: &AwsClients, names: &PipelineNames, owner: &O
 /// it is gone, and meanwhile `Ready` says what the deletion waits for. With `deletionPolicy:
 /// Retain` the bucket and the catalog stay.
 async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context: &Context) -> Result<Action, Error> {
-    let Some(region) = pipeline.spec.region.clone().or_else(|| context.account.target.default_region.clone()) else {
+    let recorded = pipeline.status.as_ref().and_then(|status| status.identity.as_ref());
+    let region = recorded.map(|identity| identity.region.clone());
+    let Some(region) = region.or_else(|| pipeline.spec.region.clone()).or_else(|| context.account.target.default_region.clone()) else {
         return Ok(Action::await_change());
     };
     let result = remove(pipeline, context, &region).await;
@@ -578,8 +609,17 @@ async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context
     result
 }
 
+/// Deletes by the recorded identity (the spec may have been changed since), else by the names
+/// the spec derives (a pipeline that never recorded one created nothing since this version).
 async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> Result<Action, Error> {
-    let names = PipelineNames::of(pipeline, &context.account.target.account_id, region);
+    let account_id = &context.account.target.account_id;
+    let mut names = PipelineNames::of(pipeline, account_id, region);
+    if let Some(identity) = pipeline.status.as_ref().and_then(|status| status.identity.as_ref()) {
+        if let Some(message) = identity.foreign_account(account_id) {
+            return Err(Error::IdentityChange(message));
+        }
+        identity.name(&mut names);
+    }
     let clients = context.account.clients(region);
     let owner = &Owner::of(pipeline, &names, &context.cluster);
     let retain = pipeline.spec.deletion_policy == DeletionPolicy::Retain;

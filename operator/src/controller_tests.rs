@@ -108,6 +108,35 @@ async fn an_invalid_spec_is_reported_in_status_and_as_an_event_without_touching_
 }
 
 #[tokio::test]
+async fn an_operator_in_another_account_than_the_pipelines_resources_touches_nothing_and_says_which_account() {
+    let (context, mut api) = context(Some("eu-west-1"));
+    let moved = pipeline(default_spec(), true, false);
+    let mut answer = serde_json::to_value(&*moved).unwrap();
+    answer["status"] = json!({"identity": {"accountId": "999999999999", "region": "eu-west-1", "namePrefix": "default-test",
+        "inputStream": "default-test-input", "outputStream": "default-test-output", "bucket": "default-test-1",
+        "firehoseRole": "default-test-firehose", "deliveryStream": "default-test-delivery", "glueDatabase": "default_test",
+        "glueTable": "metric_aggregates"}});
+    let server = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{PIPELINE_PATH}/status"), answer.clone()).await;
+        let status = expect(&mut api, Method::PATCH, &format!("{PIPELINE_PATH}/status"), answer).await;
+        expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events", json!({})).await;
+        status
+    });
+
+    reconcile(moved, context.clone()).await.unwrap();
+    let status = server.await.unwrap();
+    assert_eq!(status["status"]["phase"], "Failed");
+    assert_eq!(status["status"]["identity"]["accountId"], "999999999999", "the record stays as it was");
+    let kept = status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "IdentityKept").unwrap().clone();
+    assert_eq!((kept["status"].as_str(), kept["reason"].as_str()), (Some("False"), Some("IdentityChangeRefused")));
+    assert!(
+        kept["message"].as_str().unwrap().contains("in account 999999999999, and the operator now works in account 123456789012"),
+        "{kept}"
+    );
+    assert!(!context.metrics.encode().contains("operator_aws_calls_total{"), "no AWS call");
+}
+
+#[tokio::test]
 async fn deleting_a_pipeline_that_never_had_a_region_releases_the_finalizer() {
     let (context, mut api) = context(None);
     let deleting = pipeline(default_spec(), true, true);

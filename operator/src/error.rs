@@ -56,6 +56,11 @@ pub enum Error {
     #[error("{field} {message}")]
     UnsafeChange { field: &'static str, message: String },
 
+    /// A spec change (or an operator in another account) that would move the pipeline's AWS
+    /// resources away from where they were made.
+    #[error("{0}")]
+    IdentityChange(String),
+
     /// Deletion started and AWS or Kubernetes is still removing these: expected, not a failure.
     #[error("waiting for the deletion of {0}")]
     Deleting(String),
@@ -250,7 +255,8 @@ impl Error {
             | Self::NotOwned { .. }
             | Self::UnsafeChange { .. }
             | Self::AggregatorOutOfMemory { .. }
-            | Self::ShardScalingRefused { .. } => true,
+            | Self::ShardScalingRefused { .. }
+            | Self::IdentityChange(_) => true,
             Self::Aws(error) => !error.kind.is_retryable(),
             Self::Kube(_) | Self::Finalizer(_) | Self::Deleting(_) => false,
         }
@@ -275,6 +281,7 @@ impl Error {
             Self::Aws(_) => "AwsRefused",
             Self::AggregatorOutOfMemory { .. } => "OOMKilled",
             Self::ShardScalingRefused { .. } => "ScalingLimitExceeded",
+            Self::IdentityChange(_) => "IdentityChangeRefused",
             Self::Kube(_) => "KubernetesError",
             Self::Finalizer(_) => "FinalizerError",
             Self::Deleting(_) => "Deleting",

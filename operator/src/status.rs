@@ -2,10 +2,11 @@
 //! a phase, and every name and ARN. Pure, so every combination is unit-tested.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use metrics_pipeline_api::pipeline::{AggregatorStatus, AwsResourceRef, MetricsPipelineStatus, Phase};
+use metrics_pipeline_api::pipeline::{AggregatorStatus, AwsResourceRef, MetricsPipelineStatus, Phase, PipelineIdentity};
 
 use crate::error::Error;
 
+pub const IDENTITY_KEPT: &str = "IdentityKept";
 pub const STREAMS_READY: &str = "StreamsReady";
 pub const BUCKET_READY: &str = "BucketReady";
 pub const DELIVERY_READY: &str = "DeliveryReady";
@@ -63,6 +64,8 @@ pub struct Report {
     pub without_firehose: bool,
     /// What was changed in AWS, for events.
     pub changes: Vec<String>,
+    /// Where the pipeline's AWS resources are (see `metrics_pipeline_api::identity`).
+    pub identity: Option<PipelineIdentity>,
 }
 
 /// How the reconcile ended, for the requeue decision.
@@ -209,6 +212,7 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         glue_database: keep(&report.glue_database, previous.map(|s| &s.glue_database)),
         glue_table: keep(&report.glue_table, previous.map(|s| &s.glue_table)),
         aggregator: report.aggregator.clone().or_else(|| previous.and_then(|status| status.aggregator.clone())),
+        identity: report.identity.clone().or_else(|| previous.and_then(|status| status.identity.clone())),
     }
 }
 

@@ -365,3 +365,41 @@ async fn switching_to_the_aggregator_as_writer_removes_firehose_and_makes_the_ta
     test.delete_and_check("writer").await;
     test.finish().await;
 }
+
+#[tokio::test]
+async fn a_renamed_or_moved_pipeline_keeps_its_resources_and_its_deletion_leaves_nothing() {
+    let test = OperatorTest::start("op-rename", None, Duration::from_secs(60)).await;
+    let mut pipeline = example_named("minimal.yaml", "rename");
+    pipeline.spec.aggregator.replicas = 0;
+    test.apply(&pipeline).await;
+    let identity = test.ready("rename").await.identity.expect("the identity is recorded");
+
+    let renamed = format!("{}-renamed", test.namespace.name);
+    pipeline.spec.name_prefix = Some(renamed.clone());
+    pipeline.spec.region = Some("us-east-1".into());
+    test.apply(&pipeline).await;
+    let status = test
+        .wait_for("rename", "the move refused", |s| {
+            s.observed_generation == Some(2) && condition(s, "IdentityKept").is_some_and(|(status, _, _)| status == "False")
+        })
+        .await;
+    let (_, reason, message) = condition(&status, "IdentityKept").unwrap();
+    assert_eq!(reason, "IdentityChangeRefused", "{message}");
+    for field in ["spec.namePrefix (from", "spec.region (from `eu-west-1` to `us-east-1`)"] {
+        assert!(message.contains(field), "{field}: {message}");
+    }
+    assert_eq!((status.phase, status.identity.as_ref()), (Some(Phase::Degraded), Some(&identity)), "it goes on where it is");
+    assert_eq!(everything_named(&renamed).await, Vec::<String>::new(), "no second stack under the new prefix");
+    let us_east = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::config::Builder::from(&emulator_sdk().await).region(aws_sdk_kinesis::config::Region::new("us-east-1")).build(),
+    );
+    let listed = us_east.list_streams().send().await.unwrap().stream_names;
+    assert!(
+        listed.iter().all(|name| !name.starts_with(&renamed) && !name.starts_with(&identity.name_prefix)),
+        "none in the new region: {listed:?}"
+    );
+
+    test.delete_and_check("rename").await;
+    assert_eq!(everything_named(&renamed).await, Vec::<String>::new());
+    test.finish().await;
+}

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod crd;
+pub mod identity;
 pub mod naming;
 pub mod pipeline;
 pub mod validation;

@@ -79,6 +79,11 @@ impl PipelineNames {
         })
     }
 
+    /// The name of the Firehose role's inline policy.
+    pub fn role_policy(prefix: &str) -> String {
+        format!("{prefix}-firehose-delivery")
+    }
+
     fn derive(inputs: &NameInputs<'_>) -> Self {
         let owner = owner_value(inputs.namespace, inputs.name);
         let prefix = match inputs.name_prefix {
@@ -95,7 +100,7 @@ impl PipelineNames {
             input_stream: format!("{prefix}-input"),
             output_stream: format!("{prefix}-output"),
             firehose_role: format!("{prefix}-firehose"),
-            firehose_role_policy: format!("{prefix}-firehose-delivery"),
+            firehose_role_policy: Self::role_policy(&prefix),
             delivery_stream: format!("{prefix}-delivery"),
             glue_database: inputs.glue_database.map(str::to_owned).unwrap_or_else(|| prefix.replace('-', "_")),
             glue_table: inputs.glue_table.unwrap_or(DEFAULT_TABLE).to_owned(),

@@ -432,7 +432,7 @@ pub struct MetricsPipelineStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
-    /// `Ready`, plus one condition per part: `StreamsReady`, `BucketReady`, `DeliveryReady`,
+    /// `Ready`, plus `IdentityKept` and one condition per part: `StreamsReady`, `BucketReady`, `DeliveryReady`,
     /// `CatalogReady`, `AggregatorReady`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -454,6 +454,26 @@ pub struct MetricsPipelineStatus {
     /// The aggregator Deployment and how many of its replicas are ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregator: Option<AggregatorStatus>,
+    /// Where the pipeline's AWS resources are, recorded before it first creates any: the
+    /// operator reconciles and deletes these, and refuses a spec change that would move them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<PipelineIdentity>,
+}
+
+/// The account, region and names of a pipeline's AWS resources.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineIdentity {
+    pub account_id: String,
+    pub region: String,
+    pub name_prefix: String,
+    pub input_stream: String,
+    pub output_stream: String,
+    pub bucket: String,
+    pub firehose_role: String,
+    pub delivery_stream: String,
+    pub glue_database: String,
+    pub glue_table: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
