@@ -596,6 +596,11 @@ async fn without_firehose(clients: &AwsClients, names: &PipelineNames, owner: &O
 /// it is gone, and meanwhile `Ready` says what the deletion waits for. With `deletionPolicy:
 /// Retain` the bucket and the catalog stay.
 async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context: &Context) -> Result<Action, Error> {
+    // The stored status, not the cached one: a deletion right after the first reconcile must
+    // find the identity that reconcile recorded.
+    let mut pipeline = pipeline.clone();
+    pipeline.status = api.get_status(&pipeline.name_any()).await?.status;
+    let pipeline = &pipeline;
     let recorded = pipeline.status.as_ref().and_then(|status| status.identity.as_ref());
     let region = recorded.map(|identity| identity.region.clone());
     let Some(region) = region.or_else(|| pipeline.spec.region.clone()).or_else(|| context.account.target.default_region.clone()) else {

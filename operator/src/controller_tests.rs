@@ -142,7 +142,10 @@ async fn deleting_a_pipeline_that_never_had_a_region_releases_the_finalizer() {
     let deleting = pipeline(default_spec(), true, true);
     let mut answer = serde_json::to_value(&*deleting).unwrap();
     answer["metadata"]["finalizers"] = json!([]);
-    let server = tokio::spawn(async move { expect(&mut api, Method::PATCH, PIPELINE_PATH, answer).await });
+    let server = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{PIPELINE_PATH}/status"), answer.clone()).await;
+        expect(&mut api, Method::PATCH, PIPELINE_PATH, answer).await
+    });
 
     let action = reconcile(deleting, context).await.unwrap();
     let patch = server.await.unwrap();

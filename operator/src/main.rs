@@ -102,11 +102,11 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings { resync: cli.resync_period, workload, ..Settings::default() };
     let cluster = match cli.cluster_id {
         Some(cluster) => {
-            // What every service's tag values allow (IAM's and S3's are the narrowest).
-            let allowed = |c: char| c.is_ascii_alphanumeric() || "+=.@:/_-".contains(c);
+            // What every service's tag values allow (Kinesis's, IAM's and S3's together).
+            let allowed = |c: char| c.is_ascii_alphanumeric() || "+=.@/_-".contains(c);
             anyhow::ensure!(
                 !cluster.is_empty() && cluster.len() <= 128 && cluster.chars().all(allowed),
-                "--cluster-id `{cluster}` cannot be an AWS tag value: use 1 to 128 letters, digits and + = . @ : / _ -"
+                "--cluster-id `{cluster}` cannot be an AWS tag value: use 1 to 128 letters, digits and + = . @ / _ -"
             );
             cluster
         }

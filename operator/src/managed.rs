@@ -71,7 +71,9 @@ impl Owner {
         let (Some(pipeline), uid, cluster) = (tag(OWNER_TAG), tag(PIPELINE_UID_TAG), tag(CLUSTER_TAG)) else {
             return Standing::Foreign(Holder::Untagged);
         };
-        if uid.is_some() && uid == self.adopt_from {
+        // Only from an earlier pipeline of this namespace and name: a UID is no secret, and
+        // another namespace's pipeline must never be able to take a live pipeline's resources.
+        if uid.is_some() && uid == self.adopt_from && pipeline == self.pipeline {
             let uid = uid.unwrap_or_default();
             return Standing::Retag(format!("taken over from pipeline {pipeline} (uid {uid}) as spec.adoptFrom asks"));
         }
@@ -211,6 +213,12 @@ mod tests {
         assert!(adopting.deletes(retained).is_err(), "not ours until adopted");
         let other = tags("team-a/metrics", Some("u-9"), Some("blue"));
         assert_eq!(adopting.standing(other), Standing::Foreign(Holder::EarlierPipeline { uid: "u-9".into() }));
+        let elsewhere = tags("team-b/metrics", Some("u-0"), Some("blue"));
+        assert_eq!(
+            adopting.standing(elsewhere),
+            Standing::Foreign(Holder::Pipeline("team-b/metrics".into())),
+            "another namespace's, UID or not"
+        );
     }
 
     #[test]

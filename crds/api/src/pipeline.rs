@@ -80,8 +80,9 @@ pub struct MetricsPipelineSpec {
     #[serde(default)]
     pub aggregator: AggregatorSpec,
 
-    /// Take over the AWS resources of an earlier pipeline: one deleted with `deletionPolicy:
-    /// Retain` and created again (a new UID), or one of another cluster (a blue/green move).
+    /// Take over the AWS resources of an earlier pipeline of this namespace and name: one deleted
+    /// with `deletionPolicy: Retain` and created again (a new UID), or one of another cluster (a
+    /// blue/green move).
     /// Without it the operator refuses every resource another pipeline made, and its condition
     /// names the UID to put here.
     #[serde(default, skip_serializing_if = "Option::is_none")]

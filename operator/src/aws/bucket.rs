@@ -87,13 +87,15 @@ pub async fn ensure(
             Created::ByThisCall => {
                 outcome.changed(format!("created S3 bucket {bucket}"));
                 let tags = read_tags(clients, bucket).await?;
-                if !tags.is_empty() {
-                    tags
-                } else {
-                    // An endpoint that drops CreateBucket's tags (emulators; AWS sets them in the
-                    // call): this very call made the bucket, so tagging it now takes nobody's.
+                // An emulator may drop CreateBucket's tags (AWS sets them in the call): this very
+                // call made the bucket, so tagging it now takes nobody's. Not on AWS in us-east-1,
+                // whose 200 also answers for a bucket the account had: an untagged one stays foreign.
+                let made_here = clients.region != "us-east-1" || clients.endpoint_override;
+                if tags.is_empty() && made_here {
                     tag(clients, bucket, owner, tags).await?;
                     owner.tags()
+                } else {
+                    tags
                 }
             }
             // Read, not assumed ours: another pipeline may have created it first (see `create`).

@@ -238,6 +238,9 @@ pub async fn ensure_database(
                     .name(database)
                     .set_description(found.description().map(str::to_owned))
                     .set_location_uri(found.location_uri().map(str::to_owned))
+                    .set_create_table_default_permissions(found.create_table_default_permissions.clone())
+                    .set_target_database(found.target_database().cloned())
+                    .set_federated_database(found.federated_database().cloned())
                     .set_parameters(Some(kept))
                     .build()
                     .expect("name is set");

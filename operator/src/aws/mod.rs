@@ -50,6 +50,8 @@ impl Intercept for AwsCalls {
 #[derive(Clone, Debug)]
 pub struct AwsClients {
     pub region: String,
+    /// An endpoint other than AWS's (an emulator): some of AWS's guarantees may not hold.
+    pub endpoint_override: bool,
     pub kinesis: aws_sdk_kinesis::Client,
     pub s3: aws_sdk_s3::Client,
     pub iam: aws_sdk_iam::Client,
@@ -72,6 +74,7 @@ impl AwsClients {
         }
         Self {
             region: region.to_owned(),
+            endpoint_override: endpoint.is_some(),
             kinesis: client!(aws_sdk_kinesis, aws_sdk_kinesis::config::Builder::from(&sdk)),
             s3: client!(aws_sdk_s3, s3_client(&sdk).config().to_builder()),
             iam: client!(aws_sdk_iam, aws_sdk_iam::config::Builder::from(&sdk)),
