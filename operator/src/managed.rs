@@ -32,6 +32,11 @@ pub struct Owner {
     pub adopt_from: Option<String>,
 }
 
+/// Tags read as owned pairs, as [`Owner`]'s checks take them.
+pub fn tag_pairs(tags: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+    tags.iter().map(|(key, value)| (key.as_str(), value.as_str()))
+}
+
 /// Whose a resource found under one of a pipeline's names is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Standing {

@@ -13,7 +13,7 @@ use metrics_pipeline_api::pipeline::AwsResourceRef;
 
 use super::{AwsClients, partition};
 use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error, Holder, error_code};
-use crate::managed::{Outcome, Owner};
+use crate::managed::{Outcome, Owner, tag_pairs};
 
 /// Id of the expiry rule the operator owns in the bucket's lifecycle configuration.
 const EXPIRY_RULE: &str = "metrics-pipeline-expiry";
@@ -70,10 +70,6 @@ async fn read_tags(clients: &AwsClients, bucket: &str) -> Result<Vec<(String, St
     Ok(tags.map(|output| output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect()).unwrap_or_default())
 }
 
-fn pairs(tags: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
-    tags.iter().map(|(key, value)| (key.as_str(), value.as_str()))
-}
-
 pub async fn ensure(
     clients: &AwsClients,
     bucket: &str,
@@ -104,7 +100,7 @@ pub async fn ensure(
         Observed::Foreign => return Err(not_owned(bucket, Holder::OtherAccount)),
         Observed::Tagged(tags) => tags,
     };
-    if let Some(why) = owner.check("S3 bucket", bucket, pairs(&tags))? {
+    if let Some(why) = owner.check("S3 bucket", bucket, tag_pairs(&tags))? {
         tag(clients, bucket, owner, tags).await?;
         outcome.changed(format!("S3 bucket {bucket}: {why}"));
     }
@@ -259,7 +255,7 @@ pub async fn delete(clients: &AwsClients, bucket: &str, owner: &Owner) -> Result
         }
         Observed::Tagged(tags) => tags,
     };
-    if let Err(holder) = owner.deletes(pairs(&tags)) {
+    if let Err(holder) = owner.deletes(tag_pairs(&tags)) {
         tracing::info!(bucket, %holder, "not this pipeline's bucket; leaving it");
         return Ok(true);
     }

@@ -15,7 +15,7 @@ use metrics_pipeline_api::pipeline::{AwsResourceRef, Compression, DeliveryFormat
 
 use super::AwsClients;
 use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error, error_code};
-use crate::managed::{Outcome, Owner};
+use crate::managed::{Outcome, Owner, tag_pairs};
 
 /// Firehose's answer for a delivery stream that does not exist.
 const NOT_FOUND: &str = "ResourceNotFoundException";
@@ -283,10 +283,6 @@ async fn tags_of(clients: &AwsClients, name: &str) -> Result<Vec<(String, String
     Ok(tags.tags.into_iter().map(|tag| (tag.key, tag.value.unwrap_or_default())).collect())
 }
 
-fn pairs(tags: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
-    tags.iter().map(|(key, value)| (key.as_str(), value.as_str()))
-}
-
 fn tags(owner: &Owner) -> Vec<Tag> {
     owner.tags().into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key is set")).collect()
 }
@@ -300,7 +296,7 @@ pub async fn ensure(
     let mut outcome = Outcome::default();
     let description = observe(clients, name).await?;
     if description.is_some()
-        && let Some(why) = owner.check("Firehose delivery stream", name, pairs(&tags_of(clients, name).await?))?
+        && let Some(why) = owner.check("Firehose delivery stream", name, tag_pairs(&tags_of(clients, name).await?))?
     {
         let tagging = clients.firehose.tag_delivery_stream().delivery_stream_name(name).set_tags(Some(tags(owner)));
         tagging.send().await.or_aws(|| format!("tagging Firehose delivery stream {name}"))?;
@@ -443,7 +439,7 @@ async fn delete_owned(clients: &AwsClients, name: &str, status: &DeliveryStreamS
 /// is asked for again).
 pub async fn delete(clients: &AwsClients, name: &str, owner: &Owner) -> Result<Option<String>, Error> {
     let Some(description) = observe(clients, name).await? else { return Ok(None) };
-    if let Err(holder) = owner.deletes(pairs(&tags_of(clients, name).await?)) {
+    if let Err(holder) = owner.deletes(tag_pairs(&tags_of(clients, name).await?)) {
         tracing::info!(delivery_stream = name, %holder, "not this pipeline's delivery stream; leaving it");
         return Ok(None);
     }

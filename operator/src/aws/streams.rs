@@ -7,7 +7,7 @@ use metrics_pipeline_api::pipeline::AwsResourceRef;
 
 use super::AwsClients;
 use crate::error::{AwsErrorKind, AwsResultExt, Error};
-use crate::managed::{Outcome, Owner};
+use crate::managed::{Outcome, Owner, tag_pairs};
 
 /// Kinesis's answer for a stream that does not exist.
 const NOT_FOUND: &str = "ResourceNotFoundException";
@@ -116,7 +116,7 @@ pub async fn ensure(
         outcome.pending = Some(format!("Kinesis stream {name} is being created"));
         return Ok((AwsResourceRef { name: name.to_owned(), arn: None }, outcome));
     };
-    if let Some(why) = owner.check("Kinesis stream", name, observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))? {
+    if let Some(why) = owner.check("Kinesis stream", name, tag_pairs(&observed.tags))? {
         tag(clients, name, owner).await?;
         outcome.changed(format!("Kinesis stream {name}: {why}"));
     }
@@ -216,7 +216,7 @@ impl std::fmt::Display for StreamChange {
 /// Deletes the stream if it is this pipeline's; `true` once it is gone.
 pub async fn delete(clients: &AwsClients, name: &str, owner: &Owner) -> Result<bool, Error> {
     let Some(observed) = observe(clients, name).await? else { return Ok(true) };
-    if let Err(holder) = owner.deletes(observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+    if let Err(holder) = owner.deletes(tag_pairs(&observed.tags)) {
         tracing::info!(stream = name, %holder, "not this pipeline's stream; leaving it");
         return Ok(true);
     }
@@ -304,7 +304,7 @@ mod tests {
         ]))
         .await;
         let observed = observe(&aws.clients, "p-input").await.unwrap().expect("the stream exists");
-        let standing = owner().standing(observed.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let standing = owner().standing(tag_pairs(&observed.tags));
         assert_eq!(standing, Standing::Ours, "{:?}", observed.tags);
         let pages = aws.bodies("ListTagsForStream");
         assert_eq!(pages.len(), 2, "{pages:?}");
