@@ -24,7 +24,7 @@ use metrics_pipeline_api::naming::PipelineNames;
 use metrics_pipeline_api::pipeline::{AwsResourceRef, DeletionPolicy, DeliveryWriter, MetricsPipeline, MetricsPipelineStatus, Phase};
 use metrics_pipeline_api::validation::validate;
 
-use crate::aws::{AwsCalls, AwsClients, bucket, catalog, delivery, role, streams};
+use crate::aws::{AwsCalls, AwsClients, Refusals, bucket, catalog, delivery, role, streams};
 use crate::error::Error;
 use crate::managed::{FIELD_MANAGER, Outcome, Owner, write_status};
 use crate::metrics::{Metrics, ReconcileResult};
@@ -39,8 +39,13 @@ pub const FINALIZER: &str = "pipelines.metrics.dev/cleanup";
 pub struct Settings {
     /// How often a Ready pipeline is re-read to repair drift.
     pub resync: Duration,
-    /// How soon to look again while AWS is creating, updating or deleting something.
+    /// How soon to look again while AWS is creating, updating or deleting something (or the
+    /// aggregator rolls out); each further look doubles the wait, up to `pending_cap`.
     pub pending_requeue: Duration,
+    pub pending_cap: Duration,
+    /// How long a pipeline may wait for a part before the operator gives up on it (Failed,
+    /// `Stalled`, with a Warning event naming the cause) and looks again only at each resync.
+    pub pending_timeout: Duration,
     /// How soon to retry after throttling or an outage; each further failure in a row doubles
     /// the wait, up to `retry_cap` (see [`backoff`]).
     pub retry_base: Duration,
@@ -53,6 +58,10 @@ impl Default for Settings {
         Self {
             resync: Duration::from_secs(300),
             pending_requeue: Duration::from_secs(5),
+            pending_cap: Duration::from_secs(60),
+            // Firehose takes minutes to create a delivery stream; a Deployment gives up on its
+            // rollout after 10 minutes unless told otherwise.
+            pending_timeout: Duration::from_secs(15 * 60),
             retry_base: Duration::from_secs(5),
             retry_cap: Duration::from_secs(300),
             workload: WorkloadSettings::default(),
@@ -66,16 +75,22 @@ pub struct AwsAccount {
     pub target: AwsTarget,
     pub calls: AwsCalls,
     clients: Mutex<HashMap<String, AwsClients>>,
+    /// What AWS refused lately, in any region; held for the resync period.
+    refusals: Arc<Refusals>,
 }
 
 impl AwsAccount {
     pub fn new(sdk: SdkConfig, target: AwsTarget, calls: AwsCalls) -> Self {
-        Self { sdk, target, calls, clients: Mutex::default() }
+        let refusals = Arc::new(Refusals::new(Settings::default().resync));
+        Self { sdk, target, calls, clients: Mutex::default(), refusals }
     }
 
     fn clients(&self, region: &str) -> AwsClients {
         let mut clients = self.clients.lock().expect("no panics while holding the lock");
-        clients.entry(region.to_owned()).or_insert_with(|| AwsClients::new(&self.sdk, region, &self.calls)).clone()
+        clients
+            .entry(region.to_owned())
+            .or_insert_with(|| AwsClients::sharing(&self.sdk, region, &self.calls, self.refusals.clone()))
+            .clone()
     }
 }
 
@@ -89,13 +104,23 @@ pub struct Context {
     pub cluster: String,
     /// Retryable failures in a row, per pipeline, for the backoff.
     failures: Mutex<HashMap<ObjectRef<MetricsPipeline>, u32>>,
+    /// Pipelines waiting for a part (or for their deletion), since when and how often looked at.
+    waiting: Mutex<HashMap<ObjectRef<MetricsPipeline>, Waiting>>,
+}
+
+/// A pipeline waiting for AWS or its rollout, at one generation of its spec.
+struct Waiting {
+    generation: Option<i64>,
+    since: Instant,
+    looks: u32,
 }
 
 impl Context {
-    pub fn new(client: Client, account: AwsAccount, cluster: String, metrics: Arc<Metrics>, settings: Settings) -> Self {
+    pub fn new(client: Client, mut account: AwsAccount, cluster: String, metrics: Arc<Metrics>, settings: Settings) -> Self {
+        account.refusals = Arc::new(Refusals::new(settings.resync));
         let instance = std::env::var("POD_NAME").ok();
         let recorder = Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance });
-        Self { client, account, recorder, metrics, settings, cluster, failures: Mutex::default() }
+        Self { client, account, recorder, metrics, settings, cluster, failures: Mutex::default(), waiting: Mutex::default() }
     }
 
     /// The wait before retrying `pipeline`, which failed (again) for a reason time can fix.
@@ -104,6 +129,30 @@ impl Context {
         let count = failures.entry(ObjectRef::from_obj(pipeline)).or_default();
         *count = count.saturating_add(1);
         backoff(*count, self.settings.retry_base, self.settings.retry_cap, rand::random())
+    }
+
+    /// `pipeline` waits (again) for a part: how long it has at this generation of its spec, and
+    /// when to look next (sooner while AWS usually finishes, then less often).
+    fn still_waiting(&self, pipeline: &MetricsPipeline) -> (Duration, Duration) {
+        let mut waiting = self.waiting.lock().expect("no panics while holding the lock");
+        let generation = pipeline.metadata.generation;
+        let entry = waiting.entry(ObjectRef::from_obj(pipeline)).or_insert(Waiting { generation, since: Instant::now(), looks: 0 });
+        if entry.generation != generation {
+            *entry = Waiting { generation, since: Instant::now(), looks: 0 };
+        }
+        entry.looks = entry.looks.saturating_add(1);
+        let settings = &self.settings;
+        (entry.since.elapsed(), backoff(entry.looks, settings.pending_requeue, settings.pending_cap, rand::random()))
+    }
+
+    fn done_waiting(&self, pipeline: &MetricsPipeline) {
+        self.waiting.lock().expect("no panics while holding the lock").remove(&ObjectRef::from_obj(pipeline));
+    }
+
+    /// The resync period, spread by ±10 % so that pipelines created or restarted together do not
+    /// stay in step and read AWS all at once.
+    fn resync(&self) -> Duration {
+        self.settings.resync.mul_f64(0.9 + 0.2 * rand::random::<f64>())
     }
 
     /// `pipeline` got through a reconcile: its next failure starts the backoff afresh.
@@ -226,6 +275,7 @@ async fn reconcile(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) -> Res
             Finalizer::Cleanup(pipeline) => {
                 let action = cleanup(&pipeline, &api, &context).await?;
                 context.succeeded(&pipeline);
+                context.done_waiting(&pipeline);
                 Ok(action)
             }
         }
@@ -250,18 +300,17 @@ async fn reconcile(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) -> Res
 }
 
 fn error_policy(pipeline: Arc<MetricsPipeline>, error: &Error, context: Arc<Context>) -> Action {
-    let settings = &context.settings;
     match error {
         // Deletion waits on AWS and Kubernetes: expected, and looked at again soon.
         Error::Deleting(_) => {
             tracing::debug!(pipeline = %pipeline.name_any(), %error, "deletion in progress");
-            Action::requeue(settings.pending_requeue)
+            Action::requeue(context.still_waiting(&pipeline).1)
         }
         // While deleting, the spec no longer matters: what stops the deletion (a hold on objects,
         // a missing permission) is lifted elsewhere, and tried again like an outage.
         error if error.is_terminal() && pipeline.metadata.deletion_timestamp.is_none() => {
             tracing::warn!(pipeline = %pipeline.name_any(), %error, "reconcile failed; the spec or the account must change");
-            Action::requeue(settings.resync)
+            Action::requeue(context.resync())
         }
         error => {
             let wait = context.retry_after(&pipeline);
@@ -282,7 +331,21 @@ async fn apply(
     // Deployment can start before the watch has delivered this pipeline's last status write, and
     // building on that stale status would forget what the last reconcile found.
     let previous = api.get_status(&pipeline.name_any()).await?.status;
-    let report = provision(pipeline, context, api, previous.as_ref()).await?;
+    let mut report = provision(pipeline, context, api, previous.as_ref()).await?;
+    let settings = &context.settings;
+    let next_look = match report.verdict() {
+        Verdict::Pending => {
+            let (waited, next_look) = context.still_waiting(pipeline);
+            if waited >= settings.pending_timeout {
+                report.give_up(&format!("{} s", waited.as_secs()));
+            }
+            next_look
+        }
+        _ => {
+            context.done_waiting(pipeline);
+            settings.pending_requeue
+        }
+    };
     let now = Time(jiff::Timestamp::now());
     let status = status::build(&report, pipeline.metadata.generation, previous.as_ref(), now);
     write_status(api, &pipeline.name_any(), &status).await?;
@@ -301,14 +364,13 @@ async fn apply(
             publish(context, pipeline, EventType::Warning, reason, "Reconcile", message).await;
         }
     }
-    let settings = &context.settings;
     let verdict = report.verdict();
     if verdict != Verdict::Retryable {
         context.succeeded(pipeline);
     }
     let action = match verdict {
-        Verdict::Ready | Verdict::Terminal => Action::requeue(settings.resync),
-        Verdict::Pending => Action::requeue(settings.pending_requeue),
+        Verdict::Ready | Verdict::Terminal => Action::requeue(context.resync()),
+        Verdict::Pending => Action::requeue(next_look),
         Verdict::Retryable => Action::requeue(context.retry_after(pipeline)),
     };
     Ok((action, status.phase.unwrap_or(Phase::Provisioning), problem.map(|(reason, _)| reason)))
@@ -594,7 +656,7 @@ async fn without_firehose(clients: &AwsClients, names: &PipelineNames, owner: &O
 
 /// Removes what the pipeline created, newest dependency first; the finalizer stays until all of
 /// it is gone, and meanwhile `Ready` says what the deletion waits for. With `deletionPolicy:
-/// Retain` the bucket and the catalog stay.
+/// Retain` the bucket and the catalog stay; with `Orphan`, everything in AWS.
 async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context: &Context) -> Result<Action, Error> {
     // The stored status, not the cached one: a deletion right after the first reconcile must
     // find the identity that reconcile recorded.
@@ -632,6 +694,19 @@ async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> 
     // The aggregator stops first: it checkpoints into the bucket and reads and writes the streams.
     if !workload::delete(&context.client, &pipeline.namespace().unwrap_or_default(), &names.aggregator, &names.owner).await? {
         return Err(Error::Deleting(format!("aggregator Deployment {} (its pod stops and checkpoints first)", names.aggregator)));
+    }
+    if pipeline.spec.deletion_policy == DeletionPolicy::Orphan {
+        let uid = &owner.uid;
+        let note = format!(
+            "left every AWS resource of the pipeline in place, tagged with its uid {uid} (deletionPolicy: Orphan); a pipeline of \
+             this namespace and name with spec.adoptFrom.pipelineUid: {uid} takes them over"
+        );
+        publish(context, pipeline, EventType::Normal, "Deleted", "Cleanup", &note).await;
+        return Ok(Action::await_change());
+    }
+    // Meanwhile Firehose reads the output stream, writes the bucket and uses its role: all stay.
+    if let Some(draining) = delivery::undelivered(&clients, &names.delivery_stream, &names.output_stream).await? {
+        return Err(Error::Deleting(draining));
     }
     let mut waiting = Vec::new();
     if let Some(deleting) = delivery::delete(&clients, &names.delivery_stream, owner).await? {

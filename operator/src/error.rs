@@ -61,6 +61,19 @@ pub enum Error {
     #[error("{0}")]
     IdentityChange(String),
 
+    /// A part still not in place after the operator's time limit (`--pending-timeout`), or a
+    /// rollout past its Deployment's progress deadline: waiting longer is not what helps.
+    #[error(
+        "gave up waiting after {waited}: {why}. The operator looks again at each resync, and at once when the spec \
+         changes"
+    )]
+    Stalled { waited: String, why: String },
+
+    /// A change AWS refused for good a moment ago (a quota, an invalid value): asked again only
+    /// after the resync period, not at every reconcile (see [`crate::aws::Refusals`]).
+    #[error("{message} (refused {ago} s ago; asked again at the next resync)")]
+    StillRefused { reason: &'static str, message: String, ago: u64 },
+
     /// Deletion started and AWS or Kubernetes is still removing these: expected, not a failure.
     #[error("waiting for the deletion of {0}")]
     Deleting(String),
@@ -256,6 +269,8 @@ impl Error {
             | Self::UnsafeChange { .. }
             | Self::AggregatorOutOfMemory { .. }
             | Self::ShardScalingRefused { .. }
+            | Self::Stalled { .. }
+            | Self::StillRefused { .. }
             | Self::IdentityChange(_) => true,
             Self::Aws(error) => !error.kind.is_retryable(),
             Self::Kube(_) | Self::Finalizer(_) | Self::Deleting(_) => false,
@@ -282,6 +297,8 @@ impl Error {
             Self::AggregatorOutOfMemory { .. } => "OOMKilled",
             Self::ShardScalingRefused { .. } => "ScalingLimitExceeded",
             Self::IdentityChange(_) => "IdentityChangeRefused",
+            Self::Stalled { .. } => "Stalled",
+            Self::StillRefused { reason, .. } => reason,
             Self::Kube(_) => "KubernetesError",
             Self::Finalizer(_) => "FinalizerError",
             Self::Deleting(_) => "Deleting",

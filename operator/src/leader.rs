@@ -1,9 +1,13 @@
 //! Leader election on a coordination.k8s.io Lease, so that of several operator replicas exactly
-//! one reconciles. The same protocol as client-go's: the holder renews `renewTime` every
-//! `retry` period; another replica takes the lease only once `renewTime + leaseDuration` has
-//! passed, or when the holder released it on shutdown. Every write carries the resourceVersion
-//! read, so two candidates can never both win: the loser gets 409 Conflict.
+//! one reconciles. The same protocol as client-go's: the holder renews the lease every `retry`
+//! period; another replica takes it only once it has seen the lease unchanged for a lease
+//! duration by its own clock (never by comparing the holder's `renewTime` with it: clocks of two
+//! nodes differ), or when the holder released it on shutdown. Every write carries the
+//! resourceVersion read, so two candidates can never both win: the loser gets 409 Conflict. The
+//! leader's work is dropped, with every reconcile in flight, the moment it loses the lease.
 
+use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -11,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct LeaseSettings {
@@ -34,11 +39,25 @@ impl LeaseSettings {
 pub struct LeaderElector {
     api: Api<Lease>,
     settings: LeaseSettings,
+    /// The lease's resourceVersion as last read, and when this replica first read it so.
+    observed: Mutex<Option<(String, Instant)>>,
 }
 
 impl LeaderElector {
     pub fn new(client: Client, settings: LeaseSettings) -> Self {
-        Self { api: Api::namespaced(client, &settings.namespace), settings }
+        Self { api: Api::namespaced(client, &settings.namespace), settings, observed: Mutex::default() }
+    }
+
+    /// How long this replica has seen the lease at `version`: every renewal is a new version.
+    fn unchanged_for(&self, version: &str) -> Duration {
+        let mut observed = self.observed.lock().expect("no panics while holding the lock");
+        match &*observed {
+            Some((seen, since)) if seen == version => since.elapsed(),
+            _ => {
+                *observed = Some((version.to_owned(), Instant::now()));
+                Duration::ZERO
+            }
+        }
     }
 
     /// One attempt to take or renew the lease; true when this replica holds it afterwards.
@@ -55,10 +74,9 @@ impl LeaderElector {
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.as_deref().filter(|holder| !holder.is_empty());
         let ours = holder == Some(settings.identity.as_str());
-        let expired = spec.renew_time.as_ref().is_none_or(|renewed| {
-            let valid = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
-            renewed.0 + valid < now
-        });
+        // The longer of the holder's duration and ours, counted on this replica's clock.
+        let valid = settings.duration.max(Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64));
+        let expired = self.unchanged_for(lease.metadata.resource_version.as_deref().unwrap_or_default()) >= valid;
         if !ours && holder.is_some() && !expired {
             return Ok(false);
         }
@@ -120,6 +138,24 @@ impl LeaderElector {
             // Stop before another replica may take the lease over.
             if last_renewal.elapsed() + self.settings.retry >= self.settings.duration {
                 return false;
+            }
+        }
+    }
+
+    /// Runs `work` while this replica holds the lease, renewing it until `stop`. Losing the lease
+    /// drops `work` at once, reconciles in flight included, so that nothing is written after
+    /// another replica may have taken over; returns whether the lease was kept. The caller stops
+    /// `work` itself on `stop`: it then finishes what it does.
+    pub async fn lead(&self, stop: &mut watch::Receiver<bool>, work: impl Future<Output = ()>) -> bool {
+        let mut work = std::pin::pin!(work);
+        let mut holding = std::pin::pin!(self.hold(stop));
+        tokio::select! {
+            () = &mut work => true,
+            kept = &mut holding => {
+                if kept {
+                    work.await;
+                }
+                kept
             }
         }
     }

@@ -33,6 +33,11 @@ struct Cli {
     /// How often a Ready pipeline is re-read to repair drift.
     #[arg(long, env = "RESYNC_PERIOD", default_value = "5m", value_parser = parse_duration)]
     resync_period: Duration,
+    /// How long a pipeline may wait for AWS or its aggregator's rollout before the operator gives
+    /// up on it (phase Failed, reason Stalled, a Warning event naming the cause) and looks again
+    /// only at each resync and when its spec changes.
+    #[arg(long, env = "PENDING_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
+    pending_timeout: Duration,
     /// Address of /healthz and /metrics.
     #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -99,7 +104,7 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
         aws_endpoint_url: cli.aws_endpoint_url,
         credentials_secret: cli.aggregator_credentials_secret,
     };
-    let settings = Settings { resync: cli.resync_period, workload, ..Settings::default() };
+    let settings = Settings { resync: cli.resync_period, pending_timeout: cli.pending_timeout, workload, ..Settings::default() };
     let cluster = match cli.cluster_id {
         Some(cluster) => {
             // What every service's tag values allow (Kinesis's, IAM's and S3's together).
@@ -125,11 +130,9 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(listener, router).await });
 
     let (stop, stopped) = watch::channel(false);
-    let stop = Arc::new(stop);
-    let on_signal = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        on_signal.send_replace(true);
+        stop.send_replace(true);
     });
     let elector = cli.lease_name.map(|name| {
         let namespace = cli.lease_namespace.unwrap_or_else(|| context.client.default_namespace().to_owned());
@@ -144,26 +147,18 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
         }
         tracing::info!("leading: this replica reconciles");
     }
-    // The leader renews its lease beside the controller; losing it stops the controller.
-    let holding = elector.map(|elector| {
-        let (stop, mut stopped) = (stop.clone(), stopped.clone());
-        tokio::spawn(async move {
-            let kept = elector.hold(&mut stopped).await;
-            stop.send_replace(true);
-            (elector, kept)
-        })
-    });
     let mut until_stopped = stopped.clone();
-    run(context, cli.namespace, async move {
+    let reconciling = run(context, cli.namespace, async move {
         let _ = until_stopped.wait_for(|stopped| *stopped).await;
-    })
-    .await;
-    if let Some(holding) = holding {
-        let (elector, kept) = holding.await?;
-        if !kept {
-            anyhow::bail!("lost the leader lease: stopped reconciling so that the new leader reconciles alone");
+    });
+    // The leader renews its lease beside the controller; losing it drops the controller at once.
+    if let Some(elector) = elector {
+        if !elector.lead(&mut stopped.clone(), reconciling).await {
+            anyhow::bail!("lost the leader lease: stopped reconciling at once so that the new leader reconciles alone");
         }
         elector.release().await;
+    } else {
+        reconciling.await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -100,6 +100,16 @@ impl Report {
         }))
     }
 
+    /// Every part still pending has waited `waited`, past the operator's time limit: each is a
+    /// failure now, which says what it waited for.
+    pub fn give_up(&mut self, waited: &str) {
+        for (_, state) in &mut self.parts {
+            if let PartState::Pending(why) = state {
+                *state = PartState::Failed(Error::Stalled { waited: waited.to_owned(), why: std::mem::take(why) });
+            }
+        }
+    }
+
     /// Every part works, even if some not as specified: nothing failed outright.
     fn usable(&self) -> bool {
         self.invalid_spec.is_none() && !self.parts.iter().any(|(_, state)| matches!(state, PartState::Failed(_)))
@@ -273,6 +283,22 @@ mod tests {
         let never_ready = MetricsPipelineStatus { delivery_stream: None, ..updating };
         let failed = failed();
         assert_eq!(build(&failed, Some(1), Some(&never_ready), at(10)).phase, Some(Phase::Provisioning), "still coming up");
+    }
+
+    #[test]
+    fn a_pipeline_given_up_on_is_failed_and_says_what_each_part_waited_for() {
+        let mut report = ready_report();
+        let image = "aggregator rollout: 0/1 ready, 1 updated, 1 running; pod a-1: ImagePullBackOff: Back-off pulling image";
+        report.parts.push((AGGREGATOR_READY, PartState::Pending(image.into())));
+        assert_eq!(report.verdict(), Verdict::Pending);
+        report.give_up("900 s");
+        assert_eq!(report.verdict(), Verdict::Terminal, "looked at again at the resync, not in seconds");
+        let status = build(&report, Some(1), None, at(10));
+        assert_eq!(status.phase, Some(Phase::Failed));
+        let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(ready.reason, "Stalled");
+        assert!(ready.message.starts_with(&format!("gave up waiting after 900 s: {image}")), "{}", ready.message);
+        assert!(status.conditions.iter().any(|c| c.type_ == STREAMS_READY && c.status == "True"), "ready parts stay ready");
     }
 
     #[test]

@@ -298,9 +298,20 @@ pub async fn ensure(
         let selector = format!("{NAME_LABEL}={AGGREGATOR_APP},{INSTANCE_LABEL}={}", pipeline.name_any());
         let pods = pods.list(&ListParams::default().labels(&selector)).await?.items;
         // A pod on its way out (the old limit's, during a Recreate rollout) no longer counts.
-        if pods.iter().filter(|pod| pod.metadata.deletion_timestamp.is_none()).any(killed_for_memory) {
+        let current: Vec<&Pod> = pods.iter().filter(|pod| pod.metadata.deletion_timestamp.is_none()).collect();
+        if current.iter().any(|pod| killed_for_memory(pod)) {
             let limit = resources(config).limits.and_then(|limits| limits.get("memory").map(|q| q.0.clone()));
             return Err(Error::AggregatorOutOfMemory { limit: limit.unwrap_or_else(|| "none".into()) });
+        }
+        if let (Some(pending), Some(trouble)) = (&mut outcome.pending, current.iter().find_map(|pod| trouble(pod))) {
+            pending.push_str("; ");
+            pending.push_str(&trouble);
+        }
+        // The Deployment controller gave up on the rollout (`progressDeadlineSeconds`, 600 by
+        // default): so does the operator, instead of looking again and again.
+        if let Some(deadline) = past_progress_deadline(&applied) {
+            let why = outcome.pending.take().unwrap_or_default();
+            return Err(Error::Stalled { waited: format!("the Deployment's progress deadline of {deadline} s"), why });
         }
     }
     Ok((AggregatorStatus { deployment: applied.name_any(), ready_replicas }, outcome))
@@ -314,6 +325,35 @@ fn killed_for_memory(pod: &Pod) -> bool {
         let mut terminated = [&status.state, &status.last_state].into_iter().flatten().filter_map(|state| state.terminated.as_ref());
         terminated.any(|terminated| terminated.reason.as_deref() == Some(OOM_KILLED))
     })
+}
+
+/// What keeps a pod from running, in the kubelet's or the scheduler's words: a container
+/// waiting for a reason other than being started (`ImagePullBackOff`, `CrashLoopBackOff`,
+/// `CreateContainerConfigError`), or a pod no node takes.
+fn trouble(pod: &Pod) -> Option<String> {
+    let name = pod.name_any();
+    let status = pod.status.as_ref()?;
+    let waiting = status.container_statuses.iter().flatten().find_map(|container| {
+        let waiting = container.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref().filter(|reason| !["ContainerCreating", "PodInitializing"].contains(reason))?;
+        let message = waiting.message.as_deref().map(|message| format!(": {message}")).unwrap_or_default();
+        Some(format!("pod {name}: {reason}{message}"))
+    });
+    let unscheduled = || {
+        let condition = status.conditions.iter().flatten().find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+        let message = condition.message.as_deref().unwrap_or_default();
+        Some(format!("pod {name} is not scheduled: {}: {message}", condition.reason.as_deref().unwrap_or("Unschedulable")))
+    };
+    waiting.or_else(unscheduled)
+}
+
+/// The progress deadline in seconds, when the Deployment reports the rollout past it.
+fn past_progress_deadline(deployment: &Deployment) -> Option<i32> {
+    let conditions = deployment.status.as_ref()?.conditions.as_ref()?;
+    conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing" && c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))?;
+    Some(deployment.spec.as_ref().and_then(|spec| spec.progress_deadline_seconds).unwrap_or(600))
 }
 
 /// Why the Deployment is not yet running the current spec, or `None` when it is.
@@ -507,6 +547,42 @@ mod tests {
         assert!(!killed_for_memory(&pod(false, running, json!({}))), "still starting");
         let message = Error::AggregatorOutOfMemory { limit: "16Mi".into() }.to_string();
         assert!(message.contains("16Mi") && message.contains("spec.aggregator.resources.limits.memory"), "{message}");
+    }
+
+    #[test]
+    fn a_pod_that_cannot_run_says_why_in_the_kubelets_or_the_schedulers_words() {
+        let pod = |status: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "agg-1"}, "status": status})).unwrap()
+        };
+        let container = |state: serde_json::Value| {
+            json!({"containerStatuses": [{
+                "name": CONTAINER, "ready": false, "restartCount": 0, "image": "i", "imageID": "", "state": state
+            }]})
+        };
+        let pulling = pod(container(json!({"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"x:1\""}})));
+        assert_eq!(trouble(&pulling).as_deref(), Some("pod agg-1: ImagePullBackOff: Back-off pulling image \"x:1\""));
+        assert_eq!(trouble(&pod(container(json!({"waiting": {"reason": "ContainerCreating"}})))), None, "still starting");
+        assert_eq!(trouble(&pod(container(json!({"running": {}})))), None);
+        let unscheduled = pod(json!({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 Insufficient memory."}]}));
+        assert_eq!(
+            trouble(&unscheduled).as_deref(),
+            Some("pod agg-1 is not scheduled: Unschedulable: 0/1 nodes are available: 1 Insufficient memory.")
+        );
+    }
+
+    #[test]
+    fn a_rollout_past_its_progress_deadline_is_told_apart_from_one_in_progress() {
+        let deployment = |reason: &str, deadline: Option<i32>| -> Deployment {
+            serde_json::from_value(json!({
+                "spec": {"selector": {}, "template": {}, "progressDeadlineSeconds": deadline},
+                "status": {"conditions": [{"type": "Progressing", "status": if reason == "ProgressDeadlineExceeded" { "False" } else { "True" }, "reason": reason}]}
+            }))
+            .unwrap()
+        };
+        assert_eq!(past_progress_deadline(&deployment("ProgressDeadlineExceeded", None)), Some(600), "Kubernetes' default");
+        assert_eq!(past_progress_deadline(&deployment("ProgressDeadlineExceeded", Some(120))), Some(120));
+        assert_eq!(past_progress_deadline(&deployment("ReplicaSetUpdated", None)), None);
     }
 
     #[test]

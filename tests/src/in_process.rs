@@ -33,13 +33,15 @@ pub fn example_named(file: &str, name: &str) -> MetricsPipeline {
     pipeline
 }
 
-/// Settings that keep a test short: AWS's progress looked at every half second, retries from a
-/// second up to five. The aggregators reach the emulator directly, whatever endpoint the
+/// Settings that keep a test short: AWS's progress looked at from every half second up to every
+/// two, retries from a second up to five. The aggregators reach the emulator directly, whatever endpoint the
 /// operator is given.
 pub fn quick_settings() -> Settings {
     Settings {
         resync: Duration::from_secs(60),
         pending_requeue: Duration::from_millis(500),
+        pending_cap: Duration::from_secs(2),
+        pending_timeout: Duration::from_secs(600),
         retry_base: Duration::from_secs(1),
         retry_cap: Duration::from_secs(5),
         workload: workload_settings(),
@@ -236,10 +238,11 @@ pub async fn wait_for_status(
 }
 
 /// Deletes the pipeline and waits until the operator's cleanup let the finalizer go; the
-/// aggregator's pod first gets its grace period (60 s) to checkpoint.
+/// aggregator's pod first gets its grace period (60 s) to checkpoint, and Firehose its buffer
+/// interval for the last aggregate.
 pub async fn delete_and_wait(pipelines: &Api<MetricsPipeline>, name: &str) {
     pipelines.delete(name, &DeleteParams::default()).await.unwrap();
-    wait_for(&format!("the deletion of {name}"), Duration::from_secs(150), async || {
+    wait_for(&format!("the deletion of {name}"), Duration::from_secs(240), async || {
         match pipelines.get_opt(name).await.map_err(|error| error.to_string())? {
             None => Ok(()),
             Some(pipeline) => Err(format!("{:#?}", pipeline.status)),

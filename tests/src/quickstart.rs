@@ -331,7 +331,8 @@ async fn delete_pipeline(client: &Client, namespace: &str) -> anyhow::Result<()>
         return Ok(());
     }
     pipelines.delete(PIPELINE, &DeleteParams::default()).await?;
-    wait_for(&format!("the operator's cleanup of {namespace}/{PIPELINE}"), Duration::from_secs(120), async || {
+    // The delivery stream stays a buffer interval and a margin (90 s) after the last aggregate.
+    wait_for(&format!("the operator's cleanup of {namespace}/{PIPELINE}"), Duration::from_secs(240), async || {
         match pipelines.get_opt(PIPELINE).await.map_err(|error| error.to_string())? {
             Some(pipeline) if !pipeline.finalizers().is_empty() => Err(format!("{:?}", pipeline.status.and_then(|s| s.phase))),
             _ => Ok(()),

@@ -1,22 +1,25 @@
 //! What only a real runtime shows about the aggregator's pod the operator writes: the readiness
 //! probe decides when it counts as ready (and the operator's AggregatorReady follows), its log is
 //! readable through the API server, its security context is enforced, and a memory limit below
-//! its need is an OOM kill that `kubectl describe mp` names, with the field to change.
+//! its need is an OOM kill that `kubectl describe mp` names, with the field to change; an image
+//! no node can pull ends the pipeline Failed within the time limit, in the kubelet's words.
 
 use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
-use metrics_pipeline_e2e::in_process::condition;
+use metrics_pipeline_e2e::in_process::{OperatorTest, condition, example_named, quick_settings};
 use metrics_pipeline_e2e::quickstart::{example, start_operator};
 use metrics_pipeline_e2e::relay::Relay;
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client, workspace_bin_dir};
+use metrics_pipeline_operator::controller::Settings;
 use metrics_pipeline_operator::workload::{CONTAINER, aggregator_selector};
 use metrics_pipeline_test_support::{terminate, wait_for};
 use serde_json::json;
@@ -168,4 +171,38 @@ async fn the_aggregator_pod_is_ready_by_its_probe_logs_runs_confined_and_an_oom_
     .unwrap();
     terminate(&mut operator, Duration::from_secs(10)).await;
     namespace.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_aggregator_image_no_node_can_pull_ends_failed_in_the_kubelets_words_and_is_looked_at_only_at_the_resync() {
+    let settings = Settings { pending_timeout: Duration::from_secs(30), resync: Duration::from_secs(600), ..quick_settings() };
+    let test = OperatorTest::start_with("pull", None, settings).await;
+    let mut pipeline = example_named("minimal.yaml", "unpulled");
+    pipeline.spec.aggregator.image = Some("registry.invalid/metrics-aggregator:missing".into());
+    test.apply(&pipeline).await;
+
+    let status = test.wait_for("unpulled", "Failed once the time limit passed", |s| s.phase == Some(Phase::Failed)).await;
+    let (_, reason, message) = condition(&status, "Ready").unwrap();
+    assert_eq!(reason, "Stalled", "{message}");
+    assert!(message.starts_with("gave up waiting after 3"), "{message}");
+    assert!(["ErrImagePull", "ImagePullBackOff"].iter().any(|cause| message.contains(cause)), "the kubelet's reason: {message}");
+    assert!(message.contains("registry.invalid/metrics-aggregator:missing"), "{message}");
+    assert!(condition(&status, "DeliveryReady").is_some_and(|(ready, _, _)| ready == "True"), "the AWS parts stay ready");
+    let events: Api<Event> = Api::namespaced(test.client.clone(), &test.namespace.name);
+    let warning = wait_for("a Warning event naming the cause", Duration::from_secs(10), async || {
+        let events = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let warning = events.items.into_iter().find(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("Stalled"));
+        warning.and_then(|e| e.note).ok_or_else(|| "none yet".to_owned())
+    })
+    .await
+    .unwrap();
+    assert!(warning.contains("registry.invalid"), "{warning}");
+
+    // Given up: no look until the resync, however long the pod keeps backing off.
+    let calls = test.operator().total_calls();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(test.operator().total_calls(), calls, "no AWS call while given up");
+
+    test.delete_and_check("unpulled").await;
+    test.finish().await;
 }

@@ -1,8 +1,8 @@
 //! What a pipeline owns in AWS is proved by the resources' own tags (its namespace and name, its
 //! UID and its cluster's identity), never by its status: two clusters sharing an account never
 //! touch each other's resources, a pipeline created again takes over what an earlier one kept
-//! only when asked, a status writer cannot hand the operator a bucket, and of two pipelines that
-//! name one bucket at once exactly one gets it.
+//! only when asked (one deleted with `Orphan` left all of them for it), a status writer cannot
+//! hand the operator a bucket, and of two pipelines that name one bucket at once exactly one gets it.
 
 use std::time::Duration;
 
@@ -104,6 +104,31 @@ async fn a_pipeline_created_again_takes_over_its_retained_bucket_only_when_asked
     assert_eq!(bucket_tags(&bucket).await[PIPELINE_UID_TAG], uid, "the bucket is the new pipeline's now");
     s3.head_object().bucket(&bucket).key("componentName=a/old.json").send().await.expect("the data stays");
     test.delete_and_check("again").await;
+    test.finish().await;
+}
+
+#[tokio::test]
+async fn orphan_leaves_every_aws_resource_for_a_new_pipeline_to_adopt() {
+    let test = OperatorTest::start("own-orphan", None, Duration::from_secs(60)).await;
+    let mut orphaned = paused("orphan");
+    orphaned.spec.deletion_policy = DeletionPolicy::Orphan;
+    test.apply(&orphaned).await;
+    test.ready("orphan").await;
+    let earlier = test.pipelines.get("orphan").await.unwrap().metadata.uid.unwrap();
+    let mut made = everything_named(&test.aws_prefix("orphan")).await;
+    made.sort();
+    assert_eq!(made.len(), 6, "two streams, bucket, role, delivery stream, database (with its table): {made:?}");
+
+    delete_and_wait(&test.pipelines, "orphan").await;
+    let mut left = everything_named(&test.aws_prefix("orphan")).await;
+    left.sort();
+    assert_eq!(left, made, "Orphan leaves everything in AWS");
+
+    let mut adopting = paused("orphan");
+    adopting.spec.adopt_from = Some(AdoptFrom { pipeline_uid: earlier });
+    test.apply(&adopting).await;
+    test.ready("orphan").await;
+    test.delete_and_check("orphan").await;
     test.finish().await;
 }
 

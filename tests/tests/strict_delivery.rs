@@ -2,7 +2,9 @@
 //! for a while and reads its source only from when it is ACTIVE, so the aggregator must not
 //! write before then (at the first creation and at a recreate); and a role IAM has not propagated
 //! yet is refused with each of Firehose's messages in turn, which the pipeline waits out without
-//! ever failing. (A delivery stream that failed to be created is tested in the operator's unit
+//! ever failing; and a deletion keeps the delivery stream until Firehose has had its buffer
+//! interval for the last aggregate on the output stream, for AWS deletes a delivery stream with
+//! what it buffered. (A delivery stream that failed to be created is tested in the operator's unit
 //! tests, `aws::delivery`: neither moto nor the proxy makes one fail.)
 
 use std::sync::{Arc, Mutex};
@@ -16,7 +18,7 @@ use metrics_pipeline_api::MetricsPipelineStatus;
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_aws_proxy::{AwsProxy, Outcome, ProxySettings, Rule, RuleSettings, Service, emulator_url};
 use metrics_pipeline_e2e::emulator_sdk;
-use metrics_pipeline_e2e::in_process::{OperatorTest, condition, delete_and_wait, example};
+use metrics_pipeline_e2e::in_process::{OperatorTest, condition, delete_and_wait, everything_named, example, example_named};
 use metrics_pipeline_test_support::wait_for;
 use serde_json::json;
 
@@ -174,4 +176,35 @@ async fn a_role_iam_has_not_propagated_yet_is_waited_out_without_the_pipeline_fa
         seen.iter().flat_map(|status| &status.conditions).filter(|c| c.type_ == "DeliveryReady").map(|c| c.message.as_str()).collect();
     assert!(messages.iter().any(|m| m.contains("waiting for IAM") && m.contains(&role)), "{messages:#?}");
     setup.finish().await;
+}
+
+#[tokio::test]
+async fn a_deletion_waits_until_firehose_has_had_its_buffer_interval_for_the_last_aggregate() {
+    let test = OperatorTest::start("drain", None, Duration::from_secs(60)).await;
+    let mut pipeline = example_named("minimal.yaml", "drain");
+    // The test writes the aggregator's last aggregate itself.
+    pipeline.spec.aggregator.replicas = 0;
+    test.apply(&pipeline).await;
+    let status = test.ready("drain").await;
+    let (output, delivery) = (status.output_stream.unwrap().name, status.delivery_stream.unwrap().name);
+    let sdk = emulator_sdk().await;
+    let record = aws_sdk_kinesis::primitives::Blob::new(br#"{"componentName":"c","metricName":"m","count":1}"#.to_vec());
+    aws_sdk_kinesis::Client::new(&sdk).put_record().stream_name(&output).partition_key("c").data(record).send().await.unwrap();
+    let written = std::time::Instant::now();
+
+    test.pipelines.delete("drain", &Default::default()).await.unwrap();
+    let status = test
+        .wait_for("drain", "the deletion waiting for Firehose", |s| {
+            condition(s, "Ready").is_some_and(|(_, _, message)| message.contains("to deliver what it buffered"))
+        })
+        .await;
+    let (_, _, message) = condition(&status, "Ready").unwrap();
+    assert!(message.contains(&delivery) && message.contains("buffer interval of 60 s"), "{message}");
+    let firehose = aws_sdk_firehose::Client::new(&sdk);
+    assert!(firehose.describe_delivery_stream().delivery_stream_name(&delivery).send().await.is_ok(), "still delivering");
+
+    delete_and_wait(&test.pipelines, "drain").await;
+    assert!(written.elapsed() >= Duration::from_secs(60), "gone only after a buffer interval: {:?}", written.elapsed());
+    assert_eq!(everything_named(&test.aws_prefix("drain")).await, Vec::<String>::new());
+    test.finish().await;
 }

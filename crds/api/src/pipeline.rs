@@ -53,9 +53,11 @@ pub struct MetricsPipelineSpec {
     #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
     pub name_prefix: Option<String>,
 
-    /// What happens to the data when this resource is deleted. `Delete` removes every AWS
+    /// What happens to the AWS resources when this resource is deleted. Each policy stops the
+    /// aggregator first and lets Firehose deliver what it buffered. `Delete` removes every AWS
     /// resource, including the bucket and its objects; `Retain` keeps the bucket (with the data)
-    /// and the Glue catalog, and removes the rest.
+    /// and the Glue catalog, and removes the rest; `Orphan` leaves every AWS resource as it is,
+    /// tagged, for a new pipeline to take over (`spec.adoptFrom`) or for removal by hand.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
@@ -103,6 +105,7 @@ pub enum DeletionPolicy {
     #[default]
     Delete,
     Retain,
+    Orphan,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

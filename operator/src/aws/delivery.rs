@@ -3,6 +3,8 @@
 //! plain data built from the validated spec, so the exact request is unit-tested; the adapter
 //! compares them with what DescribeDeliveryStream shows and creates, updates or recreates.
 
+use std::time::Duration;
+
 use aws_sdk_firehose::types::{
     BufferingHints, CompressionFormat, DataFormatConversionConfiguration, DeliveryStreamDescription, DeliveryStreamStatus,
     DeliveryStreamType, Deserializer, DynamicPartitioningConfiguration, ExtendedS3DestinationConfiguration, ExtendedS3DestinationUpdate,
@@ -13,7 +15,7 @@ use aws_sdk_firehose::types::{
 use metrics_pipeline_api::config::DeliveryConfig;
 use metrics_pipeline_api::pipeline::{AwsResourceRef, Compression, DeliveryFormat};
 
-use super::AwsClients;
+use super::{AwsClients, streams};
 use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error, error_code};
 use crate::managed::{Outcome, Owner, tag_pairs};
 
@@ -326,7 +328,7 @@ pub async fn ensure(
     match plan(desired, description.as_ref().map(settings_of)) {
         DeliveryPlan::Keep => {}
         DeliveryPlan::Create => {
-            let arn = create(clients, name, owner, desired).await?;
+            let arn = Box::pin(create(clients, name, owner, desired)).await?;
             outcome.changed(format!("created Firehose delivery stream {name}"));
             outcome.pending = Some(format!("Firehose delivery stream {name} is being created"));
             return Ok((reference(Some(arn)), outcome));
@@ -334,18 +336,26 @@ pub async fn ensure(
         DeliveryPlan::Update => {
             let description = description.as_ref().expect("an update has something to update");
             let destination = description.destinations().first().map(|d| d.destination_id().to_owned()).unwrap_or_default();
-            (clients.firehose.update_destination())
-                .delivery_stream_name(name)
-                .current_delivery_stream_version_id(description.version_id())
-                .destination_id(destination)
-                .extended_s3_destination_update(destination_update(desired))
-                .send()
-                .await
-                .map_err(|error| {
-                    let error = AwsError::from_sdk(format!("updating Firehose delivery stream {name}"), error);
-                    Error::from(unsettled_role(error, &desired.role_arn))
-                })?;
-            outcome.changed(format!("updated the destination of Firehose delivery stream {name}"));
+            let update = async {
+                (clients.firehose.update_destination())
+                    .delivery_stream_name(name)
+                    .current_delivery_stream_version_id(description.version_id())
+                    .destination_id(destination)
+                    .extended_s3_destination_update(destination_update(desired))
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|error| {
+                        let error = AwsError::from_sdk(format!("updating Firehose delivery stream {name}"), error);
+                        Error::from(unsettled_role(error, &desired.role_arn))
+                    })
+            };
+            // Boxed: the SDK's builders make this future large, and a reconcile's stack small.
+            match clients.ask(&format!("Firehose delivery stream {name}: update to {desired:?}"), Box::pin(update)).await {
+                Ok(()) => outcome.changed(format!("updated the destination of Firehose delivery stream {name}")),
+                // The stream delivers as it stands, so the aggregator that feeds it goes on.
+                Err(error) => outcome.degraded = Some(error),
+            }
         }
         DeliveryPlan::Recreate(reason) => {
             delete_owned(clients, name, &DeliveryStreamStatus::Active).await?;
@@ -432,6 +442,30 @@ async fn delete_owned(clients: &AwsClients, name: &str, status: &DeliveryStreamS
     let deleted = clients.firehose.delete_delivery_stream().delivery_stream_name(name).set_allow_force_delete(force).send().await;
     deleted.absent_on(&[NOT_FOUND], || format!("deleting Firehose delivery stream {name}"))?;
     Ok(())
+}
+
+/// Beyond the buffer interval: Firehose reads its source about once a second and processes
+/// (partitions) what it read before buffering, and AWS treats buffering hints as hints.
+const DRAIN_MARGIN: Duration = Duration::from_secs(30);
+
+/// What Firehose may still hold: AWS deletes a delivery stream "and its data", delivering what it
+/// buffered no more. While the newest record on the output stream is younger than the delivery
+/// stream's buffer interval (and a margin), the deletion waits, with the aggregator stopped;
+/// this says for what and how long, or `None` once the delivery stream can go.
+pub async fn undelivered(clients: &AwsClients, name: &str, output_stream: &str) -> Result<Option<String>, Error> {
+    let Some(description) = observe(clients, name).await? else { return Ok(None) };
+    if description.delivery_stream_status() != &DeliveryStreamStatus::Active {
+        return Ok(None);
+    }
+    let interval = settings_of(&description).map_or(300, |settings| settings.buffer_interval_seconds);
+    let window = Duration::from_secs(interval.max(0) as u64) + DRAIN_MARGIN;
+    let Some(newest) = streams::newest_record(clients, output_stream, window).await? else { return Ok(None) };
+    let age = jiff::Timestamp::now().duration_since(newest).unsigned_abs();
+    Ok(Some(format!(
+        "Firehose delivery stream {name} to deliver what it buffered: the last aggregate reached {output_stream} at {newest}, \
+         and Firehose delivers within its buffer interval of {interval} s (about {} s more)",
+        window.saturating_sub(age).as_secs()
+    )))
 }
 
 /// Deletes the delivery stream if it is this pipeline's: `None` once it is gone, else the
@@ -551,6 +585,28 @@ mod tests {
             "never ready: {outcome:?}"
         );
         assert!(aws.called().iter().any(|operation| operation == "DeleteDeliveryStream"), "{:?}", aws.called());
+    }
+
+    #[tokio::test]
+    async fn a_refused_update_leaves_the_stream_delivering_as_it_stands_and_is_asked_again_only_at_the_resync() {
+        // The spec asks for 128 MiB buffers; Firehose refuses the update as written.
+        let mut settings = desired(&config(DeliveryFormat::Json, Compression::Gzip), &connections());
+        settings.buffer_size_mib = 128;
+        let refused =
+            r#"{"__type":"InvalidArgumentException","message":"BufferingHints.SizeInMBs must be at most 128 for this destination"}"#;
+        let aws = FakeAws::start(BTreeMap::from([
+            ("DescribeDeliveryStream", (200, described("ACTIVE", None))),
+            ("ListTagsForDeliveryStream", (200, ours())),
+            ("UpdateDestination", (400, refused)),
+        ]))
+        .await;
+        for _ in 0..2 {
+            let (reference, outcome) = ensure(&aws.clients, "p-delivery", &owner(), &settings).await.expect("usable as it stands");
+            assert!(reference.arn.is_some() && outcome.pending.is_none(), "{outcome:?}");
+            let error = outcome.degraded.expect("the refusal is reported");
+            assert!(error.is_terminal() && error.to_string().contains("must be at most 128"), "{error}");
+        }
+        assert_eq!(aws.called().iter().filter(|operation| *operation == "UpdateDestination").count(), 1, "{:?}", aws.called());
     }
 
     #[tokio::test]

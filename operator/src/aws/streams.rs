@@ -1,7 +1,10 @@
 //! The input and output Kinesis streams: created with the spec's capacity and retention, tagged,
-//! changed in place (shard count, capacity mode, retention) one update at a time.
+//! changed in place (shard count, capacity mode, retention) one update at a time; the output
+//! stream read for its newest records before the delivery stream that reads it is deleted.
 
-use aws_sdk_kinesis::types::{ScalingType, StreamMode, StreamModeDetails, StreamStatus};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_kinesis::types::{ScalingType, ShardIteratorType, StreamMode, StreamModeDetails, StreamStatus};
 use metrics_pipeline_api::config::{StreamCapacity, StreamConfig};
 use metrics_pipeline_api::pipeline::AwsResourceRef;
 
@@ -126,12 +129,14 @@ pub async fn ensure(
         return Ok((reference, outcome));
     }
     if let Some(change) = changes(desired, &observed).into_iter().next() {
-        match apply(clients, name, &observed, &change).await {
+        let applied =
+            async { apply(clients, name, &observed, &change).await.map_err(|error| refusal(error, name, desired, &observed, field)) };
+        match clients.ask(&format!("Kinesis stream {name}: {change}"), applied).await {
             Ok(()) => {
                 outcome.changed(format!("Kinesis stream {name}: {change}"));
                 outcome.pending = Some(format!("Kinesis stream {name} is updating ({change})"));
             }
-            Err(error) => outcome.degraded = Some(refusal(error, name, desired, &observed, field)),
+            Err(error) => outcome.degraded = Some(error),
         }
     }
     Ok((reference, outcome))
@@ -213,6 +218,57 @@ impl std::fmt::Display for StreamChange {
     }
 }
 
+/// When the newest record written to the stream within the last `window` arrived, if any: every
+/// shard (closed ones too) read from `window` ago to its end. The deletion of the delivery stream
+/// that reads this stream waits on it.
+pub async fn newest_record(clients: &AwsClients, name: &str, window: Duration) -> Result<Option<jiff::Timestamp>, Error> {
+    let action = || format!("reading Kinesis stream {name} for what Firehose may not have delivered yet");
+    let kinesis = &clients.kinesis;
+    let since = aws_smithy_types::DateTime::from(SystemTime::now() - window);
+    let mut shards = Vec::new();
+    let mut next_token = None;
+    loop {
+        // ListShards takes either the stream's name or the previous page's token.
+        let request = match next_token.take() {
+            Some(token) => kinesis.list_shards().next_token(token),
+            None => kinesis.list_shards().stream_name(name),
+        };
+        let Some(page) = request.send().await.absent_on(&[NOT_FOUND], action)? else { return Ok(None) };
+        shards.extend(page.shards.unwrap_or_default().into_iter().map(|shard| shard.shard_id));
+        match page.next_token {
+            Some(token) => next_token = Some(token),
+            None => break,
+        }
+    }
+    let mut newest = None;
+    for shard in shards {
+        let iterator = (kinesis.get_shard_iterator().stream_name(name).shard_id(shard))
+            .shard_iterator_type(ShardIteratorType::AtTimestamp)
+            .timestamp(since)
+            .send()
+            .await
+            .or_aws(action)?;
+        let mut iterator = iterator.shard_iterator;
+        // A shard is read to its end in a few pages; the bound keeps a busy one from holding
+        // the deletion's pass.
+        for _ in 0..MAX_PAGES_PER_SHARD {
+            let Some(current) = iterator.take() else { break };
+            let page = kinesis.get_records().shard_iterator(current).send().await.or_aws(action)?;
+            let arrivals =
+                page.records.iter().filter_map(|record| jiff::Timestamp::from_second(record.approximate_arrival_timestamp?.secs()).ok());
+            newest = newest.max(arrivals.max());
+            if page.millis_behind_latest.unwrap_or(0) == 0 {
+                break;
+            }
+            iterator = page.next_shard_iterator;
+        }
+    }
+    Ok(newest)
+}
+
+/// GetRecords pages read per shard by [`newest_record`] (10,000 records each at most).
+const MAX_PAGES_PER_SHARD: usize = 20;
+
 /// Deletes the stream if it is this pipeline's; `true` once it is gone.
 pub async fn delete(clients: &AwsClients, name: &str, owner: &Owner) -> Result<bool, Error> {
     let Some(observed) = observe(clients, name).await? else { return Ok(true) };
@@ -256,7 +312,9 @@ mod tests {
 
     /// Ensures our ACTIVE 2-shard stream `p-input` with `shards` in the spec, UpdateShardCount
     /// answered with `refusal`.
-    async fn scaling_refused(refusal: &'static str, shards: i32) -> (AwsResourceRef, Outcome) {
+    /// Two reconciles asking for `shards`, whose scaling AWS answers with `refusal`: what the
+    /// second found, and the scalings asked by the first (with the SDK's retries) and by both.
+    async fn scaling_refused(refusal: &'static str, shards: i32) -> (AwsResourceRef, Outcome, (usize, usize)) {
         let aws = FakeAws::start(BTreeMap::from([
             ("DescribeStreamSummary", (200, DESCRIBED)),
             ("ListTagsForStream", (200, OURS)),
@@ -264,17 +322,22 @@ mod tests {
         ]))
         .await;
         let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards }, retention_hours: 24 };
-        ensure(&aws.clients, "p-input", &owner(), &desired, "spec.streams.input").await.unwrap()
+        let scalings = || aws.called().iter().filter(|operation| *operation == "UpdateShardCount").count();
+        ensure(&aws.clients, "p-input", &owner(), &desired, "spec.streams.input").await.unwrap();
+        let first = scalings();
+        let (reference, outcome) = ensure(&aws.clients, "p-input", &owner(), &desired, "spec.streams.input").await.unwrap();
+        (reference, outcome, (first, scalings()))
     }
 
     #[tokio::test]
     async fn a_refused_scaling_past_the_daily_limit_is_not_retried_as_throttling() {
         let limit = r#"{"__type":"LimitExceededException","message":"Exceeded the limit of 10 UpdateShardCount calls per rolling 24-hour period for stream p-input under account 123456789012."}"#;
-        let (reference, outcome) = scaling_refused(limit, 3).await;
+        let (reference, outcome, asked) = scaling_refused(limit, 3).await;
+        assert_eq!(asked.1, asked.0, "the refusal holds until the next resync: the second reconcile does not ask again");
         assert_eq!(reference.arn.as_deref(), Some("arn:aws:kinesis:eu-west-1:123456789012:stream/p-input"), "still usable");
         let error = outcome.degraded.expect("the refusal is reported");
         assert!(error.is_terminal(), "a quota is not throttling: {error}");
-        assert_eq!(error.reason(), "ScalingLimitExceeded");
+        assert_eq!(error.reason(), "ScalingLimitExceeded", "{error}");
         let message = error.to_string();
         for expected in [
             "`p-input` from 2 towards 3 shards",
@@ -289,7 +352,8 @@ mod tests {
     #[tokio::test]
     async fn a_throttled_scaling_is_retried_soon_and_the_stream_stays_usable() {
         let rate = r#"{"__type":"LimitExceededException","message":"Rate exceeded for stream p-input under account 123456789012."}"#;
-        let (_, outcome) = scaling_refused(rate, 4).await;
+        let (_, outcome, asked) = scaling_refused(rate, 4).await;
+        assert_eq!(asked.1, 2 * asked.0, "throttling is retried");
         let error = outcome.degraded.expect("the refusal is reported");
         assert_eq!(error.aws_kind(), Some(AwsErrorKind::Throttled), "{error}");
         assert!(!error.is_terminal());
