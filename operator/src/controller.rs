@@ -24,7 +24,7 @@ use metrics_pipeline_api::naming::PipelineNames;
 use metrics_pipeline_api::pipeline::{AwsResourceRef, DeletionPolicy, DeliveryWriter, MetricsPipeline, MetricsPipelineStatus, Phase};
 use metrics_pipeline_api::validation::validate;
 
-use crate::aws::{AwsCalls, AwsClients, Refusals, bucket, catalog, delivery, role, streams};
+use crate::aws::{AwsCalls, AwsClients, Memory, Refusals, TagCache, bucket, catalog, delivery, role, streams};
 use crate::error::Error;
 use crate::managed::{FIELD_MANAGER, Outcome, Owner, write_status};
 use crate::metrics::{Metrics, ReconcileResult};
@@ -50,6 +50,9 @@ pub struct Settings {
     /// the wait, up to `retry_cap` (see [`backoff`]).
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// Reconciles at most at once: with the per-operation rate limits, what keeps a restart of a
+    /// thousand pipelines a queue instead of a burst of calls, each waiting long for its turn.
+    pub concurrency: u16,
     pub workload: WorkloadSettings,
 }
 
@@ -64,6 +67,7 @@ impl Default for Settings {
             pending_timeout: Duration::from_secs(15 * 60),
             retry_base: Duration::from_secs(5),
             retry_cap: Duration::from_secs(300),
+            concurrency: 8,
             workload: WorkloadSettings::default(),
         }
     }
@@ -75,22 +79,18 @@ pub struct AwsAccount {
     pub target: AwsTarget,
     pub calls: AwsCalls,
     clients: Mutex<HashMap<String, AwsClients>>,
-    /// What AWS refused lately, in any region; held for the resync period.
-    refusals: Arc<Refusals>,
+    /// What AWS refused lately (held for the resync period) and the tags read lately, in any region.
+    memory: Memory,
 }
 
 impl AwsAccount {
     pub fn new(sdk: SdkConfig, target: AwsTarget, calls: AwsCalls) -> Self {
-        let refusals = Arc::new(Refusals::new(Settings::default().resync));
-        Self { sdk, target, calls, clients: Mutex::default(), refusals }
+        Self { sdk, target, calls, clients: Mutex::default(), memory: memory(&Settings::default()) }
     }
 
     fn clients(&self, region: &str) -> AwsClients {
         let mut clients = self.clients.lock().expect("no panics while holding the lock");
-        clients
-            .entry(region.to_owned())
-            .or_insert_with(|| AwsClients::sharing(&self.sdk, region, &self.calls, self.refusals.clone()))
-            .clone()
+        clients.entry(region.to_owned()).or_insert_with(|| AwsClients::sharing(&self.sdk, region, &self.calls, &self.memory)).clone()
     }
 }
 
@@ -117,7 +117,7 @@ struct Waiting {
 
 impl Context {
     pub fn new(client: Client, mut account: AwsAccount, cluster: String, metrics: Arc<Metrics>, settings: Settings) -> Self {
-        account.refusals = Arc::new(Refusals::new(settings.resync));
+        account.memory = memory(&settings);
         let instance = std::env::var("POD_NAME").ok();
         let recorder = Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance });
         Self { client, account, recorder, metrics, settings, cluster, failures: Mutex::default(), waiting: Mutex::default() }
@@ -161,6 +161,11 @@ impl Context {
     }
 }
 
+/// Refusals held for a resync period; tags trusted for six, so most reconciles read none.
+fn memory(settings: &Settings) -> Memory {
+    Memory { refusals: Arc::new(Refusals::new(settings.resync)), tags: Arc::new(TagCache::new(settings.resync * 6)) }
+}
+
 /// The wait before retry number `failures` (1 for the first): `base` doubled per failure in a
 /// row, at most `cap`, of which a random half (`jitter` in [0, 1)) is spread out, so that the
 /// pipelines an outage hit at once do not all retry at once.
@@ -185,7 +190,9 @@ pub async fn run(context: Arc<Context>, namespace: Option<String>, shutdown: imp
     // The aggregator's Deployment reports readiness in its status: each change of its rollout
     // reconciles the pipeline that owns it, so AggregatorReady follows without polling.
     let aggregators = watcher(deployments, watcher::Config::default().labels(&workload::aggregator_selector())).default_backoff();
+    let config = kube::runtime::controller::Config::default().concurrency(context.settings.concurrency);
     Controller::for_stream(changes(watched, reconcile_inputs), pipelines)
+        .with_config(config)
         .owns_stream(changes(aggregators, rollout))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)

@@ -38,6 +38,10 @@ struct Cli {
     /// only at each resync and when its spec changes.
     #[arg(long, env = "PENDING_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
     pending_timeout: Duration,
+    /// Pipelines reconciled at most at once. AWS calls are also paced below each operation's
+    /// documented per-account rate, so more only makes reconciles wait longer for their turn.
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = Settings::default().concurrency, value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
     /// Address of /healthz and /metrics.
     #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -104,7 +108,13 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
         aws_endpoint_url: cli.aws_endpoint_url,
         credentials_secret: cli.aggregator_credentials_secret,
     };
-    let settings = Settings { resync: cli.resync_period, pending_timeout: cli.pending_timeout, workload, ..Settings::default() };
+    let settings = Settings {
+        resync: cli.resync_period,
+        pending_timeout: cli.pending_timeout,
+        concurrency: cli.max_concurrent_reconciles,
+        workload,
+        ..Settings::default()
+    };
     let cluster = match cli.cluster_id {
         Some(cluster) => {
             // What every service's tag values allow (Kinesis's, IAM's and S3's together).

@@ -42,6 +42,7 @@ pub fn quick_settings() -> Settings {
         pending_requeue: Duration::from_millis(500),
         pending_cap: Duration::from_secs(2),
         pending_timeout: Duration::from_secs(600),
+        concurrency: 8,
         retry_base: Duration::from_secs(1),
         retry_cap: Duration::from_secs(5),
         workload: workload_settings(),

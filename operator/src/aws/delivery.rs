@@ -285,6 +285,13 @@ async fn tags_of(clients: &AwsClients, name: &str) -> Result<Vec<(String, String
     Ok(tags.tags.into_iter().map(|tag| (tag.key, tag.value.unwrap_or_default())).collect())
 }
 
+/// The delivery stream's tags as read lately (see [`crate::aws::TagCache`]).
+async fn cached_tags_of(clients: &AwsClients, description: &DeliveryStreamDescription) -> Result<Vec<(String, String)>, Error> {
+    let created = description.create_timestamp().map(|created| created.secs().to_string()).unwrap_or_default();
+    let name = description.delivery_stream_name();
+    clients.tags.read(description.delivery_stream_arn(), created, tags_of(clients, name)).await
+}
+
 fn tags(owner: &Owner) -> Vec<Tag> {
     owner.tags().into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key is set")).collect()
 }
@@ -297,9 +304,10 @@ pub async fn ensure(
 ) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
     let description = observe(clients, name).await?;
-    if description.is_some()
-        && let Some(why) = owner.check("Firehose delivery stream", name, tag_pairs(&tags_of(clients, name).await?))?
+    if let Some(description) = &description
+        && let Some(why) = owner.check("Firehose delivery stream", name, tag_pairs(&cached_tags_of(clients, description).await?))?
     {
+        clients.tags.forget(description.delivery_stream_arn());
         let tagging = clients.firehose.tag_delivery_stream().delivery_stream_name(name).set_tags(Some(tags(owner)));
         tagging.send().await.or_aws(|| format!("tagging Firehose delivery stream {name}"))?;
         outcome.changed(format!("Firehose delivery stream {name}: {why}"));

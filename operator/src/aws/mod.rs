@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod delivery;
 #[cfg(test)]
 mod fake;
+pub mod limits;
 pub mod role;
 pub mod streams;
 
@@ -24,10 +25,11 @@ use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationIn
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
-use metrics_pipeline_runtime::sdk::s3_client;
+use metrics_pipeline_runtime::sdk::{http_client, s3_client};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+use self::limits::RateLimits;
 use crate::error::Error;
 
 /// Counts AWS calls by service and operation, so steady state can be shown to mutate nothing.
@@ -102,12 +104,80 @@ impl Refusals {
     }
 }
 
+/// How an ownership check reads a resource's tags: as read lately while reconciling, afresh
+/// before a deletion (nothing is deleted on an old answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagsAs {
+    Cached,
+    Fresh,
+}
+
+/// What the operator remembers of AWS across reconciles, shared by the clients of every region.
+#[derive(Clone, Debug)]
+pub struct Memory {
+    pub refusals: Arc<Refusals>,
+    pub tags: Arc<TagCache>,
+}
+
+/// Tags of resources read lately, by resource ARN and creation time (a resource deleted and
+/// made again under its name is another). Tags change only when someone tags, so a reconcile
+/// within `fresh` of the last read takes them from here: ListTagsForStream, 5 calls a second per
+/// account, would otherwise cap an account at about 700 pipelines at the default resync. The
+/// operator's own tagging forgets the resource; a deletion always reads afresh, and tags someone
+/// else changes show within `fresh`.
+#[derive(Debug)]
+pub struct TagCache {
+    fresh: Duration,
+    read: Mutex<HashMap<String, ReadTags>>,
+}
+
+#[derive(Debug)]
+struct ReadTags {
+    created: String,
+    at: Instant,
+    tags: Vec<(String, String)>,
+}
+
+impl TagCache {
+    pub fn new(fresh: Duration) -> Self {
+        Self { fresh, read: Mutex::default() }
+    }
+
+    /// The tags of resource `arn` made at `created`: as read within `fresh`, else by `read`.
+    pub async fn read(
+        &self,
+        arn: &str,
+        created: String,
+        read: impl Future<Output = Result<Vec<(String, String)>, Error>>,
+    ) -> Result<Vec<(String, String)>, Error> {
+        if let Some(known) = self.lock().get(arn).filter(|known| known.created == created && known.at.elapsed() < self.fresh) {
+            return Ok(known.tags.clone());
+        }
+        let tags = read.await?;
+        let mut cache = self.lock();
+        cache.retain(|_, known| known.at.elapsed() < self.fresh);
+        cache.insert(arn.to_owned(), ReadTags { created, at: Instant::now(), tags: tags.clone() });
+        Ok(tags)
+    }
+
+    /// `arn`'s tags are about to change.
+    pub fn forget(&self, arn: &str) {
+        self.lock().remove(arn);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ReadTags>> {
+        self.read.lock().expect("no panics while holding the lock")
+    }
+}
+
 /// One client per service for one region, all counting their calls.
 #[derive(Clone, Debug)]
 pub struct AwsClients {
     pub region: String,
     /// Shared by every region's clients of one account; keyed by region here.
     refusals: Arc<Refusals>,
+    /// Shared likewise; keyed by ARNs, which name the region.
+    pub tags: Arc<TagCache>,
     /// An endpoint other than AWS's (an emulator): some of AWS's guarantees may not hold.
     pub endpoint_override: bool,
     pub kinesis: aws_sdk_kinesis::Client,
@@ -118,10 +188,11 @@ pub struct AwsClients {
 }
 
 impl AwsClients {
-    /// Clients of their own, remembering refusals for the default resync period; the operator's
-    /// share one memory per account ([`AwsClients::sharing`]).
+    /// Clients of their own, remembering refusals for the default resync period and reading
+    /// tags afresh every time; the operator's share one memory per account ([`AwsClients::sharing`]).
     pub fn new(sdk: &SdkConfig, region: &str, calls: &AwsCalls) -> Self {
-        Self::sharing(sdk, region, calls, Arc::new(Refusals::new(Duration::from_secs(300))))
+        let memory = Memory { refusals: Arc::new(Refusals::new(Duration::from_secs(300))), tags: Arc::new(TagCache::new(Duration::ZERO)) };
+        Self::sharing(sdk, region, calls, &memory)
     }
 
     /// Makes `change` to the resource named in `key` unless AWS refused the same lately (see [`Refusals`]).
@@ -129,8 +200,11 @@ impl AwsClients {
         self.refusals.ask(format!("{}: {key}", self.region), change).await
     }
 
-    pub fn sharing(sdk: &SdkConfig, region: &str, calls: &AwsCalls, refusals: Arc<Refusals>) -> Self {
-        let sdk = sdk.to_builder().region(aws_config::Region::new(region.to_owned())).timeout_config(timeouts()).build();
+    pub fn sharing(sdk: &SdkConfig, region: &str, calls: &AwsCalls, memory: &Memory) -> Self {
+        // One region's clients share its request rates (see `limits`).
+        let paced = RateLimits::around(Arc::default(), sdk.http_client().unwrap_or_else(http_client));
+        let region_name = aws_config::Region::new(region.to_owned());
+        let sdk = sdk.to_builder().region(region_name).timeout_config(timeouts()).http_client(paced).build();
         // Service configs also read AWS_ENDPOINT_URL from the environment; the SdkConfig's
         // endpoint, when set, is the one that counts. Every client counts its calls.
         let endpoint = sdk.endpoint_url().map(str::to_owned);
@@ -143,7 +217,8 @@ impl AwsClients {
         }
         Self {
             region: region.to_owned(),
-            refusals,
+            refusals: memory.refusals.clone(),
+            tags: memory.tags.clone(),
             endpoint_override: endpoint.is_some(),
             kinesis: client!(aws_sdk_kinesis, aws_sdk_kinesis::config::Builder::from(&sdk)),
             s3: client!(aws_sdk_s3, s3_client(&sdk).config().to_builder()),

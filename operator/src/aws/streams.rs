@@ -8,7 +8,7 @@ use aws_sdk_kinesis::types::{ScalingType, ShardIteratorType, StreamMode, StreamM
 use metrics_pipeline_api::config::{StreamCapacity, StreamConfig};
 use metrics_pipeline_api::pipeline::AwsResourceRef;
 
-use super::AwsClients;
+use super::{AwsClients, TagsAs};
 use crate::error::{AwsErrorKind, AwsResultExt, Error};
 use crate::managed::{Outcome, Owner, tag_pairs};
 
@@ -64,7 +64,8 @@ pub fn next_shard_count(current: i32, target: i32) -> i32 {
     if target > current { target.min(current.saturating_mul(2)) } else { target.max((current + 1) / 2) }
 }
 
-pub async fn observe(clients: &AwsClients, name: &str) -> Result<Option<ObservedStream>, Error> {
+/// The stream as it is, or `None`; its tags as read lately when `tags` is [`TagsAs::Cached`].
+pub async fn observe(clients: &AwsClients, name: &str, tags_as: TagsAs) -> Result<Option<ObservedStream>, Error> {
     let described = clients.kinesis.describe_stream_summary().stream_name(name).send().await;
     let Some(described) = described.absent_on(&[NOT_FOUND], || format!("describing Kinesis stream {name}"))? else { return Ok(None) };
     let summary = described.stream_description_summary.expect("DescribeStreamSummary always describes");
@@ -72,12 +73,19 @@ pub async fn observe(clients: &AwsClients, name: &str) -> Result<Option<Observed
         Some(StreamMode::OnDemand) => StreamCapacity::OnDemand,
         _ => StreamCapacity::Provisioned { shards: summary.open_shard_count },
     };
+    let tags = match tags_as {
+        TagsAs::Cached => {
+            let created = summary.stream_creation_timestamp.secs().to_string();
+            clients.tags.read(&summary.stream_arn, created, tags(clients, name)).await?
+        }
+        TagsAs::Fresh => tags(clients, name).await?,
+    };
     Ok(Some(ObservedStream {
         arn: summary.stream_arn,
         status: summary.stream_status,
         capacity,
         retention_hours: summary.retention_period_hours,
-        tags: tags(clients, name).await?,
+        tags,
     }))
 }
 
@@ -113,13 +121,14 @@ pub async fn ensure(
     field: &str,
 ) -> Result<(AwsResourceRef, Outcome), Error> {
     let mut outcome = Outcome::default();
-    let Some(observed) = observe(clients, name).await? else {
+    let Some(observed) = observe(clients, name, TagsAs::Cached).await? else {
         create(clients, name, owner, desired).await?;
         outcome.changed(format!("created Kinesis stream {name}"));
         outcome.pending = Some(format!("Kinesis stream {name} is being created"));
         return Ok((AwsResourceRef { name: name.to_owned(), arn: None }, outcome));
     };
     if let Some(why) = owner.check("Kinesis stream", name, tag_pairs(&observed.tags))? {
+        clients.tags.forget(&observed.arn);
         tag(clients, name, owner).await?;
         outcome.changed(format!("Kinesis stream {name}: {why}"));
     }
@@ -271,7 +280,7 @@ const MAX_PAGES_PER_SHARD: usize = 20;
 
 /// Deletes the stream if it is this pipeline's; `true` once it is gone.
 pub async fn delete(clients: &AwsClients, name: &str, owner: &Owner) -> Result<bool, Error> {
-    let Some(observed) = observe(clients, name).await? else { return Ok(true) };
+    let Some(observed) = observe(clients, name, TagsAs::Fresh).await? else { return Ok(true) };
     if let Err(holder) = owner.deletes(tag_pairs(&observed.tags)) {
         tracing::info!(stream = name, %holder, "not this pipeline's stream; leaving it");
         return Ok(true);
@@ -282,7 +291,7 @@ pub async fn delete(clients: &AwsClients, name: &str, owner: &Owner) -> Result<b
             return Ok(true);
         }
     }
-    Ok(observe(clients, name).await?.is_none())
+    Ok(observe(clients, name, TagsAs::Fresh).await?.is_none())
 }
 
 #[cfg(test)]
@@ -295,6 +304,27 @@ mod tests {
 
     const DESCRIBED: &str = r#"{"StreamDescriptionSummary":{"StreamName":"p-input","StreamARN":"arn:aws:kinesis:eu-west-1:123456789012:stream/p-input","StreamStatus":"ACTIVE","StreamModeDetails":{"StreamMode":"PROVISIONED"},"RetentionPeriodHours":24,"StreamCreationTimestamp":1700000000,"EnhancedMonitoring":[],"OpenShardCount":2}}"#;
     const OURS: &str = r#"{"Tags":[{"Key":"metrics.dev/pipeline","Value":"team-a/p"},{"Key":"metrics.dev/pipeline-uid","Value":"u-1"},{"Key":"metrics.dev/cluster","Value":"c-1"}],"HasMoreTags":false}"#;
+
+    #[tokio::test]
+    async fn tags_read_once_serve_the_reconciles_that_follow_but_never_a_deletion() {
+        let mut aws = FakeAws::start(BTreeMap::from([
+            ("DescribeStreamSummary", (200, DESCRIBED)),
+            ("ListTagsForStream", (200, OURS)),
+            ("DeleteStream", (200, "{}")),
+        ]))
+        .await;
+        aws.clients.tags = std::sync::Arc::new(crate::aws::TagCache::new(Duration::from_secs(3600)));
+        let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards: 2 }, retention_hours: 24 };
+        for _ in 0..3 {
+            let (_, outcome) = ensure(&aws.clients, "p-input", &owner(), &desired, "spec.streams.input").await.unwrap();
+            assert!(outcome.changes.is_empty() && outcome.degraded.is_none(), "{outcome:?}");
+        }
+        let reads = || aws.called().iter().filter(|operation| *operation == "ListTagsForStream").count();
+        assert_eq!(reads(), 1, "three reconciles, one read of the tags");
+        delete(&aws.clients, "p-input", &owner()).await.unwrap();
+        assert!(reads() >= 2, "a deletion reads the tags afresh");
+        assert!(aws.called().iter().any(|operation| operation == "DeleteStream"));
+    }
 
     #[test]
     fn a_large_shard_count_change_is_made_in_steps_of_at_most_double_or_half() {
@@ -367,7 +397,7 @@ mod tests {
             ("ListTagsForStream", vec![(200, first), (200, OURS)]),
         ]))
         .await;
-        let observed = observe(&aws.clients, "p-input").await.unwrap().expect("the stream exists");
+        let observed = observe(&aws.clients, "p-input", TagsAs::Fresh).await.unwrap().expect("the stream exists");
         let standing = owner().standing(tag_pairs(&observed.tags));
         assert_eq!(standing, Standing::Ours, "{:?}", observed.tags);
         let pages = aws.bodies("ListTagsForStream");

@@ -15,11 +15,14 @@
 //! - Held keys ([`Hold`]: bucket and key prefix, as object lock or a legal hold would keep them):
 //!   `DeleteObjects` answers 200 with an `<Error><Code>AccessDenied</Code>` per held key (and
 //!   only errors in `Quiet` mode), `DeleteObject` answers 403; versions included. [`rules::object_hold`]
-//! - S3 `CreateBucket` sets the tags its `CreateBucketConfiguration` carries before it answers,
+//! - S3 `CreateBucket` and Kinesis `CreateStream` set the tags they carry before they answer,
 //!   as AWS does in the one call (moto ignores them). [`rules::tags_on_create`]
 //! - Creating and scaling take time: for [`RuleSettings::transition`] a new or scaled stream and a
 //!   new delivery stream report `CREATING` or `UPDATING`, and UpdateShardCount / UpdateDestination
 //!   meanwhile get `ResourceInUseException`. [`rules::transitions`]
+//! - Request rates: with [`RuleSettings::quotas`], a call above its operation's documented
+//!   per-account, per-region rate (Kinesis and Firehose control planes) is throttled with the
+//!   service's own error. [`rules::quotas`]
 //!
 //! **Faults** on every service ([`FaultSettings`]): throttling with each service's own error
 //! (Kinesis `LimitExceededException` or `ProvisionedThroughputExceededException`, Firehose

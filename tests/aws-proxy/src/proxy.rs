@@ -29,6 +29,7 @@ use crate::protocol::{AwsError, Call, Service, bucket_and_key, form_value, ident
 use crate::rules::RuleSettings;
 use crate::rules::iam_propagation::{self, Propagation};
 use crate::rules::object_hold::{self, Hold, ResultEntry};
+use crate::rules::quotas::Quotas;
 use crate::rules::shard_count::{self, ScalingHistory, UpdateShardCount};
 use crate::rules::tags_on_create;
 use crate::rules::transitions::{self, Transitions};
@@ -47,6 +48,7 @@ pub(crate) struct State {
     scalings: ScalingHistory,
     propagation: Propagation,
     transitions: Transitions,
+    quotas: Quotas,
 }
 
 pub(crate) struct Shared {
@@ -57,7 +59,7 @@ pub(crate) struct Shared {
     s3: aws_sdk_s3::Config,
     /// Held for writing while a CreateBucket and its tags are carried out, for reading by bucket
     /// tag reads: none sees a bucket between the two, as none can on AWS.
-    creating_bucket: tokio::sync::RwLock<()>,
+    creating_tagged: tokio::sync::RwLock<()>,
     account_id: String,
     state: Mutex<State>,
     next_request_id: AtomicU64,
@@ -104,6 +106,7 @@ impl Shared {
             holds: settings.holds,
             recorder: Recorder::default(),
             scalings: ScalingHistory::default(),
+            quotas: Quotas::default(),
             transitions: Transitions::default(),
             propagation: Propagation::default(),
         };
@@ -112,7 +115,7 @@ impl Shared {
             client: Client::builder(TokioExecutor::new()).build_http(),
             kinesis,
             s3,
-            creating_bucket: tokio::sync::RwLock::new(()),
+            creating_tagged: tokio::sync::RwLock::new(()),
             account_id: settings.account_id,
             state: Mutex::new(state),
             next_request_id: AtomicU64::new(1),
@@ -197,9 +200,16 @@ impl Shared {
         answer.map(|response| response.map(Full::new)).ok_or(CloseWithoutAnswer)
     }
 
-    /// Answers a call no fault took: AWS's rules, then the emulator, then the transition the
+    /// Answers a call no fault took: the account's request rates, AWS's rules, then the emulator, then the transition the
     /// call starts or the transitional status it reads.
     async fn answer(&self, call: &Call, parts: &Parts, body: Bytes) -> Handled {
+        let within_quota = {
+            let mut state = self.lock();
+            !state.rules.quotas || state.quotas.admit(call, Instant::now())
+        };
+        if !within_quota {
+            return self.refuse(call, &throttling_error(call, &self.account_id), Rule::Quota);
+        }
         if transitions::needs_active(call)
             && let Some(status) = self.lock().transitions.status(call, Instant::now())
         {
@@ -247,8 +257,13 @@ impl Shared {
                 handled
             }
             Service::S3 if operation == "CreateBucket" => self.create_bucket(call, parts, body).await,
+            Service::Kinesis if operation == "CreateStream" => self.create_stream(call, parts, body).await,
+            Service::Kinesis if operation == "ListTagsForStream" => {
+                let _no_creation_halfway = self.creating_tagged.read().await;
+                self.forward(call, parts, body).await
+            }
             Service::S3 if operation == "GetBucketTagging" => {
-                let _no_creation_halfway = self.creating_bucket.read().await;
+                let _no_creation_halfway = self.creating_tagged.read().await;
                 self.forward(call, parts, body).await
             }
             Service::S3 if operation == "DeleteObjects" => self.delete_objects(call, parts, body).await,
@@ -314,7 +329,7 @@ impl Shared {
     /// answering, as S3 does in the one call. [`tags_on_create`]
     async fn create_bucket(&self, call: &Call, parts: &Parts, body: Bytes) -> Handled {
         let tags = std::str::from_utf8(&body).map(tags_on_create::create_bucket_tags).unwrap_or_default();
-        let _creating = self.creating_bucket.write().await;
+        let _creating = self.creating_tagged.write().await;
         let mut handled = self.forward(call, parts, body).await;
         let bucket = bucket_and_key(&parts.uri).0.map(str::to_owned);
         let (Some(bucket), false, true) = (bucket, tags.is_empty(), handled.succeeded()) else { return handled };
@@ -325,6 +340,28 @@ impl Shared {
         if let Err(error) = s3.put_bucket_tagging().bucket(&bucket).tagging(tagging).send().await {
             let error =
                 AwsError::new(500, "InternalError", format!("the proxy could not set CreateBucket's tags: {}", DisplayErrorContext(error)));
+            handled.response = self.error(call, &error);
+        }
+        handled
+    }
+
+    /// Forwards CreateStream and, when it made the stream, adds the tags it carries before
+    /// answering, as Kinesis does in the one call. [`tags_on_create`]
+    async fn create_stream(&self, call: &Call, parts: &Parts, body: Bytes) -> Handled {
+        let tagged = tags_on_create::create_stream_tags(&body);
+        let _creating = self.creating_tagged.write().await;
+        let mut handled = self.forward(call, parts, body).await;
+        let (Some((stream, tags)), true) = (tagged, handled.succeeded()) else { return handled };
+        let region = call.region.clone().unwrap_or_else(|| "us-east-1".into());
+        let kinesis = aws_sdk_kinesis::Client::from_conf(self.kinesis.to_builder().region(Region::new(region)).build());
+        let tagging =
+            tags.into_iter().fold(kinesis.add_tags_to_stream().stream_name(stream), |request, (key, value)| request.tags(key, value));
+        if let Err(error) = tagging.send().await {
+            let error = AwsError::new(
+                500,
+                "InternalFailure",
+                format!("the proxy could not set CreateStream's tags: {}", DisplayErrorContext(error)),
+            );
             handled.response = self.error(call, &error);
         }
         handled

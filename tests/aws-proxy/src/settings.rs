@@ -23,8 +23,9 @@ pub struct ProxySettings {
     /// The account named in throttling messages (moto's default account).
     pub account_id: String,
     /// Credentials of the proxy's own calls to the emulator (the stream lookup before an
-    /// UpdateShardCount); the default credential chain when `None`. Needed when the emulator
-    /// enforces IAM: then they must allow `kinesis:DescribeStreamSummary`.
+    /// UpdateShardCount, the tags of a create call); the default credential chain when `None`. Needed when the emulator
+    /// enforces IAM: then they must allow `kinesis:DescribeStreamSummary`, `kinesis:AddTagsToStream`
+    /// and `s3:PutBucketTagging`.
     pub upstream_credentials: Option<Credentials>,
 }
 
@@ -43,11 +44,11 @@ impl Default for ProxySettings {
 
 /// The keys of the one-line form, for error messages.
 pub const SPEC_KEYS: &str =
-    "seed, throttle, error, drop, lost, latency, latency-rate, scope, iam-propagation, scalings-per-day, transition, hold";
+    "seed, throttle, error, drop, lost, latency, latency-rate, scope, iam-propagation, scalings-per-day, transition, quotas, hold";
 
 impl ProxySettings {
     /// Applies `key=value` pairs separated by commas, e.g.
-    /// `throttle=0.1,error=0.02,latency=50ms,seed=7,scope=kinesis+s3:DeleteObjects,iam-propagation=10s,transition=5s,hold=bucket/prefix`.
+    /// `throttle=0.1,error=0.02,latency=50ms,seed=7,scope=kinesis+s3:DeleteObjects,iam-propagation=10s,transition=5s,quotas=on,hold=bucket/prefix`.
     /// Keys not given keep their value; `scope=all` clears the scope; `hold` adds a hold.
     pub fn apply_spec(&mut self, spec: &str) -> Result<(), String> {
         for pair in spec.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
@@ -66,6 +67,13 @@ impl ProxySettings {
                 "scope" => self.faults.scope = value.split('+').map(str::parse).collect::<Result<_, _>>()?,
                 "iam-propagation" => self.rules.iam_propagation = duration()?,
                 "transition" => self.rules.transition = duration()?,
+                "quotas" => {
+                    self.rules.quotas = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(format!("quotas={value}: write quotas=on or quotas=off")),
+                    };
+                }
                 "scalings-per-day" => {
                     self.rules.scalings_per_day = value.parse().map_err(|_| format!("scalings-per-day={value}: not a whole number"))?;
                 }
@@ -96,7 +104,7 @@ mod tests {
     fn the_one_line_form_sets_faults_rules_and_holds() {
         let mut settings = ProxySettings::default();
         settings
-            .apply_spec("throttle=0.1, error=0.02,seed=7,latency=50ms,latency-rate=0.5,scope=kinesis+s3:DeleteObjects,iam-propagation=10s,scalings-per-day=3,transition=5s,hold=b/held/")
+            .apply_spec("throttle=0.1, error=0.02,seed=7,latency=50ms,latency-rate=0.5,scope=kinesis+s3:DeleteObjects,iam-propagation=10s,scalings-per-day=3,transition=5s,quotas=on,hold=b/held/")
             .unwrap();
         let faults = &settings.faults;
         assert_eq!((faults.throttle_rate, faults.error_rate, faults.seed, faults.latency_rate), (0.1, 0.02, 7, 0.5));
@@ -110,6 +118,7 @@ mod tests {
         );
         let rules = &settings.rules;
         assert_eq!((rules.iam_propagation, rules.scalings_per_day, rules.transition), (Duration::from_secs(10), 3, Duration::from_secs(5)));
+        assert!(rules.quotas);
         assert_eq!(settings.holds, [Hold::new("b", "held/")]);
 
         settings.apply_spec("throttle=0,scope=all").unwrap();

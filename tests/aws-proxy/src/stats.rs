@@ -26,6 +26,8 @@ pub enum Rule {
     ObjectHold,
     /// A change to a resource still CREATING or UPDATING.
     Transition,
+    /// Above the operation's documented request rate for the account and region.
+    Quota,
 }
 
 /// What became of a call.
@@ -50,6 +52,9 @@ pub struct CallRecord {
     pub at_ms: u64,
     pub service: Service,
     pub operation: String,
+    /// The signing region, when the request is signed.
+    #[serde(default)]
+    pub region: Option<String>,
     /// The stream, delivery stream, Glue database, bucket or role it names, if any.
     pub resource: Option<String>,
     pub outcome: Outcome,
@@ -65,6 +70,7 @@ impl CallRecord {
             at_ms: at.duration_since(UNIX_EPOCH).map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),
             service: call.service,
             operation: call.operation.clone(),
+            region: call.region.clone(),
             resource: call.resource.clone(),
             outcome,
             delayed_ms: 0,
@@ -175,7 +181,7 @@ impl Stats {
             summary.delayed += usize::from(call.delayed_ms > 0);
             match call.outcome {
                 Outcome::Forwarded { .. } => summary.forwarded += 1,
-                Outcome::Injected { fault: Fault::Throttle } => summary.throttled += 1,
+                Outcome::Injected { fault: Fault::Throttle } | Outcome::Refused { rule: Rule::Quota } => summary.throttled += 1,
                 Outcome::Injected { fault: Fault::InternalError | Fault::Unavailable } => summary.server_errors += 1,
                 Outcome::Injected { fault: Fault::Drop } => summary.dropped += 1,
                 Outcome::Injected { fault: Fault::LostAnswer } => summary.lost_answers += 1,

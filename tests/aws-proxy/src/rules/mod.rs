@@ -2,6 +2,7 @@
 
 pub mod iam_propagation;
 pub mod object_hold;
+pub mod quotas;
 pub mod shard_count;
 pub mod tags_on_create;
 pub mod transitions;
@@ -24,10 +25,17 @@ pub struct RuleSettings {
     /// (AWS: seconds to minutes; moto: not at all). Zero turns the rule off.
     #[serde(rename = "transitionMs", with = "crate::faults::millis")]
     pub transition: Duration,
+    /// Throttle calls above AWS's documented per-account request rates ([`quotas::DOCUMENTED`]).
+    pub quotas: bool,
 }
 
 impl Default for RuleSettings {
     fn default() -> Self {
-        RuleSettings { iam_propagation: Duration::ZERO, scalings_per_day: shard_count::SCALINGS_PER_DAY, transition: Duration::ZERO }
+        RuleSettings {
+            iam_propagation: Duration::ZERO,
+            scalings_per_day: shard_count::SCALINGS_PER_DAY,
+            transition: Duration::ZERO,
+            quotas: false,
+        }
     }
 }

@@ -1,6 +1,20 @@
-//! S3 CreateBucket's tags (`CreateBucketConfiguration.Tags`), which moto ignores: AWS sets them
-//! in the same call, so no bucket created with tags is ever seen untagged. The proxy tags the
-//! bucket (PutBucketTagging, as the emulator's administrator) before it answers the CreateBucket.
+//! The tags of S3 CreateBucket (`CreateBucketConfiguration.Tags`) and Kinesis CreateStream
+//! (`Tags`), which moto ignores: AWS sets them in the same call, so nothing created with tags is
+//! ever seen untagged. The proxy tags the bucket or stream (PutBucketTagging, AddTagsToStream, as
+//! the emulator's administrator) before it answers the create call.
+
+/// CreateStream's stream name and `Tags`, when its body carries both.
+pub fn create_stream_tags(body: &[u8]) -> Option<(String, Vec<(String, String)>)> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct CreateStream {
+        stream_name: String,
+        #[serde(default)]
+        tags: std::collections::BTreeMap<String, String>,
+    }
+    let request: CreateStream = serde_json::from_slice(body).ok()?;
+    (!request.tags.is_empty()).then(|| (request.stream_name, request.tags.into_iter().collect()))
+}
 
 use aws_smithy_xml::decode::{Document, try_data};
 
@@ -36,6 +50,13 @@ pub fn create_bucket_tags(body: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_streams_tags_are_read_from_its_body() {
+        let body = br#"{"StreamName":"p-input","ShardCount":1,"Tags":{"metrics.dev/pipeline":"ns/p"}}"#;
+        assert_eq!(create_stream_tags(body), Some(("p-input".into(), vec![("metrics.dev/pipeline".into(), "ns/p".into())])));
+        assert_eq!(create_stream_tags(br#"{"StreamName":"p-input","ShardCount":1}"#), None, "no tags, nothing to set");
+    }
 
     #[test]
     fn the_tags_of_a_create_bucket_configuration_are_read() {
