@@ -24,13 +24,14 @@ use metrics_pipeline_api::naming::PipelineNames;
 use metrics_pipeline_api::pipeline::{AwsResourceRef, DeletionPolicy, DeliveryWriter, MetricsPipeline, MetricsPipelineStatus, Phase};
 use metrics_pipeline_api::validation::validate;
 
-use crate::aws::{AwsCalls, AwsClients, Memory, Refusals, TagCache, bucket, catalog, delivery, role, streams};
+use crate::aws::{AwsCalls, AwsClients, Memory, bucket, catalog, delivery, role, streams};
 use crate::error::Error;
 use crate::managed::{FIELD_MANAGER, Outcome, Owner, write_status};
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::status::{
     self, AGGREGATOR_READY, BUCKET_READY, CATALOG_READY, DELIVERY_READY, IDENTITY_KEPT, PartState, Report, STREAMS_READY, Verdict,
 };
+use crate::turns::Turns;
 use crate::workload::{self, WorkloadSettings};
 
 pub const FINALIZER: &str = "pipelines.metrics.dev/cleanup";
@@ -51,7 +52,8 @@ pub struct Settings {
     pub retry_base: Duration,
     pub retry_cap: Duration,
     /// Reconciles at most at once: with the per-operation rate limits, what keeps a restart of a
-    /// thousand pipelines a queue instead of a burst of calls, each waiting long for its turn.
+    /// thousand pipelines a queue instead of a burst of calls, each waiting long for its turn
+    /// (see [`Turns`]).
     pub concurrency: u16,
     pub workload: WorkloadSettings,
 }
@@ -84,8 +86,9 @@ pub struct AwsAccount {
 }
 
 impl AwsAccount {
-    pub fn new(sdk: SdkConfig, target: AwsTarget, calls: AwsCalls) -> Self {
-        Self { sdk, target, calls, clients: Mutex::default(), memory: memory(&Settings::default()) }
+    /// `memory` is shared by the clients of every region: see [`Memory::for_resync`].
+    pub fn new(sdk: SdkConfig, target: AwsTarget, calls: AwsCalls, memory: Memory) -> Self {
+        Self { sdk, target, calls, clients: Mutex::default(), memory }
     }
 
     fn clients(&self, region: &str) -> AwsClients {
@@ -102,51 +105,75 @@ pub struct Context {
     pub settings: Settings,
     /// This cluster's identity, tagged on every AWS resource its pipelines make.
     pub cluster: String,
-    /// Retryable failures in a row, per pipeline, for the backoff.
-    failures: Mutex<HashMap<ObjectRef<MetricsPipeline>, u32>>,
-    /// Pipelines waiting for a part (or for their deletion), since when and how often looked at.
-    waiting: Mutex<HashMap<ObjectRef<MetricsPipeline>, Waiting>>,
+    turns: Arc<Turns>,
+    /// What the backoffs remember of each pipeline between its reconciles.
+    tracks: Mutex<HashMap<ObjectRef<MetricsPipeline>, Track>>,
 }
 
-/// A pipeline waiting for AWS or its rollout, at one generation of its spec.
+#[derive(Debug, Default, PartialEq)]
+struct Track {
+    /// Retryable failures in a row.
+    failures: u32,
+    /// Waiting for parts (or for the deletion), since when and how often looked at.
+    waiting: Option<Waiting>,
+}
+
+/// A pipeline waiting for the same parts (AWS, or its rollout) at one generation of its spec.
+#[derive(Debug, PartialEq)]
 struct Waiting {
     generation: Option<i64>,
+    parts: Vec<&'static str>,
     since: Instant,
     looks: u32,
 }
 
 impl Context {
-    pub fn new(client: Client, mut account: AwsAccount, cluster: String, metrics: Arc<Metrics>, settings: Settings) -> Self {
-        account.memory = memory(&settings);
+    pub fn new(client: Client, account: AwsAccount, cluster: String, metrics: Arc<Metrics>, settings: Settings) -> Self {
         let instance = std::env::var("POD_NAME").ok();
         let recorder = Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance });
-        Self { client, account, recorder, metrics, settings, cluster, failures: Mutex::default(), waiting: Mutex::default() }
+        let turns = Turns::new(settings.concurrency.into());
+        Self { client, account, recorder, metrics, settings, cluster, turns, tracks: Mutex::default() }
+    }
+
+    /// Changes what is remembered of `pipeline`; a pipeline with nothing to remember is forgotten.
+    fn track<R>(&self, pipeline: &MetricsPipeline, change: impl FnOnce(&mut Track) -> R) -> R {
+        let mut tracks = self.tracks.lock().expect("no panics while holding the lock");
+        let key = ObjectRef::from_obj(pipeline);
+        let track = tracks.entry(key.clone()).or_default();
+        let result = change(track);
+        if *track == Track::default() {
+            tracks.remove(&key);
+        }
+        result
     }
 
     /// The wait before retrying `pipeline`, which failed (again) for a reason time can fix.
     fn retry_after(&self, pipeline: &MetricsPipeline) -> Duration {
-        let mut failures = self.failures.lock().expect("no panics while holding the lock");
-        let count = failures.entry(ObjectRef::from_obj(pipeline)).or_default();
-        *count = count.saturating_add(1);
-        backoff(*count, self.settings.retry_base, self.settings.retry_cap, rand::random())
+        let failures = self.track(pipeline, |track| {
+            track.failures = track.failures.saturating_add(1);
+            track.failures
+        });
+        backoff(failures, self.settings.retry_base, self.settings.retry_cap, rand::random())
     }
 
-    /// `pipeline` waits (again) for a part: how long it has at this generation of its spec, and
-    /// when to look next (sooner while AWS usually finishes, then less often).
-    fn still_waiting(&self, pipeline: &MetricsPipeline) -> (Duration, Duration) {
-        let mut waiting = self.waiting.lock().expect("no panics while holding the lock");
+    /// `pipeline` waits (again) for `parts`: how long it has waited for these at this generation
+    /// of its spec (a part that got ready or a changed spec starts the time afresh), and when to
+    /// look next (soon while AWS usually finishes, then less often).
+    fn still_waiting(&self, pipeline: &MetricsPipeline, parts: Vec<&'static str>) -> (Duration, Duration) {
         let generation = pipeline.metadata.generation;
-        let entry = waiting.entry(ObjectRef::from_obj(pipeline)).or_insert(Waiting { generation, since: Instant::now(), looks: 0 });
-        if entry.generation != generation {
-            *entry = Waiting { generation, since: Instant::now(), looks: 0 };
-        }
-        entry.looks = entry.looks.saturating_add(1);
-        let settings = &self.settings;
-        (entry.since.elapsed(), backoff(entry.looks, settings.pending_requeue, settings.pending_cap, rand::random()))
+        let (waited, looks) = self.track(pipeline, |track| {
+            let waiting = match &mut track.waiting {
+                Some(waiting) if waiting.generation == generation && waiting.parts == parts => waiting,
+                other => other.insert(Waiting { generation, parts, since: Instant::now(), looks: 0 }),
+            };
+            waiting.looks = waiting.looks.saturating_add(1);
+            (waiting.since.elapsed(), waiting.looks)
+        });
+        (waited, backoff(looks, self.settings.pending_requeue, self.settings.pending_cap, rand::random()))
     }
 
     fn done_waiting(&self, pipeline: &MetricsPipeline) {
-        self.waiting.lock().expect("no panics while holding the lock").remove(&ObjectRef::from_obj(pipeline));
+        self.track(pipeline, |track| track.waiting = None);
     }
 
     /// The resync period, spread by ±10 % so that pipelines created or restarted together do not
@@ -157,13 +184,8 @@ impl Context {
 
     /// `pipeline` got through a reconcile: its next failure starts the backoff afresh.
     fn succeeded(&self, pipeline: &MetricsPipeline) {
-        self.failures.lock().expect("no panics while holding the lock").remove(&ObjectRef::from_obj(pipeline));
+        self.track(pipeline, |track| track.failures = 0);
     }
-}
-
-/// Refusals held for a resync period; tags trusted for six, so most reconciles read none.
-fn memory(settings: &Settings) -> Memory {
-    Memory { refusals: Arc::new(Refusals::new(settings.resync)), tags: Arc::new(TagCache::new(settings.resync * 6)) }
 }
 
 /// The wait before retry number `failures` (1 for the first): `base` doubled per failure in a
@@ -190,9 +212,9 @@ pub async fn run(context: Arc<Context>, namespace: Option<String>, shutdown: imp
     // The aggregator's Deployment reports readiness in its status: each change of its rollout
     // reconciles the pipeline that owns it, so AggregatorReady follows without polling.
     let aggregators = watcher(deployments, watcher::Config::default().labels(&workload::aggregator_selector())).default_backoff();
-    let config = kube::runtime::controller::Config::default().concurrency(context.settings.concurrency);
+    // No limit here: kube's runner, at its limit, lets through the due reconciles in no order
+    // (one can wait for ever); `Turns` limits them in order.
     Controller::for_stream(changes(watched, reconcile_inputs), pipelines)
-        .with_config(config)
         .owns_stream(changes(aggregators, rollout))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
@@ -267,6 +289,15 @@ where
 }
 
 async fn reconcile(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) -> Result<Action, Error> {
+    let status = pipeline.status.as_ref();
+    let awaited =
+        pipeline.metadata.deletion_timestamp.is_some() || status.and_then(|s| s.observed_generation) != pipeline.metadata.generation;
+    let _turn = context.turns.take(awaited).await;
+    // Boxed once it has its turn: a thousand reconciles waiting for one stay small.
+    Box::pin(reconcile_now(pipeline, context)).await
+}
+
+async fn reconcile_now(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let namespace = pipeline.namespace().unwrap_or_default();
     let api: Api<MetricsPipeline> = Api::namespaced(context.client.clone(), &namespace);
@@ -299,7 +330,7 @@ async fn reconcile(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) -> Res
     let counted = match (&result, written) {
         (Ok(_), Some((phase, reason))) => ReconcileResult::Status(phase, reason),
         (Ok(_), None) => ReconcileResult::Deleted,
-        (Err(Error::Deleting(_)), _) => ReconcileResult::Deleting,
+        (Err(Error::Deleting(_) | Error::Draining { .. }), _) => ReconcileResult::Deleting,
         (Err(error), _) => ReconcileResult::Error(error.reason()),
     };
     context.metrics.observe_reconcile(started.elapsed(), counted);
@@ -311,8 +342,10 @@ fn error_policy(pipeline: Arc<MetricsPipeline>, error: &Error, context: Arc<Cont
         // Deletion waits on AWS and Kubernetes: expected, and looked at again soon.
         Error::Deleting(_) => {
             tracing::debug!(pipeline = %pipeline.name_any(), %error, "deletion in progress");
-            Action::requeue(context.still_waiting(&pipeline).1)
+            Action::requeue(context.still_waiting(&pipeline, Vec::new()).1)
         }
+        // Nothing to look at before Firehose has had its time.
+        Error::Draining { left, .. } => Action::requeue(*left),
         // While deleting, the spec no longer matters: what stops the deletion (a hold on objects,
         // a missing permission) is lifted elsewhere, and tried again like an outage.
         error if error.is_terminal() && pipeline.metadata.deletion_timestamp.is_none() => {
@@ -342,7 +375,7 @@ async fn apply(
     let settings = &context.settings;
     let next_look = match report.verdict() {
         Verdict::Pending => {
-            let (waited, next_look) = context.still_waiting(pipeline);
+            let (waited, next_look) = context.still_waiting(pipeline, report.pending_parts());
             if waited >= settings.pending_timeout {
                 report.give_up(&format!("{} s", waited.as_secs()));
             }
@@ -688,10 +721,8 @@ async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context
 async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> Result<Action, Error> {
     let account_id = &context.account.target.account_id;
     let mut names = PipelineNames::of(pipeline, account_id, region);
-    if let Some(identity) = pipeline.status.as_ref().and_then(|status| status.identity.as_ref()) {
-        if let Some(message) = identity.foreign_account(account_id) {
-            return Err(Error::IdentityChange(message));
-        }
+    let recorded = pipeline.status.as_ref().and_then(|status| status.identity.as_ref());
+    if let Some(identity) = recorded {
         identity.name(&mut names);
     }
     let clients = context.account.clients(region);
@@ -711,10 +742,12 @@ async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> 
         publish(context, pipeline, EventType::Normal, "Deleted", "Cleanup", &note).await;
         return Ok(Action::await_change());
     }
-    // Meanwhile Firehose reads the output stream, writes the bucket and uses its role: all stay.
-    if let Some(draining) = delivery::undelivered(&clients, &names.delivery_stream, &names.output_stream).await? {
-        return Err(Error::Deleting(draining));
+    // Orphaned above whatever the account: only deleting needs the account that made them.
+    if let Some(message) = recorded.and_then(|identity| identity.foreign_account(account_id)) {
+        return Err(Error::IdentityChange(message));
     }
+    // Meanwhile Firehose reads the output stream, writes the bucket and uses its role: all stay.
+    drain(pipeline, context, &clients, &names).await?;
     let mut waiting = Vec::new();
     if let Some(deleting) = delivery::delete(&clients, &names.delivery_stream, owner).await? {
         waiting.push(deleting);
@@ -744,6 +777,32 @@ async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> 
     let kept: String = kept.iter().map(|note| format!("; {note}")).collect();
     publish(context, pipeline, EventType::Normal, "Deleted", "Cleanup", &format!("deleted the pipeline's AWS resources{kept}")).await;
     Ok(Action::await_change())
+}
+
+/// Waits until Firehose has had its buffer interval for the newest aggregate on the output
+/// stream, looking again only when that time is up. Records that keep coming (another writer)
+/// hold the deletion at most twice that long; then it goes on, with a Warning event.
+async fn drain(pipeline: &MetricsPipeline, context: &Context, clients: &AwsClients, names: &PipelineNames) -> Result<(), Error> {
+    let Some(undelivered) = delivery::undelivered(clients, &names.delivery_stream, &names.output_stream).await? else {
+        return Ok(());
+    };
+    let deleting_for = pipeline
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map_or(Duration::ZERO, |since| jiff::Timestamp::now().duration_since(since.0).unsigned_abs());
+    if deleting_for < undelivered.window * 2 {
+        return Err(Error::Draining { why: undelivered.why, left: undelivered.left });
+    }
+    let note = format!(
+        "deleting Firehose delivery stream {} after {} s although records keep arriving on {} (another writer?): what it \
+         buffered of them is lost",
+        names.delivery_stream,
+        deleting_for.as_secs(),
+        names.output_stream
+    );
+    publish(context, pipeline, EventType::Warning, "DrainCut", "Cleanup", &note).await;
+    Ok(())
 }
 
 async fn publish(context: &Context, pipeline: &MetricsPipeline, type_: EventType, reason: &str, action: &str, note: &str) {

@@ -19,7 +19,7 @@ fn context(default_region: Option<&str>) -> (Arc<Context>, ApiServer) {
     let target = AwsTarget { account_id: "123456789012".into(), default_region: default_region.map(str::to_owned) };
     let calls = AwsCalls::default();
     let metrics = Arc::new(Metrics::new(&calls));
-    let account = AwsAccount::new(sdk, target, calls);
+    let account = AwsAccount::new(sdk, target, calls, Memory::for_resync(Settings::default().resync));
     (Arc::new(Context::new(client, account, "c-1".into(), metrics, Settings::default())), handle)
 }
 
@@ -110,15 +110,20 @@ async fn an_invalid_spec_is_reported_in_status_and_as_an_event_without_touching_
     assert!(!context.metrics.encode().contains("operator_aws_calls_total{"), "no AWS call");
 }
 
+/// The status of a pipeline whose resources were made in account 999999999999.
+fn made_in_another_account() -> Value {
+    json!({"identity": {"accountId": "999999999999", "region": "eu-west-1", "namePrefix": "default-test",
+        "inputStream": "default-test-input", "outputStream": "default-test-output", "bucket": "default-test-1",
+        "firehoseRole": "default-test-firehose", "deliveryStream": "default-test-delivery", "glueDatabase": "default_test",
+        "glueTable": "metric_aggregates"}})
+}
+
 #[tokio::test]
 async fn an_operator_in_another_account_than_the_pipelines_resources_touches_nothing_and_says_which_account() {
     let (context, mut api) = context(Some("eu-west-1"));
     let moved = pipeline(default_spec(), true, false);
     let mut answer = serde_json::to_value(&*moved).unwrap();
-    answer["status"] = json!({"identity": {"accountId": "999999999999", "region": "eu-west-1", "namePrefix": "default-test",
-        "inputStream": "default-test-input", "outputStream": "default-test-output", "bucket": "default-test-1",
-        "firehoseRole": "default-test-firehose", "deliveryStream": "default-test-delivery", "glueDatabase": "default_test",
-        "glueTable": "metric_aggregates"}});
+    answer["status"] = made_in_another_account();
     let server = tokio::spawn(async move {
         expect(&mut api, Method::GET, &format!("{PIPELINE_PATH}/status"), answer.clone()).await;
         let status = expect(&mut api, Method::PATCH, &format!("{PIPELINE_PATH}/status"), answer).await;
@@ -155,6 +160,42 @@ async fn deleting_a_pipeline_that_never_had_a_region_releases_the_finalizer() {
     assert_eq!(action, Action::await_change());
     let operations = patch.as_array().expect("a JSON patch");
     assert!(operations.iter().any(|op| op["op"] == "remove"), "the finalizer is removed: {patch}");
+}
+
+/// Takes the next request, checks its method and that its path starts with `prefix`, answers 404.
+async fn expect_missing(api: &mut ApiServer, method: Method, prefix: &str) {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), api.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no {method} {prefix}… within 5 s"))
+        .expect("the client is alive");
+    assert!(request.method() == method && request.uri().path().starts_with(prefix), "{} {}", request.method(), request.uri());
+    let missing = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+    send.send_response(Response::builder().status(404).body(Body::from(serde_json::to_vec(&missing).unwrap())).unwrap());
+}
+
+#[tokio::test]
+async fn an_orphaning_deletion_goes_through_whichever_account_the_operator_is_in_now() {
+    let (context, mut api) = context(Some("eu-west-1"));
+    let mut spec = default_spec();
+    spec.deletion_policy = DeletionPolicy::Orphan;
+    let deleting = pipeline(spec, true, true);
+    let mut answer = serde_json::to_value(&*deleting).unwrap();
+    answer["status"] = made_in_another_account();
+    let server = tokio::spawn(async move {
+        expect(&mut api, Method::GET, &format!("{PIPELINE_PATH}/status"), answer.clone()).await;
+        expect_missing(&mut api, Method::GET, "/apis/apps/v1/namespaces/default/deployments/").await;
+        expect_missing(&mut api, Method::GET, "/api/v1/namespaces/default/serviceaccounts/").await;
+        let event = expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events", json!({})).await;
+        answer["metadata"]["finalizers"] = json!([]);
+        expect(&mut api, Method::PATCH, PIPELINE_PATH, answer).await;
+        event
+    });
+
+    let action = reconcile(deleting, context.clone()).await.expect("nothing in AWS is touched, so no account is needed");
+    let event = server.await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert!(event["note"].as_str().unwrap().contains("deletionPolicy: Orphan"), "{event}");
+    assert!(!context.metrics.encode().contains("operator_aws_calls_total{"), "no AWS call");
 }
 
 #[test]
@@ -217,4 +258,23 @@ async fn only_changes_a_reconcile_acts_on_wake_one() {
         [(1, false, false), (1, true, false), (2, true, false), (3, true, true), (3, true, true)],
         "first sight, the finalizer, a spec change, the deletion and its end; never a status or label write"
     );
+}
+
+#[tokio::test]
+async fn the_time_given_to_pending_parts_starts_afresh_when_one_comes_up_or_the_spec_changes() {
+    let (context, _api) = context(Some("eu-west-1"));
+    let mut waiting = (*pipeline(default_spec(), true, false)).clone();
+    let moment = Duration::from_millis(50);
+    context.still_waiting(&waiting, vec![STREAMS_READY, DELIVERY_READY]);
+    tokio::time::sleep(moment).await;
+    assert!(context.still_waiting(&waiting, vec![STREAMS_READY, DELIVERY_READY]).0 >= moment, "the same parts: the clock runs on");
+    // The streams came up: the delivery is given its own time, not what is left of theirs.
+    assert!(context.still_waiting(&waiting, vec![DELIVERY_READY]).0 < moment);
+    tokio::time::sleep(moment).await;
+    waiting.metadata.generation = Some(2);
+    assert!(context.still_waiting(&waiting, vec![DELIVERY_READY]).0 < moment, "a changed spec is waited for afresh");
+    context.retry_after(&waiting);
+    context.done_waiting(&waiting);
+    context.succeeded(&waiting);
+    assert!(context.tracks.lock().unwrap().is_empty(), "nothing kept of a pipeline with nothing to remember");
 }

@@ -71,12 +71,16 @@ pub enum Error {
 
     /// A change AWS refused for good a moment ago (a quota, an invalid value): asked again only
     /// after the resync period, not at every reconcile (see [`crate::aws::Refusals`]).
-    #[error("{message} (refused {ago} s ago; asked again at the next resync)")]
-    StillRefused { reason: &'static str, message: String, ago: u64 },
+    #[error("{message} (asked again at the next resync)")]
+    StillRefused { reason: &'static str, message: String },
 
     /// Deletion started and AWS or Kubernetes is still removing these: expected, not a failure.
     #[error("waiting for the deletion of {0}")]
     Deleting(String),
+
+    /// Deletion waits for Firehose to deliver what it may still buffer, until `left` from now.
+    #[error("waiting for the deletion: {why}")]
+    Draining { why: String, left: std::time::Duration },
 }
 
 /// Who holds a resource found under one of this pipeline's names.
@@ -240,8 +244,14 @@ impl AwsError {
                     None if status >= 500 => AwsErrorKind::Unavailable,
                     None => AwsErrorKind::InvalidRequest,
                 };
+                // A server error is the service's trouble whatever its code says: tried again.
+                let kind = if status >= 500 && !kind.is_retryable() { AwsErrorKind::Unavailable } else { kind };
                 let message = service.err().message().map_or_else(|| format!("HTTP {status}"), str::to_owned);
                 (kind, code, message)
+            }
+            // Not sent: the operator's own rate limit for the operation is booked too far ahead.
+            SdkError::DispatchFailure(failure) if failure.as_other() == Some(aws_smithy_types::retry::ErrorKind::ThrottlingError) => {
+                (AwsErrorKind::Throttled, None, aws_smithy_types::error::display::DisplayErrorContext(&error).to_string())
             }
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => (
                 AwsErrorKind::Unavailable,
@@ -273,7 +283,7 @@ impl Error {
             | Self::StillRefused { .. }
             | Self::IdentityChange(_) => true,
             Self::Aws(error) => !error.kind.is_retryable(),
-            Self::Kube(_) | Self::Finalizer(_) | Self::Deleting(_) => false,
+            Self::Kube(_) | Self::Finalizer(_) | Self::Deleting(_) | Self::Draining { .. } => false,
         }
     }
 
@@ -301,7 +311,7 @@ impl Error {
             Self::StillRefused { reason, .. } => reason,
             Self::Kube(_) => "KubernetesError",
             Self::Finalizer(_) => "FinalizerError",
-            Self::Deleting(_) => "Deleting",
+            Self::Deleting(_) | Self::Draining { .. } => "Deleting",
         }
     }
 }

@@ -121,42 +121,37 @@ impl LeaderElector {
         }
     }
 
-    /// Renews the lease until `stop`; returns false if it was lost (not renewed within its
-    /// duration, or taken by another replica), after which this replica must stop reconciling.
-    pub async fn hold(&self, stop: &mut watch::Receiver<bool>) -> bool {
-        let mut last_renewal = tokio::time::Instant::now();
+    /// Renews the lease every `retry` period; returns once it is lost: taken by another replica,
+    /// or not renewed in time. A renewal counts from when it was sent (another replica sees it
+    /// no earlier) and may take only what is left of the lease.
+    async fn hold(&self) {
+        let settings = &self.settings;
+        let mut renewed = Instant::now();
         loop {
-            tokio::select! {
-                _ = stop.wait_for(|stopped| *stopped) => return true,
-                () = tokio::time::sleep(self.settings.retry) => {}
-            }
-            match self.try_acquire().await {
-                Ok(true) => last_renewal = tokio::time::Instant::now(),
-                Ok(false) => return false,
-                Err(error) => tracing::warn!(%error, "cannot renew the leader lease"),
+            tokio::time::sleep(settings.retry).await;
+            let sent = Instant::now();
+            let left = (renewed + settings.duration).saturating_duration_since(sent);
+            match tokio::time::timeout(left, self.try_acquire()).await {
+                Ok(Ok(true)) => renewed = sent,
+                Ok(Ok(false)) => return,
+                Ok(Err(error)) => tracing::warn!(%error, "cannot renew the leader lease"),
+                Err(_) => tracing::warn!("renewing the leader lease took longer than the lease has left"),
             }
             // Stop before another replica may take the lease over.
-            if last_renewal.elapsed() + self.settings.retry >= self.settings.duration {
-                return false;
+            if renewed.elapsed() + settings.retry >= settings.duration {
+                return;
             }
         }
     }
 
-    /// Runs `work` while this replica holds the lease, renewing it until `stop`. Losing the lease
-    /// drops `work` at once, reconciles in flight included, so that nothing is written after
-    /// another replica may have taken over; returns whether the lease was kept. The caller stops
-    /// `work` itself on `stop`: it then finishes what it does.
-    pub async fn lead(&self, stop: &mut watch::Receiver<bool>, work: impl Future<Output = ()>) -> bool {
-        let mut work = std::pin::pin!(work);
-        let mut holding = std::pin::pin!(self.hold(stop));
+    /// Runs `work` while this replica holds the lease, renewing it until `work` ends, a graceful
+    /// shutdown's drain included: the caller stops `work` itself, and releases the lease after.
+    /// Losing the lease drops `work` at once, reconciles in flight included, so that nothing is
+    /// written after another replica may have taken over; returns whether the lease was kept.
+    pub async fn lead(&self, work: impl Future<Output = ()>) -> bool {
         tokio::select! {
-            () = &mut work => true,
-            kept = &mut holding => {
-                if kept {
-                    work.await;
-                }
-                kept
-            }
+            () = work => true,
+            () = self.hold() => false,
         }
     }
 

@@ -8,4 +8,5 @@ pub mod leader;
 pub mod managed;
 pub mod metrics;
 pub mod status;
+pub mod turns;
 pub mod workload;

@@ -12,7 +12,7 @@ use axum::routing::get;
 use clap::Parser;
 use metrics_pipeline_api::config::AwsTarget;
 use metrics_pipeline_model::duration::parse_duration;
-use metrics_pipeline_operator::aws::AwsCalls;
+use metrics_pipeline_operator::aws::{AwsCalls, Memory};
 use metrics_pipeline_operator::controller::{AwsAccount, Context, Settings, cluster_identity, run};
 use metrics_pipeline_operator::leader::{LeaderElector, LeaseSettings};
 use metrics_pipeline_operator::metrics::Metrics;
@@ -133,7 +133,13 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
         })?,
     };
     tracing::info!(account = %target.account_id, %cluster, "ownership tags name this cluster");
-    let context = Arc::new(Context::new(client, AwsAccount::new(sdk, target, calls), cluster, metrics.clone(), settings));
+    let context = Arc::new(Context::new(
+        client,
+        AwsAccount::new(sdk, target, calls, Memory::for_resync(settings.resync)),
+        cluster,
+        metrics.clone(),
+        settings,
+    ));
 
     let router = Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", get(move || async move { metrics.encode() }));
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
@@ -163,7 +169,7 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
     });
     // The leader renews its lease beside the controller; losing it drops the controller at once.
     if let Some(elector) = elector {
-        if !elector.lead(&mut stopped.clone(), reconciling).await {
+        if !elector.lead(reconciling).await {
             anyhow::bail!("lost the leader lease: stopped reconciling at once so that the new leader reconciles alone");
         }
         elector.release().await;

@@ -100,6 +100,11 @@ impl Report {
         }))
     }
 
+    /// The conditions of the parts still coming up, in dependency order.
+    pub fn pending_parts(&self) -> Vec<&'static str> {
+        self.parts.iter().filter(|(_, state)| matches!(state, PartState::Pending(_))).map(|(condition, _)| *condition).collect()
+    }
+
     /// Every part still pending has waited `waited`, past the operator's time limit: each is a
     /// failure now, which says what it waited for.
     pub fn give_up(&mut self, waited: &str) {

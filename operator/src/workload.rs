@@ -347,9 +347,14 @@ fn trouble(pod: &Pod) -> Option<String> {
     waiting.or_else(unscheduled)
 }
 
-/// The progress deadline in seconds, when the Deployment reports the rollout past it.
+/// The progress deadline in seconds, when the Deployment reports the rollout of its current spec
+/// past it (a condition of the previous spec's rollout says nothing of the new one's).
 fn past_progress_deadline(deployment: &Deployment) -> Option<i32> {
-    let conditions = deployment.status.as_ref()?.conditions.as_ref()?;
+    let status = deployment.status.as_ref()?;
+    if status.observed_generation != deployment.metadata.generation {
+        return None;
+    }
+    let conditions = status.conditions.as_ref()?;
     conditions
         .iter()
         .find(|c| c.type_ == "Progressing" && c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))?;
@@ -575,14 +580,19 @@ mod tests {
     fn a_rollout_past_its_progress_deadline_is_told_apart_from_one_in_progress() {
         let deployment = |reason: &str, deadline: Option<i32>| -> Deployment {
             serde_json::from_value(json!({
+                "metadata": {"generation": 2},
                 "spec": {"selector": {}, "template": {}, "progressDeadlineSeconds": deadline},
-                "status": {"conditions": [{"type": "Progressing", "status": if reason == "ProgressDeadlineExceeded" { "False" } else { "True" }, "reason": reason}]}
+                "status": {"observedGeneration": 2, "conditions": [{"type": "Progressing", "status": if reason == "ProgressDeadlineExceeded" { "False" } else { "True" }, "reason": reason}]}
             }))
             .unwrap()
         };
         assert_eq!(past_progress_deadline(&deployment("ProgressDeadlineExceeded", None)), Some(600), "Kubernetes' default");
         assert_eq!(past_progress_deadline(&deployment("ProgressDeadlineExceeded", Some(120))), Some(120));
         assert_eq!(past_progress_deadline(&deployment("ReplicaSetUpdated", None)), None);
+        // The fix just applied: the controller has not looked at it yet, the condition is the old spec's.
+        let mut fixed = deployment("ProgressDeadlineExceeded", None);
+        fixed.metadata.generation = Some(3);
+        assert_eq!(past_progress_deadline(&fixed), None, "the new spec's rollout has its own deadline");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use metrics_pipeline_api::config::AwsTarget;
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
-use metrics_pipeline_operator::aws::AwsCalls;
+use metrics_pipeline_operator::aws::{AwsCalls, Memory};
 use metrics_pipeline_operator::controller::{AwsAccount, Context, Settings, cluster_identity, run};
 use metrics_pipeline_operator::metrics::Metrics;
 use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
@@ -73,7 +73,13 @@ impl Operator {
             Some(cluster) => cluster.to_owned(),
             None => cluster_identity(client).await.unwrap(),
         };
-        let context = Arc::new(Context::new(client.clone(), AwsAccount::new(sdk, target, calls), cluster, metrics.clone(), settings));
+        let context = Arc::new(Context::new(
+            client.clone(),
+            AwsAccount::new(sdk, target, calls, Memory::for_resync(settings.resync)),
+            cluster,
+            metrics.clone(),
+            settings,
+        ));
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(run(context, Some(namespace.to_owned()), async move {
             let _ = stopped.await;

@@ -1,6 +1,7 @@
 //! Leader election against a real API server: a lease its holder renews stays its lease however
 //! far the holder's clock is from ours; one left unrenewed is taken after a lease duration by our
-//! own clock; and the leader's work stops the moment another replica holds the lease.
+//! own clock; the leader's work stops the moment another replica holds the lease; and a leader
+//! finishing its work after a stop keeps its lease until it is done.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,7 +12,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
 use metrics_pipeline_e2e::{TestNamespace, kube_client};
 use metrics_pipeline_operator::leader::{LeaderElector, LeaseSettings};
-use tokio::sync::watch;
 
 const LEASE: &str = "metrics-pipeline-operator";
 
@@ -35,7 +35,11 @@ async fn renew(leases: &Api<Lease>, spec: LeaseSpec) {
 }
 
 fn elector(client: kube::Client, namespace: &str) -> LeaderElector {
-    let settings = LeaseSettings::new(namespace.into(), LEASE.into(), "this-replica".into());
+    replica(client, namespace, "this-replica")
+}
+
+fn replica(client: kube::Client, namespace: &str, identity: &str) -> LeaderElector {
+    let settings = LeaseSettings::new(namespace.into(), LEASE.into(), identity.into());
     LeaderElector::new(client, LeaseSettings { duration: Duration::from_secs(2), retry: Duration::from_millis(200), ..settings })
 }
 
@@ -80,8 +84,7 @@ async fn the_leaders_work_is_dropped_the_moment_another_replica_holds_the_lease(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let (_stop, mut stopped) = watch::channel(false);
-    let leading = tokio::spawn(async move { elector.lead(&mut stopped, work).await });
+    let leading = tokio::spawn(async move { elector.lead(work).await });
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(writes.load(Ordering::SeqCst) > 0);
 
@@ -92,5 +95,23 @@ async fn the_leaders_work_is_dropped_the_moment_another_replica_holds_the_lease(
     let after = writes.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(writes.load(Ordering::SeqCst), after, "nothing written once the lease is lost");
+    namespace.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_leader_draining_its_reconciles_after_a_stop_keeps_its_lease_until_they_end() {
+    let client = kube_client().await.unwrap();
+    let namespace = TestNamespace::create(&client, "lease-drain").await.unwrap();
+    let elector = elector(client.clone(), &namespace.name);
+    assert!(elector.try_acquire().await.unwrap());
+    // Stopped: the reconciles in flight finish, which takes longer than two lease durations.
+    let draining = async { tokio::time::sleep(Duration::from_secs(5)).await };
+    let leading = tokio::spawn(async move { elector.lead(draining).await });
+    let rival = replica(client.clone(), &namespace.name, "other-replica");
+    for _ in 0..18 {
+        assert!(!rival.try_acquire().await.unwrap(), "the draining leader's lease is renewed, so no other replica reconciles beside it");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(leading.await.unwrap(), "kept to the end");
     namespace.delete().await.unwrap();
 }

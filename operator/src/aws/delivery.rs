@@ -321,6 +321,7 @@ pub async fn ensure(
                 // A failed stream stays failed: AWS lets it only be deleted. Once it is gone it
                 // is created again.
                 let failure = failure(description);
+                still_ours(clients, name, owner).await?;
                 delete_owned(clients, name, description.delivery_stream_status()).await?;
                 outcome.changed(format!("deleting Firehose delivery stream {name}, which is {failure}, to create it again"));
                 outcome.pending = Some(format!("Firehose delivery stream {name} is {failure}: deleting it to create it again"));
@@ -366,12 +367,19 @@ pub async fn ensure(
             }
         }
         DeliveryPlan::Recreate(reason) => {
+            still_ours(clients, name, owner).await?;
             delete_owned(clients, name, &DeliveryStreamStatus::Active).await?;
             outcome.changed(format!("deleting Firehose delivery stream {name} to recreate it: {reason}"));
             outcome.pending = Some(format!("Firehose delivery stream {name} is being recreated: {reason}"));
         }
     }
     Ok((reference(arn), outcome))
+}
+
+/// Fails with `NotOwned` unless the delivery stream is this pipeline's by its tags as they are
+/// now, not as read lately: a deletion loses what it buffered.
+async fn still_ours(clients: &AwsClients, name: &str, owner: &Owner) -> Result<(), Error> {
+    owner.check("Firehose delivery stream", name, tag_pairs(&tags_of(clients, name).await?)).map(drop)
 }
 
 /// A failed delivery stream's status with what AWS says went wrong (`FailureDescription`), e.g.
@@ -460,20 +468,37 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(30);
 /// buffered no more. While the newest record on the output stream is younger than the delivery
 /// stream's buffer interval (and a margin), the deletion waits, with the aggregator stopped;
 /// this says for what and how long, or `None` once the delivery stream can go.
-pub async fn undelivered(clients: &AwsClients, name: &str, output_stream: &str) -> Result<Option<String>, Error> {
+pub async fn undelivered(clients: &AwsClients, name: &str, output_stream: &str) -> Result<Option<Undelivered>, Error> {
     let Some(description) = observe(clients, name).await? else { return Ok(None) };
     if description.delivery_stream_status() != &DeliveryStreamStatus::Active {
         return Ok(None);
     }
     let interval = settings_of(&description).map_or(300, |settings| settings.buffer_interval_seconds);
     let window = Duration::from_secs(interval.max(0) as u64) + DRAIN_MARGIN;
-    let Some(newest) = streams::newest_record(clients, output_stream, window).await? else { return Ok(None) };
+    let newest = match streams::newest_record(clients, output_stream, window).await? {
+        streams::Newest::Nothing => return Ok(None),
+        streams::Newest::At(newest) => newest,
+        // Not read to the end within the pass: as if a record came just now.
+        streams::Newest::NotReached => jiff::Timestamp::now(),
+    };
     let age = jiff::Timestamp::now().duration_since(newest).unsigned_abs();
-    Ok(Some(format!(
+    let left = window.saturating_sub(age);
+    let why = format!(
         "Firehose delivery stream {name} to deliver what it buffered: the last aggregate reached {output_stream} at {newest}, \
          and Firehose delivers within its buffer interval of {interval} s (about {} s more)",
-        window.saturating_sub(age).as_secs()
-    )))
+        left.as_secs()
+    );
+    Ok(Some(Undelivered { why, left, window }))
+}
+
+/// What Firehose may still hold, and when it will have had its time.
+#[derive(Debug)]
+pub struct Undelivered {
+    pub why: String,
+    /// From now until the buffer interval (and a margin) has passed since the newest record.
+    pub left: Duration,
+    /// The buffer interval and the margin.
+    pub window: Duration,
 }
 
 /// Deletes the delivery stream if it is this pipeline's: `None` once it is gone, else the
@@ -593,6 +618,27 @@ mod tests {
             "never ready: {outcome:?}"
         );
         assert!(aws.called().iter().any(|operation| operation == "DeleteDeliveryStream"), "{:?}", aws.called());
+    }
+
+    #[tokio::test]
+    async fn a_failed_stream_is_deleted_only_if_its_tags_as_they_are_now_say_it_is_ours() {
+        let settings = desired(&config(DeliveryFormat::Json, Compression::Gzip), &connections());
+        let another_cluster = r#"{"Tags":[{"Key":"metrics.dev/pipeline","Value":"team-a/p"},{"Key":"metrics.dev/pipeline-uid","Value":"u-9"},{"Key":"metrics.dev/cluster","Value":"c-2"}],"HasMoreTags":false}"#;
+        let mut aws = FakeAws::start(BTreeMap::from([
+            ("DescribeDeliveryStream", (200, described("CREATING_FAILED", Some(("KMS_ACCESS_DENIED", "no key"))))),
+            ("ListTagsForDeliveryStream", (200, another_cluster)),
+            ("DeleteDeliveryStream", (200, "{}")),
+        ]))
+        .await;
+        // Read as this pipeline's at an earlier reconcile, and trusted for a while since; another
+        // cluster's pipeline has taken the name over meanwhile.
+        aws.clients.tags = std::sync::Arc::new(crate::aws::TagCache::new(Duration::from_secs(1800)));
+        let arn = "arn:aws:firehose:eu-west-1:123456789012:deliverystream/p-delivery";
+        aws.clients.tags.read(arn, String::new(), std::future::ready(Ok(owner().tags()))).await.unwrap();
+
+        let error = ensure(&aws.clients, "p-delivery", &owner(), &settings).await.expect_err("not ours any more");
+        assert_eq!(error.reason(), "NotOwned", "{error}");
+        assert!(!aws.called().iter().any(|operation| operation == "DeleteDeliveryStream"), "{:?}", aws.called());
     }
 
     #[tokio::test]

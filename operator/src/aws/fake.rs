@@ -19,6 +19,17 @@ pub fn owner() -> Owner {
 
 pub const OWNER_TAGS_JSON: &str = r#"[{"Key":"metrics.dev/pipeline","Value":"team-a/p"},{"Key":"metrics.dev/pipeline-uid","Value":"u-1"},{"Key":"metrics.dev/cluster","Value":"c-1"}]"#;
 
+/// An SDK configuration for eu-west-1 with test credentials, calling `endpoint`.
+pub fn sdk_at(endpoint: &str) -> aws_config::SdkConfig {
+    let credentials = aws_sdk_kinesis::config::Credentials::for_tests();
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("eu-west-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_kinesis::config::SharedCredentialsProvider::new(credentials))
+        .build()
+}
+
 /// An HTTP status and a JSON body.
 pub type Answer = (u16, &'static str);
 
@@ -75,15 +86,7 @@ impl FakeAws {
                 }
             }
         });
-        let sdk = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("eu-west-1"))
-            .endpoint_url(endpoint)
-            .http_client(metrics_pipeline_runtime::sdk::http_client())
-            .credentials_provider(
-                aws_sdk_kinesis::config::SharedCredentialsProvider::new(aws_sdk_kinesis::config::Credentials::for_tests()),
-            )
-            .build();
+        let sdk = sdk_at(&endpoint).to_builder().http_client(metrics_pipeline_runtime::sdk::http_client()).build();
         Self { clients: AwsClients::new(&sdk, "eu-west-1", &AwsCalls::default()), requests }
     }
 

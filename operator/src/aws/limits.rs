@@ -5,7 +5,13 @@
 //! operator calls, so they are not limited here (the SDK and the backoff retry their throttling).
 //!
 //! Every client of one region shares one [`RateLimits`]: a call waits for its operation's slot in
-//! the HTTP connector, below the SDK's retries, so retries are paced too.
+//! the HTTP connector, below the SDK's retries, so retries are paced too. A call whose slot would
+//! be more than [`MAX_WAIT`] away is not sent: it fails at once as throttled, and the reconcile
+//! backs off, instead of holding a turn while others queue behind it.
+//!
+//! The budget is this process's: two operators in one account and region (two clusters) share
+//! AWS's quota but not these limits, so together they may reach it; AWS then throttles, and the
+//! SDK and the backoff retry. Give each its share with fewer concurrent reconciles if that shows.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,22 +21,32 @@ use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, SharedHttpClient, SharedHttpConnector, http_client_fn,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::result::ConnectorError;
+use aws_smithy_types::retry::ErrorKind;
 use tokio::time::Instant;
 
 /// Calls per second the operator allows itself per operation and region: 80 % of what AWS
 /// documents, leaving room for people and other tools in the account. Kinesis: "KDS Control
 /// Plane API Limits", docs.aws.amazon.com/streams/latest/dev/service-sizes-and-limits.html
 /// (ListTagsForStream 5, DescribeStreamSummary 20, AddTagsToStream, CreateStream, DeleteStream
-/// 5; UpdateShardCount "TPS over 10 will trigger the LimitExceededException"). Firehose: five
+/// 5; UpdateShardCount "TPS over 10 will trigger the LimitExceededException"; the retention
+/// changes 5). UpdateStreamMode has no documented rate and is paced like the other stream
+/// changes. GetShardIterator and GetRecords are limited per shard (5 a second each), and only a
+/// deletion's drain reads: paced below one shard's rate, whatever the stream. Firehose: five
 /// invocations per second per operation, a hard limit, docs.aws.amazon.com/firehose/latest/dev/limits.html.
 /// Keyed by `X-Amz-Target`, the operation's name on the wire.
 const BUDGET: &[(&str, f64)] = &[
     ("Kinesis_20131202.AddTagsToStream", 4.0),
     ("Kinesis_20131202.CreateStream", 4.0),
+    ("Kinesis_20131202.DecreaseStreamRetentionPeriod", 4.0),
     ("Kinesis_20131202.DeleteStream", 4.0),
     ("Kinesis_20131202.DescribeStreamSummary", 16.0),
+    ("Kinesis_20131202.GetRecords", 4.0),
+    ("Kinesis_20131202.GetShardIterator", 4.0),
+    ("Kinesis_20131202.IncreaseStreamRetentionPeriod", 4.0),
     ("Kinesis_20131202.ListTagsForStream", 4.0),
     ("Kinesis_20131202.UpdateShardCount", 8.0),
+    ("Kinesis_20131202.UpdateStreamMode", 4.0),
     ("Firehose_20150804.CreateDeliveryStream", 4.0),
     ("Firehose_20150804.DeleteDeliveryStream", 4.0),
     ("Firehose_20150804.DescribeDeliveryStream", 4.0),
@@ -54,17 +70,34 @@ struct Bucket {
     updated: Instant,
 }
 
+/// The longest a call waits for its slot; beyond it, the call fails as throttled.
+pub const MAX_WAIT: Duration = Duration::from_secs(10);
+
 impl RateLimits {
-    /// How long a call of `operation` (its `X-Amz-Target`) made now must wait; its slot is taken.
-    pub fn reserve(&self, operation: &str) -> Duration {
-        let Some(&(name, rate)) = BUDGET.iter().find(|(name, _)| *name == operation) else { return Duration::ZERO };
+    /// How long a call of `operation` (its `X-Amz-Target`) made now must wait, its slot taken;
+    /// `None`, and no slot taken, when that would be longer than [`MAX_WAIT`].
+    pub fn reserve(&self, operation: &str) -> Option<Duration> {
+        let Some(&(name, rate)) = BUDGET.iter().find(|(name, _)| *name == operation) else { return Some(Duration::ZERO) };
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("no panics while holding the lock");
         let bucket = buckets.entry(name).or_insert(Bucket { rate, tokens: rate, updated: now });
         bucket.tokens = (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * bucket.rate).min(bucket.rate);
         bucket.updated = now;
+        let wait = Duration::from_secs_f64((1.0 - bucket.tokens).max(0.0) / bucket.rate);
+        if wait > MAX_WAIT {
+            return None;
+        }
         bucket.tokens -= 1.0;
-        if bucket.tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-bucket.tokens / bucket.rate) }
+        Some(wait)
+    }
+
+    /// Gives back the slot of a call of `operation` that was dropped before it was sent (its
+    /// reconcile was cancelled), so that the calls queued behind it do not wait for nothing.
+    fn refund(&self, operation: &str) {
+        let mut buckets = self.buckets.lock().expect("no panics while holding the lock");
+        if let Some(bucket) = BUDGET.iter().find(|(name, _)| *name == operation).and_then(|(name, _)| buckets.get_mut(name)) {
+            bucket.tokens = (bucket.tokens + 1.0).min(bucket.rate);
+        }
     }
 
     /// `inner`, each call first waiting for its slot in `limits`.
@@ -83,15 +116,40 @@ struct Paced {
 
 impl HttpConnector for Paced {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let operation = request.headers().get("x-amz-target").unwrap_or_default();
-        let wait = self.limits.reserve(operation);
+        let operation = request.headers().get("x-amz-target").unwrap_or_default().to_owned();
+        let Some(wait) = self.limits.reserve(&operation) else {
+            let message = format!("not sent: the operator's rate limit for {operation} is booked more than {MAX_WAIT:?} ahead");
+            return HttpConnectorFuture::ready(Err(ConnectorError::other(message.into(), Some(ErrorKind::ThrottlingError))));
+        };
         let inner = self.inner.clone();
+        let unsent = Unsent { limits: self.limits.clone(), operation: Some(operation) };
         HttpConnectorFuture::new(async move {
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
+            unsent.sent();
             inner.call(request).await
         })
+    }
+}
+
+/// A paced call's slot while it waits: given back if the call is dropped before it goes out.
+struct Unsent {
+    limits: Arc<RateLimits>,
+    operation: Option<String>,
+}
+
+impl Unsent {
+    fn sent(mut self) {
+        self.operation.take();
+    }
+}
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        if let Some(operation) = &self.operation {
+            self.limits.refund(operation);
+        }
     }
 }
 
@@ -103,13 +161,42 @@ mod tests {
     async fn calls_beyond_an_operations_budget_wait_their_turn_and_others_do_not() {
         let limits = RateLimits::default();
         let tags = "Kinesis_20131202.ListTagsForStream";
-        let waits: Vec<Duration> = (0..6).map(|_| limits.reserve(tags)).collect();
+        let waits: Vec<Duration> = (0..6).map(|_| limits.reserve(tags).unwrap()).collect();
         assert_eq!(&waits[..4], [Duration::ZERO; 4], "a second's worth at once");
         assert_eq!((waits[4], waits[5]), (Duration::from_millis(250), Duration::from_millis(500)), "then four a second, in order");
-        assert_eq!(limits.reserve("Kinesis_20131202.DescribeStreamSummary"), Duration::ZERO, "each operation has its own quota");
-        assert_eq!(limits.reserve("AWSGlue.GetTable"), Duration::ZERO, "no documented quota, no limit");
+        assert_eq!(limits.reserve("Kinesis_20131202.DescribeStreamSummary"), Some(Duration::ZERO), "each operation has its own quota");
+        assert_eq!(limits.reserve("AWSGlue.GetTable"), Some(Duration::ZERO), "no documented quota, no limit");
         tokio::time::advance(Duration::from_secs(10)).await;
-        let again: Vec<Duration> = (0..5).map(|_| limits.reserve(tags)).collect();
+        let again: Vec<Duration> = (0..5).map(|_| limits.reserve(tags).unwrap()).collect();
         assert_eq!(again.iter().filter(|wait| wait.is_zero()).count(), 4, "idle time refills at most a second's worth");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_booked_beyond_the_longest_wait_is_refused_and_a_dropped_one_gives_its_slot_back() {
+        let limits = RateLimits::default();
+        let tags = "Kinesis_20131202.ListTagsForStream";
+        let booked: Vec<Duration> = std::iter::from_fn(|| limits.reserve(tags)).take(100).collect();
+        assert_eq!(booked.last(), Some(&MAX_WAIT), "4 at once, then 4 a second for ten seconds: {booked:?}");
+        assert_eq!(booked.len(), 44);
+        assert_eq!(limits.reserve(tags), None, "eleven seconds ahead: refused, no slot taken");
+        limits.refund(tags);
+        assert_eq!(limits.reserve(tags), Some(MAX_WAIT), "a cancelled call's slot goes to the next");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_call_fails_as_throttled_without_reaching_aws() {
+        let limits = Arc::new(RateLimits::default());
+        while limits.reserve("Kinesis_20131202.ListTagsForStream").is_some() {}
+        // Nothing listens there: a call that went out would fail as an outage.
+        let sdk = crate::aws::fake::sdk_at("http://127.0.0.1:1")
+            .to_builder()
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .http_client(RateLimits::around(limits, metrics_pipeline_runtime::sdk::http_client()))
+            .build();
+        let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+        let answer = kinesis.list_tags_for_stream().stream_name("s").send().await;
+        let error = crate::error::AwsError::from_sdk("reading tags", answer.expect_err("refused"));
+        assert_eq!(error.kind, crate::error::AwsErrorKind::Throttled, "{error}");
+        assert!(error.message.contains("rate limit for Kinesis_20131202.ListTagsForStream"), "{error}");
     }
 }

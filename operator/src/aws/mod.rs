@@ -56,56 +56,69 @@ impl Intercept for AwsCalls {
     }
 }
 
-/// Changes AWS refused for good (a quota, a value it does not take), by what was asked. Within
-/// `hold` (the resync period) of a refusal the same ask gets the same answer without a call, so
-/// that a refusal is asked again at each resync as its message says, not at every reconcile a
-/// rollout or another part's progress starts; a different ask (the spec changed) goes out at once.
+/// Answers remembered for a while, by key: what [`Refusals`] and [`TagCache`] keep.
 #[derive(Debug)]
-pub struct Refusals {
+struct Recent<V> {
     hold: Duration,
-    refused: Mutex<HashMap<String, Refused>>,
+    entries: Mutex<HashMap<String, (Instant, V)>>,
 }
 
-#[derive(Debug)]
-struct Refused {
-    at: Instant,
-    reason: &'static str,
-    message: String,
+impl<V: Clone> Recent<V> {
+    fn new(hold: Duration) -> Self {
+        Self { hold, entries: Mutex::default() }
+    }
+
+    /// What was remembered for `key` within the hold.
+    fn get(&self, key: &str) -> Option<V> {
+        self.lock().get(key).filter(|(at, _)| at.elapsed() < self.hold).map(|(_, value)| value.clone())
+    }
+
+    /// Remembers `value` for `key` from now, and forgets what is past its hold.
+    fn put(&self, key: String, value: V) {
+        let mut entries = self.lock();
+        entries.retain(|_, (at, _)| at.elapsed() < self.hold);
+        entries.insert(key, (Instant::now(), value));
+    }
+
+    fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, V)>> {
+        self.entries.lock().expect("no panics while holding the lock")
+    }
 }
+
+/// Changes AWS refused for good (a quota, a value it does not take), by what was asked. Within
+/// the hold of a refusal the same ask gets the same answer without a call, so that a refusal is
+/// asked again at each resync as its message says, not at every reconcile a rollout or another
+/// part's progress starts; a different ask (the spec changed) goes out at once.
+#[derive(Debug)]
+pub struct Refusals(Recent<(&'static str, String)>);
 
 impl Refusals {
+    /// Refusals held for `hold`: shorter than the shortest resync, so that the resync asks again.
     pub fn new(hold: Duration) -> Self {
-        Self { hold, refused: Mutex::default() }
+        Self(Recent::new(hold))
     }
 
     /// Makes `change`, named by `key` (the resource and what it is asked to become), unless AWS
-    /// refused that within `hold`: then the remembered refusal is the answer.
+    /// refused that within the hold: then the remembered refusal is the answer.
     pub async fn ask(&self, key: String, change: impl Future<Output = Result<(), Error>>) -> Result<(), Error> {
-        if let Some(refused) = self.lock().get(&key).filter(|refused| refused.at.elapsed() < self.hold) {
-            let ago = refused.at.elapsed().as_secs();
-            return Err(Error::StillRefused { reason: refused.reason, message: refused.message.clone(), ago });
+        if let Some((reason, message)) = self.0.get(&key) {
+            return Err(Error::StillRefused { reason, message });
         }
         let result = change.await;
-        let mut refused = self.lock();
-        refused.retain(|_, refused| refused.at.elapsed() < self.hold);
         match &result {
-            Err(error) if error.is_terminal() => {
-                refused.insert(key, Refused { at: Instant::now(), reason: error.reason(), message: error.to_string() });
-            }
-            _ => {
-                refused.remove(&key);
-            }
+            Err(error) if error.is_terminal() => self.0.put(key, (error.reason(), error.to_string())),
+            _ => self.0.forget(&key),
         }
         result
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Refused>> {
-        self.refused.lock().expect("no panics while holding the lock")
     }
 }
 
 /// How an ownership check reads a resource's tags: as read lately while reconciling, afresh
-/// before a deletion (nothing is deleted on an old answer).
+/// before anything that loses data (a deletion, a re-creation, a shorter retention).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TagsAs {
     Cached,
@@ -119,54 +132,47 @@ pub struct Memory {
     pub tags: Arc<TagCache>,
 }
 
-/// Tags of resources read lately, by resource ARN and creation time (a resource deleted and
-/// made again under its name is another). Tags change only when someone tags, so a reconcile
-/// within `fresh` of the last read takes them from here: ListTagsForStream, 5 calls a second per
-/// account, would otherwise cap an account at about 700 pipelines at the default resync. The
-/// operator's own tagging forgets the resource; a deletion always reads afresh, and tags someone
-/// else changes show within `fresh`.
-#[derive(Debug)]
-pub struct TagCache {
-    fresh: Duration,
-    read: Mutex<HashMap<String, ReadTags>>,
+impl Memory {
+    /// Refusals held for most of a `resync` period; tags trusted for six, so most reconciles read none.
+    pub fn for_resync(resync: Duration) -> Self {
+        Self { refusals: Arc::new(Refusals::new(resync.mul_f64(0.8))), tags: Arc::new(TagCache::new(resync * 6)) }
+    }
 }
 
+/// Tags of resources read lately, by resource ARN and creation time (a resource deleted and
+/// made again under its name is another). Tags change only when someone tags, so a reconcile
+/// within the hold of the last read takes them from here: ListTagsForStream, 5 calls a second per
+/// account, would otherwise cap an account at about 700 pipelines at the default resync. The
+/// operator's own tagging forgets the resource; what loses data reads afresh, and tags someone
+/// else changes show within the hold.
 #[derive(Debug)]
-struct ReadTags {
-    created: String,
-    at: Instant,
-    tags: Vec<(String, String)>,
-}
+pub struct TagCache(Recent<(String, Vec<(String, String)>)>);
 
 impl TagCache {
     pub fn new(fresh: Duration) -> Self {
-        Self { fresh, read: Mutex::default() }
+        Self(Recent::new(fresh))
     }
 
-    /// The tags of resource `arn` made at `created`: as read within `fresh`, else by `read`.
+    /// The tags of resource `arn` made at `created`: as read within the hold, else by `read`.
     pub async fn read(
         &self,
         arn: &str,
         created: String,
         read: impl Future<Output = Result<Vec<(String, String)>, Error>>,
     ) -> Result<Vec<(String, String)>, Error> {
-        if let Some(known) = self.lock().get(arn).filter(|known| known.created == created && known.at.elapsed() < self.fresh) {
-            return Ok(known.tags.clone());
+        if let Some((known, tags)) = self.0.get(arn)
+            && known == created
+        {
+            return Ok(tags);
         }
         let tags = read.await?;
-        let mut cache = self.lock();
-        cache.retain(|_, known| known.at.elapsed() < self.fresh);
-        cache.insert(arn.to_owned(), ReadTags { created, at: Instant::now(), tags: tags.clone() });
+        self.0.put(arn.to_owned(), (created, tags.clone()));
         Ok(tags)
     }
 
     /// `arn`'s tags are about to change.
     pub fn forget(&self, arn: &str) {
-        self.lock().remove(arn);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ReadTags>> {
-        self.read.lock().expect("no panics while holding the lock")
+        self.0.forget(arn);
     }
 }
 
@@ -188,10 +194,10 @@ pub struct AwsClients {
 }
 
 impl AwsClients {
-    /// Clients of their own, remembering refusals for the default resync period and reading
+    /// Clients of their own, remembering refusals for most of the default resync period and reading
     /// tags afresh every time; the operator's share one memory per account ([`AwsClients::sharing`]).
     pub fn new(sdk: &SdkConfig, region: &str, calls: &AwsCalls) -> Self {
-        let memory = Memory { refusals: Arc::new(Refusals::new(Duration::from_secs(300))), tags: Arc::new(TagCache::new(Duration::ZERO)) };
+        let memory = Memory { refusals: Arc::new(Refusals::new(Duration::from_secs(240))), tags: Arc::new(TagCache::new(Duration::ZERO)) };
         Self::sharing(sdk, region, calls, &memory)
     }
 
@@ -257,14 +263,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_are_counted_by_service_and_operation() {
-        let sdk = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("eu-west-1"))
-            .endpoint_url("http://127.0.0.1:1")
-            .credentials_provider(
-                aws_sdk_kinesis::config::SharedCredentialsProvider::new(aws_sdk_kinesis::config::Credentials::for_tests()),
-            )
-            .build();
+        let sdk = fake::sdk_at("http://127.0.0.1:1");
         let calls = AwsCalls::default();
         let clients = AwsClients::new(&sdk, "eu-west-1", &calls);
         let _ = clients.kinesis.list_streams().send().await;
@@ -287,13 +286,7 @@ mod tests {
                 open.push(connection);
             }
         });
-        let sdk = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .endpoint_url(endpoint)
-            .credentials_provider(
-                aws_sdk_kinesis::config::SharedCredentialsProvider::new(aws_sdk_kinesis::config::Credentials::for_tests()),
-            )
-            .build();
+        let sdk = fake::sdk_at(&endpoint);
         let clients = AwsClients::new(&sdk, "eu-west-1", &AwsCalls::default());
         let started = tokio::time::Instant::now();
         let answer = clients.kinesis.list_streams().send().await;
@@ -301,6 +294,15 @@ mod tests {
         assert_eq!(error.kind, crate::error::AwsErrorKind::Unavailable, "{error}");
         assert!(started.elapsed() <= Duration::from_secs(61), "{:?}", started.elapsed());
         silent.abort();
+    }
+
+    #[tokio::test]
+    async fn a_server_error_is_tried_again_whatever_its_code() {
+        let unknown = r#"{"__type":"InternalServerError","message":"We encountered an internal error. Please try again."}"#;
+        let aws = fake::FakeAws::start(std::collections::BTreeMap::from([("DescribeStreamSummary", (500, unknown))])).await;
+        let error = streams::observe(&aws.clients, "s", TagsAs::Fresh).await.expect_err("a 500");
+        assert_eq!(error.aws_kind(), Some(crate::error::AwsErrorKind::Unavailable), "{error}");
+        assert!(!error.is_terminal(), "{error}");
     }
 
     #[tokio::test]
@@ -315,7 +317,7 @@ mod tests {
         let first = refusals.ask("stream x: shard count to 8".into(), refuse(AwsErrorKind::QuotaExceeded)).await.unwrap_err();
         let again = refusals.ask("stream x: shard count to 8".into(), async { panic!("asked AWS again") }).await.unwrap_err();
         assert_eq!((again.reason(), again.is_terminal()), (first.reason(), true));
-        assert!(again.to_string().starts_with(&first.to_string()), "{again}");
+        assert_eq!(again.to_string(), format!("{first} (asked again at the next resync)"), "the same words at every reconcile");
         let other = refusals.ask("stream x: shard count to 4".into(), std::future::ready(Ok(()))).await;
         assert!(other.is_ok(), "a different ask goes out");
         // Throttling is for the backoff: the next reconcile asks again.
