@@ -83,6 +83,15 @@ pub enum Error {
     Draining { why: String, left: std::time::Duration },
 }
 
+/// A call the operator did not send: its own rate limit for the operation (see
+/// [`crate::aws::limits`]) is booked further ahead than a call may wait.
+#[derive(Debug, thiserror::Error)]
+#[error("not sent: the operator's rate limit for {operation} is booked more than {booked_ahead:?} ahead")]
+pub struct RateLimited {
+    pub operation: String,
+    pub booked_ahead: std::time::Duration,
+}
+
 /// Who holds a resource found under one of this pipeline's names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Holder {
@@ -244,13 +253,16 @@ impl AwsError {
                     None if status >= 500 => AwsErrorKind::Unavailable,
                     None => AwsErrorKind::InvalidRequest,
                 };
-                // A server error is the service's trouble whatever its code says: tried again.
-                let kind = if status >= 500 && !kind.is_retryable() { AwsErrorKind::Unavailable } else { kind };
+                // A server error is the service's trouble whatever its code says: tried again
+                // (but for 501, which says the service does not do this at all).
+                let kind = if status >= 500 && status != 501 && !kind.is_retryable() { AwsErrorKind::Unavailable } else { kind };
                 let message = service.err().message().map_or_else(|| format!("HTTP {status}"), str::to_owned);
                 (kind, code, message)
             }
             // Not sent: the operator's own rate limit for the operation is booked too far ahead.
-            SdkError::DispatchFailure(failure) if failure.as_other() == Some(aws_smithy_types::retry::ErrorKind::ThrottlingError) => {
+            SdkError::DispatchFailure(failure)
+                if failure.as_connector_error().and_then(std::error::Error::source).is_some_and(|source| source.is::<RateLimited>()) =>
+            {
                 (AwsErrorKind::Throttled, None, aws_smithy_types::error::display::DisplayErrorContext(&error).to_string())
             }
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => (

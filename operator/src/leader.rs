@@ -41,11 +41,14 @@ pub struct LeaderElector {
     settings: LeaseSettings,
     /// The lease's resourceVersion as last read, and when this replica first read it so.
     observed: Mutex<Option<(String, Instant)>>,
+    /// When the last attempt that took or renewed the lease began: the lease runs from no
+    /// earlier than that.
+    held_from: Mutex<Option<Instant>>,
 }
 
 impl LeaderElector {
     pub fn new(client: Client, settings: LeaseSettings) -> Self {
-        Self { api: Api::namespaced(client, &settings.namespace), settings, observed: Mutex::default() }
+        Self { api: Api::namespaced(client, &settings.namespace), settings, observed: Mutex::default(), held_from: Mutex::default() }
     }
 
     /// How long this replica has seen the lease at `version`: every renewal is a new version.
@@ -62,6 +65,15 @@ impl LeaderElector {
 
     /// One attempt to take or renew the lease; true when this replica holds it afterwards.
     pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
+        let sent = Instant::now();
+        let held = self.attempt().await;
+        if let Ok(true) = held {
+            *self.held_from.lock().expect("no panics while holding the lock") = Some(sent);
+        }
+        held
+    }
+
+    async fn attempt(&self) -> Result<bool, kube::Error> {
         let now = jiff::Timestamp::now();
         let settings = &self.settings;
         let Some(mut lease) = self.api.get_opt(&settings.name).await? else {
@@ -123,23 +135,22 @@ impl LeaderElector {
 
     /// Renews the lease every `retry` period; returns once it is lost: taken by another replica,
     /// or not renewed in time. A renewal counts from when it was sent (another replica sees it
-    /// no earlier) and may take only what is left of the lease.
+    /// no earlier), and may take what is left of the lease but a `retry` period, so that the work
+    /// stops that long before another replica may take over.
     async fn hold(&self) {
         let settings = &self.settings;
-        let mut renewed = Instant::now();
         loop {
             tokio::time::sleep(settings.retry).await;
-            let sent = Instant::now();
-            let left = (renewed + settings.duration).saturating_duration_since(sent);
+            let renewed = self.held_from.lock().expect("no panics while holding the lock").unwrap_or_else(Instant::now);
+            let left = (renewed + settings.duration).saturating_duration_since(Instant::now()).saturating_sub(settings.retry);
+            if left.is_zero() {
+                return;
+            }
             match tokio::time::timeout(left, self.try_acquire()).await {
-                Ok(Ok(true)) => renewed = sent,
+                Ok(Ok(true)) => {}
                 Ok(Ok(false)) => return,
                 Ok(Err(error)) => tracing::warn!(%error, "cannot renew the leader lease"),
                 Err(_) => tracing::warn!("renewing the leader lease took longer than the lease has left"),
-            }
-            // Stop before another replica may take the lease over.
-            if renewed.elapsed() + settings.retry >= settings.duration {
-                return;
             }
         }
     }

@@ -143,6 +143,17 @@ pub fn check_owner<'a>(
     }
 }
 
+/// Where the deletion of one AWS resource stands: the same three answers from every part.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// Gone, or never there.
+    Gone,
+    /// AWS is still deleting it: the resource, as the status names what the deletion waits for.
+    Going(String),
+    /// Left in place, and why: it is not this pipeline's, or it holds what is not.
+    Left(String),
+}
+
 /// What one `ensure` did, for events and conditions.
 #[derive(Debug, Default)]
 pub struct Outcome {

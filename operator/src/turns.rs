@@ -17,6 +17,8 @@ pub struct Turns {
 #[derive(Debug, Default)]
 struct Queue {
     taken: usize,
+    /// Shutting down: no more turns.
+    closed: bool,
     urgent: VecDeque<oneshot::Sender<()>>,
     routine: VecDeque<oneshot::Sender<()>>,
 }
@@ -32,13 +34,16 @@ impl Turns {
     }
 
     /// Waits for a turn: after the urgent ones asked before, and, unless `urgent`, after every
-    /// urgent one waiting.
-    pub async fn take(self: &Arc<Self>, urgent: bool) -> Turn {
+    /// urgent one waiting. `None` once closed.
+    pub async fn take(self: &Arc<Self>, urgent: bool) -> Option<Turn> {
         let receiver = {
             let mut queue = self.lock();
+            if queue.closed {
+                return None;
+            }
             if queue.taken < self.limit {
                 queue.taken += 1;
-                return Turn(self.clone());
+                return Some(Turn(self.clone()));
             }
             let (sender, receiver) = oneshot::channel();
             if urgent {
@@ -49,10 +54,19 @@ impl Turns {
             receiver
         };
         let mut waiting = Waiting { turns: self.clone(), receiver, served: false };
-        // A turn handed over is counted as taken already; the sender goes only with `Turns`.
-        let _ = (&mut waiting.receiver).await;
+        // A turn handed over is counted as taken already; a sender dropped unsent is the close.
+        (&mut waiting.receiver).await.ok()?;
         waiting.served = true;
-        Turn(self.clone())
+        Some(Turn(self.clone()))
+    }
+
+    /// Hands out no more turns, and sends every reconcile still waiting for one away: a shutdown
+    /// waits for the reconciles under way, not for the whole queue behind them.
+    pub fn close(&self) {
+        let mut queue = self.lock();
+        queue.closed = true;
+        queue.urgent.clear();
+        queue.routine.clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -110,7 +124,7 @@ mod tests {
         let (release, released) = oneshot::channel::<()>();
         let (turns, order) = (turns.clone(), order.clone());
         let task = tokio::spawn(async move {
-            let _turn = turns.take(urgent).await;
+            let _turn = turns.take(urgent).await.expect("open");
             order.lock().unwrap().push(name);
             let _ = released.await;
         });
@@ -151,7 +165,23 @@ mod tests {
         let _ = release_last.send(());
         tokio::time::sleep(Duration::from_millis(1)).await;
         let again = tokio::time::timeout(Duration::from_secs(1), turns.take(false)).await;
-        assert!(again.is_ok(), "every turn came back");
+        let _again = again.expect("every turn came back").expect("open");
         assert_eq!(turns.lock().taken, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_waits_for_the_reconciles_under_way_not_for_the_queue() {
+        let turns = Turns::new(1);
+        let running = turns.take(false).await.expect("open");
+        let queued = tokio::spawn({
+            let turns = turns.clone();
+            async move { turns.take(true).await.is_some() }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        turns.close();
+        assert!(!queued.await.unwrap(), "sent away without a turn");
+        assert!(turns.take(true).await.is_none(), "no turn after the close");
+        drop(running);
+        assert_eq!(turns.lock().taken, 0);
     }
 }

@@ -46,18 +46,21 @@ pub fn crd_yaml() -> String {
     format!("# Generated from crds/api/src/pipeline.rs by `cargo run -p metrics-pipeline-api --bin crdgen`; do not edit.\n{body}")
 }
 
+/// Fails unless the file committed at `relative` (to the repository root) is `generated`.
+#[cfg(test)]
+pub(crate) fn assert_committed(relative: &str, generated: &str) {
+    let path = repository_root().join(relative);
+    let committed = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    assert!(committed == generated, "{relative} is out of date with the Rust types: run `cargo run -p metrics-pipeline-api --bin crdgen`");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn committed_crd_matches_the_types() {
-        let committed_path = repository_root().join(CRD_PATH);
-        let committed = std::fs::read_to_string(&committed_path).unwrap_or_else(|error| panic!("{}: {error}", committed_path.display()));
-        assert!(
-            committed == crd_yaml(),
-            "{CRD_PATH} is out of date with the Rust types: run `cargo run -p metrics-pipeline-api --bin crdgen`"
-        );
+        assert_committed(CRD_PATH, &crd_yaml());
     }
 
     #[test]

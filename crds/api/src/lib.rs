@@ -7,6 +7,7 @@ pub mod crd;
 pub mod identity;
 pub mod naming;
 pub mod pipeline;
+pub mod reference;
 pub mod validation;
 
 pub use pipeline::{MetricsPipeline, MetricsPipelineSpec, MetricsPipelineStatus};

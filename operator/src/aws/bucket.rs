@@ -13,7 +13,7 @@ use metrics_pipeline_api::pipeline::AwsResourceRef;
 
 use super::{AwsClients, partition};
 use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error, Holder, error_code};
-use crate::managed::{Outcome, Owner, tag_pairs};
+use crate::managed::{Outcome, Owner, Removal, tag_pairs};
 
 /// Id of the expiry rule the operator owns in the bucket's lifecycle configuration.
 const EXPIRY_RULE: &str = "metrics-pipeline-expiry";
@@ -245,24 +245,20 @@ async fn ensure_expiry(clients: &AwsClients, bucket: &str, expire_after_days: Op
     Ok(())
 }
 
-/// Empties and deletes the bucket if it is this pipeline's; `true` once it is gone.
-pub async fn delete(clients: &AwsClients, bucket: &str, owner: &Owner) -> Result<bool, Error> {
+/// Empties and deletes the bucket if it is this pipeline's.
+pub async fn delete(clients: &AwsClients, bucket: &str, owner: &Owner) -> Result<Removal, Error> {
     let tags = match observe(clients, bucket).await? {
-        Observed::Missing => return Ok(true),
-        Observed::Foreign => {
-            tracing::info!(bucket, holder = %Holder::OtherAccount, "not this pipeline's bucket; leaving it");
-            return Ok(true);
-        }
+        Observed::Missing => return Ok(Removal::Gone),
+        Observed::Foreign => return Ok(Removal::Left(format!("kept S3 bucket {bucket}: {}", Holder::OtherAccount))),
         Observed::Tagged(tags) => tags,
     };
     if let Err(holder) = owner.deletes(tag_pairs(&tags)) {
-        tracing::info!(bucket, %holder, "not this pipeline's bucket; leaving it");
-        return Ok(true);
+        return Ok(Removal::Left(format!("kept S3 bucket {bucket}: {holder}")));
     }
     empty(clients, bucket).await?;
     match clients.s3.delete_bucket().bucket(bucket).send().await {
-        Ok(_) => Ok(true),
-        Err(error) if error_code(&error) == Some("NoSuchBucket") => Ok(true),
+        Ok(_) => Ok(Removal::Gone),
+        Err(error) if error_code(&error) == Some("NoSuchBucket") => Ok(Removal::Gone),
         Err(error) if error_code(&error) == Some("BucketNotEmpty") => {
             Err(Error::Deleting(format!("S3 bucket {bucket}, which got new objects while it was emptied")))
         }

@@ -15,7 +15,7 @@ use metrics_pipeline_api::pipeline::{AwsResourceRef, DeliveryFormat};
 
 use super::{AwsClients, partition};
 use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error};
-use crate::managed::{Outcome, Owner};
+use crate::managed::{Outcome, Owner, Removal};
 
 /// Glue's answer for a database or table that does not exist.
 const NOT_FOUND: &str = "EntityNotFoundException";
@@ -436,19 +436,16 @@ async fn tables_in(clients: &AwsClients, database: &str) -> Result<Vec<String>, 
 }
 
 /// Deletes the table (with its partitions) if it is this pipeline's, then the database if it is
-/// this pipeline's and holds no other table: DeleteDatabase deletes every table in it. Returns
-/// why the database stays, when it does.
-pub async fn delete(clients: &AwsClients, database: &str, table: &str, owner: &Owner) -> Result<Option<String>, Error> {
-    if let Some(found) = observe_table(clients, database, table).await? {
-        match owner.deletes(parameters(found.parameters())) {
-            Ok(()) => {
-                let deleted = clients.glue.delete_table().database_name(database).name(table).send().await;
-                deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue table {database}.{table}"))?;
-            }
-            Err(holder) => tracing::info!(database, table, %holder, "not this pipeline's table; leaving it"),
-        }
+/// this pipeline's and holds no other table: DeleteDatabase deletes every table in it. A table
+/// that is not the pipeline's keeps the database, which says so.
+pub async fn delete(clients: &AwsClients, database: &str, table: &str, owner: &Owner) -> Result<Removal, Error> {
+    if let Some(found) = observe_table(clients, database, table).await?
+        && owner.deletes(parameters(found.parameters())).is_ok()
+    {
+        let deleted = clients.glue.delete_table().database_name(database).name(table).send().await;
+        deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue table {database}.{table}"))?;
     }
-    let Some(found) = observe_database(clients, database).await? else { return Ok(None) };
+    let Some(found) = observe_database(clients, database).await? else { return Ok(Removal::Gone) };
     let kept = match owner.deletes(parameters(found.parameters())) {
         Err(holder) => format!("kept Glue database {database}: it is not this pipeline's ({holder})"),
         Ok(()) => {
@@ -458,13 +455,12 @@ pub async fn delete(clients: &AwsClients, database: &str, table: &str, owner: &O
             if others.is_empty() {
                 let deleted = clients.glue.delete_database().name(database).send().await;
                 deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue database {database}"))?;
-                return Ok(None);
+                return Ok(Removal::Gone);
             }
             format!("kept Glue database {database}: it holds tables that are not this pipeline's ({})", others.join(", "))
         }
     };
-    tracing::info!(database, "{kept}");
-    Ok(Some(kept))
+    Ok(Removal::Left(kept))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use metrics_pipeline_api::pipeline::{AwsResourceRef, Compression, DeliveryFormat
 
 use super::{AwsClients, streams};
 use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error, error_code};
-use crate::managed::{Outcome, Owner, tag_pairs};
+use crate::managed::{Outcome, Owner, Removal, tag_pairs};
 
 /// Firehose's answer for a delivery stream that does not exist.
 const NOT_FOUND: &str = "ResourceNotFoundException";
@@ -305,12 +305,15 @@ pub async fn ensure(
     let mut outcome = Outcome::default();
     let description = observe(clients, name).await?;
     if let Some(description) = &description
-        && let Some(why) = owner.check("Firehose delivery stream", name, tag_pairs(&cached_tags_of(clients, description).await?))?
+        && owner.check("Firehose delivery stream", name, tag_pairs(&cached_tags_of(clients, description).await?))?.is_some()
     {
+        // Tagging claims it: only on the tags as they are now, not as read lately.
         clients.tags.forget(description.delivery_stream_arn());
-        let tagging = clients.firehose.tag_delivery_stream().delivery_stream_name(name).set_tags(Some(tags(owner)));
-        tagging.send().await.or_aws(|| format!("tagging Firehose delivery stream {name}"))?;
-        outcome.changed(format!("Firehose delivery stream {name}: {why}"));
+        if let Some(why) = owner.check("Firehose delivery stream", name, tag_pairs(&tags_of(clients, name).await?))? {
+            let tagging = clients.firehose.tag_delivery_stream().delivery_stream_name(name).set_tags(Some(tags(owner)));
+            tagging.send().await.or_aws(|| format!("tagging Firehose delivery stream {name}"))?;
+            outcome.changed(format!("Firehose delivery stream {name}: {why}"));
+        }
     }
     let arn = description.as_ref().map(|d| d.delivery_stream_arn().to_owned());
     let reference = |arn| AwsResourceRef { name: name.to_owned(), arn };
@@ -467,57 +470,63 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(30);
 /// What Firehose may still hold: AWS deletes a delivery stream "and its data", delivering what it
 /// buffered no more. While the newest record on the output stream is younger than the delivery
 /// stream's buffer interval (and a margin), the deletion waits, with the aggregator stopped;
-/// this says for what and how long, or `None` once the delivery stream can go.
-pub async fn undelivered(clients: &AwsClients, name: &str, output_stream: &str) -> Result<Option<Undelivered>, Error> {
-    let Some(description) = observe(clients, name).await? else { return Ok(None) };
+/// records that keep coming (another writer) hold it at most twice that long from when the drain
+/// began, `draining_for` ago.
+pub async fn undelivered(clients: &AwsClients, name: &str, output_stream: &str, draining_for: Duration) -> Result<Undelivered, Error> {
+    let Some(description) = observe(clients, name).await? else { return Ok(Undelivered::Nothing) };
     if description.delivery_stream_status() != &DeliveryStreamStatus::Active {
-        return Ok(None);
+        return Ok(Undelivered::Nothing);
     }
     let interval = settings_of(&description).map_or(300, |settings| settings.buffer_interval_seconds);
     let window = Duration::from_secs(interval.max(0) as u64) + DRAIN_MARGIN;
+    // Checked before reading the stream, which takes a while on many shards.
+    let Some(until_cut) = (window * 2).checked_sub(draining_for).filter(|left| !left.is_zero()) else {
+        return Ok(Undelivered::KeepsComing { waited: draining_for });
+    };
     let newest = match streams::newest_record(clients, output_stream, window).await? {
-        streams::Newest::Nothing => return Ok(None),
+        streams::Newest::Nothing => return Ok(Undelivered::Nothing),
         streams::Newest::At(newest) => newest,
         // Not read to the end within the pass: as if a record came just now.
         streams::Newest::NotReached => jiff::Timestamp::now(),
     };
+    // Arrival times are whole seconds: at least a second more, and never past the cut.
     let age = jiff::Timestamp::now().duration_since(newest).unsigned_abs();
-    let left = window.saturating_sub(age);
+    let left = window.saturating_sub(age).max(Duration::from_secs(1)).min(until_cut);
     let why = format!(
         "Firehose delivery stream {name} to deliver what it buffered: the last aggregate reached {output_stream} at {newest}, \
          and Firehose delivers within its buffer interval of {interval} s (about {} s more)",
         left.as_secs()
     );
-    Ok(Some(Undelivered { why, left, window }))
+    Ok(Undelivered::Buffered { why, left })
 }
 
-/// What Firehose may still hold, and when it will have had its time.
-#[derive(Debug)]
-pub struct Undelivered {
-    pub why: String,
-    /// From now until the buffer interval (and a margin) has passed since the newest record.
-    pub left: Duration,
-    /// The buffer interval and the margin.
-    pub window: Duration,
+/// What Firehose may still hold of the output stream's records.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Undelivered {
+    /// Nothing: it has had its buffer interval for the newest record, or there is no delivery.
+    Nothing,
+    /// What it waits for, and how long from now.
+    Buffered { why: String, left: Duration },
+    /// Records kept coming for twice the buffer interval (and the margin) since the drain began,
+    /// `waited` ago: waiting longer would not help.
+    KeepsComing { waited: Duration },
 }
 
-/// Deletes the delivery stream if it is this pipeline's: `None` once it is gone, else the
-/// delivery stream as the deletion waits for it (with the failure of a deletion that failed and
-/// is asked for again).
-pub async fn delete(clients: &AwsClients, name: &str, owner: &Owner) -> Result<Option<String>, Error> {
-    let Some(description) = observe(clients, name).await? else { return Ok(None) };
+/// Deletes the delivery stream if it is this pipeline's; while AWS deletes it, says so (with
+/// the failure of a deletion that failed and is asked for again).
+pub async fn delete(clients: &AwsClients, name: &str, owner: &Owner) -> Result<Removal, Error> {
+    let Some(description) = observe(clients, name).await? else { return Ok(Removal::Gone) };
     if let Err(holder) = owner.deletes(tag_pairs(&tags_of(clients, name).await?)) {
-        tracing::info!(delivery_stream = name, %holder, "not this pipeline's delivery stream; leaving it");
-        return Ok(None);
+        return Ok(Removal::Left(format!("kept Firehose delivery stream {name}: {holder}")));
     }
     let status = description.delivery_stream_status();
     if status != &DeliveryStreamStatus::Deleting {
         delete_owned(clients, name, status).await?;
     }
     if observe(clients, name).await?.is_none() {
-        return Ok(None);
+        return Ok(Removal::Gone);
     }
-    Ok(Some(match status {
+    Ok(Removal::Going(match status {
         DeliveryStreamStatus::DeletingFailed => {
             format!("Firehose delivery stream {name}, which is {}: deleting it again", failure(&description))
         }
@@ -642,6 +651,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_drain_looks_again_at_most_when_its_cut_comes_and_past_the_cut_reads_nothing() {
+        // A record arrived just now; the buffer interval is 60 s, so the window 90 s and the cut 180 s.
+        let now = jiff::Timestamp::now().as_second();
+        let records = String::leak(format!(
+            r#"{{"Records":[{{"SequenceNumber":"1","ApproximateArrivalTimestamp":{now},"Data":"e30=","PartitionKey":"k"}}],"MillisBehindLatest":0}}"#
+        ));
+        let aws = FakeAws::start(BTreeMap::from([
+            ("DescribeDeliveryStream", (200, described("ACTIVE", None))),
+            ("ListShards", (200, r#"{"Shards":[{"ShardId":"shardId-0","HashKeyRange":{"StartingHashKey":"0","EndingHashKey":"1"},"SequenceNumberRange":{"StartingSequenceNumber":"0"}}]}"#)),
+            ("GetShardIterator", (200, r#"{"ShardIterator":"it-1"}"#)),
+            ("GetRecords", (200, records)),
+        ]))
+        .await;
+        let left = |drained| match drained {
+            Undelivered::Buffered { left, .. } => left,
+            other => panic!("{other:?}"),
+        };
+        let fresh = left(undelivered(&aws.clients, "p-delivery", "p-output", Duration::ZERO).await.unwrap());
+        assert!(Duration::from_secs(85) <= fresh && fresh <= Duration::from_secs(90), "the window from the record: {fresh:?}");
+        let near_cut = left(undelivered(&aws.clients, "p-delivery", "p-output", Duration::from_secs(175)).await.unwrap());
+        assert_eq!(near_cut, Duration::from_secs(5), "not past the cut");
+        let reads = aws.called().iter().filter(|operation| *operation == "GetRecords").count();
+        let cut = undelivered(&aws.clients, "p-delivery", "p-output", Duration::from_secs(180)).await.unwrap();
+        assert_eq!(cut, Undelivered::KeepsComing { waited: Duration::from_secs(180) });
+        assert_eq!(aws.called().iter().filter(|operation| *operation == "GetRecords").count(), reads, "the cut reads no shard");
+    }
+
+    #[tokio::test]
     async fn a_refused_update_leaves_the_stream_delivering_as_it_stands_and_is_asked_again_only_at_the_resync() {
         // The spec asks for 128 MiB buffers; Firehose refuses the update as written.
         let mut settings = desired(&config(DeliveryFormat::Json, Compression::Gzip), &connections());
@@ -668,9 +705,10 @@ mod tests {
         let aws = failed("DELETING_FAILED", ("RETIRE_KMS_GRANT_FAILED", "the grant could not be retired")).await;
         let waiting = delete(&aws.clients, "p-delivery", &owner()).await.unwrap();
         assert_eq!(
-            waiting.as_deref(),
-            Some(
+            waiting,
+            Removal::Going(
                 "Firehose delivery stream p-delivery, which is DELETING_FAILED (RETIRE_KMS_GRANT_FAILED: the grant could not be retired): deleting it again"
+                    .into()
             )
         );
         assert_eq!(aws.called().iter().filter(|operation| *operation == "DeleteDeliveryStream").count(), 1, "{:?}", aws.called());

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{AwsClients, partition};
 use crate::error::{AwsResultExt, Error};
-use crate::managed::{Outcome, Owner};
+use crate::managed::{Outcome, Owner, Removal};
 
 /// IAM's answer for a role or policy that does not exist.
 const NO_SUCH_ENTITY: &str = "NoSuchEntity";
@@ -161,12 +161,11 @@ fn tags(owner: &Owner) -> Vec<Tag> {
     owner.tags().into_iter().map(tag).collect()
 }
 
-/// Deletes the role and its inline policies if it is this pipeline's; `true` once gone.
-pub async fn delete(clients: &AwsClients, role: &str, owner: &Owner) -> Result<bool, Error> {
-    let Some(found) = observe(clients, role).await? else { return Ok(true) };
+/// Deletes the role and its inline policies if it is this pipeline's.
+pub async fn delete(clients: &AwsClients, role: &str, owner: &Owner) -> Result<Removal, Error> {
+    let Some(found) = observe(clients, role).await? else { return Ok(Removal::Gone) };
     if let Err(holder) = owner.deletes(found.tags().iter().map(|tag| (tag.key(), tag.value()))) {
-        tracing::info!(role, %holder, "not this pipeline's role; leaving it");
-        return Ok(true);
+        return Ok(Removal::Left(format!("kept IAM role {role}: {holder}")));
     }
     let policies =
         (clients.iam.list_role_policies()).role_name(role).send().await.or_aws(|| format!("listing policies of IAM role {role}"))?;
@@ -179,7 +178,7 @@ pub async fn delete(clients: &AwsClients, role: &str, owner: &Owner) -> Result<b
             .or_aws(|| format!("deleting policy {policy} of IAM role {role}"))?;
     }
     clients.iam.delete_role().role_name(role).send().await.absent_on(&[NO_SUCH_ENTITY], || format!("deleting IAM role {role}"))?;
-    Ok(true)
+    Ok(Removal::Gone)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use metrics_pipeline_api::pipeline::AwsResourceRef;
 
 use super::{AwsClients, TagsAs};
 use crate::error::{AwsErrorKind, AwsResultExt, Error};
-use crate::managed::{Outcome, Owner, tag_pairs};
+use crate::managed::{Outcome, Owner, Removal, tag_pairs};
 
 /// Kinesis's answer for a stream that does not exist.
 const NOT_FOUND: &str = "ResourceNotFoundException";
@@ -127,10 +127,13 @@ pub async fn ensure(
         outcome.pending = Some(format!("Kinesis stream {name} is being created"));
         return Ok((AwsResourceRef { name: name.to_owned(), arn: None }, outcome));
     };
-    if let Some(why) = owner.check("Kinesis stream", name, tag_pairs(&observed.tags))? {
+    if owner.check("Kinesis stream", name, tag_pairs(&observed.tags))?.is_some() {
+        // Tagging claims it: only on the tags as they are now, not as read lately.
         clients.tags.forget(&observed.arn);
-        tag(clients, name, owner).await?;
-        outcome.changed(format!("Kinesis stream {name}: {why}"));
+        if let Some(why) = owner.check("Kinesis stream", name, tag_pairs(&tags(clients, name).await?))? {
+            tag(clients, name, owner).await?;
+            outcome.changed(format!("Kinesis stream {name}: {why}"));
+        }
     }
     let reference = AwsResourceRef { name: name.to_owned(), arn: Some(observed.arn.clone()) };
     if observed.status != StreamStatus::Active {
@@ -299,20 +302,22 @@ pub async fn newest_record(clients: &AwsClients, name: &str, window: Duration) -
 /// GetRecords pages read per shard by [`newest_record`] (10,000 records each at most).
 const MAX_PAGES_PER_SHARD: usize = 20;
 
-/// Deletes the stream if it is this pipeline's; `true` once it is gone.
-pub async fn delete(clients: &AwsClients, name: &str, owner: &Owner) -> Result<bool, Error> {
-    let Some(observed) = observe(clients, name, TagsAs::Fresh).await? else { return Ok(true) };
+/// Deletes the stream if it is this pipeline's.
+pub async fn delete(clients: &AwsClients, name: &str, owner: &Owner) -> Result<Removal, Error> {
+    let Some(observed) = observe(clients, name, TagsAs::Fresh).await? else { return Ok(Removal::Gone) };
     if let Err(holder) = owner.deletes(tag_pairs(&observed.tags)) {
-        tracing::info!(stream = name, %holder, "not this pipeline's stream; leaving it");
-        return Ok(true);
+        return Ok(Removal::Left(format!("kept Kinesis stream {name}: {holder}")));
     }
     if observed.status != StreamStatus::Deleting {
         let request = clients.kinesis.delete_stream().stream_name(name).enforce_consumer_deletion(true);
         if request.send().await.absent_on(&[NOT_FOUND], || format!("deleting Kinesis stream {name}"))?.is_none() {
-            return Ok(true);
+            return Ok(Removal::Gone);
         }
     }
-    Ok(observe(clients, name, TagsAs::Fresh).await?.is_none())
+    match observe(clients, name, TagsAs::Fresh).await? {
+        None => Ok(Removal::Gone),
+        Some(_) => Ok(Removal::Going(format!("Kinesis stream {name}"))),
+    }
 }
 
 #[cfg(test)]
@@ -359,6 +364,29 @@ mod tests {
         delete(&aws.clients, "p-input", &owner()).await.unwrap();
         assert!(reads() >= 2, "a deletion reads the tags afresh");
         assert!(aws.called().iter().any(|operation| operation == "DeleteStream"));
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_claimed_only_on_its_tags_as_they_are_now() {
+        // Read lately as tagged before UIDs and clusters were (the first cluster to look claims
+        // it); another cluster's pipeline has claimed it since.
+        let another_cluster = r#"{"Tags":[{"Key":"metrics.dev/pipeline","Value":"team-a/p"},{"Key":"metrics.dev/pipeline-uid","Value":"u-9"},{"Key":"metrics.dev/cluster","Value":"c-2"}],"HasMoreTags":false}"#;
+        let mut aws = FakeAws::start(BTreeMap::from([
+            ("DescribeStreamSummary", (200, DESCRIBED)),
+            ("ListTagsForStream", (200, another_cluster)),
+            ("AddTagsToStream", (200, "{}")),
+        ]))
+        .await;
+        aws.clients.tags = std::sync::Arc::new(crate::aws::TagCache::new(Duration::from_secs(3600)));
+        let legacy = vec![("metrics.dev/pipeline".to_owned(), "team-a/p".to_owned())];
+        let arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/p-input";
+        let created = "1700000000".to_owned();
+        aws.clients.tags.read(arn, created, std::future::ready(Ok(legacy))).await.unwrap();
+
+        let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards: 2 }, retention_hours: 24 };
+        let error = ensure(&aws.clients, "p-input", &owner(), &desired, "spec.streams.input").await.expect_err("another cluster's");
+        assert_eq!(error.reason(), "NotOwned", "{error}");
+        assert!(!aws.called().iter().any(|operation| operation == "AddTagsToStream"), "{:?}", aws.called());
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //! expects, in order, and answers them. No AWS is reached: these paths never need it.
 
 use http::{Method, Request, Response};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::client::Body;
-use metrics_pipeline_api::pipeline::CapacityMode;
+use metrics_pipeline_api::pipeline::{CapacityMode, DeletionPolicy};
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineSpec};
 use serde_json::{Value, json};
 use tower_test::mock::{Handle, pair};
 
+use super::provision::{OutputReader, output_reader};
 use super::*;
+use crate::status::{AGGREGATOR_READY, DELIVERY_READY, PartState, STREAMS_READY};
 
 type ApiServer = Handle<Request<Body>, Response<Body>>;
 
@@ -66,9 +69,13 @@ async fn expect(api: &mut ApiServer, method: Method, path: &str, response: Value
 async fn a_new_pipeline_first_gets_the_finalizer() {
     let (context, mut api) = context(Some("eu-west-1"));
     let fresh = pipeline(default_spec(), false, false);
-    let mut answer = serde_json::to_value(&*fresh).unwrap();
+    let stored = serde_json::to_value(&*fresh).unwrap();
+    let mut answer = stored.clone();
     answer["metadata"]["finalizers"] = json!([FINALIZER]);
-    let server = tokio::spawn(async move { expect(&mut api, Method::PATCH, PIPELINE_PATH, answer).await });
+    let server = tokio::spawn(async move {
+        expect(&mut api, Method::GET, PIPELINE_PATH, stored).await;
+        expect(&mut api, Method::PATCH, PIPELINE_PATH, answer).await
+    });
 
     let action = reconcile(fresh, context).await.unwrap();
     let patch = server.await.unwrap();
@@ -89,7 +96,7 @@ async fn an_invalid_spec_is_reported_in_status_and_as_an_event_without_touching_
     let invalid = pipeline(spec, true, false);
     let answer = serde_json::to_value(&*invalid).unwrap();
     let server = tokio::spawn(async move {
-        expect(&mut api, Method::GET, &format!("{PIPELINE_PATH}/status"), answer.clone()).await;
+        expect(&mut api, Method::GET, PIPELINE_PATH, answer.clone()).await;
         let status = expect(&mut api, Method::PATCH, &format!("{PIPELINE_PATH}/status"), answer).await;
         let event = expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events", json!({})).await;
         (status, event)
@@ -125,7 +132,7 @@ async fn an_operator_in_another_account_than_the_pipelines_resources_touches_not
     let mut answer = serde_json::to_value(&*moved).unwrap();
     answer["status"] = made_in_another_account();
     let server = tokio::spawn(async move {
-        expect(&mut api, Method::GET, &format!("{PIPELINE_PATH}/status"), answer.clone()).await;
+        expect(&mut api, Method::GET, PIPELINE_PATH, answer.clone()).await;
         let status = expect(&mut api, Method::PATCH, &format!("{PIPELINE_PATH}/status"), answer).await;
         expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events", json!({})).await;
         status
@@ -148,10 +155,11 @@ async fn an_operator_in_another_account_than_the_pipelines_resources_touches_not
 async fn deleting_a_pipeline_that_never_had_a_region_releases_the_finalizer() {
     let (context, mut api) = context(None);
     let deleting = pipeline(default_spec(), true, true);
-    let mut answer = serde_json::to_value(&*deleting).unwrap();
+    let stored = serde_json::to_value(&*deleting).unwrap();
+    let mut answer = stored.clone();
     answer["metadata"]["finalizers"] = json!([]);
     let server = tokio::spawn(async move {
-        expect(&mut api, Method::GET, &format!("{PIPELINE_PATH}/status"), answer.clone()).await;
+        expect(&mut api, Method::GET, PIPELINE_PATH, stored).await;
         expect(&mut api, Method::PATCH, PIPELINE_PATH, answer).await
     });
 
@@ -160,6 +168,26 @@ async fn deleting_a_pipeline_that_never_had_a_region_releases_the_finalizer() {
     assert_eq!(action, Action::await_change());
     let operations = patch.as_array().expect("a JSON patch");
     assert!(operations.iter().any(|op| op["op"] == "remove"), "the finalizer is removed: {patch}");
+}
+
+#[tokio::test]
+async fn a_reconcile_acts_on_the_pipeline_as_stored_when_its_turn_comes_not_as_it_was_queued() {
+    let (context, mut api) = context(None);
+    let queued = pipeline(default_spec(), true, false);
+    // Deleted while the reconcile waited for its turn.
+    let stored = serde_json::to_value(&*pipeline(default_spec(), true, true)).unwrap();
+    let mut released = stored.clone();
+    released["metadata"]["finalizers"] = json!([]);
+    let server = tokio::spawn(async move {
+        expect(&mut api, Method::GET, PIPELINE_PATH, stored).await;
+        expect(&mut api, Method::PATCH, PIPELINE_PATH, released).await
+    });
+
+    let action = reconcile(queued, context).await.unwrap();
+    let patch = server.await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let operations = patch.as_array().expect("the finalizer's patch, not a status written for the spec as it was");
+    assert!(operations.iter().any(|op| op["op"] == "remove"), "{patch}");
 }
 
 /// Takes the next request, checks its method and that its path starts with `prefix`, answers 404.
@@ -182,7 +210,7 @@ async fn an_orphaning_deletion_goes_through_whichever_account_the_operator_is_in
     let mut answer = serde_json::to_value(&*deleting).unwrap();
     answer["status"] = made_in_another_account();
     let server = tokio::spawn(async move {
-        expect(&mut api, Method::GET, &format!("{PIPELINE_PATH}/status"), answer.clone()).await;
+        expect(&mut api, Method::GET, PIPELINE_PATH, answer.clone()).await;
         expect_missing(&mut api, Method::GET, "/apis/apps/v1/namespaces/default/deployments/").await;
         expect_missing(&mut api, Method::GET, "/api/v1/namespaces/default/serviceaccounts/").await;
         let event = expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events", json!({})).await;
@@ -213,13 +241,12 @@ fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
 fn the_aggregator_runs_only_once_the_delivery_stream_reads_and_is_left_alone_while_that_is_unknown() {
     use crate::error::{AwsError, AwsErrorKind};
     let creating = PartState::Pending("Firehose delivery stream p is CREATING".into());
-    assert_eq!(output_reader(DeliveryWriter::Firehose, &creating), OutputReader::NotYet("Firehose delivery stream p is CREATING".into()));
-    assert_eq!(output_reader(DeliveryWriter::Firehose, &PartState::Ready("it writes to the bucket".into())), OutputReader::Reading);
+    assert_eq!(output_reader(&creating), OutputReader::NotYet("Firehose delivery stream p is CREATING".into()));
+    assert_eq!(output_reader(&PartState::Ready("it writes to the bucket".into())), OutputReader::Reading);
     let throttled = PartState::Failed(AwsError::new("describing p", AwsErrorKind::Throttled, None, "Rate exceeded").into());
-    assert_eq!(output_reader(DeliveryWriter::Firehose, &throttled), OutputReader::Unknown);
+    assert_eq!(output_reader(&throttled), OutputReader::Unknown);
     let update_refused = PartState::Degraded(AwsError::new("updating p", AwsErrorKind::Busy, None, "not ACTIVE").into());
-    assert_eq!(output_reader(DeliveryWriter::Firehose, &update_refused), OutputReader::Reading, "the stream reads as it stands");
-    assert_eq!(output_reader(DeliveryWriter::Aggregator, &creating), OutputReader::Reading, "the aggregator writes the files itself");
+    assert_eq!(output_reader(&update_refused), OutputReader::Reading, "the stream reads as it stands");
 }
 
 #[tokio::test]
@@ -261,18 +288,20 @@ async fn only_changes_a_reconcile_acts_on_wake_one() {
 }
 
 #[tokio::test]
-async fn the_time_given_to_pending_parts_starts_afresh_when_one_comes_up_or_the_spec_changes() {
+async fn a_part_stuck_all_along_is_given_up_on_whatever_the_others_do_and_a_changed_spec_starts_afresh() {
     let (context, _api) = context(Some("eu-west-1"));
     let mut waiting = (*pipeline(default_spec(), true, false)).clone();
     let moment = Duration::from_millis(50);
     context.still_waiting(&waiting, vec![STREAMS_READY, DELIVERY_READY]);
     tokio::time::sleep(moment).await;
     assert!(context.still_waiting(&waiting, vec![STREAMS_READY, DELIVERY_READY]).0 >= moment, "the same parts: the clock runs on");
-    // The streams came up: the delivery is given its own time, not what is left of theirs.
-    assert!(context.still_waiting(&waiting, vec![DELIVERY_READY]).0 < moment);
+    // The streams came up and the aggregator now waits too: the delivery, stuck all along, keeps its time.
+    assert!(context.still_waiting(&waiting, vec![DELIVERY_READY, AGGREGATOR_READY]).0 >= moment);
+    // The delivery came up: the aggregator has waited only since it started waiting.
+    assert!(context.still_waiting(&waiting, vec![AGGREGATOR_READY]).0 < moment);
     tokio::time::sleep(moment).await;
     waiting.metadata.generation = Some(2);
-    assert!(context.still_waiting(&waiting, vec![DELIVERY_READY]).0 < moment, "a changed spec is waited for afresh");
+    assert!(context.still_waiting(&waiting, vec![AGGREGATOR_READY]).0 < moment, "a changed spec is waited for afresh");
     context.retry_after(&waiting);
     context.done_waiting(&waiting);
     context.succeeded(&waiting);

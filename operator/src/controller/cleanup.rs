@@ -1,0 +1,136 @@
+//! Cleanup: what a pipeline made, removed newest dependency first by the identity it recorded,
+//! once Firehose has delivered what it buffered; or left in AWS, as `deletionPolicy` says.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use metrics_pipeline_api::naming::PipelineNames;
+use metrics_pipeline_api::pipeline::{DeletionPolicy, MetricsPipeline};
+
+use super::{Context, publish};
+use crate::aws::{AwsClients, bucket, catalog, delivery, role, streams};
+use crate::error::Error;
+use crate::managed::{Owner, Removal, write_status};
+use crate::{status, workload};
+
+/// Removes what the pipeline created, newest dependency first; the finalizer stays until all of
+/// it is gone, and meanwhile `Ready` says what the deletion waits for. With `deletionPolicy:
+/// Retain` the bucket and the catalog stay; with `Orphan`, everything in AWS.
+pub(super) async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context: &Context) -> Result<Action, Error> {
+    let recorded = pipeline.status.as_ref().and_then(|status| status.identity.as_ref());
+    let region = recorded.map(|identity| identity.region.clone());
+    let Some(region) = region.or_else(|| pipeline.spec.region.clone()).or_else(|| context.account.target.default_region.clone()) else {
+        return Ok(Action::await_change());
+    };
+    let result = remove(pipeline, context, &region).await;
+    if let Err(problem) = &result {
+        let deleting = status::deleting(pipeline.status.as_ref(), problem, Time(jiff::Timestamp::now()));
+        write_status(api, &pipeline.name_any(), &deleting).await?;
+    }
+    result
+}
+
+/// Deletes by the recorded identity (the spec may have been changed since), else by the names
+/// the spec derives (a pipeline that never recorded one created nothing since this version).
+async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> Result<Action, Error> {
+    let account_id = &context.account.target.account_id;
+    let mut names = PipelineNames::of(pipeline, account_id, region);
+    let recorded = pipeline.status.as_ref().and_then(|status| status.identity.as_ref());
+    if let Some(identity) = recorded {
+        identity.name(&mut names);
+    }
+    let clients = context.account.clients(region);
+    let owner = &Owner::of(pipeline, &names, &context.cluster);
+    let retain = pipeline.spec.deletion_policy == DeletionPolicy::Retain;
+
+    // The aggregator stops first: it checkpoints into the bucket and reads and writes the streams.
+    if !workload::delete(&context.client, &pipeline.namespace().unwrap_or_default(), &names.aggregator, &names.owner).await? {
+        return Err(Error::Deleting(format!("aggregator Deployment {} (its pod stops and checkpoints first)", names.aggregator)));
+    }
+    if pipeline.spec.deletion_policy == DeletionPolicy::Orphan {
+        let uid = &owner.uid;
+        let note = format!(
+            "left every AWS resource of the pipeline in place, tagged with its uid {uid} (deletionPolicy: Orphan); a pipeline of \
+             this namespace and name with spec.adoptFrom.pipelineUid: {uid} takes them over"
+        );
+        publish(context, pipeline, EventType::Normal, "Deleted", "Cleanup", &note).await;
+        return Ok(Action::await_change());
+    }
+    // Orphaned above whatever the account: only deleting needs the account that made them.
+    if let Some(message) = recorded.and_then(|identity| identity.foreign_account(account_id)) {
+        return Err(Error::IdentityChange(message));
+    }
+    // Meanwhile Firehose reads the output stream, writes the bucket and uses its role: all stay.
+    drain(pipeline, context, &clients, &names).await?;
+    let mut removals = Removals::default();
+    removals.file(delivery::delete(&clients, &names.delivery_stream, owner).await?);
+    if !retain {
+        removals.file(catalog::delete(&clients, &names.glue_database, &names.glue_table, owner).await?);
+    }
+    if removals.going.is_empty() {
+        // The role goes only once nothing uses it.
+        removals.file(role::delete(&clients, &names.firehose_role, owner).await?);
+    }
+    if !retain {
+        removals.file(bucket::delete(&clients, &names.bucket, owner).await?);
+    }
+    for stream in [&names.output_stream, &names.input_stream] {
+        removals.file(streams::delete(&clients, stream, owner).await?);
+    }
+    let Removals { going, mut left } = removals;
+    if !going.is_empty() {
+        return Err(Error::Deleting(going.join(", ")));
+    }
+    if retain {
+        left.push(format!("kept S3 bucket {} and Glue database {} (deletionPolicy: Retain)", names.bucket, names.glue_database));
+    }
+    let kept: String = left.iter().map(|note| format!("; {note}")).collect();
+    publish(context, pipeline, EventType::Normal, "Deleted", "Cleanup", &format!("deleted the pipeline's AWS resources{kept}")).await;
+    Ok(Action::await_change())
+}
+
+/// What a deletion pass left: what AWS is still deleting, and what stays and why.
+#[derive(Default)]
+struct Removals {
+    going: Vec<String>,
+    left: Vec<String>,
+}
+
+impl Removals {
+    fn file(&mut self, removal: Removal) {
+        match removal {
+            Removal::Gone => {}
+            Removal::Going(what) => self.going.push(what),
+            Removal::Left(why) => self.left.push(why),
+        }
+    }
+}
+
+/// Waits until Firehose has had its buffer interval for the newest aggregate on the output
+/// stream, looking again only when that time is up; records that keep coming (another writer)
+/// hold the deletion at most twice that long, then it goes on with a Warning event. The drain's
+/// time is this operator's own, from when it first found the deletion draining: the deletion
+/// timestamp is the API server's clock.
+async fn drain(pipeline: &MetricsPipeline, context: &Context, clients: &AwsClients, names: &PipelineNames) -> Result<(), Error> {
+    let (draining_for, _) = context.still_waiting(pipeline, vec![DRAINED]);
+    match delivery::undelivered(clients, &names.delivery_stream, &names.output_stream, draining_for).await? {
+        delivery::Undelivered::Nothing => Ok(()),
+        delivery::Undelivered::Buffered { why, left } => Err(Error::Draining { why, left }),
+        delivery::Undelivered::KeepsComing { waited } => {
+            let note = format!(
+                "deleting Firehose delivery stream {} after waiting {} s for it to deliver: records kept arriving on {} \
+                 (another writer?), and what it buffered of them is lost",
+                names.delivery_stream,
+                waited.as_secs(),
+                names.output_stream
+            );
+            publish(context, pipeline, EventType::Warning, "DrainCut", "Cleanup", &note).await;
+            Ok(())
+        }
+    }
+}
+
+/// What a deletion waits for while Firehose delivers, among the parts a pipeline waits for.
+const DRAINED: &str = "FirehoseDrained";
