@@ -139,14 +139,15 @@ impl LeaderElector {
     /// stops that long before another replica may take over.
     async fn hold(&self) {
         let settings = &self.settings;
+        let started = Instant::now();
         loop {
-            tokio::time::sleep(settings.retry).await;
-            let renewed = self.held_from.lock().expect("no panics while holding the lock").unwrap_or_else(Instant::now);
-            let left = (renewed + settings.duration).saturating_duration_since(Instant::now()).saturating_sub(settings.retry);
-            if left.is_zero() {
+            let renewed = self.held_from.lock().expect("no panics while holding the lock").unwrap_or(started);
+            let deadline = renewed + settings.duration.saturating_sub(settings.retry);
+            tokio::time::sleep_until((Instant::now() + settings.retry).min(deadline)).await;
+            if Instant::now() >= deadline {
                 return;
             }
-            match tokio::time::timeout(left, self.try_acquire()).await {
+            match tokio::time::timeout_at(deadline, self.try_acquire()).await {
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) => return,
                 Ok(Err(error)) => tracing::warn!(%error, "cannot renew the leader lease"),

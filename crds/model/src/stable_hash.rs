@@ -1,5 +1,6 @@
-//! A hash that never changes: names and window ids derived from it must match across operator
-//! and aggregator versions, platforms and restarts, which `DefaultHasher` does not promise.
+//! A hash that never changes: the resource names derived from it (and the digest of the
+//! aggregator's annotations) must match across operator versions, platforms and restarts, which
+//! `DefaultHasher` does not promise. Window ids use SHA-256 instead (see `event::window_id`).
 
 /// 64-bit FNV-1a.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {

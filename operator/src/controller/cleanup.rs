@@ -120,8 +120,9 @@ async fn drain(pipeline: &MetricsPipeline, context: &Context, clients: &AwsClien
         delivery::Undelivered::Buffered { why, left } => Err(Error::Draining { why, left }),
         delivery::Undelivered::KeepsComing { waited } => {
             let note = format!(
-                "deleting Firehose delivery stream {} after waiting {} s for it to deliver: records kept arriving on {} \
-                 (another writer?), and what it buffered of them is lost",
+                "deleting Firehose delivery stream {} after waiting {} s (twice its buffer interval and a margin) for it to \
+                 deliver: records were still arriving on {} when last read (another writer?), and what it still buffers of \
+                 them is lost",
                 names.delivery_stream,
                 waited.as_secs(),
                 names.output_stream

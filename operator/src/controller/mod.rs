@@ -317,6 +317,7 @@ async fn reconcile_now(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) ->
     // have waited minutes for its turn, and a reconcile the aggregator's Deployment starts can
     // come before the watch delivered the last status write.
     let Some(pipeline) = api.get_opt(&pipeline.name_any()).await.map_err(Error::Kube)? else {
+        context.track(&pipeline, |track| *track = Track::default());
         return Ok(Action::await_change());
     };
     let pipeline = Arc::new(pipeline);
