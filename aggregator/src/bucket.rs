@@ -3,7 +3,8 @@
 //! S3's conditional writes (If-None-Match, If-Match) so that nothing is overwritten by mistake.
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::error::{BoxError, DisplayErrorContext};
+use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::primitives::ByteStream;
 
 use crate::sink::Backoff;
@@ -49,19 +50,13 @@ impl Bucket {
 
     /// The object's bytes and ETag, or `None` when there is no such object.
     pub async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, String)>, StorageError> {
-        let failed = |reason: String| StorageError(format!("cannot read s3://{}/{key}: {reason}", self.name));
         match self.client.get_object().bucket(&self.name).key(key).send().await {
             Ok(output) => {
                 let etag = output.e_tag.unwrap_or_default();
-                Ok(Some((output.body.collect().await.map_err(|error| failed(error.to_string()))?.to_vec(), etag)))
+                Ok(Some((output.body.collect().await.map_err(|error| self.failed("read", key, error))?.to_vec(), etag)))
             }
-            Err(error) => match error.as_service_error() {
-                Some(service) if service.is_no_such_key() => Ok(None),
-                Some(service) => {
-                    Err(failed(format!("{} {}", service.meta().code().unwrap_or("error"), service.meta().message().unwrap_or_default())))
-                }
-                None => Err(failed(DisplayErrorContext(&error).to_string())),
-            },
+            Err(error) if error.as_service_error().is_some_and(GetObjectError::is_no_such_key) => Ok(None),
+            Err(error) => Err(self.failed("read", key, error)),
         }
     }
 
@@ -70,8 +65,7 @@ impl Bucket {
         let mut pages = self.client.list_objects_v2().bucket(&self.name).prefix(prefix).into_paginator().send();
         let mut keys = Vec::new();
         while let Some(page) = pages.next().await {
-            let page =
-                page.map_err(|error| StorageError(format!("cannot list s3://{}/{prefix}: {}", self.name, DisplayErrorContext(&error))))?;
+            let page = page.map_err(|error| self.failed("list", prefix, error))?;
             keys.extend(page.contents.unwrap_or_default().into_iter().filter_map(|object| object.key));
         }
         Ok(keys)
@@ -81,8 +75,12 @@ impl Bucket {
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match self.client.delete_object().bucket(&self.name).key(key).send().await {
             Ok(_) => Ok(()),
-            Err(error) => Err(StorageError(format!("cannot delete s3://{}/{key}: {}", self.name, DisplayErrorContext(&error)))),
+            Err(error) => Err(self.failed("delete", key, error)),
         }
+    }
+
+    fn failed(&self, action: &'static str, key: &str, source: impl Into<BoxError>) -> StorageError {
+        StorageError { action, bucket: self.name.clone(), key: key.to_owned(), source: source.into() }
     }
 }
 
@@ -98,11 +96,15 @@ pub enum Condition<'a> {
 }
 
 /// S3 refused or could not be reached; worth retrying (the bucket may still be being created).
-#[derive(Debug)]
-pub struct StorageError(String);
-
-impl std::fmt::Display for StorageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// The SDK's error is the source: log it with `DisplayErrorContext` to see what S3 said.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} s3://{bucket}/{key}")]
+pub struct StorageError {
+    /// `read`, `list` or `delete`.
+    action: &'static str,
+    bucket: String,
+    /// The object's key, or the prefix listed.
+    key: String,
+    #[source]
+    source: BoxError,
 }

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
+use aws_sdk_s3::error::DisplayErrorContext;
 use metrics_pipeline_model::event::EventTime;
 use serde::{Deserialize, Serialize};
 
@@ -70,20 +70,35 @@ impl Lease {
     }
 }
 
-/// A stored checkpoint, if this aggregator may resume from it; the error says what to do.
-fn parse(bytes: &[u8], stream: &str, location: &str) -> anyhow::Result<Checkpoint> {
-    let checkpoint: Checkpoint = serde_json::from_slice(bytes)
-        .with_context(|| format!("{location} is not a checkpoint this aggregator can read; move it away to start over"))?;
-    anyhow::ensure!(
-        checkpoint.version == FORMAT_VERSION,
-        "{location} has format version {}, this aggregator reads {FORMAT_VERSION}; move it away to start over",
-        checkpoint.version
-    );
-    anyhow::ensure!(
-        checkpoint.stream == stream,
-        "{location} belongs to input stream `{}`, not `{stream}`; use another --checkpoint-key or move it away",
-        checkpoint.stream
-    );
+/// A stored checkpoint this aggregator must not resume from; each says how to start over.
+#[derive(Debug, thiserror::Error)]
+pub enum UnusableCheckpoint {
+    #[error("{location} is not a checkpoint this aggregator can read; move it away to start over")]
+    Unreadable {
+        location: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{location} has format version {version}, this aggregator reads {FORMAT_VERSION}; move it away to start over")]
+    OtherVersion { location: String, version: u32 },
+    #[error("{location} belongs to input stream `{stored}`, not `{stream}`; use another --checkpoint-key or move it away")]
+    OtherStream { location: String, stored: String, stream: String },
+}
+
+/// A stored checkpoint, if this aggregator may resume from it.
+fn parse(bytes: &[u8], stream: &str, location: &str) -> Result<Checkpoint, UnusableCheckpoint> {
+    let checkpoint: Checkpoint =
+        serde_json::from_slice(bytes).map_err(|source| UnusableCheckpoint::Unreadable { location: location.to_owned(), source })?;
+    if checkpoint.version != FORMAT_VERSION {
+        return Err(UnusableCheckpoint::OtherVersion { location: location.to_owned(), version: checkpoint.version });
+    }
+    if checkpoint.stream != stream {
+        return Err(UnusableCheckpoint::OtherStream {
+            location: location.to_owned(),
+            stored: checkpoint.stream,
+            stream: stream.to_owned(),
+        });
+    }
     Ok(checkpoint)
 }
 
@@ -122,7 +137,7 @@ impl CheckpointStore {
     /// The stored checkpoint for `stream` and its ETag, `None` on a first start. `Err` is worth
     /// retrying; a checkpoint that cannot be understood, or belongs to another stream, stops the
     /// start (`Ok(Some((Err(..), _)))`): resuming from it would be wrong.
-    pub async fn read(&self, stream: &str) -> Result<Option<(anyhow::Result<Checkpoint>, String)>, StorageError> {
+    pub async fn read(&self, stream: &str) -> Result<Option<(Result<Checkpoint, UnusableCheckpoint>, String)>, StorageError> {
         let stored = self.bucket.get(&self.key).await?;
         Ok(stored.map(|(bytes, etag)| (parse(&bytes, stream, &self.location()), etag)))
     }
@@ -147,7 +162,7 @@ impl CheckpointStore {
         let stored = loop {
             match self.bucket.get(&self.key).await {
                 Ok(stored) => break stored,
-                Err(error) => tracing::warn!(%error, "cannot read the checkpoint back yet; retrying"),
+                Err(error) => tracing::warn!(error = %DisplayErrorContext(&error), "cannot read the checkpoint back yet; retrying"),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         };
@@ -197,8 +212,10 @@ mod tests {
 
     #[test]
     fn an_unreadable_checkpoint_says_how_to_start_over() {
-        let error = format!("{:#}", parse(b"{not json", "in", "s3://b/k").unwrap_err());
-        assert!(error.starts_with("s3://b/k is not a checkpoint this aggregator can read; move it away"), "{error}");
+        let error = parse(b"{not json", "in", "s3://b/k").unwrap_err();
+        let message = error.to_string();
+        assert!(message.starts_with("s3://b/k is not a checkpoint this aggregator can read; move it away"), "{message}");
+        assert!(std::error::Error::source(&error).is_some_and(|source| source.is::<serde_json::Error>()), "what JSON said is kept");
     }
 
     #[test]

@@ -284,9 +284,14 @@ impl Visitor<'_> for Base64Seed<'_> {
     }
 }
 
-/// Reads a GetRecords answer body; the error says what is wrong with it.
-pub fn parse(body: &[u8]) -> Result<Answer, String> {
-    serde_json::from_slice(body).map_err(|error| format!("not a GetRecords answer: {error}"))
+/// A GetRecords answer body not of the shape AWS documents; its source says what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("not a GetRecords answer")]
+pub struct UnreadableAnswer(#[from] serde_json::Error);
+
+/// Reads a GetRecords answer body.
+pub fn parse(body: &[u8]) -> Result<Answer, UnreadableAnswer> {
+    Ok(serde_json::from_slice(body)?)
 }
 
 /// The most room reserved for one answer before its bytes arrive.
@@ -385,6 +390,8 @@ impl Body for Diverting {
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_kinesis::error::DisplayErrorContext;
+
     use super::*;
 
     #[test]
@@ -439,7 +446,7 @@ mod tests {
             (br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"k","Data":[1,2]}]}"#, "invalid type"),
             (b"<html>", "not a GetRecords answer"),
         ] {
-            let error = parse(body).unwrap_err();
+            let error = DisplayErrorContext(parse(body).unwrap_err()).to_string();
             assert!(error.contains(problem), "{error}");
         }
     }

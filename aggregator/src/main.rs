@@ -220,7 +220,7 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
     };
     let bucket = Bucket::new(s3_client(&sdk), args.bucket);
     tokio::select! {
-        result = run(config, aws_sdk_kinesis::Client::new(&sdk), bucket, health, shutdown_signal()) => result,
+        result = run(config, aws_sdk_kinesis::Client::new(&sdk), bucket, health, shutdown_signal()) => Ok(result?),
         served = server => Err(anyhow::anyhow!("the health and metrics server stopped: {:?}", served)),
     }
 }
@@ -270,8 +270,13 @@ fn host_name() -> String {
     if name.is_empty() { "aggregator".to_owned() } else { name.to_owned() }
 }
 
-fn parse_event_time(text: &str) -> Result<EventTime, String> {
-    EventTime::parse_rfc3339(text).ok_or_else(|| format!("`{text}` is not an RFC 3339 time such as 2021-09-09T12:00:00Z"))
+/// A `--start` that is not an event time.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not an RFC 3339 time such as 2021-09-09T12:00:00Z")]
+struct NotRfc3339(String);
+
+fn parse_event_time(text: &str) -> Result<EventTime, NotRfc3339> {
+    EventTime::parse_rfc3339(text).ok_or_else(|| NotRfc3339(text.to_owned()))
 }
 
 /// The SDK settings, with a time limit on every attempt: without one an answer that never

@@ -19,10 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::{ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
-use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use arrow_schema::{ArrowError, DataType, Field, Schema, TimeUnit};
+use aws_sdk_s3::error::DisplayErrorContext;
 use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, GzipLevel};
+use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -202,7 +204,7 @@ impl ParquetFiles {
             // Left behind, a staged object costs storage, never correctness: no checkpoint
             // after this one names it.
             if let Err(error) = bucket.delete(key).await {
-                tracing::warn!(%error, "a staged object of a written roll stays in the bucket");
+                tracing::warn!(error = %DisplayErrorContext(&error), "a staged object of a written roll stays in the bucket");
             }
         }
         written
@@ -215,11 +217,13 @@ impl ParquetFiles {
         let named = |key: &String| self.state.staged.contains(key) || self.state.committing.iter().any(|roll| roll.staged.contains(key));
         let keys = match bucket.keys(&self.settings.staging_prefix).await {
             Ok(keys) => keys,
-            Err(error) => return tracing::warn!(%error, "staged objects of earlier copies stay in the bucket until the next start"),
+            Err(error) => {
+                return tracing::warn!(error = %DisplayErrorContext(&error), "staged objects of earlier copies stay in the bucket until the next start");
+            }
         };
         for key in keys.iter().filter(|key| !named(key)) {
             if let Err(error) = bucket.delete(key).await {
-                tracing::warn!(%error, "a staged object of an earlier copy stays in the bucket until the next start");
+                tracing::warn!(error = %DisplayErrorContext(&error), "a staged object of an earlier copy stays in the bucket until the next start");
             }
         }
     }
@@ -235,7 +239,7 @@ async fn read_staged(bucket: &Bucket, state: &FilesState) -> StagedRows {
         let stored = loop {
             match bucket.get(key).await {
                 Ok(stored) => break stored,
-                Err(error) => tracing::warn!(%error, "cannot read staged Parquet rows yet; retrying"),
+                Err(error) => tracing::warn!(error = %DisplayErrorContext(&error), "cannot read staged Parquet rows yet; retrying"),
             }
             tokio::time::sleep(backoff.next_delay()).await;
         };
@@ -326,19 +330,26 @@ pub fn encode(rows: &[&MetricAggregate], codec: ParquetCodec) -> Vec<u8> {
     body
 }
 
+/// Why [`decode`] cannot read a file: it is not one [`encode`] writes.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("cannot read the file as Parquet")]
+    NotParquet(#[from] ParquetError),
+    #[error("cannot read the file's rows")]
+    Rows(#[from] ArrowError),
+    #[error("column {0} is missing or of another type")]
+    Column(&'static str),
+}
+
 /// The rows of one file of `component`, for checks and tools (the inverse of [`encode`]).
-pub fn decode(body: Vec<u8>, component: &str) -> anyhow::Result<Vec<MetricAggregate>> {
-    use anyhow::Context;
+pub fn decode(body: Vec<u8>, component: &str) -> Result<Vec<MetricAggregate>, DecodeError> {
     use arrow_array::Array;
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(body))?.build()?;
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch?;
-        fn column<'a, T: Array + 'static>(batch: &'a RecordBatch, name: &str) -> anyhow::Result<&'a T> {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<T>())
-                .with_context(|| format!("column {name} is missing or of another type"))
+        fn column<'a, T: Array + 'static>(batch: &'a RecordBatch, name: &'static str) -> Result<&'a T, DecodeError> {
+            batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).ok_or(DecodeError::Column(name))
         }
         let text = |name| column::<StringArray>(&batch, name);
         let double = |name| column::<Float64Array>(&batch, name);

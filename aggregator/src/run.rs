@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_kinesis::error::DisplayErrorContext;
+use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
+use aws_sdk_kinesis::operation::describe_stream_summary::DescribeStreamSummaryError;
+use aws_smithy_types::date_time::ConversionError;
 use metrics_pipeline_model::aggregation::WindowConfig;
 use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::bucket::Bucket;
-use crate::checkpoint::{Checkpoint, CheckpointStore, Fenced, Lease, StreamIdentity};
+use crate::checkpoint::{Checkpoint, CheckpointStore, Fenced, Lease, StreamIdentity, UnusableCheckpoint};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::parquet_files::{FilesState, ParquetFiles, ParquetSettings};
@@ -50,16 +52,27 @@ pub struct AggregatorConfig {
     pub key_partitions: usize,
 }
 
+/// Why the aggregator stopped before `shutdown`. Neither is retried: resuming from an unusable
+/// checkpoint would be wrong, and a copy another has taken the checkpoint from must write no more.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    UnusableCheckpoint(#[from] UnusableCheckpoint),
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
+}
+
 /// Runs until `shutdown` resolves, then flushes, checkpoints and releases the checkpoint. Open
 /// windows stay open in the checkpoint: the next start continues them rather than firing them
-/// early. Fails when another copy took the checkpoint over.
+/// early. Fails when the stored checkpoint must not be resumed from, or another copy took the
+/// checkpoint over.
 pub async fn run(
     config: AggregatorConfig,
     kinesis: aws_sdk_kinesis::Client,
     bucket: Bucket,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     // Also seen where the loop is not waiting for it: a write to an output that refuses
     // everything gives up, its records safe in the checkpoint.
     let (stop, stopping) = watch::channel(false);
@@ -77,18 +90,22 @@ pub async fn run(
         until_stopped("describe the input stream", &health, &mut shutdown, async || stream_identity(&kinesis, &stream).await).await;
     let Some(identity) = described else { return Ok(()) };
     let mut checkpoints = CheckpointStore::new(bucket.clone(), config.checkpoint_key.clone());
-    let Some(stored) = take_checkpoint(&mut checkpoints, &config, &health, &mut shutdown).await else { return Ok(()) };
-    let mut aggregator = Aggregator::resume(config, kinesis, bucket, checkpoints, (health, stopping), identity, stored?).await;
+    let stored = match take_checkpoint(&mut checkpoints, &config, &health, &mut shutdown).await {
+        CheckpointWait::Resume(checkpoint) => Some(*checkpoint),
+        CheckpointWait::FirstStart => None,
+        CheckpointWait::Unusable(unusable) => return Err(unusable.into()),
+        CheckpointWait::Stopped => return Ok(()),
+    };
+    let mut aggregator = Aggregator::resume(config, kinesis, bucket, checkpoints, (health, stopping), identity, stored).await;
     // This copy's first write takes the checkpoint, and makes a first start's position durable
     // before anything is read.
     aggregator.flush().await?;
     if let Some(files) = &aggregator.files {
         files.sweep(&aggregator.bucket).await;
     }
-    let listed = until_stopped("list the input stream's shards", &aggregator.health, &mut shutdown, async || {
-        aggregator.source.discover().await.map_err(|error| DisplayErrorContext(error).to_string())
-    })
-    .await;
+    let listed =
+        until_stopped("list the input stream's shards", &aggregator.health, &mut shutdown, async || aggregator.source.discover().await)
+            .await;
     let Some((started, _)) = listed else { return Ok(aggregator.release().await?) };
     aggregator.intake.start_shards(&started, Instant::now());
     aggregator.intake.forget_unread_shards();
@@ -115,7 +132,7 @@ pub async fn run(
 }
 
 /// Retries `attempt` with backoff until it succeeds; `None` when `shutdown` came first.
-async fn until_stopped<T, E: std::fmt::Display>(
+async fn until_stopped<T, E: std::error::Error>(
     what: &str,
     health: &Health,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
@@ -126,7 +143,7 @@ async fn until_stopped<T, E: std::fmt::Display>(
         health.beat();
         match attempt().await {
             Ok(value) => return Some(value),
-            Err(error) => tracing::warn!(%error, "cannot {what} yet; retrying"),
+            Err(error) => tracing::warn!(error = %DisplayErrorContext(&error), "cannot {what} yet; retrying"),
         }
         tokio::select! {
             () = shutdown.as_mut() => return None,
@@ -135,41 +152,65 @@ async fn until_stopped<T, E: std::fmt::Display>(
     }
 }
 
-async fn stream_identity(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> Result<StreamIdentity, String> {
-    let described = kinesis.describe_stream_summary().stream_name(stream).send().await.map_err(|e| DisplayErrorContext(e).to_string())?;
-    let summary = described.stream_description_summary.ok_or("DescribeStreamSummary described nothing")?;
-    let created = summary.stream_creation_timestamp.to_millis().map_err(|e| e.to_string())?;
+/// Why the input stream's identity (which stream of its name it is) cannot be read yet; retried.
+#[derive(Debug, thiserror::Error)]
+enum DescribeError {
+    #[error("DescribeStreamSummary failed")]
+    Call(#[source] Box<SdkError<DescribeStreamSummaryError>>),
+    #[error("DescribeStreamSummary described nothing")]
+    Empty,
+    #[error("DescribeStreamSummary gave a creation time out of range")]
+    CreationTime(#[from] ConversionError),
+}
+
+async fn stream_identity(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> Result<StreamIdentity, DescribeError> {
+    let described =
+        kinesis.describe_stream_summary().stream_name(stream).send().await.map_err(|error| DescribeError::Call(error.into()))?;
+    let summary = described.stream_description_summary.ok_or(DescribeError::Empty)?;
+    let created = summary.stream_creation_timestamp.to_millis()?;
     Ok(StreamIdentity { arn: summary.stream_arn, created: EventTime(created) })
 }
 
-/// Waits until this copy may take the checkpoint (see [`crate::checkpoint`]) and returns it,
-/// `None` on a first start; `None` overall when `shutdown` came first. While another copy holds
-/// it, this one writes nothing and is not ready.
+/// How waiting to take the checkpoint ended.
+enum CheckpointWait {
+    /// This copy writes the checkpoint from now on, resuming from what it stored.
+    Resume(Box<Checkpoint>),
+    /// There is no checkpoint yet.
+    FirstStart,
+    /// The stored checkpoint must not be resumed from: the start fails.
+    Unusable(UnusableCheckpoint),
+    /// `shutdown` came first.
+    Stopped,
+}
+
+/// Waits until this copy may take the checkpoint (see [`crate::checkpoint`]) and returns it, or
+/// until `shutdown`. While another copy holds it, this one writes nothing and is not ready.
 async fn take_checkpoint(
     checkpoints: &mut CheckpointStore,
     config: &AggregatorConfig,
     health: &Health,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Option<anyhow::Result<Option<Checkpoint>>> {
+) -> CheckpointWait {
     let mut last_seen: Option<(String, Instant)> = None;
     loop {
-        let read = until_stopped("read the checkpoint", health, shutdown, async || checkpoints.read(&config.input_stream).await).await?;
-        let Some((checkpoint, etag)) = read else { return Some(Ok(None)) };
+        let reading = until_stopped("read the checkpoint", health, shutdown, async || checkpoints.read(&config.input_stream).await);
+        let Some(read) = reading.await else { return CheckpointWait::Stopped };
+        let Some((checkpoint, etag)) = read else { return CheckpointWait::FirstStart };
         let checkpoint = match checkpoint {
             Ok(checkpoint) => checkpoint,
-            Err(error) => return Some(Err(error)),
+            Err(unusable) => return CheckpointWait::Unusable(unusable),
         };
         let unchanged_since = last_seen.as_ref().filter(|(seen, _)| *seen == etag).map_or_else(Instant::now, |(_, since)| *since);
         let Some(lease) = checkpoint.lease.clone().filter(|lease| !lease.lets(&config.holder, unchanged_since.elapsed())) else {
             checkpoints.take(Some(etag));
-            return Some(Ok(Some(checkpoint)));
+            return CheckpointWait::Resume(Box::new(checkpoint));
         };
         if last_seen.is_none() {
             tracing::info!(location = %checkpoints.location(), holder = %lease.holder, "another copy holds the checkpoint: waiting until it stops");
         }
         last_seen = Some((etag, unchanged_since));
         tokio::select! {
-            () = shutdown.as_mut() => return None,
+            () = shutdown.as_mut() => return CheckpointWait::Stopped,
             () = tokio::time::sleep(Duration::from_millis(lease.duration_ms / 4).max(Duration::from_millis(200))) => {}
         }
     }

@@ -448,7 +448,7 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
             Some(reading) => match reading.await {
                 Ok(Ok(fetch)) => fetch,
                 Ok(Err(problem)) => {
-                    tracing::warn!(%problem, shard, "GetRecords answered what cannot be read; retrying");
+                    tracing::warn!(error = %DisplayErrorContext(&problem), shard, "GetRecords answered what cannot be read; retrying");
                     Fetch::Failed("unreadable_answer".into())
                 }
                 Err(stopped) => {

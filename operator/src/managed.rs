@@ -93,29 +93,16 @@ impl Owner {
             _ => Standing::Foreign(Holder::Pipeline(pipeline)),
         }
     }
+}
 
-    /// `Ok(retag)` when the resource is this pipeline's (`retag`: once tagged as such, see
-    /// [`Standing::Retag`]); `NotOwned` (terminal) when it is somebody else's.
-    pub fn check<'a>(
-        &self,
-        kind: &'static str,
-        name: &str,
-        tags: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<Option<String>, Error> {
-        match self.standing(tags) {
+impl Standing {
+    /// `Ok(None)` when the resource is the pipeline's, `Ok(Some(why))` when the pipeline may claim
+    /// it (see [`Standing::Retag`]), and `NotOwned` (terminal) when it is somebody else's.
+    pub fn claim(self, kind: &'static str, name: &str) -> Result<Option<String>, Error> {
+        match self {
             Standing::Ours => Ok(None),
             Standing::Retag(why) => Ok(Some(why)),
             Standing::Foreign(holder) => Err(Error::NotOwned { kind, name: name.to_owned(), holder }),
-        }
-    }
-
-    /// Whether a resource with `tags` is to be deleted with the pipeline: this pipeline's, or
-    /// tagged before UIDs and clusters were. One only adoptable is not the pipeline's until adopted.
-    pub fn deletes<'a>(&self, tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<(), Holder> {
-        let owner = Self { adopt_from: None, ..self.clone() };
-        match owner.standing(tags) {
-            Standing::Ours | Standing::Retag(_) => Ok(()),
-            Standing::Foreign(holder) => Err(holder),
         }
     }
 }
@@ -226,7 +213,6 @@ mod tests {
         let adopting = Owner { adopt_from: Some("u-0".into()), ..owner() };
         let retained = tags("team-a/metrics", Some("u-0"), Some("green"));
         assert!(matches!(adopting.standing(retained.clone()), Standing::Retag(why) if why.contains("uid u-0")));
-        assert!(adopting.deletes(retained).is_err(), "not ours until adopted");
         let other = tags("team-a/metrics", Some("u-9"), Some("blue"));
         assert_eq!(adopting.standing(other), Standing::Foreign(Holder::EarlierPipeline { uid: "u-9".into() }));
         let elsewhere = tags("team-b/metrics", Some("u-0"), Some("blue"));
@@ -241,7 +227,6 @@ mod tests {
     fn a_resource_tagged_before_uids_and_clusters_is_claimed_by_its_pipeline() {
         let legacy = tags("team-a/metrics", None, None);
         assert!(matches!(owner().standing(legacy.clone()), Standing::Retag(_)));
-        assert!(owner().deletes(legacy).is_ok());
         assert_eq!(owner().standing(tags("team-b/metrics", None, None)), Standing::Foreign(Holder::Pipeline("team-b/metrics".into())));
     }
 

@@ -6,13 +6,36 @@ use metrics_pipeline_api::pipeline::{AggregatorStatus, AwsResourceRef, MetricsPi
 
 use crate::error::Error;
 
-pub const IDENTITY_KEPT: &str = "IdentityKept";
-pub const STREAMS_READY: &str = "StreamsReady";
-pub const BUCKET_READY: &str = "BucketReady";
-pub const DELIVERY_READY: &str = "DeliveryReady";
-pub const CATALOG_READY: &str = "CatalogReady";
-pub const AGGREGATOR_READY: &str = "AggregatorReady";
 pub const READY: &str = "Ready";
+
+/// A part of the pipeline, reported by one condition of the status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The account, region and names the pipeline's AWS resources were made with.
+    Identity,
+    /// The input and the output Kinesis stream.
+    Streams,
+    Bucket,
+    /// The Glue database and table.
+    Catalog,
+    /// The Firehose delivery stream and its IAM role, or the aggregator writing the files.
+    Delivery,
+    Aggregator,
+}
+
+impl Part {
+    /// The type of the condition that reports the part.
+    pub fn condition(self) -> &'static str {
+        match self {
+            Part::Identity => "IdentityKept",
+            Part::Streams => "StreamsReady",
+            Part::Bucket => "BucketReady",
+            Part::Catalog => "CatalogReady",
+            Part::Delivery => "DeliveryReady",
+            Part::Aggregator => "AggregatorReady",
+        }
+    }
+}
 
 /// Where one part of the pipeline stands.
 #[derive(Debug)]
@@ -45,11 +68,45 @@ impl PartState {
     }
 }
 
+/// Where each part stands after one reconcile; `None` for a part not reached (the spec is
+/// invalid, the identity was refused, or the reconcile stopped before it). Gone through only by
+/// destructuring every field, so that a part added here does not compile until it is handled.
+#[derive(Debug, Default)]
+pub struct Parts {
+    pub identity: Option<PartState>,
+    pub streams: Option<PartState>,
+    pub bucket: Option<PartState>,
+    pub catalog: Option<PartState>,
+    pub delivery: Option<PartState>,
+    pub aggregator: Option<PartState>,
+}
+
+impl Parts {
+    /// The parts reached, in dependency order.
+    pub fn reached(&self) -> impl Iterator<Item = (Part, &PartState)> {
+        let Self { identity, streams, bucket, catalog, delivery, aggregator } = self;
+        [
+            (Part::Identity, identity),
+            (Part::Streams, streams),
+            (Part::Bucket, bucket),
+            (Part::Catalog, catalog),
+            (Part::Delivery, delivery),
+            (Part::Aggregator, aggregator),
+        ]
+        .into_iter()
+        .filter_map(|(part, state)| state.as_ref().map(|state| (part, state)))
+    }
+
+    fn states_mut(&mut self) -> impl Iterator<Item = &mut PartState> {
+        let Self { identity, streams, bucket, catalog, delivery, aggregator } = self;
+        [identity, streams, bucket, catalog, delivery, aggregator].into_iter().flatten()
+    }
+}
+
 /// Everything one reconcile learnt.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// `(condition type, state)`, in dependency order.
-    pub parts: Vec<(&'static str, PartState)>,
+    pub parts: Parts,
     /// The spec could not be validated: nothing was attempted.
     pub invalid_spec: Option<Error>,
     pub input_stream: Option<AwsResourceRef>,
@@ -82,7 +139,7 @@ impl Report {
         if self.invalid_spec.is_some() {
             return Verdict::Terminal;
         }
-        let failed = worst(self.parts.iter().filter_map(|(_, state)| match state {
+        let failed = worst(self.parts.reached().filter_map(|(_, state)| match state {
             PartState::Failed(error) => Some(error),
             _ => None,
         }));
@@ -91,24 +148,24 @@ impl Report {
         }
         // A degraded part works: parts still coming up are looked at soon, and its failure
         // decides the next look only once nothing else is under way.
-        if self.parts.iter().any(|(_, state)| matches!(state, PartState::Pending(_))) {
+        if self.parts.reached().any(|(_, state)| matches!(state, PartState::Pending(_))) {
             return Verdict::Pending;
         }
-        worst(self.parts.iter().filter_map(|(_, state)| match state {
+        worst(self.parts.reached().filter_map(|(_, state)| match state {
             PartState::Degraded(error) => Some(error),
             _ => None,
         }))
     }
 
-    /// The conditions of the parts still coming up, in dependency order.
-    pub fn pending_parts(&self) -> Vec<&'static str> {
-        self.parts.iter().filter(|(_, state)| matches!(state, PartState::Pending(_))).map(|(condition, _)| *condition).collect()
+    /// The parts still coming up, in dependency order.
+    pub fn pending_parts(&self) -> Vec<Part> {
+        self.parts.reached().filter(|(_, state)| matches!(state, PartState::Pending(_))).map(|(part, _)| part).collect()
     }
 
     /// Every part still pending has waited `waited`, past the operator's time limit: each is a
     /// failure now, which says what it waited for.
     pub fn give_up(&mut self, waited: &str) {
-        for (_, state) in &mut self.parts {
+        for state in self.parts.states_mut() {
             if let PartState::Pending(why) = state {
                 *state = PartState::Failed(Error::Stalled { waited: waited.to_owned(), why: std::mem::take(why) });
             }
@@ -117,7 +174,7 @@ impl Report {
 
     /// Every part works, even if some not as specified: nothing failed outright.
     fn usable(&self) -> bool {
-        self.invalid_spec.is_none() && !self.parts.iter().any(|(_, state)| matches!(state, PartState::Failed(_)))
+        self.invalid_spec.is_none() && !self.parts.reached().any(|(_, state)| matches!(state, PartState::Failed(_)))
     }
 
     /// The first problem, as (reason, message), for the Ready condition and events.
@@ -126,14 +183,14 @@ impl Report {
             return Some((error.reason(), error.to_string()));
         }
         let failed = |degraded: bool| {
-            self.parts.iter().find_map(|(_, state)| match state {
+            self.parts.reached().find_map(|(_, state)| match state {
                 PartState::Failed(error) if !degraded => Some((error.reason(), error.to_string())),
                 PartState::Degraded(error) if degraded => Some((error.reason(), error.to_string())),
                 _ => None,
             })
         };
         failed(false).or_else(|| failed(true)).or_else(|| {
-            self.parts.iter().find_map(|(_, state)| match state {
+            self.parts.reached().find_map(|(_, state)| match state {
                 PartState::Pending(message) => Some(("Provisioning", message.clone())),
                 _ => None,
             })
@@ -185,17 +242,32 @@ fn condition(
 
 /// The status to write: conditions keep their transition time while their status holds.
 pub fn build(report: &Report, generation: Option<i64>, previous: Option<&MetricsPipelineStatus>, now: Time) -> MetricsPipelineStatus {
+    // Every field, so that one added to the report cannot be left out of the status.
+    let Report {
+        parts,
+        invalid_spec: _,
+        input_stream,
+        output_stream,
+        bucket,
+        firehose_role,
+        delivery_stream,
+        glue_database,
+        glue_table,
+        aggregator,
+        without_firehose,
+        changes: _,
+        identity,
+    } = report;
     let previous_conditions = previous.map(|status| status.conditions.as_slice()).unwrap_or_default();
     let condition = |kind: &str, ready: bool, reason: &str, message: String| {
         condition(previous_conditions, kind, ready, reason, message, generation, &now)
     };
-    let mut conditions: Vec<Condition> = report
-        .parts
-        .iter()
-        .map(|(kind, state)| match state {
-            PartState::Ready(message) => condition(kind, true, "Ready", message.clone()),
-            PartState::Pending(message) => condition(kind, false, "Provisioning", message.clone()),
-            PartState::Failed(error) | PartState::Degraded(error) => condition(kind, false, error.reason(), error.to_string()),
+    let mut conditions: Vec<Condition> = parts
+        .reached()
+        .map(|(part, state)| match state {
+            PartState::Ready(message) => condition(part.condition(), true, "Ready", message.clone()),
+            PartState::Pending(message) => condition(part.condition(), false, "Provisioning", message.clone()),
+            PartState::Failed(error) | PartState::Degraded(error) => condition(part.condition(), false, error.reason(), error.to_string()),
         })
         .collect();
     let verdict = report.verdict();
@@ -203,7 +275,7 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         None => condition(READY, true, "PipelineReady", "every part of the pipeline is in place".into()),
         Some((reason, message)) => condition(READY, false, reason, message),
     });
-    let was_ready = previous.is_some_and(|previous| has_been_ready(previous, report.without_firehose));
+    let was_ready = previous.is_some_and(|previous| has_been_ready(previous, *without_firehose));
     let phase = match verdict {
         Verdict::Ready => Phase::Ready,
         Verdict::Pending => Phase::Provisioning,
@@ -213,21 +285,23 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         Verdict::Terminal => Phase::Failed,
     };
     // A part not reached this time keeps the reference found before.
-    let keep =
-        |found: &Option<AwsResourceRef>, before: Option<&Option<AwsResourceRef>>| found.clone().or_else(|| before.cloned().flatten());
+    let keep = |found: &Option<AwsResourceRef>, before: fn(&MetricsPipelineStatus) -> &Option<AwsResourceRef>| {
+        found.clone().or_else(|| previous.and_then(|status| before(status).clone()))
+    };
+    let with_firehose = |reference: Option<AwsResourceRef>| reference.filter(|_| !without_firehose);
     MetricsPipelineStatus {
         observed_generation: generation,
         phase: Some(phase),
         conditions,
-        input_stream: keep(&report.input_stream, previous.map(|s| &s.input_stream)),
-        output_stream: keep(&report.output_stream, previous.map(|s| &s.output_stream)),
-        bucket: keep(&report.bucket, previous.map(|s| &s.bucket)),
-        firehose_role: keep(&report.firehose_role, previous.map(|s| &s.firehose_role)).filter(|_| !report.without_firehose),
-        delivery_stream: keep(&report.delivery_stream, previous.map(|s| &s.delivery_stream)).filter(|_| !report.without_firehose),
-        glue_database: keep(&report.glue_database, previous.map(|s| &s.glue_database)),
-        glue_table: keep(&report.glue_table, previous.map(|s| &s.glue_table)),
-        aggregator: report.aggregator.clone().or_else(|| previous.and_then(|status| status.aggregator.clone())),
-        identity: report.identity.clone().or_else(|| previous.and_then(|status| status.identity.clone())),
+        input_stream: keep(input_stream, |s| &s.input_stream),
+        output_stream: keep(output_stream, |s| &s.output_stream),
+        bucket: keep(bucket, |s| &s.bucket),
+        firehose_role: with_firehose(keep(firehose_role, |s| &s.firehose_role)),
+        delivery_stream: with_firehose(keep(delivery_stream, |s| &s.delivery_stream)),
+        glue_database: keep(glue_database, |s| &s.glue_database),
+        glue_table: keep(glue_table, |s| &s.glue_table),
+        aggregator: aggregator.clone().or_else(|| previous.and_then(|status| status.aggregator.clone())),
+        identity: identity.clone().or_else(|| previous.and_then(|status| status.identity.clone())),
     }
 }
 
@@ -258,10 +332,11 @@ mod tests {
 
     fn ready_report() -> Report {
         Report {
-            parts: vec![
-                (STREAMS_READY, PartState::Ready("streams a and b are active".into())),
-                (BUCKET_READY, PartState::Ready("bucket c".into())),
-            ],
+            parts: Parts {
+                streams: Some(PartState::Ready("streams a and b are active".into())),
+                bucket: Some(PartState::Ready("bucket c".into())),
+                ..Parts::default()
+            },
             bucket: Some(AwsResourceRef { name: "c".into(), arn: Some("arn:aws:s3:::c".into()) }),
             ..Report::default()
         }
@@ -281,7 +356,7 @@ mod tests {
             ..MetricsPipelineStatus::default()
         };
         let failed = || Report {
-            parts: vec![(STREAMS_READY, PartState::Failed(outage("describing stream in", "unreachable")))],
+            parts: Parts { streams: Some(PartState::Failed(outage("describing stream in", "unreachable"))), ..Parts::default() },
             ..Report::default()
         };
         assert_eq!(build(&failed(), Some(2), Some(&updating), at(10)).phase, Some(Phase::Degraded));
@@ -294,7 +369,7 @@ mod tests {
     fn a_pipeline_given_up_on_is_failed_and_says_what_each_part_waited_for() {
         let mut report = ready_report();
         let image = "aggregator rollout: 0/1 ready, 1 updated, 1 running; pod a-1: ImagePullBackOff: Back-off pulling image";
-        report.parts.push((AGGREGATOR_READY, PartState::Pending(image.into())));
+        report.parts.aggregator = Some(PartState::Pending(image.into()));
         assert_eq!(report.verdict(), Verdict::Pending);
         report.give_up("900 s");
         assert_eq!(report.verdict(), Verdict::Terminal, "looked at again at the resync, not in seconds");
@@ -303,7 +378,7 @@ mod tests {
         let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap();
         assert_eq!(ready.reason, "Stalled");
         assert!(ready.message.starts_with(&format!("gave up waiting after 900 s: {image}")), "{}", ready.message);
-        assert!(status.conditions.iter().any(|c| c.type_ == STREAMS_READY && c.status == "True"), "ready parts stay ready");
+        assert!(status.conditions.iter().any(|c| c.type_ == Part::Streams.condition() && c.status == "True"), "ready parts stay ready");
     }
 
     #[test]
@@ -349,14 +424,14 @@ mod tests {
     #[test]
     fn an_outage_after_ready_degrades_and_before_ready_still_provisions() {
         let mut report = ready_report();
-        report.parts.push((DELIVERY_READY, PartState::Failed(outage("describing x", "down"))));
+        report.parts.delivery = Some(PartState::Failed(outage("describing x", "down")));
         let before = build(&report, Some(1), None, at(100));
         assert_eq!(before.phase, Some(Phase::Provisioning));
         let was_ready = build(&ready_report(), Some(1), None, at(100));
         let after = build(&report, Some(1), Some(&was_ready), at(200));
         assert_eq!(after.phase, Some(Phase::Degraded));
         assert_eq!(condition(&after, READY).reason, "AwsUnavailable");
-        assert_eq!(condition(&after, DELIVERY_READY).message, "describing x: down");
+        assert_eq!(condition(&after, Part::Delivery.condition()).message, "describing x: down");
     }
 
     #[test]
@@ -365,10 +440,10 @@ mod tests {
         let again = build(&ready_report(), Some(1), Some(&first), at(200));
         assert_eq!(condition(&again, READY).last_transition_time, at(100));
         let mut pending = ready_report();
-        pending.parts[0].1 = PartState::Pending("stream a is CREATING".into());
+        pending.parts.streams = Some(PartState::Pending("stream a is CREATING".into()));
         let flipped = build(&pending, Some(2), Some(&again), at(300));
         assert_eq!(condition(&flipped, READY).last_transition_time, at(300));
-        assert_eq!(condition(&flipped, BUCKET_READY).last_transition_time, at(100));
+        assert_eq!(condition(&flipped, Part::Bucket.condition()).last_transition_time, at(100));
         assert_eq!(flipped.phase, Some(Phase::Provisioning));
     }
 
@@ -385,17 +460,17 @@ mod tests {
     #[test]
     fn a_part_usable_despite_a_refused_change_degrades_the_pipeline_and_waits_for_the_resync() {
         let mut report = ready_report();
-        report.parts[0].1 = PartState::Degraded(scaling_refused());
+        report.parts.streams = Some(PartState::Degraded(scaling_refused()));
         assert_eq!(report.verdict(), Verdict::Terminal, "the user or the next day must act: looked at again at the resync");
         let status = build(&report, Some(2), None, at(100));
         assert_eq!(status.phase, Some(Phase::Degraded), "it works, only not as specified");
-        assert_eq!(condition(&status, STREAMS_READY).reason, "ScalingLimitExceeded");
+        assert_eq!(condition(&status, Part::Streams.condition()).reason, "ScalingLimitExceeded");
         assert_eq!(condition(&status, READY).reason, "ScalingLimitExceeded");
-        assert_eq!(condition(&status, BUCKET_READY).status, "True");
+        assert_eq!(condition(&status, Part::Bucket.condition()).status, "True");
 
-        report.parts.push((DELIVERY_READY, PartState::Pending("delivery stream d is CREATING".into())));
+        report.parts.delivery = Some(PartState::Pending("delivery stream d is CREATING".into()));
         assert_eq!(report.verdict(), Verdict::Pending, "a part still coming up is looked at soon");
-        report.parts.push((CATALOG_READY, PartState::Failed(outage("a", "b"))));
+        report.parts.catalog = Some(PartState::Failed(outage("a", "b")));
         assert_eq!(report.verdict(), Verdict::Retryable);
         assert_eq!(build(&report, Some(2), None, at(100)).phase, Some(Phase::Provisioning), "a part failed outright");
     }
@@ -413,10 +488,9 @@ mod tests {
     #[test]
     fn a_terminal_failure_outranks_a_retryable_one() {
         let mut report = ready_report();
-        report.parts.push((DELIVERY_READY, PartState::Failed(outage("a", "b"))));
-        report
-            .parts
-            .push((CATALOG_READY, PartState::Failed(Error::NotOwned { kind: "Glue table", name: "d.t".into(), holder: Holder::Untagged })));
+        report.parts.delivery = Some(PartState::Failed(outage("a", "b")));
+        report.parts.catalog =
+            Some(PartState::Failed(Error::NotOwned { kind: "Glue table", name: "d.t".into(), holder: Holder::Untagged }));
         assert_eq!(report.verdict(), Verdict::Terminal);
     }
 

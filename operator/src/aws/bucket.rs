@@ -11,9 +11,9 @@ use aws_sdk_s3::types::{
 };
 use metrics_pipeline_api::pipeline::AwsResourceRef;
 
-use super::{AwsClients, partition};
+use super::{AwsClients, AwsResource, TagsAs, partition};
 use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error, Holder, error_code};
-use crate::managed::{Outcome, Owner, Removal, tag_pairs};
+use crate::managed::{Outcome, Owner, Removal, Standing, tag_pairs};
 
 /// Id of the expiry rule the operator owns in the bucket's lifecycle configuration.
 const EXPIRY_RULE: &str = "metrics-pipeline-expiry";
@@ -22,23 +22,22 @@ pub fn arn(region: &str, bucket: &str) -> String {
     format!("arn:{}:s3:::{bucket}", partition(region))
 }
 
-/// A bucket name as S3 answers for it.
-enum Observed {
-    Missing,
+/// A bucket found under the pipeline's bucket name.
+pub enum FoundBucket {
     /// It exists in another account: S3 answers 403 to a bucket we may not see.
-    Foreign,
+    OtherAccount,
     Tagged(Vec<(String, String)>),
 }
 
-async fn observe(clients: &AwsClients, bucket: &str) -> Result<Observed, Error> {
+async fn observe(clients: &AwsClients, bucket: &str) -> Result<Option<FoundBucket>, Error> {
     match clients.s3.head_bucket().bucket(bucket).send().await {
         Ok(_) => {}
-        Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 404) => return Ok(Observed::Missing),
+        Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 404) => return Ok(None),
         // The same 403 for a bucket of another account and for one of this account the
         // operator may not read: the account's own list of buckets tells them apart.
         Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 403) => {
             if !in_this_account(clients, bucket).await? {
-                return Ok(Observed::Foreign);
+                return Ok(Some(FoundBucket::OtherAccount));
             }
             let message = format!(
                 "S3 bucket {bucket} is in this account, but HeadBucket answers 403: allow the operator s3:ListBucket on {}",
@@ -54,7 +53,7 @@ async fn observe(clients: &AwsClients, bucket: &str) -> Result<Observed, Error> 
         }
         Err(error) => return Err(AwsError::from_sdk(format!("looking up S3 bucket {bucket}"), error).into()),
     }
-    Ok(Observed::Tagged(read_tags(clients, bucket).await?))
+    Ok(Some(FoundBucket::Tagged(read_tags(clients, bucket).await?)))
 }
 
 /// Whether this account owns `bucket`, by ListBuckets (which names only the account's own).
@@ -70,44 +69,118 @@ async fn read_tags(clients: &AwsClients, bucket: &str) -> Result<Vec<(String, St
     Ok(tags.map(|output| output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect()).unwrap_or_default())
 }
 
-pub async fn ensure(
-    clients: &AwsClients,
-    bucket: &str,
-    owner: &Owner,
-    expire_after_days: Option<i32>,
-) -> Result<(AwsResourceRef, Outcome), Error> {
-    let mut outcome = Outcome::default();
-    let tags = match observe(clients, bucket).await? {
-        Observed::Missing => match create(clients, bucket, owner).await? {
-            Created::OtherAccount => return Err(not_owned(bucket, Holder::OtherAccount)),
-            Created::ByThisCall => {
-                outcome.changed(format!("created S3 bucket {bucket}"));
-                let tags = read_tags(clients, bucket).await?;
-                // An emulator may drop CreateBucket's tags (AWS sets them in the call): this very
-                // call made the bucket, so tagging it now takes nobody's. Not on AWS in us-east-1,
-                // whose 200 also answers for a bucket the account had: an untagged one stays foreign.
-                let made_here = clients.region != "us-east-1" || clients.endpoint_override;
-                if tags.is_empty() && made_here {
-                    tag(clients, bucket, owner, tags).await?;
-                    owner.tags()
-                } else {
-                    tags
-                }
+/// The pipeline's S3 bucket.
+pub struct Bucket<'a> {
+    pub name: &'a str,
+}
+
+/// What the spec asks of the bucket beyond being private and encrypted.
+pub struct BucketSpec {
+    /// Objects expire this many days after they are written; `None`: never.
+    pub expire_after_days: Option<i32>,
+}
+
+/// What to do about the bucket. Its settings (public access, encryption, expiry) are read and
+/// corrected one by one once it is known to be the pipeline's: somebody else's may not be readable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BucketPlan {
+    Create,
+    Configure,
+}
+
+impl AwsResource for Bucket<'_> {
+    const KIND: &'static str = "S3 bucket";
+    type Desired = BucketSpec;
+    type Observed = FoundBucket;
+    type Plan = BucketPlan;
+
+    fn name(&self) -> String {
+        self.name.to_owned()
+    }
+
+    async fn observe(&self, clients: &AwsClients, _tags: TagsAs) -> Result<Option<FoundBucket>, Error> {
+        observe(clients, self.name).await
+    }
+
+    fn whose(owner: &Owner, observed: &FoundBucket) -> Standing {
+        match observed {
+            FoundBucket::OtherAccount => Standing::Foreign(Holder::OtherAccount),
+            FoundBucket::Tagged(tags) => owner.standing(tag_pairs(tags)),
+        }
+    }
+
+    async fn claim(&self, clients: &AwsClients, owner: &Owner, observed: &FoundBucket) -> Result<(), Error> {
+        match observed {
+            FoundBucket::OtherAccount => Err(not_owned(self.name, Holder::OtherAccount)),
+            FoundBucket::Tagged(tags) => tag(clients, self.name, owner, tags.clone()).await,
+        }
+    }
+
+    fn plan(_desired: &BucketSpec, observed: Option<&FoundBucket>) -> BucketPlan {
+        if observed.is_some() { BucketPlan::Configure } else { BucketPlan::Create }
+    }
+
+    async fn apply(
+        &self,
+        clients: &AwsClients,
+        owner: &Owner,
+        desired: &BucketSpec,
+        _observed: Option<FoundBucket>,
+        plan: BucketPlan,
+        mut outcome: Outcome,
+    ) -> Result<(AwsResourceRef, Outcome), Error> {
+        let bucket = self.name;
+        if plan == BucketPlan::Create {
+            create_owned(clients, bucket, owner, &mut outcome).await?;
+        }
+        ensure_public_access_blocked(clients, bucket, &mut outcome).await?;
+        ensure_encrypted(clients, bucket, &mut outcome).await?;
+        ensure_expiry(clients, bucket, desired.expire_after_days, &mut outcome).await?;
+        Ok((AwsResourceRef { name: bucket.to_owned(), arn: Some(arn(&clients.region, bucket)) }, outcome))
+    }
+
+    /// Empties the bucket, then deletes it.
+    async fn remove(&self, clients: &AwsClients, _observed: FoundBucket) -> Result<Removal, Error> {
+        let bucket = self.name;
+        empty(clients, bucket).await?;
+        match clients.s3.delete_bucket().bucket(bucket).send().await {
+            Ok(_) => Ok(Removal::Gone),
+            Err(error) if error_code(&error) == Some("NoSuchBucket") => Ok(Removal::Gone),
+            Err(error) if error_code(&error) == Some("BucketNotEmpty") => {
+                Err(Error::Deleting(format!("S3 bucket {bucket}, which got new objects while it was emptied")))
             }
-            // Read, not assumed ours: another pipeline may have created it first (see `create`).
-            Created::AlreadyOurs => read_tags(clients, bucket).await?,
-        },
-        Observed::Foreign => return Err(not_owned(bucket, Holder::OtherAccount)),
-        Observed::Tagged(tags) => tags,
+            Err(error) => Err(AwsError::from_sdk(format!("deleting S3 bucket {bucket}"), error).into()),
+        }
+    }
+}
+
+/// Creates the bucket, and makes sure the one there now is the pipeline's: a bucket of the same
+/// name may have been made meanwhile, by this account or another.
+async fn create_owned(clients: &AwsClients, bucket: &str, owner: &Owner, outcome: &mut Outcome) -> Result<(), Error> {
+    let tags = match create(clients, bucket, owner).await? {
+        Created::OtherAccount => return Err(not_owned(bucket, Holder::OtherAccount)),
+        Created::ByThisCall => {
+            outcome.changed(format!("created S3 bucket {bucket}"));
+            let tags = read_tags(clients, bucket).await?;
+            // An emulator may drop CreateBucket's tags (AWS sets them in the call): this very
+            // call made the bucket, so tagging it now takes nobody's. Not on AWS in us-east-1,
+            // whose 200 also answers for a bucket the account had: an untagged one stays foreign.
+            let made_here = clients.region != "us-east-1" || clients.endpoint_override;
+            if tags.is_empty() && made_here {
+                tag(clients, bucket, owner, tags).await?;
+                owner.tags()
+            } else {
+                tags
+            }
+        }
+        // Read, not assumed ours: another pipeline may have created it first (see `create`).
+        Created::AlreadyOurs => read_tags(clients, bucket).await?,
     };
-    if let Some(why) = owner.check("S3 bucket", bucket, tag_pairs(&tags))? {
+    if let Some(why) = owner.standing(tag_pairs(&tags)).claim(Bucket::KIND, bucket)? {
         tag(clients, bucket, owner, tags).await?;
         outcome.changed(format!("S3 bucket {bucket}: {why}"));
     }
-    ensure_public_access_blocked(clients, bucket, &mut outcome).await?;
-    ensure_encrypted(clients, bucket, &mut outcome).await?;
-    ensure_expiry(clients, bucket, expire_after_days, &mut outcome).await?;
-    Ok((AwsResourceRef { name: bucket.to_owned(), arn: Some(arn(&clients.region, bucket)) }, outcome))
+    Ok(())
 }
 
 fn not_owned(bucket: &str, holder: Holder) -> Error {
@@ -243,27 +316,6 @@ async fn ensure_expiry(clients: &AwsClients, bucket: &str, expire_after_days: Op
         None => format!("removed the expiry of S3 bucket {bucket}"),
     });
     Ok(())
-}
-
-/// Empties and deletes the bucket if it is this pipeline's.
-pub async fn delete(clients: &AwsClients, bucket: &str, owner: &Owner) -> Result<Removal, Error> {
-    let tags = match observe(clients, bucket).await? {
-        Observed::Missing => return Ok(Removal::Gone),
-        Observed::Foreign => return Ok(Removal::Left(format!("kept S3 bucket {bucket}: {}", Holder::OtherAccount))),
-        Observed::Tagged(tags) => tags,
-    };
-    if let Err(holder) = owner.deletes(tag_pairs(&tags)) {
-        return Ok(Removal::Left(format!("kept S3 bucket {bucket}: {holder}")));
-    }
-    empty(clients, bucket).await?;
-    match clients.s3.delete_bucket().bucket(bucket).send().await {
-        Ok(_) => Ok(Removal::Gone),
-        Err(error) if error_code(&error) == Some("NoSuchBucket") => Ok(Removal::Gone),
-        Err(error) if error_code(&error) == Some("BucketNotEmpty") => {
-            Err(Error::Deleting(format!("S3 bucket {bucket}, which got new objects while it was emptied")))
-        }
-        Err(error) => Err(AwsError::from_sdk(format!("deleting S3 bucket {bucket}"), error).into()),
-    }
 }
 
 /// Most keys one DeleteObjects takes.

@@ -13,9 +13,9 @@ use aws_sdk_glue::types::{Column, Database, DatabaseInput, PartitionInput, SerDe
 use metrics_pipeline_api::config::PartitionConfig;
 use metrics_pipeline_api::pipeline::{AwsResourceRef, DeliveryFormat};
 
-use super::{AwsClients, partition};
+use super::{AwsClients, AwsResource, TagsAs, partition};
 use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error};
-use crate::managed::{Outcome, Owner, Removal};
+use crate::managed::{Outcome, Owner, Removal, Standing};
 
 /// Glue's answer for a database or table that does not exist.
 const NOT_FOUND: &str = "EntityNotFoundException";
@@ -154,7 +154,7 @@ pub enum TablePlan {
     },
 }
 
-pub fn plan(found: Option<&Table>, desired: &TableInput, format: DeliveryFormat) -> TablePlan {
+pub fn table_plan(found: Option<&Table>, desired: &TableInput, format: DeliveryFormat) -> TablePlan {
     let Some(found) = found else { return TablePlan::Create };
     if let Some(from) = format_of(found.storage_descriptor()).filter(|from| *from != format) {
         return TablePlan::ChangeFormat { from, to: format };
@@ -184,7 +184,7 @@ pub fn unsafe_format_change(from: DeliveryFormat, to: DeliveryFormat, object: &s
 }
 
 /// Whether the table as it is matches `desired` in everything the operator decides, partition
-/// keys aside ([`plan`] compares those).
+/// keys aside ([`table_plan`] compares those).
 fn table_matches(found: &Table, desired: &TableInput) -> bool {
     let same_columns = |a: &[Column], b: &[Column]| {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.name().eq_ignore_ascii_case(y.name()) && x.r#type() == y.r#type())
@@ -206,50 +206,79 @@ pub fn table_arn(region: &str, account_id: &str, database: &str, table: &str) ->
     format!("arn:{}:glue:{region}:{account_id}:table/{database}/{table}", partition(region))
 }
 
-async fn observe_database(clients: &AwsClients, database: &str) -> Result<Option<Database>, Error> {
-    let found = clients.glue.get_database().name(database).send().await;
-    Ok(found.absent_on(&[NOT_FOUND], || format!("reading Glue database {database}"))?.and_then(|output| output.database))
-}
-
-async fn observe_table(clients: &AwsClients, database: &str, table: &str) -> Result<Option<Table>, Error> {
-    let found = clients.glue.get_table().database_name(database).name(table).send().await;
-    Ok(found.absent_on(&[NOT_FOUND], || format!("reading Glue table {database}.{table}"))?.and_then(|output| output.table))
-}
-
 /// Glue objects carry ownership as parameters, as AWS resources carry it as tags.
 fn parameters(parameters: Option<&HashMap<String, String>>) -> impl Iterator<Item = (&str, &str)> {
     parameters.into_iter().flatten().map(|(key, value)| (key.as_str(), value.as_str()))
 }
 
-pub async fn ensure_database(
-    clients: &AwsClients,
-    database: &str,
-    owner: &Owner,
-    account_id: &str,
-) -> Result<(AwsResourceRef, Outcome), Error> {
-    let mut outcome = Outcome::default();
-    match observe_database(clients, database).await? {
-        Some(found) => {
-            if let Some(why) = owner.check("Glue database", database, parameters(found.parameters()))? {
-                // UpdateDatabase replaces the whole definition: everything else is kept as found.
-                let mut kept = found.parameters().cloned().unwrap_or_default();
-                kept.extend(owner.tags());
-                let input = DatabaseInput::builder()
-                    .name(database)
-                    .set_description(found.description().map(str::to_owned))
-                    .set_location_uri(found.location_uri().map(str::to_owned))
-                    .set_create_table_default_permissions(found.create_table_default_permissions.clone())
-                    .set_target_database(found.target_database().cloned())
-                    .set_federated_database(found.federated_database().cloned())
-                    .set_parameters(Some(kept))
-                    .build()
-                    .expect("name is set");
-                let update = clients.glue.update_database().name(database).database_input(input).send().await;
-                update.or_aws(|| format!("tagging Glue database {database}"))?;
-                outcome.changed(format!("Glue database {database}: {why}"));
-            }
-        }
-        None => {
+/// A pipeline's Glue database.
+pub struct GlueDatabase<'a> {
+    pub name: &'a str,
+    pub account_id: &'a str,
+}
+
+/// What to do about the database: it holds the table, and nothing about it is the spec's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabasePlan {
+    Create,
+    Keep,
+}
+
+impl AwsResource for GlueDatabase<'_> {
+    const KIND: &'static str = "Glue database";
+    type Desired = ();
+    type Observed = Database;
+    type Plan = DatabasePlan;
+
+    fn name(&self) -> String {
+        self.name.to_owned()
+    }
+
+    async fn observe(&self, clients: &AwsClients, _tags: TagsAs) -> Result<Option<Database>, Error> {
+        let database = self.name;
+        let found = clients.glue.get_database().name(database).send().await;
+        Ok(found.absent_on(&[NOT_FOUND], || format!("reading Glue database {database}"))?.and_then(|output| output.database))
+    }
+
+    fn whose(owner: &Owner, observed: &Database) -> Standing {
+        owner.standing(parameters(observed.parameters()))
+    }
+
+    async fn claim(&self, clients: &AwsClients, owner: &Owner, found: &Database) -> Result<(), Error> {
+        let database = self.name;
+        // UpdateDatabase replaces the whole definition: everything else is kept as found.
+        let mut kept = found.parameters().cloned().unwrap_or_default();
+        kept.extend(owner.tags());
+        let input = DatabaseInput::builder()
+            .name(database)
+            .set_description(found.description().map(str::to_owned))
+            .set_location_uri(found.location_uri().map(str::to_owned))
+            .set_create_table_default_permissions(found.create_table_default_permissions.clone())
+            .set_target_database(found.target_database().cloned())
+            .set_federated_database(found.federated_database().cloned())
+            .set_parameters(Some(kept))
+            .build()
+            .expect("name is set");
+        let update = clients.glue.update_database().name(database).database_input(input).send().await;
+        update.or_aws(|| format!("tagging Glue database {database}"))?;
+        Ok(())
+    }
+
+    fn plan(_desired: &(), observed: Option<&Database>) -> DatabasePlan {
+        if observed.is_some() { DatabasePlan::Keep } else { DatabasePlan::Create }
+    }
+
+    async fn apply(
+        &self,
+        clients: &AwsClients,
+        owner: &Owner,
+        _desired: &(),
+        _observed: Option<Database>,
+        plan: DatabasePlan,
+        mut outcome: Outcome,
+    ) -> Result<(AwsResourceRef, Outcome), Error> {
+        let database = self.name;
+        if plan == DatabasePlan::Create {
             let input = DatabaseInput::builder()
                 .name(database)
                 .description(format!("Metrics pipeline {}", owner.pipeline))
@@ -259,54 +288,132 @@ pub async fn ensure_database(
             clients.glue.create_database().database_input(input).send().await.or_aws(|| format!("creating Glue database {database}"))?;
             outcome.changed(format!("created Glue database {database}"));
         }
+        Ok((AwsResourceRef { name: database.to_owned(), arn: Some(database_arn(&clients.region, self.account_id, database)) }, outcome))
     }
-    Ok((AwsResourceRef { name: database.to_owned(), arn: Some(database_arn(&clients.region, account_id, database)) }, outcome))
+
+    /// Deletes the database if it holds no other table: DeleteDatabase deletes every table in it.
+    async fn remove(&self, clients: &AwsClients, _observed: Database) -> Result<Removal, Error> {
+        let database = self.name;
+        // Glue has no conditional delete: a table made between this look and the deletion goes
+        // with the database.
+        let others = tables_in(clients, database).await?;
+        if !others.is_empty() {
+            return Ok(Removal::Left(format!(
+                "kept Glue database {database}: it holds tables that are not this pipeline's ({})",
+                others.join(", ")
+            )));
+        }
+        let deleted = clients.glue.delete_database().name(database).send().await;
+        deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue database {database}"))?;
+        Ok(Removal::Gone)
+    }
 }
 
-pub async fn ensure_table(clients: &AwsClients, spec: &TableSpec<'_>, account_id: &str) -> Result<(AwsResourceRef, Outcome), Error> {
-    let mut outcome = Outcome::default();
-    let (database, table) = (spec.database, spec.table);
-    let desired = desired_table(spec);
-    let found = observe_table(clients, database, table).await?;
-    if let Some(found) = &found
-        && let Some(why) = spec.owner.check("Glue table", &format!("{database}.{table}"), parameters(found.parameters()))?
-    {
-        // Its parameters differ from the desired ones: the plan updates them.
-        outcome.changed(format!("Glue table {database}.{table}: {why}"));
+/// A pipeline's Glue table.
+pub struct GlueTable<'a> {
+    pub database: &'a str,
+    pub table: &'a str,
+    pub account_id: &'a str,
+}
+
+/// The table the spec asks for: its definition, the format it reads, the bucket it reads and how
+/// its partitions are known.
+pub struct DesiredTable<'a> {
+    pub input: TableInput,
+    pub format: DeliveryFormat,
+    pub bucket: &'a str,
+    pub partitions: &'a PartitionConfig,
+}
+
+impl<'a> DesiredTable<'a> {
+    pub fn of(spec: &TableSpec<'a>) -> Self {
+        Self { input: desired_table(spec), format: spec.format, bucket: spec.bucket, partitions: spec.partitions }
     }
-    let recreate = |why: String| async move {
-        // The table holds nothing that is not derived again here: its definition comes from the
-        // spec, its partitions from the bucket (registered again below); the data stays in S3.
+}
+
+impl<'a> AwsResource for GlueTable<'a> {
+    const KIND: &'static str = "Glue table";
+    type Desired = DesiredTable<'a>;
+    type Observed = Table;
+    type Plan = TablePlan;
+
+    fn name(&self) -> String {
+        format!("{}.{}", self.database, self.table)
+    }
+
+    async fn observe(&self, clients: &AwsClients, _tags: TagsAs) -> Result<Option<Table>, Error> {
+        let (database, table) = (self.database, self.table);
+        let found = clients.glue.get_table().database_name(database).name(table).send().await;
+        Ok(found.absent_on(&[NOT_FOUND], || format!("reading Glue table {database}.{table}"))?.and_then(|output| output.table))
+    }
+
+    fn whose(owner: &Owner, observed: &Table) -> Standing {
+        owner.standing(parameters(observed.parameters()))
+    }
+
+    /// Nothing to do: its parameters differ from the desired ones, so the plan updates them.
+    async fn claim(&self, _clients: &AwsClients, _owner: &Owner, _observed: &Table) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn plan(desired: &DesiredTable<'a>, observed: Option<&Table>) -> TablePlan {
+        table_plan(observed, &desired.input, desired.format)
+    }
+
+    async fn apply(
+        &self,
+        clients: &AwsClients,
+        _owner: &Owner,
+        desired: &DesiredTable<'a>,
+        _observed: Option<Table>,
+        plan: TablePlan,
+        mut outcome: Outcome,
+    ) -> Result<(AwsResourceRef, Outcome), Error> {
+        let (database, table) = (self.database, self.table);
+        let recreate = |why: String| async move {
+            // The table holds nothing that is not derived again here: its definition comes from the
+            // spec, its partitions from the bucket (registered again below); the data stays in S3.
+            let deleted = clients.glue.delete_table().database_name(database).name(table).send().await;
+            deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue table {database}.{table} to recreate it ({why})"))?;
+            create_table(clients, database, desired.input.clone()).await?;
+            Ok::<_, Error>(format!("recreated Glue table {database}.{table}: {why}"))
+        };
+        match plan {
+            TablePlan::Keep => {}
+            TablePlan::Create => {
+                create_table(clients, database, desired.input.clone()).await?;
+                outcome.changed(format!("created Glue table {database}.{table}"));
+            }
+            TablePlan::Update => {
+                (clients.glue.update_table())
+                    .database_name(database)
+                    .table_input(desired.input.clone())
+                    .send()
+                    .await
+                    .or_aws(|| format!("updating Glue table {database}.{table}"))?;
+                outcome.changed(format!("updated Glue table {database}.{table}"));
+            }
+            TablePlan::Recreate(why) => outcome.changed(recreate(why).await?),
+            TablePlan::ChangeFormat { from, to } => match first_object(clients, desired.bucket).await? {
+                Some(object) => return Err(unsafe_format_change(from, to, &format!("s3://{}/{object}", desired.bucket))),
+                None => {
+                    outcome.changed(recreate(format!("its format changes from {from:?} to {to:?}, and no object is written yet")).await?)
+                }
+            },
+        }
+        if matches!(desired.partitions, PartitionConfig::Registered) {
+            outcome.merge(register_partitions(clients, self, desired).await?);
+        }
+        Ok((AwsResourceRef { name: table.to_owned(), arn: Some(table_arn(&clients.region, self.account_id, database, table)) }, outcome))
+    }
+
+    /// Deletes the table with its partitions; the data stays in the bucket.
+    async fn remove(&self, clients: &AwsClients, _observed: Table) -> Result<Removal, Error> {
+        let (database, table) = (self.database, self.table);
         let deleted = clients.glue.delete_table().database_name(database).name(table).send().await;
-        deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue table {database}.{table} to recreate it ({why})"))?;
-        create_table(clients, database, desired_table(spec)).await?;
-        Ok::<_, Error>(format!("recreated Glue table {database}.{table}: {why}"))
-    };
-    match plan(found.as_ref(), &desired, spec.format) {
-        TablePlan::Keep => {}
-        TablePlan::Create => {
-            create_table(clients, database, desired).await?;
-            outcome.changed(format!("created Glue table {database}.{table}"));
-        }
-        TablePlan::Update => {
-            (clients.glue.update_table())
-                .database_name(database)
-                .table_input(desired)
-                .send()
-                .await
-                .or_aws(|| format!("updating Glue table {database}.{table}"))?;
-            outcome.changed(format!("updated Glue table {database}.{table}"));
-        }
-        TablePlan::Recreate(why) => outcome.changed(recreate(why).await?),
-        TablePlan::ChangeFormat { from, to } => match first_object(clients, spec.bucket).await? {
-            Some(object) => return Err(unsafe_format_change(from, to, &format!("s3://{}/{object}", spec.bucket))),
-            None => outcome.changed(recreate(format!("its format changes from {from:?} to {to:?}, and no object is written yet")).await?),
-        },
+        deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue table {database}.{table}"))?;
+        Ok(Removal::Gone)
     }
-    if matches!(spec.partitions, PartitionConfig::Registered) {
-        outcome.merge(register_partitions(clients, spec).await?);
-    }
-    Ok((AwsResourceRef { name: table.to_owned(), arn: Some(table_arn(&clients.region, account_id, database, table)) }, outcome))
 }
 
 async fn create_table(clients: &AwsClients, database: &str, desired: TableInput) -> Result<(), Error> {
@@ -373,28 +480,28 @@ async fn registered_partitions(clients: &AwsClients, database: &str, table: &str
 }
 
 /// Registers a partition for every component found in the bucket and not yet in the table.
-async fn register_partitions(clients: &AwsClients, spec: &TableSpec<'_>) -> Result<Outcome, Error> {
+async fn register_partitions(clients: &AwsClients, table: &GlueTable<'_>, desired: &DesiredTable<'_>) -> Result<Outcome, Error> {
     let mut outcome = Outcome::default();
-    let found = components_in_bucket(clients, spec.bucket).await?;
+    let found = components_in_bucket(clients, desired.bucket).await?;
     if found.is_empty() {
         return Ok(outcome);
     }
-    let registered = registered_partitions(clients, spec.database, spec.table).await?;
+    let registered = registered_partitions(clients, table.database, table.table).await?;
     let missing: Vec<&String> = found.difference(&registered).collect();
     for chunk in missing.chunks(MAX_PARTITIONS_PER_CALL) {
         let inputs = chunk.iter().map(|component| {
             PartitionInput::builder()
                 .values(component.as_str())
-                .storage_descriptor(storage(spec.format, partition_location(spec.bucket, component)))
+                .storage_descriptor(storage(desired.format, partition_location(desired.bucket, component)))
                 .build()
         });
         let created = (clients.glue.batch_create_partition())
-            .database_name(spec.database)
-            .table_name(spec.table)
+            .database_name(table.database)
+            .table_name(table.table)
             .set_partition_input_list(Some(inputs.collect()))
             .send()
             .await
-            .or_aws(|| format!("registering partitions of Glue table {}.{}", spec.database, spec.table))?;
+            .or_aws(|| format!("registering partitions of Glue table {}.{}", table.database, table.table))?;
         // Registered meanwhile by someone else: fine, the partition is there.
         let failed: Vec<String> = created
             .errors()
@@ -403,14 +510,14 @@ async fn register_partitions(clients: &AwsClients, spec: &TableSpec<'_>) -> Resu
             .map(|e| format!("{:?}", e.partition_values()))
             .collect();
         if !failed.is_empty() {
-            let action = format!("registering partitions of Glue table {}.{}", spec.database, spec.table);
+            let action = format!("registering partitions of Glue table {}.{}", table.database, table.table);
             return Err(AwsError::new(action, AwsErrorKind::Unavailable, None, format!("refused for {}", failed.join(", "))).into());
         }
         outcome.changed(format!(
             "registered partitions {} of Glue table {}.{}",
             chunk.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
-            spec.database,
-            spec.table
+            table.database,
+            table.table
         ));
     }
     Ok(outcome)
@@ -433,34 +540,6 @@ async fn tables_in(clients: &AwsClients, database: &str) -> Result<Vec<String>, 
             return Ok(tables);
         }
     }
-}
-
-/// Deletes the table (with its partitions) if it is this pipeline's, then the database if it is
-/// this pipeline's and holds no other table: DeleteDatabase deletes every table in it. A table
-/// that is not the pipeline's keeps the database, which says so.
-pub async fn delete(clients: &AwsClients, database: &str, table: &str, owner: &Owner) -> Result<Removal, Error> {
-    if let Some(found) = observe_table(clients, database, table).await?
-        && owner.deletes(parameters(found.parameters())).is_ok()
-    {
-        let deleted = clients.glue.delete_table().database_name(database).name(table).send().await;
-        deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue table {database}.{table}"))?;
-    }
-    let Some(found) = observe_database(clients, database).await? else { return Ok(Removal::Gone) };
-    let kept = match owner.deletes(parameters(found.parameters())) {
-        Err(holder) => format!("kept Glue database {database}: it is not this pipeline's ({holder})"),
-        Ok(()) => {
-            // Glue has no conditional delete: a table made between this look and the deletion
-            // goes with the database.
-            let others = tables_in(clients, database).await?;
-            if others.is_empty() {
-                let deleted = clients.glue.delete_database().name(database).send().await;
-                deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue database {database}"))?;
-                return Ok(Removal::Gone);
-            }
-            format!("kept Glue database {database}: it holds tables that are not this pipeline's ({})", others.join(", "))
-        }
-    };
-    Ok(Removal::Left(kept))
 }
 
 #[cfg(test)]
@@ -535,11 +614,11 @@ mod tests {
     fn a_table_as_desired_is_kept_and_one_with_other_settings_updated() {
         let registered = spec(&PartitionConfig::Registered, DeliveryFormat::Json);
         let desired = desired_table(&registered);
-        assert_eq!(plan(None, &desired, DeliveryFormat::Json), TablePlan::Create);
-        assert_eq!(plan(Some(&found(desired.clone())), &desired, DeliveryFormat::Json), TablePlan::Keep);
+        assert_eq!(table_plan(None, &desired, DeliveryFormat::Json), TablePlan::Create);
+        assert_eq!(table_plan(Some(&found(desired.clone())), &desired, DeliveryFormat::Json), TablePlan::Keep);
         let projected = PartitionConfig::Projected(vec!["a".into()]);
         let other = found(desired_table(&spec(&projected, DeliveryFormat::Json)));
-        assert_eq!(plan(Some(&other), &desired, DeliveryFormat::Json), TablePlan::Update);
+        assert_eq!(table_plan(Some(&other), &desired, DeliveryFormat::Json), TablePlan::Update);
     }
 
     #[test]
@@ -548,7 +627,7 @@ mod tests {
         let mut old = found(desired.clone());
         old.partition_keys = Some(vec![Column::builder().name("componentName").r#type("string").build().unwrap()]);
         assert_eq!(
-            plan(Some(&old), &desired, DeliveryFormat::Json),
+            table_plan(Some(&old), &desired, DeliveryFormat::Json),
             TablePlan::Recreate("its partition keys are [componentName string], not [componentname string]".into())
         );
     }
@@ -558,11 +637,11 @@ mod tests {
         let json = found(desired_table(&spec(&PartitionConfig::Registered, DeliveryFormat::Json)));
         let parquet = desired_table(&spec(&PartitionConfig::Registered, DeliveryFormat::Parquet));
         let change = TablePlan::ChangeFormat { from: DeliveryFormat::Json, to: DeliveryFormat::Parquet };
-        assert_eq!(plan(Some(&json), &parquet, DeliveryFormat::Parquet), change);
+        assert_eq!(table_plan(Some(&json), &parquet, DeliveryFormat::Parquet), change);
         // With a camelCase key too, the format decides first: it may have to be refused.
         let mut old = json.clone();
         old.partition_keys = Some(vec![Column::builder().name("componentName").r#type("string").build().unwrap()]);
-        assert_eq!(plan(Some(&old), &parquet, DeliveryFormat::Parquet), change);
+        assert_eq!(table_plan(Some(&old), &parquet, DeliveryFormat::Parquet), change);
     }
 
     #[test]

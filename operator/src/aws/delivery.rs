@@ -15,9 +15,9 @@ use aws_sdk_firehose::types::{
 use metrics_pipeline_api::config::DeliveryConfig;
 use metrics_pipeline_api::pipeline::{AwsResourceRef, Compression, DeliveryFormat};
 
-use super::{AwsClients, streams};
+use super::{AwsClients, AwsResource, TagsAs, streams};
 use crate::error::{AwsError, AwsErrorKind, AwsResultExt, Error, error_code};
-use crate::managed::{Outcome, Owner, Removal, tag_pairs};
+use crate::managed::{Outcome, Owner, Removal, Standing, tag_pairs};
 
 /// Firehose's answer for a delivery stream that does not exist.
 const NOT_FOUND: &str = "ResourceNotFoundException";
@@ -165,6 +165,11 @@ pub fn settings_of(description: &DeliveryStreamDescription) -> Option<DeliverySe
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeliveryPlan {
     Create,
+    /// Firehose is working on it (CREATING, DELETING, and whatever status AWS adds later): its status.
+    Wait(String),
+    /// It failed and stays failed (AWS lets it only be deleted): deleted, then created again
+    /// once it is gone. What AWS says went wrong.
+    ReplaceFailed(String),
     Keep,
     /// Destination settings differ: UpdateDestination can change them in place.
     Update,
@@ -172,7 +177,8 @@ pub enum DeliveryPlan {
     Recreate(String),
 }
 
-pub fn plan(desired: &DeliverySettings, observed: Option<Option<DeliverySettings>>) -> DeliveryPlan {
+/// What the settings of an ACTIVE delivery stream (`None`: not one the operator makes) need.
+pub fn settings_plan(desired: &DeliverySettings, observed: Option<Option<DeliverySettings>>) -> DeliveryPlan {
     match observed {
         None => DeliveryPlan::Create,
         Some(None) => DeliveryPlan::Recreate("it is not a Kinesis-sourced extended S3 delivery stream".into()),
@@ -267,7 +273,7 @@ fn destination_update(settings: &DeliverySettings) -> ExtendedS3DestinationUpdat
     with_destination!(ExtendedS3DestinationUpdate::builder(), settings).data_format_conversion_configuration(conversion).build()
 }
 
-pub async fn observe(clients: &AwsClients, name: &str) -> Result<Option<DeliveryStreamDescription>, Error> {
+async fn describe(clients: &AwsClients, name: &str) -> Result<Option<DeliveryStreamDescription>, Error> {
     let described = clients.firehose.describe_delivery_stream().delivery_stream_name(name).send().await;
     Ok(described
         .absent_on(&[NOT_FOUND], || format!("describing Firehose delivery stream {name}"))?
@@ -285,104 +291,152 @@ async fn tags_of(clients: &AwsClients, name: &str) -> Result<Vec<(String, String
     Ok(tags.tags.into_iter().map(|tag| (tag.key, tag.value.unwrap_or_default())).collect())
 }
 
-/// The delivery stream's tags as read lately (see [`crate::aws::TagCache`]).
-async fn cached_tags_of(clients: &AwsClients, description: &DeliveryStreamDescription) -> Result<Vec<(String, String)>, Error> {
-    let created = description.create_timestamp().map(|created| created.secs().to_string()).unwrap_or_default();
-    let name = description.delivery_stream_name();
-    clients.tags.read(description.delivery_stream_arn(), created, tags_of(clients, name)).await
-}
-
 fn tags(owner: &Owner) -> Vec<Tag> {
     owner.tags().into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key is set")).collect()
 }
 
-pub async fn ensure(
-    clients: &AwsClients,
-    name: &str,
-    owner: &Owner,
-    desired: &DeliverySettings,
-) -> Result<(AwsResourceRef, Outcome), Error> {
-    let mut outcome = Outcome::default();
-    let description = observe(clients, name).await?;
-    if let Some(description) = &description
-        && owner.check("Firehose delivery stream", name, tag_pairs(&cached_tags_of(clients, description).await?))?.is_some()
-    {
-        // Tagging claims it: only on the tags as they are now, not as read lately.
-        clients.tags.forget(description.delivery_stream_arn());
-        if let Some(why) = owner.check("Firehose delivery stream", name, tag_pairs(&tags_of(clients, name).await?))? {
-            let tagging = clients.firehose.tag_delivery_stream().delivery_stream_name(name).set_tags(Some(tags(owner)));
-            tagging.send().await.or_aws(|| format!("tagging Firehose delivery stream {name}"))?;
-            outcome.changed(format!("Firehose delivery stream {name}: {why}"));
+/// A pipeline's Firehose delivery stream.
+pub struct DeliveryStream<'a> {
+    pub name: &'a str,
+}
+
+/// The delivery stream as Firehose describes it, with its tags.
+pub struct FoundDelivery {
+    pub description: DeliveryStreamDescription,
+    pub tags: Vec<(String, String)>,
+}
+
+impl AwsResource for DeliveryStream<'_> {
+    const KIND: &'static str = "Firehose delivery stream";
+    type Desired = DeliverySettings;
+    type Observed = FoundDelivery;
+    type Plan = DeliveryPlan;
+
+    fn name(&self) -> String {
+        self.name.to_owned()
+    }
+
+    async fn observe(&self, clients: &AwsClients, tags_as: TagsAs) -> Result<Option<FoundDelivery>, Error> {
+        let Some(description) = describe(clients, self.name).await? else { return Ok(None) };
+        let tags = match tags_as {
+            TagsAs::Cached => {
+                let created = description.create_timestamp().map(|created| created.secs().to_string()).unwrap_or_default();
+                clients.tags.read(description.delivery_stream_arn(), created, tags_of(clients, self.name)).await?
+            }
+            TagsAs::Fresh => tags_of(clients, self.name).await?,
+        };
+        Ok(Some(FoundDelivery { description, tags }))
+    }
+
+    fn whose(owner: &Owner, observed: &FoundDelivery) -> Standing {
+        owner.standing(tag_pairs(&observed.tags))
+    }
+
+    async fn claim(&self, clients: &AwsClients, owner: &Owner, observed: &FoundDelivery) -> Result<(), Error> {
+        let name = self.name;
+        clients.tags.forget(observed.description.delivery_stream_arn());
+        let tagging = clients.firehose.tag_delivery_stream().delivery_stream_name(name).set_tags(Some(tags(owner)));
+        tagging.send().await.or_aws(|| format!("tagging Firehose delivery stream {name}"))?;
+        Ok(())
+    }
+
+    fn plan(desired: &DeliverySettings, observed: Option<&FoundDelivery>) -> DeliveryPlan {
+        let Some(FoundDelivery { description, .. }) = observed else { return DeliveryPlan::Create };
+        match description.delivery_stream_status() {
+            DeliveryStreamStatus::Active => settings_plan(desired, Some(settings_of(description))),
+            DeliveryStreamStatus::CreatingFailed | DeliveryStreamStatus::DeletingFailed => {
+                DeliveryPlan::ReplaceFailed(failure(description))
+            }
+            status => DeliveryPlan::Wait(status.as_str().to_owned()),
         }
     }
-    let arn = description.as_ref().map(|d| d.delivery_stream_arn().to_owned());
-    let reference = |arn| AwsResourceRef { name: name.to_owned(), arn };
-    if let Some(description) = &description {
-        match description.delivery_stream_status() {
-            DeliveryStreamStatus::Active => {}
-            DeliveryStreamStatus::CreatingFailed | DeliveryStreamStatus::DeletingFailed => {
-                // A failed stream stays failed: AWS lets it only be deleted. Once it is gone it
-                // is created again.
-                let failure = failure(description);
+
+    async fn apply(
+        &self,
+        clients: &AwsClients,
+        owner: &Owner,
+        desired: &DeliverySettings,
+        observed: Option<FoundDelivery>,
+        plan: DeliveryPlan,
+        mut outcome: Outcome,
+    ) -> Result<(AwsResourceRef, Outcome), Error> {
+        let name = self.name;
+        let description = observed.map(|found| found.description);
+        let arn = description.as_ref().map(|d| d.delivery_stream_arn().to_owned());
+        let reference = |arn| AwsResourceRef { name: name.to_owned(), arn };
+        match (plan, &description) {
+            (DeliveryPlan::Keep, _) => {}
+            (DeliveryPlan::Wait(status), _) => outcome.pending = Some(format!("Firehose delivery stream {name} is {status}")),
+            (DeliveryPlan::Create, _) | (_, None) => {
+                let arn = Box::pin(create(clients, name, owner, desired)).await?;
+                outcome.changed(format!("created Firehose delivery stream {name}"));
+                outcome.pending = Some(format!("Firehose delivery stream {name} is being created"));
+                return Ok((reference(Some(arn)), outcome));
+            }
+            (DeliveryPlan::ReplaceFailed(failure), Some(description)) => {
                 still_ours(clients, name, owner).await?;
                 delete_owned(clients, name, description.delivery_stream_status()).await?;
                 outcome.changed(format!("deleting Firehose delivery stream {name}, which is {failure}, to create it again"));
                 outcome.pending = Some(format!("Firehose delivery stream {name} is {failure}: deleting it to create it again"));
-                return Ok((reference(arn), outcome));
             }
-            // CREATING, DELETING, and whatever status AWS adds later: not usable yet.
-            status => {
-                outcome.pending = Some(format!("Firehose delivery stream {name} is {}", status.as_str()));
-                return Ok((reference(arn), outcome));
+            (DeliveryPlan::Update, Some(description)) => {
+                let destination = description.destinations().first().map(|d| d.destination_id().to_owned()).unwrap_or_default();
+                let update = async {
+                    (clients.firehose.update_destination())
+                        .delivery_stream_name(name)
+                        .current_delivery_stream_version_id(description.version_id())
+                        .destination_id(destination)
+                        .extended_s3_destination_update(destination_update(desired))
+                        .send()
+                        .await
+                        .map(drop)
+                        .map_err(|error| {
+                            let error = AwsError::from_sdk(format!("updating Firehose delivery stream {name}"), error);
+                            Error::from(unsettled_role(error, &desired.role_arn))
+                        })
+                };
+                // Boxed: the SDK's builders make this future large, and a reconcile's stack small.
+                match clients.ask(&format!("Firehose delivery stream {name}: update to {desired:?}"), Box::pin(update)).await {
+                    Ok(()) => outcome.changed(format!("updated the destination of Firehose delivery stream {name}")),
+                    // The stream delivers as it stands, so the aggregator that feeds it goes on.
+                    Err(error) => outcome.degraded = Some(error),
+                }
+            }
+            (DeliveryPlan::Recreate(reason), Some(_)) => {
+                still_ours(clients, name, owner).await?;
+                delete_owned(clients, name, &DeliveryStreamStatus::Active).await?;
+                outcome.changed(format!("deleting Firehose delivery stream {name} to recreate it: {reason}"));
+                outcome.pending = Some(format!("Firehose delivery stream {name} is being recreated: {reason}"));
             }
         }
+        Ok((reference(arn), outcome))
     }
-    match plan(desired, description.as_ref().map(settings_of)) {
-        DeliveryPlan::Keep => {}
-        DeliveryPlan::Create => {
-            let arn = Box::pin(create(clients, name, owner, desired)).await?;
-            outcome.changed(format!("created Firehose delivery stream {name}"));
-            outcome.pending = Some(format!("Firehose delivery stream {name} is being created"));
-            return Ok((reference(Some(arn)), outcome));
+
+    /// Deletes the delivery stream; while AWS deletes it, says so (with the failure of a deletion
+    /// that failed and is asked for again).
+    async fn remove(&self, clients: &AwsClients, observed: FoundDelivery) -> Result<Removal, Error> {
+        let name = self.name;
+        let FoundDelivery { description, .. } = observed;
+        let status = description.delivery_stream_status();
+        if status != &DeliveryStreamStatus::Deleting {
+            delete_owned(clients, name, status).await?;
         }
-        DeliveryPlan::Update => {
-            let description = description.as_ref().expect("an update has something to update");
-            let destination = description.destinations().first().map(|d| d.destination_id().to_owned()).unwrap_or_default();
-            let update = async {
-                (clients.firehose.update_destination())
-                    .delivery_stream_name(name)
-                    .current_delivery_stream_version_id(description.version_id())
-                    .destination_id(destination)
-                    .extended_s3_destination_update(destination_update(desired))
-                    .send()
-                    .await
-                    .map(drop)
-                    .map_err(|error| {
-                        let error = AwsError::from_sdk(format!("updating Firehose delivery stream {name}"), error);
-                        Error::from(unsettled_role(error, &desired.role_arn))
-                    })
-            };
-            // Boxed: the SDK's builders make this future large, and a reconcile's stack small.
-            match clients.ask(&format!("Firehose delivery stream {name}: update to {desired:?}"), Box::pin(update)).await {
-                Ok(()) => outcome.changed(format!("updated the destination of Firehose delivery stream {name}")),
-                // The stream delivers as it stands, so the aggregator that feeds it goes on.
-                Err(error) => outcome.degraded = Some(error),
+        if describe(clients, name).await?.is_none() {
+            return Ok(Removal::Gone);
+        }
+        Ok(Removal::Going(match status {
+            DeliveryStreamStatus::DeletingFailed => {
+                format!("Firehose delivery stream {name}, which is {}: deleting it again", failure(&description))
             }
-        }
-        DeliveryPlan::Recreate(reason) => {
-            still_ours(clients, name, owner).await?;
-            delete_owned(clients, name, &DeliveryStreamStatus::Active).await?;
-            outcome.changed(format!("deleting Firehose delivery stream {name} to recreate it: {reason}"));
-            outcome.pending = Some(format!("Firehose delivery stream {name} is being recreated: {reason}"));
-        }
+            _ => format!("Firehose delivery stream {name}"),
+        }))
     }
-    Ok((reference(arn), outcome))
 }
 
 /// Fails with `NotOwned` unless the delivery stream is this pipeline's by its tags as they are
 /// now, not as read lately: a deletion loses what it buffered.
 async fn still_ours(clients: &AwsClients, name: &str, owner: &Owner) -> Result<(), Error> {
-    owner.check("Firehose delivery stream", name, tag_pairs(&tags_of(clients, name).await?)).map(drop)
+    owner.standing(tag_pairs(&tags_of(clients, name).await?)).claim(DeliveryStream::KIND, name).map(drop)
 }
 
 /// A failed delivery stream's status with what AWS says went wrong (`FailureDescription`), e.g.
@@ -473,7 +527,7 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(30);
 /// records that keep coming (another writer) hold it at most twice that long from when the drain
 /// began, `draining_for` ago.
 pub async fn undelivered(clients: &AwsClients, name: &str, output_stream: &str, draining_for: Duration) -> Result<Undelivered, Error> {
-    let Some(description) = observe(clients, name).await? else { return Ok(Undelivered::Nothing) };
+    let Some(description) = describe(clients, name).await? else { return Ok(Undelivered::Nothing) };
     if description.delivery_stream_status() != &DeliveryStreamStatus::Active {
         return Ok(Undelivered::Nothing);
     }
@@ -512,28 +566,6 @@ pub enum Undelivered {
     KeepsComing { waited: Duration },
 }
 
-/// Deletes the delivery stream if it is this pipeline's; while AWS deletes it, says so (with
-/// the failure of a deletion that failed and is asked for again).
-pub async fn delete(clients: &AwsClients, name: &str, owner: &Owner) -> Result<Removal, Error> {
-    let Some(description) = observe(clients, name).await? else { return Ok(Removal::Gone) };
-    if let Err(holder) = owner.deletes(tag_pairs(&tags_of(clients, name).await?)) {
-        return Ok(Removal::Left(format!("kept Firehose delivery stream {name}: {holder}")));
-    }
-    let status = description.delivery_stream_status();
-    if status != &DeliveryStreamStatus::Deleting {
-        delete_owned(clients, name, status).await?;
-    }
-    if observe(clients, name).await?.is_none() {
-        return Ok(Removal::Gone);
-    }
-    Ok(Removal::Going(match status {
-        DeliveryStreamStatus::DeletingFailed => {
-            format!("Firehose delivery stream {name}, which is {}: deleting it again", failure(&description))
-        }
-        _ => format!("Firehose delivery stream {name}"),
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -542,6 +574,9 @@ mod tests {
 
     use super::*;
     use crate::aws::fake::{FakeAws, OWNER_TAGS_JSON, owner};
+    use crate::aws::resource::{delete, ensure};
+
+    const DELIVERY: DeliveryStream<'static> = DeliveryStream { name: "p-delivery" };
 
     #[tokio::test]
     async fn cleanup_never_takes_tags_it_could_not_read_for_a_stream_that_is_not_ours() {
@@ -550,7 +585,7 @@ mod tests {
         let aws =
             FakeAws::start(BTreeMap::from([("DescribeDeliveryStream", (200, described)), ("ListTagsForDeliveryStream", (400, throttled))]))
                 .await;
-        let error = delete(&aws.clients, "p-delivery", &owner()).await.expect_err("a throttled tag read is not an answer");
+        let error = delete(&DELIVERY, &aws.clients, &owner()).await.expect_err("a throttled tag read is not an answer");
         assert_eq!(error.aws_kind(), Some(AwsErrorKind::Throttled), "{error}");
         assert!(!error.is_terminal(), "retried later: {error}");
         assert!(!aws.called().iter().any(|operation| operation == "DeleteDeliveryStream"), "{:?}", aws.called());
@@ -613,12 +648,12 @@ mod tests {
             ("ListTagsForDeliveryStream", (200, ours())),
         ]))
         .await;
-        let (_, outcome) = ensure(&active.clients, "p-delivery", &owner(), &settings).await.unwrap();
+        let (_, outcome) = ensure(&DELIVERY, &active.clients, &owner(), &settings).await.unwrap();
         let kept = (outcome.changes.is_empty(), outcome.pending, outcome.degraded.is_none());
         assert_eq!(kept, (true, None, true), "the answer matches the settings: an active stream is kept as it is");
 
         let aws = failed("CREATING_FAILED", ("KMS_ACCESS_DENIED", "Firehose could not use the key")).await;
-        let (_, outcome) = ensure(&aws.clients, "p-delivery", &owner(), &settings).await.unwrap();
+        let (_, outcome) = ensure(&DELIVERY, &aws.clients, &owner(), &settings).await.unwrap();
         assert_eq!(
             outcome.pending.as_deref(),
             Some(
@@ -645,7 +680,7 @@ mod tests {
         let arn = "arn:aws:firehose:eu-west-1:123456789012:deliverystream/p-delivery";
         aws.clients.tags.read(arn, String::new(), std::future::ready(Ok(owner().tags()))).await.unwrap();
 
-        let error = ensure(&aws.clients, "p-delivery", &owner(), &settings).await.expect_err("not ours any more");
+        let error = ensure(&DELIVERY, &aws.clients, &owner(), &settings).await.expect_err("not ours any more");
         assert_eq!(error.reason(), "NotOwned", "{error}");
         assert!(!aws.called().iter().any(|operation| operation == "DeleteDeliveryStream"), "{:?}", aws.called());
     }
@@ -692,7 +727,7 @@ mod tests {
         ]))
         .await;
         for _ in 0..2 {
-            let (reference, outcome) = ensure(&aws.clients, "p-delivery", &owner(), &settings).await.expect("usable as it stands");
+            let (reference, outcome) = ensure(&DELIVERY, &aws.clients, &owner(), &settings).await.expect("usable as it stands");
             assert!(reference.arn.is_some() && outcome.pending.is_none(), "{outcome:?}");
             let error = outcome.degraded.expect("the refusal is reported");
             assert!(error.is_terminal() && error.to_string().contains("must be at most 128"), "{error}");
@@ -703,7 +738,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_deletion_is_asked_again_and_its_failure_named() {
         let aws = failed("DELETING_FAILED", ("RETIRE_KMS_GRANT_FAILED", "the grant could not be retired")).await;
-        let waiting = delete(&aws.clients, "p-delivery", &owner()).await.unwrap();
+        let waiting = delete(&DELIVERY, &aws.clients, &owner()).await.unwrap();
         assert_eq!(
             waiting,
             Removal::Going(
@@ -731,7 +766,7 @@ mod tests {
                 ("CreateDeliveryStream", (400, &*answer)),
             ]))
             .await;
-            let error = ensure(&aws.clients, "p-delivery", &owner(), &settings).await.expect_err("refused");
+            let error = ensure(&DELIVERY, &aws.clients, &owner(), &settings).await.expect_err("refused");
             assert!(!error.is_terminal(), "retried: {error}");
             let message = error.to_string();
             assert!(message.contains(refusal), "{message}");
@@ -830,13 +865,15 @@ mod tests {
     #[test]
     fn the_plan_keeps_updates_or_recreates() {
         let settings = desired(&config(DeliveryFormat::Json, Compression::Gzip), &connections());
-        assert_eq!(plan(&settings, None), DeliveryPlan::Create);
-        assert_eq!(plan(&settings, Some(Some(settings.clone()))), DeliveryPlan::Keep);
+        assert_eq!(settings_plan(&settings, None), DeliveryPlan::Create);
+        assert_eq!(settings_plan(&settings, Some(Some(settings.clone()))), DeliveryPlan::Keep);
         let mut buffered = settings.clone();
         buffered.buffer_interval_seconds = 300;
-        assert_eq!(plan(&settings, Some(Some(buffered))), DeliveryPlan::Update);
+        assert_eq!(settings_plan(&settings, Some(Some(buffered))), DeliveryPlan::Update);
         let mut elsewhere = settings.clone();
         elsewhere.source_stream_arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/other".into();
-        assert!(matches!(plan(&settings, Some(Some(elsewhere))), DeliveryPlan::Recreate(reason) if reason.contains("stream/other")));
+        assert!(
+            matches!(settings_plan(&settings, Some(Some(elsewhere))), DeliveryPlan::Recreate(reason) if reason.contains("stream/other"))
+        );
     }
 }

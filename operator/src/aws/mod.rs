@@ -1,7 +1,7 @@
-//! The AWS side of a pipeline: one module per resource, each the same shape — `observe` reads
-//! what exists, a pure `desired_*`/`changes`/`plan` says what should, `ensure` creates or updates
-//! it, `delete` removes it — plus the clients they share. Ownership and outcomes live in
-//! [`crate::managed`], error classification in [`crate::error`].
+//! The AWS side of a pipeline: one module per resource, each implementing the one contract of
+//! [`resource::AwsResource`] (observe, whose, claim, plan, apply, remove), plus the clients they
+//! share. Ownership and outcomes live in [`crate::managed`], error classification in
+//! [`crate::error`].
 
 pub mod bucket;
 pub mod catalog;
@@ -9,6 +9,7 @@ pub mod delivery;
 #[cfg(test)]
 mod fake;
 pub mod limits;
+pub mod resource;
 pub mod role;
 pub mod streams;
 
@@ -30,6 +31,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use self::limits::RateLimits;
+pub use self::resource::AwsResource;
 use crate::error::Error;
 
 /// Counts AWS calls by service and operation, so steady state can be shown to mutate nothing.
@@ -300,7 +302,7 @@ mod tests {
     async fn a_server_error_is_tried_again_whatever_its_code() {
         let unknown = r#"{"__type":"InternalServerError","message":"We encountered an internal error. Please try again."}"#;
         let aws = fake::FakeAws::start(std::collections::BTreeMap::from([("DescribeStreamSummary", (500, unknown))])).await;
-        let error = streams::observe(&aws.clients, "s", TagsAs::Fresh).await.expect_err("a 500");
+        let error = streams::Stream::input("s").observe(&aws.clients, TagsAs::Fresh).await.expect_err("a 500");
         assert_eq!(error.aws_kind(), Some(crate::error::AwsErrorKind::Unavailable), "{error}");
         assert!(!error.is_terminal(), "{error}");
     }

@@ -5,9 +5,9 @@ use aws_sdk_iam::types::{Role, Tag};
 use metrics_pipeline_api::pipeline::AwsResourceRef;
 use serde_json::{Value, json};
 
-use super::{AwsClients, partition};
+use super::{AwsClients, AwsResource, TagsAs, partition};
 use crate::error::{AwsResultExt, Error};
-use crate::managed::{Outcome, Owner, Removal};
+use crate::managed::{Outcome, Owner, Removal, Standing};
 
 /// IAM's answer for a role or policy that does not exist.
 const NO_SUCH_ENTITY: &str = "NoSuchEntity";
@@ -92,93 +92,162 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(decoded).ok()
 }
 
-/// The role with its tags, or `None` when there is none.
-async fn observe(clients: &AwsClients, role: &str) -> Result<Option<Role>, Error> {
-    let found = clients.iam.get_role().role_name(role).send().await.absent_on(&[NO_SUCH_ENTITY], || format!("reading IAM role {role}"))?;
-    Ok(found.map(|output| output.role.expect("GetRole returns the role")))
+/// The IAM role a pipeline's Firehose delivery stream assumes, and the name of its one inline policy.
+pub struct FirehoseRole<'a> {
+    pub name: &'a str,
+    pub policy_name: &'a str,
 }
 
-pub async fn ensure(
-    clients: &AwsClients,
-    role: &str,
-    policy_name: &str,
-    owner: &Owner,
-    scope: &PolicyScope<'_>,
-) -> Result<(AwsResourceRef, Outcome), Error> {
-    let mut outcome = Outcome::default();
-    let trust = trust_policy(scope.account_id);
-    let arn = match observe(clients, role).await? {
-        Some(found) => {
-            if let Some(why) = owner.check("IAM role", role, found.tags().iter().map(|tag| (tag.key(), tag.value())))? {
-                let tagging = clients.iam.tag_role().role_name(role).set_tags(Some(tags(owner)));
-                tagging.send().await.or_aws(|| format!("tagging IAM role {role}"))?;
-                outcome.changed(format!("IAM role {role}: {why}"));
-            }
-            if found.assume_role_policy_document().and_then(parse_policy).as_ref() != Some(&trust) {
-                (clients.iam.update_assume_role_policy())
+/// The policies the role should have.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolePolicies {
+    pub trust: Value,
+    pub delivery: Value,
+}
+
+impl RolePolicies {
+    pub fn of(scope: &PolicyScope<'_>) -> Self {
+        Self { trust: trust_policy(scope.account_id), delivery: delivery_policy(scope) }
+    }
+}
+
+/// The role as IAM has it, with its inline policy (`None`: missing, or not JSON).
+pub struct FoundRole {
+    pub role: Role,
+    pub delivery: Option<Value>,
+}
+
+/// A policy of the role that differs from what it should be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleChange {
+    Trust,
+    Delivery,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RolePlan {
+    Create,
+    /// Policies changed by someone else, to be restored; none: as it should be.
+    Restore(Vec<RoleChange>),
+}
+
+impl AwsResource for FirehoseRole<'_> {
+    const KIND: &'static str = "IAM role";
+    type Desired = RolePolicies;
+    type Observed = FoundRole;
+    type Plan = RolePlan;
+
+    fn name(&self) -> String {
+        self.name.to_owned()
+    }
+
+    async fn observe(&self, clients: &AwsClients, _tags: TagsAs) -> Result<Option<FoundRole>, Error> {
+        let (role, policy_name) = (self.name, self.policy_name);
+        let found =
+            clients.iam.get_role().role_name(role).send().await.absent_on(&[NO_SUCH_ENTITY], || format!("reading IAM role {role}"))?;
+        let Some(found) = found.and_then(|output| output.role) else { return Ok(None) };
+        let delivery = (clients.iam.get_role_policy().role_name(role).policy_name(policy_name).send().await)
+            .absent_on(&[NO_SUCH_ENTITY], || format!("reading policy {policy_name} of IAM role {role}"))?
+            .and_then(|output| parse_policy(&output.policy_document));
+        Ok(Some(FoundRole { role: found, delivery }))
+    }
+
+    fn whose(owner: &Owner, observed: &FoundRole) -> Standing {
+        owner.standing(observed.role.tags().iter().map(|tag| (tag.key(), tag.value())))
+    }
+
+    async fn claim(&self, clients: &AwsClients, owner: &Owner, _observed: &FoundRole) -> Result<(), Error> {
+        let role = self.name;
+        let tagging = clients.iam.tag_role().role_name(role).set_tags(Some(tags(owner)));
+        tagging.send().await.or_aws(|| format!("tagging IAM role {role}"))?;
+        Ok(())
+    }
+
+    fn plan(desired: &RolePolicies, observed: Option<&FoundRole>) -> RolePlan {
+        let Some(found) = observed else { return RolePlan::Create };
+        let trust = found.role.assume_role_policy_document().and_then(parse_policy);
+        let mut changes = Vec::new();
+        if trust.as_ref() != Some(&desired.trust) {
+            changes.push(RoleChange::Trust);
+        }
+        if found.delivery.as_ref() != Some(&desired.delivery) {
+            changes.push(RoleChange::Delivery);
+        }
+        RolePlan::Restore(changes)
+    }
+
+    async fn apply(
+        &self,
+        clients: &AwsClients,
+        owner: &Owner,
+        desired: &RolePolicies,
+        observed: Option<FoundRole>,
+        plan: RolePlan,
+        mut outcome: Outcome,
+    ) -> Result<(AwsResourceRef, Outcome), Error> {
+        let (role, policy_name) = (self.name, self.policy_name);
+        let (arn, changes) = match (plan, observed) {
+            (RolePlan::Restore(changes), Some(found)) => (found.role.arn, changes),
+            (RolePlan::Create, _) | (_, None) => {
+                let created = (clients.iam.create_role())
                     .role_name(role)
-                    .policy_document(trust.to_string())
+                    .assume_role_policy_document(desired.trust.to_string())
+                    .description(format!("Firehose delivery of metrics pipeline {}", owner.pipeline))
+                    .set_tags(Some(tags(owner)))
                     .send()
                     .await
-                    .or_aws(|| format!("updating the trust policy of IAM role {role}"))?;
-                outcome.changed(format!("restored the trust policy of IAM role {role}"));
+                    .or_aws(|| format!("creating IAM role {role}"))?;
+                outcome.changed(format!("created IAM role {role}"));
+                (created.role.expect("CreateRole returns the role").arn, vec![RoleChange::Delivery])
             }
-            found.arn
+        };
+        for change in changes {
+            match change {
+                RoleChange::Trust => {
+                    (clients.iam.update_assume_role_policy())
+                        .role_name(role)
+                        .policy_document(desired.trust.to_string())
+                        .send()
+                        .await
+                        .or_aws(|| format!("updating the trust policy of IAM role {role}"))?;
+                    outcome.changed(format!("restored the trust policy of IAM role {role}"));
+                }
+                RoleChange::Delivery => {
+                    (clients.iam.put_role_policy())
+                        .role_name(role)
+                        .policy_name(policy_name)
+                        .policy_document(desired.delivery.to_string())
+                        .send()
+                        .await
+                        .or_aws(|| format!("writing policy {policy_name} of IAM role {role}"))?;
+                    outcome.changed(format!("wrote policy {policy_name} of IAM role {role}"));
+                }
+            }
         }
-        None => {
-            let created = (clients.iam.create_role())
+        Ok((AwsResourceRef { name: role.to_owned(), arn: Some(arn) }, outcome))
+    }
+
+    /// Deletes the role's inline policies, then the role.
+    async fn remove(&self, clients: &AwsClients, _observed: FoundRole) -> Result<Removal, Error> {
+        let role = self.name;
+        let policies =
+            (clients.iam.list_role_policies()).role_name(role).send().await.or_aws(|| format!("listing policies of IAM role {role}"))?;
+        for policy in policies.policy_names() {
+            (clients.iam.delete_role_policy())
                 .role_name(role)
-                .assume_role_policy_document(trust.to_string())
-                .description(format!("Firehose delivery of metrics pipeline {}", owner.pipeline))
-                .set_tags(Some(tags(owner)))
+                .policy_name(policy)
                 .send()
                 .await
-                .or_aws(|| format!("creating IAM role {role}"))?;
-            outcome.changed(format!("created IAM role {role}"));
-            created.role.expect("CreateRole returns the role").arn
+                .or_aws(|| format!("deleting policy {policy} of IAM role {role}"))?;
         }
-    };
-
-    let desired = delivery_policy(scope);
-    let current = (clients.iam.get_role_policy().role_name(role).policy_name(policy_name).send().await)
-        .absent_on(&[NO_SUCH_ENTITY], || format!("reading policy {policy_name} of IAM role {role}"))?
-        .and_then(|output| parse_policy(&output.policy_document));
-    if current.as_ref() != Some(&desired) {
-        (clients.iam.put_role_policy())
-            .role_name(role)
-            .policy_name(policy_name)
-            .policy_document(desired.to_string())
-            .send()
-            .await
-            .or_aws(|| format!("writing policy {policy_name} of IAM role {role}"))?;
-        outcome.changed(format!("wrote policy {policy_name} of IAM role {role}"));
+        clients.iam.delete_role().role_name(role).send().await.absent_on(&[NO_SUCH_ENTITY], || format!("deleting IAM role {role}"))?;
+        Ok(Removal::Gone)
     }
-    Ok((AwsResourceRef { name: role.to_owned(), arn: Some(arn) }, outcome))
 }
 
 fn tags(owner: &Owner) -> Vec<Tag> {
     let tag = |(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set");
     owner.tags().into_iter().map(tag).collect()
-}
-
-/// Deletes the role and its inline policies if it is this pipeline's.
-pub async fn delete(clients: &AwsClients, role: &str, owner: &Owner) -> Result<Removal, Error> {
-    let Some(found) = observe(clients, role).await? else { return Ok(Removal::Gone) };
-    if let Err(holder) = owner.deletes(found.tags().iter().map(|tag| (tag.key(), tag.value()))) {
-        return Ok(Removal::Left(format!("kept IAM role {role}: {holder}")));
-    }
-    let policies =
-        (clients.iam.list_role_policies()).role_name(role).send().await.or_aws(|| format!("listing policies of IAM role {role}"))?;
-    for policy in policies.policy_names() {
-        (clients.iam.delete_role_policy())
-            .role_name(role)
-            .policy_name(policy)
-            .send()
-            .await
-            .or_aws(|| format!("deleting policy {policy} of IAM role {role}"))?;
-    }
-    clients.iam.delete_role().role_name(role).send().await.absent_on(&[NO_SUCH_ENTITY], || format!("deleting IAM role {role}"))?;
-    Ok(Removal::Gone)
 }
 
 #[cfg(test)]

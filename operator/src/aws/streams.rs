@@ -8,9 +8,9 @@ use aws_sdk_kinesis::types::{ScalingType, ShardIteratorType, StreamMode, StreamM
 use metrics_pipeline_api::config::{StreamCapacity, StreamConfig};
 use metrics_pipeline_api::pipeline::AwsResourceRef;
 
-use super::{AwsClients, TagsAs};
+use super::{AwsClients, AwsResource, TagsAs};
 use crate::error::{AwsErrorKind, AwsResultExt, Error};
-use crate::managed::{Outcome, Owner, Removal, tag_pairs};
+use crate::managed::{Outcome, Owner, Removal, Standing, tag_pairs};
 
 /// Kinesis's answer for a stream that does not exist.
 const NOT_FOUND: &str = "ResourceNotFoundException";
@@ -64,31 +64,6 @@ pub fn next_shard_count(current: i32, target: i32) -> i32 {
     if target > current { target.min(current.saturating_mul(2)) } else { target.max((current + 1) / 2) }
 }
 
-/// The stream as it is, or `None`; its tags as read lately when `tags` is [`TagsAs::Cached`].
-pub async fn observe(clients: &AwsClients, name: &str, tags_as: TagsAs) -> Result<Option<ObservedStream>, Error> {
-    let described = clients.kinesis.describe_stream_summary().stream_name(name).send().await;
-    let Some(described) = described.absent_on(&[NOT_FOUND], || format!("describing Kinesis stream {name}"))? else { return Ok(None) };
-    let summary = described.stream_description_summary.expect("DescribeStreamSummary always describes");
-    let capacity = match summary.stream_mode_details.as_ref().map(StreamModeDetails::stream_mode) {
-        Some(StreamMode::OnDemand) => StreamCapacity::OnDemand,
-        _ => StreamCapacity::Provisioned { shards: summary.open_shard_count },
-    };
-    let tags = match tags_as {
-        TagsAs::Cached => {
-            let created = summary.stream_creation_timestamp.secs().to_string();
-            clients.tags.read(&summary.stream_arn, created, tags(clients, name)).await?
-        }
-        TagsAs::Fresh => tags(clients, name).await?,
-    };
-    Ok(Some(ObservedStream {
-        arn: summary.stream_arn,
-        status: summary.stream_status,
-        capacity,
-        retention_hours: summary.retention_period_hours,
-        tags,
-    }))
-}
-
 /// Every tag of the stream: ListTagsForStream answers a page at a time (`HasMoreTags`), and the
 /// owner tag may be on any page once someone else has tagged the stream too.
 async fn tags(clients: &AwsClients, name: &str) -> Result<Vec<(String, String)>, Error> {
@@ -109,55 +84,143 @@ async fn tags(clients: &AwsClients, name: &str) -> Result<Vec<(String, String)>,
     }
 }
 
-/// Creates the stream or moves it one step towards `desired`; `pending` while AWS works. A
-/// change AWS refuses leaves an ACTIVE stream usable as it is: it comes back as `degraded`, so
-/// that what reads or writes the stream goes on. `field` is the stream's place in the spec
-/// (`spec.streams.input`), for the fix an error suggests.
-pub async fn ensure(
-    clients: &AwsClients,
-    name: &str,
-    owner: &Owner,
-    desired: &StreamConfig,
-    field: &str,
-) -> Result<(AwsResourceRef, Outcome), Error> {
-    let mut outcome = Outcome::default();
-    let Some(observed) = observe(clients, name, TagsAs::Cached).await? else {
-        create(clients, name, owner, desired).await?;
-        outcome.changed(format!("created Kinesis stream {name}"));
-        outcome.pending = Some(format!("Kinesis stream {name} is being created"));
-        return Ok((AwsResourceRef { name: name.to_owned(), arn: None }, outcome));
-    };
-    if owner.check("Kinesis stream", name, tag_pairs(&observed.tags))?.is_some() {
-        // Tagging claims it: only on the tags as they are now, not as read lately.
-        clients.tags.forget(&observed.arn);
-        if let Some(why) = owner.check("Kinesis stream", name, tag_pairs(&tags(clients, name).await?))? {
-            tag(clients, name, owner).await?;
-            outcome.changed(format!("Kinesis stream {name}: {why}"));
-        }
+/// One of a pipeline's Kinesis streams, and its place in the spec for the fix an error suggests.
+pub struct Stream<'a> {
+    pub name: &'a str,
+    field: &'static str,
+}
+
+impl<'a> Stream<'a> {
+    pub fn input(name: &'a str) -> Self {
+        Self { name, field: "spec.streams.input" }
     }
-    let reference = AwsResourceRef { name: name.to_owned(), arn: Some(observed.arn.clone()) };
-    if observed.status != StreamStatus::Active {
-        outcome.pending = Some(format!("Kinesis stream {name} is {}", observed.status.as_str()));
-        return Ok((reference, outcome));
+
+    pub fn output(name: &'a str) -> Self {
+        Self { name, field: "spec.streams.output" }
     }
-    if let Some(change) = changes(desired, &observed).into_iter().next() {
-        if let StreamChange::Retention { from, to } = change
-            && to < from
-        {
-            // Records older than the new retention go: only on the tags as they are now.
-            owner.check("Kinesis stream", name, tag_pairs(&tags(clients, name).await?))?;
-        }
-        let applied =
-            async { apply(clients, name, &observed, &change).await.map_err(|error| refusal(error, name, desired, &observed, field)) };
-        match clients.ask(&format!("Kinesis stream {name}: {change}"), applied).await {
-            Ok(()) => {
-                outcome.changed(format!("Kinesis stream {name}: {change}"));
-                outcome.pending = Some(format!("Kinesis stream {name} is updating ({change})"));
+}
+
+/// What to do about a stream: Kinesis takes one change at a time, each once the stream is
+/// ACTIVE again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamPlan {
+    Create,
+    /// Kinesis is working on it (CREATING, UPDATING, DELETING).
+    Wait(StreamStatus),
+    Change(StreamChange),
+    Keep,
+}
+
+impl AwsResource for Stream<'_> {
+    const KIND: &'static str = "Kinesis stream";
+    type Desired = StreamConfig;
+    type Observed = ObservedStream;
+    type Plan = StreamPlan;
+
+    fn name(&self) -> String {
+        self.name.to_owned()
+    }
+
+    async fn observe(&self, clients: &AwsClients, tags_as: TagsAs) -> Result<Option<ObservedStream>, Error> {
+        let name = self.name;
+        let described = clients.kinesis.describe_stream_summary().stream_name(name).send().await;
+        let Some(described) = described.absent_on(&[NOT_FOUND], || format!("describing Kinesis stream {name}"))? else {
+            return Ok(None);
+        };
+        let summary = described.stream_description_summary.expect("DescribeStreamSummary always describes");
+        let capacity = match summary.stream_mode_details.as_ref().map(StreamModeDetails::stream_mode) {
+            Some(StreamMode::OnDemand) => StreamCapacity::OnDemand,
+            _ => StreamCapacity::Provisioned { shards: summary.open_shard_count },
+        };
+        let tags = match tags_as {
+            TagsAs::Cached => {
+                let created = summary.stream_creation_timestamp.secs().to_string();
+                clients.tags.read(&summary.stream_arn, created, tags(clients, name)).await?
             }
-            Err(error) => outcome.degraded = Some(error),
+            TagsAs::Fresh => tags(clients, name).await?,
+        };
+        Ok(Some(ObservedStream {
+            arn: summary.stream_arn,
+            status: summary.stream_status,
+            capacity,
+            retention_hours: summary.retention_period_hours,
+            tags,
+        }))
+    }
+
+    fn whose(owner: &Owner, observed: &ObservedStream) -> Standing {
+        owner.standing(tag_pairs(&observed.tags))
+    }
+
+    async fn claim(&self, clients: &AwsClients, owner: &Owner, observed: &ObservedStream) -> Result<(), Error> {
+        clients.tags.forget(&observed.arn);
+        tag(clients, self.name, owner).await
+    }
+
+    fn plan(desired: &StreamConfig, observed: Option<&ObservedStream>) -> StreamPlan {
+        match observed {
+            None => StreamPlan::Create,
+            Some(observed) if observed.status != StreamStatus::Active => StreamPlan::Wait(observed.status.clone()),
+            Some(observed) => changes(desired, observed).into_iter().next().map_or(StreamPlan::Keep, StreamPlan::Change),
         }
     }
-    Ok((reference, outcome))
+
+    /// A change AWS refuses leaves an ACTIVE stream usable as it is: it comes back as `degraded`,
+    /// so that what reads or writes the stream goes on.
+    async fn apply(
+        &self,
+        clients: &AwsClients,
+        owner: &Owner,
+        desired: &StreamConfig,
+        observed: Option<ObservedStream>,
+        plan: StreamPlan,
+        mut outcome: Outcome,
+    ) -> Result<(AwsResourceRef, Outcome), Error> {
+        let name = self.name;
+        let reference = AwsResourceRef { name: name.to_owned(), arn: observed.as_ref().map(|observed| observed.arn.clone()) };
+        match (plan, observed) {
+            (StreamPlan::Create, _) | (_, None) => {
+                create(clients, name, owner, desired).await?;
+                outcome.changed(format!("created Kinesis stream {name}"));
+                outcome.pending = Some(format!("Kinesis stream {name} is being created"));
+            }
+            (StreamPlan::Keep, Some(_)) => {}
+            (StreamPlan::Wait(status), Some(_)) => outcome.pending = Some(format!("Kinesis stream {name} is {}", status.as_str())),
+            (StreamPlan::Change(change), Some(observed)) => {
+                if let StreamChange::Retention { from, to } = change
+                    && to < from
+                {
+                    // Records older than the new retention go: only on the tags as they are now.
+                    owner.standing(tag_pairs(&tags(clients, name).await?)).claim(Self::KIND, name)?;
+                }
+                let applied = async {
+                    apply(clients, name, &observed, &change).await.map_err(|error| refusal(error, name, desired, &observed, self.field))
+                };
+                match clients.ask(&format!("Kinesis stream {name}: {change}"), applied).await {
+                    Ok(()) => {
+                        outcome.changed(format!("Kinesis stream {name}: {change}"));
+                        outcome.pending = Some(format!("Kinesis stream {name} is updating ({change})"));
+                    }
+                    Err(error) => outcome.degraded = Some(error),
+                }
+            }
+        }
+        Ok((reference, outcome))
+    }
+
+    async fn remove(&self, clients: &AwsClients, observed: ObservedStream) -> Result<Removal, Error> {
+        let name = self.name;
+        if observed.status != StreamStatus::Deleting {
+            let request = clients.kinesis.delete_stream().stream_name(name).enforce_consumer_deletion(true);
+            if request.send().await.absent_on(&[NOT_FOUND], || format!("deleting Kinesis stream {name}"))?.is_none() {
+                return Ok(Removal::Gone);
+            }
+        }
+        match self.observe(clients, TagsAs::Fresh).await? {
+            None => Ok(Removal::Gone),
+            Some(_) => Ok(Removal::Going(format!("Kinesis stream {name}"))),
+        }
+    }
 }
 
 /// A quota refusal of a scaling says which limit and what the user can do; others stay as they are.
@@ -302,32 +365,16 @@ pub async fn newest_record(clients: &AwsClients, name: &str, window: Duration) -
 /// GetRecords pages read per shard by [`newest_record`] (10,000 records each at most).
 const MAX_PAGES_PER_SHARD: usize = 20;
 
-/// Deletes the stream if it is this pipeline's.
-pub async fn delete(clients: &AwsClients, name: &str, owner: &Owner) -> Result<Removal, Error> {
-    let Some(observed) = observe(clients, name, TagsAs::Fresh).await? else { return Ok(Removal::Gone) };
-    if let Err(holder) = owner.deletes(tag_pairs(&observed.tags)) {
-        return Ok(Removal::Left(format!("kept Kinesis stream {name}: {holder}")));
-    }
-    if observed.status != StreamStatus::Deleting {
-        let request = clients.kinesis.delete_stream().stream_name(name).enforce_consumer_deletion(true);
-        if request.send().await.absent_on(&[NOT_FOUND], || format!("deleting Kinesis stream {name}"))?.is_none() {
-            return Ok(Removal::Gone);
-        }
-    }
-    match observe(clients, name, TagsAs::Fresh).await? {
-        None => Ok(Removal::Gone),
-        Some(_) => Ok(Removal::Going(format!("Kinesis stream {name}"))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
     use crate::aws::fake::{FakeAws, owner};
+    use crate::aws::resource::{delete, ensure};
     use crate::managed::Standing;
 
+    const INPUT: Stream<'static> = Stream { name: "p-input", field: "spec.streams.input" };
     const DESCRIBED: &str = r#"{"StreamDescriptionSummary":{"StreamName":"p-input","StreamARN":"arn:aws:kinesis:eu-west-1:123456789012:stream/p-input","StreamStatus":"ACTIVE","StreamModeDetails":{"StreamMode":"PROVISIONED"},"RetentionPeriodHours":24,"StreamCreationTimestamp":1700000000,"EnhancedMonitoring":[],"OpenShardCount":2}}"#;
     const OURS: &str = r#"{"Tags":[{"Key":"metrics.dev/pipeline","Value":"team-a/p"},{"Key":"metrics.dev/pipeline-uid","Value":"u-1"},{"Key":"metrics.dev/cluster","Value":"c-1"}],"HasMoreTags":false}"#;
 
@@ -356,12 +403,12 @@ mod tests {
         aws.clients.tags = std::sync::Arc::new(crate::aws::TagCache::new(Duration::from_secs(3600)));
         let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards: 2 }, retention_hours: 24 };
         for _ in 0..3 {
-            let (_, outcome) = ensure(&aws.clients, "p-input", &owner(), &desired, "spec.streams.input").await.unwrap();
+            let (_, outcome) = ensure(&INPUT, &aws.clients, &owner(), &desired).await.unwrap();
             assert!(outcome.changes.is_empty() && outcome.degraded.is_none(), "{outcome:?}");
         }
         let reads = || aws.called().iter().filter(|operation| *operation == "ListTagsForStream").count();
         assert_eq!(reads(), 1, "three reconciles, one read of the tags");
-        delete(&aws.clients, "p-input", &owner()).await.unwrap();
+        delete(&INPUT, &aws.clients, &owner()).await.unwrap();
         assert!(reads() >= 2, "a deletion reads the tags afresh");
         assert!(aws.called().iter().any(|operation| operation == "DeleteStream"));
     }
@@ -384,7 +431,7 @@ mod tests {
         aws.clients.tags.read(arn, created, std::future::ready(Ok(legacy))).await.unwrap();
 
         let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards: 2 }, retention_hours: 24 };
-        let error = ensure(&aws.clients, "p-input", &owner(), &desired, "spec.streams.input").await.expect_err("another cluster's");
+        let error = ensure(&INPUT, &aws.clients, &owner(), &desired).await.expect_err("another cluster's");
         assert_eq!(error.reason(), "NotOwned", "{error}");
         assert!(!aws.called().iter().any(|operation| operation == "AddTagsToStream"), "{:?}", aws.called());
     }
@@ -416,9 +463,9 @@ mod tests {
         .await;
         let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards }, retention_hours: 24 };
         let scalings = || aws.called().iter().filter(|operation| *operation == "UpdateShardCount").count();
-        ensure(&aws.clients, "p-input", &owner(), &desired, "spec.streams.input").await.unwrap();
+        ensure(&INPUT, &aws.clients, &owner(), &desired).await.unwrap();
         let first = scalings();
-        let (reference, outcome) = ensure(&aws.clients, "p-input", &owner(), &desired, "spec.streams.input").await.unwrap();
+        let (reference, outcome) = ensure(&INPUT, &aws.clients, &owner(), &desired).await.unwrap();
         (reference, outcome, (first, scalings()))
     }
 
@@ -460,7 +507,7 @@ mod tests {
             ("ListTagsForStream", vec![(200, first), (200, OURS)]),
         ]))
         .await;
-        let observed = observe(&aws.clients, "p-input", TagsAs::Fresh).await.unwrap().expect("the stream exists");
+        let observed = INPUT.observe(&aws.clients, TagsAs::Fresh).await.unwrap().expect("the stream exists");
         let standing = owner().standing(tag_pairs(&observed.tags));
         assert_eq!(standing, Standing::Ours, "{:?}", observed.tags);
         let pages = aws.bodies("ListTagsForStream");

@@ -10,7 +10,13 @@ use metrics_pipeline_api::naming::PipelineNames;
 use metrics_pipeline_api::pipeline::{DeletionPolicy, MetricsPipeline};
 
 use super::{Context, publish};
-use crate::aws::{AwsClients, bucket, catalog, delivery, role, streams};
+use crate::aws::AwsClients;
+use crate::aws::bucket::Bucket;
+use crate::aws::catalog::{GlueDatabase, GlueTable};
+use crate::aws::delivery::{self, DeliveryStream};
+use crate::aws::resource::delete;
+use crate::aws::role::FirehoseRole;
+use crate::aws::streams::Stream;
 use crate::error::Error;
 use crate::managed::{Owner, Removal, write_status};
 use crate::{status, workload};
@@ -65,19 +71,22 @@ async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> 
     // Meanwhile Firehose reads the output stream, writes the bucket and uses its role: all stay.
     drain(pipeline, context, &clients, &names).await?;
     let mut removals = Removals::default();
-    removals.file(delivery::delete(&clients, &names.delivery_stream, owner).await?);
+    removals.file(delete(&DeliveryStream { name: &names.delivery_stream }, &clients, owner).await?);
     if !retain {
-        removals.file(catalog::delete(&clients, &names.glue_database, &names.glue_table, owner).await?);
+        let table = GlueTable { database: &names.glue_database, table: &names.glue_table, account_id };
+        removals.file(delete(&table, &clients, owner).await?);
+        removals.file(delete(&GlueDatabase { name: &names.glue_database, account_id }, &clients, owner).await?);
     }
     if removals.going.is_empty() {
         // The role goes only once nothing uses it.
-        removals.file(role::delete(&clients, &names.firehose_role, owner).await?);
+        let role = FirehoseRole { name: &names.firehose_role, policy_name: &names.firehose_role_policy };
+        removals.file(delete(&role, &clients, owner).await?);
     }
     if !retain {
-        removals.file(bucket::delete(&clients, &names.bucket, owner).await?);
+        removals.file(delete(&Bucket { name: &names.bucket }, &clients, owner).await?);
     }
-    for stream in [&names.output_stream, &names.input_stream] {
-        removals.file(streams::delete(&clients, stream, owner).await?);
+    for stream in [Stream::output(&names.output_stream), Stream::input(&names.input_stream)] {
+        removals.file(delete(&stream, &clients, owner).await?);
     }
     let Removals { going, mut left } = removals;
     if !going.is_empty() {
@@ -114,7 +123,7 @@ impl Removals {
 /// time is this operator's own, from when it first found the deletion draining: the deletion
 /// timestamp is the API server's clock.
 async fn drain(pipeline: &MetricsPipeline, context: &Context, clients: &AwsClients, names: &PipelineNames) -> Result<(), Error> {
-    let (draining_for, _) = context.still_waiting(pipeline, vec![DRAINED]);
+    let draining_for = context.draining_for(pipeline);
     match delivery::undelivered(clients, &names.delivery_stream, &names.output_stream, draining_for).await? {
         delivery::Undelivered::Nothing => Ok(()),
         delivery::Undelivered::Buffered { why, left } => Err(Error::Draining { why, left }),
@@ -132,6 +141,3 @@ async fn drain(pipeline: &MetricsPipeline, context: &Context, clients: &AwsClien
         }
     }
 }
-
-/// What a deletion waits for while Firehose delivers, among the parts a pipeline waits for.
-const DRAINED: &str = "FirehoseDrained";

@@ -29,6 +29,7 @@ use crate::aws::{AwsCalls, AwsClients, Memory};
 use crate::error::Error;
 use crate::managed::FIELD_MANAGER;
 use crate::metrics::{Metrics, ReconcileResult};
+use crate::status::Part;
 use crate::turns::Turns;
 use crate::workload::{self, WorkloadSettings};
 
@@ -114,6 +115,9 @@ struct Track {
     failures: u32,
     /// Waiting for parts (or for the deletion), since when and how often looked at.
     waiting: Option<Waiting>,
+    /// Since when the deletion waits for Firehose to deliver what it buffered, by this
+    /// operator's clock (the deletion timestamp is the API server's).
+    draining_since: Option<Instant>,
 }
 
 /// A pipeline waiting for parts (AWS, or its rollout) at one generation of its spec.
@@ -121,7 +125,7 @@ struct Track {
 struct Waiting {
     generation: Option<i64>,
     /// Each part waited for, since when it has been waited for without a break.
-    parts: Vec<(&'static str, Instant)>,
+    parts: Vec<(Part, Instant)>,
     looks: u32,
 }
 
@@ -158,7 +162,7 @@ impl Context {
     /// a break at this generation of its spec (a changed spec starts every clock afresh), and when
     /// to look next: soon while AWS usually finishes, then less often, and soon again once a part
     /// came up or another is waited for.
-    fn still_waiting(&self, pipeline: &MetricsPipeline, parts: Vec<&'static str>) -> (Duration, Duration) {
+    fn still_waiting(&self, pipeline: &MetricsPipeline, parts: Vec<Part>) -> (Duration, Duration) {
         let generation = pipeline.metadata.generation;
         let now = Instant::now();
         let (waited, looks) = self.track(pipeline, |track| {
@@ -166,8 +170,10 @@ impl Context {
                 Some(waiting) if waiting.generation == generation => waiting,
                 other => other.insert(Waiting { generation, parts: Vec::new(), looks: 0 }),
             };
-            let clocks: Vec<(&'static str, Instant)> =
-                parts.iter().map(|part| waiting.parts.iter().find(|(waited, _)| waited == part).copied().unwrap_or((part, now))).collect();
+            let clocks: Vec<(Part, Instant)> = parts
+                .iter()
+                .map(|&part| waiting.parts.iter().find(|(waited, _)| *waited == part).copied().unwrap_or((part, now)))
+                .collect();
             if clocks.iter().map(|(part, _)| part).ne(waiting.parts.iter().map(|(part, _)| part)) {
                 waiting.looks = 0;
             }
@@ -179,8 +185,16 @@ impl Context {
         (waited, backoff(looks, self.settings.pending_requeue, self.settings.pending_cap, rand::random()))
     }
 
+    /// How long the deletion of `pipeline` has waited for Firehose to deliver; from now, the first time.
+    fn draining_for(&self, pipeline: &MetricsPipeline) -> Duration {
+        self.track(pipeline, |track| track.draining_since.get_or_insert_with(Instant::now).elapsed())
+    }
+
     fn done_waiting(&self, pipeline: &MetricsPipeline) {
-        self.track(pipeline, |track| track.waiting = None);
+        self.track(pipeline, |track| {
+            track.waiting = None;
+            track.draining_since = None;
+        });
     }
 
     /// The resync period, spread by ±10 % so that pipelines created or restarted together do not

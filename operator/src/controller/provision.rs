@@ -13,12 +13,16 @@ use metrics_pipeline_api::pipeline::{AwsResourceRef, DeliveryWriter, MetricsPipe
 use metrics_pipeline_api::validation::validate;
 
 use super::{Context, publish};
-use crate::aws::{AwsClients, bucket, catalog, delivery, role, streams};
+use crate::aws::AwsClients;
+use crate::aws::bucket::{Bucket, BucketSpec};
+use crate::aws::catalog::{DesiredTable, GlueDatabase, GlueTable, TableSpec};
+use crate::aws::delivery::{self, DeliveryStream};
+use crate::aws::resource::{delete, ensure};
+use crate::aws::role::{FirehoseRole, PolicyScope, RolePolicies};
+use crate::aws::streams::Stream;
 use crate::error::Error;
 use crate::managed::{Outcome, Owner, Removal, write_status};
-use crate::status::{
-    self, AGGREGATOR_READY, BUCKET_READY, CATALOG_READY, DELIVERY_READY, IDENTITY_KEPT, PartState, Report, STREAMS_READY, Verdict,
-};
+use crate::status::{self, PartState, Parts, Report, Verdict};
 use crate::workload;
 
 /// Provisions every part and writes the status; returns the next look and what the status says
@@ -106,11 +110,11 @@ async fn provision(
     report.identity = Some(identity);
     match refused {
         Some(change) if change.account_moved => {
-            report.parts.push((IDENTITY_KEPT, PartState::Failed(Error::IdentityChange(change.message))));
+            report.parts.identity = Some(PartState::Failed(Error::IdentityChange(change.message)));
             return Ok(report);
         }
-        Some(change) => report.parts.push((IDENTITY_KEPT, PartState::Degraded(Error::IdentityChange(change.message)))),
-        None => report.parts.push((IDENTITY_KEPT, PartState::Ready(kept))),
+        Some(change) => report.parts.identity = Some(PartState::Degraded(Error::IdentityChange(change.message))),
+        None => report.parts.identity = Some(PartState::Ready(kept)),
     }
     let clients = context.account.clients(&config.region);
     let names = &config.names;
@@ -118,15 +122,20 @@ async fn provision(
 
     provision_streams(&mut report, &clients, &config, &owner).await;
 
-    let bucket = bucket::ensure(&clients, &names.bucket, &owner, config.delivery.expire_after_days).await;
-    report.bucket = record(&mut report, BUCKET_READY, bucket, |bucket| format!("S3 bucket {} is private and encrypted", bucket.name));
+    let bucket_spec = BucketSpec { expire_after_days: config.delivery.expire_after_days };
+    let bucket = ensure(&Bucket { name: &names.bucket }, &clients, &owner, &bucket_spec).await;
+    report.bucket =
+        record(&mut report, |parts| &mut parts.bucket, bucket, |bucket| format!("S3 bucket {} is private and encrypted", bucket.name));
 
     // The catalog needs only the bucket's name, so it proceeds while the delivery waits.
     let catalog = ensure_catalog(&clients, &config, account_id, &owner).await;
     let refused = matches!(catalog, Err(Error::UnsafeChange { .. }));
-    if let Some((database, table)) = record(&mut report, CATALOG_READY, catalog, |(database, table)| {
-        format!("Glue table {}.{} is ready for Athena", database.name, table.name)
-    }) {
+    if let Some((database, table)) = record(
+        &mut report,
+        |parts| &mut parts.catalog,
+        catalog,
+        |(database, table)| format!("Glue table {}.{} is ready for Athena", database.name, table.name),
+    ) {
         report.glue_database = Some(database);
         report.glue_table = Some(table);
     }
@@ -135,8 +144,8 @@ async fn provision(
         // Firehose and the aggregator keep writing what they write: the refused format in the
         // same prefixes is what the refusal prevents.
         let held = "left as it is while the catalog refuses the spec change (see CatalogReady)";
-        report.parts.push((DELIVERY_READY, PartState::Pending(held.into())));
-        report.parts.push((AGGREGATOR_READY, PartState::Pending(held.into())));
+        report.parts.delivery = Some(PartState::Pending(held.into()));
+        report.parts.aggregator = Some(PartState::Pending(held.into()));
         return Ok(report);
     }
     let reader = provision_delivery(&mut report, &clients, &config, account_id, &owner).await;
@@ -172,11 +181,11 @@ pub(super) fn output_reader(delivery: &PartState) -> OutputReader {
 async fn provision_streams(report: &mut Report, clients: &AwsClients, config: &PipelineConfig, owner: &Owner) {
     let names = &config.names;
     let active = |stream: &AwsResourceRef| format!("Kinesis stream {} is active", stream.name);
-    let input = streams::ensure(clients, &names.input_stream, owner, &config.input_stream, "spec.streams.input").await;
+    let input = ensure(&Stream::input(&names.input_stream), clients, owner, &config.input_stream).await;
     let (input, input_state) = settle(report, input, active);
-    let output = streams::ensure(clients, &names.output_stream, owner, &config.output_stream, "spec.streams.output").await;
+    let output = ensure(&Stream::output(&names.output_stream), clients, owner, &config.output_stream).await;
     let (output, output_state) = settle(report, output, active);
-    report.parts.push((STREAMS_READY, input_state.and(output_state)));
+    report.parts.streams = Some(input_state.and(output_state));
     report.input_stream = input;
     report.output_stream = output;
 }
@@ -193,18 +202,23 @@ async fn provision_delivery(
     if config.delivery.writer == DeliveryWriter::Aggregator {
         report.without_firehose = true;
         let direct = without_firehose(clients, &config.names, owner).await;
-        record(report, DELIVERY_READY, direct, |()| "the aggregator writes Parquet files into the bucket itself (no Firehose)".to_owned());
+        record(
+            report,
+            |parts| &mut parts.delivery,
+            direct,
+            |()| "the aggregator writes Parquet files into the bucket itself (no Firehose)".to_owned(),
+        );
         return OutputReader::Reading;
     }
     let (Some(output), Some(bucket)) = (report.output_stream.clone(), report.bucket.clone()) else {
         let waiting = "waiting for the output stream and the bucket".to_owned();
-        report.parts.push((DELIVERY_READY, PartState::Pending(waiting.clone())));
+        report.parts.delivery = Some(PartState::Pending(waiting.clone()));
         return OutputReader::NotYet(waiting);
     };
     let delivery = ensure_delivery(clients, config, account_id, owner, (&output, &bucket)).await;
     let (made, state) = settle(report, delivery, |(_, stream)| format!("Firehose delivery stream {} writes to the bucket", stream.name));
     let reader = output_reader(&state);
-    report.parts.push((DELIVERY_READY, state));
+    report.parts.delivery = Some(state);
     if let Some((role, stream)) = made {
         report.firehose_role = Some(role);
         report.delivery_stream = Some(stream);
@@ -222,7 +236,7 @@ async fn provision_aggregator(
     reader: OutputReader,
 ) {
     if report.input_stream.is_none() || report.bucket.is_none() {
-        report.parts.push((AGGREGATOR_READY, PartState::Pending("waiting for the streams and the bucket".into())));
+        report.parts.aggregator = Some(PartState::Pending("waiting for the streams and the bucket".into()));
         return;
     }
     let unread = match reader {
@@ -233,7 +247,7 @@ async fn provision_aggregator(
             // delivery stream can be seen again.
             let waiting =
                 "waiting for the Firehose delivery stream (see DeliveryReady): the aggregator runs only while it reads the output stream";
-            report.parts.push((AGGREGATOR_READY, PartState::Pending(waiting.into())));
+            report.parts.aggregator = Some(PartState::Pending(waiting.into()));
             return;
         }
     };
@@ -250,22 +264,27 @@ async fn provision_aggregator(
     });
     // Replica counts are worth showing while the rollout is still pending.
     report.aggregator = aggregator.as_ref().ok().map(|(aggregator, _)| aggregator.clone());
-    record(report, AGGREGATOR_READY, aggregator, |aggregator| match config.aggregator.replicas {
-        0 => format!("aggregator {} is paused (replicas: 0)", aggregator.deployment),
-        _ => format!("aggregator {} is running", aggregator.deployment),
-    });
+    record(
+        report,
+        |parts| &mut parts.aggregator,
+        aggregator,
+        |aggregator| match config.aggregator.replicas {
+            0 => format!("aggregator {} is paused (replicas: 0)", aggregator.deployment),
+            _ => format!("aggregator {} is running", aggregator.deployment),
+        },
+    );
 }
 
-/// Files one part's result into the report; returns its value when what depends on the part
-/// can use it (ready, or degraded: working as it stands).
+/// Files one part's result into its place among the report's parts; returns its value when what
+/// depends on the part can use it (ready, or degraded: working as it stands).
 fn record<T>(
     report: &mut Report,
-    condition: &'static str,
+    place: fn(&mut Parts) -> &mut Option<PartState>,
     result: Result<(T, Outcome), Error>,
     ready_message: impl FnOnce(&T) -> String,
 ) -> Option<T> {
     let (value, state) = settle(report, result, ready_message);
-    report.parts.push((condition, state));
+    *place(&mut report.parts) = Some(state);
     value
 }
 
@@ -301,8 +320,9 @@ async fn ensure_catalog(
     owner: &Owner,
 ) -> Result<((AwsResourceRef, AwsResourceRef), Outcome), Error> {
     let names = &config.names;
-    let (database, mut outcome) = catalog::ensure_database(clients, &names.glue_database, owner, account_id).await?;
-    let spec = catalog::TableSpec {
+    let database = GlueDatabase { name: &names.glue_database, account_id };
+    let (database, mut outcome) = ensure(&database, clients, owner, &()).await?;
+    let spec = TableSpec {
         database: &names.glue_database,
         table: &names.glue_table,
         bucket: &names.bucket,
@@ -310,7 +330,8 @@ async fn ensure_catalog(
         partitions: &config.partitions,
         owner,
     };
-    let (table, table_outcome) = catalog::ensure_table(clients, &spec, account_id).await?;
+    let table = GlueTable { database: &names.glue_database, table: &names.glue_table, account_id };
+    let (table, table_outcome) = ensure(&table, clients, owner, &DesiredTable::of(&spec)).await?;
     outcome.merge(table_outcome);
     Ok(((database, table), outcome))
 }
@@ -324,7 +345,7 @@ async fn ensure_delivery(
 ) -> Result<((AwsResourceRef, AwsResourceRef), Outcome), Error> {
     let names = &config.names;
     let (output_arn, bucket_arn) = (output.arn.clone().unwrap_or_default(), bucket.arn.clone().unwrap_or_default());
-    let scope = role::PolicyScope {
+    let scope = PolicyScope {
         account_id,
         region: &config.region,
         output_stream_arn: &output_arn,
@@ -332,7 +353,8 @@ async fn ensure_delivery(
         glue_database: &names.glue_database,
         glue_table: &names.glue_table,
     };
-    let (role, mut outcome) = role::ensure(clients, &names.firehose_role, &names.firehose_role_policy, owner, &scope).await?;
+    let role = FirehoseRole { name: &names.firehose_role, policy_name: &names.firehose_role_policy };
+    let (role, mut outcome) = ensure(&role, clients, owner, &RolePolicies::of(&scope)).await?;
     let connections = delivery::Connections {
         output_stream_arn: &output_arn,
         role_arn: role.arn.as_deref().unwrap_or_default(),
@@ -342,7 +364,7 @@ async fn ensure_delivery(
         region: &config.region,
     };
     let desired = delivery::desired(&config.delivery, &connections);
-    let (stream, stream_outcome) = delivery::ensure(clients, &names.delivery_stream, owner, &desired).await?;
+    let (stream, stream_outcome) = ensure(&DeliveryStream { name: &names.delivery_stream }, clients, owner, &desired).await?;
     outcome.merge(stream_outcome);
     Ok(((role, stream), outcome))
 }
@@ -352,11 +374,11 @@ async fn ensure_delivery(
 async fn without_firehose(clients: &AwsClients, names: &PipelineNames, owner: &Owner) -> Result<((), Outcome), Error> {
     let mut outcome = Outcome::default();
     // One left in place is not this pipeline's: it is not this pipeline's files either.
-    if let Removal::Going(deleting) = delivery::delete(clients, &names.delivery_stream, owner).await? {
+    if let Removal::Going(deleting) = delete(&DeliveryStream { name: &names.delivery_stream }, clients, owner).await? {
         outcome.changed(format!("deleting Firehose delivery stream {} (the aggregator writes the files now)", names.delivery_stream));
         outcome.pending = Some(format!("waiting for the deletion of {deleting}"));
         return Ok(((), outcome));
     }
-    role::delete(clients, &names.firehose_role, owner).await?;
+    delete(&FirehoseRole { name: &names.firehose_role, policy_name: &names.firehose_role_policy }, clients, owner).await?;
     Ok(((), outcome))
 }

@@ -11,7 +11,7 @@ use tower_test::mock::{Handle, pair};
 
 use super::provision::{OutputReader, output_reader};
 use super::*;
-use crate::status::{AGGREGATOR_READY, DELIVERY_READY, PartState, STREAMS_READY};
+use crate::status::{Part, PartState};
 
 type ApiServer = Handle<Request<Body>, Response<Body>>;
 
@@ -292,17 +292,20 @@ async fn a_part_stuck_all_along_is_given_up_on_whatever_the_others_do_and_a_chan
     let (context, _api) = context(Some("eu-west-1"));
     let mut waiting = (*pipeline(default_spec(), true, false)).clone();
     let moment = Duration::from_millis(50);
-    context.still_waiting(&waiting, vec![STREAMS_READY, DELIVERY_READY]);
+    context.still_waiting(&waiting, vec![Part::Streams, Part::Delivery]);
     tokio::time::sleep(moment).await;
-    assert!(context.still_waiting(&waiting, vec![STREAMS_READY, DELIVERY_READY]).0 >= moment, "the same parts: the clock runs on");
+    assert!(context.still_waiting(&waiting, vec![Part::Streams, Part::Delivery]).0 >= moment, "the same parts: the clock runs on");
     // The streams came up and the aggregator now waits too: the delivery, stuck all along, keeps its time.
-    assert!(context.still_waiting(&waiting, vec![DELIVERY_READY, AGGREGATOR_READY]).0 >= moment);
+    assert!(context.still_waiting(&waiting, vec![Part::Delivery, Part::Aggregator]).0 >= moment);
     // The delivery came up: the aggregator has waited only since it started waiting.
-    assert!(context.still_waiting(&waiting, vec![AGGREGATOR_READY]).0 < moment);
+    assert!(context.still_waiting(&waiting, vec![Part::Aggregator]).0 < moment);
     tokio::time::sleep(moment).await;
     waiting.metadata.generation = Some(2);
-    assert!(context.still_waiting(&waiting, vec![AGGREGATOR_READY]).0 < moment, "a changed spec is waited for afresh");
+    assert!(context.still_waiting(&waiting, vec![Part::Aggregator]).0 < moment, "a changed spec is waited for afresh");
     context.retry_after(&waiting);
+    let draining = context.draining_for(&waiting);
+    tokio::time::sleep(moment).await;
+    assert!(context.draining_for(&waiting) >= draining + moment, "the drain's clock runs from its first look");
     context.done_waiting(&waiting);
     context.succeeded(&waiting);
     assert!(context.tracks.lock().unwrap().is_empty(), "nothing kept of a pipeline with nothing to remember");

@@ -17,7 +17,10 @@ use metrics_pipeline_e2e::cluster::prepare_namespace;
 use metrics_pipeline_e2e::kube_client;
 use metrics_pipeline_e2e::query::{Format, query};
 use metrics_pipeline_e2e::quickstart::{default_log_dir, example, run};
-use metrics_pipeline_operator::aws::{AwsCalls, AwsClients, bucket, catalog};
+use metrics_pipeline_operator::aws::bucket::Bucket;
+use metrics_pipeline_operator::aws::catalog::{GlueDatabase, GlueTable};
+use metrics_pipeline_operator::aws::resource::delete;
+use metrics_pipeline_operator::aws::{AwsCalls, AwsClients};
 use metrics_pipeline_operator::managed::Owner;
 use metrics_pipeline_runtime::sdk::sdk_config;
 
@@ -78,7 +81,9 @@ async fn remove_what_the_last_run_kept(pipeline: &MetricsPipeline) -> anyhow::Re
     let tag = |key: &str| tagging.tag_set().iter().find(|tag| tag.key() == key).map(|tag| tag.value().to_owned());
     let (Some(uid), Some(cluster)) = (tag(PIPELINE_UID_TAG), tag(CLUSTER_TAG)) else { return Ok(()) };
     let earlier = Owner { pipeline: names.owner.clone(), uid, cluster, adopt_from: None };
-    catalog::delete(&clients, &names.glue_database, &names.glue_table, &earlier).await?;
-    bucket::delete(&clients, &names.bucket, &earlier).await?;
+    let account_id = &target.account_id;
+    delete(&GlueTable { database: &names.glue_database, table: &names.glue_table, account_id }, &clients, &earlier).await?;
+    delete(&GlueDatabase { name: &names.glue_database, account_id }, &clients, &earlier).await?;
+    delete(&Bucket { name: &names.bucket }, &clients, &earlier).await?;
     Ok(())
 }

@@ -1,0 +1,138 @@
+//! The one contract every AWS resource of a pipeline keeps, and the two ways the controller uses
+//! it: [`ensure`] (observe, check whose it is, claim, plan, apply) and [`delete`] (observe, check,
+//! remove). Who owns what is decided here once for all of them: a resource is changed only once it
+//! is the pipeline's, claimed only on its tags as they are now, and deleted only when it is the
+//! pipeline's by its tags as they are now.
+
+use std::future::Future;
+
+use metrics_pipeline_api::pipeline::AwsResourceRef;
+
+use super::{AwsClients, TagsAs};
+use crate::error::Error;
+use crate::managed::{Outcome, Owner, Removal, Standing};
+
+/// One kind of AWS resource a pipeline makes (a Kinesis stream, the bucket, …), named by the
+/// value implementing it.
+pub trait AwsResource: Sync {
+    /// What people call this kind of resource ("Kinesis stream"), in messages and errors.
+    const KIND: &'static str;
+    /// What the pipeline's spec asks of the resource.
+    type Desired: Sync;
+    /// The resource as AWS describes it, with what says whose it is.
+    type Observed: Send + Sync;
+    /// The next step from what AWS has towards what the spec asks.
+    type Plan: Send;
+
+    /// What AWS and people know the resource by.
+    fn name(&self) -> String;
+
+    /// The resource as it is, or `None`; its tags as read lately when `tags` is [`TagsAs::Cached`].
+    fn observe(&self, clients: &AwsClients, tags: TagsAs) -> impl Future<Output = Result<Option<Self::Observed>, Error>> + Send;
+
+    /// Whose the resource found is, for `owner`.
+    fn whose(owner: &Owner, observed: &Self::Observed) -> Standing;
+
+    /// Marks the resource found as `owner`'s (see [`Standing::Retag`]), keeping what others set.
+    fn claim(&self, clients: &AwsClients, owner: &Owner, observed: &Self::Observed) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// What to do, decided without AWS so that every case is unit-tested.
+    fn plan(desired: &Self::Desired, observed: Option<&Self::Observed>) -> Self::Plan;
+
+    /// Carries out `plan` on the resource found as `observed` (the pipeline's by then), adding to
+    /// `outcome` what it changed, what is pending, and a change refused while the resource works.
+    fn apply(
+        &self,
+        clients: &AwsClients,
+        owner: &Owner,
+        desired: &Self::Desired,
+        observed: Option<Self::Observed>,
+        plan: Self::Plan,
+        outcome: Outcome,
+    ) -> impl Future<Output = Result<(AwsResourceRef, Outcome), Error>> + Send;
+
+    /// Deletes the resource found as `observed`, which is the pipeline's.
+    fn remove(&self, clients: &AwsClients, observed: Self::Observed) -> impl Future<Output = Result<Removal, Error>> + Send;
+}
+
+/// Creates `resource` or brings it one step towards `desired`. One found under its name is
+/// changed only once it is `owner`'s; one the pipeline may claim is claimed on its tags as they
+/// are now, not as read lately.
+pub async fn ensure<R: AwsResource>(
+    resource: &R,
+    clients: &AwsClients,
+    owner: &Owner,
+    desired: &R::Desired,
+) -> Result<(AwsResourceRef, Outcome), Error> {
+    let mut outcome = Outcome::default();
+    let mut observed = resource.observe(clients, TagsAs::Cached).await?;
+    if let Some(found) = &observed
+        && claimable(resource, owner, found)?.is_some()
+    {
+        observed = resource.observe(clients, TagsAs::Fresh).await?;
+        if let Some(found) = &observed
+            && let Some(why) = claimable(resource, owner, found)?
+        {
+            resource.claim(clients, owner, found).await?;
+            outcome.changed(format!("{} {}: {why}", R::KIND, resource.name()));
+        }
+    }
+    let plan = R::plan(desired, observed.as_ref());
+    resource.apply(clients, owner, desired, observed, plan, outcome).await
+}
+
+/// `Ok(None)` when the resource found is `owner`'s, `Ok(Some(why))` when `owner` may claim it, and
+/// `NotOwned` (terminal) when it is somebody else's.
+pub fn claimable<R: AwsResource>(resource: &R, owner: &Owner, observed: &R::Observed) -> Result<Option<String>, Error> {
+    R::whose(owner, observed).claim(R::KIND, &resource.name())
+}
+
+/// Deletes `resource` if it is `owner`'s by its tags as they are now (one only adoptable is not
+/// the pipeline's until adopted); one that is somebody else's is left, and the answer says whose.
+pub async fn delete<R: AwsResource>(resource: &R, clients: &AwsClients, owner: &Owner) -> Result<Removal, Error> {
+    let Some(found) = resource.observe(clients, TagsAs::Fresh).await? else { return Ok(Removal::Gone) };
+    let deleting = Owner { adopt_from: None, ..owner.clone() };
+    match R::whose(&deleting, &found) {
+        Standing::Ours | Standing::Retag(_) => resource.remove(clients, found).await,
+        Standing::Foreign(holder) => Ok(Removal::Left(format!("kept {} {}: {holder}", R::KIND, resource.name()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::aws::fake::{FakeAws, owner};
+    use crate::aws::streams::Stream;
+
+    const DESCRIBED: &str = r#"{"StreamDescriptionSummary":{"StreamName":"p-input","StreamARN":"arn:aws:kinesis:eu-west-1:123456789012:stream/p-input","StreamStatus":"ACTIVE","StreamModeDetails":{"StreamMode":"PROVISIONED"},"RetentionPeriodHours":24,"StreamCreationTimestamp":1700000000,"EnhancedMonitoring":[],"OpenShardCount":2}}"#;
+    /// Tagged by the earlier pipeline `u-0` of the same namespace and name, in this cluster.
+    const EARLIER: &str = r#"{"Tags":[{"Key":"metrics.dev/pipeline","Value":"team-a/p"},{"Key":"metrics.dev/pipeline-uid","Value":"u-0"},{"Key":"metrics.dev/cluster","Value":"c-1"}],"HasMoreTags":false}"#;
+
+    #[tokio::test]
+    async fn a_resource_the_pipeline_may_adopt_is_claimed_by_ensure_but_never_deleted_before() {
+        let aws = FakeAws::start(BTreeMap::from([
+            ("DescribeStreamSummary", (200, DESCRIBED)),
+            ("ListTagsForStream", (200, EARLIER)),
+            ("AddTagsToStream", (200, "{}")),
+            ("DeleteStream", (200, "{}")),
+        ]))
+        .await;
+        let adopting = Owner { adopt_from: Some("u-0".into()), ..owner() };
+        let stream = Stream::input("p-input");
+        let removal = delete(&stream, &aws.clients, &adopting).await.unwrap();
+        assert!(matches!(&removal, Removal::Left(why) if why.contains("kept Kinesis stream p-input")), "{removal:?}");
+        assert!(!aws.called().iter().any(|operation| operation == "DeleteStream"), "{:?}", aws.called());
+
+        let desired = metrics_pipeline_api::config::StreamConfig {
+            capacity: metrics_pipeline_api::config::StreamCapacity::Provisioned { shards: 2 },
+            retention_hours: 24,
+        };
+        let (_, outcome) = ensure(&stream, &aws.clients, &adopting, &desired).await.unwrap();
+        assert!(outcome.changes.iter().any(|change| change.contains("taken over from pipeline team-a/p (uid u-0)")), "{outcome:?}");
+        assert!(aws.called().iter().any(|operation| operation == "AddTagsToStream"), "{:?}", aws.called());
+        let other = delete(&stream, &aws.clients, &owner()).await.unwrap();
+        assert!(matches!(other, Removal::Left(_)), "without adoptFrom the earlier pipeline's stream is not this one's: {other:?}");
+    }
+}
