@@ -17,7 +17,10 @@ pub const CHART: &str = "charts/metrics-pipeline-operator";
 /// `helm template <release> CHART --namespace <namespace> -f <values>`; the error names the
 /// values the schema refuses.
 pub fn render(namespace: &str, release: &str, values: &serde_json::Value) -> anyhow::Result<String> {
-    let values_file = std::env::temp_dir().join(format!("chart-values-{namespace}-{release}.yaml"));
+    // Tests render the same release side by side: each render has a file of its own.
+    static RENDERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let render = RENDERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let values_file = std::env::temp_dir().join(format!("chart-values-{namespace}-{release}-{}-{render}.yaml", std::process::id()));
     // JSON is YAML.
     std::fs::write(&values_file, serde_json::to_vec(values)?)?;
     let output = Command::new("go")

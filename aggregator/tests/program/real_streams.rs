@@ -5,17 +5,15 @@
 //! split parent keeps its records and is closed with `ChildShards`. The bucket stays in moto: the
 //! aggregator finds Kinesis through `AWS_ENDPOINT_URL_KINESIS`, as the SDK's settings say.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::{Emulator, KplLibrary};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ScalingType};
 use metrics_aggregator::sink::{KinesisSink, OutputRecord};
 use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use metrics_pipeline_test_support::wait_for;
-use support::{Emulator, KplLibrary};
 
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64

@@ -3,16 +3,14 @@
 //! deleted and re-created, `--initial-position latest` across a crash, a checkpoint started over
 //! with Parquet files in the bucket, and a second copy running at the same time.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::{Aggregator, Emulator};
 use aws_sdk_kinesis::types::StreamStatus;
 use metrics_aggregator::sink::{KinesisSink, OutputRecord};
 use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use metrics_pipeline_test_support::wait_for;
-use support::{Aggregator, Emulator};
 
 fn at(text: &str) -> EventTime {
     EventTime::parse_rfc3339(text).unwrap()

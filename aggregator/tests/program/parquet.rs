@@ -2,16 +2,14 @@
 //! every window is in exactly one Parquet row, the rows equal a batch computation, the checkpoint
 //! never carried the rows, and no staged rows are left behind.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{Emulator, assert_matches_batch, batch_aggregates};
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
 use metrics_aggregator::parquet_files::decode;
 use metrics_aggregator::sink::KinesisSink;
 use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent};
-use support::{Emulator, assert_matches_batch, batch_aggregates};
 
 #[tokio::test]
 async fn a_kill_9_mid_stream_leaves_every_window_in_exactly_one_parquet_row() {

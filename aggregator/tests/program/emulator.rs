@@ -1,15 +1,13 @@
 //! The aggregator binary against the AWS emulator: exact aggregates of out-of-order events,
 //! several shards, a kill -9 in the middle, and bad records kept as dead letters.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Emulator, assert_matches_batch, batch_aggregates};
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
 use metrics_aggregator::sink::{KinesisSink, OutputRecord};
 use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent};
 use metrics_pipeline_test_support::wait_for;
-use support::{Emulator, assert_matches_batch, batch_aggregates};
 
 fn at(text: &str) -> EventTime {
     EventTime::parse_rfc3339(text).unwrap()
