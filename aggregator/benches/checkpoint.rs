@@ -13,7 +13,7 @@ use std::borrow::Borrow;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use metrics_aggregator::window::{EngineSnapshot, KeyedEvent, MetricKey, WindowEngine};
+use metrics_aggregator::engine::window::{EngineSnapshot, KeyedEvent, MetricKey, WindowEngine};
 use metrics_pipeline_model::aggregation::WindowConfig;
 use metrics_pipeline_model::event::EventTime;
 

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use metrics_aggregator::parquet_files::{ParquetCodec, Roll, files_of};
+use metrics_aggregator::s3::parquet_files::{ParquetCodec, Roll, files_of};
 use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 
 const COMPONENTS: usize = 100;

@@ -17,9 +17,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use md5::Digest;
-use metrics_aggregator::decode::DecodedPage;
-use metrics_aggregator::kpl::MAGIC;
-use metrics_aggregator::window::WindowEngine;
+use metrics_aggregator::engine::window::WindowEngine;
+use metrics_aggregator::kinesis::decode::DecodedPage;
+use metrics_aggregator::kinesis::kpl::MAGIC;
 use metrics_pipeline_model::aggregation::WindowConfig;
 use metrics_pipeline_model::event::EventTime;
 use support::{Reference, page_of, summary};

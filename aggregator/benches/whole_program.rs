@@ -23,8 +23,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use metrics_aggregator::decode::DecodedPage;
-use metrics_aggregator::window::WindowEngine;
+use metrics_aggregator::engine::window::WindowEngine;
+use metrics_aggregator::kinesis::decode::DecodedPage;
 use metrics_pipeline_model::aggregation::WindowConfig;
 use metrics_pipeline_model::event::EventTime;
 use support::{Fake, Page, Reference, process_cpu, resident_mib, start_aggregator, summary, thread_cpu, write_record};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use metrics_pipeline_model::event::{EventTime, MetricEvent};
 use tokio::time::Instant;
 
-use crate::sink::{KinesisSink, MAX_BATCH_RECORDS, OutputRecord};
+use crate::kinesis::sink::{KinesisSink, MAX_BATCH_RECORDS, OutputRecord};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Metric {

@@ -7,11 +7,11 @@ use std::time::Duration;
 use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use tokio::time::Instant;
 
-use crate::dead_letter::{DeadLetter, DeadLetters};
-use crate::decode::UserRecord;
-use crate::metrics::Metrics;
-use crate::source::{Poll, ShardBatch, ShardInfo};
-use crate::window::{Admission, WindowEngine};
+use crate::engine::window::{Admission, WindowEngine};
+use crate::kinesis::decode::UserRecord;
+use crate::kinesis::source::{Poll, ShardBatch, ShardInfo};
+use crate::metrics::{ErrorCode, Late, LateOutcome, Metrics, NotCounted, Shard};
+use crate::s3::dead_letter::{DeadLetter, DeadLetters};
 
 /// A shard that has not answered GetRecords for this long is not being read: not ready.
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);
@@ -114,7 +114,7 @@ impl Intake {
             }
         }
         for code in &poll.errors {
-            metrics.get_records_errors.get_or_create(&Metrics::label("code", code.clone())).inc();
+            metrics.get_records_errors.get_or_create(&ErrorCode(code.clone())).inc();
         }
         metrics.shards_reset_to_trim_horizon.inc_by(poll.reset.len() as u64);
         // Gone past retention: nothing more will come from them, so they hold nothing back.
@@ -138,16 +138,17 @@ impl Intake {
 
     /// Takes one page; whether it counted any event.
     fn take_batch(&mut self, batch: &ShardBatch, wall_clock: EventTime, metrics: &Metrics) -> bool {
+        let _shard = tracing::debug_span!("shard", shard = %batch.shard).entered();
         if let Some(behind) = batch.millis_behind_latest {
-            metrics.millis_behind_latest.get_or_create(&Metrics::label("shard", batch.shard.clone())).set(behind);
+            metrics.millis_behind_latest.get_or_create(&Shard(batch.shard.clone())).set(behind);
         }
         if batch.records.is_empty() {
             return false;
         }
-        tracing::debug!(shard = %batch.shard, records = batch.records.len(), millis_behind_latest = ?batch.millis_behind_latest, "read records");
+        tracing::debug!(records = batch.records.len(), millis_behind_latest = ?batch.millis_behind_latest, "read records");
         self.changed = true;
         metrics.records_read.inc_by(batch.records.len() as u64);
-        metrics.shard_records_read.get_or_create(&Metrics::label("shard", batch.shard.clone())).inc_by(batch.records.len() as u64);
+        metrics.shard_records_read.get_or_create(&Shard(batch.shard.clone())).inc_by(batch.records.len() as u64);
         metrics.kpl_user_records.inc_by(batch.events.packed_records() as u64);
         self.engine.start_page(wall_clock);
         let mut not_on_time = self.engine.add_page(&batch.shard, &batch.events).into_iter().peekable();
@@ -160,31 +161,32 @@ impl Intake {
                         continue;
                     }
                     Admission::Late => {
-                        metrics.events_late.get_or_create(&Metrics::label("outcome", "reemitted")).inc();
+                        metrics.events_late.get_or_create(&Late(LateOutcome::Reemitted)).inc();
                         counted = true;
                         continue;
                     }
                     Admission::TooLate => {
-                        metrics.events_late.get_or_create(&Metrics::label("outcome", "dead_lettered")).inc();
+                        metrics.events_late.get_or_create(&Late(LateOutcome::DeadLettered)).inc();
                         "too_late".to_owned()
                     }
                     refused @ (Admission::AheadOfClock | Admission::SumOverflow) => {
                         let reason = if refused == Admission::AheadOfClock { "future_timestamp" } else { "sum_overflow" };
-                        metrics.records_invalid.get_or_create(&Metrics::label("reason", reason)).inc();
+                        metrics.records_invalid.get_or_create(&NotCounted(reason.to_owned())).inc();
                         reason.to_owned()
                     }
                 },
                 Err(reason) => {
-                    metrics.records_invalid.get_or_create(&Metrics::label("reason", reason.label())).inc();
-                    reason.label()
+                    let reason = reason.label();
+                    metrics.records_invalid.get_or_create(&NotCounted(reason.clone())).inc();
+                    reason
                 }
             };
             tracing::debug!(
-                shard = %batch.shard, sequence_number = record.sequence_number, sub_sequence_number = ?record.sub_sequence_number, %reason,
+                sequence_number = record.sequence_number, sub_sequence_number = ?record.sub_sequence_number, %reason,
                 "record kept as a dead letter"
             );
             self.dead_letters.push(dead_letter(reason, &batch.shard, &record));
-            metrics.shard_dead_letters.get_or_create(&Metrics::label("shard", batch.shard.clone())).inc();
+            metrics.shard_dead_letters.get_or_create(&Shard(batch.shard.clone())).inc();
         }
         counted
     }
@@ -205,7 +207,7 @@ impl Intake {
                 self.engine.watermarks_mut().mark_active(shard);
                 all_idle = false;
             }
-            let label = Metrics::label("shard", shard.clone());
+            let label = Shard(shard.clone());
             metrics.shard_idle.get_or_create(&label).set(i64::from(idle));
             if let Some(clock) = self.engine.watermarks_mut().clock(shard) {
                 metrics.shard_event_time_lag_seconds.get_or_create(&label).set((wall_clock.0 - clock) as f64 / 1000.0);
@@ -247,8 +249,8 @@ mod tests {
     use metrics_pipeline_model::aggregation::WindowConfig;
 
     use super::*;
-    use crate::decode::DecodedPage;
-    use crate::get_records::{InputRecord, Records};
+    use crate::kinesis::decode::DecodedPage;
+    use crate::kinesis::get_records::{InputRecord, Records};
 
     const NOON: i64 = 1_631_188_800_000;
 

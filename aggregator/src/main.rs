@@ -10,13 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_config::timeout::TimeoutConfig;
 use aws_types::origin::Origin;
 use clap::{Args, Parser, Subcommand};
-use metrics_aggregator::bucket::Bucket;
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
-use metrics_aggregator::parquet_files::{ParquetCodec, ParquetSettings};
+use metrics_aggregator::kinesis::sink::KinesisSink;
+use metrics_aggregator::kinesis::source::{InitialPosition, MIN_POLL_INTERVAL};
 use metrics_aggregator::run::{AggregatorConfig, run};
+use metrics_aggregator::s3::bucket::Bucket;
+use metrics_aggregator::s3::parquet_files::{ParquetCodec, ParquetSettings};
 use metrics_aggregator::server::{Health, serve};
-use metrics_aggregator::sink::KinesisSink;
-use metrics_aggregator::source::{InitialPosition, MIN_POLL_INTERVAL};
 use metrics_pipeline_model::aggregation::{
     AggregationSettings, DEFAULT_ALLOWED_LATENESS, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FUTURE_SKEW, DEFAULT_OUT_OF_ORDERNESS, DEFAULT_WINDOW,
     WindowConfig,
@@ -25,6 +25,7 @@ use metrics_pipeline_model::duration::parse_duration;
 use metrics_pipeline_model::event::EventTime;
 use metrics_pipeline_runtime::process::{LogFormat, init_logging, shutdown_signal};
 use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
+use tracing::Instrument;
 
 #[derive(Parser)]
 #[command(version, about = "Event-time windowed aggregation of metric events, Kinesis to Kinesis")]
@@ -62,6 +63,9 @@ struct AwsArgs {
 struct RunArgs {
     #[command(flatten)]
     aws: AwsArgs,
+    /// The MetricsPipeline this copy aggregates for (`<namespace>/<name>`), a field of every log line.
+    #[arg(long, env = "AGGREGATOR_PIPELINE", default_value = "")]
+    pipeline: String,
     #[arg(long, env = "AGGREGATOR_INPUT_STREAM")]
     input_stream: String,
     #[arg(long, env = "AGGREGATOR_OUTPUT_STREAM")]
@@ -219,8 +223,10 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
         key_partitions: args.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, usize::from).min(8), usize::from),
     };
     let bucket = Bucket::new(s3_client(&sdk), args.bucket);
+    let span = tracing::info_span!("aggregator", pipeline = %args.pipeline, input = %config.input_stream, output = %config.output_stream);
+    let running = run(config, aws_sdk_kinesis::Client::new(&sdk), bucket, health, shutdown_signal()).instrument(span);
     tokio::select! {
-        result = run(config, aws_sdk_kinesis::Client::new(&sdk), bucket, health, shutdown_signal()) => Ok(result?),
+        result = running => Ok(result?),
         served = server => Err(anyhow::anyhow!("the health and metrics server stopped: {:?}", served)),
     }
 }

@@ -3,32 +3,88 @@
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-type Labels = Vec<(&'static str, String)>;
+/// A series keyed by one label, as a type: what the value is, not a name and a string anyone
+/// could misspell.
+macro_rules! label {
+    ($(#[$doc:meta])* $name:ident($value:ty) = $key:literal, $text:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, Hash, PartialEq, Eq)]
+        pub struct $name(pub $value);
+
+        impl EncodeLabelSet for $name {
+            fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+                let text: fn(&$value) -> &str = $text;
+                ($key, text(&self.0)).encode(encoder.encode_label())
+            }
+        }
+    };
+}
+
+label!(
+    /// An input shard's series.
+    Shard(String) = "shard", String::as_str
+);
+label!(
+    /// Calls that failed, by the error code AWS answered (or the kind of failure when none did).
+    ErrorCode(String) = "code", String::as_str
+);
+label!(
+    /// Records not counted, by why: an `InvalidReason`'s label, or how the engine refused the event.
+    NotCounted(String) = "reason", String::as_str
+);
+label!(
+    /// What became of an event for a window already fired.
+    Late(LateOutcome) = "outcome", |outcome| match outcome {
+        LateOutcome::Reemitted => "reemitted",
+        LateOutcome::DeadLettered => "dead_lettered",
+    }
+);
+label!(
+    /// Why a stored checkpoint was not resumed from.
+    Discarded(DiscardReason) = "reason", |reason| match reason {
+        DiscardReason::StreamRecreated => "stream_recreated",
+    }
+);
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum LateOutcome {
+    /// Within the allowed lateness: its window is sent again, revised.
+    Reemitted,
+    /// Later: kept as a dead letter.
+    DeadLettered,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum DiscardReason {
+    /// It was written for an earlier stream of the same name.
+    StreamRecreated,
+}
 
 pub struct Metrics {
     registry: Registry,
     pub records_read: Counter,
-    pub shard_records_read: Family<Labels, Counter>,
-    pub shard_dead_letters: Family<Labels, Counter>,
-    pub shard_event_time_lag_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
-    pub shard_idle: Family<Labels, Gauge>,
+    pub shard_records_read: Family<Shard, Counter>,
+    pub shard_dead_letters: Family<Shard, Counter>,
+    pub shard_event_time_lag_seconds: Family<Shard, Gauge<f64, AtomicU64>>,
+    pub shard_idle: Family<Shard, Gauge>,
     pub kpl_user_records: Counter,
-    pub records_invalid: Family<Labels, Counter>,
-    pub events_late: Family<Labels, Counter>,
+    pub records_invalid: Family<NotCounted, Counter>,
+    pub events_late: Family<Late, Counter>,
     pub aggregates_written: Counter,
     pub dead_letters_written: Counter,
     pub parquet_files_written: Counter,
     pub parquet_staging_missing: Counter,
     pub checkpoints_written: Counter,
-    pub checkpoints_discarded: Family<Labels, Counter>,
+    pub checkpoints_discarded: Family<Discarded, Counter>,
     pub get_records_throttled: Counter,
-    pub get_records_errors: Family<Labels, Counter>,
-    pub put_records_refused: Family<Labels, Counter>,
+    pub get_records_errors: Family<ErrorCode, Counter>,
+    pub put_records_refused: Family<ErrorCode, Counter>,
     pub checkpoint_bytes: Gauge,
     pub checkpoint_write_seconds: Gauge<f64, AtomicU64>,
     pub checkpoint_age_seconds: Gauge<f64, AtomicU64>,
@@ -38,7 +94,7 @@ pub struct Metrics {
     pub shards: Gauge,
     pub idle_shards: Gauge,
     pub watermark_lag_seconds: Gauge<f64, AtomicU64>,
-    pub millis_behind_latest: Family<Labels, Gauge>,
+    pub millis_behind_latest: Family<Shard, Gauge>,
 }
 
 impl Default for Metrics {
@@ -160,13 +216,9 @@ impl Metrics {
         text
     }
 
-    pub fn label(name: &'static str, value: impl Into<String>) -> Labels {
-        vec![(name, value.into())]
-    }
-
     /// A shard no longer read (drained, or gone from the stream) leaves no series behind.
     pub fn forget_shard(&self, shard: &str) {
-        let label = Self::label("shard", shard);
+        let label = Shard(shard.to_owned());
         self.millis_behind_latest.remove(&label);
         self.shard_records_read.remove(&label);
         self.shard_dead_letters.remove(&label);

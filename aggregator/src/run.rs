@@ -15,15 +15,16 @@ use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::bucket::Bucket;
-use crate::checkpoint::{Checkpoint, CheckpointStore, Fenced, Lease, StreamIdentity, UnusableCheckpoint};
+use crate::backoff::Backoff;
+use crate::engine::window::WindowEngine;
 use crate::intake::Intake;
-use crate::metrics::Metrics;
-use crate::parquet_files::{FilesState, ParquetFiles, ParquetSettings};
+use crate::kinesis::sink::{Delivery, KinesisSink, OutputRecord};
+use crate::kinesis::source::{InitialPosition, KinesisSource, StreamPosition};
+use crate::metrics::{DiscardReason, Discarded, Metrics};
+use crate::s3::bucket::Bucket;
+use crate::s3::checkpoint::{Checkpoint, CheckpointStore, Fenced, Lease, StreamIdentity, UnusableCheckpoint};
+use crate::s3::parquet_files::{FilesState, ParquetFiles, ParquetSettings};
 use crate::server::Health;
-use crate::sink::{Backoff, Delivery, KinesisSink, OutputRecord};
-use crate::source::{InitialPosition, KinesisSource, StreamPosition};
-use crate::window::WindowEngine;
 
 /// Dead letters held in memory before a flush is forced.
 const MAX_HELD_DEAD_LETTER_BYTES: usize = 4 * 1024 * 1024;
@@ -183,7 +184,7 @@ enum CheckpointWait {
     Stopped,
 }
 
-/// Waits until this copy may take the checkpoint (see [`crate::checkpoint`]) and returns it, or
+/// Waits until this copy may take the checkpoint (see [`crate::s3::checkpoint`]) and returns it, or
 /// until `shutdown`. While another copy holds it, this one writes nothing and is not ready.
 async fn take_checkpoint(
     checkpoints: &mut CheckpointStore,
@@ -332,7 +333,7 @@ impl Aggregator {
             tracing::debug!(records = count, prefix = %self.config.dead_letter_prefix, "dead letters written");
         }
         let checkpoint = Checkpoint {
-            version: crate::checkpoint::FORMAT_VERSION,
+            version: crate::s3::checkpoint::FORMAT_VERSION,
             stream: self.config.input_stream.clone(),
             stream_identity: Some(self.identity.clone()),
             written_at: wall_clock(),
@@ -413,7 +414,7 @@ fn resumed_state(
                 "the checkpoint belongs to an earlier stream of this name (deleted and created again): starting over from {:?}",
                 config.initial_position
             );
-            metrics.checkpoints_discarded.get_or_create(&Metrics::label("reason", "stream_recreated")).inc();
+            metrics.checkpoints_discarded.get_or_create(&Discarded(DiscardReason::StreamRecreated)).inc();
             (WindowEngine::new(&config.windowing), first_start(), checkpoint.files)
         }
         None => {

@@ -26,9 +26,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kinesis::types::{ScalingType, ShardIteratorType};
 use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
-use metrics_aggregator::kpl;
-use metrics_aggregator::parquet_files::decode;
-use metrics_aggregator::sink::{KinesisSink, OutputRecord};
+use metrics_aggregator::kinesis::kpl;
+use metrics_aggregator::kinesis::sink::{KinesisSink, OutputRecord};
+use metrics_aggregator::s3::parquet_files::decode;
 use metrics_pipeline_aws_proxy::{AwsProxy, FaultSettings, Outcome, ProxySettings};
 use metrics_pipeline_model::event::{EventTime, MetricAggregate, deduplicate};
 use metrics_pipeline_test_support::wait_for;

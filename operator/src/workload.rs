@@ -197,6 +197,7 @@ fn aggregator_env(pipeline: &MetricsPipeline, config: &PipelineConfig, settings:
     };
     let mut env = vec![
         ("AWS_REGION", config.region.clone()),
+        ("AGGREGATOR_PIPELINE", config.names.owner.clone()),
         ("AGGREGATOR_INPUT_STREAM", config.names.input_stream.clone()),
         ("AGGREGATOR_OUTPUT_STREAM", config.names.output_stream.clone()),
         ("AGGREGATOR_BUCKET", config.names.bucket.clone()),
@@ -442,6 +443,7 @@ mod tests {
         assert_eq!(env["AGGREGATOR_INPUT_STREAM"], config.names.input_stream);
         assert_eq!(env["AGGREGATOR_OUTPUT_STREAM"], config.names.output_stream);
         assert_eq!(env["AGGREGATOR_BUCKET"], config.names.bucket);
+        assert_eq!(env["AGGREGATOR_PIPELINE"], config.names.owner, "named in every log line");
         assert_eq!((env["AGGREGATOR_WINDOW"].as_str(), env["AGGREGATOR_IDLE_TIMEOUT"].as_str()), ("5m", "1m"));
         assert_eq!(env["AWS_REGION"], "eu-west-1");
         assert_eq!(env["MALLOC_ARENA_MAX"], "2", "glibc's arenas bounded");

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
-use metrics_aggregator::sink::KinesisSink;
+use metrics_aggregator::kinesis::sink::KinesisSink;
 use metrics_pipeline_api::pipeline::{DeliveryWriter, Phase};
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_aws_proxy::{AwsProxy, ProxySettings, RuleSettings};

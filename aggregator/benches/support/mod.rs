@@ -30,11 +30,16 @@ pub struct Page {
 /// A GetRecords record as Kinesis answers it, written into `out` (the array's separator is the
 /// caller's).
 /// A page of records as the aggregator reads a GetRecords answer into it.
-pub fn page_of<'a>(data: impl Iterator<Item = &'a [u8]>) -> metrics_aggregator::get_records::Records {
-    let mut records = metrics_aggregator::get_records::Records::default();
+pub fn page_of<'a>(data: impl Iterator<Item = &'a [u8]>) -> metrics_aggregator::kinesis::get_records::Records {
+    let mut records = metrics_aggregator::kinesis::get_records::Records::default();
     for (sequence, data) in data.enumerate() {
         let sequence = sequence.to_string();
-        records.push(metrics_aggregator::get_records::InputRecord { sequence_number: &sequence, partition_key: "k", data, arrival: None });
+        records.push(metrics_aggregator::kinesis::get_records::InputRecord {
+            sequence_number: &sequence,
+            partition_key: "k",
+            data,
+            arrival: None,
+        });
     }
     records
 }

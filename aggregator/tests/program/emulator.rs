@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::support::{Emulator, assert_matches_batch, batch_aggregates};
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
-use metrics_aggregator::sink::{KinesisSink, OutputRecord};
+use metrics_aggregator::kinesis::sink::{KinesisSink, OutputRecord};
 use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent};
 use metrics_pipeline_test_support::wait_for;
 

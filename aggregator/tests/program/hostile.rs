@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::{Aggregator, Emulator};
 use aws_sdk_kinesis::types::StreamStatus;
-use metrics_aggregator::sink::{KinesisSink, OutputRecord};
+use metrics_aggregator::kinesis::sink::{KinesisSink, OutputRecord};
 use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use metrics_pipeline_test_support::wait_for;
 

@@ -2,7 +2,7 @@
 //! batches within the API limits, keyed by component.
 
 use aws_sdk_kinesis::types::ShardIteratorType;
-use metrics_aggregator::sink::{KinesisSink, OutputRecord};
+use metrics_aggregator::kinesis::sink::{KinesisSink, OutputRecord};
 use metrics_pipeline_runtime::sdk::sdk_config;
 
 #[tokio::test]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::support::{Emulator, assert_matches_batch, batch_aggregates};
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
-use metrics_aggregator::parquet_files::decode;
-use metrics_aggregator::sink::KinesisSink;
+use metrics_aggregator::kinesis::sink::KinesisSink;
+use metrics_aggregator::s3::parquet_files::decode;
 use metrics_pipeline_model::event::{EventTime, MetricAggregate, MetricEvent};
 
 #[tokio::test]

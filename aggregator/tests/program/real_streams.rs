@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::support::{Emulator, KplLibrary};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ScalingType};
-use metrics_aggregator::sink::{KinesisSink, OutputRecord};
+use metrics_aggregator::kinesis::sink::{KinesisSink, OutputRecord};
 use metrics_pipeline_model::event::{EventTime, MetricAggregate};
 use metrics_pipeline_test_support::wait_for;
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
-use metrics_aggregator::sink::OutputRecord;
-use metrics_aggregator::window::{Accumulator, WindowAssigner};
+use metrics_aggregator::engine::window::{Accumulator, WindowAssigner};
+use metrics_aggregator::kinesis::sink::OutputRecord;
 use metrics_pipeline_model::event::{MetricAggregate, MetricEvent, deduplicate};
 use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
 use metrics_pipeline_test_support::{Identity, free_port, wait_for};

@@ -17,7 +17,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use kube::api::Api;
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
-use metrics_aggregator::sink::KinesisSink;
+use metrics_aggregator::kinesis::sink::KinesisSink;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_aws_proxy::{AwsProxy, ProxySettings, Service, emulator_url};
 use metrics_pipeline_e2e::emulator_sdk;

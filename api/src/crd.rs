@@ -37,13 +37,13 @@ fn strip_nullable(value: &mut Value) {
 /// compiled them.
 pub fn repository_root() -> std::path::PathBuf {
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
-    std::path::Path::new(&manifest_dir).join("../..")
+    std::path::Path::new(&manifest_dir).join("..")
 }
 
 /// The CRD as YAML, exactly as committed.
 pub fn crd_yaml() -> String {
     let body = serde_yaml::to_string(&crd()).expect("a CRD always serializes");
-    format!("# Generated from crds/api/src/pipeline.rs by `cargo run -p metrics-pipeline-api --bin crdgen`; do not edit.\n{body}")
+    format!("# Generated from api/src/pipeline.rs by `cargo run -p metrics-pipeline-api --bin crdgen`; do not edit.\n{body}")
 }
 
 /// Fails unless the file committed at `relative` (to the repository root) is `generated`.

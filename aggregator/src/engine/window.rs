@@ -376,7 +376,7 @@ pub struct WindowEngine {
 const EVENTS_PER_THREAD: usize = 1_000;
 
 /// The hash that places a key in its partition: fixed, so the reading threads
-/// ([`crate::decode::DecodedPage`]) and the engine agree on it.
+/// ([`crate::kinesis::decode::DecodedPage`]) and the engine agree on it.
 pub fn key_hash(key: &[u8]) -> u64 {
     foldhash::fast::FixedState::default().hash_one(key)
 }
@@ -387,7 +387,7 @@ pub fn partition_of(hash: u64, partitions: usize) -> usize {
 }
 
 /// A page of records as [`WindowEngine::add_page`] takes it; built on the thread that read the
-/// page ([`crate::decode::DecodedPage`]), key hashes included.
+/// page ([`crate::kinesis::decode::DecodedPage`]), key hashes included.
 pub trait KeyedPage: Sync {
     /// How many user records the page holds, valid or not.
     fn records(&self) -> usize;

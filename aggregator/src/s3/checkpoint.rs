@@ -13,11 +13,11 @@ use aws_sdk_s3::error::DisplayErrorContext;
 use metrics_pipeline_model::event::EventTime;
 use serde::{Deserialize, Serialize};
 
-use crate::bucket::{Bucket, Condition, StorageError};
-use crate::parquet_files::FilesState;
-use crate::sink::OutputRecord;
-use crate::source::StreamPosition;
-use crate::window::EngineSnapshot;
+use crate::engine::window::EngineSnapshot;
+use crate::kinesis::sink::OutputRecord;
+use crate::kinesis::source::StreamPosition;
+use crate::s3::bucket::{Bucket, Condition, StorageError};
+use crate::s3::parquet_files::FilesState;
 
 pub const FORMAT_VERSION: u32 = 1;
 

@@ -7,7 +7,7 @@ use aws_sdk_s3::error::{BoxError, DisplayErrorContext};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::primitives::ByteStream;
 
-use crate::sink::Backoff;
+use crate::backoff::Backoff;
 
 #[derive(Clone)]
 pub struct Bucket {

@@ -1,5 +1,5 @@
 //! Turning a Kinesis record into [`MetricEvent`]s, or into the reason it is not one: a plain
-//! record is one user record, a KPL aggregate ([`crate::kpl`]) several.
+//! record is one user record, a KPL aggregate ([`crate::kinesis::kpl`]) several.
 //!
 //! Valid records take one borrowing serde pass. Only an invalid record pays for a second,
 //! diagnostic pass that names what is wrong, so the hot path stays a single parse.
@@ -10,9 +10,9 @@ use std::ops::Range;
 use metrics_pipeline_model::event::{EventTime, MetricEvent, is_partition_value};
 use serde_json::Value;
 
-use crate::get_records::{InputRecord, Records};
-use crate::kpl::{self, Corruption};
-use crate::window::{KeyedEvent, KeyedPage, MetricKey, key_hash};
+use crate::engine::window::{KeyedEvent, KeyedPage, MetricKey, key_hash};
+use crate::kinesis::get_records::{InputRecord, Records};
+use crate::kinesis::kpl::{self, Corruption};
 
 /// Records larger than this are refused before parsing: no metric event is anywhere near it.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -361,7 +361,7 @@ mod tests {
             body.extend(field(1, key.as_bytes()));
             body.extend(field(3, &[&[0x08, index as u8][..], &field(3, data)].concat()));
         }
-        [&crate::kpl::MAGIC[..], &body, &md5::Md5::digest(&body)[..]].concat()
+        [&crate::kinesis::kpl::MAGIC[..], &body, &md5::Md5::digest(&body)[..]].concat()
     }
 
     #[test]

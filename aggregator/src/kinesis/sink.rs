@@ -5,8 +5,6 @@
 //! not cure (access denied, no such stream, a KMS key) is logged as a warning and makes the
 //! aggregator not ready until a write goes through again.
 
-use std::time::Duration;
-
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::Blob;
@@ -16,7 +14,8 @@ use metrics_pipeline_model::event::MetricAggregate;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::backoff::Backoff;
+use crate::metrics::ErrorCode;
 use crate::server::Health;
 
 /// PutRecords takes at most 500 records and 5 MiB (data plus partition keys) per call.
@@ -130,26 +129,6 @@ pub fn error_code<E: ProvideErrorMetadata>(error: &SdkError<E>) -> String {
     }
 }
 
-/// Exponential backoff with a cap: 100 ms, 200 ms, ... 5 s.
-#[derive(Clone, Copy, Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { next: Duration::from_millis(100) }
-    }
-}
-
-impl Backoff {
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        delay
-    }
-}
-
 /// Where a write reports how it goes (the aggregator's health and metrics), and when it should
 /// give up because the process is stopping.
 pub struct Delivery<'a> {
@@ -247,7 +226,7 @@ impl KinesisSink {
             // Retrying is the loop at work, not a hang.
             health.beat();
             for (code, _) in refusals {
-                health.metrics.put_records_refused.get_or_create(&Metrics::label("code", code.clone())).inc();
+                health.metrics.put_records_refused.get_or_create(&ErrorCode(code.clone())).inc();
             }
         }
         match Refusal::of(code) {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::bucket::{Bucket, Condition};
+use crate::s3::bucket::{Bucket, Condition};
 
 /// One kept record, one JSON line in a dead-letter object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -14,9 +14,10 @@ use metrics_pipeline_model::event::EventTime;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::decode::DecodedPage;
-use crate::get_records::{Answer, ChildShard, DivertedBody, InputRecord, Records, parse};
-use crate::sink::{Backoff, error_code};
+use crate::backoff::Backoff;
+use crate::kinesis::decode::DecodedPage;
+use crate::kinesis::get_records::{Answer, ChildShard, DivertedBody, InputRecord, Records, parse};
+use crate::kinesis::sink::error_code;
 
 /// Kinesis allows 5 GetRecords calls per second per shard.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -494,7 +495,7 @@ async fn fetch(client: &Client, stream: &str, shard: &str, iterator: Option<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::InvalidReason;
+    use crate::kinesis::decode::InvalidReason;
 
     fn shard(id: &str, parents: &[&str]) -> ShardInfo {
         ShardInfo { id: id.into(), parents: parents.iter().map(|p| p.to_string()).collect() }

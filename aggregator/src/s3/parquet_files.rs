@@ -29,9 +29,9 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::bucket::{Bucket, Condition};
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
-use crate::sink::Backoff;
+use crate::s3::bucket::{Bucket, Condition};
 
 /// The codec inside the files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
