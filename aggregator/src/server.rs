@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use metrics_pipeline_runtime::metrics::OPENMETRICS_CONTENT_TYPE;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
@@ -125,7 +126,7 @@ async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
     if health.checkpoint_written.load(Ordering::Relaxed) {
         health.metrics.checkpoint_age_seconds.set(health.age(&health.last_checkpoint_ms).as_secs_f64());
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], health.metrics.encode())
+    ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], health.metrics.encode())
 }
 
 #[cfg(test)]

@@ -480,7 +480,7 @@ pub struct PipelineIdentity {
     pub glue_table: String,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum Phase {
     /// Resources are being created or changed.
     Provisioning,

@@ -356,5 +356,4 @@ fn is_iam_role_arn(arn: &str) -> bool {
 }
 
 #[cfg(test)]
-#[path = "validation_tests.rs"]
 mod tests;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::header;
 use axum::routing::get;
 use clap::Parser;
 use metrics_pipeline_api::config::AwsTarget;
@@ -17,6 +18,7 @@ use metrics_pipeline_operator::controller::{AwsAccount, Context, Settings, clust
 use metrics_pipeline_operator::leader::{LeaderElector, LeaseSettings};
 use metrics_pipeline_operator::metrics::Metrics;
 use metrics_pipeline_operator::workload::WorkloadSettings;
+use metrics_pipeline_runtime::metrics::OPENMETRICS_CONTENT_TYPE;
 use metrics_pipeline_runtime::process::{LogFormat, init_logging, shutdown_signal};
 use metrics_pipeline_runtime::sdk::sdk_config;
 use tokio::sync::watch;
@@ -141,7 +143,10 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
         settings,
     ));
 
-    let router = Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", get(move || async move { metrics.encode() }));
+    let served = metrics.clone();
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(move || async move { ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], served.encode()) }));
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     tokio::spawn(async move { axum::serve(listener, router).await });
 
@@ -163,6 +168,7 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
         }
         tracing::info!("leading: this replica reconciles");
     }
+    metrics.leader.set(1);
     let mut until_stopped = stopped.clone();
     let reconciling = run(context, cli.namespace, async move {
         let _ = until_stopped.wait_for(|stopped| *stopped).await;
@@ -176,6 +182,7 @@ async fn operate(cli: Cli) -> anyhow::Result<()> {
     } else {
         reconciling.await;
     }
+    metrics.leader.set(0);
     tracing::info!("stopped");
     Ok(())
 }

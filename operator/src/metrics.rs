@@ -1,13 +1,20 @@
-//! Prometheus metrics of the operator: reconciles by what they ended in, their duration, and AWS
-//! calls.
+//! Prometheus metrics of the operator, `metrics_pipeline_operator_*` in base units, served as
+//! OpenMetrics: reconciles by what they ended in and how long they took, pipelines by phase, AWS
+//! calls and their attempts and errors by operation and error code (see [`crate::aws::AwsCalls`]),
+//! whether this replica leads, and the build.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use metrics_pipeline_api::pipeline::Phase;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::aws::AwsCalls;
@@ -30,16 +37,7 @@ impl ReconcileResult {
     /// reason; `deleting`, `deleted`; `error` with the error's reason.
     fn labels(self) -> Vec<(&'static str, String)> {
         let (result, reason) = match self {
-            Self::Status(phase, reason) => {
-                let result = match phase {
-                    Phase::Ready => "ready",
-                    Phase::Provisioning => "provisioning",
-                    Phase::Degraded => "degraded",
-                    Phase::Failed => "failed",
-                    Phase::Deleting => "deleting",
-                };
-                (result, reason.unwrap_or_default())
-            }
+            Self::Status(phase, reason) => (phase_label(phase), reason.unwrap_or_default()),
             Self::Deleting => ("deleting", ""),
             Self::Deleted => ("deleted", ""),
             Self::Error(reason) => ("error", reason),
@@ -48,30 +46,74 @@ impl ReconcileResult {
     }
 }
 
+fn phase_label(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Ready => "ready",
+        Phase::Provisioning => "provisioning",
+        Phase::Degraded => "degraded",
+        Phase::Failed => "failed",
+        Phase::Deleting => "deleting",
+    }
+}
+
+const PHASES: [Phase; 5] = [Phase::Provisioning, Phase::Ready, Phase::Degraded, Phase::Failed, Phase::Deleting];
+
+/// The `phase` label of the pipelines gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct PhaseLabel(Phase);
+
+impl EncodeLabelSet for PhaseLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("phase", phase_label(self.0)).encode(encoder.encode_label())
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<Vec<(&'static str, String)>, Counter>,
     duration: Histogram,
+    pipelines: Family<PhaseLabel, Gauge>,
+    /// The phase each pipeline's status last showed, by `<namespace>/<name>`: what `pipelines` counts.
+    phases: Mutex<HashMap<String, Phase>>,
+    /// 1 while this replica reconciles (it holds the leader lease, or runs without election).
+    pub leader: Gauge,
 }
 
 impl Metrics {
     pub fn new(aws_calls: &AwsCalls) -> Self {
-        let mut registry = Registry::with_prefix("operator");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("metrics_pipeline_operator");
         let reconciles = Family::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+        let (pipelines, leader) = (Family::default(), Gauge::default());
         registry.register(
             "reconciles",
             "Reconciles by what the status showed after them (ready, provisioning, degraded, failed, deleting, deleted) or error, with the reason",
             reconciles.clone(),
         );
         registry.register("reconcile_duration_seconds", "How long one reconcile took", duration.clone());
-        registry.register("aws_calls", "AWS API calls by service and operation", aws_calls.0.clone());
-        Self { registry, reconciles, duration }
+        registry.register("pipelines", "MetricsPipelines by the phase their status shows", pipelines.clone());
+        registry.register("leader", "1 while this replica reconciles (holds the leader lease)", leader.clone());
+        registry.register("build", "The operator's version", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
+        aws_calls.register(registry);
+        Self { registry: root, reconciles, duration, pipelines, phases: Mutex::default(), leader }
     }
 
-    pub fn observe_reconcile(&self, took: Duration, result: ReconcileResult) {
+    /// Counts one reconcile of `pipeline` (`<namespace>/<name>`), and the phase its status shows now.
+    pub fn observe_reconcile(&self, pipeline: &str, took: Duration, result: ReconcileResult) {
         self.reconciles.get_or_create(&result.labels()).inc();
         self.duration.observe(took.as_secs_f64());
+        let mut phases = self.phases.lock().expect("no panics while holding the lock");
+        match result {
+            ReconcileResult::Status(phase, _) => drop(phases.insert(pipeline.to_owned(), phase)),
+            ReconcileResult::Deleting => drop(phases.insert(pipeline.to_owned(), Phase::Deleting)),
+            ReconcileResult::Deleted => drop(phases.remove(pipeline)),
+            ReconcileResult::Error(_) => {}
+        }
+        for phase in PHASES {
+            let count = phases.values().filter(|shown| **shown == phase).count();
+            self.pipelines.get_or_create(&PhaseLabel(phase)).set(count as i64);
+        }
     }
 
     pub fn encode(&self) -> String {
@@ -88,11 +130,31 @@ mod tests {
     #[test]
     fn a_reconcile_counts_as_what_the_status_shows() {
         let metrics = Metrics::new(&AwsCalls::default());
-        metrics.observe_reconcile(Duration::from_millis(5), ReconcileResult::Status(Phase::Failed, Some("AwsRefused")));
-        metrics.observe_reconcile(Duration::from_millis(5), ReconcileResult::Status(Phase::Ready, None));
+        metrics.observe_reconcile("a/p", Duration::from_millis(5), ReconcileResult::Status(Phase::Failed, Some("AwsRefused")));
+        metrics.observe_reconcile("a/q", Duration::from_millis(5), ReconcileResult::Status(Phase::Ready, None));
         let text = metrics.encode();
-        assert!(text.contains(r#"operator_reconciles_total{result="failed",reason="AwsRefused"} 1"#), "{text}");
-        assert!(text.contains(r#"operator_reconciles_total{result="ready",reason=""} 1"#), "{text}");
+        assert!(text.contains(r#"metrics_pipeline_operator_reconciles_total{result="failed",reason="AwsRefused"} 1"#), "{text}");
+        assert!(text.contains(r#"metrics_pipeline_operator_reconciles_total{result="ready",reason=""} 1"#), "{text}");
         assert!(!text.contains(r#"result="ok""#), "{text}");
+    }
+
+    #[test]
+    fn pipelines_are_counted_by_the_phase_their_status_shows_until_they_are_gone() {
+        let metrics = Metrics::new(&AwsCalls::default());
+        let took = Duration::from_millis(5);
+        metrics.observe_reconcile("a/p", took, ReconcileResult::Status(Phase::Provisioning, None));
+        metrics.observe_reconcile("a/q", took, ReconcileResult::Status(Phase::Provisioning, None));
+        metrics.observe_reconcile("a/p", took, ReconcileResult::Status(Phase::Ready, None));
+        metrics.observe_reconcile("a/q", took, ReconcileResult::Error("Kube"));
+        let count = |phase: &str| {
+            let series = format!("metrics_pipeline_operator_pipelines{{phase=\"{phase}\"}} ");
+            let text = metrics.encode();
+            text.lines().find_map(|line| line.strip_prefix(&series).map(str::to_owned)).unwrap_or_else(|| panic!("{text}"))
+        };
+        assert_eq!((count("ready"), count("provisioning"), count("failed")), ("1".into(), "1".into(), "0".into()));
+        metrics.observe_reconcile("a/p", took, ReconcileResult::Deleting);
+        metrics.observe_reconcile("a/q", took, ReconcileResult::Deleted);
+        assert_eq!((count("ready"), count("provisioning"), count("deleting")), ("0".into(), "0".into(), "1".into()));
+        assert!(metrics.encode().contains(r#"metrics_pipeline_operator_build_info{version=""#), "{}", metrics.encode());
     }
 }

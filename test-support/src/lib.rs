@@ -45,7 +45,7 @@ pub async fn terminate(child: &mut tokio::process::Child, grace: Duration) -> Op
 }
 
 /// The series of one counter in a Prometheus text exposition: labels and value, e.g. for
-/// `operator_aws_calls_total{service="Kinesis",operation="ListShards"} 3`.
+/// `metrics_pipeline_operator_aws_calls_total{service="Kinesis",operation="ListShards"} 3`.
 pub fn counter_series(exposition: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
     exposition
         .lines()

@@ -94,7 +94,7 @@ impl Operator {
 
     /// AWS calls so far, as the operator's `/metrics` counts them: (service, operation, count).
     pub fn calls(&self) -> Vec<(String, String, f64)> {
-        let series = counter_series(&self.metrics.encode(), "operator_aws_calls_total");
+        let series = counter_series(&self.metrics.encode(), "metrics_pipeline_operator_aws_calls_total");
         series.into_iter().map(|(labels, count)| (labels["service"].clone(), labels["operation"].clone(), count)).collect()
     }
 
@@ -110,7 +110,7 @@ impl Operator {
 
     /// Reconciles so far, whatever they ended in.
     pub fn reconciles(&self) -> f64 {
-        counter_series(&self.metrics.encode(), "operator_reconciles_total").iter().map(|(_, count)| count).sum()
+        counter_series(&self.metrics.encode(), "metrics_pipeline_operator_reconciles_total").iter().map(|(_, count)| count).sum()
     }
 
     pub fn total_calls(&self) -> f64 {

@@ -780,5 +780,4 @@ fn aggregate(key: &MetricKey, start: i64, end: i64, accumulator: &Accumulator, r
 }
 
 #[cfg(test)]
-#[path = "window_tests.rs"]
 mod tests;

@@ -35,6 +35,8 @@ pub type Answer = (u16, &'static str);
 
 pub struct FakeAws {
     pub clients: AwsClients,
+    /// What the clients count of their calls.
+    pub calls: AwsCalls,
     /// `(operation, request body)` of every call, in order.
     requests: Arc<Mutex<Vec<(String, String)>>>,
 }
@@ -87,7 +89,8 @@ impl FakeAws {
             }
         });
         let sdk = sdk_at(&endpoint).to_builder().http_client(metrics_pipeline_runtime::sdk::http_client()).build();
-        Self { clients: AwsClients::new(&sdk, "eu-west-1", &AwsCalls::default()), requests }
+        let calls = AwsCalls::default();
+        Self { clients: AwsClients::new(&sdk, "eu-west-1", &calls), calls, requests }
     }
 
     /// The operations called so far, in order.

@@ -22,21 +22,88 @@ use aws_config::SdkConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef,
+};
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use metrics_pipeline_runtime::sdk::{http_client, s3_client};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 use self::limits::RateLimits;
 pub use self::resource::AwsResource;
 use crate::error::Error;
 
-/// Counts AWS calls by service and operation, so steady state can be shown to mutate nothing.
+/// AWS calls by service and operation (steady state can be shown to mutate nothing), their
+/// attempts (the SDK's retries included), and the attempts that failed by error code: AWS's
+/// (`ThrottlingException`), or `timeout`, `connection` and `rate_limited` (this operator's own
+/// pacing, see [`limits`]) when no answer came.
 #[derive(Clone, Debug, Default)]
-pub struct AwsCalls(pub Family<Vec<(&'static str, String)>, Counter>);
+pub struct AwsCalls {
+    calls: Family<Operation, Counter>,
+    attempts: Family<Operation, Counter>,
+    errors: Family<FailedAttempt, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Operation {
+    pub service: String,
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailedAttempt {
+    pub service: String,
+    pub operation: String,
+    pub code: String,
+}
+
+impl AwsCalls {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("aws_calls", "AWS API calls by service and operation", self.calls.clone());
+        registry.register("aws_attempts", "Attempts of AWS API calls, the SDK's retries included", self.attempts.clone());
+        registry.register(
+            "aws_attempt_errors",
+            "Attempts of AWS API calls that failed, by error code (timeout, connection, rate_limited when no answer came)",
+            self.errors.clone(),
+        );
+    }
+
+    /// Calls of `operation` of `service` so far.
+    pub fn calls(&self, service: &str, operation: &str) -> u64 {
+        self.calls.get_or_create(&Operation { service: service.to_owned(), operation: operation.to_owned() }).get()
+    }
+}
+
+fn operation(cfg: &ConfigBag) -> Option<Operation> {
+    cfg.load::<Metadata>().map(|metadata| Operation { service: metadata.service().to_owned(), operation: metadata.name().to_owned() })
+}
+
+/// What an attempt that failed failed with: the code AWS answered (JSON protocols name it in a
+/// header or `__type`, the XML ones in `<Code>`), else what kind of failure it was.
+fn failure_code(context: &FinalizerInterceptorContextRef<'_>) -> Option<String> {
+    let failure = context.output_or_error()?.err()?;
+    if failure.as_connector_error().and_then(std::error::Error::source).is_some_and(|source| source.is::<crate::error::RateLimited>()) {
+        return Some("rate_limited".to_owned());
+    }
+    if failure.is_timeout_error() {
+        return Some("timeout".to_owned());
+    }
+    let Some(response) = context.response() else { return Some("connection".to_owned()) };
+    let status = response.status().as_u16();
+    if let Some(code) = response.headers().get("x-amzn-errortype") {
+        return Some(code.split(':').next().unwrap_or(code).to_owned());
+    }
+    let body = String::from_utf8_lossy(response.body().bytes().unwrap_or_default());
+    let json = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|value| value["__type"].as_str().map(str::to_owned));
+    let xml = || body.split_once("<Code>").and_then(|(_, rest)| rest.split_once("</Code>")).map(|(code, _)| code.to_owned());
+    // A JSON `__type` may carry a namespace: `com.amazonaws.kinesis#ThrottlingException`.
+    Some(json.map(|code| code.rsplit('#').next().unwrap_or_default().to_owned()).or_else(xml).unwrap_or_else(|| format!("http_{status}")))
+}
 
 impl Intercept for AwsCalls {
     fn name(&self) -> &'static str {
@@ -51,8 +118,32 @@ impl Intercept for AwsCalls {
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if let Some(metadata) = cfg.load::<Metadata>() {
-            self.0.get_or_create(&vec![("service", metadata.service().to_owned()), ("operation", metadata.name().to_owned())]).inc();
+        if let Some(operation) = operation(cfg) {
+            self.calls.get_or_create(&operation).inc();
+        }
+        Ok(())
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(operation) = operation(cfg) {
+            self.attempts.get_or_create(&operation).inc();
+        }
+        Ok(())
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let (Some(Operation { service, operation }), Some(code)) = (operation(cfg), failure_code(context)) {
+            self.errors.get_or_create(&FailedAttempt { service, operation, code }).inc();
         }
         Ok(())
     }
@@ -271,10 +362,28 @@ mod tests {
         let _ = clients.kinesis.list_streams().send().await;
         let _ = clients.glue.get_databases().send().await;
         let _ = clients.glue.get_databases().send().await;
-        let count = |service: &str, operation: &str| {
-            calls.0.get_or_create(&vec![("service", service.to_owned()), ("operation", operation.to_owned())]).get()
-        };
+        let count = |service: &str, operation: &str| calls.calls(service, operation);
         assert_eq!((count("Glue", "GetDatabases"), count("Kinesis", "ListStreams"), count("Kinesis", "CreateStream")), (2, 1, 0));
+    }
+
+    #[tokio::test]
+    async fn failed_attempts_are_counted_by_the_code_aws_answered_retries_included() {
+        let throttled = r#"{"__type":"com.amazonaws.kinesis#ThrottlingException","message":"Rate exceeded"}"#;
+        let aws = fake::FakeAws::start(std::collections::BTreeMap::from([("ListStreams", (400, throttled))])).await;
+        let _ = aws.clients.kinesis.list_streams().send().await;
+        let mut registry = Registry::default();
+        aws.calls.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let count = |series: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(series)?.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{series}: {text}"))
+        };
+        let attempts = count(r#"aws_attempts_total{service="Kinesis",operation="ListStreams"}"#);
+        assert_eq!(count(r#"aws_calls_total{service="Kinesis",operation="ListStreams"}"#), 1);
+        assert!(attempts > 1, "the SDK retries throttling: {attempts}");
+        assert_eq!(count(r#"aws_attempt_errors_total{service="Kinesis",operation="ListStreams",code="ThrottlingException"}"#), attempts);
     }
 
     #[tokio::test(start_paused = true)]

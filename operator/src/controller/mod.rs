@@ -330,7 +330,8 @@ async fn reconcile_now(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) ->
     // The pipeline as stored now, not as the watch had it when this reconcile was queued: it may
     // have waited minutes for its turn, and a reconcile the aggregator's Deployment starts can
     // come before the watch delivered the last status write.
-    let Some(pipeline) = api.get_opt(&pipeline.name_any()).await.map_err(Error::Kube)? else {
+    let name = pipeline.name_any();
+    let Some(pipeline) = api.get_opt(&name).await.map_err(Error::Kube)? else {
         context.track(&pipeline, |track| *track = Track::default());
         return Ok(Action::await_change());
     };
@@ -367,7 +368,7 @@ async fn reconcile_now(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) ->
         (Err(Error::Deleting(_) | Error::Draining { .. }), _) => ReconcileResult::Deleting,
         (Err(error), _) => ReconcileResult::Error(error.reason()),
     };
-    context.metrics.observe_reconcile(started.elapsed(), counted);
+    context.metrics.observe_reconcile(&format!("{namespace}/{name}"), started.elapsed(), counted);
     result
 }
 

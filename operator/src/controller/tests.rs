@@ -114,7 +114,7 @@ async fn an_invalid_spec_is_reported_in_status_and_as_an_event_without_touching_
     assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("InvalidSpec")));
     assert!(ready["message"].as_str().unwrap().contains("spec.streams.input.shardCount"), "{ready}");
     assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
-    assert!(!context.metrics.encode().contains("operator_aws_calls_total{"), "no AWS call");
+    assert!(!context.metrics.encode().contains("metrics_pipeline_operator_aws_calls_total{"), "no AWS call");
 }
 
 /// The status of a pipeline whose resources were made in account 999999999999.
@@ -148,7 +148,7 @@ async fn an_operator_in_another_account_than_the_pipelines_resources_touches_not
         kept["message"].as_str().unwrap().contains("in account 999999999999, and the operator now works in account 123456789012"),
         "{kept}"
     );
-    assert!(!context.metrics.encode().contains("operator_aws_calls_total{"), "no AWS call");
+    assert!(!context.metrics.encode().contains("metrics_pipeline_operator_aws_calls_total{"), "no AWS call");
 }
 
 #[tokio::test]
@@ -223,7 +223,7 @@ async fn an_orphaning_deletion_goes_through_whichever_account_the_operator_is_in
     let event = server.await.unwrap();
     assert_eq!(action, Action::await_change());
     assert!(event["note"].as_str().unwrap().contains("deletionPolicy: Orphan"), "{event}");
-    assert!(!context.metrics.encode().contains("operator_aws_calls_total{"), "no AWS call");
+    assert!(!context.metrics.encode().contains("metrics_pipeline_operator_aws_calls_total{"), "no AWS call");
 }
 
 #[test]

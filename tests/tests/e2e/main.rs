@@ -3,6 +3,7 @@
 //! runs one file's. The leader election tests run alone (`tests/leader.rs`): their leases of
 //! two seconds must not wait for a busy API server.
 
+mod alerts;
 mod aws_emulator;
 mod chart;
 mod crd;
