@@ -71,9 +71,11 @@ write_env_file() {
 export KUBECONFIG=$STATE_DIR/kubeconfig
 export AWS_ENDPOINT_URL=$1
 export AWS_EMULATOR_URL=$(cat "$STATE_DIR/moto.url")
-# kinesis-mock, for the tests on this host (not on the node's address), and the KPL library's Python.
+# kinesis-mock, for the tests on this host (not on the node's address), and the Pythons of the KPL
+# library and of Helm's SDK.
 export KINESIS_MOCK_URL=$(cat "$STATE_DIR/kinesis-mock.url")
-export KPL_PYTHON=$(kpl_venv)/bin/python
+export KPL_PYTHON=$(venv_path kpl "${KPL_PACKAGES[@]}")/bin/python
+export HELM_PYTHON=$(venv_path helm "${HELM_PACKAGES[@]}")/bin/python
 $(credentials)
 export AWS_REGION=$AWS_TEST_REGION
 export AWS_DEFAULT_REGION=$AWS_TEST_REGION

@@ -31,12 +31,6 @@ ensure_packages() {
   # kinesis-mock is a Node.js program, installed with npm.
   command -v node >/dev/null || missing+=(nodejs)
   command -v npm >/dev/null || missing+=(npm)
-  # The chart test renders the Helm chart with Go's text/template and sprig (tests/chart/render.go).
-  command -v go >/dev/null || missing+=(golang-go)
-  local gocode=/usr/share/gocode/src
-  [ -d $gocode/github.com/Masterminds/sprig ] || missing+=(golang-github-masterminds-sprig-dev)
-  [ -d $gocode/github.com/xeipuuv/gojsonschema ] || missing+=(golang-github-xeipuuv-gojsonschema-dev)
-  [ -d $gocode/gopkg.in/yaml.v3 ] || missing+=(golang-gopkg-yaml.v3-dev)
   # promtool, which tests the alert rules the chart ships (tests/alerts/).
   command -v promtool >/dev/null || missing+=(prometheus)
   if [ "$NODE_ENABLED" != off ]; then
@@ -68,18 +62,30 @@ ensure_moto() {
   MOTO_PYTHON=$venv/bin/python
 }
 
-ensure_query_engine() {
-  local venv
-  venv=$CACHE_DIR/query-$(printf '%s-' "${QUERY_PACKAGES[@]}" | sed 's/==/-/g; s/-$//')
+# The folder of the virtualenv NAME holding PACKAGES: one per set of versions.
+venv_path() {
+  local name=$1
+  shift
+  echo "$CACHE_DIR/$name-$(printf '%s-' "$@" | sed 's/==/-/g; s/-$//')"
+}
+
+# Installs PACKAGES into the virtualenv NAME (for WHAT) unless it holds them; prints its folder.
+ensure_venv() {
+  local name=$1 what=$2 venv
+  shift 2
+  venv=$(venv_path "$name" "$@")
   if [ ! -f "$venv/installed" ]; then
-    say "installing ${QUERY_PACKAGES[*]} into $venv (scripts/query)"
+    say "installing $* into $venv ($what)"
     rm -rf "$venv"
-    python3 -m venv "$venv" || { apt_install python3-venv; python3 -m venv "$venv"; }
-    "$venv/bin/pip" install -q --disable-pip-version-check "${QUERY_PACKAGES[@]}" \
-      || die "pip could not install ${QUERY_PACKAGES[*]} into $venv"
+    python3 -m venv "$venv" >&2 || { apt_install python3-venv; python3 -m venv "$venv" >&2; }
+    "$venv/bin/pip" install -q --disable-pip-version-check "$@" >&2 || die "pip could not install $* into $venv"
     touch "$venv/installed"
   fi
-  QUERY_PYTHON=$venv/bin/python
+  echo "$venv"
+}
+
+ensure_query_engine() {
+  QUERY_PYTHON=$(ensure_venv query "scripts/query" "${QUERY_PACKAGES[@]}")/bin/python
 }
 
 # Sets KINESIS_MOCK_DIR to kinesis-local's package folder (main.js, and server.json, its TLS
@@ -98,19 +104,10 @@ ensure_kinesis_mock() {
   KINESIS_MOCK_DIR=$prefix/node_modules/kinesis-local
 }
 
-kpl_venv() { echo "$CACHE_DIR/kpl-$(printf '%s-' "${KPL_PACKAGES[@]}" | sed 's/==/-/g; s/-$//')"; }
-
-ensure_kpl_library() {
-  local venv
-  venv=$(kpl_venv)
-  if [ ! -f "$venv/installed" ]; then
-    say "installing ${KPL_PACKAGES[*]} into $venv (\$KPL_PYTHON, for the tests)"
-    rm -rf "$venv"
-    python3 -m venv "$venv" || { apt_install python3-venv; python3 -m venv "$venv"; }
-    "$venv/bin/pip" install -q --disable-pip-version-check "${KPL_PACKAGES[@]}" \
-      || die "pip could not install ${KPL_PACKAGES[*]} into $venv"
-    touch "$venv/installed"
-  fi
+# The tests' own Python tools: AWS Labs' KPL aggregation library, and Helm's SDK.
+ensure_test_tools() {
+  ensure_venv kpl "\$KPL_PYTHON, for the tests" "${KPL_PACKAGES[@]}" >/dev/null
+  ensure_venv helm "\$HELM_PYTHON: Helm's own SDK, for the chart tests" "${HELM_PACKAGES[@]}" >/dev/null
 }
 
 # Sets KUBE_BIN to a folder holding the Kubernetes programs this environment runs.

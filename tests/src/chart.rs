@@ -1,6 +1,7 @@
-//! The Helm chart without Helm: `tests/chart/render.go` renders it as `helm template` does
-//! (text/template, sprig, values checked against values.schema.json), and `apply` sends every
-//! document to the API server with server-side apply, as `helm install` would create them.
+//! The Helm chart through Helm v4's own Go SDK (`tests/chart/helm.py` on `$HELM_PYTHON`, which
+//! `scripts/dev-env up` installs): `render` is what `helm install` would create, values checked
+//! against values.schema.json; `lint` is `helm lint --strict`; `apply` sends every document to the
+//! API server with server-side apply, as `helm install` would create them.
 
 use std::process::Command;
 
@@ -14,25 +15,32 @@ use crate::{FIELD_MANAGER, repo_path};
 
 pub const CHART: &str = "charts/metrics-pipeline-operator";
 
-/// `helm template <release> CHART --namespace <namespace> -f <values>`; the error names the
-/// values the schema refuses.
+/// `helm template <release> CHART --namespace <namespace> -f <values>` with the chart's CRDs
+/// first; the error names the values the schema refuses.
 pub fn render(namespace: &str, release: &str, values: &serde_json::Value) -> anyhow::Result<String> {
-    // Tests render the same release side by side: each render has a file of its own.
-    static RENDERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let render = RENDERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let values_file = std::env::temp_dir().join(format!("chart-values-{namespace}-{release}-{}-{render}.yaml", std::process::id()));
-    // JSON is YAML.
+    helm(&["template", CHART, namespace, release], values)
+}
+
+/// `helm lint --strict CHART -f <values>`: Helm's findings, an error on any warning.
+pub fn lint(values: &serde_json::Value) -> anyhow::Result<String> {
+    helm(&["lint", CHART], values)
+}
+
+fn helm(args: &[&str], values: &serde_json::Value) -> anyhow::Result<String> {
+    // Tests render the same release side by side: each call has a values file of its own.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let values_file = std::env::temp_dir().join(format!("chart-values-{}-{call}.json", std::process::id()));
     std::fs::write(&values_file, serde_json::to_vec(values)?)?;
-    let output = Command::new("go")
-        .args(["run", "render.go"])
-        .arg(repo_path(CHART))
-        .args([namespace, release])
+    let python = std::env::var("HELM_PYTHON").context("HELM_PYTHON is not set: source .dev-env/env (scripts/dev-env up)")?;
+    let output = Command::new(&python)
+        .arg("tests/chart/helm.py")
+        .args(args)
         .arg(&values_file)
-        .current_dir(repo_path("tests/chart"))
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
+        .current_dir(repo_path("."))
         .output()
-        .context("cannot run `go` (Debian: golang-go; scripts/dev-env up installs it)")?;
+        .with_context(|| format!("cannot run {python} (scripts/dev-env up installs Helm's SDK there)"))?;
+    let _ = std::fs::remove_file(&values_file);
     if !output.status.success() {
         bail!("{}", String::from_utf8_lossy(&output.stderr).trim());
     }

@@ -19,14 +19,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{- /* The image tag as written: a tag of digits only (a short commit id given with --set) reaches
+the template as a number, which YAML and JSON values make a float (1.234567e+06). */ -}}
+{{- define "operator.tag" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
+{{- if kindIs "float64" $tag -}}{{ $tag | int64 }}{{- else -}}{{ $tag }}{{- end -}}
+{{- end -}}
+
 {{- define "operator.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{ .Values.image.repository }}:{{ include "operator.tag" . }}
 {{- end -}}
 
 {{- define "operator.aggregatorImage" -}}
 {{- if .Values.aggregatorImage -}}
 {{ .Values.aggregatorImage }}
 {{- else -}}
-{{ regexReplaceAll "[^/]+$" .Values.image.repository "metrics-aggregator" }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{ regexReplaceAll "[^/]+$" .Values.image.repository "metrics-aggregator" }}:{{ include "operator.tag" . }}
 {{- end -}}
 {{- end -}}

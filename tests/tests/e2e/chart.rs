@@ -1,4 +1,4 @@
-//! The Helm chart, rendered as Helm would and applied to the real API server: the operator runs
+//! The Helm chart, rendered and linted by Helm's own SDK and applied to the real API server: the operator runs
 //! as the chart's Deployment, real pods of this checkout's image on the node, each with the token
 //! the kubelet mounts for the chart's ServiceAccount, so its RBAC is proven sufficient for a whole
 //! pipeline lifecycle; a SubjectAccessReview shows it is nothing broader. With two replicas, one
@@ -47,6 +47,22 @@ fn values_the_schema_refuses_are_named() {
     }
     let unknown = chart::render("ops", "mp", &json!({"replica": 2})).unwrap_err().to_string();
     assert!(unknown.contains("replica"), "a misspelt value is refused: {unknown}");
+}
+
+#[test]
+fn the_chart_passes_helm_lint_strict() {
+    let findings = chart::lint(&values("pipelines", 2)).unwrap();
+    assert!(!findings.contains("[2]") && !findings.contains("[3]"), "{findings}");
+}
+
+#[test]
+fn an_all_digit_image_tag_is_taken_as_written() {
+    // What `--set image.tag=1234567` (a short commit id) or `tag: 1234567` in a values file give.
+    let rendered =
+        chart::render("ops", "mp", &json!({"image": {"repository": "registry.example/metrics-pipeline-operator", "tag": 1234567}}))
+            .unwrap();
+    assert!(rendered.contains("image: registry.example/metrics-pipeline-operator:1234567"), "{rendered}");
+    assert!(rendered.contains(r#"value: "registry.example/metrics-aggregator:1234567""#), "{rendered}");
 }
 
 #[test]

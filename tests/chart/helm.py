@@ -1,0 +1,54 @@
+"""Helm v4 for the tests, through its own Go SDK (helm-python-sdk; no helm binary).
+
+    $HELM_PYTHON tests/chart/helm.py template CHART NAMESPACE RELEASE VALUES.json
+        what `helm install --dry-run` would create: the chart's CRDs, then every template, as
+        YAML documents; values checked against values.schema.json as Helm checks them
+    $HELM_PYTHON tests/chart/helm.py lint CHART VALUES.json
+        `helm lint --strict`: every finding, and a failure on any warning or error
+"""
+
+import json
+import sys
+
+import helm_python as helm
+
+# Helm's lint severities: 1 info, 2 warning, 3 error.
+WARNING = 2
+
+
+def template(chart_dir: str, namespace: str, release: str, values: dict) -> None:
+    with helm.Chart.load(chart_dir) as chart:
+        try:
+            chart.validate_schema(chart.merge_values(values))
+        except helm.HelmValuesError as error:
+            sys.exit(f"the values are refused: {error}")
+        rendered = chart.render(values, name=release, namespace=namespace, is_install=True)
+        documents = [crd["data"] for crd in sorted(chart.crds, key=lambda crd: crd["filename"])]
+        documents += [rendered[path] for path in sorted(rendered) if not path.endswith("NOTES.txt") and rendered[path].strip()]
+    print("\n---\n".join(document.strip() for document in documents))
+
+
+def lint(chart_dir: str, values: dict) -> None:
+    report = helm.lint(chart_dir, values, strict=True)
+    findings = [f"{message['path']}: {message['error']}" for message in report["messages"] if message["severity"] >= WARNING]
+    findings += [str(error) for error in report["errors"]]
+    for message in report["messages"]:
+        print(f"[{message['severity']}] {message['path']}: {message['error']}")
+    if findings:
+        sys.exit("helm lint --strict: " + "; ".join(findings))
+
+
+def main() -> None:
+    command, chart_dir, *rest = sys.argv[1:]
+    with open(rest[-1]) as values_file:
+        values = json.load(values_file)
+    if command == "template":
+        template(chart_dir, rest[0], rest[1], values)
+    elif command == "lint":
+        lint(chart_dir, values)
+    else:
+        sys.exit(f"unknown command {command}: template or lint")
+
+
+if __name__ == "__main__":
+    main()
