@@ -14,6 +14,8 @@ import helm_python as helm
 
 # Helm's lint severities: 1 info, 2 warning, 3 error.
 WARNING = 2
+# The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion), which the tests run.
+OLDEST_KUBERNETES = "1.20.0"
 
 
 def template(chart_dir: str, namespace: str, release: str, values: dict) -> None:
@@ -22,14 +24,33 @@ def template(chart_dir: str, namespace: str, release: str, values: dict) -> None
             chart.validate_schema(chart.merge_values(values))
         except helm.HelmValuesError as error:
             sys.exit(f"the values are refused: {error}")
-        rendered = chart.render(values, name=release, namespace=namespace, is_install=True)
-        documents = [crd["data"] for crd in sorted(chart.crds, key=lambda crd: crd["filename"])]
-        documents += [rendered[path] for path in sorted(rendered) if not path.endswith("NOTES.txt") and rendered[path].strip()]
-    print("\n---\n".join(document.strip() for document in documents))
+        try:
+            rendered = chart.render(values, name=release, namespace=namespace, is_install=True)
+        except helm.HelmRenderError as error:
+            sys.exit(f"the chart cannot be rendered: {error}")
+        crds = [crd["data"].strip() for crd in sorted(chart.crds, key=lambda crd: crd["filename"])]
+        templates = [
+            document.strip()
+            for path in sorted(rendered)
+            if not path.endswith("NOTES.txt")
+            for document in rendered[path].split("\n---")
+            if document.strip()
+        ]
+    print("\n---\n".join(crds + sorted(templates, key=install_order)))
+
+
+# The order `helm install` creates kinds in (Helm's InstallOrder, the kinds this chart has); others last.
+INSTALL_ORDER = ["Namespace", "PodDisruptionBudget", "ServiceAccount", "Secret", "ConfigMap", "CustomResourceDefinition",
+                 "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment"]
+
+
+def install_order(document: str) -> int:
+    kinds = [line.removeprefix("kind: ") for line in document.splitlines() if line.startswith("kind: ")]
+    return INSTALL_ORDER.index(kinds[0]) if kinds and kinds[0] in INSTALL_ORDER else len(INSTALL_ORDER)
 
 
 def lint(chart_dir: str, values: dict) -> None:
-    report = helm.lint(chart_dir, values, strict=True)
+    report = helm.lint(chart_dir, values, strict=True, kube_version=OLDEST_KUBERNETES)
     findings = [f"{message['path']}: {message['error']}" for message in report["messages"] if message["severity"] >= WARNING]
     findings += [str(error) for error in report["errors"]]
     for message in report["messages"]:

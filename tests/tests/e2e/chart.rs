@@ -65,6 +65,87 @@ fn an_all_digit_image_tag_is_taken_as_written() {
     assert!(rendered.contains(r#"value: "registry.example/metrics-aggregator:1234567""#), "{rendered}");
 }
 
+/// The rendered documents of `kind`.
+fn documents<'a>(rendered: &'a str, kind: &str) -> Vec<&'a str> {
+    rendered.split("\n---\n").filter(|document| document.lines().any(|line| line == format!("kind: {kind}"))).collect()
+}
+
+#[test]
+fn a_release_named_after_the_project_names_its_objects_once() {
+    let rendered = chart::render("ops", "metrics-pipeline", &json!({})).unwrap();
+    let deployment = documents(&rendered, "Deployment").concat();
+    assert!(deployment.contains("  name: metrics-pipeline-operator\n"), "{deployment}");
+    assert!(!rendered.contains("metrics-pipeline-metrics-pipeline"), "{rendered}");
+    let overridden = chart::render("ops", "metrics-pipeline", &json!({"fullnameOverride": "pipelines"})).unwrap();
+    assert!(documents(&overridden, "Deployment").concat().contains("  name: pipelines\n"), "{overridden}");
+}
+
+#[test]
+fn a_service_account_made_elsewhere_is_used_by_name_and_never_created() {
+    let rendered = chart::render("ops", "mp", &json!({"serviceAccount": {"create": false, "name": "platform-operator"}})).unwrap();
+    assert!(documents(&rendered, "ServiceAccount").is_empty(), "{rendered}");
+    assert!(rendered.contains("serviceAccountName: platform-operator"), "{rendered}");
+    for binding in ["ClusterRoleBinding", "RoleBinding"] {
+        assert!(documents(&rendered, binding).concat().contains("name: platform-operator"), "{binding}: {rendered}");
+    }
+    let unnamed = chart::render("ops", "mp", &json!({"serviceAccount": {"create": false}})).unwrap_err().to_string();
+    assert!(unnamed.contains("serviceAccount.name"), "{unnamed}");
+}
+
+#[test]
+fn no_region_is_chosen_for_the_user() {
+    let rendered = chart::render("ops", "mp", &json!({})).unwrap();
+    let deployment = documents(&rendered, "Deployment").concat();
+    assert!(!deployment.contains("AWS_REGION"), "no silent default region: {deployment}");
+    let chosen = chart::render("ops", "mp", &json!({"region": "eu-central-1"})).unwrap();
+    assert!(chosen.contains(r#"{name: AWS_REGION, value: "eu-central-1"}"#), "{chosen}");
+}
+
+#[test]
+fn prometheus_finds_the_operator_the_aggregators_and_the_alerts_when_asked_to() {
+    let plain = chart::render("ops", "mp", &json!({})).unwrap();
+    assert_eq!(documents(&plain, "Service").len(), 1, "a metrics Service by default: {plain}");
+    for kind in ["ServiceMonitor", "PodMonitor", "PrometheusRule"] {
+        assert!(documents(&plain, kind).is_empty(), "{kind} needs the Prometheus Operator's CRDs: off by default");
+    }
+    let monitored = json!({"watchNamespace": "team-a", "metrics": {"serviceMonitor": {"enabled": true, "labels": {"release": "kube-prometheus"}}, "podMonitor": {"enabled": true}, "prometheusRule": {"enabled": true}}});
+    let rendered = chart::render("ops", "mp", &monitored).unwrap();
+    assert!(documents(&rendered, "ServiceMonitor").concat().contains("release: kube-prometheus"), "{rendered}");
+    let pods = documents(&rendered, "PodMonitor").concat();
+    assert!(pods.contains("app.kubernetes.io/name: metrics-aggregator") && pods.contains(r#"matchNames: ["team-a"]"#), "{pods}");
+    let rules = documents(&rendered, "PrometheusRule").concat();
+    let shipped = std::fs::read_to_string(repo_path("charts/metrics-pipeline-operator/rules/alerts.yaml")).unwrap();
+    let alerts = |text: &str| {
+        text.lines().filter(|line| line.trim_start().starts_with("- alert: ") || line.trim_start().starts_with("alert: ")).count()
+    };
+    assert_eq!(alerts(&rules), alerts(&shipped), "every shipped alert: {rules}");
+    assert_eq!(alerts(&shipped), 10);
+}
+
+#[test]
+fn two_replicas_keep_one_through_a_drain_on_different_nodes() {
+    let single = chart::render("ops", "mp", &json!({})).unwrap();
+    assert!(documents(&single, "PodDisruptionBudget").is_empty() && !single.contains("topologySpreadConstraints"), "{single}");
+    let pair = chart::render("ops", "mp", &json!({"replicas": 2})).unwrap();
+    assert!(documents(&pair, "PodDisruptionBudget").concat().contains("minAvailable: 1"), "{pair}");
+    assert!(pair.contains("topologyKey: kubernetes.io/hostname"), "{pair}");
+}
+
+#[test]
+fn private_registries_extra_env_and_pod_labels_reach_the_pod() {
+    let values = json!({"imagePullSecrets": [{"name": "registry-keys"}], "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}], "podLabels": {"team": "platform"}, "priorityClassName": "system-cluster-critical"});
+    let rendered = chart::render("ops", "mp", &values).unwrap();
+    for expected in [
+        "- name: registry-keys",
+        "- name: HTTPS_PROXY",
+        "value: http://proxy:3128",
+        "team: platform",
+        "priorityClassName: \"system-cluster-critical\"",
+    ] {
+        assert!(rendered.contains(expected), "{expected}: {rendered}");
+    }
+}
+
 #[test]
 fn the_irsa_role_lands_on_the_service_account_and_the_aggregator_image_follows_the_operators() {
     let rendered = chart::render("ops", "mp", &json!({"irsaRoleArn": "arn:aws:iam::123456789012:role/operator", "image": {"repository": "registry.example/team/metrics-pipeline-operator", "tag": "1.2.3"}})).unwrap();
@@ -124,7 +205,18 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     let kinds: Vec<String> = applied.iter().map(|o| o.types.as_ref().unwrap().kind.clone()).collect();
     assert_eq!(
         kinds,
-        ["CustomResourceDefinition", "Deployment", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"]
+        [
+            "CustomResourceDefinition",
+            "PodDisruptionBudget",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "Deployment"
+        ],
+        "the chart's CRD first, then in Helm's install order"
     );
 
     // The chart's Deployment runs, both replicas, with the chart's ServiceAccount token.
