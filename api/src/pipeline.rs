@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use metrics_pipeline_model::aggregation::{
@@ -379,6 +379,37 @@ pub struct AggregatorSpec {
     /// Log level of the aggregator: `error`, `warn`, `info`, `debug` or `trace`.
     #[serde(default)]
     pub log_level: LogLevel,
+
+    /// Labels a node must have to run the aggregator's pod, as a Pod's `nodeSelector`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints the aggregator's pod tolerates (a tainted node pool), as a Pod's `tolerations`,
+    /// e.g. `[{key: dedicated, operator: Equal, value: streaming, effect: NoSchedule}]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "tolerations_schema")]
+    pub tolerations: Vec<Toleration>,
+
+    /// The aggregator pod's affinity, as a Pod's `affinity` (`nodeAffinity`, `podAffinity`,
+    /// `podAntiAffinity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "affinity_schema")]
+    pub affinity: Option<serde_json::Value>,
+
+    /// The aggregator pod's `priorityClassName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub priority_class_name: Option<String>,
+
+    /// Secrets in the pipeline's namespace that let the node pull the aggregator's image from a
+    /// private registry, as a Pod's `imagePullSecrets`: `[{name: my-registry}]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "image_pull_secrets_schema")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Annotations of the aggregator's pods (e.g. for a service mesh or a log shipper).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
 }
 
 impl Default for AggregatorSpec {
@@ -389,6 +420,12 @@ impl Default for AggregatorSpec {
             resources: None,
             service_account_annotations: BTreeMap::new(),
             log_level: LogLevel::default(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            priority_class_name: None,
+            image_pull_secrets: Vec::new(),
+            pod_annotations: BTreeMap::new(),
         }
     }
 }
@@ -406,6 +443,36 @@ fn resources_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "properties": {"requests": quantities, "limits": quantities}
+    })
+}
+
+/// A Pod's tolerations, without the upstream prose.
+fn tolerations_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "key": {"type": "string"},
+                "operator": {"type": "string", "enum": ["Exists", "Equal"]},
+                "value": {"type": "string"},
+                "effect": {"type": "string", "enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]},
+                "tolerationSeconds": {"type": "integer", "format": "int64"}
+            }
+        }
+    })
+}
+
+/// A Pod's affinity: kept as written (its schema is kilobytes), and checked field by field by
+/// the operator, which refuses what a Pod's affinity does not have.
+fn affinity_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
+fn image_pull_secrets_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}}
     })
 }
 

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use k8s_openapi::api::core::v1::Affinity;
 use metrics_pipeline_model::aggregation::{AggregationSettings, WindowConfig};
 use metrics_pipeline_model::event::is_partition_value;
 
@@ -297,6 +298,16 @@ fn check_aggregator(spec: &AggregatorSpec, errors: &mut Errors) {
             errors.add(field, format!("`{key}` is not a Kubernetes annotation key: {problem}"));
         }
     }
+    if let Some(written) = &spec.affinity
+        && let Err(problem) = affinity(written)
+    {
+        errors.add("spec.aggregator.affinity", problem);
+    }
+    for key in spec.pod_annotations.keys() {
+        if let Err(problem) = check_annotation_key(key) {
+            errors.add(format!("spec.aggregator.podAnnotations[{key}]"), format!("`{key}` is not a Kubernetes annotation key: {problem}"));
+        }
+    }
     const IRSA_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
     if let Some(arn) = spec.service_account_annotations.get(IRSA_ANNOTATION)
         && !is_iam_role_arn(arn)
@@ -305,6 +316,44 @@ fn check_aggregator(spec: &AggregatorSpec, errors: &mut Errors) {
             format!("spec.aggregator.serviceAccountAnnotations[{IRSA_ANNOTATION}]"),
             format!("`{arn}` is not an IAM role ARN: write arn:aws:iam::<12-digit account>:role/<name>"),
         );
+    }
+}
+
+/// The affinity as a Pod takes it; an error names what a Pod's affinity does not have (a misspelt
+/// field would otherwise be dropped on the way to the Deployment, and the pod placed anywhere).
+pub fn affinity(written: &serde_json::Value) -> Result<Affinity, String> {
+    let affinity: Affinity = serde_json::from_value(written.clone()).map_err(|error| format!("is not a Pod's affinity: {error}"))?;
+    let understood = serde_json::to_value(&affinity).map_err(|error| error.to_string())?;
+    match unknown_field(written, &understood, "") {
+        Some(path) => Err(format!("`{path}` is not a field of a Pod's affinity (nodeAffinity, podAffinity, podAntiAffinity and theirs)")),
+        None => Ok(affinity),
+    }
+}
+
+/// The first path in `written` that `understood` (the same, read into a typed value and written
+/// back) lacks.
+fn unknown_field(written: &serde_json::Value, understood: &serde_json::Value, path: &str) -> Option<String> {
+    match (written, understood) {
+        (serde_json::Value::Object(written), serde_json::Value::Object(understood)) => written.iter().find_map(|(key, value)| {
+            let path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            match understood.get(key) {
+                Some(known) => unknown_field(value, known, &path),
+                // An empty value is left out when written back: not unknown.
+                None if value.is_null()
+                    || value.as_array().is_some_and(Vec::is_empty)
+                    || value.as_object().is_some_and(|o| o.is_empty()) =>
+                {
+                    None
+                }
+                None => Some(path),
+            }
+        }),
+        (serde_json::Value::Array(written), serde_json::Value::Array(understood)) => written
+            .iter()
+            .zip(understood)
+            .enumerate()
+            .find_map(|(index, (value, known))| unknown_field(value, known, &format!("{path}[{index}]"))),
+        _ => None,
     }
 }
 

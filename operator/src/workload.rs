@@ -22,6 +22,7 @@ use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::config::PipelineConfig;
 use metrics_pipeline_api::naming::OWNER_TAG;
 use metrics_pipeline_api::pipeline::{AggregatorStatus, Compression, DeliveryWriter, LogLevel};
+use metrics_pipeline_api::validation::affinity;
 use metrics_pipeline_model::stable_hash::{fnv1a64, fnv1a64_continue};
 
 use crate::error::Error;
@@ -102,10 +103,7 @@ pub fn desired(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &W
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels.clone()),
-                    annotations: Some(BTreeMap::from([(
-                        SERVICE_ACCOUNT_ANNOTATIONS_HASH.to_owned(),
-                        annotations_hash(&config.aggregator.service_account_annotations),
-                    )])),
+                    annotations: Some(pod_annotations(config)),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(pod(pipeline, config, settings)),
@@ -115,6 +113,14 @@ pub fn desired(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &W
         ..Deployment::default()
     };
     (service_account, deployment)
+}
+
+/// The user's pod annotations, and the hash of the ServiceAccount's (a changed IRSA role rolls
+/// the pods, which read their token once).
+fn pod_annotations(config: &PipelineConfig) -> BTreeMap<String, String> {
+    let mut annotations = config.aggregator.pod_annotations.clone();
+    annotations.insert(SERVICE_ACCOUNT_ANNOTATIONS_HASH.to_owned(), annotations_hash(&config.aggregator.service_account_annotations));
+    annotations
 }
 
 /// A stable hash of annotations (sorted by key; each key and value length-prefixed, so no two
@@ -179,6 +185,12 @@ fn pod(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &WorkloadS
             ..PodSecurityContext::default()
         }),
         containers: vec![container],
+        // Where it may run and what it may pull, as the spec says (validated: the affinity is one).
+        node_selector: Some(config.aggregator.node_selector.clone()).filter(|selector| !selector.is_empty()),
+        tolerations: Some(config.aggregator.tolerations.clone()).filter(|tolerations| !tolerations.is_empty()),
+        affinity: config.aggregator.affinity.as_ref().and_then(|written| affinity(written).ok()),
+        priority_class_name: config.aggregator.priority_class_name.clone(),
+        image_pull_secrets: Some(config.aggregator.image_pull_secrets.clone()).filter(|secrets| !secrets.is_empty()),
         ..PodSpec::default()
     }
 }
@@ -520,6 +532,31 @@ mod tests {
         let (pipeline, config) = pipeline(json!({"delivery": {"format": "Parquet", "writer": "Aggregator", "compression": "Gzip"}}));
         let (_, deployment) = desired(&pipeline, &config, &WorkloadSettings::default());
         assert_eq!(env_of(&deployment)["AGGREGATOR_PARQUET"], "gzip");
+    }
+
+    #[test]
+    fn the_aggregators_pod_is_placed_and_pulled_as_the_spec_says() {
+        let (pipeline, config) = pipeline(json!({"aggregator": {
+            "nodeSelector": {"pool": "streaming"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "streaming", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+            "priorityClassName": "streaming-critical",
+            "imagePullSecrets": [{"name": "registry-keys"}],
+            "podAnnotations": {"sidecar.istio.io/inject": "false"},
+        }}));
+        let (_, deployment) = desired(&pipeline, &config, &WorkloadSettings::default());
+        let template = deployment.spec.unwrap().template;
+        let pod = template.spec.unwrap();
+        assert_eq!(pod.node_selector.unwrap()["pool"], "streaming");
+        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
+        let terms =
+            pod.affinity.unwrap().node_affinity.unwrap().required_during_scheduling_ignored_during_execution.unwrap().node_selector_terms;
+        assert_eq!(terms[0].match_expressions.as_ref().unwrap()[0].key, "zone");
+        assert_eq!(pod.priority_class_name.as_deref(), Some("streaming-critical"));
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "registry-keys");
+        let annotations = template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(annotations["sidecar.istio.io/inject"], "false");
+        assert!(annotations.contains_key(SERVICE_ACCOUNT_ANNOTATIONS_HASH), "the IRSA hash stays beside the user's");
     }
 
     #[test]

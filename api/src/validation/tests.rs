@@ -278,3 +278,16 @@ fn every_problem_is_reported_at_once() {
     assert_eq!(fields, ["spec.delivery.bucketName", "spec.streams.input.shardCount", "spec.aggregation.window"]);
     assert!(errors.to_string().starts_with("spec.delivery.bucketName: `Bad`"), "{errors}");
 }
+
+#[test]
+fn an_affinity_with_a_field_no_pod_has_is_refused_by_name() {
+    let misspelt = serde_json::json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpresions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}});
+    assert_rejected(
+        |spec| spec.aggregator.affinity = Some(misspelt),
+        "spec.aggregator.affinity",
+        "nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpresions",
+    );
+    let spread = serde_json::json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "metrics-aggregator"}}}}]}});
+    let valid = pipeline(|spec| spec.aggregator.affinity = Some(spread));
+    assert!(validate(&valid, &target()).is_ok());
+}
