@@ -103,13 +103,26 @@ impl Metrics {
     pub fn observe_reconcile(&self, pipeline: &str, took: Duration, result: ReconcileResult) {
         self.reconciles.get_or_create(&result.labels()).inc();
         self.duration.observe(took.as_secs_f64());
+        self.count_phases(|phases| {
+            match result {
+                ReconcileResult::Status(phase, _) => phases.insert(pipeline.to_owned(), phase),
+                ReconcileResult::Deleting => phases.insert(pipeline.to_owned(), Phase::Deleting),
+                ReconcileResult::Deleted => phases.remove(pipeline),
+                ReconcileResult::Error(_) => None,
+            };
+        });
+    }
+
+    /// `pipeline` is gone without a last reconcile: it counts no more.
+    pub fn forget_pipeline(&self, pipeline: &str) {
+        self.count_phases(|phases| {
+            phases.remove(pipeline);
+        });
+    }
+
+    fn count_phases(&self, change: impl FnOnce(&mut HashMap<String, Phase>)) {
         let mut phases = self.phases.lock().expect("no panics while holding the lock");
-        match result {
-            ReconcileResult::Status(phase, _) => drop(phases.insert(pipeline.to_owned(), phase)),
-            ReconcileResult::Deleting => drop(phases.insert(pipeline.to_owned(), Phase::Deleting)),
-            ReconcileResult::Deleted => drop(phases.remove(pipeline)),
-            ReconcileResult::Error(_) => {}
-        }
+        change(&mut phases);
         for phase in PHASES {
             let count = phases.values().filter(|shown| **shown == phase).count();
             self.pipelines.get_or_create(&PhaseLabel(phase)).set(count as i64);
@@ -155,6 +168,8 @@ mod tests {
         metrics.observe_reconcile("a/p", took, ReconcileResult::Deleting);
         metrics.observe_reconcile("a/q", took, ReconcileResult::Deleted);
         assert_eq!((count("ready"), count("provisioning"), count("deleting")), ("0".into(), "0".into(), "1".into()));
+        metrics.forget_pipeline("a/p");
+        assert_eq!(count("deleting"), "0", "a pipeline gone without a last reconcile counts no more");
         assert!(metrics.encode().contains(r#"metrics_pipeline_operator_build_info{version=""#), "{}", metrics.encode());
     }
 }

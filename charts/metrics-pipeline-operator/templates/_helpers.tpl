@@ -3,15 +3,16 @@
 {{- .Values.nameOverride | default .Chart.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* The name of every object of this release: fullnameOverride, else the release's name when it
-already holds the chart's (a release named metrics-pipeline gives metrics-pipeline-operator, not
-metrics-pipeline-metrics-pipeline-operator), else both. */}}
+{{/* The name of every object of this release: fullnameOverride; the chart's name for a release
+named after the project (metrics-pipeline gives metrics-pipeline-operator, not
+metrics-pipeline-metrics-pipeline-operator); the release's name when it holds the chart's; else
+both. */}}
 {{- define "operator.fullname" -}}
 {{- if .Values.fullnameOverride -}}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
 {{- $name := include "operator.name" . -}}
-{{- if hasPrefix .Release.Name $name -}}
+{{- if eq (printf "%s-operator" .Release.Name) $name -}}
 {{- $name -}}
 {{- else if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}

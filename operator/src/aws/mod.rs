@@ -40,8 +40,8 @@ use crate::error::Error;
 
 /// AWS calls by service and operation (steady state can be shown to mutate nothing), their
 /// attempts (the SDK's retries included), and the attempts that failed by error code: AWS's
-/// (`ThrottlingException`), or `timeout`, `connection` and `rate_limited` (this operator's own
-/// pacing, see [`limits`]) when no answer came.
+/// (`ThrottlingException`), or when no answer came `timeout`, `connection`, `rate_limited` (this
+/// operator's own pacing, see [`limits`]) or `client` (nothing sent: credentials, signing).
 #[derive(Clone, Debug, Default)]
 pub struct AwsCalls {
     calls: Family<Operation, Counter>,
@@ -90,19 +90,24 @@ fn failure_code(context: &FinalizerInterceptorContextRef<'_>) -> Option<String> 
     if failure.as_connector_error().and_then(std::error::Error::source).is_some_and(|source| source.is::<crate::error::RateLimited>()) {
         return Some("rate_limited".to_owned());
     }
-    if failure.is_timeout_error() {
+    if failure.is_timeout_error() || failure.as_connector_error().is_some_and(|connector| connector.is_timeout()) {
         return Some("timeout".to_owned());
     }
-    let Some(response) = context.response() else { return Some("connection".to_owned()) };
+    let Some(response) = context.response() else {
+        // No answer: the network, or the SDK before sending (credentials, signing, the endpoint).
+        return Some(if failure.is_connector_error() { "connection" } else { "client" }.to_owned());
+    };
     let status = response.status().as_u16();
+    // `Code:http://...` or `ns#Code`: the code alone.
+    let code_of = |text: &str| text.split(':').next().unwrap_or(text).rsplit('#').next().unwrap_or(text).to_owned();
     if let Some(code) = response.headers().get("x-amzn-errortype") {
-        return Some(code.split(':').next().unwrap_or(code).to_owned());
+        return Some(code_of(code));
     }
     let body = String::from_utf8_lossy(response.body().bytes().unwrap_or_default());
     let json = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|value| value["__type"].as_str().map(str::to_owned));
     let xml = || body.split_once("<Code>").and_then(|(_, rest)| rest.split_once("</Code>")).map(|(code, _)| code.to_owned());
     // A JSON `__type` may carry a namespace: `com.amazonaws.kinesis#ThrottlingException`.
-    Some(json.map(|code| code.rsplit('#').next().unwrap_or_default().to_owned()).or_else(xml).unwrap_or_else(|| format!("http_{status}")))
+    Some(json.map(|code| code_of(&code)).or_else(xml).unwrap_or_else(|| format!("http_{status}")))
 }
 
 impl Intercept for AwsCalls {

@@ -332,7 +332,9 @@ async fn reconcile_now(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) ->
     // come before the watch delivered the last status write.
     let name = pipeline.name_any();
     let Some(pipeline) = api.get_opt(&name).await.map_err(Error::Kube)? else {
+        // Gone without its finalizer's last reconcile (removed by hand): nothing of it is kept.
         context.track(&pipeline, |track| *track = Track::default());
+        context.metrics.forget_pipeline(&format!("{namespace}/{name}"));
         return Ok(Action::await_change());
     };
     let pipeline = Arc::new(pipeline);
