@@ -226,3 +226,30 @@ impl Metrics {
         self.shard_idle.remove(&label);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_the_shipped_alerts_and_dashboard_query_is_one_the_aggregator_exposes() {
+        let metrics = Metrics::default();
+        // A family shows only once it has a series: one of each.
+        let shard = Shard("shardId-000000000000".into());
+        metrics.shard_records_read.get_or_create(&shard).inc();
+        metrics.shard_dead_letters.get_or_create(&shard).inc();
+        metrics.shard_event_time_lag_seconds.get_or_create(&shard).set(0.0);
+        metrics.shard_idle.get_or_create(&shard).set(0);
+        metrics.millis_behind_latest.get_or_create(&shard).set(0);
+        metrics.records_invalid.get_or_create(&NotCounted("not_json".into())).inc();
+        metrics.events_late.get_or_create(&Late(LateOutcome::DeadLettered)).inc();
+        metrics.checkpoints_discarded.get_or_create(&Discarded(DiscardReason::StreamRecreated)).inc();
+        metrics.get_records_errors.get_or_create(&ErrorCode("timeout".into())).inc();
+        metrics.put_records_refused.get_or_create(&ErrorCode("ProvisionedThroughputExceededException".into())).inc();
+        let exposed = metrics_pipeline_test_support::exposed_series(&metrics.encode());
+        let queried = metrics_pipeline_test_support::shipped_queries_of("aggregator_");
+        assert!(queried.len() >= 10, "{queried:?}");
+        let missing: Vec<_> = queried.difference(&exposed).collect();
+        assert!(missing.is_empty(), "queried but never exposed: {missing:?}; exposed: {exposed:?}");
+    }
+}

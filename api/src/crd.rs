@@ -6,9 +6,10 @@ use serde_json::Value;
 
 use crate::MetricsPipeline;
 
-/// Where the generated CRD is committed, relative to the repository root: inside the Helm
-/// chart (Helm installs `crds/` before anything else) and for `kubectl apply -f`.
-pub const CRD_PATH: &str = "charts/metrics-pipeline-operator/crds/metricspipelines.yaml";
+/// Where the generated CRD is committed, relative to the repository root: inside the Helm chart,
+/// whose `templates/crd.yaml` installs and upgrades it with the release (not `crds/`, which Helm
+/// never upgrades), and for `kubectl apply -f`.
+pub const CRD_PATH: &str = "charts/metrics-pipeline-operator/crd/metricspipelines.yaml";
 
 /// The `MetricsPipeline` CRD.
 ///

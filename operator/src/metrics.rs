@@ -172,4 +172,22 @@ mod tests {
         assert_eq!(count("deleting"), "0", "a pipeline gone without a last reconcile counts no more");
         assert!(metrics.encode().contains(r#"metrics_pipeline_operator_build_info{version=""#), "{}", metrics.encode());
     }
+
+    #[test]
+    fn every_series_the_shipped_alerts_and_dashboard_query_is_one_the_operator_exposes() {
+        let aws = AwsCalls::default();
+        let metrics = Metrics::new(&aws);
+        // A family shows only once it has a series: one of each.
+        metrics.observe_reconcile("a/p", Duration::from_millis(5), ReconcileResult::Status(Phase::Ready, None));
+        aws.calls("Kinesis", "ListShards");
+        aws.attempts.get_or_create(&crate::aws::Operation { service: "Kinesis".into(), operation: "ListShards".into() }).inc();
+        let failed = crate::aws::FailedAttempt { service: "Kinesis".into(), operation: "ListShards".into(), code: "timeout".into() };
+        aws.errors.get_or_create(&failed).inc();
+        metrics.leader.set(1);
+        let exposed = metrics_pipeline_test_support::exposed_series(&metrics.encode());
+        let queried = metrics_pipeline_test_support::shipped_queries_of("metrics_pipeline_operator_");
+        assert!(queried.len() >= 5, "{queried:?}");
+        let missing: Vec<_> = queried.difference(&exposed).collect();
+        assert!(missing.is_empty(), "queried but never exposed: {missing:?}; exposed: {exposed:?}");
+    }
 }

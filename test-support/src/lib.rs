@@ -1,8 +1,9 @@
 //! What every test of the workspace shares, the aggregator's own tests and the end-to-end
 //! harness alike: polling with a deadline, free ports, stopping processes as Kubernetes does,
-//! and reading counters back from a Prometheus text exposition.
+//! reading counters back from a Prometheus text exposition, and the series that the shipped
+//! alert rules and dashboard query.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// How often [`wait_for`] looks again.
@@ -64,6 +65,37 @@ pub fn counter_series(exposition: &str, name: &str) -> Vec<(BTreeMap<String, Str
             Some((labels, value.split(' ').next()?.parse().ok()?))
         })
         .collect()
+}
+
+/// Every family of a text exposition and its series as Prometheus names them, from their `# TYPE`
+/// lines: counters with `_total`, histograms with `_bucket`, `_sum` and `_count`, infos with `_info`.
+pub fn exposed_series(exposition: &str) -> BTreeSet<String> {
+    let mut series = BTreeSet::new();
+    for (name, kind) in exposition.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.split_once(' ')) {
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            "info" => &["_info"],
+            _ => &[""],
+        };
+        series.extend(suffixes.iter().map(|suffix| format!("{name}{suffix}")));
+        series.insert(name.to_owned());
+    }
+    series
+}
+
+/// The series named `<prefix>…` anywhere in the alert rules and the dashboard the chart ships
+/// (their queries, and the text that explains them), for a program to check against what it
+/// exposes.
+pub fn shipped_queries_of(prefix: &str) -> BTreeSet<String> {
+    // The crate under test's checkout, as `cargo test` runs it: its charts are beside it.
+    let crate_dir = std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    let chart = std::path::Path::new(&crate_dir).join("../charts/metrics-pipeline-operator");
+    let shipped: String = ["rules/alerts.yaml", "dashboards/metrics-pipeline.json"]
+        .iter()
+        .map(|file| std::fs::read_to_string(chart.join(file)).unwrap_or_else(|error| panic!("{file}: {error}")))
+        .collect();
+    shipped.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|name| name.starts_with(prefix)).map(str::to_owned).collect()
 }
 
 /// One of the programs `scripts/aws-identities` made an IAM user for in the emulator, holding the

@@ -5,6 +5,14 @@
         YAML documents; values checked against values.schema.json as Helm checks them
     $HELM_PYTHON tests/chart/helm.py lint CHART VALUES.json
         `helm lint --strict`: every finding, and a failure on any warning or error
+    $HELM_PYTHON tests/chart/helm.py install|upgrade CHART NAMESPACE RELEASE VALUES.json
+        `helm install|upgrade --wait` on the cluster KUBECONFIG names
+    $HELM_PYTHON tests/chart/helm.py rollback NAMESPACE RELEASE REVISION
+    $HELM_PYTHON tests/chart/helm.py uninstall NAMESPACE RELEASE
+        `helm rollback|uninstall --wait`
+    $HELM_PYTHON tests/chart/helm.py history NAMESPACE RELEASE
+        `helm history -o json`
+The release actions print the release's history as JSON: revision, status, chart_version.
 """
 
 import json
@@ -59,16 +67,48 @@ def lint(chart_dir: str, values: dict) -> None:
         sys.exit("helm lint --strict: " + "; ".join(findings))
 
 
+# How long `--wait` waits for the release's Deployment to be ready, its pods to be gone.
+WAIT_SECONDS = 180
+
+
+def release_action(command: str, namespace: str, release: str, arguments: list[str]) -> None:
+    with helm.Config(namespace=namespace) as config:
+        try:
+            if command in ("install", "upgrade"):
+                chart_dir, values_path = arguments
+                with open(values_path) as values_file:
+                    values = json.load(values_file)
+                action = config.install if command == "install" else config.upgrade
+                action(chart_dir, release, values, wait="watcher", timeout=WAIT_SECONDS)
+            elif command == "rollback":
+                config.rollback(release, version=int(arguments[0]), wait="watcher", timeout=WAIT_SECONDS)
+            elif command == "uninstall":
+                config.uninstall(release, wait="watcher", timeout=WAIT_SECONDS)
+                return
+            history = config.history(release)
+        except helm.HelmError as error:
+            sys.exit(f"helm {command} {release}: {error}")
+    print(json.dumps([{key: entry[key] for key in ("revision", "status", "chart_version")} for entry in history]))
+
+
 def main() -> None:
-    command, chart_dir, *rest = sys.argv[1:]
-    with open(rest[-1]) as values_file:
-        values = json.load(values_file)
-    if command == "template":
-        template(chart_dir, rest[0], rest[1], values)
-    elif command == "lint":
-        lint(chart_dir, values)
+    command, *arguments = sys.argv[1:]
+    if command in ("template", "lint"):
+        chart_dir, *rest = arguments
+        with open(rest[-1]) as values_file:
+            values = json.load(values_file)
+        if command == "template":
+            template(chart_dir, rest[0], rest[1], values)
+        else:
+            lint(chart_dir, values)
+    elif command in ("install", "upgrade"):
+        chart_dir, namespace, release, values_path = arguments
+        release_action(command, namespace, release, [chart_dir, values_path])
+    elif command in ("rollback", "uninstall", "history"):
+        namespace, release, *rest = arguments
+        release_action(command, namespace, release, rest)
     else:
-        sys.exit(f"unknown command {command}: template or lint")
+        sys.exit(f"unknown command {command}: template, lint, install, upgrade, rollback, uninstall or history")
 
 
 if __name__ == "__main__":

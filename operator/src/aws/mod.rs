@@ -45,8 +45,8 @@ use crate::error::Error;
 #[derive(Clone, Debug, Default)]
 pub struct AwsCalls {
     calls: Family<Operation, Counter>,
-    attempts: Family<Operation, Counter>,
-    errors: Family<FailedAttempt, Counter>,
+    pub(crate) attempts: Family<Operation, Counter>,
+    pub(crate) errors: Family<FailedAttempt, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

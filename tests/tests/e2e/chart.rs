@@ -15,27 +15,11 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, Po
 use kube::{Client, ResourceExt};
 use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::pipeline::Phase;
-use metrics_pipeline_e2e::cluster::{CREDENTIALS_SECRET, OPERATOR_CREDENTIALS_SECRET, image_registry, image_tag, pod_aws_endpoint};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, chart, kube_client, repo_path};
 use metrics_pipeline_test_support::wait_for;
 use serde_json::json;
 
 const OPERATOR_PODS: &str = "app.kubernetes.io/name=metrics-pipeline-operator";
-
-/// The chart's values for this checkout's image, imported into the node, and the emulator.
-fn values(watch_namespace: &str, replicas: i32) -> serde_json::Value {
-    json!({
-        "replicas": replicas,
-        "image": {"repository": format!("{}/metrics-pipeline-operator", image_registry()), "tag": image_tag(), "pullPolicy": "Never"},
-        "region": std::env::var("AWS_REGION").unwrap(),
-        "awsEndpointUrl": pod_aws_endpoint().unwrap(),
-        "awsCredentialsSecret": OPERATOR_CREDENTIALS_SECRET,
-        "aggregatorCredentialsSecret": CREDENTIALS_SECRET,
-        "watchNamespace": watch_namespace,
-        "resyncPeriod": "5s",
-        "logFormat": "text",
-    })
-}
 
 #[test]
 fn values_the_schema_refuses_are_named() {
@@ -51,7 +35,7 @@ fn values_the_schema_refuses_are_named() {
 
 #[test]
 fn the_chart_passes_helm_lint_strict() {
-    let findings = chart::lint(&values("pipelines", 2)).unwrap();
+    let findings = chart::lint(&chart::local_values("pipelines", 2)).unwrap();
     assert!(!findings.contains("[2]") && !findings.contains("[3]"), "{findings}");
 }
 
@@ -122,6 +106,89 @@ fn prometheus_finds_the_operator_the_aggregators_and_the_alerts_when_asked_to() 
     assert_eq!(alerts(&shipped), 10);
     let unscraped = chart::render("ops", "mp", &json!({"metrics": {"prometheusRule": {"enabled": true}}})).unwrap_err().to_string();
     assert!(unscraped.contains("metrics.serviceMonitor.enabled"), "alerts on series nobody scrapes: {unscraped}");
+}
+
+#[test]
+fn the_crd_is_upgraded_with_the_release_and_outlives_it() {
+    let crd = |values: serde_json::Value| documents(&chart::render("ops", "mp", &values).unwrap(), "CustomResourceDefinition").concat();
+    let rendered: serde_json::Value = serde_yaml::from_str(&crd(json!({}))).unwrap();
+    assert_eq!(rendered["metadata"]["annotations"]["helm.sh/resource-policy"], "keep", "helm uninstall must not delete every pipeline");
+    assert_eq!(rendered["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm");
+    let generated: serde_json::Value = serde_yaml::from_str(&metrics_pipeline_api::crd::crd_yaml()).unwrap();
+    // Helm writes a whole bound as `1` where the generated YAML has `1.0`: the same number.
+    let (rendered_spec, generated_spec) = (rendered["spec"].to_string(), generated["spec"].to_string());
+    assert_eq!(
+        rendered_spec,
+        generated_spec.replace(".0,", ",").replace(".0}", "}"),
+        "the template is the CRD generated from the Rust types"
+    );
+    assert!(!crd(json!({"crds": {"keep": false}})).contains("resource-policy"));
+    assert!(crd(json!({"crds": {"install": false}})).is_empty(), "a CRD managed elsewhere is left alone");
+}
+
+#[test]
+fn watching_one_namespace_grants_nothing_cluster_wide_but_reading_the_cluster_identity() {
+    let rules_of = |rendered: &str, kind: &str| -> Vec<serde_json::Value> {
+        documents(rendered, kind).iter().map(|document| serde_yaml::from_str(document).unwrap()).collect()
+    };
+    let everywhere = chart::render("ops", "mp", &json!({})).unwrap();
+    let cluster_roles = rules_of(&everywhere, "ClusterRole");
+    assert_eq!(cluster_roles.len(), 1);
+    assert!(cluster_roles[0]["rules"].to_string().contains("metricspipelines"), "{everywhere}");
+
+    let one = chart::render("ops", "mp", &json!({"watchNamespace": "team-a"})).unwrap();
+    let cluster_roles = rules_of(&one, "ClusterRole");
+    assert_eq!(cluster_roles.len(), 1);
+    assert_eq!(
+        cluster_roles[0]["rules"],
+        json!([{"apiGroups": [""], "resources": ["namespaces"], "resourceNames": ["kube-system"], "verbs": ["get"]}]),
+        "only the kube-system namespace's UID, the default cluster identity"
+    );
+    let roles = rules_of(&one, "Role");
+    let pipelines = roles.iter().find(|role| role["metadata"]["namespace"] == "team-a").expect("a Role in the watched namespace");
+    assert!(pipelines["rules"].to_string().contains("metricspipelines"), "{one}");
+    assert!(rules_of(&one, "RoleBinding").iter().any(|binding| binding["metadata"]["namespace"] == "team-a"), "{one}");
+
+    let sealed = chart::render("ops", "mp", &json!({"watchNamespace": "team-a", "clusterId": "prod-eu-1"})).unwrap();
+    for kind in ["ClusterRole", "ClusterRoleBinding"] {
+        assert!(documents(&sealed, kind).is_empty(), "with clusterId set, no {kind}: {sealed}");
+    }
+}
+
+#[test]
+fn pod_labels_cannot_take_the_selector_labels() {
+    let refused = chart::render("ops", "mp", &json!({"podLabels": {"app.kubernetes.io/name": "other"}})).unwrap_err().to_string();
+    assert!(refused.contains("podLabels"), "{refused}");
+}
+
+#[test]
+fn the_dashboard_is_grafana_json_whose_every_query_names_series_that_exist() {
+    assert!(documents(&chart::render("ops", "mp", &json!({})).unwrap(), "ConfigMap").is_empty(), "off by default");
+    let rendered = chart::render("ops", "mp", &json!({"metrics": {"dashboard": {"enabled": true, "namespace": "grafana"}}})).unwrap();
+    let config_map: serde_json::Value = serde_yaml::from_str(&documents(&rendered, "ConfigMap").concat()).unwrap();
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1", "the label Grafana's dashboard sidecar looks for");
+    assert_eq!(config_map["metadata"]["namespace"], "grafana");
+    let dashboard: serde_json::Value = serde_json::from_str(config_map["data"]["metrics-pipeline.json"].as_str().unwrap()).unwrap();
+    // Every series it names is one the programs expose: their own unit tests check it.
+    let panels = dashboard["panels"].as_array().unwrap();
+    let queries: Vec<&str> = panels
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().into_iter().flatten())
+        .filter_map(|target| target["expr"].as_str())
+        .collect();
+    // A pipeline's story: what comes in, what is refused, how far behind, what goes out, and the operator.
+    for story in [
+        "aggregator_records_read_total",
+        "aggregator_shard_dead_letters_total",
+        "aggregator_watermark_lag_seconds",
+        "aggregator_aggregates_written_total",
+        "aggregator_put_records_refused_total",
+        "aggregator_checkpoint_age_seconds",
+        "metrics_pipeline_operator_reconciles_total",
+        "metrics_pipeline_operator_aws_attempt_errors_total",
+    ] {
+        assert!(queries.iter().any(|query| query.contains(story)), "the dashboard shows {story}: {queries:?}");
+    }
 }
 
 #[test]
@@ -202,23 +269,26 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     let release_namespace = TestNamespace::create(&client, "chart-ops").await.unwrap();
     let watched = TestNamespace::create(&client, "chart-team").await.unwrap();
     let release = release_namespace.name.clone();
-    let manifests = chart::render(&release_namespace.name, &release, &values(&watched.name, 2)).unwrap();
+    let manifests = chart::render(&release_namespace.name, &release, &chart::local_values(&watched.name, 2)).unwrap();
     let applied = chart::apply(&client, &manifests).await.unwrap();
     let kinds: Vec<String> = applied.iter().map(|o| o.types.as_ref().unwrap().kind.clone()).collect();
     assert_eq!(
         kinds,
         [
-            "CustomResourceDefinition",
             "PodDisruptionBudget",
             "ServiceAccount",
+            "CustomResourceDefinition",
             "ClusterRole",
             "ClusterRoleBinding",
             "Role",
+            "Role",
+            "RoleBinding",
             "RoleBinding",
             "Service",
             "Deployment"
         ],
-        "the chart's CRD first, then in Helm's install order"
+        "in Helm's install order; watching one namespace, the pipelines' grants are a Role there and only reading kube-system \
+         is cluster-wide"
     );
 
     // The chart's Deployment runs, both replicas, with the chart's ServiceAccount token.
@@ -292,6 +362,10 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
         assert!(!allowed(&client, &user, &watched.name, verb, group, resource).await, "{verb} {resource} must be denied");
     }
     assert!(!allowed(&client, &user, &watched.name, "update", "coordination.k8s.io", "leases").await, "leases only in its own namespace");
+    assert!(
+        !allowed(&client, &user, &release_namespace.name, "list", "pipelines.metrics.dev", "metricspipelines").await,
+        "pipelines only in the watched namespace"
+    );
 
     for object in applied.iter().filter(|o| o.namespace().is_none() && o.types.as_ref().unwrap().kind.starts_with("Cluster")) {
         let kind = &object.types.as_ref().unwrap().kind;
