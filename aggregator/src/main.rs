@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_types::origin::Origin;
@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use metrics_aggregator::generate::{Generator, GeneratorConfig, Metric, PartitionKey, publish};
 use metrics_aggregator::kinesis::sink::KinesisSink;
 use metrics_aggregator::kinesis::source::{InitialPosition, MIN_POLL_INTERVAL};
+use metrics_aggregator::report::wall_clock;
 use metrics_aggregator::run::{AggregatorConfig, run};
 use metrics_aggregator::s3::bucket::Bucket;
 use metrics_aggregator::s3::parquet_files::{ParquetCodec, ParquetSettings};
@@ -94,6 +95,10 @@ struct RunArgs {
     /// Longest time between checkpoints while no window fires.
     #[arg(long, env = "AGGREGATOR_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     checkpoint_interval: Duration,
+    /// How often the data-flow report beside the checkpoint (`_aggregator/report.json`, shown in the
+    /// pipeline's status) is written.
+    #[arg(long, env = "AGGREGATOR_REPORT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    report_interval: Duration,
     /// Where to start in shards on a first start (no checkpoint).
     #[arg(long, env = "AGGREGATOR_INITIAL_POSITION", value_enum, default_value_t = InitialPosition::TrimHorizon)]
     initial_position: InitialPosition,
@@ -211,6 +216,7 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
         dead_letter_prefix: args.dead_letter_prefix,
         poll_interval: args.poll_interval,
         checkpoint_interval: args.checkpoint_interval,
+        report_interval: args.report_interval,
         initial_position: args.initial_position,
         parquet: args.parquet.map(|codec| ParquetSettings {
             codec,
@@ -241,8 +247,7 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     if let Some(rate) = args.rate {
         anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number of events per second");
     }
-    let start =
-        args.start.unwrap_or_else(|| EventTime(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64)));
+    let start = args.start.unwrap_or_else(wall_clock);
     let generator = Generator::new(GeneratorConfig { components, metrics, start, step: args.step, jitter: args.jitter, seed: args.seed });
     let sdk = aws(args.aws).await;
     let sink = KinesisSink::new(aws_sdk_kinesis::Client::new(&sdk), args.stream.clone());

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
 use aws_sdk_kinesis::operation::describe_stream_summary::DescribeStreamSummaryError;
@@ -21,6 +21,7 @@ use crate::intake::Intake;
 use crate::kinesis::sink::{Delivery, KinesisSink, OutputRecord};
 use crate::kinesis::source::{InitialPosition, KinesisSource, StreamPosition};
 use crate::metrics::{DiscardReason, Discarded, Metrics};
+use crate::report::{Reporter, wall_clock};
 use crate::s3::bucket::Bucket;
 use crate::s3::checkpoint::{Checkpoint, CheckpointStore, Fenced, Lease, StreamIdentity, UnusableCheckpoint};
 use crate::s3::parquet_files::{FilesState, ParquetFiles, ParquetSettings};
@@ -42,6 +43,8 @@ pub struct AggregatorConfig {
     pub poll_interval: Duration,
     /// Longest time between checkpoints while records flow but no window fires.
     pub checkpoint_interval: Duration,
+    /// How often the data-flow report is written beside the checkpoint.
+    pub report_interval: Duration,
     pub initial_position: InitialPosition,
     /// Also write the aggregates as Parquet files into the bucket (the direct sink).
     pub parquet: Option<ParquetSettings>,
@@ -68,6 +71,20 @@ pub enum RunError {
 /// early. Fails when the stored checkpoint must not be resumed from, or another copy took the
 /// checkpoint over.
 pub async fn run(
+    config: AggregatorConfig,
+    kinesis: aws_sdk_kinesis::Client,
+    bucket: Bucket,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let reporter = Reporter::new(bucket.clone(), health.clone(), wall_clock());
+    let reporting = tokio::spawn(reporter.run(config.report_interval));
+    let result = run_until_stopped(config, kinesis, bucket, health, shutdown).await;
+    reporting.abort();
+    result
+}
+
+async fn run_until_stopped(
     config: AggregatorConfig,
     kinesis: aws_sdk_kinesis::Client,
     bucket: Bucket,
@@ -358,6 +375,7 @@ impl Aggregator {
             if self.sink.deliver(self.unpublished.clone(), &delivery).await {
                 self.unpublished.clear();
                 self.health.metrics.aggregates_written.inc_by(count);
+                self.health.last_output_ms.store(wall_clock().0, Ordering::Relaxed);
                 tracing::debug!(aggregates = count, stream = %self.config.output_stream, "aggregates written");
             } else {
                 tracing::warn!(
@@ -422,11 +440,6 @@ fn resumed_state(
             (WindowEngine::new(&config.windowing), first_start(), None)
         }
     }
-}
-
-fn wall_clock() -> EventTime {
-    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis());
-    EventTime(i64::try_from(millis).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

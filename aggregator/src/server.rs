@@ -3,7 +3,7 @@
 //! timeout (a hang no retry ends), readiness names what is missing.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +33,9 @@ pub struct Health {
     last_beat_ms: AtomicU64,
     last_checkpoint_ms: AtomicU64,
     checkpoint_written: AtomicBool,
+    /// When aggregates last reached the output stream (ms since the epoch), for the data-flow
+    /// report; 0: not yet.
+    pub last_output_ms: AtomicI64,
 }
 
 impl Health {
@@ -48,6 +51,7 @@ impl Health {
             last_beat_ms: AtomicU64::new(0),
             last_checkpoint_ms: AtomicU64::new(0),
             checkpoint_written: AtomicBool::new(false),
+            last_output_ms: AtomicI64::new(0),
         }
     }
 

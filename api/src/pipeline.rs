@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use metrics_pipeline_model::aggregation::{
     DEFAULT_ALLOWED_LATENESS, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FUTURE_SKEW, DEFAULT_OUT_OF_ORDERNESS, DEFAULT_WINDOW,
@@ -33,6 +33,8 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Data", type_ = "string", json_path = ".status.conditions[?(@.type==\"DataFlowing\")].reason"),
+    printcolumn(name = "Lag (s)", type_ = "integer", json_path = ".status.dataFlow.watermarkLagSeconds"),
     printcolumn(name = "Input stream", type_ = "string", json_path = ".status.inputStream.name"),
     printcolumn(name = "Output stream", type_ = "string", json_path = ".status.outputStream.name"),
     printcolumn(name = "Bucket", type_ = "string", json_path = ".status.bucket.name"),
@@ -529,6 +531,32 @@ pub struct MetricsPipelineStatus {
     /// operator reconciles and deletes these, and refuses a spec change that would move them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<PipelineIdentity>,
+    /// What the aggregator last reported of the data it moves (the `DataFlowing` condition
+    /// judges it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_flow: Option<DataFlowStatus>,
+}
+
+/// The aggregator's last report: counts over its interval, and the state when it was written.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataFlowStatus {
+    /// When the aggregator wrote the report.
+    pub reported_at: Time,
+    /// The span the counts cover, in seconds.
+    pub interval_seconds: i64,
+    /// Records read from the input stream in the span.
+    pub records_in: u64,
+    /// Records kept in the dead-letter prefix in the span.
+    pub dead_letters: u64,
+    /// Aggregates written to the output stream in the span.
+    pub aggregates_out: u64,
+    /// When an aggregate last reached the output stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_output_at: Option<Time>,
+    /// Wall clock minus the event-time watermark, in seconds: how far behind the aggregates are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_lag_seconds: Option<i64>,
 }
 
 /// The account, region and names of a pipeline's AWS resources.

@@ -5,4 +5,5 @@
 pub mod aggregation;
 pub mod duration;
 pub mod event;
+pub mod report;
 pub mod stable_hash;

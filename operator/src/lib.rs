@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod controller;
+pub mod data_flow;
 pub mod error;
 pub mod leader;
 pub mod managed;

@@ -3,7 +3,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use metrics_pipeline_api::pipeline::{AggregatorStatus, AwsResourceRef, MetricsPipelineStatus, Phase, PipelineIdentity};
+use metrics_pipeline_model::report::DataFlowReport;
 
+use crate::data_flow::{self, DATA_FLOWING, Judgement};
 use crate::error::Error;
 
 pub const READY: &str = "Ready";
@@ -123,6 +125,15 @@ pub struct Report {
     pub changes: Vec<String>,
     /// Where the pipeline's AWS resources are (see `metrics_pipeline_api::identity`).
     pub identity: Option<PipelineIdentity>,
+    /// The aggregator's last report and what it says, when the aggregator runs.
+    pub data_flow: Option<DataFlow>,
+}
+
+/// The aggregator's last report (none yet, or unreadable) and the `DataFlowing` condition's verdict.
+#[derive(Debug)]
+pub struct DataFlow {
+    pub report: Option<DataFlowReport>,
+    pub judgement: Judgement,
 }
 
 /// How the reconcile ended, for the requeue decision.
@@ -221,13 +232,17 @@ fn has_been_ready(previous: &MetricsPipelineStatus, without_firehose: bool) -> b
 fn condition(
     previous: &[Condition],
     kind: &str,
-    ready: bool,
+    holds: Option<bool>,
     reason: &str,
     message: String,
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
-    let status = if ready { "True" } else { "False" };
+    let status = match holds {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    };
     let since = previous.iter().find(|c| c.type_ == kind && c.status == status).map(|c| c.last_transition_time.clone());
     Condition {
         type_: kind.to_owned(),
@@ -257,10 +272,11 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         without_firehose,
         changes: _,
         identity,
+        data_flow,
     } = report;
     let previous_conditions = previous.map(|status| status.conditions.as_slice()).unwrap_or_default();
     let condition = |kind: &str, ready: bool, reason: &str, message: String| {
-        condition(previous_conditions, kind, ready, reason, message, generation, &now)
+        condition(previous_conditions, kind, Some(ready), reason, message, generation, &now)
     };
     let mut conditions: Vec<Condition> = parts
         .reached()
@@ -270,6 +286,10 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
             PartState::Failed(error) | PartState::Degraded(error) => condition(part.condition(), false, error.reason(), error.to_string()),
         })
         .collect();
+    if let Some(DataFlow { judgement, .. }) = data_flow {
+        let Judgement { flowing, reason, message } = judgement;
+        conditions.push(self::condition(previous_conditions, DATA_FLOWING, *flowing, reason, message.clone(), generation, &now));
+    }
     let verdict = report.verdict();
     conditions.push(match report.first_problem() {
         None => condition(READY, true, "PipelineReady", "every part of the pipeline is in place".into()),
@@ -302,6 +322,7 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         glue_table: keep(glue_table, |s| &s.glue_table),
         aggregator: aggregator.clone().or_else(|| previous.and_then(|status| status.aggregator.clone())),
         identity: identity.clone().or_else(|| previous.and_then(|status| status.identity.clone())),
+        data_flow: data_flow.as_ref().and_then(|data_flow| data_flow.report.as_ref()).map(data_flow::status),
     }
 }
 
@@ -309,7 +330,7 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
 /// waits for or what stops it. Everything else stays as it was.
 pub fn deleting(previous: Option<&MetricsPipelineStatus>, problem: &Error, now: Time) -> MetricsPipelineStatus {
     let mut status = MetricsPipelineStatus { phase: Some(Phase::Deleting), ..previous.cloned().unwrap_or_default() };
-    let ready = condition(&status.conditions, READY, false, problem.reason(), problem.to_string(), status.observed_generation, &now);
+    let ready = condition(&status.conditions, READY, Some(false), problem.reason(), problem.to_string(), status.observed_generation, &now);
     status.conditions.retain(|c| c.type_ != READY);
     status.conditions.push(ready);
     status

@@ -144,3 +144,14 @@ pub async fn apply(client: &Client, manifests: &str) -> anyhow::Result<Vec<Dynam
     }
     Ok(applied)
 }
+
+/// Deletes the cluster-wide RBAC objects among those `apply` applied (a namespace's deletion takes
+/// the rest; the CRD stays, other tests' pipelines live in it).
+pub async fn remove_cluster_scoped(client: &Client, applied: &[DynamicObject]) -> anyhow::Result<()> {
+    for object in applied.iter().filter(|o| o.namespace().is_none() && o.types.as_ref().is_some_and(|t| t.kind.starts_with("Cluster"))) {
+        let kind = &object.types.as_ref().context("applied objects have their kind")?.kind;
+        let resource = kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind));
+        Api::<DynamicObject>::all_with(client.clone(), &resource).delete(&object.name_any(), &kube::api::DeleteParams::default()).await?;
+    }
+    Ok(())
+}

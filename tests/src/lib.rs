@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod delivery;
 pub mod in_process;
 pub mod parquet;
+pub mod produce;
 pub mod query;
 pub mod quickstart;
 pub mod relay;

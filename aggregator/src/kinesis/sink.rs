@@ -93,7 +93,8 @@ pub enum Refusal {
 
 impl Refusal {
     /// Kinesis's error codes (PutRecords, and each of its refused entries); what is not known to
-    /// need a change (a permission, the stream, the key, the request) is taken to pass.
+    /// need a change (a permission, the stream, the key, the request) is taken to pass. A 401 or
+    /// 403 answered without a code (a proxy's, or moto's for an IAM deny) refuses access too.
     pub fn of(code: &str) -> Self {
         match code {
             "ProvisionedThroughputExceededException" | "LimitExceededException" | "KMSThrottlingException" | "ThrottlingException" => {
@@ -110,7 +111,9 @@ impl Refusal {
             | "KMSDisabledException"
             | "KMSInvalidStateException"
             | "KMSNotFoundException"
-            | "KMSOptInRequired" => Self::Permanent,
+            | "KMSOptInRequired"
+            | "http_401"
+            | "http_403" => Self::Permanent,
             _ => Self::Transient,
         }
     }
@@ -290,7 +293,9 @@ mod tests {
         for transient in ["InternalFailure", "ServiceUnavailable", "timeout", "connection", "http_502", "unknown"] {
             assert_eq!(Refusal::of(transient), Refusal::Transient, "{transient}");
         }
-        for permanent in ["AccessDeniedException", "ResourceNotFoundException", "KMSAccessDeniedException", "KMSDisabledException"] {
+        for permanent in
+            ["AccessDeniedException", "ResourceNotFoundException", "KMSAccessDeniedException", "KMSDisabledException", "http_403"]
+        {
             assert_eq!(Refusal::of(permanent), Refusal::Permanent, "{permanent}");
         }
     }

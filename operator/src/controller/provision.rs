@@ -20,9 +20,10 @@ use crate::aws::delivery::{self, DeliveryStream};
 use crate::aws::resource::{delete, ensure};
 use crate::aws::role::{FirehoseRole, PolicyScope, RolePolicies};
 use crate::aws::streams::Stream;
+use crate::data_flow;
 use crate::error::Error;
 use crate::managed::{Outcome, Owner, Removal, write_status};
-use crate::status::{self, PartState, Parts, Report, Verdict};
+use crate::status::{self, DataFlow, PartState, Parts, Report, Verdict};
 use crate::workload;
 
 /// Provisions every part and writes the status; returns the next look and what the status says
@@ -149,8 +150,20 @@ async fn provision(
         return Ok(report);
     }
     let reader = provision_delivery(&mut report, &clients, &config, account_id, &owner).await;
-    provision_aggregator(&mut report, pipeline, &config, context, reader).await;
+    if provision_aggregator(&mut report, pipeline, &config, context, reader).await {
+        report.data_flow = watch_data_flow(&report, &clients, &config).await;
+    }
     Ok(report)
+}
+
+/// Whether data flows, from the aggregator's report beside its checkpoint.
+async fn watch_data_flow(report: &Report, clients: &AwsClients, config: &PipelineConfig) -> Option<DataFlow> {
+    let bucket = report.bucket.as_ref()?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    Some(match data_flow::read(clients, &bucket.name).await {
+        Ok(found) => DataFlow { judgement: data_flow::judge(found.as_ref(), &config.windowing, now), report: found },
+        Err(why) => DataFlow { report: None, judgement: data_flow::unreadable(why) },
+    })
 }
 
 /// Whether what the aggregator writes to the output stream is read. A Firehose delivery stream
@@ -227,17 +240,18 @@ async fn provision_delivery(
 }
 
 /// The aggregator reads the input stream, writes the output stream and checkpoints in the bucket;
-/// it runs only while what it writes is read, and is paused while it is not.
+/// it runs only while what it writes is read, and is paused while it is not. Says whether it is
+/// meant to run now (deployed with a replica, ready or not): then it reports on the data flow.
 async fn provision_aggregator(
     report: &mut Report,
     pipeline: &MetricsPipeline,
     config: &PipelineConfig,
     context: &Context,
     reader: OutputReader,
-) {
+) -> bool {
     if report.input_stream.is_none() || report.bucket.is_none() {
         report.parts.aggregator = Some(PartState::Pending("waiting for the streams and the bucket".into()));
-        return;
+        return false;
     }
     let unread = match reader {
         OutputReader::Reading => None,
@@ -248,7 +262,7 @@ async fn provision_aggregator(
             let waiting =
                 "waiting for the Firehose delivery stream (see DeliveryReady): the aggregator runs only while it reads the output stream";
             report.parts.aggregator = Some(PartState::Pending(waiting.into()));
-            return;
+            return false;
         }
     };
     let aggregator = workload::ensure(&context.client, pipeline, config, &context.settings.workload, unread.is_some()).await;
@@ -264,6 +278,7 @@ async fn provision_aggregator(
     });
     // Replica counts are worth showing while the rollout is still pending.
     report.aggregator = aggregator.as_ref().ok().map(|(aggregator, _)| aggregator.clone());
+    let deployed = aggregator.is_ok();
     record(
         report,
         |parts| &mut parts.aggregator,
@@ -273,6 +288,7 @@ async fn provision_aggregator(
             _ => format!("aggregator {} is running", aggregator.deployment),
         },
     );
+    deployed && unread.is_none() && config.aggregator.replicas > 0
 }
 
 /// Files one part's result into its place among the report's parts; returns its value when what

@@ -367,14 +367,7 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
         "pipelines only in the watched namespace"
     );
 
-    for object in applied.iter().filter(|o| o.namespace().is_none() && o.types.as_ref().unwrap().kind.starts_with("Cluster")) {
-        let kind = &object.types.as_ref().unwrap().kind;
-        let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind));
-        Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource)
-            .delete(&object.name_any(), &DeleteParams::default())
-            .await
-            .unwrap();
-    }
+    chart::remove_cluster_scoped(&client, &applied).await.unwrap();
     watched.delete().await.unwrap();
     release_namespace.delete().await.unwrap();
 }

@@ -1,0 +1,32 @@
+//! What the aggregator reports of the data it moves, beside its checkpoint in the pipeline's
+//! bucket, for the operator to show in the pipeline's status: whether data flows, where users
+//! already look (`kubectl get metricspipelines`), over no new network path to the pods.
+
+use serde::{Deserialize, Serialize};
+
+/// Where the report is, in the pipeline's bucket (beside `_aggregator/checkpoint.json`).
+pub const REPORT_KEY: &str = "_aggregator/report.json";
+
+/// One report: counts since the previous one, and the state now. Times are milliseconds since the
+/// epoch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataFlowReport {
+    pub written_at_ms: i64,
+    /// When the copy that wrote it started: a stall is judged only after a window had time to fire.
+    pub started_at_ms: i64,
+    /// The span the counts cover, since the previous report (or the start).
+    pub interval_ms: i64,
+    /// Records read from the input stream in the span.
+    pub records_read: u64,
+    /// Records kept in the dead-letter prefix in the span (invalid, too late, too far ahead).
+    pub dead_letters: u64,
+    /// Aggregates written to the output stream in the span.
+    pub aggregates_written: u64,
+    /// When an aggregate last reached the output stream, since the start; none yet.
+    pub last_aggregate_at_ms: Option<i64>,
+    /// Wall clock minus the event-time watermark, in seconds; none before the first event.
+    pub watermark_lag_seconds: Option<f64>,
+    /// The error code with which the output stream refuses every write, until one goes through.
+    pub output_refused: Option<String>,
+}
