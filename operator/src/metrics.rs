@@ -68,11 +68,30 @@ impl EncodeLabelSet for PhaseLabel {
     }
 }
 
+/// One pipeline's series of the per-pipeline phase gauge: `pipeline_namespace` rather than
+/// `namespace`, which the scrape gives the operator's own pod.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct PipelinePhase {
+    pipeline: String,
+    phase: Phase,
+}
+
+impl EncodeLabelSet for PipelinePhase {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let (namespace, name) = self.pipeline.split_once('/').unwrap_or(("", &self.pipeline));
+        ("pipeline_namespace", namespace).encode(encoder.encode_label())?;
+        ("pipeline", name).encode(encoder.encode_label())?;
+        ("phase", phase_label(self.phase)).encode(encoder.encode_label())
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<Vec<(&'static str, String)>, Counter>,
     duration: Histogram,
     pipelines: Family<PhaseLabel, Gauge>,
+    /// 1 for each pipeline, in the phase its status shows: how long one pipeline stays unready.
+    pipeline_phase: Family<PipelinePhase, Gauge>,
     /// The phase each pipeline's status last showed, by `<namespace>/<name>`: what `pipelines` counts.
     phases: Mutex<HashMap<String, Phase>>,
     /// 1 while this replica reconciles (it holds the leader lease, or runs without election).
@@ -85,7 +104,7 @@ impl Metrics {
         let registry = root.sub_registry_with_prefix("metrics_pipeline_operator");
         let reconciles = Family::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
-        let (pipelines, leader) = (Family::default(), Gauge::default());
+        let (pipelines, pipeline_phase, leader) = (Family::default(), Family::default(), Gauge::default());
         registry.register(
             "reconciles",
             "Reconciles by what the status showed after them (ready, provisioning, degraded, failed, deleting, deleted) or error, with the reason",
@@ -93,36 +112,50 @@ impl Metrics {
         );
         registry.register("reconcile_duration_seconds", "How long one reconcile took", duration.clone());
         registry.register("pipelines", "MetricsPipelines by the phase their status shows", pipelines.clone());
+        registry.register(
+            "pipeline_phase",
+            "1 for each MetricsPipeline, labelled with the phase its status shows (one series per pipeline)",
+            pipeline_phase.clone(),
+        );
         registry.register("leader", "1 while this replica reconciles (holds the leader lease)", leader.clone());
         registry.register("build", "The operator's version", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         aws_calls.register(registry);
-        Self { registry: root, reconciles, duration, pipelines, phases: Mutex::default(), leader }
+        Self { registry: root, reconciles, duration, pipelines, pipeline_phase, phases: Mutex::default(), leader }
     }
 
     /// Counts one reconcile of `pipeline` (`<namespace>/<name>`), and the phase its status shows now.
     pub fn observe_reconcile(&self, pipeline: &str, took: Duration, result: ReconcileResult) {
         self.reconciles.get_or_create(&result.labels()).inc();
         self.duration.observe(took.as_secs_f64());
-        self.count_phases(|phases| {
-            match result {
-                ReconcileResult::Status(phase, _) => phases.insert(pipeline.to_owned(), phase),
-                ReconcileResult::Deleting => phases.insert(pipeline.to_owned(), Phase::Deleting),
-                ReconcileResult::Deleted => phases.remove(pipeline),
-                ReconcileResult::Error(_) => None,
-            };
-        });
+        match result {
+            ReconcileResult::Status(phase, _) => self.show_phase(pipeline, Some(phase)),
+            ReconcileResult::Deleting => self.show_phase(pipeline, Some(Phase::Deleting)),
+            ReconcileResult::Deleted => self.show_phase(pipeline, None),
+            ReconcileResult::Error(_) => {}
+        }
     }
 
     /// `pipeline` is gone without a last reconcile: it counts no more.
     pub fn forget_pipeline(&self, pipeline: &str) {
-        self.count_phases(|phases| {
-            phases.remove(pipeline);
-        });
+        self.show_phase(pipeline, None);
     }
 
-    fn count_phases(&self, change: impl FnOnce(&mut HashMap<String, Phase>)) {
+    /// Records the phase `pipeline`'s status shows now (`None`: it is gone) in both gauges.
+    fn show_phase(&self, pipeline: &str, shown: Option<Phase>) {
         let mut phases = self.phases.lock().expect("no panics while holding the lock");
-        change(&mut phases);
+        let before = match shown {
+            Some(phase) => phases.insert(pipeline.to_owned(), phase),
+            None => phases.remove(pipeline),
+        };
+        if before != shown {
+            let series = |phase| PipelinePhase { pipeline: pipeline.to_owned(), phase };
+            if let Some(before) = before {
+                self.pipeline_phase.remove(&series(before));
+            }
+            if let Some(shown) = shown {
+                self.pipeline_phase.get_or_create(&series(shown)).set(1);
+            }
+        }
         for phase in PHASES {
             let count = phases.values().filter(|shown| **shown == phase).count();
             self.pipelines.get_or_create(&PhaseLabel(phase)).set(count as i64);
@@ -168,8 +201,18 @@ mod tests {
         metrics.observe_reconcile("a/p", took, ReconcileResult::Deleting);
         metrics.observe_reconcile("a/q", took, ReconcileResult::Deleted);
         assert_eq!((count("ready"), count("provisioning"), count("deleting")), ("0".into(), "0".into(), "1".into()));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"metrics_pipeline_operator_pipeline_phase{pipeline_namespace="a",pipeline="p",phase="deleting"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"pipeline="q""#) && !text.contains(r#"phase="ready"} 1"#),
+            "one series per pipeline, while it lives: {text}"
+        );
         metrics.forget_pipeline("a/p");
         assert_eq!(count("deleting"), "0", "a pipeline gone without a last reconcile counts no more");
+        assert!(!metrics.encode().contains("pipeline_phase{"), "{}", metrics.encode());
         assert!(metrics.encode().contains(r#"metrics_pipeline_operator_build_info{version=""#), "{}", metrics.encode());
     }
 

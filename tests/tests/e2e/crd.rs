@@ -67,7 +67,11 @@ async fn kubectl_get_shows_the_printer_columns() {
         "status": {
             "phase": "Ready",
             "conditions": [{"type": "Ready", "status": "True", "reason": "AllPartsReady", "message": "every part is ready",
+                            "lastTransitionTime": "2021-09-09T12:00:00Z"},
+                           {"type": "DataFlowing", "status": "True", "reason": "Flowing", "message": "records in, aggregates out",
                             "lastTransitionTime": "2021-09-09T12:00:00Z"}],
+            "dataFlow": {"reportedAt": "2021-09-09T12:00:00Z", "intervalSeconds": 30, "recordsIn": 1200, "deadLetters": 0,
+                         "aggregatesOut": 40, "watermarkLagSeconds": 12},
             "inputStream": {"name": "ns-minimal-input"},
             "outputStream": {"name": "ns-minimal-output"},
             "bucket": {"name": "ns-minimal-0123456789ab"}
@@ -79,9 +83,9 @@ async fn kubectl_get_shows_the_printer_columns() {
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let header: Vec<&str> = table.lines().next().unwrap().split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
-    assert_eq!(header, ["NAME", "READY", "PHASE", "INPUT STREAM", "OUTPUT STREAM", "BUCKET", "AGE"]);
+    assert_eq!(header, ["NAME", "READY", "PHASE", "DATA", "LAG (S)", "INPUT STREAM", "OUTPUT STREAM", "BUCKET", "AGE"]);
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(row[..6], ["minimal", "True", "Ready", "ns-minimal-input", "ns-minimal-output", "ns-minimal-0123456789ab"]);
+    assert_eq!(row[..8], ["minimal", "True", "Ready", "Flowing", "12", "ns-minimal-input", "ns-minimal-output", "ns-minimal-0123456789ab"]);
     namespace.delete().await.unwrap();
 }
 
