@@ -41,7 +41,6 @@ impl Totals {
 pub struct Reporter {
     bucket: Bucket,
     health: Arc<Health>,
-    started_at_ms: i64,
     previous: Totals,
     previous_at_ms: i64,
 }
@@ -49,7 +48,7 @@ pub struct Reporter {
 impl Reporter {
     pub fn new(bucket: Bucket, health: Arc<Health>, started: EventTime) -> Self {
         let previous = Totals::of(&health);
-        Self { bucket, health, started_at_ms: started.0, previous, previous_at_ms: started.0 }
+        Self { bucket, health, previous, previous_at_ms: started.0 }
     }
 
     /// Writes a report every `interval` while this copy holds the checkpoint; a copy waiting for
@@ -61,7 +60,7 @@ impl Reporter {
         loop {
             ticks.tick().await;
             let report = self.next(wall_clock());
-            if self.health.metrics.lease_held.get() == 1 {
+            if self.health.holds_lease() {
                 let body = serde_json::to_vec(&report).expect("a report always serializes");
                 // Retried until written; the next report waits for it.
                 self.bucket.put(REPORT_KEY, body, "application/json", Condition::None).await;
@@ -77,7 +76,7 @@ impl Reporter {
         let windowed = metrics.open_windows.get() > 0 || current.aggregates_written > 0;
         let report = DataFlowReport {
             written_at_ms: now.0,
-            started_at_ms: self.started_at_ms,
+            unanswered_since_ms: Some(self.health.unanswered_since_ms.load(Ordering::Relaxed)).filter(|at| *at > 0),
             interval_ms: now.0 - self.previous_at_ms,
             records_read: current.records_read - self.previous.records_read,
             dead_letters: current.dead_letters - self.previous.dead_letters,
@@ -130,6 +129,8 @@ mod tests {
         assert_eq!((stalled.records_read, stalled.aggregates_written), (50, 0));
         assert_eq!(stalled.last_aggregate_at_ms, Some(55_000), "the last aggregate stays when none follows");
         assert_eq!(stalled.output_refused.as_deref(), Some("AccessDeniedException: not allowed"));
-        assert_eq!(stalled.started_at_ms, 1_000);
+        assert_eq!(stalled.unanswered_since_ms, None);
+        reporter.health.unanswered_since_ms.store(70_000, Ordering::Relaxed);
+        assert_eq!(reporter.next(EventTime(121_000)).unanswered_since_ms, Some(70_000), "records wait for an aggregate since then");
     }
 }

@@ -139,6 +139,10 @@ async fn run_until_stopped(
         let (now, wall_clock, metrics) = (Instant::now(), wall_clock(), &aggregator.health.metrics);
         aggregator.health.beat();
         aggregator.intake.take_poll(&poll, now, wall_clock, metrics);
+        if poll.batches.iter().any(|batch| !batch.records.is_empty()) {
+            // Kept from the first record read until an aggregate goes out.
+            let _ = aggregator.health.unanswered_since_ms.compare_exchange(0, wall_clock.0, Ordering::Relaxed, Ordering::Relaxed);
+        }
         aggregator.intake.fire_due_windows(now, wall_clock, metrics);
         aggregator.health.reading.store(aggregator.intake.reading(now), Ordering::Relaxed);
         if aggregator.flush_due() {
@@ -376,6 +380,7 @@ impl Aggregator {
                 self.unpublished.clear();
                 self.health.metrics.aggregates_written.inc_by(count);
                 self.health.last_output_ms.store(wall_clock().0, Ordering::Relaxed);
+                self.health.unanswered_since_ms.store(0, Ordering::Relaxed);
                 tracing::debug!(aggregates = count, stream = %self.config.output_stream, "aggregates written");
             } else {
                 tracing::warn!(

@@ -36,6 +36,8 @@ pub struct Health {
     /// When aggregates last reached the output stream (ms since the epoch), for the data-flow
     /// report; 0: not yet.
     pub last_output_ms: AtomicI64,
+    /// When the oldest record read since then was read; 0: none waits.
+    pub unanswered_since_ms: AtomicI64,
 }
 
 impl Health {
@@ -52,6 +54,7 @@ impl Health {
             last_checkpoint_ms: AtomicU64::new(0),
             checkpoint_written: AtomicBool::new(false),
             last_output_ms: AtomicI64::new(0),
+            unanswered_since_ms: AtomicI64::new(0),
         }
     }
 
@@ -66,6 +69,12 @@ impl Health {
     /// The loop (or a wait or retry of it) is alive.
     pub fn beat(&self) {
         self.last_beat_ms.store(self.since_start(), Ordering::Relaxed);
+    }
+
+    /// Whether this copy holds the checkpoint's lease: it took it, and has written within the
+    /// lease's duration (a loop blocked longer may have lost it to another copy).
+    pub fn holds_lease(&self) -> bool {
+        self.metrics.lease_held.get() == 1 && self.age(&self.last_checkpoint_ms) < self.checkpoint_within
     }
 
     /// A checkpoint was written (which also renews the lease).

@@ -13,8 +13,9 @@ pub const REPORT_KEY: &str = "_aggregator/report.json";
 #[serde(rename_all = "camelCase")]
 pub struct DataFlowReport {
     pub written_at_ms: i64,
-    /// When the copy that wrote it started: a stall is judged only after a window had time to fire.
-    pub started_at_ms: i64,
+    /// When the oldest record read since an aggregate last went out was read; none while every
+    /// record read has led to an aggregate. How long records have gone unanswered.
+    pub unanswered_since_ms: Option<i64>,
     /// The span the counts cover, since the previous report (or the start).
     pub interval_ms: i64,
     /// Records read from the input stream in the span.

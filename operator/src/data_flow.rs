@@ -16,6 +16,12 @@ use crate::error::{AwsResultExt, Error};
 /// The condition's type.
 pub const DATA_FLOWING: &str = "DataFlowing";
 
+/// A report is a few hundred bytes.
+const MAX_REPORT_BYTES: i64 = 64 * 1024;
+
+/// How soon a pipeline whose data stopped flowing is looked at again (its resync may be minutes).
+pub const LOOK_AT_A_STALL: Duration = Duration::from_secs(60);
+
 /// Characters of the output stream's refusal the condition shows.
 const REFUSAL_SHOWN: usize = 300;
 
@@ -29,6 +35,13 @@ pub async fn read(clients: &AwsClients, bucket: &str) -> Result<Option<DataFlowR
     let answer = clients.s3.get_object().bucket(bucket).key(REPORT_KEY).send().await;
     let found = answer.absent_on(&["NoSuchKey"], || format!("reading the aggregator's report {location}"));
     let Some(object) = found.map_err(|error: Error| error.to_string())? else { return Ok(None) };
+    // The aggregator's credentials may write under `_aggregator/`: never read a planted giant.
+    if object.content_length.unwrap_or_default() > MAX_REPORT_BYTES {
+        return Err(format!(
+            "{location} is {} bytes, not the aggregator's report (at most {MAX_REPORT_BYTES})",
+            object.content_length.unwrap_or_default()
+        ));
+    }
     let body = object.body.collect().await.map_err(|error| format!("reading the aggregator's report {location}: {error}"))?;
     serde_json::from_slice(&body.into_bytes()).map(Some).map_err(|error| format!("{location} is not the aggregator's report: {error}"))
 }
@@ -72,7 +85,7 @@ pub fn judge(report: Option<&DataFlowReport>, windowing: &WindowConfig, now_ms: 
         return Judgement { flowing: None, reason: "NoReport", message: "the aggregator has not reported yet".into() };
     };
     let interval = report.interval_ms.max(1_000);
-    let age = now_ms - report.written_at_ms;
+    let age = now_ms.saturating_sub(report.written_at_ms);
     if age > STALE_AFTER_INTERVALS * interval {
         return Judgement {
             flowing: None,
@@ -101,23 +114,24 @@ pub fn judge(report: Option<&DataFlowReport>, windowing: &WindowConfig, now_ms: 
             message: format!("the output stream refuses every write ({refusal}); the aggregates wait in the checkpoint; {counts}"),
         };
     }
-    let fire_within = duration_ms(windowing.window) + duration_ms(windowing.out_of_orderness) + interval;
-    let silent_since = report.last_aggregate_at_ms.unwrap_or(report.started_at_ms);
-    if report.records_read > 0 && report.written_at_ms - silent_since > fire_within {
-        let since = match report.last_aggregate_at_ms {
-            Some(_) => format!("for {}", seconds(report.written_at_ms - silent_since)),
-            None => format!("since the aggregator started {} ago", seconds(report.written_at_ms - silent_since)),
-        };
+    // An event waits for the watermark (out-of-orderness) to pass its window's end, or for the
+    // idle timeout on a shard that went quiet; then for a flush, at most a report's interval.
+    let answer_within =
+        duration_ms(windowing.window) + duration_ms(windowing.out_of_orderness).max(duration_ms(windowing.idle_timeout)) + interval;
+    let unanswered_for = report.unanswered_since_ms.map(|since| report.written_at_ms.saturating_sub(since));
+    if let Some(waited) = unanswered_for.filter(|waited| report.records_read > 0 && *waited > answer_within) {
         let why = if report.watermark_lag_seconds.is_none() {
             "no record was a metric event, every one went to the dead letters: see the dead-letter prefix for why"
         } else {
-            "the event-time watermark does not pass a window's end: are the events' timestamps in the past?"
+            "the event-time watermark does not pass a window's end, or every event came later than allowedLateness: see the \
+             watermark's lag and the dead letters"
         };
         return Judgement {
             flowing: Some(false),
             reason: "NoWindowFires",
             message: format!(
-                "records arrive but no window has fired {since} (windows of {}): {why}; {counts}",
+                "records arrive but none has led to an aggregate for {} (windows of {}): {why}; {counts}",
+                seconds(waited),
                 seconds(duration_ms(windowing.window))
             ),
         };
@@ -153,16 +167,17 @@ mod tests {
         }
     }
 
-    /// A report written at 10 minutes of a copy started at 0, covering the 30 s before.
-    fn report(records: u64, dead_letters: u64, aggregates: u64, last_aggregate_at_ms: Option<i64>) -> DataFlowReport {
+    /// A report written at 10 minutes, covering the 30 s before; records unanswered since
+    /// `unanswered_since_ms`.
+    fn report(records: u64, dead_letters: u64, aggregates: u64, unanswered_since_ms: Option<i64>) -> DataFlowReport {
         DataFlowReport {
             written_at_ms: 10 * MINUTE,
-            started_at_ms: 0,
+            unanswered_since_ms,
             interval_ms: 30_000,
             records_read: records,
             dead_letters,
             aggregates_written: aggregates,
-            last_aggregate_at_ms,
+            last_aggregate_at_ms: Some(10 * MINUTE - 5_000),
             watermark_lag_seconds: Some(12.4),
             output_refused: None,
         }
@@ -170,7 +185,7 @@ mod tests {
 
     #[test]
     fn records_in_and_aggregates_out_flow() {
-        let judged = judge(Some(&report(1200, 3, 40, Some(10 * MINUTE))), &windowing(), 10 * MINUTE + 5_000);
+        let judged = judge(Some(&report(1200, 3, 40, Some(10 * MINUTE - 2_000))), &windowing(), 10 * MINUTE + 5_000);
         assert_eq!((judged.flowing, judged.reason), (Some(true), "Flowing"));
         assert_eq!(
             judged.message,
@@ -186,28 +201,34 @@ mod tests {
     }
 
     #[test]
-    fn records_that_all_go_to_the_dead_letters_stall_the_pipeline() {
-        let garbage = DataFlowReport { watermark_lag_seconds: None, ..report(500, 500, 0, None) };
-        let judged = judge(Some(&garbage), &windowing(), 10 * MINUTE);
-        assert_eq!((judged.flowing, judged.reason), (Some(false), "NoWindowFires"));
-        assert!(
-            judged.message.contains("since the aggregator started 600s ago") && judged.message.contains("dead-letter prefix"),
-            "{judged:?}"
-        );
-        let stuck_watermark = judge(Some(&report(500, 0, 0, Some(2 * MINUTE))), &windowing(), 10 * MINUTE);
-        assert_eq!(stuck_watermark.reason, "NoWindowFires");
-        assert!(stuck_watermark.message.contains("for 480s") && stuck_watermark.message.contains("watermark"), "{stuck_watermark:?}");
+    fn a_sparse_producer_whose_batches_fire_their_windows_is_not_a_stall() {
+        // A batch every five minutes: the last aggregate is minutes old, but the new records
+        // arrived seconds ago and their windows fire once the shard goes idle.
+        let batch = DataFlowReport { last_aggregate_at_ms: Some(5 * MINUTE), ..report(60, 0, 0, Some(10 * MINUTE - 10_000)) };
+        assert_eq!(judge(Some(&batch), &windowing(), 10 * MINUTE).reason, "Flowing");
     }
 
     #[test]
-    fn a_fresh_start_has_a_window_s_time_before_it_is_judged_stalled() {
-        let started = DataFlowReport { started_at_ms: 10 * MINUTE - 90_000, ..report(500, 0, 0, None) };
-        assert_eq!(judge(Some(&started), &windowing(), 10 * MINUTE).reason, "Flowing");
+    fn records_that_all_go_to_the_dead_letters_stall_the_pipeline() {
+        let garbage = DataFlowReport { watermark_lag_seconds: None, last_aggregate_at_ms: None, ..report(500, 500, 0, Some(0)) };
+        let judged = judge(Some(&garbage), &windowing(), 10 * MINUTE);
+        assert_eq!((judged.flowing, judged.reason), (Some(false), "NoWindowFires"));
+        assert!(judged.message.contains("for 600s") && judged.message.contains("dead-letter prefix"), "{judged:?}");
+        let stuck_watermark = judge(Some(&report(500, 0, 0, Some(7 * MINUTE))), &windowing(), 10 * MINUTE);
+        assert_eq!(stuck_watermark.reason, "NoWindowFires");
+        assert!(stuck_watermark.message.contains("for 180s") && stuck_watermark.message.contains("watermark"), "{stuck_watermark:?}");
+    }
+
+    #[test]
+    fn records_have_a_window_s_time_to_be_answered() {
+        // 60 s window + 30 s idle timeout + 30 s interval.
+        assert_eq!(judge(Some(&report(500, 0, 0, Some(10 * MINUTE - 110_000))), &windowing(), 10 * MINUTE).reason, "Flowing");
+        assert_eq!(judge(Some(&report(500, 0, 0, Some(10 * MINUTE - 130_000))), &windowing(), 10 * MINUTE).reason, "NoWindowFires");
     }
 
     #[test]
     fn an_output_stream_that_refuses_every_write_stops_the_flow() {
-        let refused = DataFlowReport { output_refused: Some("AccessDeniedException: not authorized".into()), ..report(100, 0, 0, None) };
+        let refused = DataFlowReport { output_refused: Some("AccessDeniedException: not authorized".into()), ..report(100, 0, 0, Some(0)) };
         let judged = judge(Some(&refused), &windowing(), 10 * MINUTE);
         assert_eq!((judged.flowing, judged.reason), (Some(false), "OutputRefused"));
         assert!(judged.message.contains("AccessDeniedException: not authorized"), "{judged:?}");
@@ -219,13 +240,13 @@ mod tests {
     fn a_quiet_stream_a_missing_and_a_stale_report_are_unknown() {
         assert_eq!(judge(Some(&report(0, 0, 0, None)), &windowing(), 10 * MINUTE).reason, "NoInput");
         assert_eq!(judge(None, &windowing(), 10 * MINUTE).reason, "NoReport");
-        let stale = judge(Some(&report(100, 0, 5, Some(10 * MINUTE))), &windowing(), 13 * MINUTE);
+        let stale = judge(Some(&report(100, 0, 5, None)), &windowing(), 13 * MINUTE);
         assert_eq!((stale.flowing, stale.reason), (None, "ReportStale"));
     }
 
     #[test]
     fn the_status_shows_the_report_in_whole_seconds() {
-        let shown = status(&report(1200, 3, 40, Some(10 * MINUTE)));
+        let shown = status(&report(1200, 3, 40, None));
         assert_eq!((shown.records_in, shown.dead_letters, shown.aggregates_out, shown.interval_seconds), (1200, 3, 40, 30));
         assert_eq!(shown.watermark_lag_seconds, Some(12));
         assert_eq!(shown.reported_at.0.as_millisecond(), 10 * MINUTE);

@@ -286,9 +286,15 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
             PartState::Failed(error) | PartState::Degraded(error) => condition(part.condition(), false, error.reason(), error.to_string()),
         })
         .collect();
-    if let Some(DataFlow { judgement, .. }) = data_flow {
-        let Judgement { flowing, reason, message } = judgement;
-        conditions.push(self::condition(previous_conditions, DATA_FLOWING, *flowing, reason, message.clone(), generation, &now));
+    // A reconcile that stopped before the aggregator (an AWS outage, a refused change) keeps what
+    // the last one saw of the data; a paused or absent aggregator reports none.
+    let data_flow_kept = data_flow.is_none() && parts.aggregator.is_none();
+    match data_flow {
+        Some(DataFlow { judgement: Judgement { flowing, reason, message }, .. }) => {
+            conditions.push(self::condition(previous_conditions, DATA_FLOWING, *flowing, reason, message.clone(), generation, &now));
+        }
+        None if data_flow_kept => conditions.extend(previous_conditions.iter().find(|c| c.type_ == DATA_FLOWING).cloned()),
+        None => {}
     }
     let verdict = report.verdict();
     conditions.push(match report.first_problem() {
@@ -322,7 +328,11 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         glue_table: keep(glue_table, |s| &s.glue_table),
         aggregator: aggregator.clone().or_else(|| previous.and_then(|status| status.aggregator.clone())),
         identity: identity.clone().or_else(|| previous.and_then(|status| status.identity.clone())),
-        data_flow: data_flow.as_ref().and_then(|data_flow| data_flow.report.as_ref()).map(data_flow::status),
+        data_flow: match data_flow {
+            Some(data_flow) => data_flow.report.as_ref().map(data_flow::status),
+            None if data_flow_kept => previous.and_then(|status| status.data_flow.clone()),
+            None => None,
+        },
     }
 }
 
@@ -361,6 +371,27 @@ mod tests {
             bucket: Some(AwsResourceRef { name: "c".into(), arn: Some("arn:aws:s3:::c".into()) }),
             ..Report::default()
         }
+    }
+
+    #[test]
+    fn what_data_flows_is_kept_through_a_reconcile_that_stops_early_and_dropped_when_the_aggregator_pauses() {
+        let judged = |flowing| DataFlow {
+            report: Some(DataFlowReport { written_at_ms: 60_000, interval_ms: 30_000, records_read: 5, ..DataFlowReport::default() }),
+            judgement: Judgement { flowing, reason: "NoWindowFires", message: "stalled".into() },
+        };
+        let running = Parts { aggregator: Some(PartState::Ready("running".into())), ..ready_report().parts };
+        let before = build(&Report { parts: running, data_flow: Some(judged(Some(false))), ..ready_report() }, Some(1), None, at(10));
+        assert_eq!(condition(&before, DATA_FLOWING).reason, "NoWindowFires");
+        assert_eq!(before.data_flow.as_ref().map(|flow| flow.records_in), Some(5));
+
+        // An outage stopped the reconcile before the aggregator: nothing new was learnt.
+        let outage = build(&ready_report(), Some(1), Some(&before), at(20));
+        assert_eq!(condition(&outage, DATA_FLOWING).last_transition_time, at(10), "kept, not flapping");
+        assert_eq!(outage.data_flow, before.data_flow);
+
+        let paused = Parts { aggregator: Some(PartState::Pending("paused".into())), ..ready_report().parts };
+        let paused = build(&Report { parts: paused, ..ready_report() }, Some(1), Some(&before), at(30));
+        assert!(paused.conditions.iter().all(|c| c.type_ != DATA_FLOWING) && paused.data_flow.is_none(), "{paused:?}");
     }
 
     #[test]

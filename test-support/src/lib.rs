@@ -67,8 +67,9 @@ pub fn counter_series(exposition: &str, name: &str) -> Vec<(BTreeMap<String, Str
         .collect()
 }
 
-/// Every family of a text exposition and its series as Prometheus names them, from their `# TYPE`
-/// lines: counters with `_total`, histograms with `_bucket`, `_sum` and `_count`, infos with `_info`.
+/// Every series of a text exposition as Prometheus names them, from its `# TYPE` lines: counters
+/// with `_total`, histograms with `_bucket`, `_sum` and `_count` (and the family's name), infos
+/// with `_info`.
 pub fn exposed_series(exposition: &str) -> BTreeSet<String> {
     let mut series = BTreeSet::new();
     for (name, kind) in exposition.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.split_once(' ')) {
@@ -79,7 +80,10 @@ pub fn exposed_series(exposition: &str) -> BTreeSet<String> {
             _ => &[""],
         };
         series.extend(suffixes.iter().map(|suffix| format!("{name}{suffix}")));
-        series.insert(name.to_owned());
+        // A histogram goes by its family's name in prose; a counter's must end in `_total`.
+        if kind == "histogram" {
+            series.insert(name.to_owned());
+        }
     }
     series
 }

@@ -71,7 +71,10 @@ pub(super) async fn apply(
     if verdict != Verdict::Retryable {
         context.succeeded(pipeline);
     }
+    let stalled = report.data_flow.as_ref().is_some_and(|flow| flow.judgement.flowing == Some(false));
     let action = match verdict {
+        // Whether data flows again shows in the aggregator's next reports, not in a watch event.
+        Verdict::Ready | Verdict::Terminal if stalled => Action::requeue(context.resync().min(data_flow::LOOK_AT_A_STALL)),
         Verdict::Ready | Verdict::Terminal => Action::requeue(context.resync()),
         Verdict::Pending => Action::requeue(next_look),
         Verdict::Retryable => Action::requeue(context.retry_after(pipeline)),
