@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use metrics_pipeline_model::aggregation::{
@@ -390,7 +390,7 @@ pub struct AggregatorSpec {
     /// e.g. `[{key: dedicated, operator: Equal, value: streaming, effect: NoSchedule}]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "tolerations_schema")]
-    pub tolerations: Vec<Toleration>,
+    pub tolerations: Vec<serde_json::Value>,
 
     /// The aggregator pod's affinity, as a Pod's `affinity` (`nodeAffinity`, `podAffinity`,
     /// `podAntiAffinity`).
@@ -448,12 +448,14 @@ fn resources_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-/// A Pod's tolerations, without the upstream prose.
+/// A Pod's tolerations, without the upstream prose. Each is kept as written and checked field by
+/// field by the operator: a misspelt `effct` pruned here would make it tolerate every effect.
 fn tolerations_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "array",
         "items": {
             "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true,
             "properties": {
                 "key": {"type": "string"},
                 "operator": {"type": "string", "enum": ["Exists", "Equal"]},

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::Affinity;
+use k8s_openapi::api::core::v1::{Affinity, Toleration};
 use metrics_pipeline_model::aggregation::{AggregationSettings, WindowConfig};
 use metrics_pipeline_model::event::is_partition_value;
 
@@ -303,6 +303,11 @@ fn check_aggregator(spec: &AggregatorSpec, errors: &mut Errors) {
     {
         errors.add("spec.aggregator.affinity", problem);
     }
+    for (index, written) in spec.tolerations.iter().enumerate() {
+        if let Err(problem) = toleration(written) {
+            errors.add(format!("spec.aggregator.tolerations[{index}]"), problem);
+        }
+    }
     for key in spec.pod_annotations.keys() {
         if let Err(problem) = check_annotation_key(key) {
             errors.add(format!("spec.aggregator.podAnnotations[{key}]"), format!("`{key}` is not a Kubernetes annotation key: {problem}"));
@@ -322,11 +327,22 @@ fn check_aggregator(spec: &AggregatorSpec, errors: &mut Errors) {
 /// The affinity as a Pod takes it; an error names what a Pod's affinity does not have (a misspelt
 /// field would otherwise be dropped on the way to the Deployment, and the pod placed anywhere).
 pub fn affinity(written: &serde_json::Value) -> Result<Affinity, String> {
-    let affinity: Affinity = serde_json::from_value(written.clone()).map_err(|error| format!("is not a Pod's affinity: {error}"))?;
-    let understood = serde_json::to_value(&affinity).map_err(|error| error.to_string())?;
+    as_a_pod_takes_it(written, "a Pod's affinity (nodeAffinity, podAffinity, podAntiAffinity and theirs)")
+}
+
+/// A toleration as a Pod takes it; an error names what a toleration does not have (a toleration
+/// whose misspelt `effect` is dropped tolerates every effect).
+pub fn toleration(written: &serde_json::Value) -> Result<Toleration, String> {
+    as_a_pod_takes_it(written, "a toleration (key, operator, value, effect, tolerationSeconds)")
+}
+
+/// `written` read into the Pod's type `T`, refused when it holds a field `T` does not have.
+fn as_a_pod_takes_it<T: serde::de::DeserializeOwned + serde::Serialize>(written: &serde_json::Value, what: &str) -> Result<T, String> {
+    let typed: T = serde_json::from_value(written.clone()).map_err(|error| format!("is not {what}: {error}"))?;
+    let understood = serde_json::to_value(&typed).map_err(|error| error.to_string())?;
     match unknown_field(written, &understood, "") {
-        Some(path) => Err(format!("`{path}` is not a field of a Pod's affinity (nodeAffinity, podAffinity, podAntiAffinity and theirs)")),
-        None => Ok(affinity),
+        Some(path) => Err(format!("`{path}` is not a field of {what}")),
+        None => Ok(typed),
     }
 }
 

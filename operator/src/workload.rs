@@ -22,7 +22,7 @@ use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::config::PipelineConfig;
 use metrics_pipeline_api::naming::OWNER_TAG;
 use metrics_pipeline_api::pipeline::{AggregatorStatus, Compression, DeliveryWriter, LogLevel};
-use metrics_pipeline_api::validation::affinity;
+use metrics_pipeline_api::validation::{affinity, toleration};
 use metrics_pipeline_model::stable_hash::{fnv1a64, fnv1a64_continue};
 
 use crate::error::Error;
@@ -187,7 +187,8 @@ fn pod(pipeline: &MetricsPipeline, config: &PipelineConfig, settings: &WorkloadS
         containers: vec![container],
         // Where it may run and what it may pull, as the spec says (validated: the affinity is one).
         node_selector: Some(config.aggregator.node_selector.clone()).filter(|selector| !selector.is_empty()),
-        tolerations: Some(config.aggregator.tolerations.clone()).filter(|tolerations| !tolerations.is_empty()),
+        tolerations: Some(config.aggregator.tolerations.iter().filter_map(|written| toleration(written).ok()).collect::<Vec<_>>())
+            .filter(|tolerations| !tolerations.is_empty()),
         affinity: config.aggregator.affinity.as_ref().and_then(|written| affinity(written).ok()),
         priority_class_name: config.aggregator.priority_class_name.clone(),
         image_pull_secrets: Some(config.aggregator.image_pull_secrets.clone()).filter(|secrets| !secrets.is_empty()),

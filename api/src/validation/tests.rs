@@ -280,6 +280,19 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
+fn a_toleration_with_a_field_no_toleration_has_is_refused_by_name() {
+    // Dropped, `effct` would leave a toleration of every effect, NoExecute included.
+    let misspelt = serde_json::json!({"key": "dedicated", "operator": "Equal", "value": "streaming", "effct": "NoSchedule"});
+    assert_rejected(
+        |spec| spec.aggregator.tolerations = vec![misspelt],
+        "spec.aggregator.tolerations[0]",
+        "`effct` is not a field of a toleration",
+    );
+    let valid = serde_json::json!({"key": "dedicated", "operator": "Equal", "value": "streaming", "effect": "NoSchedule"});
+    assert!(validate(&pipeline(|spec| spec.aggregator.tolerations = vec![valid]), &target()).is_ok());
+}
+
+#[test]
 fn an_affinity_with_a_field_no_pod_has_is_refused_by_name() {
     let misspelt = serde_json::json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpresions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}});
     assert_rejected(

@@ -150,3 +150,18 @@ async fn cross_field_rules_the_schema_cannot_express_are_reported_by_validate() 
     assert!(errors.contains("spec.aggregation.idleTimeout: `30s` is shorter than outOfOrderness `2m`"), "{errors}");
     namespace.delete().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_misspelt_toleration_reaches_the_operator_which_refuses_it_by_name() {
+    let (pipelines, namespace) = setup("crd-tolerations").await;
+    let mut pipeline = example("minimal.yaml");
+    // Pruned, `effct` would leave a toleration of every effect, NoExecute included.
+    pipeline.spec.aggregator.tolerations = vec![json!({"key": "dedicated", "operator": "Exists", "effct": "NoSchedule"})];
+    let stored = pipelines.create(&PostParams::default(), &pipeline).await.unwrap();
+    assert_eq!(stored.spec.aggregator.tolerations, pipeline.spec.aggregator.tolerations, "kept as written");
+    let target = AwsTarget { account_id: "123456789012".into(), default_region: Some("eu-west-1".into()) };
+    let errors = validate(&stored, &target).expect_err("the operator refuses it").0;
+    assert_eq!(errors[0].field, "spec.aggregator.tolerations[0]", "{errors:?}");
+    assert!(errors[0].message.contains("`effct`"), "{errors:?}");
+    namespace.delete().await.unwrap();
+}
