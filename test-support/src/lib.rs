@@ -25,6 +25,22 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl AsyncFnM
     }
 }
 
+/// A path inside the repository: the checkout cargo runs the test from (`CARGO_MANIFEST_DIR` at
+/// run time, every crate's folder being at the top), not the one a shared build cache compiled it in.
+pub fn repo_path(relative: &str) -> std::path::PathBuf {
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    std::path::Path::new(&crate_dir).join("..").join(relative)
+}
+
+/// GET `url` with curl (`scripts/dev-env` makes sure it is there): the HTTP status (0 when
+/// nothing answered) and the body.
+pub fn http_get(url: &str) -> (u16, String) {
+    let output = std::process::Command::new("curl").args(["-s", "-w", "\n%{http_code}", url]).output().expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.parse().unwrap_or(0), body.to_owned())
+}
+
 /// A TCP port free on 127.0.0.1 right now.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -92,9 +108,7 @@ pub fn exposed_series(exposition: &str) -> BTreeSet<String> {
 /// (their queries, and the text that explains them), for a program to check against what it
 /// exposes.
 pub fn shipped_queries_of(prefix: &str) -> BTreeSet<String> {
-    // The crate under test's checkout, as `cargo test` runs it: its charts are beside it.
-    let crate_dir = std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test");
-    let chart = std::path::Path::new(&crate_dir).join("../charts/metrics-pipeline-operator");
+    let chart = repo_path("charts/metrics-pipeline-operator");
     let shipped: String = ["rules/alerts.yaml", "dashboards/metrics-pipeline.json"]
         .iter()
         .map(|file| std::fs::read_to_string(chart.join(file)).unwrap_or_else(|error| panic!("{file}: {error}")))

@@ -27,16 +27,11 @@ use metrics_pipeline_api::crd::crd;
 /// Field manager of everything the tests apply.
 pub const FIELD_MANAGER: &str = "metrics-pipeline-tests";
 
-/// A path inside the repository: the checkout cargo runs this from (CARGO_MANIFEST_DIR at run
-/// time), not the one a shared build cache compiled it in.
+pub use metrics_pipeline_test_support::repo_path;
+
 /// The owner of the Glue table a test makes by hand (`pipeline` as `<namespace>/<name>`).
 pub fn table_owner(pipeline: &str) -> metrics_pipeline_operator::managed::Owner {
     metrics_pipeline_operator::managed::Owner { pipeline: pipeline.into(), uid: "test".into(), cluster: "test".into(), adopt_from: None }
-}
-
-pub fn repo_path(relative: &str) -> PathBuf {
-    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
-    manifest_dir.join("..").join(relative)
 }
 
 /// The directory holding this workspace's programs: the one the running executable was built into.

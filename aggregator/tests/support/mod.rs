@@ -237,10 +237,7 @@ impl Aggregator {
 
     /// GET a path of the health and metrics endpoint: (HTTP status, body).
     pub fn get(&self, path: &str) -> (u16, String) {
-        let output = Command::new("curl").args(["-s", "-w", "\n%{http_code}", &format!("http://{}{path}", self.listen)]).output().unwrap();
-        let text = String::from_utf8(output.stdout).unwrap();
-        let (body, status) = text.rsplit_once('\n').unwrap();
-        (status.parse().unwrap_or(0), body.to_owned())
+        metrics_pipeline_test_support::http_get(&format!("http://{}{path}", self.listen))
     }
 
     /// Waits until `/readyz` answers 200.

@@ -19,8 +19,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::pipeline::Phase;
-use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, chart, kube_client, produce, repo_path};
-use metrics_pipeline_test_support::{free_port, wait_for};
+use metrics_pipeline_e2e::in_process::example_named;
+use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, chart, kube_client, produce};
+use metrics_pipeline_test_support::{free_port, http_get, wait_for};
 use serde_json::{Value, json};
 
 /// One of the chart's monitors, as the Prometheus Operator reads it.
@@ -134,15 +135,10 @@ fn rules(prometheus_rule: &Value) -> Value {
     spec
 }
 
-/// The JSON answer of Prometheus's HTTP API at `path` (HTTP/1.0: the answer ends with the connection).
+/// The JSON answer of Prometheus's HTTP API at `path`.
 async fn api(port: u16, path: &str) -> Result<Value, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    connection.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    connection.read_to_string(&mut answer).await.map_err(|e| e.to_string())?;
-    let (_, body) = answer.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP answer: {answer}"))?;
-    serde_json::from_str(body).map_err(|error| format!("{error}: {body}"))
+    let (status, body) = http_get(&format!("http://127.0.0.1:{port}{path}"));
+    serde_json::from_str(&body).map_err(|error| format!("{status} {error}: {body}"))
 }
 
 /// The alerts Prometheus has firing: name and labels.
@@ -206,11 +202,8 @@ async fn prometheus_scraping_as_the_chart_says_alerts_on_a_garbage_shard_and_on_
 
     // Two pipelines: one fed valid events, one whose producer sends only garbage.
     let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &watched.name);
-    let example: MetricsPipeline = serde_yaml::from_str(&std::fs::read_to_string(repo_path("examples/pipeline.yaml")).unwrap()).unwrap();
     for name in ["healthy", "broken"] {
-        let mut pipeline = example.clone();
-        pipeline.metadata.name = Some(name.into());
-        pipelines.patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
+        pipelines.patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&example_named("pipeline.yaml", name))).await.unwrap();
     }
     let mut inputs = Vec::new();
     for name in ["healthy", "broken"] {
