@@ -63,6 +63,19 @@ pub struct MetricsPipelineSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
+    /// What the operator may do to the pipeline's AWS resources. `Full` (default): create,
+    /// change and, as `deletionPolicy` says, delete them. `ObserveOnly`: read every one, report
+    /// how it differs from this spec (`status.drift`, a `Drift` event, the `Ready` condition),
+    /// and change nothing: no resource is created, tagged, changed or deleted, deleting the
+    /// pipeline leaves them all, and the aggregator is not deployed. Use it to see what the
+    /// operator would do to a stack another tool manages before it takes over. `NoDelete`:
+    /// create and change, never delete: a change that needs a resource replaced (a delivery
+    /// stream's source, a table's partition keys) is refused, and deleting the pipeline leaves
+    /// every AWS resource as `deletionPolicy: Orphan` does. To stop reconciling altogether for
+    /// maintenance, annotate the pipeline `pipelines.metrics.dev/paused: "true"`.
+    #[serde(default)]
+    pub management_policy: ManagementPolicy,
+
     /// The Kinesis data streams: `input` receives metric events from producers, `output`
     /// receives the aggregates and feeds Firehose.
     #[serde(default)]
@@ -108,6 +121,32 @@ pub enum DeletionPolicy {
     Delete,
     Retain,
     Orphan,
+}
+
+/// See `spec.managementPolicy`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ManagementPolicy {
+    #[default]
+    Full,
+    ObserveOnly,
+    NoDelete,
+}
+
+impl ManagementPolicy {
+    /// Whether the operator may delete what the pipeline has in AWS.
+    pub fn deletes(self) -> bool {
+        self == Self::Full
+    }
+}
+
+/// Annotation that stops every reconcile of a pipeline while its value is `"true"`: nothing in
+/// AWS or Kubernetes is read or changed, and a deletion waits (an administrator's switch for
+/// maintenance, kept out of the spec that GitOps tools own).
+pub const PAUSED_ANNOTATION: &str = "pipelines.metrics.dev/paused";
+
+/// Whether `pipeline` is paused by [`PAUSED_ANNOTATION`].
+pub fn is_paused(pipeline: &MetricsPipeline) -> bool {
+    pipeline.metadata.annotations.as_ref().and_then(|annotations| annotations.get(PAUSED_ANNOTATION)).is_some_and(|value| value == "true")
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -537,6 +576,10 @@ pub struct MetricsPipelineStatus {
     /// judges it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_flow: Option<DataFlowStatus>,
+    /// With `managementPolicy: ObserveOnly`: every way the AWS resources differ from the spec,
+    /// one line each (what the operator would create, change or refuse), as last observed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
 }
 
 /// The aggregator's last report: counts over its interval, and the state when it was written.
@@ -589,6 +632,10 @@ pub enum Phase {
     Failed,
     /// The resource is being deleted and its AWS resources removed.
     Deleting,
+    /// `managementPolicy: ObserveOnly`: the operator reads and reports, and changes nothing.
+    Observing,
+    /// Reconciling stopped by the `pipelines.metrics.dev/paused` annotation.
+    Paused,
 }
 
 /// Name and ARN of one AWS resource the operator manages.

@@ -56,6 +56,21 @@ pub enum Error {
     #[error("{field} {message}")]
     UnsafeChange { field: &'static str, message: String },
 
+    /// A change that needs a resource deleted, which `managementPolicy: NoDelete` forbids.
+    #[error(
+        "{what} would have to be deleted ({why}), and managementPolicy: NoDelete forbids deleting: undo the spec change, \
+         or set spec.managementPolicy to Full for it"
+    )]
+    DeletionRefused { what: String, why: String },
+
+    /// With `managementPolicy: ObserveOnly`, how the AWS resources differ from the spec.
+    #[error(
+        "{} difference(s) from the spec, left as they are (managementPolicy: ObserveOnly; Full brings them to the spec): {}",
+        .0.len(),
+        .0.join("; ")
+    )]
+    Drift(Vec<String>),
+
     /// A spec change (or an operator in another account) that would move the pipeline's AWS
     /// resources away from where they were made.
     #[error("{0}")]
@@ -293,7 +308,9 @@ impl Error {
             | Self::ShardScalingRefused { .. }
             | Self::Stalled { .. }
             | Self::StillRefused { .. }
-            | Self::IdentityChange(_) => true,
+            | Self::IdentityChange(_)
+            | Self::DeletionRefused { .. }
+            | Self::Drift(_) => true,
             Self::Aws(error) => !error.kind.is_retryable(),
             Self::Kube(_) | Self::Finalizer(_) | Self::Deleting(_) | Self::Draining { .. } => false,
         }
@@ -319,6 +336,8 @@ impl Error {
             Self::AggregatorOutOfMemory { .. } => "OOMKilled",
             Self::ShardScalingRefused { .. } => "ScalingLimitExceeded",
             Self::IdentityChange(_) => "IdentityChangeRefused",
+            Self::DeletionRefused { .. } => "DeletionRefused",
+            Self::Drift(_) => "Drift",
             Self::Stalled { .. } => "Stalled",
             Self::StillRefused { reason, .. } => reason,
             Self::Kube(_) => "KubernetesError",

@@ -7,7 +7,7 @@ use kube::api::{Api, Patch, PatchParams};
 use std::collections::BTreeMap;
 
 use metrics_pipeline_api::naming::{CLUSTER_TAG, OWNER_TAG, PIPELINE_UID_TAG, PipelineNames};
-use metrics_pipeline_api::pipeline::{MetricsPipeline, MetricsPipelineStatus};
+use metrics_pipeline_api::pipeline::{ManagementPolicy, MetricsPipeline, MetricsPipelineStatus};
 
 use crate::error::{Error, Holder};
 
@@ -30,6 +30,8 @@ pub struct Owner {
     pub cluster: String,
     /// The UID of an earlier pipeline whose resources this one takes over (`spec.adoptFrom`).
     pub adopt_from: Option<String>,
+    /// What the operator may do to them (`spec.managementPolicy`).
+    pub policy: ManagementPolicy,
 }
 
 /// Tags read as owned pairs, as [`Owner`]'s checks take them.
@@ -48,6 +50,11 @@ pub enum Standing {
 }
 
 impl Owner {
+    /// A pipeline that adopts nothing and manages fully (as the tests and tools name one).
+    pub fn named(pipeline: impl Into<String>, uid: impl Into<String>, cluster: impl Into<String>) -> Self {
+        Self { pipeline: pipeline.into(), uid: uid.into(), cluster: cluster.into(), adopt_from: None, policy: ManagementPolicy::Full }
+    }
+
     /// The owner of `pipeline`'s resources (named `names`) in `cluster`.
     pub fn of(pipeline: &MetricsPipeline, names: &PipelineNames, cluster: &str) -> Self {
         Self {
@@ -55,6 +62,7 @@ impl Owner {
             uid: pipeline.metadata.uid.clone().unwrap_or_default(),
             cluster: cluster.to_owned(),
             adopt_from: pipeline.spec.adopt_from.as_ref().map(|adopt| adopt.pipeline_uid.clone()),
+            policy: pipeline.spec.management_policy,
         }
     }
 
@@ -185,7 +193,7 @@ mod tests {
     use super::*;
 
     fn owner() -> Owner {
-        Owner { pipeline: "team-a/metrics".into(), uid: "u-1".into(), cluster: "blue".into(), adopt_from: None }
+        Owner::named("team-a/metrics", "u-1", "blue")
     }
 
     fn tags<'a>(pipeline: &'a str, uid: Option<&'a str>, cluster: Option<&'a str>) -> Vec<(&'a str, &'a str)> {

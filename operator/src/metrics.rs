@@ -53,10 +53,13 @@ fn phase_label(phase: Phase) -> &'static str {
         Phase::Degraded => "degraded",
         Phase::Failed => "failed",
         Phase::Deleting => "deleting",
+        Phase::Observing => "observing",
+        Phase::Paused => "paused",
     }
 }
 
-const PHASES: [Phase; 5] = [Phase::Provisioning, Phase::Ready, Phase::Degraded, Phase::Failed, Phase::Deleting];
+const PHASES: [Phase; 7] =
+    [Phase::Provisioning, Phase::Ready, Phase::Degraded, Phase::Failed, Phase::Deleting, Phase::Observing, Phase::Paused];
 
 /// The `phase` label of the pipelines gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! a phase, and every name and ARN. Pure, so every combination is unit-tested.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use metrics_pipeline_api::pipeline::{AggregatorStatus, AwsResourceRef, MetricsPipelineStatus, Phase, PipelineIdentity};
+use metrics_pipeline_api::pipeline::{AggregatorStatus, AwsResourceRef, MetricsPipelineStatus, PAUSED_ANNOTATION, Phase, PipelineIdentity};
 use metrics_pipeline_model::report::DataFlowReport;
 
 use crate::data_flow::{self, DATA_FLOWING, Judgement};
@@ -127,6 +127,9 @@ pub struct Report {
     pub identity: Option<PipelineIdentity>,
     /// The aggregator's last report and what it says, when the aggregator runs.
     pub data_flow: Option<DataFlow>,
+    /// `managementPolicy: ObserveOnly`: every part was read and nothing changed; what differs
+    /// is in the parts' `Drift` errors.
+    pub observing: bool,
 }
 
 /// The aggregator's last report (none yet, or unreadable) and the `DataFlowing` condition's verdict.
@@ -188,7 +191,19 @@ impl Report {
         self.invalid_spec.is_none() && !self.parts.reached().any(|(_, state)| matches!(state, PartState::Failed(_)))
     }
 
-    /// The first problem, as (reason, message), for the Ready condition and events.
+    /// Every difference from the spec that observing found, part by part.
+    pub fn drift(&self) -> Vec<String> {
+        self.parts
+            .reached()
+            .flat_map(|(_, state)| match state {
+                PartState::Degraded(Error::Drift(drift)) => drift.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// The first problem, as (reason, message), for the Ready condition and events; observing,
+    /// every difference found.
     pub fn first_problem(&self) -> Option<(&'static str, String)> {
         if let Some(error) = &self.invalid_spec {
             return Some((error.reason(), error.to_string()));
@@ -200,6 +215,11 @@ impl Report {
                 _ => None,
             })
         };
+        let drift = self.drift();
+        if self.observing && failed(false).is_none() && !drift.is_empty() {
+            let all = Error::Drift(drift);
+            return Some((all.reason(), all.to_string()));
+        }
         failed(false).or_else(|| failed(true)).or_else(|| {
             self.parts.reached().find_map(|(_, state)| match state {
                 PartState::Pending(message) => Some(("Provisioning", message.clone())),
@@ -273,6 +293,7 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         changes: _,
         identity,
         data_flow,
+        observing,
     } = report;
     let previous_conditions = previous.map(|status| status.conditions.as_slice()).unwrap_or_default();
     let condition = |kind: &str, ready: bool, reason: &str, message: String| {
@@ -298,11 +319,13 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
     }
     let verdict = report.verdict();
     conditions.push(match report.first_problem() {
+        None if *observing => condition(READY, true, "AsSpecified", "every AWS resource is as the spec asks (observed only)".into()),
         None => condition(READY, true, "PipelineReady", "every part of the pipeline is in place".into()),
         Some((reason, message)) => condition(READY, false, reason, message),
     });
     let was_ready = previous.is_some_and(|previous| has_been_ready(previous, *without_firehose));
     let phase = match verdict {
+        _ if *observing => Phase::Observing,
         Verdict::Ready => Phase::Ready,
         Verdict::Pending => Phase::Provisioning,
         Verdict::Retryable | Verdict::Terminal if report.usable() => Phase::Degraded,
@@ -310,10 +333,11 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         Verdict::Retryable => Phase::Provisioning,
         Verdict::Terminal => Phase::Failed,
     };
-    // A part not reached this time keeps the reference found before.
+    // A part not reached this time keeps the reference found before; observing reaches every one.
     let keep = |found: &Option<AwsResourceRef>, before: fn(&MetricsPipelineStatus) -> &Option<AwsResourceRef>| {
-        found.clone().or_else(|| previous.and_then(|status| before(status).clone()))
+        found.clone().or_else(|| previous.filter(|_| !*observing).and_then(|status| before(status).clone()))
     };
+    let drift = report.drift();
     let with_firehose = |reference: Option<AwsResourceRef>| reference.filter(|_| !without_firehose);
     MetricsPipelineStatus {
         observed_generation: generation,
@@ -333,14 +357,37 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
             None if data_flow_kept => previous.and_then(|status| status.data_flow.clone()),
             None => None,
         },
+        drift,
     }
 }
 
 /// The status while the pipeline is deleted: phase Deleting, and `Ready` saying what the deletion
 /// waits for or what stops it. Everything else stays as it was.
 pub fn deleting(previous: Option<&MetricsPipelineStatus>, problem: &Error, now: Time) -> MetricsPipelineStatus {
-    let mut status = MetricsPipelineStatus { phase: Some(Phase::Deleting), ..previous.cloned().unwrap_or_default() };
-    let ready = condition(&status.conditions, READY, Some(false), problem.reason(), problem.to_string(), status.observed_generation, &now);
+    let status = previous.cloned().unwrap_or_default();
+    held(status, Phase::Deleting, problem.reason(), problem.to_string(), now)
+}
+
+/// The status while reconciling is paused by [`PAUSED_ANNOTATION`]: phase Paused, and `Ready`
+/// saying so; what the parts last reported stays.
+pub fn paused(previous: Option<&MetricsPipelineStatus>, generation: Option<i64>, now: Time) -> MetricsPipelineStatus {
+    let message = format!(
+        "reconciling is paused by the annotation {PAUSED_ANNOTATION}: \"true\": nothing in AWS or Kubernetes is read or changed, \
+         and a deletion waits; remove the annotation to resume"
+    );
+    let status = MetricsPipelineStatus { observed_generation: generation, ..previous.cloned().unwrap_or_default() };
+    held(status, Phase::Paused, "Paused", message, now)
+}
+
+/// The message of `status`'s `Ready` condition.
+pub fn ready_message(status: &MetricsPipelineStatus) -> String {
+    status.conditions.iter().find(|c| c.type_ == READY).map(|c| c.message.clone()).unwrap_or_default()
+}
+
+/// `status` in `phase`, its `Ready` condition false for `reason`.
+fn held(mut status: MetricsPipelineStatus, phase: Phase, reason: &str, message: String, now: Time) -> MetricsPipelineStatus {
+    let ready = condition(&status.conditions, READY, Some(false), reason, message, status.observed_generation, &now);
+    status.phase = Some(phase);
     status.conditions.retain(|c| c.type_ != READY);
     status.conditions.push(ready);
     status
@@ -371,6 +418,45 @@ mod tests {
             bucket: Some(AwsResourceRef { name: "c".into(), arn: Some("arn:aws:s3:::c".into()) }),
             ..Report::default()
         }
+    }
+
+    #[test]
+    fn observing_shows_every_difference_and_no_reference_to_what_is_not_there() {
+        let before = build(&ready_report(), Some(1), None, at(10));
+        let drift = vec!["Kinesis stream a: retention is 24 hours, the spec asks 48 (retentionHours)".to_owned()];
+        let observed = Report {
+            parts: Parts {
+                streams: Some(PartState::Degraded(Error::Drift(drift.clone()))),
+                bucket: Some(PartState::Degraded(Error::Drift(vec!["S3 bucket c: missing (would be created)".into()]))),
+                ..Parts::default()
+            },
+            observing: true,
+            ..Report::default()
+        };
+        let status = build(&observed, Some(2), Some(&before), at(20));
+        assert_eq!(status.phase, Some(Phase::Observing));
+        assert_eq!(status.drift, [drift[0].clone(), "S3 bucket c: missing (would be created)".to_owned()]);
+        assert_eq!(status.bucket, None, "the bucket named before is not there now");
+        let ready = condition(&status, READY);
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Drift"));
+        assert!(ready.message.starts_with("2 difference(s) from the spec, left as they are"), "{}", ready.message);
+
+        let as_asked = Report { parts: ready_report().parts, observing: true, ..Report::default() };
+        let status = build(&as_asked, Some(3), Some(&status), at(30));
+        assert_eq!((status.phase, status.drift.len()), (Some(Phase::Observing), 0));
+        assert_eq!(condition(&status, READY).reason, "AsSpecified");
+    }
+
+    #[test]
+    fn a_paused_pipeline_keeps_what_its_parts_said_and_says_why_nothing_moves() {
+        let before = build(&ready_report(), Some(1), None, at(10));
+        let paused = paused(Some(&before), Some(2), at(20));
+        assert_eq!((paused.phase, paused.observed_generation), (Some(Phase::Paused), Some(2)));
+        assert_eq!(paused.bucket, before.bucket);
+        assert_eq!(condition(&paused, "BucketReady").status, "True");
+        let ready = condition(&paused, READY);
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Paused"));
+        assert!(ready.message.contains("remove the annotation to resume"), "{}", ready.message);
     }
 
     #[test]

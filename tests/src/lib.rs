@@ -31,7 +31,7 @@ pub use metrics_pipeline_test_support::repo_path;
 
 /// The owner of the Glue table a test makes by hand (`pipeline` as `<namespace>/<name>`).
 pub fn table_owner(pipeline: &str) -> metrics_pipeline_operator::managed::Owner {
-    metrics_pipeline_operator::managed::Owner { pipeline: pipeline.into(), uid: "test".into(), cluster: "test".into(), adopt_from: None }
+    metrics_pipeline_operator::managed::Owner::named(pipeline, "test", "test")
 }
 
 /// The directory holding this workspace's programs: the one the running executable was built into.

@@ -139,6 +139,34 @@ impl AwsResource for Bucket<'_> {
         Ok((AwsResourceRef { name: bucket.to_owned(), arn: Some(arn(&clients.region, bucket)) }, outcome))
     }
 
+    async fn drift(&self, clients: &AwsClients, desired: &BucketSpec, observed: &FoundBucket) -> Result<Vec<String>, Error> {
+        let bucket = self.name;
+        if matches!(observed, FoundBucket::OtherAccount) {
+            return Ok(Vec::new());
+        }
+        let mut drift = Vec::new();
+        if !public_access_blocked(clients, bucket).await? {
+            drift.push("public access is not blocked in all four ways (the operator blocks it)".to_owned());
+        }
+        if !encrypted(clients, bucket).await? {
+            drift.push("has no default encryption (the operator sets SSE-S3)".to_owned());
+        }
+        let days = expiry_days(&lifecycle_rules(clients, bucket).await?);
+        if days != desired.expire_after_days {
+            let said = |days: Option<i32>| days.map_or("never".to_owned(), |days| format!("after {days} days"));
+            drift.push(format!(
+                "objects expire {}, the spec asks {} (delivery.expireAfterDays)",
+                said(days),
+                said(desired.expire_after_days)
+            ));
+        }
+        Ok(drift)
+    }
+
+    fn reference(&self, clients: &AwsClients, _observed: &FoundBucket) -> AwsResourceRef {
+        AwsResourceRef { name: self.name.to_owned(), arn: Some(arn(&clients.region, self.name)) }
+    }
+
     /// Empties the bucket, then deletes it.
     async fn remove(&self, clients: &AwsClients, _observed: FoundBucket) -> Result<Removal, Error> {
         let bucket = self.name;
@@ -235,11 +263,15 @@ fn all_public_access_blocked() -> PublicAccessBlockConfiguration {
         .build()
 }
 
-async fn ensure_public_access_blocked(clients: &AwsClients, bucket: &str, outcome: &mut Outcome) -> Result<(), Error> {
+async fn public_access_blocked(clients: &AwsClients, bucket: &str) -> Result<bool, Error> {
     let current = (clients.s3.get_public_access_block().bucket(bucket).send().await)
         .absent_on(&["NoSuchPublicAccessBlockConfiguration"], || format!("reading the public access block of S3 bucket {bucket}"))?
         .and_then(|output| output.public_access_block_configuration);
-    if current.as_ref() == Some(&all_public_access_blocked()) {
+    Ok(current.as_ref() == Some(&all_public_access_blocked()))
+}
+
+async fn ensure_public_access_blocked(clients: &AwsClients, bucket: &str, outcome: &mut Outcome) -> Result<(), Error> {
+    if public_access_blocked(clients, bucket).await? {
         return Ok(());
     }
     (clients.s3.put_public_access_block())
@@ -252,12 +284,15 @@ async fn ensure_public_access_blocked(clients: &AwsClients, bucket: &str, outcom
     Ok(())
 }
 
-async fn ensure_encrypted(clients: &AwsClients, bucket: &str, outcome: &mut Outcome) -> Result<(), Error> {
-    let encrypted = (clients.s3.get_bucket_encryption().bucket(bucket).send().await)
+async fn encrypted(clients: &AwsClients, bucket: &str) -> Result<bool, Error> {
+    Ok((clients.s3.get_bucket_encryption().bucket(bucket).send().await)
         .absent_on(&["ServerSideEncryptionConfigurationNotFoundError"], || format!("reading the encryption of S3 bucket {bucket}"))?
         .and_then(|output| output.server_side_encryption_configuration)
-        .is_some_and(|configuration| configuration.rules().iter().any(|rule| rule.apply_server_side_encryption_by_default().is_some()));
-    if encrypted {
+        .is_some_and(|configuration| configuration.rules().iter().any(|rule| rule.apply_server_side_encryption_by_default().is_some())))
+}
+
+async fn ensure_encrypted(clients: &AwsClients, bucket: &str, outcome: &mut Outcome) -> Result<(), Error> {
+    if encrypted(clients, bucket).await? {
         return Ok(());
     }
     let default = ServerSideEncryptionByDefault::builder().sse_algorithm(ServerSideEncryption::Aes256).build().expect("algorithm is set");
@@ -287,13 +322,21 @@ pub fn desired_expiry(expire_after_days: Option<i32>) -> Option<LifecycleRule> {
     )
 }
 
-async fn ensure_expiry(clients: &AwsClients, bucket: &str, expire_after_days: Option<i32>, outcome: &mut Outcome) -> Result<(), Error> {
-    let rules = (clients.s3.get_bucket_lifecycle_configuration().bucket(bucket).send().await)
+async fn lifecycle_rules(clients: &AwsClients, bucket: &str) -> Result<Vec<LifecycleRule>, Error> {
+    Ok((clients.s3.get_bucket_lifecycle_configuration().bucket(bucket).send().await)
         .absent_on(&["NoSuchLifecycleConfiguration"], || format!("reading the lifecycle of S3 bucket {bucket}"))?
         .and_then(|output| output.rules)
-        .unwrap_or_default();
-    let current_days = rules.iter().find(|rule| rule.id() == Some(EXPIRY_RULE)).and_then(|rule| rule.expiration()).and_then(|e| e.days());
-    if current_days == expire_after_days {
+        .unwrap_or_default())
+}
+
+/// The days after which the operator's own rule expires objects, if it is there.
+fn expiry_days(rules: &[LifecycleRule]) -> Option<i32> {
+    rules.iter().find(|rule| rule.id() == Some(EXPIRY_RULE)).and_then(|rule| rule.expiration()).and_then(|e| e.days())
+}
+
+async fn ensure_expiry(clients: &AwsClients, bucket: &str, expire_after_days: Option<i32>, outcome: &mut Outcome) -> Result<(), Error> {
+    let rules = lifecycle_rules(clients, bucket).await?;
+    if expiry_days(&rules) == expire_after_days {
         return Ok(());
     }
     // Rules someone else added stay; only the operator's own rule changes.

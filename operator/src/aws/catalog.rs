@@ -165,7 +165,7 @@ pub fn table_plan(found: Option<&Table>, desired: &TableInput, format: DeliveryF
     if found_keys != desired_keys {
         return TablePlan::Recreate(format!("its partition keys are [{}], not [{}]", found_keys.join(", "), desired_keys.join(", ")));
     }
-    if table_matches(found, desired) { TablePlan::Keep } else { TablePlan::Update }
+    if table_differences(found, desired).is_empty() { TablePlan::Keep } else { TablePlan::Update }
 }
 
 /// A refused format change: what it would break, and the ways to get the new format.
@@ -183,19 +183,38 @@ pub fn unsafe_format_change(from: DeliveryFormat, to: DeliveryFormat, object: &s
     }
 }
 
-/// Whether the table as it is matches `desired` in everything the operator decides, partition
-/// keys aside ([`table_plan`] compares those).
-fn table_matches(found: &Table, desired: &TableInput) -> bool {
-    let same_columns = |a: &[Column], b: &[Column]| {
-        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.name().eq_ignore_ascii_case(y.name()) && x.r#type() == y.r#type())
+/// Every way the table as it is differs from `desired` in what the operator decides, partition
+/// keys aside ([`table_plan`] compares those); none: it matches.
+fn table_differences(found: &Table, desired: &TableInput) -> Vec<String> {
+    let Some(desired_storage) = desired.storage_descriptor() else { return Vec::new() };
+    let Some(found_storage) = found.storage_descriptor() else { return vec!["it has no storage descriptor".to_owned()] };
+    let mut differences = Vec::new();
+    let (found_parameters, desired_parameters) = (found.parameters().cloned().unwrap_or_default(), desired.parameters());
+    let keys: BTreeSet<&String> = found_parameters.keys().chain(desired_parameters.into_iter().flat_map(HashMap::keys)).collect();
+    for key in keys {
+        let (has, wants) = (found_parameters.get(key), desired_parameters.and_then(|parameters| parameters.get(key)));
+        if has != wants {
+            let said = |value: Option<&String>| value.map_or("unset".to_owned(), |value| format!("`{value}`"));
+            differences.push(format!("table parameter {key} is {}, the operator sets {}", said(has), said(wants)));
+        }
+    }
+    let columns = |columns: &[Column]| {
+        columns.iter().map(|c| format!("{} {}", c.name().to_ascii_lowercase(), c.r#type().unwrap_or_default())).collect::<Vec<_>>()
     };
-    let (Some(found_storage), Some(desired_storage)) = (found.storage_descriptor(), desired.storage_descriptor()) else { return false };
-    found.parameters() == desired.parameters()
-        && same_columns(found_storage.columns(), desired_storage.columns())
-        && found_storage.location() == desired_storage.location()
-        && found_storage.input_format() == desired_storage.input_format()
-        && found_storage.serde_info().and_then(|s| s.serialization_library())
-            == desired_storage.serde_info().and_then(|s| s.serialization_library())
+    let (found_columns, desired_columns) = (columns(found_storage.columns()), columns(desired_storage.columns()));
+    if found_columns != desired_columns {
+        differences.push(format!("its columns are [{}], the operator sets [{}]", found_columns.join(", "), desired_columns.join(", ")));
+    }
+    let mut compare = |what: &str, has: Option<&str>, wants: Option<&str>| {
+        if has != wants {
+            differences.push(format!("its {what} is `{}`, the operator sets `{}`", has.unwrap_or_default(), wants.unwrap_or_default()));
+        }
+    };
+    compare("location", found_storage.location(), desired_storage.location());
+    compare("input format", found_storage.input_format(), desired_storage.input_format());
+    let serde = |storage: &StorageDescriptor| storage.serde_info().and_then(|s| s.serialization_library()).map(str::to_owned);
+    compare("SerDe", serde(found_storage).as_deref(), serde(desired_storage).as_deref());
+    differences
 }
 
 pub fn database_arn(region: &str, account_id: &str, database: &str) -> String {
@@ -266,6 +285,14 @@ impl AwsResource for GlueDatabase<'_> {
 
     fn plan(_desired: &(), observed: Option<&Database>) -> DatabasePlan {
         if observed.is_some() { DatabasePlan::Keep } else { DatabasePlan::Create }
+    }
+
+    async fn drift(&self, _clients: &AwsClients, _desired: &(), _observed: &Database) -> Result<Vec<String>, Error> {
+        Ok(Vec::new())
+    }
+
+    fn reference(&self, clients: &AwsClients, _observed: &Database) -> AwsResourceRef {
+        AwsResourceRef { name: self.name.to_owned(), arn: Some(database_arn(&clients.region, self.account_id, self.name)) }
     }
 
     async fn apply(
@@ -358,6 +385,29 @@ impl<'a> AwsResource for GlueTable<'a> {
 
     fn plan(desired: &DesiredTable<'a>, observed: Option<&Table>) -> TablePlan {
         table_plan(observed, &desired.input, desired.format)
+    }
+
+    fn replaces(plan: &TablePlan) -> Option<String> {
+        match plan {
+            TablePlan::Recreate(why) => Some(why.clone()),
+            TablePlan::ChangeFormat { from, to } => Some(format!("its format changes from {from:?} to {to:?}")),
+            _ => None,
+        }
+    }
+
+    async fn drift(&self, _clients: &AwsClients, desired: &DesiredTable<'a>, observed: &Table) -> Result<Vec<String>, Error> {
+        Ok(match Self::plan(desired, Some(observed)) {
+            TablePlan::Recreate(why) => vec![format!("{why} (it would be created again; its partitions registered anew)")],
+            TablePlan::ChangeFormat { from, to } => {
+                vec![format!("it reads {from:?}, the spec asks {to:?} (refused while the bucket holds {from:?} objects)")]
+            }
+            TablePlan::Update => table_differences(observed, &desired.input),
+            TablePlan::Create | TablePlan::Keep => Vec::new(),
+        })
+    }
+
+    fn reference(&self, clients: &AwsClients, _observed: &Table) -> AwsResourceRef {
+        AwsResourceRef { name: self.table.to_owned(), arn: Some(table_arn(&clients.region, self.account_id, self.database, self.table)) }
     }
 
     async fn apply(

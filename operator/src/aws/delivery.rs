@@ -192,6 +192,33 @@ pub fn settings_plan(desired: &DeliverySettings, observed: Option<Option<Deliver
     }
 }
 
+/// Every setting in which `observed` differs from `desired`, one line each.
+pub fn settings_differences(desired: &DeliverySettings, observed: &DeliverySettings) -> Vec<String> {
+    let mut differences = Vec::new();
+    let mut compare = |what: &str, found: String, wanted: String| {
+        if found != wanted {
+            differences.push(format!("{what} is {found}, the operator sets {wanted}"));
+        }
+    };
+    let recreated = " (AWS cannot change a source: the delivery stream would be created again)";
+    compare(&format!("the source stream{recreated}"), observed.source_stream_arn.clone(), desired.source_stream_arn.clone());
+    compare(&format!("the role reading the source{recreated}"), observed.source_role_arn.clone(), desired.source_role_arn.clone());
+    compare("the destination's role", observed.role_arn.clone(), desired.role_arn.clone());
+    compare("the bucket", observed.bucket_arn.clone(), desired.bucket_arn.clone());
+    compare("the prefix", format!("`{}`", observed.prefix), format!("`{}`", desired.prefix));
+    compare("the error prefix", format!("`{}`", observed.error_prefix), format!("`{}`", desired.error_prefix));
+    let seconds = |seconds: i32| format!("{seconds} s");
+    compare("the buffer interval", seconds(observed.buffer_interval_seconds), seconds(desired.buffer_interval_seconds));
+    let mib = |mib: i32| format!("{mib} MiB");
+    compare("the buffer size", mib(observed.buffer_size_mib), mib(desired.buffer_size_mib));
+    compare("the compression", observed.compression.as_str().to_owned(), desired.compression.as_str().to_owned());
+    let enabled = |on: bool| if on { "enabled" } else { "disabled" }.to_owned();
+    compare("dynamic partitioning", enabled(observed.dynamic_partitioning), enabled(desired.dynamic_partitioning));
+    compare("the record processors", format!("{:?}", observed.processors), format!("{:?}", desired.processors));
+    compare("the Parquet conversion", format!("{:?}", observed.parquet), format!("{:?}", desired.parquet));
+    differences
+}
+
 fn processing(settings: &DeliverySettings) -> ProcessingConfiguration {
     let processors = settings.processors.iter().map(|(kind, parameters)| {
         let parameters = parameters.iter().map(|(name, value)| {
@@ -412,6 +439,31 @@ impl AwsResource for DeliveryStream<'_> {
         Ok((reference(arn), outcome))
     }
 
+    fn replaces(plan: &DeliveryPlan) -> Option<String> {
+        match plan {
+            DeliveryPlan::Recreate(why) => Some(why.clone()),
+            DeliveryPlan::ReplaceFailed(failure) => Some(format!("it is {failure}")),
+            _ => None,
+        }
+    }
+
+    async fn drift(&self, _clients: &AwsClients, desired: &DeliverySettings, observed: &FoundDelivery) -> Result<Vec<String>, Error> {
+        Ok(match Self::plan(desired, Some(observed)) {
+            DeliveryPlan::ReplaceFailed(failure) => vec![format!("it is {failure} (it would be deleted and created again)")],
+            DeliveryPlan::Recreate(why) if settings_of(&observed.description).is_none() => {
+                vec![format!("{why} (it would be deleted and created again)")]
+            }
+            DeliveryPlan::Recreate(_) | DeliveryPlan::Update => {
+                settings_of(&observed.description).map(|found| settings_differences(desired, &found)).unwrap_or_default()
+            }
+            DeliveryPlan::Create | DeliveryPlan::Wait(_) | DeliveryPlan::Keep => Vec::new(),
+        })
+    }
+
+    fn reference(&self, _clients: &AwsClients, observed: &FoundDelivery) -> AwsResourceRef {
+        AwsResourceRef { name: self.name.to_owned(), arn: Some(observed.description.delivery_stream_arn().to_owned()) }
+    }
+
     /// Deletes the delivery stream; while AWS deletes it, says so (with the failure of a deletion
     /// that failed and is asked for again).
     async fn remove(&self, clients: &AwsClients, observed: FoundDelivery) -> Result<Removal, Error> {
@@ -570,7 +622,7 @@ pub enum Undelivered {
 mod tests {
     use std::collections::BTreeMap;
 
-    use metrics_pipeline_api::pipeline::DeliveryWriter;
+    use metrics_pipeline_api::pipeline::{DeliveryWriter, ManagementPolicy};
 
     use super::*;
     use crate::aws::fake::{FakeAws, OWNER_TAGS_JSON, owner};
@@ -662,6 +714,36 @@ mod tests {
             "never ready: {outcome:?}"
         );
         assert!(aws.called().iter().any(|operation| operation == "DeleteDeliveryStream"), "{:?}", aws.called());
+    }
+
+    #[tokio::test]
+    async fn no_delete_refuses_to_replace_a_failed_stream_and_names_the_way_out() {
+        let settings = desired(&config(DeliveryFormat::Json, Compression::Gzip), &connections());
+        let aws = failed("CREATING_FAILED", ("KMS_ACCESS_DENIED", "no key")).await;
+        let keeping = Owner { policy: ManagementPolicy::NoDelete, ..owner() };
+        let error = ensure(&DELIVERY, &aws.clients, &keeping, &settings).await.expect_err("replacing deletes");
+        assert_eq!(error.reason(), "DeletionRefused");
+        let message = error.to_string();
+        assert!(message.contains("Firehose delivery stream p-delivery would have to be deleted"), "{message}");
+        assert!(message.contains("set spec.managementPolicy to Full"), "{message}");
+        assert!(!aws.called().iter().any(|operation| operation == "DeleteDeliveryStream"), "{:?}", aws.called());
+    }
+
+    #[test]
+    fn every_setting_that_differs_is_named_with_what_the_operator_would_set() {
+        let settings = desired(&config(DeliveryFormat::Json, Compression::Gzip), &connections());
+        assert_eq!(settings_differences(&settings, &settings), Vec::<String>::new());
+        let hand_built = DeliverySettings {
+            buffer_interval_seconds: 300,
+            prefix: "data/".into(),
+            source_role_arn: "arn:aws:iam::123456789012:role/by-hand".into(),
+            ..settings.clone()
+        };
+        let differences = settings_differences(&settings, &hand_built);
+        assert_eq!(differences.len(), 3, "{differences:#?}");
+        assert!(differences.iter().any(|d| d.starts_with("the role reading the source (AWS cannot change a source")), "{differences:#?}");
+        assert!(differences.contains(&format!("the prefix is `data/`, the operator sets `{PREFIX}`")), "{differences:#?}");
+        assert!(differences.contains(&"the buffer interval is 300 s, the operator sets 60 s".to_owned()), "{differences:#?}");
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use crate::managed::Owner;
 
 /// The owner of the unit tests' pipeline `team-a/p`; its tags in Kinesis's and Firehose's JSON.
 pub fn owner() -> Owner {
-    Owner { pipeline: "team-a/p".into(), uid: "u-1".into(), cluster: "c-1".into(), adopt_from: None }
+    Owner::named("team-a/p", "u-1", "c-1")
 }
 
 pub const OWNER_TAGS_JSON: &str = r#"[{"Key":"metrics.dev/pipeline","Value":"team-a/p"},{"Key":"metrics.dev/pipeline-uid","Value":"u-1"},{"Key":"metrics.dev/cluster","Value":"c-1"}]"#;

@@ -39,6 +39,23 @@ pub trait AwsResource: Sync {
     /// What to do, decided without AWS so that every case is unit-tested.
     fn plan(desired: &Self::Desired, observed: Option<&Self::Observed>) -> Self::Plan;
 
+    /// Why carrying out `plan` deletes the resource to make it anew, if it does.
+    fn replaces(_plan: &Self::Plan) -> Option<String> {
+        None
+    }
+
+    /// Every way the resource found differs from `desired`, one line each, read without changing
+    /// anything (what `plan` would act on one step at a time).
+    fn drift(
+        &self,
+        clients: &AwsClients,
+        desired: &Self::Desired,
+        observed: &Self::Observed,
+    ) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
+
+    /// The name and ARN of the resource found.
+    fn reference(&self, clients: &AwsClients, observed: &Self::Observed) -> AwsResourceRef;
+
     /// Carries out `plan` on the resource found as `observed` (the pipeline's by then), adding to
     /// `outcome` what it changed, what is pending, and a change refused while the resource works.
     fn apply(
@@ -78,7 +95,35 @@ pub async fn ensure<R: AwsResource>(
         }
     }
     let plan = R::plan(desired, observed.as_ref());
+    if let Some(why) = R::replaces(&plan).filter(|_| !owner.policy.deletes()) {
+        let what = format!("{} {}", R::KIND, resource.name());
+        return Err(Error::DeletionRefused { what, why: format!("to be created again: {why}") });
+    }
     resource.apply(clients, owner, desired, observed, plan, outcome).await
+}
+
+/// A resource as observing finds it: its reference when it exists, and how it differs from
+/// what the pipeline's spec asks.
+#[derive(Debug, Default)]
+pub struct Inspection {
+    pub found: Option<AwsResourceRef>,
+    pub drift: Vec<String>,
+}
+
+/// Reads `resource` and says how it differs from `desired` and whose it is, changing nothing;
+/// one somebody else holds is read too, so that a stack to adopt can be compared before.
+pub async fn inspect<R: AwsResource>(resource: &R, clients: &AwsClients, owner: &Owner, desired: &R::Desired) -> Result<Inspection, Error> {
+    let named = format!("{} {}", R::KIND, resource.name());
+    let Some(found) = resource.observe(clients, TagsAs::Fresh).await? else {
+        return Ok(Inspection { found: None, drift: vec![format!("{named}: missing (would be created)")] });
+    };
+    let mut drift = match R::whose(owner, &found) {
+        Standing::Ours => Vec::new(),
+        Standing::Retag(why) => vec![format!("{named}: would be tagged as this pipeline's ({why})")],
+        Standing::Foreign(holder) => vec![format!("{named}: not this pipeline's ({holder})")],
+    };
+    drift.extend(resource.drift(clients, desired, &found).await?.into_iter().map(|difference| format!("{named}: {difference}")));
+    Ok(Inspection { found: Some(resource.reference(clients, &found)), drift })
 }
 
 /// `Ok(None)` when the resource found is `owner`'s, `Ok(Some(why))` when `owner` may claim it, and

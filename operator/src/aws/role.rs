@@ -2,6 +2,7 @@
 //! one inline policy scoped to this pipeline's output stream, bucket and Glue table.
 
 use aws_sdk_iam::types::{Role, Tag};
+use metrics_pipeline_api::naming::PipelineNames;
 use metrics_pipeline_api::pipeline::AwsResourceRef;
 use serde_json::{Value, json};
 
@@ -20,6 +21,10 @@ pub struct PolicyScope<'a> {
     pub bucket_arn: &'a str,
     pub glue_database: &'a str,
     pub glue_table: &'a str,
+}
+
+pub fn arn(region: &str, account_id: &str, role: &str) -> String {
+    format!("arn:{}:iam::{account_id}:role/{role}", partition(region))
 }
 
 /// Firehose, and only for deliveries in this account (the confused-deputy guard AWS documents).
@@ -96,6 +101,12 @@ fn percent_decode(text: &str) -> Option<String> {
 pub struct FirehoseRole<'a> {
     pub name: &'a str,
     pub policy_name: &'a str,
+}
+
+impl<'a> FirehoseRole<'a> {
+    pub fn of(names: &'a PipelineNames) -> Self {
+        Self { name: &names.firehose_role, policy_name: &names.firehose_role_policy }
+    }
 }
 
 /// The policies the role should have.
@@ -225,6 +236,21 @@ impl AwsResource for FirehoseRole<'_> {
             }
         }
         Ok((AwsResourceRef { name: role.to_owned(), arn: Some(arn) }, outcome))
+    }
+
+    async fn drift(&self, _clients: &AwsClients, desired: &RolePolicies, observed: &FoundRole) -> Result<Vec<String>, Error> {
+        let RolePlan::Restore(changes) = Self::plan(desired, Some(observed)) else { return Ok(Vec::new()) };
+        Ok(changes
+            .into_iter()
+            .map(|change| match change {
+                RoleChange::Trust => "its trust policy is not the one that lets Firehose of this account assume it".to_owned(),
+                RoleChange::Delivery => format!("its inline policy {} is missing or differs from the delivery's grants", self.policy_name),
+            })
+            .collect())
+    }
+
+    fn reference(&self, _clients: &AwsClients, observed: &FoundRole) -> AwsResourceRef {
+        AwsResourceRef { name: self.name.to_owned(), arn: Some(observed.role.arn.clone()) }
     }
 
     /// Deletes the role's inline policies, then the role.

@@ -57,6 +57,28 @@ pub fn changes(desired: &StreamConfig, observed: &ObservedStream) -> Vec<StreamC
     changes
 }
 
+pub fn arn(region: &str, account_id: &str, name: &str) -> String {
+    format!("arn:{}:kinesis:{region}:{account_id}:stream/{name}", super::partition(region))
+}
+
+/// Every way `observed` differs from `desired`, for people: what [`changes`] would change, stated
+/// whole (a shard count reached in several steps is one difference).
+pub fn differences(desired: &StreamConfig, observed: &ObservedStream) -> Vec<String> {
+    let capacity = |capacity: StreamCapacity| match capacity {
+        StreamCapacity::OnDemand => "ON_DEMAND".to_owned(),
+        StreamCapacity::Provisioned { shards } => format!("PROVISIONED with {shards} open shard(s)"),
+    };
+    let mut differences = Vec::new();
+    if desired.capacity != observed.capacity {
+        differences.push(format!("capacity is {}, the spec asks {}", capacity(observed.capacity), capacity(desired.capacity)));
+    }
+    if desired.retention_hours != observed.retention_hours {
+        differences
+            .push(format!("retention is {} hours, the spec asks {} (retentionHours)", observed.retention_hours, desired.retention_hours));
+    }
+    differences
+}
+
 /// The next UpdateShardCount target on the way from `current` open shards to `target`: AWS
 /// refuses more than double or less than half the open shard count in one call, so a larger
 /// change takes several, each once the stream is ACTIVE again (1 → 5 is 1 → 2 → 4 → 5).
@@ -163,6 +185,14 @@ impl AwsResource for Stream<'_> {
             Some(observed) if observed.status != StreamStatus::Active => StreamPlan::Wait(observed.status.clone()),
             Some(observed) => changes(desired, observed).into_iter().next().map_or(StreamPlan::Keep, StreamPlan::Change),
         }
+    }
+
+    async fn drift(&self, _clients: &AwsClients, desired: &StreamConfig, observed: &ObservedStream) -> Result<Vec<String>, Error> {
+        Ok(differences(desired, observed))
+    }
+
+    fn reference(&self, _clients: &AwsClients, observed: &ObservedStream) -> AwsResourceRef {
+        AwsResourceRef { name: self.name.to_owned(), arn: Some(observed.arn.clone()) }
     }
 
     /// A change AWS refuses leaves an ACTIVE stream usable as it is: it comes back as `degraded`,
@@ -371,12 +401,36 @@ mod tests {
 
     use super::*;
     use crate::aws::fake::{FakeAws, owner};
-    use crate::aws::resource::{delete, ensure};
+    use crate::aws::resource::{delete, ensure, inspect};
     use crate::managed::Standing;
 
     const INPUT: Stream<'static> = Stream { name: "p-input", field: "spec.streams.input" };
     const DESCRIBED: &str = r#"{"StreamDescriptionSummary":{"StreamName":"p-input","StreamARN":"arn:aws:kinesis:eu-west-1:123456789012:stream/p-input","StreamStatus":"ACTIVE","StreamModeDetails":{"StreamMode":"PROVISIONED"},"RetentionPeriodHours":24,"StreamCreationTimestamp":1700000000,"EnhancedMonitoring":[],"OpenShardCount":2}}"#;
     const OURS: &str = r#"{"Tags":[{"Key":"metrics.dev/pipeline","Value":"team-a/p"},{"Key":"metrics.dev/pipeline-uid","Value":"u-1"},{"Key":"metrics.dev/cluster","Value":"c-1"}],"HasMoreTags":false}"#;
+
+    #[tokio::test]
+    async fn observing_a_stream_someone_else_made_reads_it_and_says_how_it_differs_without_a_change() {
+        let hand_made = r#"{"Tags":[{"Key":"team","Value":"metrics"}],"HasMoreTags":false}"#;
+        let aws =
+            FakeAws::start(BTreeMap::from([("DescribeStreamSummary", (200, DESCRIBED)), ("ListTagsForStream", (200, hand_made))])).await;
+        let desired = StreamConfig { capacity: StreamCapacity::Provisioned { shards: 4 }, retention_hours: 48 };
+        let inspection = inspect(&INPUT, &aws.clients, &owner(), &desired).await.unwrap();
+        assert_eq!(inspection.found.and_then(|found| found.arn).as_deref(), Some("arn:aws:kinesis:eu-west-1:123456789012:stream/p-input"));
+        assert_eq!(
+            inspection.drift,
+            [
+                "Kinesis stream p-input: not this pipeline's (it has no metrics.dev/pipeline tag, so something else made it)",
+                "Kinesis stream p-input: capacity is PROVISIONED with 2 open shard(s), the spec asks PROVISIONED with 4 open shard(s)",
+                "Kinesis stream p-input: retention is 24 hours, the spec asks 48 (retentionHours)",
+            ]
+        );
+        assert_eq!(aws.called(), ["DescribeStreamSummary", "ListTagsForStream"], "read, nothing else");
+
+        let missing = r#"{"__type":"ResourceNotFoundException","message":"not found"}"#;
+        let empty = FakeAws::start(BTreeMap::from([("DescribeStreamSummary", (400, missing))])).await;
+        let inspection = inspect(&INPUT, &empty.clients, &owner(), &desired).await.unwrap();
+        assert_eq!((inspection.found, inspection.drift), (None, vec!["Kinesis stream p-input: missing (would be created)".to_owned()]));
+    }
 
     #[tokio::test]
     async fn a_shard_not_read_to_its_end_in_one_pass_may_hold_newer_records() {

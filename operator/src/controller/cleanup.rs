@@ -23,7 +23,8 @@ use crate::{status, workload};
 
 /// Removes what the pipeline created, newest dependency first; the finalizer stays until all of
 /// it is gone, and meanwhile `Ready` says what the deletion waits for. With `deletionPolicy:
-/// Retain` the bucket and the catalog stay; with `Orphan`, everything in AWS.
+/// Retain` the bucket and the catalog stay; with `Orphan`, or a management policy that never
+/// deletes, everything in AWS.
 pub(super) async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipeline>, context: &Context) -> Result<Action, Error> {
     let recorded = pipeline.status.as_ref().and_then(|status| status.identity.as_ref());
     let region = recorded.map(|identity| identity.region.clone());
@@ -55,11 +56,13 @@ async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> 
     if !workload::delete(&context.client, &pipeline.namespace().unwrap_or_default(), &names.aggregator, &names.owner).await? {
         return Err(Error::Deleting(format!("aggregator Deployment {} (its pod stops and checkpoints first)", names.aggregator)));
     }
-    if pipeline.spec.deletion_policy == DeletionPolicy::Orphan {
+    let policy = pipeline.spec.management_policy;
+    if pipeline.spec.deletion_policy == DeletionPolicy::Orphan || !policy.deletes() {
         let uid = &owner.uid;
+        let why = if policy.deletes() { "deletionPolicy: Orphan".to_owned() } else { format!("managementPolicy: {policy:?}") };
         let note = format!(
-            "left every AWS resource of the pipeline in place, tagged with its uid {uid} (deletionPolicy: Orphan); a pipeline of \
-             this namespace and name with spec.adoptFrom.pipelineUid: {uid} takes them over"
+            "left every AWS resource of the pipeline in place ({why}); those it made are tagged with its uid {uid}, and a \
+             pipeline of this namespace and name with spec.adoptFrom.pipelineUid: {uid} takes them over"
         );
         publish(context, pipeline, EventType::Normal, "Deleted", "Cleanup", &note).await;
         return Ok(Action::await_change());
@@ -79,8 +82,7 @@ async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> 
     }
     if removals.going.is_empty() {
         // The role goes only once nothing uses it.
-        let role = FirehoseRole { name: &names.firehose_role, policy_name: &names.firehose_role_policy };
-        removals.file(delete(&role, &clients, owner).await?);
+        removals.file(delete(&FirehoseRole::of(&names), &clients, owner).await?);
     }
     if !retain {
         removals.file(delete(&Bucket { name: &names.bucket }, &clients, owner).await?);

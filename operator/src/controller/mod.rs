@@ -4,6 +4,7 @@
 //! write status) and [`cleanup::cleanup`] (delete in reverse order, honouring `deletionPolicy`).
 
 mod cleanup;
+mod observe;
 mod provision;
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use aws_config::SdkConfig;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -23,13 +25,13 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use metrics_pipeline_api::config::AwsTarget;
-use metrics_pipeline_api::pipeline::MetricsPipeline;
+use metrics_pipeline_api::pipeline::{MetricsPipeline, Phase, is_paused};
 
 use crate::aws::{AwsCalls, AwsClients, Memory};
 use crate::error::Error;
-use crate::managed::FIELD_MANAGER;
+use crate::managed::{FIELD_MANAGER, write_status};
 use crate::metrics::{Metrics, ReconcileResult};
-use crate::status::Part;
+use crate::status::{self, Part};
 use crate::turns::Turns;
 use crate::workload::{self, WorkloadSettings};
 
@@ -284,10 +286,11 @@ fn digest(value: &impl Hash) -> u64 {
 }
 
 /// What a reconcile of a pipeline acts on: its spec (the generation counts its changes), its
-/// deletion and its finalizers (the finalizer's addition is what starts the first apply).
+/// deletion, its finalizers (the finalizer's addition is what starts the first apply) and
+/// whether it is paused.
 fn reconcile_inputs(pipeline: &MetricsPipeline) -> u64 {
     let metadata = &pipeline.metadata;
-    digest(&(metadata.generation, metadata.deletion_timestamp.is_some(), &metadata.finalizers))
+    digest(&(metadata.generation, metadata.deletion_timestamp.is_some(), &metadata.finalizers, is_paused(pipeline)))
 }
 
 /// What of the aggregator's Deployment `AggregatorReady` reports: the rollout's generations,
@@ -337,6 +340,21 @@ async fn reconcile_now(pipeline: Arc<MetricsPipeline>, context: Arc<Context>) ->
         context.metrics.forget_pipeline(&format!("{namespace}/{name}"));
         return Ok(Action::await_change());
     };
+    if is_paused(&pipeline) {
+        let status = status::paused(pipeline.status.as_ref(), pipeline.metadata.generation, Time(jiff::Timestamp::now()));
+        if pipeline.status.as_ref().and_then(|status| status.phase) != Some(Phase::Paused) {
+            publish(&context, &pipeline, EventType::Normal, "Paused", "Reconcile", &status::ready_message(&status)).await;
+        }
+        if pipeline.status.as_ref() != Some(&status) {
+            write_status(&api, &name, &status).await?;
+        }
+        context.metrics.observe_reconcile(
+            &format!("{namespace}/{name}"),
+            started.elapsed(),
+            ReconcileResult::Status(Phase::Paused, Some("Paused")),
+        );
+        return Ok(Action::await_change());
+    }
     let pipeline = Arc::new(pipeline);
     // What the status says when `apply` wrote one: that, not the closure's `Ok`, is the result.
     let written = Mutex::new(None);

@@ -9,17 +9,18 @@ use kube::runtime::events::EventType;
 use metrics_pipeline_api::config::PipelineConfig;
 use metrics_pipeline_api::identity;
 use metrics_pipeline_api::naming::PipelineNames;
-use metrics_pipeline_api::pipeline::{AwsResourceRef, DeliveryWriter, MetricsPipeline, MetricsPipelineStatus, Phase};
+use metrics_pipeline_api::pipeline::{AwsResourceRef, DeliveryWriter, ManagementPolicy, MetricsPipeline, MetricsPipelineStatus, Phase};
 use metrics_pipeline_api::validation::validate;
 
+use super::observe::observe;
 use super::{Context, publish};
-use crate::aws::AwsClients;
 use crate::aws::bucket::{Bucket, BucketSpec};
 use crate::aws::catalog::{DesiredTable, GlueDatabase, GlueTable, TableSpec};
-use crate::aws::delivery::{self, DeliveryStream};
-use crate::aws::resource::{delete, ensure};
+use crate::aws::delivery::{self, DeliverySettings, DeliveryStream};
+use crate::aws::resource::{AwsResource, delete, ensure};
 use crate::aws::role::{FirehoseRole, PolicyScope, RolePolicies};
 use crate::aws::streams::Stream;
+use crate::aws::{AwsClients, TagsAs};
 use crate::data_flow;
 use crate::error::Error;
 use crate::managed::{Outcome, Owner, Removal, write_status};
@@ -123,6 +124,10 @@ async fn provision(
     let clients = context.account.clients(&config.region);
     let names = &config.names;
     let owner = Owner::of(pipeline, names, &context.cluster);
+    if owner.policy == ManagementPolicy::ObserveOnly {
+        observe(&mut report, &clients, &config, account_id, &owner).await;
+        return Ok(report);
+    }
 
     provision_streams(&mut report, &clients, &config, &owner).await;
 
@@ -339,8 +344,16 @@ async fn ensure_catalog(
     owner: &Owner,
 ) -> Result<((AwsResourceRef, AwsResourceRef), Outcome), Error> {
     let names = &config.names;
-    let database = GlueDatabase { name: &names.glue_database, account_id };
-    let (database, mut outcome) = ensure(&database, clients, owner, &()).await?;
+    let (database, mut outcome) = ensure(&GlueDatabase { name: &names.glue_database, account_id }, clients, owner, &()).await?;
+    let (table, desired) = table(config, account_id, owner);
+    let (table, table_outcome) = ensure(&table, clients, owner, &desired).await?;
+    outcome.merge(table_outcome);
+    Ok(((database, table), outcome))
+}
+
+/// The pipeline's Glue table, and what the spec asks of it.
+pub(super) fn table<'a>(config: &'a PipelineConfig, account_id: &'a str, owner: &'a Owner) -> (GlueTable<'a>, DesiredTable<'a>) {
+    let names = &config.names;
     let spec = TableSpec {
         database: &names.glue_database,
         table: &names.glue_table,
@@ -349,10 +362,7 @@ async fn ensure_catalog(
         partitions: &config.partitions,
         owner,
     };
-    let table = GlueTable { database: &names.glue_database, table: &names.glue_table, account_id };
-    let (table, table_outcome) = ensure(&table, clients, owner, &DesiredTable::of(&spec)).await?;
-    outcome.merge(table_outcome);
-    Ok(((database, table), outcome))
+    (GlueTable { database: &names.glue_database, table: &names.glue_table, account_id }, DesiredTable::of(&spec))
 }
 
 async fn ensure_delivery(
@@ -364,40 +374,58 @@ async fn ensure_delivery(
 ) -> Result<((AwsResourceRef, AwsResourceRef), Outcome), Error> {
     let names = &config.names;
     let (output_arn, bucket_arn) = (output.arn.clone().unwrap_or_default(), bucket.arn.clone().unwrap_or_default());
-    let scope = PolicyScope {
-        account_id,
-        region: &config.region,
-        output_stream_arn: &output_arn,
-        bucket_arn: &bucket_arn,
-        glue_database: &names.glue_database,
-        glue_table: &names.glue_table,
-    };
-    let role = FirehoseRole { name: &names.firehose_role, policy_name: &names.firehose_role_policy };
-    let (role, mut outcome) = ensure(&role, clients, owner, &RolePolicies::of(&scope)).await?;
-    let connections = delivery::Connections {
-        output_stream_arn: &output_arn,
-        role_arn: role.arn.as_deref().unwrap_or_default(),
-        bucket_arn: &bucket_arn,
-        glue_database: &names.glue_database,
-        glue_table: &names.glue_table,
-        region: &config.region,
-    };
-    let desired = delivery::desired(&config.delivery, &connections);
+    let policies = role_policies(config, account_id, &output_arn, &bucket_arn);
+    let (role, mut outcome) = ensure(&FirehoseRole::of(names), clients, owner, &policies).await?;
+    let desired = delivery_settings(config, &output_arn, role.arn.as_deref().unwrap_or_default(), &bucket_arn);
     let (stream, stream_outcome) = ensure(&DeliveryStream { name: &names.delivery_stream }, clients, owner, &desired).await?;
     outcome.merge(stream_outcome);
     Ok(((role, stream), outcome))
+}
+
+/// The grants of the Firehose role: read the output stream, write the bucket, read the table.
+pub(super) fn role_policies(config: &PipelineConfig, account_id: &str, output_arn: &str, bucket_arn: &str) -> RolePolicies {
+    let names = &config.names;
+    RolePolicies::of(&PolicyScope {
+        account_id,
+        region: &config.region,
+        output_stream_arn: output_arn,
+        bucket_arn,
+        glue_database: &names.glue_database,
+        glue_table: &names.glue_table,
+    })
+}
+
+/// What the spec asks of the delivery stream that reads `output_arn` as `role_arn` into `bucket_arn`.
+pub(super) fn delivery_settings(config: &PipelineConfig, output_arn: &str, role_arn: &str, bucket_arn: &str) -> DeliverySettings {
+    let names = &config.names;
+    let connections = delivery::Connections {
+        output_stream_arn: output_arn,
+        role_arn,
+        bucket_arn,
+        glue_database: &names.glue_database,
+        glue_table: &names.glue_table,
+        region: &config.region,
+    };
+    delivery::desired(&config.delivery, &connections)
 }
 
 /// With the aggregator writing the files, a delivery stream (and its role) left from an earlier
 /// `writer: Firehose` would write JSON or Parquet beside it: both go.
 async fn without_firehose(clients: &AwsClients, names: &PipelineNames, owner: &Owner) -> Result<((), Outcome), Error> {
     let mut outcome = Outcome::default();
+    if !owner.policy.deletes() {
+        let delivery = DeliveryStream { name: &names.delivery_stream };
+        if delivery.observe(clients, TagsAs::Cached).await?.is_some() {
+            let what = format!("Firehose delivery stream {} and its IAM role {}", names.delivery_stream, names.firehose_role);
+            return Err(Error::DeletionRefused { what, why: "the aggregator writes the files now (delivery.writer)".into() });
+        }
+    }
     // One left in place is not this pipeline's: it is not this pipeline's files either.
     if let Removal::Going(deleting) = delete(&DeliveryStream { name: &names.delivery_stream }, clients, owner).await? {
         outcome.changed(format!("deleting Firehose delivery stream {} (the aggregator writes the files now)", names.delivery_stream));
         outcome.pending = Some(format!("waiting for the deletion of {deleting}"));
         return Ok(((), outcome));
     }
-    delete(&FirehoseRole { name: &names.firehose_role, policy_name: &names.firehose_role_policy }, clients, owner).await?;
+    delete(&FirehoseRole::of(names), clients, owner).await?;
     Ok(((), outcome))
 }

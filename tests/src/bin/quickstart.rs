@@ -80,7 +80,7 @@ async fn remove_what_the_last_run_kept(pipeline: &MetricsPipeline) -> anyhow::Re
     let Ok(tagging) = clients.s3.get_bucket_tagging().bucket(&names.bucket).send().await else { return Ok(()) };
     let tag = |key: &str| tagging.tag_set().iter().find(|tag| tag.key() == key).map(|tag| tag.value().to_owned());
     let (Some(uid), Some(cluster)) = (tag(PIPELINE_UID_TAG), tag(CLUSTER_TAG)) else { return Ok(()) };
-    let earlier = Owner { pipeline: names.owner.clone(), uid, cluster, adopt_from: None };
+    let earlier = Owner::named(names.owner.clone(), uid, cluster);
     let account_id = &target.account_id;
     delete(&GlueTable { database: &names.glue_database, table: &names.glue_table, account_id }, &clients, &earlier).await?;
     delete(&GlueDatabase { name: &names.glue_database, account_id }, &clients, &earlier).await?;

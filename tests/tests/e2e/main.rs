@@ -11,6 +11,7 @@ mod data_flow;
 mod delivery;
 mod faults;
 mod least_privilege;
+mod management;
 mod node;
 mod operator;
 mod ownership;
