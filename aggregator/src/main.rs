@@ -25,7 +25,7 @@ use metrics_pipeline_model::aggregation::{
 use metrics_pipeline_model::duration::parse_duration;
 use metrics_pipeline_model::event::EventTime;
 use metrics_pipeline_runtime::process::{LogFormat, init_logging, shutdown_signal};
-use metrics_pipeline_runtime::sdk::{s3_client, sdk_config};
+use metrics_pipeline_runtime::sdk::{assuming, s3_client, sdk_config};
 use tracing::Instrument;
 
 #[derive(Parser)]
@@ -58,6 +58,10 @@ struct AwsArgs {
     /// for one (Kinesis and S3 in two emulators).
     #[arg(long)]
     endpoint_url: Option<String>,
+    /// An IAM role to act as, assumed with the environment's credentials: the role the pipeline's
+    /// namespace maps to (set by the operator).
+    #[arg(long, env = "AGGREGATOR_ASSUME_ROLE_ARN")]
+    assume_role_arn: Option<String>,
 }
 
 #[derive(Args)]
@@ -102,6 +106,10 @@ struct RunArgs {
     /// Where to start in shards on a first start (no checkpoint).
     #[arg(long, env = "AGGREGATOR_INITIAL_POSITION", value_enum, default_value_t = InitialPosition::TrimHorizon)]
     initial_position: InitialPosition,
+    /// On a first start, read from this RFC 3339 time instead (AT_TIMESTAMP): when the job this
+    /// aggregator replaces stopped, so that what it aggregated is not aggregated again.
+    #[arg(long, env = "AGGREGATOR_READ_INPUT_FROM", value_parser = parse_event_time)]
+    read_input_from: Option<EventTime>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "AGGREGATOR_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -218,6 +226,7 @@ async fn run_aggregator(args: RunArgs) -> anyhow::Result<()> {
         checkpoint_interval: args.checkpoint_interval,
         report_interval: args.report_interval,
         initial_position: args.initial_position,
+        read_input_from: args.read_input_from,
         parquet: args.parquet.map(|codec| ParquetSettings {
             codec,
             roll_interval: args.parquet_roll_interval,
@@ -301,5 +310,9 @@ async fn aws(args: AwsArgs) -> aws_config::SdkConfig {
         sdk.set_endpoint_url(Some(url));
         sdk.insert_origin("endpoint_url", Origin::shared_config());
     }
-    sdk.build()
+    let sdk = sdk.build();
+    match args.assume_role_arn {
+        Some(role) => assuming(&sdk, &role, "metrics-aggregator").await,
+        None => sdk,
+    }
 }

@@ -46,6 +46,8 @@ pub struct AggregatorConfig {
     /// How often the data-flow report is written beside the checkpoint.
     pub report_interval: Duration,
     pub initial_position: InitialPosition,
+    /// On a first start, where to read from instead of `initial_position`.
+    pub read_input_from: Option<EventTime>,
     /// Also write the aggregates as Parquet files into the bucket (the direct sink).
     pub parquet: Option<ParquetSettings>,
     /// Who this copy is in the checkpoint's lease: the pod's name.
@@ -422,7 +424,10 @@ fn resumed_state(
     stored: Option<Checkpoint>,
     output: &mut Vec<MetricAggregate>,
 ) -> (WindowEngine, StreamPosition, Option<FilesState>) {
-    let first_start = || StreamPosition::first_start(config.initial_position, wall_clock());
+    let first_start = || match config.read_input_from {
+        Some(from) => StreamPosition::starting_at(from),
+        None => StreamPosition::first_start(config.initial_position, wall_clock()),
+    };
     let location = checkpoints.location();
     match stored {
         Some(checkpoint) if checkpoint.stream_identity.as_ref().is_none_or(|stored| stored == identity) => {

@@ -3,6 +3,7 @@
 //! never the raw spec.
 
 pub use metrics_pipeline_model::aggregation::WindowConfig;
+use metrics_pipeline_model::event::EventTime;
 
 use crate::naming::PipelineNames;
 use crate::pipeline::{AggregatorSpec, Compression, DeletionPolicy, DeliveryFormat, DeliveryWriter};
@@ -20,6 +21,12 @@ pub struct PipelineConfig {
     pub names: PipelineNames,
     pub region: String,
     pub deletion_policy: DeletionPolicy,
+    /// Where the aggregator first starts reading the input stream (`spec.adopt.readInputFrom`);
+    /// `None`: its oldest record.
+    pub read_input_from: Option<EventTime>,
+    /// The IAM role the pipeline's namespace maps to, which the aggregator acts as too (see
+    /// [`crate::namespace`]); `None`: the operator's and the aggregator's own identities.
+    pub aws_role: Option<String>,
     pub input_stream: StreamConfig,
     pub output_stream: StreamConfig,
     pub windowing: WindowConfig,

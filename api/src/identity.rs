@@ -100,11 +100,30 @@ fn moves(recorded: &PipelineIdentity, desired: &PipelineIdentity, spec: &Metrics
     let region = if spec.region.is_some() { "spec.region" } else { "the operator's default region (spec.region unset)" };
     differs(region, &recorded.region, &desired.region);
     differs("spec.namePrefix", &recorded.name_prefix, &desired.name_prefix);
-    let bucket = if spec.delivery.bucket_name.is_some() { "spec.delivery.bucketName" } else { "the bucket's derived name" };
-    differs(bucket, &recorded.bucket, &desired.bucket);
-    let database = if spec.catalog.database.is_some() { "spec.catalog.database" } else { "the Glue database's derived name" };
+    let adopt = spec.adopt.clone().unwrap_or_default();
+    // The field that names a resource: the adoption's, the spec's own name for it, or none.
+    let field = |adopted: &Option<String>, adopt_field: &'static str, chosen: Option<&'static str>, derived: &'static str| {
+        if adopted.is_some() { adopt_field } else { chosen.unwrap_or(derived) }
+    };
+    let bucket_name = spec.delivery.bucket_name.is_some().then_some("spec.delivery.bucketName");
+    differs(field(&adopt.bucket, "spec.adopt.bucket", bucket_name, "the bucket's derived name"), &recorded.bucket, &desired.bucket);
+    let database = spec.catalog.database.is_some().then_some("spec.catalog.database");
+    let database = field(&adopt.glue_database, "spec.adopt.glueDatabase", database, "the Glue database's derived name");
     differs(database, &recorded.glue_database, &desired.glue_database);
-    differs("spec.catalog.table", &recorded.glue_table, &desired.glue_table);
+    let table = field(&adopt.glue_table, "spec.adopt.glueTable", Some("spec.catalog.table"), "");
+    differs(table, &recorded.glue_table, &desired.glue_table);
+    // Derived from the prefix otherwise, whose own line then says why they move.
+    let prefix_kept = recorded.name_prefix == desired.name_prefix;
+    for (adopted, adopt_field, old, new) in [
+        (&adopt.input_stream, "spec.adopt.inputStream", &recorded.input_stream, &desired.input_stream),
+        (&adopt.output_stream, "spec.adopt.outputStream", &recorded.output_stream, &desired.output_stream),
+        (&adopt.firehose_role, "spec.adopt.firehoseRole", &recorded.firehose_role, &desired.firehose_role),
+        (&adopt.delivery_stream, "spec.adopt.deliveryStream", &recorded.delivery_stream, &desired.delivery_stream),
+    ] {
+        if adopted.is_some() || prefix_kept {
+            differs(adopt_field, old, new);
+        }
+    }
     moves
 }
 
@@ -166,6 +185,19 @@ mod tests {
             "{}",
             refused.message
         );
+    }
+
+    #[test]
+    fn an_adopted_name_is_kept_like_any_other_once_recorded() {
+        let adopt = |stream: &str| serde_json::json!({"adopt": {"inputStream": stream, "confirmed": true}});
+        let (mut first, spec) = config(adopt("legacy-metrics"));
+        let (recorded, _) = settle(&mut first, None, &spec, "111111111111");
+        assert_eq!(recorded.input_stream, "legacy-metrics");
+        let (mut renamed, spec) = config(adopt("other-metrics"));
+        let (_, refused) = settle(&mut renamed, Some(&recorded), &spec, "111111111111");
+        let message = refused.unwrap().message;
+        assert!(message.starts_with("spec.adopt.inputStream (from `legacy-metrics` to `other-metrics`)"), "{message}");
+        assert_eq!(renamed.names.input_stream, "legacy-metrics");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod crd;
 pub mod identity;
+pub mod namespace;
 pub mod naming;
 pub mod pipeline;
 pub mod reference;

@@ -7,6 +7,7 @@ use kube::ResourceExt;
 use metrics_pipeline_model::stable_hash::fnv1a64;
 
 use crate::MetricsPipeline;
+use crate::pipeline::AdoptSpec;
 
 /// Longest name prefix: the longest suffix added to it (`-` plus 12 hex digits for a bucket) must
 /// still fit the tightest AWS limit, 63 characters for bucket names.
@@ -58,6 +59,8 @@ struct NameInputs<'a> {
     pub bucket_name: Option<&'a str>,
     pub glue_database: Option<&'a str>,
     pub glue_table: Option<&'a str>,
+    /// Existing resources the pipeline takes over, whose names win.
+    pub adopt: Option<&'a AdoptSpec>,
     pub account_id: &'a str,
     pub region: &'a str,
 }
@@ -74,6 +77,7 @@ impl PipelineNames {
             bucket_name: spec.delivery.bucket_name.as_deref(),
             glue_database: spec.catalog.database.as_deref(),
             glue_table: spec.catalog.table.as_deref(),
+            adopt: spec.adopt.as_ref(),
             account_id,
             region,
         })
@@ -96,19 +100,40 @@ impl PipelineNames {
             let digest = fnv1a64(format!("{}/{}/{owner}", inputs.account_id, inputs.region).as_bytes());
             format!("{prefix}-{:012x}", digest >> 16)
         });
+        let adopted = |name: fn(&AdoptSpec) -> &Option<String>| inputs.adopt.and_then(|adopt| name(adopt).clone());
         Self {
-            input_stream: format!("{prefix}-input"),
-            output_stream: format!("{prefix}-output"),
-            firehose_role: format!("{prefix}-firehose"),
+            input_stream: adopted(|a| &a.input_stream).unwrap_or_else(|| format!("{prefix}-input")),
+            output_stream: adopted(|a| &a.output_stream).unwrap_or_else(|| format!("{prefix}-output")),
+            firehose_role: adopted(|a| &a.firehose_role).unwrap_or_else(|| format!("{prefix}-firehose")),
             firehose_role_policy: Self::role_policy(&prefix),
-            delivery_stream: format!("{prefix}-delivery"),
-            glue_database: inputs.glue_database.map(str::to_owned).unwrap_or_else(|| prefix.replace('-', "_")),
-            glue_table: inputs.glue_table.unwrap_or(DEFAULT_TABLE).to_owned(),
+            delivery_stream: adopted(|a| &a.delivery_stream).unwrap_or_else(|| format!("{prefix}-delivery")),
+            glue_database: adopted(|a| &a.glue_database)
+                .or_else(|| inputs.glue_database.map(str::to_owned))
+                .unwrap_or_else(|| prefix.replace('-', "_")),
+            glue_table: adopted(|a| &a.glue_table).unwrap_or_else(|| inputs.glue_table.unwrap_or(DEFAULT_TABLE).to_owned()),
             aggregator: format!("{}-aggregator", inputs.name),
-            bucket,
+            bucket: adopted(|a| &a.bucket).unwrap_or(bucket),
             prefix,
             owner,
         }
+    }
+
+    /// The names of the resources `adopt` takes over, as each resource names itself (a Glue
+    /// table as `<database>.<table>`).
+    pub fn adopted(&self, adopt: &AdoptSpec) -> Vec<String> {
+        let named = [
+            (&adopt.input_stream, &self.input_stream),
+            (&adopt.output_stream, &self.output_stream),
+            (&adopt.bucket, &self.bucket),
+            (&adopt.firehose_role, &self.firehose_role),
+            (&adopt.delivery_stream, &self.delivery_stream),
+            (&adopt.glue_database, &self.glue_database),
+        ];
+        let mut adopted: Vec<String> = named.into_iter().filter(|(asked, _)| asked.is_some()).map(|(_, name)| name.clone()).collect();
+        if adopt.glue_table.is_some() {
+            adopted.push(format!("{}.{}", self.glue_database, self.glue_table));
+        }
+        adopted
     }
 }
 
@@ -150,9 +175,24 @@ mod tests {
             bucket_name: None,
             glue_database: None,
             glue_table: None,
+            adopt: None,
             account_id: "123456789012",
             region: "eu-west-1",
         }
+    }
+
+    #[test]
+    fn adopted_names_win_over_derived_ones_and_are_listed_as_each_resource_names_itself() {
+        let adopt = AdoptSpec {
+            input_stream: Some("legacy-input".into()),
+            glue_database: Some("legacy".into()),
+            glue_table: Some("aggregates".into()),
+            ..AdoptSpec::default()
+        };
+        let names = PipelineNames::derive(&NameInputs { adopt: Some(&adopt), glue_table: Some("other"), ..inputs("team-a", "p") });
+        assert_eq!((names.input_stream.as_str(), names.output_stream.as_str()), ("legacy-input", "team-a-p-output"));
+        assert_eq!((names.glue_database.as_str(), names.glue_table.as_str()), ("legacy", "aggregates"));
+        assert_eq!(names.adopted(&adopt), ["legacy-input", "legacy", "legacy.aggregates"]);
     }
 
     #[test]

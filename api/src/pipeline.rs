@@ -104,6 +104,80 @@ pub struct MetricsPipelineSpec {
     /// names the UID to put here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopt_from: Option<AdoptFrom>,
+
+    /// Take over AWS resources made by hand or by another tool (a CloudFormation stack, the
+    /// console), each under the name given here instead of the one the operator derives. Until
+    /// `confirmed`, the pipeline only observes: every named resource (and every other part) is
+    /// read and each difference from this spec listed in `status.drift`, and nothing is tagged,
+    /// changed or deleted. Set it when the pipeline is created: the names are kept as its identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<AdoptSpec>,
+}
+
+/// Existing AWS resources a pipeline takes over, by name; a part not named is made by the
+/// operator as usual.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptSpec {
+    /// The Kinesis stream producers write to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[a-zA-Z0-9_.-]+$"))]
+    pub input_stream: Option<String>,
+    /// The Kinesis stream the aggregates go to, which the delivery stream reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[a-zA-Z0-9_.-]+$"))]
+    pub output_stream: Option<String>,
+    /// The S3 bucket the aggregates are delivered to; its objects stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"))]
+    pub bucket: Option<String>,
+    /// The IAM role the delivery stream reads its source and writes the bucket with. Needed
+    /// with `deliveryStream`: AWS cannot change a delivery stream's source role, and a
+    /// replaced delivery stream would lose what it buffers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[\w+=,.@-]+$"))]
+    pub firehose_role: Option<String>,
+    /// The Firehose delivery stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-zA-Z0-9_.-]+$"))]
+    pub delivery_stream: Option<String>,
+    /// The Glue database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[a-z0-9_]+$"))]
+    pub glue_database: Option<String>,
+    /// The Glue table; its partitions are registered again from the bucket if it must be
+    /// recreated (other partition keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[a-z0-9_]+$"))]
+    pub glue_table: Option<String>,
+    /// Where the aggregator starts reading the input stream on its first start, as an RFC 3339
+    /// time: when the job it replaces stopped, so that what that job aggregated is not
+    /// aggregated again. Default: the oldest record in the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_input_from: Option<String>,
+    /// `false` (default): compare only. `true`: tag the named resources as this pipeline's and
+    /// bring them to the spec, as `status.drift` listed.
+    #[serde(default)]
+    pub confirmed: bool,
+}
+
+impl MetricsPipelineSpec {
+    /// When the operator only reads (`managementPolicy: ObserveOnly`, or an adoption not
+    /// confirmed yet), what ends that.
+    pub fn observing_until(&self) -> Option<&'static str> {
+        if self.management_policy == ManagementPolicy::ObserveOnly {
+            Some("spec.managementPolicy is Full or NoDelete")
+        } else if self.adopt.as_ref().is_some_and(|adopt| !adopt.confirmed) {
+            Some("spec.adopt.confirmed is true, which takes the named resources over and brings them to the spec")
+        } else {
+            None
+        }
+    }
+
+    /// Whether the operator may delete what the pipeline has in AWS.
+    pub fn deletes(&self) -> bool {
+        self.management_policy.deletes() && self.observing_until().is_none()
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

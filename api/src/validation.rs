@@ -10,12 +10,13 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{Affinity, Toleration};
 use metrics_pipeline_model::aggregation::{AggregationSettings, WindowConfig};
-use metrics_pipeline_model::event::is_partition_value;
+use metrics_pipeline_model::event::{EventTime, is_partition_value};
 
 use crate::config::{AwsTarget, DeliveryConfig, PartitionConfig, PipelineConfig, StreamCapacity, StreamConfig};
 use crate::naming::{MAX_PREFIX_LEN, OWNER_TAG, PipelineNames};
 use crate::pipeline::{
-    AggregationSpec, AggregatorSpec, CapacityMode, DeliveryFormat, DeliveryWriter, MetricsPipeline, PartitionMode, StreamSpec,
+    AdoptSpec, AggregationSpec, AggregatorSpec, CapacityMode, DeliveryFormat, DeliveryWriter, MetricsPipeline, MetricsPipelineSpec,
+    PartitionMode, StreamSpec,
 };
 
 /// One problem in the spec: the field (`spec.streams.input.shardCount`) and what to change.
@@ -84,6 +85,7 @@ pub fn validate(pipeline: &MetricsPipeline, target: &AwsTarget) -> Result<Pipeli
     let delivery = delivery_config(pipeline, &mut errors);
     let partitions = partition_config(pipeline, &mut errors);
     check_aggregator(&spec.aggregator, &mut errors);
+    let read_input_from = spec.adopt.as_ref().and_then(|adopt| check_adoption(spec, adopt, &mut errors));
 
     if !errors.0.is_empty() {
         return Err(ValidationErrors(errors.0));
@@ -93,6 +95,8 @@ pub fn validate(pipeline: &MetricsPipeline, target: &AwsTarget) -> Result<Pipeli
         names,
         region,
         deletion_policy: spec.deletion_policy,
+        read_input_from,
+        aws_role: None,
         input_stream,
         output_stream,
         windowing: windowing.expect("no errors, so the windowing parsed"),
@@ -148,6 +152,50 @@ fn check_bucket_name(bucket: &str, field: &str, errors: &mut Errors) {
     if let Some(problem) = problem {
         errors.add(field, format!("`{bucket}` {problem}; leave the field out to get a unique name derived from the pipeline"));
     }
+}
+
+/// What an adoption names must agree with the rest of the spec; returns where the aggregator
+/// starts reading, if the adoption says.
+fn check_adoption(spec: &MetricsPipelineSpec, adopt: &AdoptSpec, errors: &mut Errors) -> Option<EventTime> {
+    if let Some(bucket) = &adopt.bucket {
+        check_bucket_name(bucket, "spec.adopt.bucket", errors);
+    }
+    for (field, value) in [("spec.adopt.glueDatabase", &adopt.glue_database), ("spec.adopt.glueTable", &adopt.glue_table)] {
+        if let Some(value) = value {
+            check_catalog_name(value, field, errors);
+        }
+    }
+    let names_twice = [
+        ("spec.adopt.bucket", &adopt.bucket, "spec.delivery.bucketName", &spec.delivery.bucket_name),
+        ("spec.adopt.glueDatabase", &adopt.glue_database, "spec.catalog.database", &spec.catalog.database),
+        ("spec.adopt.glueTable", &adopt.glue_table, "spec.catalog.table", &spec.catalog.table),
+    ];
+    for (field, adopted, other, chosen) in names_twice {
+        if let (Some(adopted), Some(chosen)) = (adopted, chosen)
+            && chosen != adopted
+        {
+            errors.add(field, format!("names another resource than {other}: leave {other} out, the adopted name is used"));
+        }
+    }
+    if adopt.delivery_stream.is_some() && adopt.firehose_role.is_none() {
+        errors.add(
+            "spec.adopt.firehoseRole",
+            "name the IAM role the adopted delivery stream reads its source with: AWS cannot change a delivery stream's source \
+             role, and replacing the delivery stream would lose what it buffers",
+        );
+    }
+    if adopt.delivery_stream.is_some() && spec.delivery.writer == DeliveryWriter::Aggregator {
+        errors.add(
+            "spec.adopt.deliveryStream",
+            "writer: Aggregator has no delivery stream, and would delete the adopted one: use writer: Firehose",
+        );
+    }
+    let from = adopt.read_input_from.as_deref()?;
+    let parsed = EventTime::parse_rfc3339(from);
+    if parsed.is_none() {
+        errors.add("spec.adopt.readInputFrom", format!("`{from}` is not an RFC 3339 time, for example 2026-12-07T10:00:00Z"));
+    }
+    parsed
 }
 
 fn check_catalog_name(value: &str, field: &str, errors: &mut Errors) {

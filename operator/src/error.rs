@@ -56,6 +56,11 @@ pub enum Error {
     #[error("{field} {message}")]
     UnsafeChange { field: &'static str, message: String },
 
+    /// The pipeline's namespace carries an annotation that says nothing usable: an administrator
+    /// must correct it.
+    #[error("{0}")]
+    NamespacePolicy(String),
+
     /// A change that needs a resource deleted, which `managementPolicy: NoDelete` forbids.
     #[error(
         "{what} would have to be deleted ({why}), and managementPolicy: NoDelete forbids deleting: undo the spec change, \
@@ -63,13 +68,9 @@ pub enum Error {
     )]
     DeletionRefused { what: String, why: String },
 
-    /// With `managementPolicy: ObserveOnly`, how the AWS resources differ from the spec.
-    #[error(
-        "{} difference(s) from the spec, left as they are (managementPolicy: ObserveOnly; Full brings them to the spec): {}",
-        .0.len(),
-        .0.join("; ")
-    )]
-    Drift(Vec<String>),
+    /// Observing only, how the AWS resources differ from the spec, and what ends the observing.
+    #[error("{} difference(s) from the spec, left as they are until {until}: {}", .drift.len(), .drift.join("; "))]
+    Drift { drift: Vec<String>, until: &'static str },
 
     /// A spec change (or an operator in another account) that would move the pipeline's AWS
     /// resources away from where they were made.
@@ -310,7 +311,8 @@ impl Error {
             | Self::StillRefused { .. }
             | Self::IdentityChange(_)
             | Self::DeletionRefused { .. }
-            | Self::Drift(_) => true,
+            | Self::NamespacePolicy(_)
+            | Self::Drift { .. } => true,
             Self::Aws(error) => !error.kind.is_retryable(),
             Self::Kube(_) | Self::Finalizer(_) | Self::Deleting(_) | Self::Draining { .. } => false,
         }
@@ -337,7 +339,8 @@ impl Error {
             Self::ShardScalingRefused { .. } => "ScalingLimitExceeded",
             Self::IdentityChange(_) => "IdentityChangeRefused",
             Self::DeletionRefused { .. } => "DeletionRefused",
-            Self::Drift(_) => "Drift",
+            Self::NamespacePolicy(_) => "NamespacePolicyInvalid",
+            Self::Drift { .. } => "Drift",
             Self::Stalled { .. } => "Stalled",
             Self::StillRefused { reason, .. } => reason,
             Self::Kube(_) => "KubernetesError",

@@ -32,6 +32,9 @@ pub struct Owner {
     pub adopt_from: Option<String>,
     /// What the operator may do to them (`spec.managementPolicy`).
     pub policy: ManagementPolicy,
+    /// Resources made by something else that the pipeline takes over (`spec.adopt`), as each
+    /// names itself.
+    pub adopting: Vec<String>,
 }
 
 /// Tags read as owned pairs, as [`Owner`]'s checks take them.
@@ -52,7 +55,14 @@ pub enum Standing {
 impl Owner {
     /// A pipeline that adopts nothing and manages fully (as the tests and tools name one).
     pub fn named(pipeline: impl Into<String>, uid: impl Into<String>, cluster: impl Into<String>) -> Self {
-        Self { pipeline: pipeline.into(), uid: uid.into(), cluster: cluster.into(), adopt_from: None, policy: ManagementPolicy::Full }
+        Self {
+            pipeline: pipeline.into(),
+            uid: uid.into(),
+            cluster: cluster.into(),
+            adopt_from: None,
+            policy: ManagementPolicy::Full,
+            adopting: Vec::new(),
+        }
     }
 
     /// The owner of `pipeline`'s resources (named `names`) in `cluster`.
@@ -63,6 +73,7 @@ impl Owner {
             cluster: cluster.to_owned(),
             adopt_from: pipeline.spec.adopt_from.as_ref().map(|adopt| adopt.pipeline_uid.clone()),
             policy: pipeline.spec.management_policy,
+            adopting: pipeline.spec.adopt.as_ref().map(|adopt| names.adopted(adopt)).unwrap_or_default(),
         }
     }
 

@@ -127,9 +127,9 @@ pub struct Report {
     pub identity: Option<PipelineIdentity>,
     /// The aggregator's last report and what it says, when the aggregator runs.
     pub data_flow: Option<DataFlow>,
-    /// `managementPolicy: ObserveOnly`: every part was read and nothing changed; what differs
-    /// is in the parts' `Drift` errors.
-    pub observing: bool,
+    /// Observing only (`managementPolicy: ObserveOnly`, an adoption not confirmed): every part
+    /// was read and nothing changed, until what this says; what differs is in the parts' `Drift`.
+    pub observing: Option<&'static str>,
 }
 
 /// The aggregator's last report (none yet, or unreadable) and the `DataFlowing` condition's verdict.
@@ -196,7 +196,7 @@ impl Report {
         self.parts
             .reached()
             .flat_map(|(_, state)| match state {
-                PartState::Degraded(Error::Drift(drift)) => drift.clone(),
+                PartState::Degraded(Error::Drift { drift, .. }) => drift.clone(),
                 _ => Vec::new(),
             })
             .collect()
@@ -216,8 +216,8 @@ impl Report {
             })
         };
         let drift = self.drift();
-        if self.observing && failed(false).is_none() && !drift.is_empty() {
-            let all = Error::Drift(drift);
+        if let Some(until) = self.observing.filter(|_| failed(false).is_none() && !drift.is_empty()) {
+            let all = Error::Drift { drift, until };
             return Some((all.reason(), all.to_string()));
         }
         failed(false).or_else(|| failed(true)).or_else(|| {
@@ -319,13 +319,15 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
     }
     let verdict = report.verdict();
     conditions.push(match report.first_problem() {
-        None if *observing => condition(READY, true, "AsSpecified", "every AWS resource is as the spec asks (observed only)".into()),
+        None if observing.is_some() => {
+            condition(READY, true, "AsSpecified", "every AWS resource is as the spec asks (observed only)".into())
+        }
         None => condition(READY, true, "PipelineReady", "every part of the pipeline is in place".into()),
         Some((reason, message)) => condition(READY, false, reason, message),
     });
     let was_ready = previous.is_some_and(|previous| has_been_ready(previous, *without_firehose));
     let phase = match verdict {
-        _ if *observing => Phase::Observing,
+        _ if observing.is_some() => Phase::Observing,
         Verdict::Ready => Phase::Ready,
         Verdict::Pending => Phase::Provisioning,
         Verdict::Retryable | Verdict::Terminal if report.usable() => Phase::Degraded,
@@ -335,7 +337,7 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
     };
     // A part not reached this time keeps the reference found before; observing reaches every one.
     let keep = |found: &Option<AwsResourceRef>, before: fn(&MetricsPipelineStatus) -> &Option<AwsResourceRef>| {
-        found.clone().or_else(|| previous.filter(|_| !*observing).and_then(|status| before(status).clone()))
+        found.clone().or_else(|| previous.filter(|_| observing.is_none()).and_then(|status| before(status).clone()))
     };
     let drift = report.drift();
     let with_firehose = |reference: Option<AwsResourceRef>| reference.filter(|_| !without_firehose);
@@ -426,11 +428,14 @@ mod tests {
         let drift = vec!["Kinesis stream a: retention is 24 hours, the spec asks 48 (retentionHours)".to_owned()];
         let observed = Report {
             parts: Parts {
-                streams: Some(PartState::Degraded(Error::Drift(drift.clone()))),
-                bucket: Some(PartState::Degraded(Error::Drift(vec!["S3 bucket c: missing (would be created)".into()]))),
+                streams: Some(PartState::Degraded(Error::Drift { drift: drift.clone(), until: "Full" })),
+                bucket: Some(PartState::Degraded(Error::Drift {
+                    drift: vec!["S3 bucket c: missing (would be created)".into()],
+                    until: "Full",
+                })),
                 ..Parts::default()
             },
-            observing: true,
+            observing: Some("Full"),
             ..Report::default()
         };
         let status = build(&observed, Some(2), Some(&before), at(20));
@@ -441,7 +446,7 @@ mod tests {
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Drift"));
         assert!(ready.message.starts_with("2 difference(s) from the spec, left as they are"), "{}", ready.message);
 
-        let as_asked = Report { parts: ready_report().parts, observing: true, ..Report::default() };
+        let as_asked = Report { parts: ready_report().parts, observing: Some("Full"), ..Report::default() };
         let status = build(&as_asked, Some(3), Some(&status), at(30));
         assert_eq!((status.phase, status.drift.len()), (Some(Phase::Observing), 0));
         assert_eq!(condition(&status, READY).reason, "AsSpecified");

@@ -230,6 +230,12 @@ fn aggregator_env(pipeline: &MetricsPipeline, config: &PipelineConfig, settings:
     if let Some(endpoint) = &settings.aws_endpoint_url {
         env.push(("AWS_ENDPOINT_URL", endpoint.clone()));
     }
+    if let Some(role) = &config.aws_role {
+        env.push(("AGGREGATOR_ASSUME_ROLE_ARN", role.clone()));
+    }
+    if let Some(from) = config.read_input_from {
+        env.push(("AGGREGATOR_READ_INPUT_FROM", from.to_string()));
+    }
     if config.delivery.writer == DeliveryWriter::Aggregator {
         let codec = match config.delivery.compression {
             Compression::Snappy => "snappy",

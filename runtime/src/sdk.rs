@@ -7,6 +7,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_http_client::tls::Provider;
 use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use aws_types::sdk_config::SharedCredentialsProvider;
 use aws_types::service_config::ServiceConfigKey;
 
 /// The HTTP client every AWS client uses: rustls with ring, for https and plain http endpoints.
@@ -21,6 +22,14 @@ pub async fn sdk_config(region: Option<String>) -> SdkConfig {
         loader = loader.region(Region::new(region));
     }
     loader.load().await
+}
+
+/// `config` acting as the IAM role `role_arn`: STS AssumeRole with `config`'s own credentials,
+/// renewed before they expire. A namespace's pipelines act so (see the API's `namespace` module),
+/// the operator for their AWS calls and their aggregators for theirs.
+pub async fn assuming(config: &SdkConfig, role_arn: &str, session: &str) -> SdkConfig {
+    let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn).session_name(session).configure(config).build().await;
+    config.to_builder().credentials_provider(SharedCredentialsProvider::new(provider)).build()
 }
 
 /// An S3 client; path-style addressing when an endpoint override (an emulator) is set, shared or

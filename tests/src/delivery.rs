@@ -87,6 +87,14 @@ impl DeliveryStandIn {
         })
     }
 
+    /// Reads the delivery stream's configuration again after an UpdateDestination, going on from
+    /// where it was in the source, as Firehose does.
+    pub async fn reload(&mut self, sdk: &aws_config::SdkConfig) -> anyhow::Result<()> {
+        let again = Self::load(sdk, &self.name).await?;
+        (self.settings, self.conversion) = (again.settings, again.conversion);
+        Ok(())
+    }
+
     /// For a delivery stream that stayed CREATING for `creating` after its creation (the AWS
     /// proxy's `transition`): it reads from when it became ACTIVE.
     pub fn creating_for(mut self, creating: Duration) -> Self {

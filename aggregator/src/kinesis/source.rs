@@ -77,8 +77,9 @@ pub struct StreamPosition {
     pub shards: BTreeMap<String, String>,
     /// Shards read to their end (closed by a reshard); their children are readable.
     pub drained: BTreeSet<String>,
-    /// With `--initial-position latest`: when the aggregator first started. A shard nothing was
-    /// taken from yet is read from there (AT_TIMESTAMP), so the start survives restarts.
+    /// With `--initial-position latest`: when the aggregator first started; with
+    /// `--read-input-from`, that time. A shard nothing was taken from yet is read from there
+    /// (AT_TIMESTAMP), so the start survives restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_since: Option<EventTime>,
 }
@@ -88,6 +89,11 @@ impl StreamPosition {
     pub fn first_start(initial: InitialPosition, now: EventTime) -> Self {
         let latest_since = (initial == InitialPosition::Latest).then_some(now);
         Self { latest_since, ..Self::default() }
+    }
+
+    /// A first start from `since` on.
+    pub fn starting_at(since: EventTime) -> Self {
+        Self { latest_since: Some(since), ..Self::default() }
     }
 
     /// A shard read to its end: its children become readable, and it needs no sequence number.

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::WindowConfig;
-use crate::pipeline::{Compression, MetricsPipelineSpec, PartitionMode};
+use crate::pipeline::{AdoptSpec, Compression, MetricsPipelineSpec, PartitionMode};
 
 fn target() -> AwsTarget {
     AwsTarget { account_id: "123456789012".into(), default_region: Some("eu-west-1".into()) }
@@ -303,4 +303,39 @@ fn an_affinity_with_a_field_no_pod_has_is_refused_by_name() {
     let spread = serde_json::json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "metrics-aggregator"}}}}]}});
     let valid = pipeline(|spec| spec.aggregator.affinity = Some(spread));
     assert!(validate(&valid, &target()).is_ok());
+}
+
+#[test]
+fn an_adoption_names_the_resources_the_pipeline_uses_and_where_the_aggregator_starts() {
+    let adopt = AdoptSpec {
+        input_stream: Some("legacy-metrics".into()),
+        bucket: Some("legacy-archive".into()),
+        read_input_from: Some("2026-12-07T10:00:00Z".into()),
+        ..AdoptSpec::default()
+    };
+    let config = validate(&pipeline(|s| s.adopt = Some(adopt)), &target()).unwrap();
+    assert_eq!((config.names.input_stream.as_str(), config.names.bucket.as_str()), ("legacy-metrics", "legacy-archive"));
+    assert_eq!(config.names.output_stream, "team-a-metrics-output", "a part not named is made as usual");
+    assert_eq!(config.read_input_from.map(|from| from.to_string()).as_deref(), Some("2026-12-07T10:00:00.000Z"));
+}
+
+#[test]
+fn an_adopted_delivery_stream_needs_the_role_it_reads_its_source_with() {
+    let adopt = AdoptSpec { delivery_stream: Some("legacy-to-s3".into()), ..AdoptSpec::default() };
+    assert_rejected(|s| s.adopt = Some(adopt), "spec.adopt.firehoseRole", "replacing the delivery stream would lose what it buffers");
+}
+
+#[test]
+fn an_adoption_that_names_a_resource_twice_or_a_start_that_is_no_time_is_refused() {
+    let adopt = AdoptSpec { glue_database: Some("legacy".into()), ..AdoptSpec::default() };
+    assert_rejected(
+        |s| {
+            s.adopt = Some(adopt);
+            s.catalog.database = Some("other".into());
+        },
+        "spec.adopt.glueDatabase",
+        "leave spec.catalog.database out",
+    );
+    let adopt = AdoptSpec { read_input_from: Some("yesterday".into()), ..AdoptSpec::default() };
+    assert_rejected(|s| s.adopt = Some(adopt), "spec.adopt.readInputFrom", "not an RFC 3339 time");
 }

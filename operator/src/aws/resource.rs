@@ -9,7 +9,7 @@ use std::future::Future;
 use metrics_pipeline_api::pipeline::AwsResourceRef;
 
 use super::{AwsClients, TagsAs};
-use crate::error::Error;
+use crate::error::{Error, Holder};
 use crate::managed::{Outcome, Owner, Removal, Standing};
 
 /// One kind of AWS resource a pipeline makes (a Kinesis stream, the bucket, …), named by the
@@ -117,7 +117,7 @@ pub async fn inspect<R: AwsResource>(resource: &R, clients: &AwsClients, owner: 
     let Some(found) = resource.observe(clients, TagsAs::Fresh).await? else {
         return Ok(Inspection { found: None, drift: vec![format!("{named}: missing (would be created)")] });
     };
-    let mut drift = match R::whose(owner, &found) {
+    let mut drift = match standing(resource, owner, &found) {
         Standing::Ours => Vec::new(),
         Standing::Retag(why) => vec![format!("{named}: would be tagged as this pipeline's ({why})")],
         Standing::Foreign(holder) => vec![format!("{named}: not this pipeline's ({holder})")],
@@ -129,7 +129,18 @@ pub async fn inspect<R: AwsResource>(resource: &R, clients: &AwsClients, owner: 
 /// `Ok(None)` when the resource found is `owner`'s, `Ok(Some(why))` when `owner` may claim it, and
 /// `NotOwned` (terminal) when it is somebody else's.
 pub fn claimable<R: AwsResource>(resource: &R, owner: &Owner, observed: &R::Observed) -> Result<Option<String>, Error> {
-    R::whose(owner, observed).claim(R::KIND, &resource.name())
+    standing(resource, owner, observed).claim(R::KIND, &resource.name())
+}
+
+/// Whose the resource found is for `owner`, who may take over one nothing claims (no ownership
+/// tag) when `spec.adopt` names it. One another pipeline made never is: that takes `adoptFrom`.
+fn standing<R: AwsResource>(resource: &R, owner: &Owner, observed: &R::Observed) -> Standing {
+    match R::whose(owner, observed) {
+        Standing::Foreign(Holder::Untagged) if owner.adopting.contains(&resource.name()) => {
+            Standing::Retag("adopted, as spec.adopt names it".to_owned())
+        }
+        standing => standing,
+    }
 }
 
 /// Deletes `resource` if it is `owner`'s by its tags as they are now (one only adoptable is not
@@ -154,6 +165,35 @@ mod tests {
     const DESCRIBED: &str = r#"{"StreamDescriptionSummary":{"StreamName":"p-input","StreamARN":"arn:aws:kinesis:eu-west-1:123456789012:stream/p-input","StreamStatus":"ACTIVE","StreamModeDetails":{"StreamMode":"PROVISIONED"},"RetentionPeriodHours":24,"StreamCreationTimestamp":1700000000,"EnhancedMonitoring":[],"OpenShardCount":2}}"#;
     /// Tagged by the earlier pipeline `u-0` of the same namespace and name, in this cluster.
     const EARLIER: &str = r#"{"Tags":[{"Key":"metrics.dev/pipeline","Value":"team-a/p"},{"Key":"metrics.dev/pipeline-uid","Value":"u-0"},{"Key":"metrics.dev/cluster","Value":"c-1"}],"HasMoreTags":false}"#;
+
+    #[tokio::test]
+    async fn a_resource_made_by_hand_is_taken_over_only_when_spec_adopt_names_it() {
+        let hand_made = r#"{"Tags":[{"Key":"team","Value":"metrics"}],"HasMoreTags":false}"#;
+        let aws = FakeAws::start(BTreeMap::from([
+            ("DescribeStreamSummary", (200, DESCRIBED)),
+            ("ListTagsForStream", (200, hand_made)),
+            ("AddTagsToStream", (200, "{}")),
+            ("UpdateShardCount", (200, "{}")),
+        ]))
+        .await;
+        let desired = metrics_pipeline_api::config::StreamConfig {
+            capacity: metrics_pipeline_api::config::StreamCapacity::Provisioned { shards: 2 },
+            retention_hours: 24,
+        };
+        let stream = Stream::input("p-input");
+        let refused = ensure(&stream, &aws.clients, &owner(), &desired).await.expect_err("not named: not taken");
+        assert_eq!(refused.reason(), "NotOwned");
+        let preview = inspect(&stream, &aws.clients, &Owner { adopting: vec!["p-input".into()], ..owner() }, &desired).await.unwrap();
+        assert_eq!(preview.drift, ["Kinesis stream p-input: would be tagged as this pipeline's (adopted, as spec.adopt names it)"]);
+        assert!(!aws.called().iter().any(|operation| operation == "AddTagsToStream"), "{:?}", aws.called());
+
+        let adopting = Owner { adopting: vec!["p-input".into()], ..owner() };
+        let (_, outcome) = ensure(&stream, &aws.clients, &adopting, &desired).await.unwrap();
+        assert_eq!(outcome.changes, ["Kinesis stream p-input: adopted, as spec.adopt names it"]);
+        assert!(aws.called().iter().any(|operation| operation == "AddTagsToStream"), "{:?}", aws.called());
+        let left = delete(&stream, &aws.clients, &adopting).await.unwrap();
+        assert!(matches!(left, Removal::Left(_)), "deleted only once its tags say it is the pipeline's: {left:?}");
+    }
 
     #[tokio::test]
     async fn a_resource_the_pipeline_may_adopt_is_claimed_by_ensure_but_never_deleted_before() {

@@ -7,9 +7,9 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use metrics_pipeline_api::naming::PipelineNames;
-use metrics_pipeline_api::pipeline::{DeletionPolicy, MetricsPipeline};
+use metrics_pipeline_api::pipeline::{DeletionPolicy, MetricsPipeline, PipelineIdentity};
 
-use super::{Context, publish};
+use super::{Context, acting_for, publish};
 use crate::aws::AwsClients;
 use crate::aws::bucket::Bucket;
 use crate::aws::catalog::{GlueDatabase, GlueTable};
@@ -42,13 +42,9 @@ pub(super) async fn cleanup(pipeline: &MetricsPipeline, api: &Api<MetricsPipelin
 /// Deletes by the recorded identity (the spec may have been changed since), else by the names
 /// the spec derives (a pipeline that never recorded one created nothing since this version).
 async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> Result<Action, Error> {
-    let account_id = &context.account.target.account_id;
-    let mut names = PipelineNames::of(pipeline, account_id, region);
     let recorded = pipeline.status.as_ref().and_then(|status| status.identity.as_ref());
-    if let Some(identity) = recorded {
-        identity.name(&mut names);
-    }
-    let clients = context.account.clients(region);
+    // The Kubernetes names and the owner, whatever the account.
+    let names = names_in(pipeline, recorded, &context.account.target.account_id, region);
     let owner = &Owner::of(pipeline, &names, &context.cluster);
     let retain = pipeline.spec.deletion_policy == DeletionPolicy::Retain;
 
@@ -56,10 +52,14 @@ async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> 
     if !workload::delete(&context.client, &pipeline.namespace().unwrap_or_default(), &names.aggregator, &names.owner).await? {
         return Err(Error::Deleting(format!("aggregator Deployment {} (its pod stops and checkpoints first)", names.aggregator)));
     }
-    let policy = pipeline.spec.management_policy;
-    if pipeline.spec.deletion_policy == DeletionPolicy::Orphan || !policy.deletes() {
+    let spec = &pipeline.spec;
+    if spec.deletion_policy == DeletionPolicy::Orphan || !spec.deletes() {
         let uid = &owner.uid;
-        let why = if policy.deletes() { "deletionPolicy: Orphan".to_owned() } else { format!("managementPolicy: {policy:?}") };
+        let why = match spec.adopt.as_ref() {
+            _ if spec.deletion_policy == DeletionPolicy::Orphan => "deletionPolicy: Orphan".to_owned(),
+            Some(adopt) if !adopt.confirmed => "its adoption was not confirmed".to_owned(),
+            _ => format!("managementPolicy: {:?}", spec.management_policy),
+        };
         let note = format!(
             "left every AWS resource of the pipeline in place ({why}); those it made are tagged with its uid {uid}, and a \
              pipeline of this namespace and name with spec.adoptFrom.pipelineUid: {uid} takes them over"
@@ -67,7 +67,12 @@ async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> 
         publish(context, pipeline, EventType::Normal, "Deleted", "Cleanup", &note).await;
         return Ok(Action::await_change());
     }
-    // Orphaned above whatever the account: only deleting needs the account that made them.
+    // Orphaned above whatever the account: only deleting needs the account that made them, as
+    // the namespace's role if it maps to one.
+    let (account, _) = acting_for(context, &pipeline.namespace().unwrap_or_default()).await?;
+    let account_id = &account.target.account_id;
+    let clients = account.clients(region);
+    let names = names_in(pipeline, recorded, account_id, region);
     if let Some(message) = recorded.and_then(|identity| identity.foreign_account(account_id)) {
         return Err(Error::IdentityChange(message));
     }
@@ -100,6 +105,15 @@ async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> 
     let kept: String = left.iter().map(|note| format!("; {note}")).collect();
     publish(context, pipeline, EventType::Normal, "Deleted", "Cleanup", &format!("deleted the pipeline's AWS resources{kept}")).await;
     Ok(Action::await_change())
+}
+
+/// The names of `pipeline`'s resources: as recorded, else as the spec derives them in `account_id`.
+fn names_in(pipeline: &MetricsPipeline, recorded: Option<&PipelineIdentity>, account_id: &str, region: &str) -> PipelineNames {
+    let mut names = PipelineNames::of(pipeline, account_id, region);
+    if let Some(identity) = recorded {
+        identity.name(&mut names);
+    }
+    names
 }
 
 /// What a deletion pass left: what AWS is still deleting, and what stays and why.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use aws_config::SdkConfig;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
@@ -25,15 +26,17 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use metrics_pipeline_api::config::AwsTarget;
+use metrics_pipeline_api::namespace::NamespacePolicy;
 use metrics_pipeline_api::pipeline::{MetricsPipeline, Phase, is_paused};
 
 use crate::aws::{AwsCalls, AwsClients, Memory};
-use crate::error::Error;
+use crate::error::{AwsError, AwsErrorKind, Error};
 use crate::managed::{FIELD_MANAGER, write_status};
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::status::{self, Part};
 use crate::turns::Turns;
 use crate::workload::{self, WorkloadSettings};
+use metrics_pipeline_runtime::sdk::assuming;
 
 pub const FINALIZER: &str = "pipelines.metrics.dev/cleanup";
 
@@ -76,7 +79,8 @@ impl Default for Settings {
     }
 }
 
-/// The AWS account the operator works in: its identity, and one set of clients per region.
+/// The AWS account the operator works in: its identity, and one set of clients per region; and
+/// the same for each IAM role a namespace maps to.
 pub struct AwsAccount {
     sdk: SdkConfig,
     pub target: AwsTarget,
@@ -84,12 +88,41 @@ pub struct AwsAccount {
     clients: Mutex<HashMap<String, AwsClients>>,
     /// What AWS refused lately and the tags read lately, in any region (see [`Memory`]).
     memory: Memory,
+    /// The account as each role assumed so far, by the role's ARN.
+    roles: Mutex<HashMap<String, Arc<AwsAccount>>>,
 }
 
 impl AwsAccount {
     /// `memory` is shared by the clients of every region: see [`Memory::for_resync`].
     pub fn new(sdk: SdkConfig, target: AwsTarget, calls: AwsCalls, memory: Memory) -> Self {
-        Self { sdk, target, calls, clients: Mutex::default(), memory }
+        Self { sdk, target, calls, clients: Mutex::default(), memory, roles: Mutex::default() }
+    }
+
+    /// The operator acting as `role` (its ARN and account), or as itself. A role's credentials
+    /// come from STS with the operator's own, and are renewed before they expire; a role the
+    /// operator may not assume is an error that says what to allow, and is tried again next time.
+    pub async fn acting_as(self: &Arc<Self>, role: Option<&(String, String)>) -> Result<Arc<AwsAccount>, Error> {
+        let Some((arn, account_id)) = role else { return Ok(self.clone()) };
+        if let Some(account) = self.roles.lock().expect("no panics while holding the lock").get(arn) {
+            return Ok(account.clone());
+        }
+        let sdk = assuming(&self.sdk, arn, FIELD_MANAGER).await;
+        if let Err(error) = aws_sdk_sts::Client::new(&sdk).get_caller_identity().send().await {
+            let said = aws_sdk_sts::error::DisplayErrorContext(&error).to_string();
+            let refused = said.contains("AccessDenied") || said.contains("not authorized");
+            let (kind, message) = if refused {
+                let message = "the operator may not assume it: the role's trust policy must let the operator's identity assume \
+                               it, and the operator's own policy must allow sts:AssumeRole on it";
+                (AwsErrorKind::AccessDenied, message.to_owned())
+            } else {
+                (AwsErrorKind::Unavailable, format!("STS could not be reached: {said}"))
+            };
+            let code = refused.then(|| "AccessDenied".to_owned());
+            return Err(AwsError::new(format!("assuming IAM role {arn}"), kind, code, message).into());
+        }
+        let target = AwsTarget { account_id: account_id.clone(), default_region: self.target.default_region.clone() };
+        let account = Arc::new(AwsAccount::new(sdk, target, self.calls.clone(), self.memory.clone()));
+        Ok(self.roles.lock().expect("no panics while holding the lock").entry(arn.clone()).or_insert(account).clone())
     }
 
     fn clients(&self, region: &str) -> AwsClients {
@@ -100,7 +133,7 @@ impl AwsAccount {
 
 pub struct Context {
     pub client: Client,
-    pub account: AwsAccount,
+    pub account: Arc<AwsAccount>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
@@ -136,7 +169,7 @@ impl Context {
         let instance = std::env::var("POD_NAME").ok();
         let recorder = Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance });
         let turns = Turns::new(settings.concurrency.into());
-        Self { client, account, recorder, metrics, settings, cluster, turns, tracks: Mutex::default() }
+        Self { client, account: Arc::new(account), recorder, metrics, settings, cluster, turns, tracks: Mutex::default() }
     }
 
     /// Changes what is remembered of `pipeline`; a pipeline with nothing to remember is forgotten.
@@ -413,6 +446,15 @@ fn error_policy(pipeline: Arc<MetricsPipeline>, error: &Error, context: Arc<Cont
             Action::requeue(wait)
         }
     }
+}
+
+/// The operator as the pipeline's namespace says it acts (the namespace's IAM role, or itself),
+/// and what the namespace allows its pipelines.
+async fn acting_for(context: &Context, namespace: &str) -> Result<(Arc<AwsAccount>, NamespacePolicy), Error> {
+    let namespaces: Api<Namespace> = Api::all(context.client.clone());
+    let annotations = namespaces.get(namespace).await?.metadata.annotations.unwrap_or_default();
+    let policy = NamespacePolicy::of(namespace, &annotations).map_err(Error::NamespacePolicy)?;
+    Ok((context.account.acting_as(policy.role.as_ref()).await?, policy))
 }
 
 async fn publish(context: &Context, pipeline: &MetricsPipeline, type_: EventType, reason: &str, action: &str, note: &str) {

@@ -18,9 +18,17 @@ use crate::managed::Owner;
 use crate::status::{PartState, Report};
 
 /// Reads every part into `report`: a part as the spec asks is ready, one that differs is
-/// degraded by its drift, and one that cannot be read failed.
-pub(super) async fn observe(report: &mut Report, clients: &AwsClients, config: &PipelineConfig, account_id: &str, owner: &Owner) {
-    report.observing = true;
+/// degraded by its drift, and one that cannot be read failed. `until` says what ends the observing.
+pub(super) async fn observe(
+    report: &mut Report,
+    clients: &AwsClients,
+    config: &PipelineConfig,
+    account_id: &str,
+    owner: &Owner,
+    until: &'static str,
+) {
+    report.observing = Some(until);
+    let part = |inspections, as_asked| part(inspections, as_asked, until);
     let names = &config.names;
     let region = &config.region;
     let input = inspect(&Stream::input(&names.input_stream), clients, owner, &config.input_stream).await;
@@ -79,7 +87,7 @@ fn arn_of(inspection: &Result<Inspection, Error>, made: impl FnOnce() -> String)
 
 /// One part's state from the inspections of its resources: the first failure to read, else its
 /// drift, else `as_asked`.
-fn part(inspections: Vec<Result<Inspection, Error>>, as_asked: &str) -> PartState {
+fn part(inspections: Vec<Result<Inspection, Error>>, as_asked: &str, until: &'static str) -> PartState {
     let mut drift = Vec::new();
     for inspection in inspections {
         match inspection {
@@ -87,5 +95,5 @@ fn part(inspections: Vec<Result<Inspection, Error>>, as_asked: &str) -> PartStat
             Err(error) => return PartState::Failed(error),
         }
     }
-    if drift.is_empty() { PartState::Ready(as_asked.to_owned()) } else { PartState::Degraded(Error::Drift(drift)) }
+    if drift.is_empty() { PartState::Ready(as_asked.to_owned()) } else { PartState::Degraded(Error::Drift { drift, until }) }
 }

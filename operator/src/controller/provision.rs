@@ -3,17 +3,18 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use metrics_pipeline_api::config::PipelineConfig;
+use metrics_pipeline_api::config::{AwsTarget, PipelineConfig};
 use metrics_pipeline_api::identity;
+use metrics_pipeline_api::namespace::{self, NamespacePolicy, ShardHolder};
 use metrics_pipeline_api::naming::PipelineNames;
-use metrics_pipeline_api::pipeline::{AwsResourceRef, DeliveryWriter, ManagementPolicy, MetricsPipeline, MetricsPipelineStatus, Phase};
-use metrics_pipeline_api::validation::validate;
+use metrics_pipeline_api::pipeline::{AwsResourceRef, DeliveryWriter, MetricsPipeline, MetricsPipelineStatus, Phase};
+use metrics_pipeline_api::validation::{ValidationErrors, validate};
 
 use super::observe::observe;
-use super::{Context, publish};
+use super::{Context, acting_for, publish};
 use crate::aws::bucket::{Bucket, BucketSpec};
 use crate::aws::catalog::{DesiredTable, GlueDatabase, GlueTable, TableSpec};
 use crate::aws::delivery::{self, DeliverySettings, DeliveryStream};
@@ -92,17 +93,36 @@ async fn provision(
     previous: Option<&MetricsPipelineStatus>,
 ) -> Result<Report, Error> {
     let mut report = Report::default();
-    let mut config = match validate(pipeline, &context.account.target) {
+    let (account, policy) = match acting_for(context, &pipeline.namespace().unwrap_or_default()).await {
+        Ok(acting) => acting,
+        Err(error @ Error::Kube(_)) => return Err(error),
+        // Who the operator acts as for the namespace: the identity part, reported like any.
+        Err(error) => {
+            report.parts.identity = Some(PartState::Failed(error));
+            return Ok(report);
+        }
+    };
+    let mut config = match validate(pipeline, &account.target) {
         Ok(config) => config,
         Err(errors) => {
             report.invalid_spec = Some(Error::InvalidSpec(errors));
             return Ok(report);
         }
     };
-    let account_id = &context.account.target.account_id;
+    let earlier =
+        if policy.max_shards.is_some() { earlier_shard_holders(api, pipeline, &account.target, &policy).await? } else { Vec::new() };
+    let refused = policy.check(&config, &earlier);
+    if !refused.is_empty() {
+        report.invalid_spec = Some(Error::InvalidSpec(ValidationErrors(refused)));
+        return Ok(report);
+    }
+    config.aws_role = policy.role.map(|(arn, _)| arn);
+    let account_id = &account.target.account_id;
     let recorded = previous.and_then(|status| status.identity.as_ref());
     let (identity, refused) = identity::settle(&mut config, recorded, &pipeline.spec, account_id);
-    if recorded.is_none() {
+    let observing = pipeline.spec.observing_until();
+    // Observing makes nothing, so an adoption's names may still be corrected before it is confirmed.
+    if recorded.is_none() && observing.is_none() {
         // Recorded before anything is created, so that a stop right after a create still
         // finds the resource under the name it was made with, whatever the spec says by then.
         let status = MetricsPipelineStatus { identity: Some(identity.clone()), ..previous.cloned().unwrap_or_default() };
@@ -112,7 +132,8 @@ async fn provision(
         "the pipeline's AWS resources are in account {}, region {}, named after `{}`",
         identity.account_id, identity.region, identity.name_prefix
     );
-    report.identity = Some(identity);
+    // Not shown while observing a pipeline that made nothing: there is none to keep yet.
+    report.identity = (recorded.is_some() || observing.is_none()).then_some(identity);
     match refused {
         Some(change) if change.account_moved => {
             report.parts.identity = Some(PartState::Failed(Error::IdentityChange(change.message)));
@@ -121,11 +142,11 @@ async fn provision(
         Some(change) => report.parts.identity = Some(PartState::Degraded(Error::IdentityChange(change.message))),
         None => report.parts.identity = Some(PartState::Ready(kept)),
     }
-    let clients = context.account.clients(&config.region);
+    let clients = account.clients(&config.region);
     let names = &config.names;
     let owner = Owner::of(pipeline, names, &context.cluster);
-    if owner.policy == ManagementPolicy::ObserveOnly {
-        observe(&mut report, &clients, &config, account_id, &owner).await;
+    if let Some(until) = observing {
+        observe(&mut report, &clients, &config, account_id, &owner, until).await;
         return Ok(report);
     }
 
@@ -162,6 +183,28 @@ async fn provision(
         report.data_flow = watch_data_flow(&report, &clients, &config).await;
     }
     Ok(report)
+}
+
+/// The namespace's pipelines created before `pipeline` (the older keep their shards under the
+/// namespace's ceiling), with the shards their specs ask; one whose spec is invalid, or whose
+/// region the namespace refuses, holds none.
+async fn earlier_shard_holders(
+    api: &Api<MetricsPipeline>,
+    pipeline: &MetricsPipeline,
+    target: &AwsTarget,
+    policy: &NamespacePolicy,
+) -> Result<Vec<ShardHolder>, Error> {
+    let created = |pipeline: &MetricsPipeline| (pipeline.metadata.creation_timestamp.as_ref().map(|time| time.0), pipeline.name_any());
+    let this = created(pipeline);
+    let pipelines = api.list(&ListParams::default()).await?.items;
+    Ok(pipelines
+        .iter()
+        .filter(|other| created(other) < this)
+        .filter_map(|other| {
+            let config = validate(other, target).ok().filter(|config| policy.admits_region(config))?;
+            Some(ShardHolder { name: other.name_any(), shards: namespace::shards(&config) })
+        })
+        .collect())
 }
 
 /// Whether data flows, from the aggregator's report beside its checkpoint.

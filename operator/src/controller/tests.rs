@@ -47,6 +47,12 @@ fn default_spec() -> MetricsPipelineSpec {
 }
 
 const PIPELINE_PATH: &str = "/apis/pipelines.metrics.dev/v1alpha1/namespaces/default/metricspipelines/test";
+const NAMESPACE_PATH: &str = "/api/v1/namespaces/default";
+
+/// The pipeline's namespace, with `annotations`.
+fn namespace(annotations: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "annotations": annotations}})
+}
 
 /// Takes the next request, checks method and path, answers `response`; returns the JSON body.
 async fn expect(api: &mut ApiServer, method: Method, path: &str, response: Value) -> Value {
@@ -97,6 +103,7 @@ async fn an_invalid_spec_is_reported_in_status_and_as_an_event_without_touching_
     let answer = serde_json::to_value(&*invalid).unwrap();
     let server = tokio::spawn(async move {
         expect(&mut api, Method::GET, PIPELINE_PATH, answer.clone()).await;
+        expect(&mut api, Method::GET, NAMESPACE_PATH, namespace(json!({}))).await;
         let status = expect(&mut api, Method::PATCH, &format!("{PIPELINE_PATH}/status"), answer).await;
         let event = expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events", json!({})).await;
         (status, event)
@@ -133,6 +140,7 @@ async fn an_operator_in_another_account_than_the_pipelines_resources_touches_not
     answer["status"] = made_in_another_account();
     let server = tokio::spawn(async move {
         expect(&mut api, Method::GET, PIPELINE_PATH, answer.clone()).await;
+        expect(&mut api, Method::GET, NAMESPACE_PATH, namespace(json!({}))).await;
         let status = expect(&mut api, Method::PATCH, &format!("{PIPELINE_PATH}/status"), answer).await;
         expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events", json!({})).await;
         status
@@ -148,6 +156,29 @@ async fn an_operator_in_another_account_than_the_pipelines_resources_touches_not
         kept["message"].as_str().unwrap().contains("in account 999999999999, and the operator now works in account 123456789012"),
         "{kept}"
     );
+    assert!(!context.metrics.encode().contains("metrics_pipeline_operator_aws_calls_total{"), "no AWS call");
+}
+
+#[tokio::test]
+async fn a_malformed_namespace_annotation_stops_the_pipeline_naming_it_for_an_administrator() {
+    let (context, mut api) = context(Some("eu-west-1"));
+    let stopped = pipeline(default_spec(), true, false);
+    let answer = serde_json::to_value(&*stopped).unwrap();
+    let server = tokio::spawn(async move {
+        expect(&mut api, Method::GET, PIPELINE_PATH, answer.clone()).await;
+        let annotations = json!({"pipelines.metrics.dev/aws-role-arn": "team-a"});
+        expect(&mut api, Method::GET, NAMESPACE_PATH, namespace(annotations)).await;
+        let status = expect(&mut api, Method::PATCH, &format!("{PIPELINE_PATH}/status"), answer).await;
+        expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events", json!({})).await;
+        status
+    });
+
+    reconcile(stopped, context.clone()).await.unwrap();
+    let status = server.await.unwrap();
+    assert_eq!(status["status"]["phase"], "Failed");
+    let ready = status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+    assert_eq!(ready["reason"], "NamespacePolicyInvalid");
+    assert!(ready["message"].as_str().unwrap().contains("`team-a` is not an IAM role ARN; an administrator must correct it"), "{ready}");
     assert!(!context.metrics.encode().contains("metrics_pipeline_operator_aws_calls_total{"), "no AWS call");
 }
 

@@ -127,7 +127,7 @@ fn the_crd_is_upgraded_with_the_release_and_outlives_it() {
 }
 
 #[test]
-fn watching_one_namespace_grants_nothing_cluster_wide_but_reading_the_cluster_identity() {
+fn watching_one_namespace_grants_nothing_cluster_wide_but_reading_that_namespace_and_the_cluster_identity() {
     let rules_of = |rendered: &str, kind: &str| -> Vec<serde_json::Value> {
         documents(rendered, kind).iter().map(|document| serde_yaml::from_str(document).unwrap()).collect()
     };
@@ -136,13 +136,15 @@ fn watching_one_namespace_grants_nothing_cluster_wide_but_reading_the_cluster_id
     assert_eq!(cluster_roles.len(), 1);
     assert!(cluster_roles[0]["rules"].to_string().contains("metricspipelines"), "{everywhere}");
 
+    let namespaces =
+        |names: serde_json::Value| json!([{"apiGroups": [""], "resources": ["namespaces"], "resourceNames": names, "verbs": ["get"]}]);
     let one = chart::render("ops", "mp", &json!({"watchNamespace": "team-a"})).unwrap();
     let cluster_roles = rules_of(&one, "ClusterRole");
     assert_eq!(cluster_roles.len(), 1);
     assert_eq!(
         cluster_roles[0]["rules"],
-        json!([{"apiGroups": [""], "resources": ["namespaces"], "resourceNames": ["kube-system"], "verbs": ["get"]}]),
-        "only the kube-system namespace's UID, the default cluster identity"
+        namespaces(json!(["team-a", "kube-system"])),
+        "the watched namespace's annotations, and the kube-system namespace's UID (the default cluster identity)"
     );
     let roles = rules_of(&one, "Role");
     let pipelines = roles.iter().find(|role| role["metadata"]["namespace"] == "team-a").expect("a Role in the watched namespace");
@@ -150,9 +152,7 @@ fn watching_one_namespace_grants_nothing_cluster_wide_but_reading_the_cluster_id
     assert!(rules_of(&one, "RoleBinding").iter().any(|binding| binding["metadata"]["namespace"] == "team-a"), "{one}");
 
     let sealed = chart::render("ops", "mp", &json!({"watchNamespace": "team-a", "clusterId": "prod-eu-1"})).unwrap();
-    for kind in ["ClusterRole", "ClusterRoleBinding"] {
-        assert!(documents(&sealed, kind).is_empty(), "with clusterId set, no {kind}: {sealed}");
-    }
+    assert_eq!(rules_of(&sealed, "ClusterRole")[0]["rules"], namespaces(json!(["team-a"])), "with clusterId set, the namespace alone");
 }
 
 #[test]

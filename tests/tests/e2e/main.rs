@@ -3,6 +3,7 @@
 //! runs one file's. The leader election tests run alone (`tests/leader.rs`): their leases of
 //! two seconds must not wait for a busy API server.
 
+mod adoption;
 mod alerts;
 mod aws_emulator;
 mod chart;
@@ -23,3 +24,4 @@ mod strict_bucket;
 mod strict_catalog;
 mod strict_delivery;
 mod strict_streams;
+mod team_identity;

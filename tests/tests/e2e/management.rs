@@ -44,15 +44,18 @@ async fn observe_only_reports_every_difference_and_changes_nothing_until_allowed
     let status = test.ready("watched").await;
     let bucket = status.bucket.unwrap().name;
 
-    // Someone opens the bucket by hand while the spec asks for more retention, observed only.
+    // Observed only from now on (once that is in force, nothing repairs the bucket), someone
+    // opens the bucket by hand and the spec asks for more retention.
     let mut observed = managed("watched", ManagementPolicy::ObserveOnly);
-    observed.spec.streams.input.retention_hours = 48;
+    test.apply(&observed).await;
+    test.wait_for("watched", "Observing", |s| s.phase == Some(Phase::Observing) && s.observed_generation == Some(3)).await;
     let s3 = aws_sdk_s3::Client::new(&emulator_sdk().await);
     let mutating_before = test.operator().mutating_calls();
     s3.delete_public_access_block().bucket(&bucket).send().await.unwrap();
+    observed.spec.streams.input.retention_hours = 48;
     test.apply(&observed).await;
     let status =
-        test.wait_for("watched", "the drift of both", |s| s.phase == Some(Phase::Observing) && s.observed_generation == Some(3)).await;
+        test.wait_for("watched", "the drift of both", |s| s.phase == Some(Phase::Observing) && s.observed_generation == Some(4)).await;
     assert_eq!(
         status.drift,
         [
@@ -68,7 +71,7 @@ async fn observe_only_reports_every_difference_and_changes_nothing_until_allowed
     let mut kept = observed.clone();
     kept.spec.management_policy = ManagementPolicy::NoDelete;
     test.apply(&kept).await;
-    test.wait_for("watched", "Ready under NoDelete", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(4)).await;
+    test.wait_for("watched", "Ready under NoDelete", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(5)).await;
     assert_eq!(retention_hours(&format!("{prefix}-input")).await, 48);
     s3.get_public_access_block().bucket(&bucket).send().await.expect("blocked again");
     delete_and_wait(&test.pipelines, "watched").await;
