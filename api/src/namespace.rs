@@ -15,6 +15,9 @@ pub const ROLE_ANNOTATION: &str = "pipelines.metrics.dev/aws-role-arn";
 pub const REGIONS_ANNOTATION: &str = "pipelines.metrics.dev/allowed-regions";
 /// Most provisioned Kinesis shards the namespace's pipelines hold together, input and output.
 pub const MAX_SHARDS_ANNOTATION: &str = "pipelines.metrics.dev/max-shards";
+/// `"true"`: the namespace's pipelines may take over resources made by hand (`spec.adopt`), any
+/// the namespace's identity reaches; off by default.
+pub const ADOPTION_ANNOTATION: &str = "pipelines.metrics.dev/allow-adoption";
 
 /// One namespace's allowances; every one absent: the operator's own identity, any region, no
 /// ceiling.
@@ -25,6 +28,7 @@ pub struct NamespacePolicy {
     pub role: Option<(String, String)>,
     pub allowed_regions: Option<Vec<String>>,
     pub max_shards: Option<i32>,
+    pub allows_adoption: bool,
 }
 
 /// Another pipeline of the namespace, for the shard ceiling.
@@ -70,7 +74,12 @@ impl NamespacePolicy {
                     .ok_or_else(|| refused(MAX_SHARDS_ANNOTATION, text, "a whole number of shards"))?,
             ),
         };
-        Ok(Self { namespace: namespace.to_owned(), role, allowed_regions, max_shards })
+        let allows_adoption = match annotations.get(ADOPTION_ANNOTATION).map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(refused(ADOPTION_ANNOTATION, other, "`true` or `false`")),
+        };
+        Ok(Self { namespace: namespace.to_owned(), role, allowed_regions, max_shards, allows_adoption })
     }
 
     /// Whether a pipeline of `config` may be in its region here; one that may not holds nothing.
@@ -78,11 +87,21 @@ impl NamespacePolicy {
         self.allowed_regions.as_ref().is_none_or(|regions| regions.contains(&config.region))
     }
 
-    /// What of `config` the namespace does not allow. `earlier` are the namespace's pipelines
-    /// created before this one: they keep their shards, and the ceiling refuses the newer.
-    pub fn check(&self, config: &PipelineConfig, earlier: &[ShardHolder]) -> Vec<FieldError> {
+    /// What of `config` (of a pipeline that adopts, if `adopts`) the namespace does not allow.
+    /// `earlier` are the namespace's pipelines created before this one: they keep their shards,
+    /// and the ceiling refuses the newer.
+    pub fn check(&self, config: &PipelineConfig, adopts: bool, earlier: &[ShardHolder]) -> Vec<FieldError> {
         let namespace = &self.namespace;
         let mut refused = Vec::new();
+        if adopts && !self.allows_adoption {
+            refused.push(FieldError {
+                field: "spec.adopt".into(),
+                message: format!(
+                    "namespace {namespace} may not take over resources made by hand: an administrator allows it with the \
+                     annotation {ADOPTION_ANNOTATION}: \"true\" on the namespace"
+                ),
+            });
+        }
         if let Some(regions) = self.allowed_regions.as_ref().filter(|_| !self.admits_region(config)) {
             refused.push(FieldError {
                 field: "spec.region".into(),
@@ -172,7 +191,7 @@ mod tests {
     fn a_namespace_without_annotations_allows_everything_with_the_operators_identity() {
         let policy = NamespacePolicy::of("team-a", &BTreeMap::new()).unwrap();
         assert_eq!(policy.role, None);
-        assert_eq!(policy.check(&config(serde_json::json!({"region": "us-east-1"})), &[]), []);
+        assert_eq!(policy.check(&config(serde_json::json!({"region": "us-east-1"})), false, &[]), []);
     }
 
     #[test]
@@ -187,10 +206,23 @@ mod tests {
     }
 
     #[test]
+    fn adopting_takes_the_administrators_leave() {
+        let config = config(serde_json::json!({}));
+        let closed = NamespacePolicy::of("team-a", &BTreeMap::new()).unwrap();
+        let refused = closed.check(&config, true, &[]);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].field, "spec.adopt");
+        assert!(refused[0].message.contains("pipelines.metrics.dev/allow-adoption: \"true\""), "{}", refused[0].message);
+        let open = NamespacePolicy::of("team-a", &annotations(&[(ADOPTION_ANNOTATION, "true")])).unwrap();
+        assert_eq!(open.check(&config, true, &[]), []);
+        assert!(NamespacePolicy::of("team-a", &annotations(&[(ADOPTION_ANNOTATION, "yes")])).is_err());
+    }
+
+    #[test]
     fn a_region_outside_the_namespaces_list_is_refused_naming_both() {
         let policy = NamespacePolicy::of("team-a", &annotations(&[(REGIONS_ANNOTATION, "eu-west-1, eu-central-1")])).unwrap();
-        assert_eq!(policy.check(&config(serde_json::json!({})), &[]), []);
-        let refused = policy.check(&config(serde_json::json!({"region": "us-east-1"})), &[]);
+        assert_eq!(policy.check(&config(serde_json::json!({})), false, &[]), []);
+        let refused = policy.check(&config(serde_json::json!({"region": "us-east-1"})), false, &[]);
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].field, "spec.region");
         assert!(
@@ -205,14 +237,14 @@ mod tests {
         let policy = NamespacePolicy::of("team-a", &annotations(&[(MAX_SHARDS_ANNOTATION, "4")])).unwrap();
         let two = config(serde_json::json!({}));
         let earlier = [ShardHolder { name: "first".into(), shards: 2 }];
-        assert_eq!(policy.check(&two, &earlier), [], "2 + 2 fit in 4");
+        assert_eq!(policy.check(&two, false, &earlier), [], "2 + 2 fit in 4");
         let three = config(serde_json::json!({"streams": {"input": {"shardCount": 2}}}));
-        let refused = policy.check(&three, &earlier);
+        let refused = policy.check(&three, false, &earlier);
         assert_eq!(refused.len(), 1);
         assert!(refused[0].message.contains("ask 3 shard(s), and namespace team-a may hold 4"), "{}", refused[0].message);
         assert!(refused[0].message.contains("hold 2 (first 2)"), "{}", refused[0].message);
         let on_demand = config(serde_json::json!({"streams": {"output": {"capacityMode": "OnDemand"}}}));
-        let refused = policy.check(&on_demand, &[]);
+        let refused = policy.check(&on_demand, false, &[]);
         assert_eq!(refused[0].field, "spec.streams.output.capacityMode");
     }
 }

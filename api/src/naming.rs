@@ -19,6 +19,8 @@ pub const DEFAULT_TABLE: &str = "metric_aggregates";
 /// Kubernetes objects), valued `<namespace>/<name>` (see [`owner_value`] for long ones):
 /// the operator adopts what carries its own value and never touches what does not.
 pub const OWNER_TAG: &str = "metrics.dev/pipeline";
+/// Tag (AWS) and label (Kubernetes) telling people which tool manages a resource.
+pub const MANAGED_BY_KEY: &str = "app.kubernetes.io/managed-by";
 
 /// Tag (a parameter on Glue objects) valued with the UID of the pipeline that made the resource:
 /// a pipeline deleted with `Retain` and created again under the same name is another pipeline.

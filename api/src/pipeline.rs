@@ -67,14 +67,25 @@ pub struct MetricsPipelineSpec {
     /// change and, as `deletionPolicy` says, delete them. `ObserveOnly`: read every one, report
     /// how it differs from this spec (`status.drift`, a `Drift` event, the `Ready` condition),
     /// and change nothing: no resource is created, tagged, changed or deleted, deleting the
-    /// pipeline leaves them all, and the aggregator is not deployed. Use it to see what the
-    /// operator would do to a stack another tool manages before it takes over. `NoDelete`:
+    /// pipeline leaves them all, and no aggregator is deployed (one running from before stays).
+    /// Use it to see what the operator would do to a stack another tool manages before it takes
+    /// over. `NoDelete`:
     /// create and change, never delete: a change that needs a resource replaced (a delivery
     /// stream's source, a table's partition keys) is refused, and deleting the pipeline leaves
     /// every AWS resource as `deletionPolicy: Orphan` does. To stop reconciling altogether for
     /// maintenance, annotate the pipeline `pipelines.metrics.dev/paused: "true"`.
     #[serde(default)]
     pub management_policy: ManagementPolicy,
+
+    /// Tags for every AWS resource the pipeline makes or adopts (cost allocation, ownership by
+    /// team): the streams, the bucket, the Firehose role and delivery stream, and the Glue
+    /// database (Glue tags no tables). At most 46 (AWS allows 50 on a resource; the operator's
+    /// own four mark ownership), keys of 1 to 128 and values of up to 256 bytes, of letters,
+    /// digits, spaces and `_ . : / = + - @`; keys starting with `aws:` or `metrics.dev/` and
+    /// `app.kubernetes.io/managed-by` are reserved, and two keys may not differ only in case (IAM
+    /// takes them as one). A key removed here is removed from the resources; tags others set stay.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 
     /// The Kinesis data streams: `input` receives metric events from producers, `output`
     /// receives the aggregates and feeds Firehose.
@@ -127,7 +138,8 @@ pub struct AdoptSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[a-zA-Z0-9_.-]+$"))]
     pub output_stream: Option<String>,
-    /// The S3 bucket the aggregates are delivered to; its objects stay.
+    /// The S3 bucket the aggregates are delivered to; its objects are kept while the pipeline
+    /// runs, and on its deletion as `deletionPolicy` says (`Delete` empties and deletes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"))]
     pub bucket: Option<String>,
@@ -654,6 +666,9 @@ pub struct MetricsPipelineStatus {
     /// one line each (what the operator would create, change or refuse), as last observed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<String>,
+    /// The `spec.tags` keys last put on the AWS resources: one the spec drops is removed from them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tag_keys: Vec<String>,
 }
 
 /// The aggregator's last report: counts over its interval, and the state when it was written.

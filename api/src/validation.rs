@@ -5,6 +5,7 @@
 //! CRD versions may be installed, and cross-field AWS rules cannot be written in OpenAPI at all:
 //! the operator checks everything here before it calls AWS.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -13,7 +14,7 @@ use metrics_pipeline_model::aggregation::{AggregationSettings, WindowConfig};
 use metrics_pipeline_model::event::{EventTime, is_partition_value};
 
 use crate::config::{AwsTarget, DeliveryConfig, PartitionConfig, PipelineConfig, StreamCapacity, StreamConfig};
-use crate::naming::{MAX_PREFIX_LEN, OWNER_TAG, PipelineNames};
+use crate::naming::{MANAGED_BY_KEY, MAX_PREFIX_LEN, OWNER_TAG, PipelineNames};
 use crate::pipeline::{
     AdoptSpec, AggregationSpec, AggregatorSpec, CapacityMode, DeliveryFormat, DeliveryWriter, MetricsPipeline, MetricsPipelineSpec,
     PartitionMode, StreamSpec,
@@ -86,6 +87,7 @@ pub fn validate(pipeline: &MetricsPipeline, target: &AwsTarget) -> Result<Pipeli
     let partitions = partition_config(pipeline, &mut errors);
     check_aggregator(&spec.aggregator, &mut errors);
     let read_input_from = spec.adopt.as_ref().and_then(|adopt| check_adoption(spec, adopt, &mut errors));
+    check_tags(&spec.tags, &mut errors);
 
     if !errors.0.is_empty() {
         return Err(ValidationErrors(errors.0));
@@ -184,6 +186,16 @@ fn check_adoption(spec: &MetricsPipelineSpec, adopt: &AdoptSpec, errors: &mut Er
              role, and replacing the delivery stream would lose what it buffers",
         );
     }
+    if adopt.delivery_stream.is_some() && adopt.output_stream.is_none() {
+        errors.add(
+            "spec.adopt.outputStream",
+            "name the stream the adopted delivery stream reads: AWS cannot change a delivery stream's source, and replacing \
+             the delivery stream would lose what it buffers",
+        );
+    }
+    if adopt.input_stream.is_some() && adopt.input_stream == adopt.output_stream {
+        errors.add("spec.adopt.outputStream", "names the input stream: the aggregator would read what it writes");
+    }
     if adopt.delivery_stream.is_some() && spec.delivery.writer == DeliveryWriter::Aggregator {
         errors.add(
             "spec.adopt.deliveryStream",
@@ -196,6 +208,40 @@ fn check_adoption(spec: &MetricsPipelineSpec, adopt: &AdoptSpec, errors: &mut Er
         errors.add("spec.adopt.readInputFrom", format!("`{from}` is not an RFC 3339 time, for example 2026-12-07T10:00:00Z"));
     }
     parsed
+}
+
+/// Most tags `spec.tags` may hold: AWS allows 50 on a resource, and the operator's own take four.
+pub const MAX_USER_TAGS: usize = 46;
+
+/// AWS's tag rules, as the strictest of the services the tags go to: Glue counts bytes, IAM takes
+/// keys differing only in case as one, and every service reserves `aws:`.
+fn check_tags(tags: &BTreeMap<String, String>, errors: &mut Errors) {
+    if tags.len() > MAX_USER_TAGS {
+        errors.add(
+            "spec.tags",
+            format!(
+                "holds {} tags; AWS allows 50 on a resource, of which the operator's own take four: keep at most {MAX_USER_TAGS}",
+                tags.len()
+            ),
+        );
+    }
+    let allowed = |text: &str| text.chars().all(|c| c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@".contains(c));
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for (key, value) in tags {
+        let field = format!("spec.tags[{key}]");
+        let reserved = key.to_ascii_lowercase().starts_with("aws:") || key.starts_with("metrics.dev/") || key == MANAGED_BY_KEY;
+        if key.is_empty() || key.len() > 128 {
+            errors.add(&field, "a tag key has 1 to 128 bytes");
+        } else if !allowed(key) || !allowed(value) {
+            errors.add(&field, "tags hold letters, digits, spaces and _ . : / = + - @ only");
+        } else if reserved {
+            errors.add(&field, "keys starting with aws: (AWS's) or metrics.dev/, and app.kubernetes.io/managed-by (the operator's) are reserved: choose another key");
+        } else if value.len() > 256 {
+            errors.add(&field, "a tag value has at most 256 bytes");
+        } else if let Some(other) = seen.insert(key.to_lowercase(), key) {
+            errors.add(&field, format!("differs from the key `{other}` only in case, and IAM takes them as one: keep one of them"));
+        }
+    }
 }
 
 fn check_catalog_name(value: &str, field: &str, errors: &mut Errors) {

@@ -14,8 +14,7 @@ use crate::error::{Error, Holder};
 /// Field manager of everything the operator writes with server-side apply, and the name it
 /// records events and marks resources as managed by.
 pub const FIELD_MANAGER: &str = "metrics-pipeline-operator";
-/// Tag (AWS) and label (Kubernetes) telling people which tool manages a resource.
-pub const MANAGED_BY_KEY: &str = "app.kubernetes.io/managed-by";
+pub use metrics_pipeline_api::naming::MANAGED_BY_KEY;
 
 /// Who a pipeline's AWS resources belong to. Each carries the pipeline's `<namespace>/<name>`
 /// (for people), its UID (a pipeline created again under the same name is another) and the
@@ -35,6 +34,10 @@ pub struct Owner {
     /// Resources made by something else that the pipeline takes over (`spec.adopt`), as each
     /// names itself.
     pub adopting: Vec<String>,
+    /// The user's tags (`spec.tags`), beside the ownership tags on every taggable resource.
+    pub user_tags: Vec<(String, String)>,
+    /// Keys of user tags put on the resources before and dropped from the spec since: removed.
+    pub dropped_tags: Vec<String>,
 }
 
 /// Tags read as owned pairs, as [`Owner`]'s checks take them.
@@ -62,6 +65,8 @@ impl Owner {
             adopt_from: None,
             policy: ManagementPolicy::Full,
             adopting: Vec::new(),
+            user_tags: Vec::new(),
+            dropped_tags: Vec::new(),
         }
     }
 
@@ -74,17 +79,37 @@ impl Owner {
             adopt_from: pipeline.spec.adopt_from.as_ref().map(|adopt| adopt.pipeline_uid.clone()),
             policy: pipeline.spec.management_policy,
             adopting: pipeline.spec.adopt.as_ref().map(|adopt| names.adopted(adopt)).unwrap_or_default(),
+            user_tags: pipeline.spec.tags.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
+            dropped_tags: (pipeline.status.iter().flat_map(|status| &status.tag_keys))
+                .filter(|key| !pipeline.spec.tags.contains_key(*key))
+                .cloned()
+                .collect(),
         }
     }
 
-    /// The tags of every AWS resource the pipeline makes.
+    /// The tags of every AWS resource the pipeline makes: its ownership, then `spec.tags`.
     pub fn tags(&self) -> Vec<(String, String)> {
+        let mut tags = self.ownership();
+        tags.extend(self.user_tags.iter().cloned());
+        tags
+    }
+
+    /// What marks a resource as the pipeline's (on Glue objects, as parameters).
+    pub fn ownership(&self) -> Vec<(String, String)> {
         vec![
             (OWNER_TAG.to_owned(), self.pipeline.clone()),
             (PIPELINE_UID_TAG.to_owned(), self.uid.clone()),
             (CLUSTER_TAG.to_owned(), self.cluster.clone()),
             (MANAGED_BY_KEY.to_owned(), FIELD_MANAGER.to_owned()),
         ]
+    }
+
+    /// What of `spec.tags` a resource with `found` tags lacks (or holds with another value), and
+    /// which of its tags are user tags the spec dropped. Its ownership is [`Owner::standing`]'s.
+    pub fn tag_changes(&self, found: &[(String, String)]) -> (Vec<(String, String)>, Vec<String>) {
+        let missing = self.user_tags.iter().filter(|tag| !found.contains(tag)).cloned().collect();
+        let dropped = self.dropped_tags.iter().filter(|key| found.iter().any(|(found, _)| found == *key)).cloned().collect();
+        (missing, dropped)
     }
 
     /// Whose a resource with `tags` is. Reading them must have succeeded: a resource whose tags
@@ -247,6 +272,23 @@ mod tests {
         let legacy = tags("team-a/metrics", None, None);
         assert!(matches!(owner().standing(legacy.clone()), Standing::Retag(_)));
         assert_eq!(owner().standing(tags("team-b/metrics", None, None)), Standing::Foreign(Holder::Pipeline("team-b/metrics".into())));
+    }
+
+    #[test]
+    fn tags_to_put_on_are_those_missing_or_changed_and_to_take_off_only_those_the_spec_dropped() {
+        let owner = Owner {
+            user_tags: vec![("team".into(), "platform".into())],
+            dropped_tags: vec!["cost-center".into(), "never-put".into()],
+            ..owner()
+        };
+        let mut found = owner.ownership();
+        found.extend([("team".into(), "metrics".into()), ("cost-center".into(), "obs".into()), ("backup".into(), "daily".into())]);
+        let (missing, dropped) = owner.tag_changes(&found);
+        assert_eq!(missing, [("team".to_owned(), "platform".to_owned())]);
+        assert_eq!(dropped, ["cost-center"], "a tag others set stays, and one not there is not removed");
+        let mut up_to_date = owner.tags();
+        up_to_date.push(("backup".into(), "daily".into()));
+        assert_eq!(owner.tag_changes(&up_to_date), (Vec::new(), Vec::new()));
     }
 
     #[test]

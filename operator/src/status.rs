@@ -130,6 +130,9 @@ pub struct Report {
     /// Observing only (`managementPolicy: ObserveOnly`, an adoption not confirmed): every part
     /// was read and nothing changed, until what this says; what differs is in the parts' `Drift`.
     pub observing: Option<&'static str>,
+    /// The `spec.tags` keys this reconcile put on the resources it reached; `None`: it reached
+    /// none (invalid spec, observing).
+    pub tag_keys: Option<Vec<String>>,
 }
 
 /// The aggregator's last report (none yet, or unreadable) and the `DataFlowing` condition's verdict.
@@ -294,6 +297,7 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         identity,
         data_flow,
         observing,
+        tag_keys,
     } = report;
     let previous_conditions = previous.map(|status| status.conditions.as_slice()).unwrap_or_default();
     let condition = |kind: &str, ready: bool, reason: &str, message: String| {
@@ -360,6 +364,23 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
             None => None,
         },
         drift,
+        tag_keys: kept_tag_keys(tag_keys.as_deref(), verdict, previous),
+    }
+}
+
+/// The tag keys to remember: those put on now; while some part was not reached or failed, also
+/// those put on before, so that one the spec dropped is still removed from it later.
+fn kept_tag_keys(put: Option<&[String]>, verdict: Verdict, previous: Option<&MetricsPipelineStatus>) -> Vec<String> {
+    let before = previous.map(|status| status.tag_keys.clone()).unwrap_or_default();
+    match put {
+        None => before,
+        Some(put) if verdict == Verdict::Ready => put.to_vec(),
+        Some(put) => {
+            let mut keys: Vec<String> = before.into_iter().chain(put.iter().cloned()).collect();
+            keys.sort();
+            keys.dedup();
+            keys
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -31,6 +32,36 @@ fn revision(revision: u32, status: &str, chart_version: &str) -> Revision {
 fn chart_version(chart: &std::path::Path) -> String {
     let chart_yaml = std::fs::read_to_string(chart.join("Chart.yaml")).unwrap();
     chart_yaml.lines().find_map(|line| line.strip_prefix("version: ")).unwrap().trim().to_owned()
+}
+
+/// Reading one namespace, granted to the operator's ServiceAccount beside a release's own RBAC.
+struct NamespaceReadGrant {
+    client: kube::Client,
+    name: String,
+}
+
+impl NamespaceReadGrant {
+    async fn give(client: &kube::Client, release_namespace: &str, watched: &str) -> Self {
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), release_namespace);
+        let operator = deployments.list(&Default::default()).await.unwrap().items.into_iter().next().expect("the operator's Deployment");
+        let account = operator.spec.unwrap().template.spec.unwrap().service_account_name.unwrap();
+        let name = format!("{release_namespace}-reads-{watched}");
+        let role: ClusterRole = serde_json::from_value(json!({"metadata": {"name": name},
+            "rules": [{"apiGroups": [""], "resources": ["namespaces"], "resourceNames": [watched], "verbs": ["get"]}]}))
+        .unwrap();
+        let binding: ClusterRoleBinding = serde_json::from_value(json!({"metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": release_namespace}]}))
+        .unwrap();
+        Api::<ClusterRole>::all(client.clone()).create(&Default::default(), &role).await.unwrap();
+        Api::<ClusterRoleBinding>::all(client.clone()).create(&Default::default(), &binding).await.unwrap();
+        Self { client: client.clone(), name }
+    }
+
+    async fn take_back(self) {
+        Api::<ClusterRoleBinding>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await.unwrap();
+        Api::<ClusterRole>::all(self.client).delete(&self.name, &DeleteParams::default()).await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -60,6 +91,9 @@ async fn the_chart_upgrades_from_its_previous_release_rolls_back_and_uninstalls_
     .await
     .unwrap();
     assert_eq!(chart::install(&previous, namespace, release, &values).unwrap(), [revision(1, "deployed", &previous_version)]);
+    // This checkout's operator runs under both releases, and reads the watched namespace's
+    // allowances, which the previous release's RBAC does not grant: granted here, for the test.
+    let grant = NamespaceReadGrant::give(&client, namespace, &watched.name).await;
 
     // Its CRD prunes a field it does not know: the pipeline runs without its node selector.
     let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &watched.name);
@@ -123,7 +157,9 @@ async fn the_chart_upgrades_from_its_previous_release_rolls_back_and_uninstalls_
     assert!(pipeline.metadata.deletion_timestamp.is_none() && pipeline.finalizers().len() == 1);
     assert_eq!(aggregator_replicas(&deployments, &pipeline).await, Some(1), "the aggregator keeps running");
 
-    // Installed again under the same name, the operator takes the pipeline up where it was.
+    // Installed again under the same name, the operator takes the pipeline up where it was, with
+    // this release's RBAC alone.
+    grant.take_back().await;
     assert_eq!(chart::install(&current, namespace, release, &values).unwrap(), [revision(1, "deployed", &current_version)]);
     example.spec.delivery.buffer_interval_seconds = 120;
     apply(&example).await;

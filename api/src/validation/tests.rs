@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
@@ -321,8 +322,12 @@ fn an_adoption_names_the_resources_the_pipeline_uses_and_where_the_aggregator_st
 
 #[test]
 fn an_adopted_delivery_stream_needs_the_role_it_reads_its_source_with() {
-    let adopt = AdoptSpec { delivery_stream: Some("legacy-to-s3".into()), ..AdoptSpec::default() };
+    let adopt =
+        AdoptSpec { delivery_stream: Some("legacy-to-s3".into()), output_stream: Some("legacy-aggregates".into()), ..AdoptSpec::default() };
     assert_rejected(|s| s.adopt = Some(adopt), "spec.adopt.firehoseRole", "replacing the delivery stream would lose what it buffers");
+    let adopt =
+        AdoptSpec { delivery_stream: Some("legacy-to-s3".into()), firehose_role: Some("legacy-role".into()), ..AdoptSpec::default() };
+    assert_rejected(|s| s.adopt = Some(adopt), "spec.adopt.outputStream", "name the stream the adopted delivery stream reads");
 }
 
 #[test]
@@ -338,4 +343,23 @@ fn an_adoption_that_names_a_resource_twice_or_a_start_that_is_no_time_is_refused
     );
     let adopt = AdoptSpec { read_input_from: Some("yesterday".into()), ..AdoptSpec::default() };
     assert_rejected(|s| s.adopt = Some(adopt), "spec.adopt.readInputFrom", "not an RFC 3339 time");
+}
+
+#[test]
+fn tags_follow_aws_rules_and_leave_the_operators_own_alone() {
+    let with = |pairs: &[(&str, &str)]| {
+        let tags: BTreeMap<String, String> = pairs.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
+        move |spec: &mut MetricsPipelineSpec| spec.tags = tags
+    };
+    assert!(validate(&pipeline(with(&[("team", "metrics"), ("cost center:EU", "ÉQUIPE + data@x")])), &target()).is_ok());
+    assert_rejected(with(&[("aws:createdBy", "me")]), "spec.tags[aws:createdBy]", "reserved");
+    assert_rejected(with(&[("metrics.dev/pipeline", "other/p")]), "spec.tags[metrics.dev/pipeline]", "reserved");
+    assert_rejected(with(&[("app.kubernetes.io/managed-by", "helm")]), "spec.tags[app.kubernetes.io/managed-by]", "reserved");
+    assert_rejected(with(&[("team", "a"), ("Team", "b")]), "spec.tags[team]", "differs from the key `Team` only in case");
+    assert_rejected(with(&[("team!", "a")]), "spec.tags[team!]", "letters, digits, spaces");
+    let long = "é".repeat(129);
+    assert_rejected(with(&[("team", &long)]), "spec.tags[team]", "at most 256 bytes");
+    let many: Vec<(String, String)> = (0..47).map(|n| (format!("k{n}"), String::new())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+    assert_rejected(with(&many), "spec.tags", "keep at most 46");
 }

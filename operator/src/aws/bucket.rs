@@ -116,6 +116,21 @@ impl AwsResource for Bucket<'_> {
         }
     }
 
+    fn tags_of(observed: &FoundBucket) -> Option<Vec<(String, String)>> {
+        match observed {
+            FoundBucket::OtherAccount => None,
+            FoundBucket::Tagged(tags) => Some(tags.clone()),
+        }
+    }
+
+    /// PutBucketTagging replaces the whole set: the bucket's tags but `keys` are written back,
+    /// with the pipeline's own as they are now (a value just changed included).
+    async fn untag(&self, clients: &AwsClients, owner: &Owner, observed: &FoundBucket, keys: &[String]) -> Result<(), Error> {
+        let FoundBucket::Tagged(tags) = observed else { return Ok(()) };
+        let kept = tags.iter().filter(|(key, _)| !keys.contains(key)).cloned().collect();
+        tag(clients, self.name, owner, kept).await
+    }
+
     fn plan(_desired: &BucketSpec, observed: Option<&FoundBucket>) -> BucketPlan {
         if observed.is_some() { BucketPlan::Configure } else { BucketPlan::Create }
     }
@@ -247,6 +262,21 @@ async fn tag(clients: &AwsClients, bucket: &str, owner: &Owner, mut tags: Vec<(S
     for (key, value) in owner.tags() {
         tags.retain(|(existing, _)| *existing != key);
         tags.push((key, value));
+    }
+    put_tags(clients, bucket, tags).await
+}
+
+/// Makes `tags` the bucket's whole tag set. S3 refuses to set `aws:` tags and to drop them, so a
+/// bucket carrying them (a CloudFormation stack's) cannot be tagged this way: said before asking.
+async fn put_tags(clients: &AwsClients, bucket: &str, tags: Vec<(String, String)>) -> Result<(), Error> {
+    let system: Vec<&str> = tags.iter().map(|(key, _)| key.as_str()).filter(|key| key.to_ascii_lowercase().starts_with("aws:")).collect();
+    if !system.is_empty() {
+        let message = format!(
+            "S3 bucket {bucket} carries AWS system tags ({}), which S3's PutBucketTagging can neither keep nor remove, so the \
+             operator cannot tag it; a bucket a CloudFormation stack made cannot be adopted yet",
+            system.join(", ")
+        );
+        return Err(AwsError::new(format!("tagging S3 bucket {bucket}"), AwsErrorKind::InvalidRequest, None, message).into());
     }
     let tags = tags.into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"));
     let tagging = Tagging::builder().set_tag_set(Some(tags.collect())).build().expect("tags are set");

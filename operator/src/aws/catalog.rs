@@ -118,7 +118,7 @@ pub fn desired_table(spec: &TableSpec<'_>) -> TableInput {
         [("EXTERNAL", "TRUE"), ("classification", if spec.format == DeliveryFormat::Json { "json" } else { "parquet" })]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .chain(spec.owner.tags())
+            .chain(spec.owner.ownership())
             .collect();
     if let PartitionConfig::Projected(components) = spec.partitions {
         parameters.insert("projection.enabled".into(), "true".into());
@@ -243,56 +243,101 @@ pub enum DatabasePlan {
     Keep,
 }
 
+/// The database as Glue describes it, and its tags (its ownership is in its parameters).
+pub struct FoundDatabase {
+    pub database: Database,
+    pub tags: Vec<(String, String)>,
+}
+
+impl GlueDatabase<'_> {
+    fn arn(&self, clients: &AwsClients) -> String {
+        database_arn(&clients.region, self.account_id, self.name)
+    }
+
+    /// Adds `tags` to the database's tags (TagResource keeps the others).
+    async fn tag(&self, clients: &AwsClients, tags: &[(String, String)]) -> Result<(), Error> {
+        let database = self.name;
+        let request = clients.glue.tag_resource().resource_arn(self.arn(clients)).set_tags_to_add(Some(tags.iter().cloned().collect()));
+        request.send().await.or_aws(|| format!("tagging Glue database {database}"))?;
+        Ok(())
+    }
+}
+
 impl AwsResource for GlueDatabase<'_> {
     const KIND: &'static str = "Glue database";
     type Desired = ();
-    type Observed = Database;
+    type Observed = FoundDatabase;
     type Plan = DatabasePlan;
 
     fn name(&self) -> String {
         self.name.to_owned()
     }
 
-    async fn observe(&self, clients: &AwsClients, _tags: TagsAs) -> Result<Option<Database>, Error> {
+    async fn observe(&self, clients: &AwsClients, _tags: TagsAs) -> Result<Option<FoundDatabase>, Error> {
         let database = self.name;
         let found = clients.glue.get_database().name(database).send().await;
-        Ok(found.absent_on(&[NOT_FOUND], || format!("reading Glue database {database}"))?.and_then(|output| output.database))
+        let Some(found) = found.absent_on(&[NOT_FOUND], || format!("reading Glue database {database}"))?.and_then(|output| output.database)
+        else {
+            return Ok(None);
+        };
+        let tags = clients.glue.get_tags().resource_arn(self.arn(clients)).send().await;
+        let tags = tags.or_aws(|| format!("reading the tags of Glue database {database}"))?.tags.unwrap_or_default();
+        Ok(Some(FoundDatabase { database: found, tags: tags.into_iter().collect() }))
     }
 
-    fn whose(owner: &Owner, observed: &Database) -> Standing {
-        owner.standing(parameters(observed.parameters()))
+    fn whose(owner: &Owner, observed: &FoundDatabase) -> Standing {
+        owner.standing(parameters(observed.database.parameters()))
     }
 
-    async fn claim(&self, clients: &AwsClients, owner: &Owner, found: &Database) -> Result<(), Error> {
+    /// Its ownership goes into its parameters, `spec.tags` into its tags.
+    async fn claim(&self, clients: &AwsClients, owner: &Owner, found: &FoundDatabase) -> Result<(), Error> {
         let database = self.name;
-        // UpdateDatabase replaces the whole definition: everything else is kept as found.
-        let mut kept = found.parameters().cloned().unwrap_or_default();
-        kept.extend(owner.tags());
-        let input = DatabaseInput::builder()
-            .name(database)
-            .set_description(found.description().map(str::to_owned))
-            .set_location_uri(found.location_uri().map(str::to_owned))
-            .set_create_table_default_permissions(found.create_table_default_permissions.clone())
-            .set_target_database(found.target_database().cloned())
-            .set_federated_database(found.federated_database().cloned())
-            .set_parameters(Some(kept))
-            .build()
-            .expect("name is set");
-        let update = clients.glue.update_database().name(database).database_input(input).send().await;
-        update.or_aws(|| format!("tagging Glue database {database}"))?;
+        let FoundDatabase { database: found, .. } = found;
+        if owner.standing(parameters(found.parameters())) != Standing::Ours {
+            // UpdateDatabase replaces the whole definition: everything else is kept as found.
+            let mut kept = found.parameters().cloned().unwrap_or_default();
+            kept.extend(owner.ownership());
+            let input = DatabaseInput::builder()
+                .name(database)
+                .set_description(found.description().map(str::to_owned))
+                .set_location_uri(found.location_uri().map(str::to_owned))
+                .set_create_table_default_permissions(found.create_table_default_permissions.clone())
+                .set_target_database(found.target_database().cloned())
+                .set_federated_database(found.federated_database().cloned())
+                .set_parameters(Some(kept))
+                .build()
+                .expect("name is set");
+            let update = clients.glue.update_database().name(database).database_input(input).send().await;
+            update.or_aws(|| format!("marking Glue database {database} as the pipeline's"))?;
+        }
+        if !owner.user_tags.is_empty() {
+            self.tag(clients, &owner.user_tags).await?;
+        }
         Ok(())
     }
 
-    fn plan(_desired: &(), observed: Option<&Database>) -> DatabasePlan {
+    fn tags_of(observed: &FoundDatabase) -> Option<Vec<(String, String)>> {
+        let ownership = parameters(observed.database.parameters()).map(|(key, value)| (key.to_owned(), value.to_owned()));
+        Some(ownership.chain(observed.tags.iter().cloned()).collect())
+    }
+
+    async fn untag(&self, clients: &AwsClients, _owner: &Owner, _observed: &FoundDatabase, keys: &[String]) -> Result<(), Error> {
+        let database = self.name;
+        let request = clients.glue.untag_resource().resource_arn(self.arn(clients)).set_tags_to_remove(Some(keys.to_vec()));
+        request.send().await.or_aws(|| format!("removing tags from Glue database {database}"))?;
+        Ok(())
+    }
+
+    fn plan(_desired: &(), observed: Option<&FoundDatabase>) -> DatabasePlan {
         if observed.is_some() { DatabasePlan::Keep } else { DatabasePlan::Create }
     }
 
-    async fn drift(&self, _clients: &AwsClients, _desired: &(), _observed: &Database) -> Result<Vec<String>, Error> {
+    async fn drift(&self, _clients: &AwsClients, _desired: &(), _observed: &FoundDatabase) -> Result<Vec<String>, Error> {
         Ok(Vec::new())
     }
 
-    fn reference(&self, clients: &AwsClients, _observed: &Database) -> AwsResourceRef {
-        AwsResourceRef { name: self.name.to_owned(), arn: Some(database_arn(&clients.region, self.account_id, self.name)) }
+    fn reference(&self, clients: &AwsClients, _observed: &FoundDatabase) -> AwsResourceRef {
+        AwsResourceRef { name: self.name.to_owned(), arn: Some(self.arn(clients)) }
     }
 
     async fn apply(
@@ -300,7 +345,7 @@ impl AwsResource for GlueDatabase<'_> {
         clients: &AwsClients,
         owner: &Owner,
         _desired: &(),
-        _observed: Option<Database>,
+        _observed: Option<FoundDatabase>,
         plan: DatabasePlan,
         mut outcome: Outcome,
     ) -> Result<(AwsResourceRef, Outcome), Error> {
@@ -309,17 +354,20 @@ impl AwsResource for GlueDatabase<'_> {
             let input = DatabaseInput::builder()
                 .name(database)
                 .description(format!("Metrics pipeline {}", owner.pipeline))
-                .set_parameters(Some(owner.tags().into_iter().collect()))
+                .set_parameters(Some(owner.ownership().into_iter().collect()))
                 .build()
                 .expect("name is set");
             clients.glue.create_database().database_input(input).send().await.or_aws(|| format!("creating Glue database {database}"))?;
+            if !owner.user_tags.is_empty() {
+                self.tag(clients, &owner.user_tags).await?;
+            }
             outcome.changed(format!("created Glue database {database}"));
         }
-        Ok((AwsResourceRef { name: database.to_owned(), arn: Some(database_arn(&clients.region, self.account_id, database)) }, outcome))
+        Ok((AwsResourceRef { name: database.to_owned(), arn: Some(self.arn(clients)) }, outcome))
     }
 
     /// Deletes the database if it holds no other table: DeleteDatabase deletes every table in it.
-    async fn remove(&self, clients: &AwsClients, _observed: Database) -> Result<Removal, Error> {
+    async fn remove(&self, clients: &AwsClients, _observed: FoundDatabase) -> Result<Removal, Error> {
         let database = self.name;
         // Glue has no conditional delete: a table made between this look and the deletion goes
         // with the database.
@@ -380,6 +428,15 @@ impl<'a> AwsResource for GlueTable<'a> {
 
     /// Nothing to do: its parameters differ from the desired ones, so the plan updates them.
     async fn claim(&self, _clients: &AwsClients, _owner: &Owner, _observed: &Table) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Glue tags no tables: its ownership is in its parameters, which the plan keeps.
+    fn tags_of(_observed: &Table) -> Option<Vec<(String, String)>> {
+        None
+    }
+
+    async fn untag(&self, _clients: &AwsClients, _owner: &Owner, _observed: &Table, _keys: &[String]) -> Result<(), Error> {
         Ok(())
     }
 

@@ -182,10 +182,16 @@ pub fn settings_plan(desired: &DeliverySettings, observed: Option<Option<Deliver
     match observed {
         None => DeliveryPlan::Create,
         Some(None) => DeliveryPlan::Recreate("it is not a Kinesis-sourced extended S3 delivery stream".into()),
-        Some(Some(observed))
-            if observed.source_stream_arn != desired.source_stream_arn || observed.source_role_arn != desired.source_role_arn =>
-        {
+        Some(Some(observed)) if observed.source_stream_arn != desired.source_stream_arn => {
             DeliveryPlan::Recreate(format!("its source is {} instead of {}", observed.source_stream_arn, desired.source_stream_arn))
+        }
+        Some(Some(observed)) if observed.source_role_arn != desired.source_role_arn => DeliveryPlan::Recreate(format!(
+            "it reads its source as role {} instead of {}",
+            observed.source_role_arn, desired.source_role_arn
+        )),
+        // AWS turns dynamic partitioning on only when a delivery stream is created.
+        Some(Some(observed)) if observed.dynamic_partitioning != desired.dynamic_partitioning => {
+            DeliveryPlan::Recreate("dynamic partitioning can be enabled only when a delivery stream is created".into())
         }
         Some(Some(observed)) if observed == *desired => DeliveryPlan::Keep,
         Some(Some(_)) => DeliveryPlan::Update,
@@ -213,7 +219,11 @@ pub fn settings_differences(desired: &DeliverySettings, observed: &DeliverySetti
     compare("the buffer size", mib(observed.buffer_size_mib), mib(desired.buffer_size_mib));
     compare("the compression", observed.compression.as_str().to_owned(), desired.compression.as_str().to_owned());
     let enabled = |on: bool| if on { "enabled" } else { "disabled" }.to_owned();
-    compare("dynamic partitioning", enabled(observed.dynamic_partitioning), enabled(desired.dynamic_partitioning));
+    compare(
+        "dynamic partitioning (AWS enables it only at creation: the delivery stream would be created again)",
+        enabled(observed.dynamic_partitioning),
+        enabled(desired.dynamic_partitioning),
+    );
     compare("the record processors", format!("{:?}", observed.processors), format!("{:?}", desired.processors));
     compare("the Parquet conversion", format!("{:?}", observed.parquet), format!("{:?}", desired.parquet));
     differences
@@ -364,6 +374,18 @@ impl AwsResource for DeliveryStream<'_> {
         clients.tags.forget(observed.description.delivery_stream_arn());
         let tagging = clients.firehose.tag_delivery_stream().delivery_stream_name(name).set_tags(Some(tags(owner)));
         tagging.send().await.or_aws(|| format!("tagging Firehose delivery stream {name}"))?;
+        Ok(())
+    }
+
+    fn tags_of(observed: &FoundDelivery) -> Option<Vec<(String, String)>> {
+        Some(observed.tags.clone())
+    }
+
+    async fn untag(&self, clients: &AwsClients, _owner: &Owner, observed: &FoundDelivery, keys: &[String]) -> Result<(), Error> {
+        let name = self.name;
+        clients.tags.forget(observed.description.delivery_stream_arn());
+        let request = clients.firehose.untag_delivery_stream().delivery_stream_name(name).set_tag_keys(Some(keys.to_vec()));
+        request.send().await.or_aws(|| format!("removing tags from Firehose delivery stream {name}"))?;
         Ok(())
     }
 
@@ -956,6 +978,11 @@ mod tests {
         elsewhere.source_stream_arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/other".into();
         assert!(
             matches!(settings_plan(&settings, Some(Some(elsewhere))), DeliveryPlan::Recreate(reason) if reason.contains("stream/other"))
+        );
+        let unpartitioned = DeliverySettings { dynamic_partitioning: false, ..settings.clone() };
+        assert!(
+            matches!(settings_plan(&settings, Some(Some(unpartitioned))), DeliveryPlan::Recreate(reason) if reason.contains("only when a delivery stream is created")),
+            "UpdateDestination cannot turn dynamic partitioning on"
         );
     }
 }

@@ -235,6 +235,12 @@ impl Memory {
     pub fn for_resync(resync: Duration) -> Self {
         Self { refusals: Arc::new(Refusals::new(resync.mul_f64(0.8))), tags: Arc::new(TagCache::new(resync * 6)) }
     }
+
+    /// The memory of another account: refusals of its own (they are keyed by resource name, which
+    /// two accounts may share), tags shared (keyed by ARN, which holds the account).
+    pub fn for_another_account(&self) -> Self {
+        Self { refusals: Arc::new(Refusals::new(self.refusals.0.hold)), tags: self.tags.clone() }
+    }
 }
 
 /// Tags of resources read lately, by resource ARN and creation time (a resource deleted and

@@ -33,8 +33,22 @@ pub trait AwsResource: Sync {
     /// Whose the resource found is, for `owner`.
     fn whose(owner: &Owner, observed: &Self::Observed) -> Standing;
 
-    /// Marks the resource found as `owner`'s (see [`Standing::Retag`]), keeping what others set.
+    /// Adds `owner`'s tags (its ownership and `spec.tags`) to the resource found, keeping what
+    /// others set: claims it (see [`Standing::Retag`]), or brings its tags up to the spec.
     fn claim(&self, clients: &AwsClients, owner: &Owner, observed: &Self::Observed) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The tags on the resource found, to compare `owner`'s with (ownership included, wherever
+    /// the resource keeps it); `None` for a kind AWS does not tag (a Glue table).
+    fn tags_of(observed: &Self::Observed) -> Option<Vec<(String, String)>>;
+
+    /// Removes the tags `keys` from the resource found, keeping every other one.
+    fn untag(
+        &self,
+        clients: &AwsClients,
+        owner: &Owner,
+        observed: &Self::Observed,
+        keys: &[String],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// What to do, decided without AWS so that every case is unit-tested.
     fn plan(desired: &Self::Desired, observed: Option<&Self::Observed>) -> Self::Plan;
@@ -93,6 +107,8 @@ pub async fn ensure<R: AwsResource>(
             resource.claim(clients, owner, found).await?;
             outcome.changed(format!("{} {}: {why}", R::KIND, resource.name()));
         }
+    } else if let Some(found) = &observed {
+        retag(resource, clients, owner, found, &mut outcome).await?;
     }
     let plan = R::plan(desired, observed.as_ref());
     if let Some(why) = R::replaces(&plan).filter(|_| !owner.policy.deletes()) {
@@ -100,6 +116,39 @@ pub async fn ensure<R: AwsResource>(
         return Err(Error::DeletionRefused { what, why: format!("to be created again: {why}") });
     }
     resource.apply(clients, owner, desired, observed, plan, outcome).await
+}
+
+/// Brings the tags of `found`, the pipeline's, up to `spec.tags`: adds those it lacks or holds
+/// with another value, and removes those the spec dropped.
+async fn retag<R: AwsResource>(
+    resource: &R,
+    clients: &AwsClients,
+    owner: &Owner,
+    found: &R::Observed,
+    outcome: &mut Outcome,
+) -> Result<(), Error> {
+    let Some(tags) = R::tags_of(found) else { return Ok(()) };
+    let (missing, dropped) = owner.tag_changes(&tags);
+    let named = format!("{} {}", R::KIND, resource.name());
+    if !missing.is_empty() {
+        resource.claim(clients, owner, found).await?;
+        let tagged: Vec<String> = missing.iter().map(|(key, value)| format!("{key}={value}")).collect();
+        outcome.changed(format!("{named}: tagged {}", tagged.join(", ")));
+    }
+    if !dropped.is_empty() {
+        resource.untag(clients, owner, found, &dropped).await?;
+        outcome.changed(format!("{named}: removed the tags {} (dropped from spec.tags)", dropped.join(", ")));
+    }
+    Ok(())
+}
+
+/// How the tags of `found` differ from `owner`'s, for people.
+fn tag_drift<R: AwsResource>(owner: &Owner, found: &R::Observed) -> Vec<String> {
+    let Some(tags) = R::tags_of(found) else { return Vec::new() };
+    let (missing, dropped) = owner.tag_changes(&tags);
+    let mut drift: Vec<String> = missing.iter().map(|(key, value)| format!("lacks the tag {key}={value}")).collect();
+    drift.extend(dropped.iter().map(|key| format!("holds the tag {key}, which spec.tags dropped")));
+    drift
 }
 
 /// A resource as observing finds it: its reference when it exists, and how it differs from
@@ -118,7 +167,7 @@ pub async fn inspect<R: AwsResource>(resource: &R, clients: &AwsClients, owner: 
         return Ok(Inspection { found: None, drift: vec![format!("{named}: missing (would be created)")] });
     };
     let mut drift = match standing(resource, owner, &found) {
-        Standing::Ours => Vec::new(),
+        Standing::Ours => tag_drift::<R>(owner, &found).into_iter().map(|difference| format!("{named}: {difference}")).collect(),
         Standing::Retag(why) => vec![format!("{named}: would be tagged as this pipeline's ({why})")],
         Standing::Foreign(holder) => vec![format!("{named}: not this pipeline's ({holder})")],
     };

@@ -174,6 +174,17 @@ impl AwsResource for FirehoseRole<'_> {
         Ok(())
     }
 
+    fn tags_of(observed: &FoundRole) -> Option<Vec<(String, String)>> {
+        Some(observed.role.tags().iter().map(|tag| (tag.key().to_owned(), tag.value().to_owned())).collect())
+    }
+
+    async fn untag(&self, clients: &AwsClients, _owner: &Owner, _observed: &FoundRole, keys: &[String]) -> Result<(), Error> {
+        let role = self.name;
+        let request = clients.iam.untag_role().role_name(role).set_tag_keys(Some(keys.to_vec()));
+        request.send().await.or_aws(|| format!("removing tags from IAM role {role}"))?;
+        Ok(())
+    }
+
     fn plan(desired: &RolePolicies, observed: Option<&FoundRole>) -> RolePlan {
         let Some(found) = observed else { return RolePlan::Create };
         let trust = found.role.assume_role_policy_document().and_then(parse_policy);
@@ -253,9 +264,22 @@ impl AwsResource for FirehoseRole<'_> {
         AwsResourceRef { name: self.name.to_owned(), arn: Some(observed.role.arn.clone()) }
     }
 
-    /// Deletes the role's inline policies, then the role.
+    /// Deletes the role's inline policies, then the role; one with managed policies attached (an
+    /// adopted role someone gave more) is left, with them: the operator attached none.
     async fn remove(&self, clients: &AwsClients, _observed: FoundRole) -> Result<Removal, Error> {
         let role = self.name;
+        let attached = (clients.iam.list_attached_role_policies())
+            .role_name(role)
+            .send()
+            .await
+            .or_aws(|| format!("listing the managed policies attached to IAM role {role}"))?;
+        let attached: Vec<&str> = attached.attached_policies().iter().filter_map(|policy| policy.policy_name()).collect();
+        if !attached.is_empty() {
+            return Ok(Removal::Left(format!(
+                "kept IAM role {role}: managed policies are attached to it ({}), which the operator did not attach",
+                attached.join(", ")
+            )));
+        }
         let policies =
             (clients.iam.list_role_policies()).role_name(role).send().await.or_aws(|| format!("listing policies of IAM role {role}"))?;
         for policy in policies.policy_names() {

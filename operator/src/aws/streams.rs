@@ -179,6 +179,18 @@ impl AwsResource for Stream<'_> {
         tag(clients, self.name, owner).await
     }
 
+    fn tags_of(observed: &ObservedStream) -> Option<Vec<(String, String)>> {
+        Some(observed.tags.clone())
+    }
+
+    async fn untag(&self, clients: &AwsClients, _owner: &Owner, observed: &ObservedStream, keys: &[String]) -> Result<(), Error> {
+        let name = self.name;
+        clients.tags.forget(&observed.arn);
+        let request = clients.kinesis.remove_tags_from_stream().stream_name(name).set_tag_keys(Some(keys.to_vec()));
+        request.send().await.or_aws(|| format!("removing tags from Kinesis stream {name}"))?;
+        Ok(())
+    }
+
     fn plan(desired: &StreamConfig, observed: Option<&ObservedStream>) -> StreamPlan {
         match observed {
             None => StreamPlan::Create,

@@ -121,7 +121,7 @@ impl AwsAccount {
             return Err(AwsError::new(format!("assuming IAM role {arn}"), kind, code, message).into());
         }
         let target = AwsTarget { account_id: account_id.clone(), default_region: self.target.default_region.clone() };
-        let account = Arc::new(AwsAccount::new(sdk, target, self.calls.clone(), self.memory.clone()));
+        let account = Arc::new(AwsAccount::new(sdk, target, self.calls.clone(), self.memory.for_another_account()));
         Ok(self.roles.lock().expect("no panics while holding the lock").entry(arn.clone()).or_insert(account).clone())
     }
 
@@ -452,7 +452,17 @@ fn error_policy(pipeline: Arc<MetricsPipeline>, error: &Error, context: Arc<Cont
 /// and what the namespace allows its pipelines.
 async fn acting_for(context: &Context, namespace: &str) -> Result<(Arc<AwsAccount>, NamespacePolicy), Error> {
     let namespaces: Api<Namespace> = Api::all(context.client.clone());
-    let annotations = namespaces.get(namespace).await?.metadata.annotations.unwrap_or_default();
+    let annotations = match namespaces.get(namespace).await {
+        Ok(found) => found.metadata.annotations.unwrap_or_default(),
+        // Not read, not ignored: an administrator's allowances there would be bypassed.
+        Err(kube::Error::Api(refusal)) if refusal.code == 403 => {
+            return Err(Error::NamespacePolicy(format!(
+                "the operator may not read namespace {namespace}, whose annotations say what AWS identity, regions and shards \
+                 its pipelines have: its RBAC must allow get on namespaces (the chart's ClusterRole does)"
+            )));
+        }
+        Err(error) => return Err(error.into()),
+    };
     let policy = NamespacePolicy::of(namespace, &annotations).map_err(Error::NamespacePolicy)?;
     Ok((context.account.acting_as(policy.role.as_ref()).await?, policy))
 }

@@ -109,17 +109,18 @@ async fn provision(
             return Ok(report);
         }
     };
-    let earlier =
-        if policy.max_shards.is_some() { earlier_shard_holders(api, pipeline, &account.target, &policy).await? } else { Vec::new() };
-    let refused = policy.check(&config, &earlier);
-    if !refused.is_empty() {
-        report.invalid_spec = Some(Error::InvalidSpec(ValidationErrors(refused)));
-        return Ok(report);
-    }
-    config.aws_role = policy.role.map(|(arn, _)| arn);
     let account_id = &account.target.account_id;
     let recorded = previous.and_then(|status| status.identity.as_ref());
     let (identity, refused) = identity::settle(&mut config, recorded, &pipeline.spec, account_id);
+    // After the recorded identity is settled: the region it puts back is where the pipeline is.
+    let earlier =
+        if policy.max_shards.is_some() { earlier_shard_holders(api, pipeline, &account.target, &policy).await? } else { Vec::new() };
+    let disallowed = policy.check(&config, pipeline.spec.adopt.is_some(), &earlier);
+    if !disallowed.is_empty() {
+        report.invalid_spec = Some(Error::InvalidSpec(ValidationErrors(disallowed)));
+        return Ok(report);
+    }
+    config.aws_role = policy.role.map(|(arn, _)| arn);
     let observing = pipeline.spec.observing_until();
     // Observing makes nothing, so an adoption's names may still be corrected before it is confirmed.
     if recorded.is_none() && observing.is_none() {
@@ -149,6 +150,7 @@ async fn provision(
         observe(&mut report, &clients, &config, account_id, &owner, until).await;
         return Ok(report);
     }
+    report.tag_keys = Some(pipeline.spec.tags.keys().cloned().collect());
 
     provision_streams(&mut report, &clients, &config, &owner).await;
 

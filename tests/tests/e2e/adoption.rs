@@ -15,7 +15,10 @@ use aws_sdk_glue::types::{Column, DatabaseInput};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration, Tag, Tagging};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, Patch, PatchParams};
 use metrics_pipeline_api::config::{DeliveryConfig, PartitionConfig};
+use metrics_pipeline_api::namespace::ADOPTION_ANNOTATION;
 use metrics_pipeline_api::naming::OWNER_TAG;
 use metrics_pipeline_api::pipeline::{AdoptSpec, Compression, DeletionPolicy, DeliveryFormat, DeliveryWriter, Phase};
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
@@ -167,6 +170,10 @@ async fn records_since(kinesis: &aws_sdk_kinesis::Client, stream: &str, from: Ev
 #[tokio::test]
 async fn a_hand_built_stack_is_compared_then_adopted_while_producers_write_and_its_history_stays_queryable() {
     let test = OperatorTest::start("adopt-seed", None, Duration::from_secs(3)).await;
+    // An administrator lets the namespace take over what was made by hand.
+    let namespaces: Api<Namespace> = Api::all(test.client.clone());
+    let allow = serde_json::json!({"metadata": {"annotations": {ADOPTION_ANNOTATION: "true"}}});
+    namespaces.patch(&test.namespace.name, &PatchParams::default(), &Patch::Merge(allow)).await.unwrap();
     let sdk = emulator_sdk().await;
     let (kinesis, s3) = (aws_sdk_kinesis::Client::new(&sdk), s3_client(&sdk));
     let legacy = Legacy::named(&format!("seed-{}", std::process::id()));

@@ -41,6 +41,7 @@ const AUTHORIZED_BY: &[(Service, &str, &[&str])] = &[
     (Service::Kinesis, "CreateStream", &["kinesis:CreateStream", "kinesis:AddTagsToStream"]),
     (Service::Kinesis, "AddTagsToStream", &["kinesis:AddTagsToStream"]),
     (Service::Kinesis, "ListTagsForStream", &["kinesis:ListTagsForStream"]),
+    (Service::Kinesis, "RemoveTagsFromStream", &["kinesis:RemoveTagsFromStream"]),
     (Service::Kinesis, "DescribeStreamSummary", &["kinesis:DescribeStreamSummary"]),
     (Service::Kinesis, "UpdateShardCount", &["kinesis:UpdateShardCount"]),
     (Service::Kinesis, "UpdateStreamMode", &["kinesis:UpdateStreamMode"]),
@@ -82,15 +83,18 @@ const AUTHORIZED_BY: &[(Service, &str, &[&str])] = &[
     (Service::Iam, "CreateRole", &["iam:CreateRole", "iam:TagRole"]),
     (Service::Iam, "GetRole", &["iam:GetRole"]),
     (Service::Iam, "TagRole", &["iam:TagRole"]),
+    (Service::Iam, "UntagRole", &["iam:UntagRole"]),
     (Service::Iam, "UpdateAssumeRolePolicy", &["iam:UpdateAssumeRolePolicy"]),
     (Service::Iam, "GetRolePolicy", &["iam:GetRolePolicy"]),
     (Service::Iam, "PutRolePolicy", &["iam:PutRolePolicy"]),
     (Service::Iam, "ListRolePolicies", &["iam:ListRolePolicies"]),
+    (Service::Iam, "ListAttachedRolePolicies", &["iam:ListAttachedRolePolicies"]),
     (Service::Iam, "DeleteRolePolicy", &["iam:DeleteRolePolicy"]),
     (Service::Iam, "DeleteRole", &["iam:DeleteRole"]),
     // Firehose: naming a role passes it (iam:PassRole); tags at creation are TagDeliveryStream.
     (Service::Firehose, "CreateDeliveryStream", &["firehose:CreateDeliveryStream", "firehose:TagDeliveryStream", "iam:PassRole"]),
     (Service::Firehose, "TagDeliveryStream", &["firehose:TagDeliveryStream"]),
+    (Service::Firehose, "UntagDeliveryStream", &["firehose:UntagDeliveryStream"]),
     (Service::Firehose, "UpdateDestination", &["firehose:UpdateDestination", "iam:PassRole"]),
     (Service::Firehose, "DescribeDeliveryStream", &["firehose:DescribeDeliveryStream"]),
     (Service::Firehose, "ListTagsForDeliveryStream", &["firehose:ListTagsForDeliveryStream"]),
@@ -106,6 +110,10 @@ const AUTHORIZED_BY: &[(Service, &str, &[&str])] = &[
     (Service::Glue, "DeleteTable", &["glue:DeleteTable"]),
     (Service::Glue, "GetPartitions", &["glue:GetPartitions"]),
     (Service::Glue, "BatchCreatePartition", &["glue:BatchCreatePartition"]),
+    // Glue's tagging calls on a database need glue:GetDatabase besides their own action.
+    (Service::Glue, "GetTags", &["glue:GetTags", "glue:GetDatabase"]),
+    (Service::Glue, "TagResource", &["glue:TagResource", "glue:GetDatabase"]),
+    (Service::Glue, "UntagResource", &["glue:UntagResource", "glue:GetDatabase"]),
     // STS GetCallerIdentity needs no permission.
     (Service::Sts, "GetCallerIdentity", &[]),
 ];
@@ -187,10 +195,11 @@ async fn the_operator_policy_allows_exactly_what_the_operator_calls() {
     let proxy = AwsProxy::start(&emulator_url().unwrap(), ProxySettings::default()).await.unwrap();
     let mut test = OperatorTest::start("lp-operator", Some(proxy.endpoint().to_owned()), Duration::from_secs(2)).await;
 
-    // Created, with an expiry and registered partitions.
+    // Created, with an expiry, registered partitions and the user's tags.
     let mut delivery = serde_json::to_value(&example("pipeline.yaml").spec.delivery).unwrap();
     delivery["expireAfterDays"] = json!(7);
-    test.apply(&pipeline_with(json!({"delivery": delivery.clone()}))).await;
+    let tags = json!({"team": "metrics", "cost-center": "observability"});
+    test.apply(&pipeline_with(json!({"delivery": delivery.clone(), "tags": tags}))).await;
     let status = wait_for_aws_parts(&test.pipelines, 1).await;
 
     // The first object of a component gets its partition registered; drift is repaired.
@@ -231,7 +240,9 @@ async fn the_operator_policy_allows_exactly_what_the_operator_calls() {
         "output": {"capacityMode": "OnDemand"},
     });
     let catalog = json!({"table": "metric_aggregates", "partitions": {"mode": "Projected", "components": ["user-service"]}});
-    test.apply(&pipeline_with(json!({"streams": streams, "delivery": delivery.clone(), "catalog": catalog.clone()}))).await;
+    // One tag changed, one dropped: tagged and untagged everywhere.
+    let tags = json!({"team": "platform"});
+    test.apply(&pipeline_with(json!({"streams": streams, "delivery": delivery.clone(), "catalog": catalog.clone(), "tags": tags}))).await;
     wait_for_aws_parts(&test.pipelines, 2).await;
     // Retention down again.
     let streams = json!({

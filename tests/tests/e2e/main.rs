@@ -24,4 +24,5 @@ mod strict_bucket;
 mod strict_catalog;
 mod strict_delivery;
 mod strict_streams;
+mod tags;
 mod team_identity;
