@@ -236,12 +236,29 @@ pub async fn wait_for_status(
     what: &str,
     check: impl Fn(&MetricsPipelineStatus) -> bool,
 ) -> MetricsPipelineStatus {
-    wait_for(what, Duration::from_secs(60), async || match pipelines.get(name).await.map_err(|error| error.to_string())?.status {
+    wait_for_status_within(pipelines, name, what, Duration::from_secs(60), check).await
+}
+
+/// The status of pipeline `name` once `check` holds, within `timeout` (an aggregator to roll
+/// out, reports to come); the last status seen is the failure's message.
+pub async fn wait_for_status_within(
+    pipelines: &Api<MetricsPipeline>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&MetricsPipelineStatus) -> bool,
+) -> MetricsPipelineStatus {
+    wait_for(what, timeout, async || match pipelines.get(name).await.map_err(|error| error.to_string())?.status {
         Some(status) if check(&status) => Ok(status),
         last => Err(format!("{last:#?}")),
     })
     .await
     .unwrap()
+}
+
+/// Whether `status` is Ready at `generation` of the spec.
+pub fn ready_at(status: &MetricsPipelineStatus, generation: i64) -> bool {
+    status.phase == Some(Phase::Ready) && status.observed_generation == Some(generation)
 }
 
 /// Deletes the pipeline and waits until the operator's cleanup let the finalizer go; the

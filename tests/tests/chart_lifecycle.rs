@@ -14,8 +14,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use metrics_pipeline_api::MetricsPipeline;
-use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_e2e::chart::{self, Revision};
+use metrics_pipeline_e2e::in_process::{ready_at, wait_for_status_within};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, kube_client, repo_path};
 use metrics_pipeline_test_support::wait_for;
 use serde_json::json;
@@ -106,18 +106,9 @@ async fn the_chart_upgrades_from_its_previous_release_rolls_back_and_uninstalls_
     };
     let stored = apply(&example).await;
     assert!(stored.spec.aggregator.node_selector.is_empty(), "the previous CRD prunes spec.aggregator.nodeSelector");
-    let ready = |generation: i64| {
-        let pipelines = pipelines.clone();
-        async move || {
-            let pipeline = pipelines.get("metrics").await.map_err(|error| error.to_string())?;
-            let status = pipeline.status.clone().unwrap_or_default();
-            match (status.phase, status.observed_generation) {
-                (Some(Phase::Ready), Some(observed)) if observed == generation => Ok(pipeline),
-                other => Err(format!("{other:?}")),
-            }
-        }
+    let wait = async |what: &str, generation: i64| {
+        wait_for_status_within(&pipelines, "metrics", what, Duration::from_secs(180), |status| ready_at(status, generation)).await
     };
-    let wait = async |what: &str, generation: i64| wait_for(what, Duration::from_secs(180), ready(generation)).await.unwrap();
     wait("Ready under the previous release", 1).await;
 
     // The one-time move of the CRD from `crds/` into the release (docs/user-guide/install.md).

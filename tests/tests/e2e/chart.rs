@@ -14,7 +14,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use metrics_pipeline_api::MetricsPipeline;
-use metrics_pipeline_api::pipeline::Phase;
+use metrics_pipeline_e2e::in_process::{ready_at, wait_for_status};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, chart, kube_client, repo_path};
 use metrics_pipeline_test_support::wait_for;
 use serde_json::json;
@@ -300,14 +300,7 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     let pipelines: Api<MetricsPipeline> = Api::namespaced(client.clone(), &watched.name);
     let example: MetricsPipeline = serde_yaml::from_str(&std::fs::read_to_string(repo_path("examples/pipeline.yaml")).unwrap()).unwrap();
     pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&example)).await.unwrap();
-    let ready = |generation: i64| {
-        let pipelines = pipelines.clone();
-        async move || {
-            let status = pipelines.get("metrics").await.unwrap().status?;
-            (status.phase == Some(Phase::Ready) && status.observed_generation == Some(generation)).then_some(status)
-        }
-    };
-    let status = eventually("Ready under the chart's RBAC", ready(1)).await;
+    let status = wait_for_status(&pipelines, "metrics", "Ready under the chart's RBAC", |status| ready_at(status, 1)).await;
     assert_eq!(status.aggregator.unwrap().ready_replicas, 1, "the operator deployed the aggregator and saw it ready");
     let events: Api<Event> = Api::namespaced(client.clone(), &watched.name);
     let reasons: Vec<String> = events.list(&ListParams::default()).await.unwrap().iter().filter_map(|e| e.reason.clone()).collect();
@@ -339,7 +332,7 @@ async fn the_chart_installs_an_operator_whose_rbac_runs_a_pipeline_and_whose_rep
     let mut changed = example.clone();
     changed.spec.delivery.buffer_interval_seconds = 120;
     pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&changed)).await.unwrap();
-    eventually("the new leader reconciles a change", ready(2)).await;
+    wait_for_status(&pipelines, "metrics", "the new leader reconciles a change", |status| ready_at(status, 2)).await;
 
     pipelines.delete("metrics", &DeleteParams::default()).await.unwrap();
     // The aggregator's pod gets its grace period (60 s) to checkpoint before the AWS parts go.

@@ -9,9 +9,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use metrics_pipeline_api::pipeline::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_e2e::cluster::CREDENTIALS_SECRET;
-use metrics_pipeline_e2e::in_process::{OperatorTest, condition, example_named};
+use metrics_pipeline_e2e::in_process::{OperatorTest, condition, example_named, wait_for_status_within};
 use metrics_pipeline_e2e::{FIELD_MANAGER, emulator_sdk, produce};
-use metrics_pipeline_test_support::wait_for;
 
 /// Windows of 10 s and an idle timeout of 5 s, so that a stall shows within a report or two (the
 /// aggregator reports every 30 s).
@@ -25,15 +24,11 @@ fn quick_windows(name: &str) -> MetricsPipeline {
 
 /// Waits (up to four reports) until `DataFlowing` has `status` and `reason`.
 async fn data_flowing(test: &OperatorTest, name: &str, status: &str, reason: &str) -> MetricsPipelineStatus {
-    wait_for(&format!("DataFlowing {status} {reason}"), Duration::from_secs(150), async || {
-        let shown = test.pipelines.get(name).await.map_err(|error| error.to_string())?.status.unwrap_or_default();
-        match condition(&shown, "DataFlowing") {
-            Some((now, why, _)) if now == status && why == reason => Ok(shown),
-            other => Err(format!("{other:?}")),
-        }
+    let what = format!("DataFlowing {status} {reason}");
+    wait_for_status_within(&test.pipelines, name, &what, Duration::from_secs(150), |shown| {
+        condition(shown, "DataFlowing").is_some_and(|(now, why, _)| now == status && why == reason)
     })
     .await
-    .unwrap()
 }
 
 fn kubectl(args: &[&str]) -> String {

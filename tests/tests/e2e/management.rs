@@ -8,7 +8,9 @@ use kube::api::{Patch, PatchParams};
 use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::pipeline::{ManagementPolicy, PAUSED_ANNOTATION, Phase};
 use metrics_pipeline_e2e::emulator_sdk;
-use metrics_pipeline_e2e::in_process::{OperatorTest, condition, delete_and_wait, everything_named, example_named, quick_settings};
+use metrics_pipeline_e2e::in_process::{
+    OperatorTest, condition, delete_and_wait, everything_named, example_named, quick_settings, ready_at,
+};
 
 /// The smallest pipeline, its aggregator paused (no pod to wait for), under `policy`.
 fn managed(name: &str, policy: ManagementPolicy) -> MetricsPipeline {
@@ -71,7 +73,7 @@ async fn observe_only_reports_every_difference_and_changes_nothing_until_allowed
     let mut kept = observed.clone();
     kept.spec.management_policy = ManagementPolicy::NoDelete;
     test.apply(&kept).await;
-    test.wait_for("watched", "Ready under NoDelete", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(5)).await;
+    test.wait_for("watched", "Ready under NoDelete", |s| ready_at(s, 5)).await;
     assert_eq!(retention_hours(&format!("{prefix}-input")).await, 48);
     s3.get_public_access_block().bucket(&bucket).send().await.expect("blocked again");
     delete_and_wait(&test.pipelines, "watched").await;

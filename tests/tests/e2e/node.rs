@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
-use metrics_pipeline_e2e::in_process::{OperatorTest, condition, example_named, quick_settings};
+use metrics_pipeline_e2e::in_process::{OperatorTest, condition, example_named, quick_settings, ready_at, wait_for_status_within};
 use metrics_pipeline_e2e::quickstart::{example, start_operator};
 use metrics_pipeline_e2e::relay::Relay;
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, install_crd, kube_client, workspace_bin_dir};
@@ -32,12 +32,7 @@ async fn status_where(
     what: &str,
     check: impl Fn(&MetricsPipelineStatus) -> bool,
 ) -> MetricsPipelineStatus {
-    wait_for(what, Duration::from_secs(120), async || match pipelines.get("metrics").await.map_err(|e| e.to_string())?.status {
-        Some(status) if check(&status) => Ok(status),
-        last => Err(format!("{last:#?}")),
-    })
-    .await
-    .unwrap()
+    wait_for_status_within(pipelines, "metrics", what, Duration::from_secs(120), check).await
 }
 
 async fn aggregator_pod(pods: &Api<Pod>) -> Option<Pod> {
@@ -158,7 +153,7 @@ async fn the_aggregator_pod_is_ready_by_its_probe_logs_runs_confined_and_an_oom_
 
     // Enough memory again: the rollout finishes.
     pipelines.patch("metrics", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&pipeline)).await.unwrap();
-    status_where(&pipelines, "Ready with the default limit", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(3)).await;
+    status_where(&pipelines, "Ready with the default limit", |s| ready_at(s, 3)).await;
 
     pipelines.delete("metrics", &DeleteParams::default()).await.unwrap();
     wait_for("the pipeline's deletion", Duration::from_secs(120), async || {

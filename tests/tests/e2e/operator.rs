@@ -14,7 +14,7 @@ use metrics_pipeline_api::pipeline::Phase;
 use metrics_pipeline_e2e::FIELD_MANAGER;
 use metrics_pipeline_e2e::delivery::DeliveryStandIn;
 use metrics_pipeline_e2e::emulator_sdk;
-use metrics_pipeline_e2e::in_process::{OperatorTest, condition, delete_and_wait, everything_named, example, example_named};
+use metrics_pipeline_e2e::in_process::{OperatorTest, condition, delete_and_wait, everything_named, example, example_named, ready_at};
 use metrics_pipeline_e2e::query::{Format, query};
 use metrics_pipeline_e2e::relay::Relay;
 use metrics_pipeline_operator::aws::delivery;
@@ -234,7 +234,7 @@ async fn an_aws_outage_is_a_retryable_condition_and_the_pipeline_recovers() {
     test.apply(&pipeline).await;
     test.wait_for("outage", "the Degraded phase", |s| s.phase == Some(Phase::Degraded)).await;
     relay.set_up(true);
-    test.wait_for("outage", "recovery to Ready", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)).await;
+    test.wait_for("outage", "recovery to Ready", |s| ready_at(s, 2)).await;
     let firehose = aws_sdk_firehose::Client::new(&emulator_sdk().await);
     let delivery = format!("{}-outage-delivery", test.namespace.name);
     let description =
@@ -342,8 +342,7 @@ async fn switching_to_the_aggregator_as_writer_removes_firehose_and_makes_the_ta
     pipeline.spec.delivery.format = metrics_pipeline_api::pipeline::DeliveryFormat::Parquet;
     pipeline.spec.delivery.writer = metrics_pipeline_api::pipeline::DeliveryWriter::Aggregator;
     test.apply(&pipeline).await;
-    let status =
-        test.wait_for("writer", "Ready without Firehose", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)).await;
+    let status = test.wait_for("writer", "Ready without Firehose", |s| ready_at(s, 2)).await;
     assert_eq!((&status.delivery_stream, &status.firehose_role), (&None, &None), "the status names no Firehose parts");
     let delivery = status.conditions.iter().find(|c| c.type_ == "DeliveryReady").unwrap();
     assert!(delivery.message.contains("the aggregator writes Parquet files"), "{}", delivery.message);

@@ -17,9 +17,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::pipeline::Phase;
-use metrics_pipeline_e2e::in_process::example_named;
+use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
+use metrics_pipeline_e2e::in_process::{example_named, wait_for_status_within};
 use metrics_pipeline_e2e::{FIELD_MANAGER, TestNamespace, chart, kube_client, produce};
 use metrics_pipeline_test_support::{free_port, http_get, wait_for};
 use serde_json::{Value, json};
@@ -207,15 +207,8 @@ async fn prometheus_scraping_as_the_chart_says_alerts_on_a_garbage_shard_and_on_
     }
     let mut inputs = Vec::new();
     for name in ["healthy", "broken"] {
-        let status = wait_for(&format!("{name} Ready"), Duration::from_secs(180), async || {
-            let status = pipelines.get(name).await.map_err(|e| e.to_string())?.status.unwrap_or_default();
-            match status.phase {
-                Some(Phase::Ready) => Ok(status),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await
-        .unwrap();
+        let ready = |status: &MetricsPipelineStatus| status.phase == Some(Phase::Ready);
+        let status = wait_for_status_within(&pipelines, name, &format!("{name} Ready"), Duration::from_secs(180), ready).await;
         inputs.push(status.input_stream.unwrap().name);
     }
     let producers = (produce::valid_events(inputs[0].clone()), produce::garbage(inputs[1].clone(), Duration::from_millis(500)));

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::naming::OWNER_TAG;
-use metrics_pipeline_api::pipeline::{MetricsPipelineStatus, Phase};
+use metrics_pipeline_api::pipeline::MetricsPipelineStatus;
 use metrics_pipeline_e2e::emulator_sdk;
-use metrics_pipeline_e2e::in_process::{OperatorTest, example_named};
+use metrics_pipeline_e2e::in_process::{OperatorTest, example_named, ready_at};
 use metrics_pipeline_runtime::sdk::s3_client;
 
 fn tagged(tags: &[(&str, &str)]) -> MetricsPipeline {
@@ -67,8 +67,7 @@ async fn spec_tags_reach_every_resource_follow_the_spec_and_leave_other_tags_alo
 
     // One value changed, one key dropped.
     test.apply(&tagged(&[("team", "platform")])).await;
-    let status =
-        test.wait_for("costed", "Ready at generation 2", |s| s.phase == Some(Phase::Ready) && s.observed_generation == Some(2)).await;
+    let status = test.wait_for("costed", "Ready at generation 2", |s| ready_at(s, 2)).await;
     assert_eq!(status.tag_keys, ["team"]);
     for (resource, tags) in tags_of_every_resource(&status).await {
         assert_eq!(tags.get("team").map(String::as_str), Some("platform"), "{resource}: {tags:?}");
