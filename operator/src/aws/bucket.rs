@@ -74,6 +74,13 @@ pub struct Bucket<'a> {
     pub name: &'a str,
 }
 
+impl Bucket<'_> {
+    /// Its name and ARN, which S3 derives from the name alone.
+    fn located(&self, clients: &AwsClients) -> AwsResourceRef {
+        AwsResourceRef { name: self.name.to_owned(), arn: Some(arn(&clients.region, self.name)) }
+    }
+}
+
 /// What the spec asks of the bucket beyond being private and encrypted.
 pub struct BucketSpec {
     /// Objects expire this many days after they are written; `None`: never.
@@ -151,7 +158,7 @@ impl AwsResource for Bucket<'_> {
         ensure_public_access_blocked(clients, bucket, &mut outcome).await?;
         ensure_encrypted(clients, bucket, &mut outcome).await?;
         ensure_expiry(clients, bucket, desired.expire_after_days, &mut outcome).await?;
-        Ok((AwsResourceRef { name: bucket.to_owned(), arn: Some(arn(&clients.region, bucket)) }, outcome))
+        Ok((self.located(clients), outcome))
     }
 
     async fn drift(&self, clients: &AwsClients, desired: &BucketSpec, observed: &FoundBucket) -> Result<Vec<String>, Error> {
@@ -179,7 +186,7 @@ impl AwsResource for Bucket<'_> {
     }
 
     fn reference(&self, clients: &AwsClients, _observed: &FoundBucket) -> AwsResourceRef {
-        AwsResourceRef { name: self.name.to_owned(), arn: Some(arn(&clients.region, self.name)) }
+        self.located(clients)
     }
 
     /// Empties the bucket, then deletes it.

@@ -254,6 +254,10 @@ impl GlueDatabase<'_> {
         database_arn(&clients.region, self.account_id, self.name)
     }
 
+    fn located(&self, clients: &AwsClients) -> AwsResourceRef {
+        AwsResourceRef { name: self.name.to_owned(), arn: Some(self.arn(clients)) }
+    }
+
     /// Adds `tags` to the database's tags (TagResource keeps the others).
     async fn tag(&self, clients: &AwsClients, tags: &[(String, String)]) -> Result<(), Error> {
         let database = self.name;
@@ -337,7 +341,7 @@ impl AwsResource for GlueDatabase<'_> {
     }
 
     fn reference(&self, clients: &AwsClients, _observed: &FoundDatabase) -> AwsResourceRef {
-        AwsResourceRef { name: self.name.to_owned(), arn: Some(self.arn(clients)) }
+        self.located(clients)
     }
 
     async fn apply(
@@ -363,7 +367,7 @@ impl AwsResource for GlueDatabase<'_> {
             }
             outcome.changed(format!("created Glue database {database}"));
         }
-        Ok((AwsResourceRef { name: database.to_owned(), arn: Some(self.arn(clients)) }, outcome))
+        Ok((self.located(clients), outcome))
     }
 
     /// Deletes the database if it holds no other table: DeleteDatabase deletes every table in it.
@@ -381,6 +385,12 @@ impl AwsResource for GlueDatabase<'_> {
         let deleted = clients.glue.delete_database().name(database).send().await;
         deleted.absent_on(&[NOT_FOUND], || format!("deleting Glue database {database}"))?;
         Ok(Removal::Gone)
+    }
+}
+
+impl GlueTable<'_> {
+    fn located(&self, clients: &AwsClients) -> AwsResourceRef {
+        AwsResourceRef { name: self.table.to_owned(), arn: Some(table_arn(&clients.region, self.account_id, self.database, self.table)) }
     }
 }
 
@@ -464,7 +474,7 @@ impl<'a> AwsResource for GlueTable<'a> {
     }
 
     fn reference(&self, clients: &AwsClients, _observed: &Table) -> AwsResourceRef {
-        AwsResourceRef { name: self.table.to_owned(), arn: Some(table_arn(&clients.region, self.account_id, self.database, self.table)) }
+        self.located(clients)
     }
 
     async fn apply(
@@ -511,7 +521,7 @@ impl<'a> AwsResource for GlueTable<'a> {
         if matches!(desired.partitions, PartitionConfig::Registered) {
             outcome.merge(register_partitions(clients, self, desired).await?);
         }
-        Ok((AwsResourceRef { name: table.to_owned(), arn: Some(table_arn(&clients.region, self.account_id, database, table)) }, outcome))
+        Ok((self.located(clients), outcome))
     }
 
     /// Deletes the table with its partitions; the data stays in the bucket.
