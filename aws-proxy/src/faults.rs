@@ -236,7 +236,7 @@ pub fn throttling_error(call: &Call, account: &str) -> AwsError {
         Service::Firehose if call.operation.starts_with("PutRecord") => AwsError::new(503, "ServiceUnavailableException", "Slow down."),
         Service::Firehose => AwsError::new(400, "LimitExceededException", "Rate exceeded"),
         Service::Glue | Service::Other => AwsError::new(400, "ThrottlingException", "Rate exceeded"),
-        Service::S3 => AwsError::new(503, "SlowDown", "Please reduce your request rate."),
+        Service::S3 | Service::S3Control => AwsError::new(503, "SlowDown", "Please reduce your request rate."),
         Service::Iam | Service::Sts => AwsError::new(400, "Throttling", "Rate exceeded"),
     }
 }
@@ -246,8 +246,10 @@ pub fn server_error(call: &Call, fault: Fault) -> AwsError {
     let unavailable = "The request has failed due to a temporary failure of the server.";
     let internal = "The request processing has failed because of an unknown error, exception or failure.";
     match (call.service, fault) {
-        (Service::S3, Fault::Unavailable) => AwsError::new(503, "ServiceUnavailable", "Service is unable to handle request."),
-        (Service::S3, _) => AwsError::new(500, "InternalError", "We encountered an internal error. Please try again."),
+        (Service::S3 | Service::S3Control, Fault::Unavailable) => {
+            AwsError::new(503, "ServiceUnavailable", "Service is unable to handle request.")
+        }
+        (Service::S3 | Service::S3Control, _) => AwsError::new(500, "InternalError", "We encountered an internal error. Please try again."),
         (_, Fault::Unavailable) => AwsError::new(503, "ServiceUnavailable", unavailable),
         (Service::Iam, _) => AwsError::new(500, "ServiceFailure", internal),
         _ => AwsError::new(500, "InternalFailure", internal),

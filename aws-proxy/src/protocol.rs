@@ -5,7 +5,8 @@
 //!   as AWS's front door routes it; without a signature, from the protocol's own markers.
 //! - JSON protocols (Kinesis, Firehose, Glue) name the operation in `X-Amz-Target`
 //!   (`Kinesis_20131202.PutRecords`); query protocols (IAM, STS) in the form body's `Action=`;
-//!   S3 by method, path (path-style addressing, `/<bucket>/<key>`) and sub-resource query.
+//!   S3 by method, path (path-style addressing, `/<bucket>/<key>`) and sub-resource query; S3
+//!   Control, which signs as `s3` too, by its path (`/v20180820/...`) and method.
 
 use std::fmt;
 use std::str::FromStr;
@@ -22,6 +23,8 @@ pub enum Service {
     Firehose,
     Glue,
     S3,
+    /// S3's account-level API (`/v20180820/...`), here its tagging of buckets.
+    S3Control,
     Iam,
     Sts,
     /// Anything else the emulator serves (its own `/moto-api`, other services).
@@ -34,30 +37,33 @@ pub enum Service {
 pub enum Protocol {
     /// `awsJson1_1`: Kinesis, Firehose, Glue.
     Json,
-    /// `restXml`: S3.
+    /// `restXml`: S3, S3 Control.
     RestXml,
     /// `awsQuery`: IAM, STS.
     Query,
 }
 
 impl Service {
-    pub const ALL: [Service; 6] = [Service::Kinesis, Service::Firehose, Service::Glue, Service::S3, Service::Iam, Service::Sts];
+    pub const ALL: [Service; 7] =
+        [Service::Kinesis, Service::Firehose, Service::Glue, Service::S3, Service::S3Control, Service::Iam, Service::Sts];
 
     pub fn protocol(self) -> Protocol {
         match self {
             Service::Kinesis | Service::Firehose | Service::Glue | Service::Other => Protocol::Json,
-            Service::S3 => Protocol::RestXml,
+            Service::S3 | Service::S3Control => Protocol::RestXml,
             Service::Iam | Service::Sts => Protocol::Query,
         }
     }
 
-    /// The SigV4 signing name, as it appears in a credential scope.
-    fn signing_name(self) -> &'static str {
+    /// The name a fault's scope uses: the SigV4 signing name, as a credential scope has it, but
+    /// `s3control` for S3 Control, which signs as `s3`.
+    fn name(self) -> &'static str {
         match self {
             Service::Kinesis => "kinesis",
             Service::Firehose => "firehose",
             Service::Glue => "glue",
             Service::S3 => "s3",
+            Service::S3Control => "s3control",
             Service::Iam => "iam",
             Service::Sts => "sts",
             Service::Other => "other",
@@ -78,8 +84,8 @@ impl FromStr for Service {
     fn from_str(name: &str) -> Result<Self, String> {
         Service::ALL
             .into_iter()
-            .find(|service| service.signing_name().eq_ignore_ascii_case(name))
-            .ok_or_else(|| format!("unknown service `{name}`; one of kinesis, firehose, glue, s3, iam, sts"))
+            .find(|service| service.name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| format!("unknown service `{name}`; one of kinesis, firehose, glue, s3, s3control, iam, sts"))
     }
 }
 
@@ -102,10 +108,12 @@ pub fn identify(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) ->
     let scope = headers.get(AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(credential_scope);
     let target = headers.get("x-amz-target").and_then(|value| value.to_str().ok());
     let service = scope.as_ref().and_then(|(_, service)| service.parse().ok()).unwrap_or_else(|| unsigned_service(target, uri, body));
+    let service = if service == Service::S3 && uri.path().starts_with(S3_CONTROL_PATH) { Service::S3Control } else { service };
     let region = scope.map(|(region, _)| region);
     let (operation, resource) = match service.protocol() {
         Protocol::Json => (target.and_then(|t| t.split_once('.')).map_or("Unknown", |(_, op)| op).to_owned(), json_resource(body)),
         Protocol::Query => query_operation(uri, body),
+        Protocol::RestXml if service == Service::S3Control => s3_control_operation(method, uri),
         Protocol::RestXml => {
             let (bucket, key) = bucket_and_key(uri);
             (s3_operation(method, uri, headers, bucket.is_some(), key.is_some()), bucket.map(str::to_owned))
@@ -258,6 +266,24 @@ fn s3_operation(method: &Method, uri: &Uri, headers: &HeaderMap, has_bucket: boo
     operation.to_owned()
 }
 
+/// Where every S3 Control operation's path begins.
+const S3_CONTROL_PATH: &str = "/v20180820/";
+
+/// S3 Control's tagging operation and the bucket it tags: `POST /v20180820/tags/arn%3Aaws%3As3%3A%3A%3A<bucket>`.
+fn s3_control_operation(method: &Method, uri: &Uri) -> (String, Option<String>) {
+    let path = uri.path().strip_prefix(S3_CONTROL_PATH).unwrap_or_default();
+    let Some(arn) = path.strip_prefix("tags/") else { return (format!("{method} {}", uri.path()), None) };
+    let arn = percent_encoding::percent_decode_str(arn).decode_utf8_lossy();
+    let bucket = arn.split_once(":::").map(|(_, bucket)| bucket.to_owned());
+    let operation = match *method {
+        Method::GET => "ListTagsForResource",
+        Method::POST => "TagResource",
+        Method::DELETE => "UntagResource",
+        _ => return (format!("{method} {}", uri.path()), bucket),
+    };
+    (operation.to_owned(), bucket)
+}
+
 /// An error as AWS answers it: HTTP status, error code, message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AwsError {
@@ -272,8 +298,9 @@ impl AwsError {
     }
 
     /// The answer in `service`'s wire format, so that the SDK reads back `code`:
-    /// JSON `{"__type": code, "message": ..}` plus `x-amzn-errortype`; S3 `<Error><Code>`;
-    /// IAM/STS `<ErrorResponse><Error><Type>Sender|Receiver</Type><Code>`.
+    /// JSON `{"__type": code, "message": ..}` plus `x-amzn-errortype`; S3 `<Error><Code>`, S3
+    /// Control the same wrapped in `<ErrorResponse>`; IAM/STS
+    /// `<ErrorResponse><Error><Type>Sender|Receiver</Type><Code>`.
     pub fn response(&self, service: Service, request_id: &str) -> Response<Bytes> {
         let (content_type, body) = match service.protocol() {
             Protocol::Json => {
@@ -283,11 +310,19 @@ impl AwsError {
             Protocol::RestXml => {
                 let mut body = String::from(r#"<?xml version="1.0" encoding="UTF-8"?>"#);
                 let mut writer = aws_smithy_xml::encode::XmlWriter::new(&mut body);
-                let mut error = writer.start_el("Error").finish();
-                write_element(&mut error, "Code", &self.code);
-                write_element(&mut error, "Message", &self.message);
-                write_element(&mut error, "RequestId", request_id);
-                error.finish();
+                let fill = |mut error: aws_smithy_xml::encode::ScopeWriter<'_, '_>| {
+                    write_element(&mut error, "Code", &self.code);
+                    write_element(&mut error, "Message", &self.message);
+                    write_element(&mut error, "RequestId", request_id);
+                    error.finish();
+                };
+                if service == Service::S3Control {
+                    let mut wrapper = writer.start_el("ErrorResponse").finish();
+                    fill(wrapper.start_el("Error").finish());
+                    wrapper.finish();
+                } else {
+                    fill(writer.start_el("Error").finish());
+                }
                 ("application/xml", body)
             }
             Protocol::Query => {
@@ -314,7 +349,8 @@ impl AwsError {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         if let Ok(id) = HeaderValue::from_str(request_id) {
-            headers.insert(if service == Service::S3 { "x-amz-request-id" } else { "x-amzn-requestid" }, id);
+            let s3 = service.protocol() == Protocol::RestXml;
+            headers.insert(if s3 { "x-amz-request-id" } else { "x-amzn-requestid" }, id);
         }
         if service.protocol() == Protocol::Json
             && let Ok(code) = HeaderValue::from_str(&self.code)
@@ -424,6 +460,17 @@ mod tests {
     }
 
     #[test]
+    fn s3_control_by_its_path_though_it_signs_as_s3() {
+        let (name, value) = signed("s3");
+        let control = |method: &str| request(method, "/v20180820/tags/arn%3Aaws%3As3%3A%3A%3Abucket", &[(name, &value)], "");
+        for (method, operation) in [("POST", "TagResource"), ("DELETE", "UntagResource"), ("GET", "ListTagsForResource")] {
+            let call = control(method);
+            assert_eq!((call.service, call.operation.as_str(), call.resource.as_deref()), (Service::S3Control, operation, Some("bucket")));
+        }
+        assert_eq!("s3control:TagResource".split_once(':').unwrap().0.parse::<Service>(), Ok(Service::S3Control));
+    }
+
+    #[test]
     fn services_parse_by_name_in_any_case() {
         assert_eq!("KINESIS".parse::<Service>(), Ok(Service::Kinesis));
         assert_eq!("s3".parse::<Service>(), Ok(Service::S3));
@@ -442,6 +489,12 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(slow.body()).unwrap(),
             r#"<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>req-2</RequestId></Error>"#
+        );
+
+        let control = AwsError::new(503, "SlowDown", "Slow down.").response(Service::S3Control, "req-4");
+        assert_eq!(
+            std::str::from_utf8(control.body()).unwrap(),
+            r#"<?xml version="1.0" encoding="UTF-8"?><ErrorResponse><Error><Code>SlowDown</Code><Message>Slow down.</Message><RequestId>req-4</RequestId></Error></ErrorResponse>"#
         );
 
         let iam = AwsError::new(500, "ServiceFailure", "a < b").response(Service::Iam, "req-3");

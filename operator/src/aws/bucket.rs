@@ -1,13 +1,16 @@
 //! The S3 bucket: public access blocked, default encryption, ownership tags, optional expiry.
 //! CreateBucket carries the tags, so a pipeline's bucket is never untagged and of two pipelines
-//! naming one bucket, the one whose CreateBucket made it holds it. Deleting empties it first,
+//! naming one bucket, the one whose CreateBucket made it holds it. Tags change later through S3
+//! Control, key by key: S3's PutBucketTagging replaces the whole set, which loses a tag someone
+//! adds meanwhile, cannot keep the `aws:` tags of a bucket a CloudFormation stack made, and is
+//! refused on a bucket with attribute-based access control on. Deleting empties the bucket first,
 //! every version and delete marker; `deletionPolicy: Retain` keeps it with its data.
 
 use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput;
 use aws_sdk_s3::types::{
     BucketLifecycleConfiguration, BucketLocationConstraint, CreateBucketConfiguration, Delete, ExpirationStatus, LifecycleExpiration,
     LifecycleRule, LifecycleRuleFilter, ObjectIdentifier, PublicAccessBlockConfiguration, ServerSideEncryption,
-    ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging,
+    ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag,
 };
 use metrics_pipeline_api::pipeline::AwsResourceRef;
 
@@ -69,15 +72,61 @@ async fn read_tags(clients: &AwsClients, bucket: &str) -> Result<Vec<(String, St
     Ok(tags.map(|output| output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect()).unwrap_or_default())
 }
 
-/// The pipeline's S3 bucket.
+/// The pipeline's S3 bucket, in the account whose identity the operator acts as.
 pub struct Bucket<'a> {
     pub name: &'a str,
+    pub account_id: &'a str,
 }
 
 impl Bucket<'_> {
     /// Its name and ARN, which S3 derives from the name alone.
     fn located(&self, clients: &AwsClients) -> AwsResourceRef {
-        AwsResourceRef { name: self.name.to_owned(), arn: Some(arn(&clients.region, self.name)) }
+        AwsResourceRef { name: self.name.to_owned(), arn: Some(self.arn(clients)) }
+    }
+
+    fn arn(&self, clients: &AwsClients) -> String {
+        arn(&clients.region, self.name)
+    }
+
+    /// Adds the pipeline's tags, or gives them its values; other tags stay as they are.
+    async fn tag(&self, clients: &AwsClients, owner: &Owner) -> Result<(), Error> {
+        let tags = owner
+            .tags()
+            .into_iter()
+            .map(|(key, value)| aws_sdk_s3control::types::Tag::builder().key(key).value(value).build().expect("key and value are set"));
+        let request = clients.s3control.tag_resource().account_id(self.account_id).resource_arn(self.arn(clients));
+        request.set_tags(Some(tags.collect())).send().await.or_aws(|| format!("tagging S3 bucket {}", self.name))?;
+        Ok(())
+    }
+
+    /// Creates the bucket, and makes sure the one there now is the pipeline's: a bucket of the
+    /// same name may have been made meanwhile, by this account or another.
+    async fn create_owned(&self, clients: &AwsClients, owner: &Owner, outcome: &mut Outcome) -> Result<(), Error> {
+        let bucket = self.name;
+        let tags = match create(clients, bucket, owner).await? {
+            Created::OtherAccount => return Err(not_owned(bucket, Holder::OtherAccount)),
+            Created::ByThisCall => {
+                outcome.changed(format!("created S3 bucket {bucket}"));
+                let tags = read_tags(clients, bucket).await?;
+                // An emulator may drop CreateBucket's tags (AWS sets them in the call): this very
+                // call made the bucket, so tagging it now takes nobody's. Not on AWS in us-east-1,
+                // whose 200 also answers for a bucket the account had: an untagged one stays foreign.
+                let made_here = clients.region != "us-east-1" || clients.endpoint_override;
+                if tags.is_empty() && made_here {
+                    self.tag(clients, owner).await?;
+                    owner.tags()
+                } else {
+                    tags
+                }
+            }
+            // Read, not assumed ours: another pipeline may have created it first (see `create`).
+            Created::AlreadyOurs => read_tags(clients, bucket).await?,
+        };
+        if let Some(why) = owner.standing(tag_pairs(&tags)).claim(Bucket::KIND, bucket)? {
+            self.tag(clients, owner).await?;
+            outcome.changed(format!("S3 bucket {bucket}: {why}"));
+        }
+        Ok(())
     }
 }
 
@@ -119,7 +168,7 @@ impl AwsResource for Bucket<'_> {
     async fn claim(&self, clients: &AwsClients, owner: &Owner, observed: &FoundBucket) -> Result<(), Error> {
         match observed {
             FoundBucket::OtherAccount => Err(not_owned(self.name, Holder::OtherAccount)),
-            FoundBucket::Tagged(tags) => tag(clients, self.name, owner, tags.clone()).await,
+            FoundBucket::Tagged(_) => self.tag(clients, owner).await,
         }
     }
 
@@ -130,12 +179,10 @@ impl AwsResource for Bucket<'_> {
         }
     }
 
-    /// PutBucketTagging replaces the whole set: the bucket's tags but `keys` are written back,
-    /// with the pipeline's own as they are now (a value just changed included).
-    async fn untag(&self, clients: &AwsClients, owner: &Owner, observed: &FoundBucket, keys: &[String]) -> Result<(), Error> {
-        let FoundBucket::Tagged(tags) = observed else { return Ok(()) };
-        let kept = tags.iter().filter(|(key, _)| !keys.contains(key)).cloned().collect();
-        tag(clients, self.name, owner, kept).await
+    async fn untag(&self, clients: &AwsClients, _observed: &FoundBucket, keys: &[String]) -> Result<(), Error> {
+        let request = clients.s3control.untag_resource().account_id(self.account_id).resource_arn(self.arn(clients));
+        request.set_tag_keys(Some(keys.to_vec())).send().await.or_aws(|| format!("removing tags from S3 bucket {}", self.name))?;
+        Ok(())
     }
 
     fn plan(_desired: &BucketSpec, observed: Option<&FoundBucket>) -> BucketPlan {
@@ -153,7 +200,7 @@ impl AwsResource for Bucket<'_> {
     ) -> Result<(AwsResourceRef, Outcome), Error> {
         let bucket = self.name;
         if plan == BucketPlan::Create {
-            create_owned(clients, bucket, owner, &mut outcome).await?;
+            self.create_owned(clients, owner, &mut outcome).await?;
         }
         ensure_public_access_blocked(clients, bucket, &mut outcome).await?;
         ensure_encrypted(clients, bucket, &mut outcome).await?;
@@ -204,35 +251,6 @@ impl AwsResource for Bucket<'_> {
     }
 }
 
-/// Creates the bucket, and makes sure the one there now is the pipeline's: a bucket of the same
-/// name may have been made meanwhile, by this account or another.
-async fn create_owned(clients: &AwsClients, bucket: &str, owner: &Owner, outcome: &mut Outcome) -> Result<(), Error> {
-    let tags = match create(clients, bucket, owner).await? {
-        Created::OtherAccount => return Err(not_owned(bucket, Holder::OtherAccount)),
-        Created::ByThisCall => {
-            outcome.changed(format!("created S3 bucket {bucket}"));
-            let tags = read_tags(clients, bucket).await?;
-            // An emulator may drop CreateBucket's tags (AWS sets them in the call): this very
-            // call made the bucket, so tagging it now takes nobody's. Not on AWS in us-east-1,
-            // whose 200 also answers for a bucket the account had: an untagged one stays foreign.
-            let made_here = clients.region != "us-east-1" || clients.endpoint_override;
-            if tags.is_empty() && made_here {
-                tag(clients, bucket, owner, tags).await?;
-                owner.tags()
-            } else {
-                tags
-            }
-        }
-        // Read, not assumed ours: another pipeline may have created it first (see `create`).
-        Created::AlreadyOurs => read_tags(clients, bucket).await?,
-    };
-    if let Some(why) = owner.standing(tag_pairs(&tags)).claim(Bucket::KIND, bucket)? {
-        tag(clients, bucket, owner, tags).await?;
-        outcome.changed(format!("S3 bucket {bucket}: {why}"));
-    }
-    Ok(())
-}
-
 fn not_owned(bucket: &str, holder: Holder) -> Error {
     Error::NotOwned { kind: "S3 bucket", name: bucket.to_owned(), holder }
 }
@@ -262,33 +280,6 @@ async fn create(clients: &AwsClients, bucket: &str, owner: &Owner) -> Result<Cre
         Err(error) if error_code(&error) == Some("BucketAlreadyExists") => Ok(Created::OtherAccount),
         Err(error) => Err(AwsError::from_sdk(format!("creating S3 bucket {bucket}"), error).into()),
     }
-}
-
-/// Adds the pipeline's tags to what the bucket has (PutBucketTagging replaces the whole set).
-async fn tag(clients: &AwsClients, bucket: &str, owner: &Owner, mut tags: Vec<(String, String)>) -> Result<(), Error> {
-    for (key, value) in owner.tags() {
-        tags.retain(|(existing, _)| *existing != key);
-        tags.push((key, value));
-    }
-    put_tags(clients, bucket, tags).await
-}
-
-/// Makes `tags` the bucket's whole tag set. S3 refuses to set `aws:` tags and to drop them, so a
-/// bucket carrying them (a CloudFormation stack's) cannot be tagged this way: said before asking.
-async fn put_tags(clients: &AwsClients, bucket: &str, tags: Vec<(String, String)>) -> Result<(), Error> {
-    let system: Vec<&str> = tags.iter().map(|(key, _)| key.as_str()).filter(|key| key.to_ascii_lowercase().starts_with("aws:")).collect();
-    if !system.is_empty() {
-        let message = format!(
-            "S3 bucket {bucket} carries AWS system tags ({}), which S3's PutBucketTagging can neither keep nor remove, so the \
-             operator cannot tag it; a bucket a CloudFormation stack made cannot be adopted yet",
-            system.join(", ")
-        );
-        return Err(AwsError::new(format!("tagging S3 bucket {bucket}"), AwsErrorKind::InvalidRequest, None, message).into());
-    }
-    let tags = tags.into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"));
-    let tagging = Tagging::builder().set_tag_set(Some(tags.collect())).build().expect("tags are set");
-    (clients.s3.put_bucket_tagging()).bucket(bucket).tagging(tagging).send().await.or_aws(|| format!("tagging S3 bucket {bucket}"))?;
-    Ok(())
 }
 
 fn all_public_access_blocked() -> PublicAccessBlockConfiguration {

@@ -325,7 +325,7 @@ impl AwsResource for GlueDatabase<'_> {
         Some(ownership.chain(observed.tags.iter().cloned()).collect())
     }
 
-    async fn untag(&self, clients: &AwsClients, _owner: &Owner, _observed: &FoundDatabase, keys: &[String]) -> Result<(), Error> {
+    async fn untag(&self, clients: &AwsClients, _observed: &FoundDatabase, keys: &[String]) -> Result<(), Error> {
         let database = self.name;
         let request = clients.glue.untag_resource().resource_arn(self.arn(clients)).set_tags_to_remove(Some(keys.to_vec()));
         request.send().await.or_aws(|| format!("removing tags from Glue database {database}"))?;
@@ -446,7 +446,7 @@ impl<'a> AwsResource for GlueTable<'a> {
         None
     }
 
-    async fn untag(&self, _clients: &AwsClients, _owner: &Owner, _observed: &Table, _keys: &[String]) -> Result<(), Error> {
+    async fn untag(&self, _clients: &AwsClients, _observed: &Table, _keys: &[String]) -> Result<(), Error> {
         Ok(())
     }
 

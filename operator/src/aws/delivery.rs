@@ -381,7 +381,7 @@ impl AwsResource for DeliveryStream<'_> {
         Some(observed.tags.clone())
     }
 
-    async fn untag(&self, clients: &AwsClients, _owner: &Owner, observed: &FoundDelivery, keys: &[String]) -> Result<(), Error> {
+    async fn untag(&self, clients: &AwsClients, observed: &FoundDelivery, keys: &[String]) -> Result<(), Error> {
         let name = self.name;
         clients.tags.forget(observed.description.delivery_stream_arn());
         let request = clients.firehose.untag_delivery_stream().delivery_stream_name(name).set_tag_keys(Some(keys.to_vec()));

@@ -28,7 +28,7 @@ use aws_smithy_runtime_api::client::interceptors::context::{
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
-use metrics_pipeline_runtime::sdk::{http_client, s3_client};
+use metrics_pipeline_runtime::sdk::{http_client, s3_client, s3_control_client};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -292,6 +292,9 @@ pub struct AwsClients {
     pub endpoint_override: bool,
     pub kinesis: aws_sdk_kinesis::Client,
     pub s3: aws_sdk_s3::Client,
+    /// Tags buckets: TagResource adds and UntagResource removes keys, where S3's PutBucketTagging
+    /// replaces the whole set (and refuses a set holding a CloudFormation stack's `aws:` tags).
+    pub s3control: aws_sdk_s3control::Client,
     pub iam: aws_sdk_iam::Client,
     pub firehose: aws_sdk_firehose::Client,
     pub glue: aws_sdk_glue::Client,
@@ -332,6 +335,7 @@ impl AwsClients {
             endpoint_override: endpoint.is_some(),
             kinesis: client!(aws_sdk_kinesis, aws_sdk_kinesis::config::Builder::from(&sdk)),
             s3: client!(aws_sdk_s3, s3_client(&sdk).config().to_builder()),
+            s3control: client!(aws_sdk_s3control, s3_control_client(&sdk).config().to_builder()),
             iam: client!(aws_sdk_iam, aws_sdk_iam::config::Builder::from(&sdk)),
             firehose: client!(aws_sdk_firehose, aws_sdk_firehose::config::Builder::from(&sdk)),
             glue: client!(aws_sdk_glue, aws_sdk_glue::config::Builder::from(&sdk)),

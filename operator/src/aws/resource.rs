@@ -42,13 +42,7 @@ pub trait AwsResource: Sync {
     fn tags_of(observed: &Self::Observed) -> Option<Vec<(String, String)>>;
 
     /// Removes the tags `keys` from the resource found, keeping every other one.
-    fn untag(
-        &self,
-        clients: &AwsClients,
-        owner: &Owner,
-        observed: &Self::Observed,
-        keys: &[String],
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    fn untag(&self, clients: &AwsClients, observed: &Self::Observed, keys: &[String]) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// What to do, decided without AWS so that every case is unit-tested.
     fn plan(desired: &Self::Desired, observed: Option<&Self::Observed>) -> Self::Plan;
@@ -136,7 +130,7 @@ async fn retag<R: AwsResource>(
         outcome.changed(format!("{named}: tagged {}", tagged.join(", ")));
     }
     if !dropped.is_empty() {
-        resource.untag(clients, owner, found, &dropped).await?;
+        resource.untag(clients, found, &dropped).await?;
         outcome.changed(format!("{named}: removed the tags {} (dropped from spec.tags)", dropped.join(", ")));
     }
     Ok(())

@@ -178,7 +178,7 @@ impl AwsResource for FirehoseRole<'_> {
         Some(observed.role.tags().iter().map(|tag| (tag.key().to_owned(), tag.value().to_owned())).collect())
     }
 
-    async fn untag(&self, clients: &AwsClients, _owner: &Owner, _observed: &FoundRole, keys: &[String]) -> Result<(), Error> {
+    async fn untag(&self, clients: &AwsClients, _observed: &FoundRole, keys: &[String]) -> Result<(), Error> {
         let role = self.name;
         let request = clients.iam.untag_role().role_name(role).set_tag_keys(Some(keys.to_vec()));
         request.send().await.or_aws(|| format!("removing tags from IAM role {role}"))?;

@@ -183,7 +183,7 @@ impl AwsResource for Stream<'_> {
         Some(observed.tags.clone())
     }
 
-    async fn untag(&self, clients: &AwsClients, _owner: &Owner, observed: &ObservedStream, keys: &[String]) -> Result<(), Error> {
+    async fn untag(&self, clients: &AwsClients, observed: &ObservedStream, keys: &[String]) -> Result<(), Error> {
         let name = self.name;
         clients.tags.forget(&observed.arn);
         let request = clients.kinesis.remove_tags_from_stream().stream_name(name).set_tag_keys(Some(keys.to_vec()));

@@ -90,7 +90,7 @@ async fn remove(pipeline: &MetricsPipeline, context: &Context, region: &str) -> 
         removals.file(delete(&FirehoseRole::of(&names), &clients, owner).await?);
     }
     if !retain {
-        removals.file(delete(&Bucket { name: &names.bucket }, &clients, owner).await?);
+        removals.file(delete(&Bucket { name: &names.bucket, account_id }, &clients, owner).await?);
     }
     for stream in [Stream::output(&names.output_stream), Stream::input(&names.input_stream)] {
         removals.file(delete(&stream, &clients, owner).await?);

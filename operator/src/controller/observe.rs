@@ -39,7 +39,7 @@ pub(super) async fn observe(
     report.parts.streams = Some(part(vec![input, output], "both Kinesis streams are as the spec asks"));
 
     let bucket_spec = BucketSpec { expire_after_days: config.delivery.expire_after_days };
-    let bucket = inspect(&Bucket { name: &names.bucket }, clients, owner, &bucket_spec).await;
+    let bucket = inspect(&Bucket { name: &names.bucket, account_id }, clients, owner, &bucket_spec).await;
     report.bucket = found(&bucket);
     report.parts.bucket = Some(part(vec![bucket], "the S3 bucket is private, encrypted and expires objects as the spec asks"));
 

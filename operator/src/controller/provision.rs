@@ -155,7 +155,7 @@ async fn provision(
     provision_streams(&mut report, &clients, &config, &owner).await;
 
     let bucket_spec = BucketSpec { expire_after_days: config.delivery.expire_after_days };
-    let bucket = ensure(&Bucket { name: &names.bucket }, &clients, &owner, &bucket_spec).await;
+    let bucket = ensure(&Bucket { name: &names.bucket, account_id }, &clients, &owner, &bucket_spec).await;
     report.bucket =
         record(&mut report, |parts| &mut parts.bucket, bucket, |bucket| format!("S3 bucket {} is private and encrypted", bucket.name));
 

@@ -84,6 +84,6 @@ async fn remove_what_the_last_run_kept(pipeline: &MetricsPipeline) -> anyhow::Re
     let account_id = &target.account_id;
     delete(&GlueTable { database: &names.glue_database, table: &names.glue_table, account_id }, &clients, &earlier).await?;
     delete(&GlueDatabase { name: &names.glue_database, account_id }, &clients, &earlier).await?;
-    delete(&Bucket { name: &names.bucket }, &clients, &earlier).await?;
+    delete(&Bucket { name: &names.bucket, account_id }, &clients, &earlier).await?;
     Ok(())
 }

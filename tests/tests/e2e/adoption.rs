@@ -1,6 +1,7 @@
 //! A migration the way a user makes one. A stack built by hand, as the CloudFormation seed made it
-//! (the streams, a bucket, a Firehose delivery stream with JQ partitioning and a role of its own,
-//! a Glue table keyed `componentName`), holds delivered history while producers write. A pipeline
+//! (the streams, a bucket carrying the stack's `aws:cloudformation:` tags, a Firehose delivery
+//! stream with JQ partitioning and a role of its own, a Glue table keyed `componentName`), holds
+//! delivered history while producers write. A pipeline
 //! naming it in `spec.adopt` first only compares: every difference is listed and nothing is
 //! changed or tagged. Confirmed, it takes the stack over while the producers go on, its
 //! aggregator starting where the old job stopped; the history and the new aggregates are then
@@ -14,7 +15,8 @@ use aws_sdk_firehose::types::{DeliveryStreamType, KinesisStreamSourceConfigurati
 use aws_sdk_glue::types::{Column, DatabaseInput};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::ShardIteratorType;
-use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration, Tag, Tagging};
+use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+use aws_sdk_s3control::types::Tag;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams};
 use metrics_pipeline_api::config::{DeliveryConfig, PartitionConfig};
@@ -29,7 +31,7 @@ use metrics_pipeline_e2e::{emulator_sdk, table_owner};
 use metrics_pipeline_model::event::EventTime;
 use metrics_pipeline_operator::aws::catalog::{TableSpec, desired_table};
 use metrics_pipeline_operator::aws::delivery::{Connections, desired, destination_configuration};
-use metrics_pipeline_runtime::sdk::s3_client;
+use metrics_pipeline_runtime::sdk::{s3_client, s3_control_client};
 use metrics_pipeline_test_support::wait_for;
 
 /// The names of the hand-built stack.
@@ -70,9 +72,24 @@ impl Legacy {
         }
     }
 
+    /// The bucket's tags before the migration, which it keeps.
+    fn stack_tags(&self) -> Vec<(String, String)> {
+        let stack_id = "arn:aws:cloudformation:eu-west-1:123456789012:stack/seed/9b1d5c70-0000-11ef-8d3e-0a1b2c3d4e5f";
+        let tags = [
+            ("cost-center", "observability"),
+            ("aws:cloudformation:stack-name", "seed"),
+            ("aws:cloudformation:stack-id", stack_id),
+            ("aws:cloudformation:logical-id", "ArchiveBucket"),
+        ];
+        tags.map(|(key, value)| (key.to_owned(), value.to_owned())).to_vec()
+    }
+
     /// Builds the stack through the AWS APIs as the seed's template did: uncompressed JSON, a role
     /// Firehose may assume without the operator's confused-deputy condition, a table keyed
-    /// `componentName`, nothing tagged but a cost tag on the bucket.
+    /// `componentName`, nothing tagged but the bucket: a cost tag, and the system tags
+    /// CloudFormation puts on a bucket it makes, which S3's PutBucketTagging can neither keep nor
+    /// drop. Only CloudFormation may set `aws:` tags on AWS; the emulator lets the test set them
+    /// through S3 Control (its CloudFormation does not tag buckets).
     async fn build(&self, sdk: &aws_config::SdkConfig) {
         let kinesis = aws_sdk_kinesis::Client::new(sdk);
         for stream in [&self.input, &self.output] {
@@ -84,8 +101,10 @@ impl Legacy {
         let s3 = s3_client(sdk);
         let location = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(region.as_str())).build();
         s3.create_bucket().bucket(&self.bucket).create_bucket_configuration(location).send().await.unwrap();
-        let cost = Tag::builder().key("cost-center").value("observability").build().unwrap();
-        s3.put_bucket_tagging().bucket(&self.bucket).tagging(Tagging::builder().tag_set(cost).build().unwrap()).send().await.unwrap();
+        let stack_tags = self.stack_tags().into_iter().map(|(key, value)| Tag::builder().key(key).value(value).build().unwrap());
+        let account = aws_sdk_sts::Client::new(sdk).get_caller_identity().send().await.unwrap().account.unwrap();
+        let tagging = s3_control_client(sdk).tag_resource().account_id(account).resource_arn(format!("arn:aws:s3:::{}", self.bucket));
+        tagging.set_tags(Some(stack_tags.collect())).send().await.unwrap();
 
         let iam = aws_sdk_iam::Client::new(sdk);
         let trust = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
@@ -240,8 +259,11 @@ async fn a_hand_built_stack_is_compared_then_adopted_while_producers_write_and_i
     let status = test.ready("migrated").await;
     assert_eq!(status.identity.map(|identity| identity.input_stream), Some(legacy.input.clone()));
     let tagging = s3.get_bucket_tagging().bucket(&legacy.bucket).send().await.unwrap();
-    let bucket_tags: BTreeSet<&str> = tagging.tag_set().iter().map(|tag| tag.key()).collect();
-    assert!(bucket_tags.contains("cost-center") && bucket_tags.contains(OWNER_TAG), "{bucket_tags:?}");
+    let bucket_tags: BTreeSet<(String, String)> =
+        tagging.tag_set().iter().map(|tag| (tag.key().to_owned(), tag.value().to_owned())).collect();
+    let kept = legacy.stack_tags().into_iter().filter(|tag| !bucket_tags.contains(tag)).collect::<Vec<_>>();
+    assert!(kept.is_empty(), "the bucket lost {kept:?} of its stack's tags: {bucket_tags:?}");
+    assert!(bucket_tags.iter().any(|(key, _)| key == OWNER_TAG), "{bucket_tags:?}");
     tokio::time::sleep(Duration::from_secs(5)).await;
     producer.abort();
 

@@ -61,7 +61,9 @@ const AUTHORIZED_BY: &[(Service, &str, &[&str])] = &[
     (Service::S3, "CreateBucket", &["s3:CreateBucket", "s3:TagResource"]),
     (Service::S3, "DeleteBucket", &["s3:DeleteBucket"]),
     (Service::S3, "GetBucketTagging", &["s3:GetBucketTagging"]),
-    (Service::S3, "PutBucketTagging", &["s3:PutBucketTagging"]),
+    // S3 Control tags a bucket key by key, authorized on the bucket's ARN.
+    (Service::S3Control, "TagResource", &["s3:TagResource"]),
+    (Service::S3Control, "UntagResource", &["s3:UntagResource"]),
     (Service::S3, "GetPublicAccessBlock", &["s3:GetBucketPublicAccessBlock"]),
     (Service::S3, "PutPublicAccessBlock", &["s3:PutBucketPublicAccessBlock"]),
     (Service::S3, "GetBucketEncryption", &["s3:GetEncryptionConfiguration"]),

@@ -140,9 +140,10 @@ async fn a_bucket_is_tagged_in_the_call_that_creates_it_and_one_made_by_hand_is_
     world.s3.create_bucket().bucket(&by_hand).create_bucket_configuration(location).send().await.unwrap();
     world.apply("by-hand", Some(by_hand.clone())).await;
 
-    // Every PutBucketTagging fails: a bucket needs none, its tags come with CreateBucket, so no
-    // bucket of a pipeline is ever seen untagged.
-    let tagging = FaultSettings { error_rate: 1.0, scope: vec!["s3:PutBucketTagging".parse().unwrap()], ..FaultSettings::none() };
+    // Tagging a bucket afterwards always fails: a bucket needs no tagging, its tags come with
+    // CreateBucket, so no bucket of a pipeline is ever seen untagged.
+    let scope = ["s3:PutBucketTagging", "s3control:TagResource"].map(|scope| scope.parse().unwrap()).to_vec();
+    let tagging = FaultSettings { error_rate: 1.0, scope, ..FaultSettings::none() };
     world.proxy.set_faults(tagging).unwrap();
     world.apply("tagged", None).await;
     let status = world.test.ready("tagged").await;
