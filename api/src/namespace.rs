@@ -6,6 +6,9 @@
 
 use std::collections::BTreeMap;
 
+use kube::ResourceExt;
+
+use crate::MetricsPipeline;
 use crate::config::{PipelineConfig, StreamCapacity};
 use crate::validation::FieldError;
 
@@ -35,8 +38,31 @@ pub struct NamespacePolicy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardHolder {
     pub name: String,
-    /// Provisioned shards of both streams, as its spec asks.
+    /// Provisioned shards of both streams it holds: see [`shard_holders`].
     pub shards: i32,
+}
+
+/// What the namespace's pipelines other than `pipeline` hold under its ceiling, by name: the
+/// shards each was last let have (`status.shards`), whatever its spec says now (invalid, refused,
+/// or asking more: its streams keep what they have); one never let through yet that was created
+/// before `pipeline` holds what its spec asks, so that of two new pipelines the older comes first.
+/// `asks` says what a pipeline's spec asks, if it is valid and in a region the namespace allows.
+pub fn shard_holders(
+    pipeline: &MetricsPipeline,
+    others: &[MetricsPipeline],
+    asks: impl Fn(&MetricsPipeline) -> Option<i32>,
+) -> Vec<ShardHolder> {
+    let created = |pipeline: &MetricsPipeline| (pipeline.metadata.creation_timestamp.as_ref().map(|time| time.0), pipeline.name_any());
+    let this = created(pipeline);
+    others
+        .iter()
+        .filter(|other| other.name_any() != pipeline.name_any())
+        .filter_map(|other| {
+            let granted = other.status.as_ref().and_then(|status| status.shards);
+            let shards = granted.or_else(|| (created(other) < this).then(|| asks(other)).flatten())?;
+            (shards > 0).then(|| ShardHolder { name: other.name_any(), shards })
+        })
+        .collect()
 }
 
 impl NamespacePolicy {
@@ -88,9 +114,9 @@ impl NamespacePolicy {
     }
 
     /// What of `config` (of a pipeline that adopts, if `adopts`) the namespace does not allow.
-    /// `earlier` are the namespace's pipelines created before this one: they keep their shards,
-    /// and the ceiling refuses the newer.
-    pub fn check(&self, config: &PipelineConfig, adopts: bool, earlier: &[ShardHolder]) -> Vec<FieldError> {
+    /// `holders` are its other pipelines and what they hold ([`shard_holders`]): they keep it,
+    /// and the ceiling refuses this one's ask.
+    pub fn check(&self, config: &PipelineConfig, adopts: bool, holders: &[ShardHolder]) -> Vec<FieldError> {
         let namespace = &self.namespace;
         let mut refused = Vec::new();
         if adopts && !self.allows_adoption {
@@ -126,15 +152,15 @@ impl NamespacePolicy {
             }
         }
         let asked = shards(config);
-        let held: i32 = earlier.iter().map(|holder| holder.shards).sum();
+        let held: i32 = holders.iter().map(|holder| holder.shards).sum();
         if held.saturating_add(asked) > max {
-            let holders: Vec<String> = earlier.iter().map(|holder| format!("{} {}", holder.name, holder.shards)).collect();
+            let holders: Vec<String> = holders.iter().map(|holder| format!("{} {}", holder.name, holder.shards)).collect();
             refused.push(FieldError {
                 field: "spec.streams".into(),
                 message: format!(
                     "the streams ask {asked} shard(s), and namespace {namespace} may hold {max} (annotation {MAX_SHARDS_ANNOTATION}), \
-                     of which the pipelines created before this one hold {held} ({}): ask for fewer shards, or ask an \
-                     administrator for a higher ceiling",
+                     of which its other pipelines hold {held} ({}): ask for fewer shards, or ask an administrator for a \
+                     higher ceiling",
                     if holders.is_empty() { "none".to_owned() } else { holders.join(", ") }
                 ),
             });
@@ -242,9 +268,40 @@ mod tests {
         let refused = policy.check(&three, false, &earlier);
         assert_eq!(refused.len(), 1);
         assert!(refused[0].message.contains("ask 3 shard(s), and namespace team-a may hold 4"), "{}", refused[0].message);
-        assert!(refused[0].message.contains("hold 2 (first 2)"), "{}", refused[0].message);
+        assert!(refused[0].message.contains("other pipelines hold 2 (first 2)"), "{}", refused[0].message);
         let on_demand = config(serde_json::json!({"streams": {"output": {"capacityMode": "OnDemand"}}}));
         let refused = policy.check(&on_demand, false, &[]);
         assert_eq!(refused[0].field, "spec.streams.output.capacityMode");
+    }
+
+    /// A pipeline of the namespace created at `hour` of a day, whose spec asks `asks` shards, let
+    /// through with `granted`.
+    fn other(name: &str, hour: u32, asks: i32, granted: Option<i32>) -> (MetricsPipeline, i32) {
+        let created = format!("2026-01-01T{hour:02}:00:00Z");
+        let mut pipeline: MetricsPipeline = serde_json::from_value(serde_json::json!({"apiVersion": "pipelines.metrics.dev/v1alpha1",
+            "kind": "MetricsPipeline", "metadata": {"name": name, "namespace": "team-a", "creationTimestamp": created}, "spec": {}}))
+        .unwrap();
+        pipeline.status = granted.map(|shards| crate::MetricsPipelineStatus { shards: Some(shards), ..Default::default() });
+        (pipeline, asks)
+    }
+
+    #[test]
+    fn the_others_hold_what_they_were_let_have_and_a_new_older_one_what_it_asks() {
+        let pipelines = [
+            other("this", 10, 2, Some(2)),
+            // Its spec asks more (refused) or is invalid now: its streams keep what they have.
+            other("grown", 1, 8, Some(2)),
+            other("broken", 2, 0, Some(3)),
+            // Created later and let through: what it holds counts for the older too.
+            other("newer", 20, 1, Some(1)),
+            // Never let through yet: the older comes first, the newer waits its turn.
+            other("older-new", 5, 2, None),
+            other("newer-new", 23, 4, None),
+        ];
+        let asks = |pipeline: &MetricsPipeline| pipelines.iter().find(|(p, _)| p.name_any() == pipeline.name_any()).map(|(_, asks)| *asks);
+        let all: Vec<MetricsPipeline> = pipelines.iter().map(|(pipeline, _)| pipeline.clone()).collect();
+        let held: Vec<(String, i32)> = shard_holders(&all[0], &all, asks).into_iter().map(|holder| (holder.name, holder.shards)).collect();
+        let expected = [("grown", 2), ("broken", 3), ("newer", 1), ("older-new", 2)];
+        assert_eq!(held, expected.map(|(name, shards)| (name.to_owned(), shards)));
     }
 }

@@ -669,6 +669,12 @@ pub struct MetricsPipelineStatus {
     /// The `spec.tags` keys last put on the AWS resources: one the spec drops is removed from them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tag_keys: Vec<String>,
+    /// Provisioned Kinesis shards of both streams that the spec asked when it was last let through
+    /// (valid, and within the namespace's `pipelines.metrics.dev/max-shards`); kept while a later
+    /// spec is invalid or refused, since the streams keep them. The namespace's ceiling counts them
+    /// for its other pipelines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<i32>,
 }
 
 /// The aggregator's last report: counts over its interval, and the state when it was written.

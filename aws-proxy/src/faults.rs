@@ -236,6 +236,7 @@ pub fn throttling_error(call: &Call, account: &str) -> AwsError {
         Service::Firehose if call.operation.starts_with("PutRecord") => AwsError::new(503, "ServiceUnavailableException", "Slow down."),
         Service::Firehose => AwsError::new(400, "LimitExceededException", "Rate exceeded"),
         Service::Glue | Service::Other => AwsError::new(400, "ThrottlingException", "Rate exceeded"),
+        // S3 Control documents no throttling code for its tagging calls: S3's is assumed.
         Service::S3 | Service::S3Control => AwsError::new(503, "SlowDown", "Please reduce your request rate."),
         Service::Iam | Service::Sts => AwsError::new(400, "Throttling", "Rate exceeded"),
     }

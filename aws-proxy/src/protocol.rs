@@ -299,7 +299,7 @@ impl AwsError {
 
     /// The answer in `service`'s wire format, so that the SDK reads back `code`:
     /// JSON `{"__type": code, "message": ..}` plus `x-amzn-errortype`; S3 `<Error><Code>`, S3
-    /// Control the same wrapped in `<ErrorResponse>`; IAM/STS
+    /// Control `<ErrorResponse><Error><Code>`; IAM/STS
     /// `<ErrorResponse><Error><Type>Sender|Receiver</Type><Code>`.
     pub fn response(&self, service: Service, request_id: &str) -> Response<Bytes> {
         let (content_type, body) = match service.protocol() {
@@ -310,18 +310,21 @@ impl AwsError {
             Protocol::RestXml => {
                 let mut body = String::from(r#"<?xml version="1.0" encoding="UTF-8"?>"#);
                 let mut writer = aws_smithy_xml::encode::XmlWriter::new(&mut body);
-                let fill = |mut error: aws_smithy_xml::encode::ScopeWriter<'_, '_>| {
+                let fill = |mut error: aws_smithy_xml::encode::ScopeWriter<'_, '_>, with_id: bool| {
                     write_element(&mut error, "Code", &self.code);
                     write_element(&mut error, "Message", &self.message);
-                    write_element(&mut error, "RequestId", request_id);
+                    if with_id {
+                        write_element(&mut error, "RequestId", request_id);
+                    }
                     error.finish();
                 };
                 if service == Service::S3Control {
                     let mut wrapper = writer.start_el("ErrorResponse").finish();
-                    fill(wrapper.start_el("Error").finish());
+                    fill(wrapper.start_el("Error").finish(), false);
+                    write_element(&mut wrapper, "RequestId", request_id);
                     wrapper.finish();
                 } else {
-                    fill(writer.start_el("Error").finish());
+                    fill(writer.start_el("Error").finish(), true);
                 }
                 ("application/xml", body)
             }
@@ -494,7 +497,7 @@ mod tests {
         let control = AwsError::new(503, "SlowDown", "Slow down.").response(Service::S3Control, "req-4");
         assert_eq!(
             std::str::from_utf8(control.body()).unwrap(),
-            r#"<?xml version="1.0" encoding="UTF-8"?><ErrorResponse><Error><Code>SlowDown</Code><Message>Slow down.</Message><RequestId>req-4</RequestId></Error></ErrorResponse>"#
+            r#"<?xml version="1.0" encoding="UTF-8"?><ErrorResponse><Error><Code>SlowDown</Code><Message>Slow down.</Message></Error><RequestId>req-4</RequestId></ErrorResponse>"#
         );
 
         let iam = AwsError::new(500, "ServiceFailure", "a < b").response(Service::Iam, "req-3");

@@ -133,6 +133,9 @@ pub struct Report {
     /// The `spec.tags` keys this reconcile put on the resources it reached; `None`: it reached
     /// none (invalid spec, observing).
     pub tag_keys: Option<Vec<String>>,
+    /// The shards the spec asks, when the namespace let it through; `None`: the spec was invalid
+    /// or refused, and the pipeline keeps what it held.
+    pub shards: Option<i32>,
 }
 
 /// The aggregator's last report (none yet, or unreadable) and the `DataFlowing` condition's verdict.
@@ -298,6 +301,7 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         data_flow,
         observing,
         tag_keys,
+        shards,
     } = report;
     let previous_conditions = previous.map(|status| status.conditions.as_slice()).unwrap_or_default();
     let condition = |kind: &str, ready: bool, reason: &str, message: String| {
@@ -365,6 +369,7 @@ pub fn build(report: &Report, generation: Option<i64>, previous: Option<&Metrics
         },
         drift,
         tag_keys: kept_tag_keys(tag_keys.as_deref(), verdict, previous),
+        shards: shards.or_else(|| previous.and_then(|status| status.shards)),
     }
 }
 
@@ -596,6 +601,22 @@ mod tests {
         assert_eq!(after.phase, Some(Phase::Degraded));
         assert_eq!(condition(&after, READY).reason, "AwsUnavailable");
         assert_eq!(condition(&after, Part::Delivery.condition()).message, "describing x: down");
+    }
+
+    #[test]
+    fn the_shards_let_through_are_kept_while_a_later_spec_is_invalid_or_refused() {
+        let granted = build(&Report { shards: Some(4), ..ready_report() }, Some(1), None, at(100));
+        assert_eq!(granted.shards, Some(4));
+        let refused = Report {
+            invalid_spec: Some(Error::InvalidSpec(ValidationErrors(vec![FieldError {
+                field: "spec.streams".into(),
+                message: "the streams ask 8 shard(s)".into(),
+            }]))),
+            ..Report::default()
+        };
+        assert_eq!(build(&refused, Some(2), Some(&granted), at(200)).shards, Some(4), "the streams keep what they have");
+        let lowered = build(&Report { shards: Some(2), ..ready_report() }, Some(3), Some(&granted), at(300));
+        assert_eq!(lowered.shards, Some(2));
     }
 
     #[test]

@@ -27,13 +27,14 @@ pub fn arn(region: &str, bucket: &str) -> String {
 
 /// A bucket found under the pipeline's bucket name.
 pub enum FoundBucket {
-    /// It exists in another account: S3 answers 403 to a bucket we may not see.
+    /// It exists in another account: S3 answers 403 to a bucket we may not see, and to one whose
+    /// owner lets us see it, since HeadBucket names this account as the expected owner.
     OtherAccount,
     Tagged(Vec<(String, String)>),
 }
 
-async fn observe(clients: &AwsClients, bucket: &str) -> Result<Option<FoundBucket>, Error> {
-    match clients.s3.head_bucket().bucket(bucket).send().await {
+async fn observe(clients: &AwsClients, bucket: &str, account_id: &str) -> Result<Option<FoundBucket>, Error> {
+    match clients.s3.head_bucket().bucket(bucket).expected_bucket_owner(account_id).send().await {
         Ok(_) => {}
         Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 404) => return Ok(None),
         // The same 403 for a bucket of another account and for one of this account the
@@ -155,7 +156,7 @@ impl AwsResource for Bucket<'_> {
     }
 
     async fn observe(&self, clients: &AwsClients, _tags: TagsAs) -> Result<Option<FoundBucket>, Error> {
-        observe(clients, self.name).await
+        observe(clients, self.name, self.account_id).await
     }
 
     fn whose(owner: &Owner, observed: &FoundBucket) -> Standing {

@@ -6,9 +6,9 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use metrics_pipeline_api::config::{AwsTarget, PipelineConfig};
+use metrics_pipeline_api::config::PipelineConfig;
 use metrics_pipeline_api::identity;
-use metrics_pipeline_api::namespace::{self, NamespacePolicy, ShardHolder};
+use metrics_pipeline_api::namespace;
 use metrics_pipeline_api::naming::PipelineNames;
 use metrics_pipeline_api::pipeline::{AwsResourceRef, DeliveryWriter, MetricsPipeline, MetricsPipelineStatus, Phase};
 use metrics_pipeline_api::validation::{ValidationErrors, validate};
@@ -113,13 +113,21 @@ async fn provision(
     let recorded = previous.and_then(|status| status.identity.as_ref());
     let (identity, refused) = identity::settle(&mut config, recorded, &pipeline.spec, account_id);
     // After the recorded identity is settled: the region it puts back is where the pipeline is.
-    let earlier =
-        if policy.max_shards.is_some() { earlier_shard_holders(api, pipeline, &account.target, &policy).await? } else { Vec::new() };
-    let disallowed = policy.check(&config, pipeline.spec.adopt.is_some(), &earlier);
+    let holders = if policy.max_shards.is_some() {
+        let others = api.list(&ListParams::default()).await?.items;
+        let asks = |other: &MetricsPipeline| {
+            validate(other, &account.target).ok().filter(|config| policy.admits_region(config)).map(|config| namespace::shards(&config))
+        };
+        namespace::shard_holders(pipeline, &others, asks)
+    } else {
+        Vec::new()
+    };
+    let disallowed = policy.check(&config, pipeline.spec.adopt.is_some(), &holders);
     if !disallowed.is_empty() {
         report.invalid_spec = Some(Error::InvalidSpec(ValidationErrors(disallowed)));
         return Ok(report);
     }
+    report.shards = Some(namespace::shards(&config));
     config.aws_role = policy.role.map(|(arn, _)| arn);
     let observing = pipeline.spec.observing_until();
     // Observing makes nothing, so an adoption's names may still be corrected before it is confirmed.
@@ -185,28 +193,6 @@ async fn provision(
         report.data_flow = watch_data_flow(&report, &clients, &config).await;
     }
     Ok(report)
-}
-
-/// The namespace's pipelines created before `pipeline` (the older keep their shards under the
-/// namespace's ceiling), with the shards their specs ask; one whose spec is invalid, or whose
-/// region the namespace refuses, holds none.
-async fn earlier_shard_holders(
-    api: &Api<MetricsPipeline>,
-    pipeline: &MetricsPipeline,
-    target: &AwsTarget,
-    policy: &NamespacePolicy,
-) -> Result<Vec<ShardHolder>, Error> {
-    let created = |pipeline: &MetricsPipeline| (pipeline.metadata.creation_timestamp.as_ref().map(|time| time.0), pipeline.name_any());
-    let this = created(pipeline);
-    let pipelines = api.list(&ListParams::default()).await?.items;
-    Ok(pipelines
-        .iter()
-        .filter(|other| created(other) < this)
-        .filter_map(|other| {
-            let config = validate(other, target).ok().filter(|config| policy.admits_region(config))?;
-            Some(ShardHolder { name: other.name_any(), shards: namespace::shards(&config) })
-        })
-        .collect())
 }
 
 /// Whether data flows, from the aggregator's report beside its checkpoint.

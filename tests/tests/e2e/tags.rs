@@ -57,7 +57,8 @@ async fn spec_tags_reach_every_resource_follow_the_spec_and_leave_other_tags_alo
             "{resource}: {tags:?}"
         );
     }
-    // Someone else's tag on the bucket, which PutBucketTagging would replace if not kept.
+    // Someone else's tag on the bucket, which a retag must leave (S3's PutBucketTagging would
+    // replace the whole set; the operator tags key by key).
     let s3 = s3_client(&emulator_sdk().await);
     let bucket = status.bucket.clone().unwrap().name;
     let mut by_hand: Vec<_> = s3.get_bucket_tagging().bucket(&bucket).send().await.unwrap().tag_set().to_vec();

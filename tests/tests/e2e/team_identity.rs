@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams};
-use metrics_pipeline_api::MetricsPipeline;
 use metrics_pipeline_api::namespace::{MAX_SHARDS_ANNOTATION, REGIONS_ANNOTATION, ROLE_ANNOTATION};
 use metrics_pipeline_api::pipeline::{DeletionPolicy, Phase};
+use metrics_pipeline_api::{MetricsPipeline, MetricsPipelineStatus};
 use metrics_pipeline_e2e::emulator_sdk;
 use metrics_pipeline_e2e::in_process::{OperatorTest, condition, delete_and_wait, example_named, quick_settings};
 use metrics_pipeline_runtime::sdk::s3_client;
@@ -153,6 +153,24 @@ async fn each_team_acts_with_its_own_role_within_its_regions_and_shards_and_cann
     team_a.apply(&greedy).await;
     let (_, message) = refused(&team_a, "greedy").await;
     assert!(message.contains("the streams ask 3 shard(s), and namespace") && message.contains("hold 2 (metrics 2)"), "{message}");
+
+    // The ceiling counts what every other pipeline holds, the newer included: lowered to fit,
+    // `greedy` is let through, and then the oldest may not grow over it; refused, it keeps what
+    // it holds, and `greedy` keeps counting it.
+    greedy.spec.streams.input.shard_count = Some(1);
+    team_a.apply(&greedy).await;
+    assert_eq!(team_a.ready("greedy").await.shards, Some(2));
+    let mut grown = retried.clone();
+    grown.spec.streams.input.shard_count = Some(2);
+    team_a.apply(&grown).await;
+    let refused_growth = |s: &MetricsPipelineStatus| s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "InvalidSpec");
+    let status = team_a.wait_for("metrics", "its growth refused", refused_growth).await;
+    let (_, _, message) = condition(&status, "Ready").unwrap();
+    assert!(message.contains("the streams ask 3 shard(s)") && message.contains("hold 2 (greedy 2)"), "{message}");
+    assert_eq!(status.shards, Some(2), "the streams keep their shards");
+    team_a.apply(&retried).await;
+    team_a.ready("metrics").await;
+    delete_and_wait(&team_a.pipelines, "greedy").await;
 
     let namespace_a = team_a.namespace.name.clone();
     for team in [team_a, team_b] {
