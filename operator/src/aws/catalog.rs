@@ -261,7 +261,9 @@ impl GlueDatabase<'_> {
     /// Adds `tags` to the database's tags (TagResource keeps the others).
     async fn tag(&self, clients: &AwsClients, tags: &[(String, String)]) -> Result<(), Error> {
         let database = self.name;
-        let request = clients.glue.tag_resource().resource_arn(self.arn(clients)).set_tags_to_add(Some(tags.iter().cloned().collect()));
+        let arn = self.arn(clients);
+        clients.tags.forget(&arn);
+        let request = clients.glue.tag_resource().resource_arn(arn).set_tags_to_add(Some(tags.iter().cloned().collect()));
         request.send().await.or_aws(|| format!("tagging Glue database {database}"))?;
         Ok(())
     }
@@ -277,16 +279,28 @@ impl AwsResource for GlueDatabase<'_> {
         self.name.to_owned()
     }
 
-    async fn observe(&self, clients: &AwsClients, _tags: TagsAs) -> Result<Option<FoundDatabase>, Error> {
+    /// Its tags (only `spec.tags`: ownership is in its parameters) are read as a stream's are,
+    /// once per hold of the tag cache, not at every reconcile.
+    async fn observe(&self, clients: &AwsClients, tags_as: TagsAs) -> Result<Option<FoundDatabase>, Error> {
         let database = self.name;
         let found = clients.glue.get_database().name(database).send().await;
         let Some(found) = found.absent_on(&[NOT_FOUND], || format!("reading Glue database {database}"))?.and_then(|output| output.database)
         else {
             return Ok(None);
         };
-        let tags = clients.glue.get_tags().resource_arn(self.arn(clients)).send().await;
-        let tags = tags.or_aws(|| format!("reading the tags of Glue database {database}"))?.tags.unwrap_or_default();
-        Ok(Some(FoundDatabase { database: found, tags: tags.into_iter().collect() }))
+        let arn = self.arn(clients);
+        let read = async {
+            let tags = clients.glue.get_tags().resource_arn(&arn).send().await;
+            Ok(tags.or_aws(|| format!("reading the tags of Glue database {database}"))?.tags.unwrap_or_default().into_iter().collect())
+        };
+        let tags = match tags_as {
+            TagsAs::Cached => {
+                let created = found.create_time.map(|time| time.secs().to_string()).unwrap_or_default();
+                clients.tags.read(&arn, created, read).await?
+            }
+            TagsAs::Fresh => read.await?,
+        };
+        Ok(Some(FoundDatabase { database: found, tags }))
     }
 
     fn whose(owner: &Owner, observed: &FoundDatabase) -> Standing {
@@ -327,7 +341,9 @@ impl AwsResource for GlueDatabase<'_> {
 
     async fn untag(&self, clients: &AwsClients, _observed: &FoundDatabase, keys: &[String]) -> Result<(), Error> {
         let database = self.name;
-        let request = clients.glue.untag_resource().resource_arn(self.arn(clients)).set_tags_to_remove(Some(keys.to_vec()));
+        let arn = self.arn(clients);
+        clients.tags.forget(&arn);
+        let request = clients.glue.untag_resource().resource_arn(arn).set_tags_to_remove(Some(keys.to_vec()));
         request.send().await.or_aws(|| format!("removing tags from Glue database {database}"))?;
         Ok(())
     }
@@ -662,6 +678,23 @@ async fn tables_in(clients: &AwsClients, database: &str) -> Result<Vec<String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_database_tags_are_read_once_for_the_reconciles_that_follow() {
+        let ours = r#"{"Database":{"Name":"p","CreateTime":1700000000,"Parameters":{"metrics.dev/pipeline":"team-a/p","metrics.dev/pipeline-uid":"u-1","metrics.dev/cluster":"c-1","app.kubernetes.io/managed-by":"metrics-pipeline-operator"}}}"#;
+        let mut aws = crate::aws::fake::FakeAws::start(std::collections::BTreeMap::from([
+            ("GetDatabase", (200, ours)),
+            ("GetTags", (200, r#"{"Tags":{}}"#)),
+        ]))
+        .await;
+        aws.clients.tags = std::sync::Arc::new(crate::aws::TagCache::new(std::time::Duration::from_secs(3600)));
+        let database = GlueDatabase { name: "p", account_id: "123456789012" };
+        for _ in 0..3 {
+            let (_, outcome) = crate::aws::resource::ensure(&database, &aws.clients, &crate::aws::fake::owner(), &()).await.unwrap();
+            assert!(outcome.changes.is_empty() && outcome.degraded.is_none(), "{outcome:?}");
+        }
+        assert_eq!(aws.called().iter().filter(|operation| *operation == "GetTags").count(), 1, "{:?}", aws.called());
+    }
 
     fn spec(partitions: &PartitionConfig, format: DeliveryFormat) -> TableSpec<'_> {
         let owner = Box::leak(Box::new(crate::aws::fake::owner()));
