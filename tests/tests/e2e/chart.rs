@@ -103,7 +103,7 @@ fn prometheus_finds_the_operator_the_aggregators_and_the_alerts_when_asked_to() 
         text.lines().filter(|line| line.trim_start().starts_with("- alert: ") || line.trim_start().starts_with("alert: ")).count()
     };
     assert_eq!(alerts(&rules), alerts(&shipped), "every shipped alert: {rules}");
-    assert_eq!(alerts(&shipped), 10);
+    assert_eq!(alerts(&shipped), 11);
     let unscraped = chart::render("ops", "mp", &json!({"metrics": {"prometheusRule": {"enabled": true}}})).unwrap_err().to_string();
     assert!(unscraped.contains("metrics.serviceMonitor.enabled"), "alerts on series nobody scrapes: {unscraped}");
 }
