@@ -84,6 +84,7 @@ impl Reporter {
             last_aggregate_at_ms: Some(self.health.last_output_ms.load(Ordering::Relaxed)).filter(|at| *at > 0),
             watermark_lag_seconds: windowed.then(|| metrics.watermark_lag_seconds.get()),
             output_refused: self.health.output_refused.lock().expect("never poisoned").clone(),
+            output_throttled_since_ms: Some(self.health.output_throttled_since_ms.load(Ordering::Relaxed)).filter(|at| *at > 0),
         };
         (self.previous, self.previous_at_ms) = (current, now.0);
         report
@@ -132,5 +133,8 @@ mod tests {
         assert_eq!(stalled.unanswered_since_ms, None);
         reporter.health.unanswered_since_ms.store(70_000, Ordering::Relaxed);
         assert_eq!(reporter.next(EventTime(121_000)).unanswered_since_ms, Some(70_000), "records wait for an aggregate since then");
+        assert_eq!(reporter.next(EventTime(151_000)).output_throttled_since_ms, None);
+        reporter.health.output_throttled_since_ms.store(140_000, Ordering::Relaxed);
+        assert_eq!(reporter.next(EventTime(181_000)).output_throttled_since_ms, Some(140_000), "writes waited for since then");
     }
 }

@@ -24,6 +24,9 @@ pub struct Health {
     pub reading: AtomicBool,
     /// A refusal of the output stream that retrying will not cure, until a write goes through.
     pub output_refused: Mutex<Option<String>>,
+    /// Since when (ms since the epoch) the output stream has throttled a write still waited for;
+    /// 0: none is.
+    pub output_throttled_since_ms: AtomicI64,
     /// No checkpoint written for this long: not ready (the lease would lapse too).
     checkpoint_within: Duration,
     /// No sign of the loop for this long: not live.
@@ -47,6 +50,7 @@ impl Health {
             metrics: Metrics::default(),
             reading: AtomicBool::new(false),
             output_refused: Mutex::new(None),
+            output_throttled_since_ms: AtomicI64::new(0),
             checkpoint_within,
             stall_timeout,
             started: Instant::now(),

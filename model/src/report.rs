@@ -30,4 +30,7 @@ pub struct DataFlowReport {
     pub watermark_lag_seconds: Option<f64>,
     /// The error code with which the output stream refuses every write, until one goes through.
     pub output_refused: Option<String>,
+    /// Since when the output stream has throttled a write the aggregator still waits to make
+    /// (none once every write went through): the loop waits with it and reads nothing meanwhile.
+    pub output_throttled_since_ms: Option<i64>,
 }

@@ -114,6 +114,20 @@ pub fn judge(report: Option<&DataFlowReport>, windowing: &WindowConfig, now_ms: 
             message: format!("the output stream refuses every write ({refusal}); the aggregates wait in the checkpoint; {counts}"),
         };
     }
+    // Throttled for longer than a report's span: the loop waits for those writes and reads nothing
+    // meanwhile, which would otherwise look like a quiet stream or a stuck watermark.
+    let throttled_for = report.output_throttled_since_ms.map(|since| report.written_at_ms.saturating_sub(since));
+    if let Some(waited) = throttled_for.filter(|waited| *waited > interval) {
+        return Judgement {
+            flowing: Some(false),
+            reason: "OutputThrottled",
+            message: format!(
+                "the output stream has throttled the aggregates' writes for {}: the aggregator waits for them and reads \
+                 nothing meanwhile; give the output stream more shards (spec.streams.output.shardCount); {counts}",
+                seconds(waited)
+            ),
+        };
+    }
     // An event waits for the watermark (out-of-orderness) to pass its window's end, or for the
     // idle timeout on a shard that went quiet; then for a flush, at most a report's interval.
     let answer_within =
@@ -180,7 +194,21 @@ mod tests {
             last_aggregate_at_ms: Some(10 * MINUTE - 5_000),
             watermark_lag_seconds: Some(12.4),
             output_refused: None,
+            output_throttled_since_ms: None,
         }
+    }
+
+    #[test]
+    fn an_output_throttling_every_write_for_longer_than_a_report_is_named_not_taken_for_a_quiet_stream() {
+        // The loop waits for its writes: nothing read, records unanswered for minutes.
+        let blocked = DataFlowReport { output_throttled_since_ms: Some(7 * MINUTE), ..report(0, 0, 0, Some(6 * MINUTE)) };
+        let judged = judge(Some(&blocked), &windowing(), 10 * MINUTE);
+        assert_eq!((judged.flowing, judged.reason), (Some(false), "OutputThrottled"), "{judged:?}");
+        assert!(judged.message.starts_with("the output stream has throttled the aggregates' writes for 180s"), "{}", judged.message);
+        assert!(judged.message.contains("spec.streams.output.shardCount"), "{}", judged.message);
+        // Throttled for a moment within the span: retried, and the data flows.
+        let moment = DataFlowReport { output_throttled_since_ms: Some(10 * MINUTE - 2_000), ..report(1200, 0, 40, None) };
+        assert_eq!(judge(Some(&moment), &windowing(), 10 * MINUTE).reason, "Flowing");
     }
 
     #[test]

@@ -9,6 +9,8 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use std::sync::atomic::Ordering;
+
 use futures::StreamExt;
 use metrics_pipeline_model::event::MetricAggregate;
 use serde::{Deserialize, Serialize};
@@ -167,6 +169,7 @@ impl KinesisSink {
         let written = calls.buffer_unordered(CALLS_IN_FLIGHT).fold(true, async |all, written| all && written).await;
         if written {
             *delivery.health.output_refused.lock().expect("never poisoned") = None;
+            delivery.health.output_throttled_since_ms.store(0, Ordering::Relaxed);
         }
         written
     }
@@ -240,6 +243,11 @@ impl KinesisSink {
                 }
             }
             Refusal::Throttled | Refusal::Transient => {
+                if let Some(health) = health.filter(|_| Refusal::of(code) == Refusal::Throttled) {
+                    // The first throttling of the writes still waited for: the report says since when.
+                    let now = crate::report::wall_clock().0;
+                    let _ = health.output_throttled_since_ms.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+                }
                 tracing::debug!(code, records = refusals.len(), stream = %self.stream, "PutRecords refused records; retrying them")
             }
         }
@@ -283,6 +291,21 @@ mod tests {
         let mut backoff = Backoff::default();
         let delays: Vec<u128> = (0..8).map(|_| backoff.next_delay().as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    }
+
+    #[test]
+    fn throttled_writes_say_since_when_and_other_retried_refusals_do_not() {
+        let config = aws_sdk_kinesis::Config::builder().behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest()).build();
+        let sink = KinesisSink::new(Client::from_conf(config), "out");
+        let health = Health::new(std::time::Duration::from_secs(60), std::time::Duration::from_secs(60));
+        let refused = |code: &str| vec![(code.to_owned(), "Rate exceeded".to_owned())];
+        sink.report(&refused("InternalFailure"), Some(&health));
+        assert_eq!(health.output_throttled_since_ms.load(Ordering::Relaxed), 0, "a transient failure is not throttling");
+        sink.report(&refused("ProvisionedThroughputExceededException"), Some(&health));
+        let since = health.output_throttled_since_ms.load(Ordering::Relaxed);
+        assert!(since > 0);
+        sink.report(&refused("ProvisionedThroughputExceededException"), Some(&health));
+        assert_eq!(health.output_throttled_since_ms.load(Ordering::Relaxed), since, "since the first throttling");
     }
 
     #[test]
