@@ -293,13 +293,8 @@ impl AwsResource for GlueDatabase<'_> {
             let tags = clients.glue.get_tags().resource_arn(&arn).send().await;
             Ok(tags.or_aws(|| format!("reading the tags of Glue database {database}"))?.tags.unwrap_or_default().into_iter().collect())
         };
-        let tags = match tags_as {
-            TagsAs::Cached => {
-                let created = found.create_time.map(|time| time.secs().to_string()).unwrap_or_default();
-                clients.tags.read(&arn, created, read).await?
-            }
-            TagsAs::Fresh => read.await?,
-        };
+        let created = found.create_time.map(|time| time.secs().to_string()).unwrap_or_default();
+        let tags = clients.tags.read_as(tags_as, &arn, created, read).await?;
         Ok(Some(FoundDatabase { database: found, tags }))
     }
 

@@ -355,13 +355,8 @@ impl AwsResource for DeliveryStream<'_> {
 
     async fn observe(&self, clients: &AwsClients, tags_as: TagsAs) -> Result<Option<FoundDelivery>, Error> {
         let Some(description) = describe(clients, self.name).await? else { return Ok(None) };
-        let tags = match tags_as {
-            TagsAs::Cached => {
-                let created = description.create_timestamp().map(|created| created.secs().to_string()).unwrap_or_default();
-                clients.tags.read(description.delivery_stream_arn(), created, tags_of(clients, self.name)).await?
-            }
-            TagsAs::Fresh => tags_of(clients, self.name).await?,
-        };
+        let created = description.create_timestamp().map(|created| created.secs().to_string()).unwrap_or_default();
+        let tags = clients.tags.read_as(tags_as, description.delivery_stream_arn(), created, tags_of(clients, self.name)).await?;
         Ok(Some(FoundDelivery { description, tags }))
     }
 

@@ -274,6 +274,21 @@ impl TagCache {
         Ok(tags)
     }
 
+    /// The tags of resource `arn` made at `created`, read as `tags_as` says: through [`read`](Self::read)
+    /// for a reconcile, by `read` alone before anything that loses data.
+    pub async fn read_as(
+        &self,
+        tags_as: TagsAs,
+        arn: &str,
+        created: String,
+        read: impl Future<Output = Result<Vec<(String, String)>, Error>>,
+    ) -> Result<Vec<(String, String)>, Error> {
+        match tags_as {
+            TagsAs::Cached => self.read(arn, created, read).await,
+            TagsAs::Fresh => read.await,
+        }
+    }
+
     /// `arn`'s tags are about to change.
     pub fn forget(&self, arn: &str) {
         self.0.forget(arn);

@@ -154,13 +154,8 @@ impl AwsResource for Stream<'_> {
             Some(StreamMode::OnDemand) => StreamCapacity::OnDemand,
             _ => StreamCapacity::Provisioned { shards: summary.open_shard_count },
         };
-        let tags = match tags_as {
-            TagsAs::Cached => {
-                let created = summary.stream_creation_timestamp.secs().to_string();
-                clients.tags.read(&summary.stream_arn, created, tags(clients, name)).await?
-            }
-            TagsAs::Fresh => tags(clients, name).await?,
-        };
+        let created = summary.stream_creation_timestamp.secs().to_string();
+        let tags = clients.tags.read_as(tags_as, &summary.stream_arn, created, tags(clients, name)).await?;
         Ok(Some(ObservedStream {
             arn: summary.stream_arn,
             status: summary.stream_status,
